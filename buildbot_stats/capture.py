@@ -1,0 +1,347 @@
+"""Capture classes: which data becomes a statistic, and in which series.
+
+Each capture listens to one kind of MQ message (its ``routingKey``) and turns
+the messages it is interested in into points through :meth:`Capture._store`.
+Series names, fields and context are the ones of ``buildbot.statistics``, so
+dashboards built on it keep working.  Build captures stamp their points with
+the build's own time, so that sending a point again overwrites it.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime
+import re
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet import threads
+
+from buildbot import config
+from buildbot_stats.errors import CaptureCallbackError
+
+__all__ = [
+    "Capture",
+    "CaptureBuildDuration",
+    "CaptureBuildDurationAllBuilders",
+    "CaptureBuildEndTime",
+    "CaptureBuildEndTimeAllBuilders",
+    "CaptureBuildStartTime",
+    "CaptureBuildStartTimeAllBuilders",
+    "CaptureBuildTimes",
+    "CaptureData",
+    "CaptureDataAllBuilders",
+    "CaptureDataBase",
+    "CaptureProperty",
+    "CapturePropertyAllBuilders",
+    "CapturePropertyBase",
+]
+
+BUILD_FINISHED = ("builders", None, "builds", None, "finished")
+YIELD_DATA = ("stats-yieldMetricsValue", "stats-yield-data")
+
+
+class Capture(abc.ABC):
+    """Base class of all captures; subclasses implement :meth:`consume`."""
+
+    def __init__(self, routingKey: tuple, callback: Callable[..., Any]) -> None:
+        self.routingKey = routingKey
+        self._callback = callback
+        # set by StatsService when it registers this capture
+        self.parent_svcs: list[Any] = []
+        self.master: Any = None
+        self._stats_service: Any = None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.routingKey!r}>"
+
+    def _defaultContext(self, msg: dict[str, Any], builder_name: str) -> dict[str, str]:
+        return {"build_number": str(msg["number"]), "builder_name": builder_name}
+
+    @abc.abstractmethod
+    def consume(self, routingKey: tuple, msg: dict[str, Any]) -> Any:
+        """Called by the MQ layer with each message matching ``routingKey``."""
+
+    def _store(
+        self, post_data: Any, series_name: str, context: dict[str, Any] | None, time: Any = None
+    ) -> defer.Deferred:
+        """Hand one point to every backend this capture belongs to.
+
+        ``time`` is the point's timestamp (datetime, epoch seconds or ns); the
+        default is the call time.  The Deferred fires once the point is spooled.
+        """
+        service = self._stats_service
+        if service is None:
+            # Used without a StatsService (as buildbot.statistics did): post directly.
+            return defer.gatherResults(
+                [
+                    threads.deferToThread(svc.thd_postStatsValue, post_data, series_name, context)
+                    for svc in self.parent_svcs
+                ],
+                consumeErrors=True,
+            )
+        return service.store(self, post_data, series_name, context, time)
+
+    @defer.inlineCallbacks
+    def _builder_info(self, builderid: Any) -> Any:
+        service = self._stats_service
+        if service is not None:
+            info = yield service.builder_info(builderid)
+        else:
+            info = yield self.master.data.get(("builders", builderid))
+        if info is None:
+            raise CaptureCallbackError(f"{type(self).__name__}: unknown builder id {builderid!r}")
+        return info
+
+
+class _OneBuilder:
+    _builder_name: str | None
+
+    def _builder_name_matches(self, builder_info: dict[str, Any]) -> bool:
+        return self._builder_name == builder_info["name"]
+
+
+class _AllBuilders:
+    def _builder_name_matches(self, builder_info: dict[str, Any]) -> bool:
+        return True
+
+
+class CapturePropertyBase(Capture):
+    """Captures build properties (by name, or by regular expression)."""
+
+    def __init__(
+        self, property_name: str, callback: Callable[..., Any] | None = None, regex: bool = False
+    ) -> None:
+        self._property_name = property_name
+        self._regex = regex
+        if regex:
+            try:
+                self._pattern = re.compile(property_name)
+            except re.error as e:
+                config.error(f"{type(self).__name__}: invalid regular expression {property_name!r}: {e}")
+
+        def default_callback(props: dict[str, Any], property_name: str) -> Any:
+            # a property is (value, source)
+            return props[property_name][0]
+
+        super().__init__(BUILD_FINISHED, callback or default_callback)
+
+    @defer.inlineCallbacks
+    def consume(self, routingKey: tuple, msg: dict[str, Any]) -> Any:
+        builder_info = yield self._builder_info(msg["builderid"])
+        if not self._builder_name_matches(builder_info):
+            return
+        builder_name = builder_info["name"]
+        properties = yield self.master.data.get(("builds", msg["buildid"], "properties"))
+        properties = properties or {}
+        if self._regex:
+            names = [pn for pn in properties if self._pattern.match(pn)]
+        else:
+            names = [self._property_name]
+        context = self._defaultContext(msg, builder_name)
+        failures = []
+        for pn in names:
+            try:
+                value = self._callback(properties, pn)
+            except KeyError:
+                failures.append(f"property {pn!r} not found")
+                continue
+            except Exception as e:
+                failures.append(f"callback failed for property {pn!r}: {type(e).__name__}: {e}")
+                continue
+            yield self._store(
+                {"name": pn, "value": value}, f"{builder_name}-{pn}", context, msg.get("complete_at")
+            )
+        if failures:
+            raise CaptureCallbackError(
+                f"{type(self).__name__} failed for build number {msg['number']} on builder "
+                f"{builder_name}: {'; '.join(failures)}"
+            )
+
+    @abc.abstractmethod
+    def _builder_name_matches(self, builder_info: dict[str, Any]) -> bool:
+        pass
+
+
+class CaptureProperty(_OneBuilder, CapturePropertyBase):
+    """Captures a build property of one builder into series ``<builder>-<property>``."""
+
+    def __init__(
+        self,
+        builder_name: str,
+        property_name: str,
+        callback: Callable[..., Any] | None = None,
+        regex: bool = False,
+    ) -> None:
+        self._builder_name = builder_name
+        super().__init__(property_name, callback, regex)
+
+
+class CapturePropertyAllBuilders(_AllBuilders, CapturePropertyBase):
+    """Captures a build property on every builder."""
+
+
+class CaptureBuildTimes(Capture):
+    """Base of the build start/end/duration captures (series ``<builder>-build-times``)."""
+
+    def __init__(self, builder_name: str | None, callback: Callable[..., Any], time_type: str) -> None:
+        self._builder_name = builder_name
+        self._time_type = time_type
+        super().__init__(BUILD_FINISHED, callback)
+
+    @defer.inlineCallbacks
+    def consume(self, routingKey: tuple, msg: dict[str, Any]) -> Any:
+        builder_info = yield self._builder_info(msg["builderid"])
+        if not self._builder_name_matches(builder_info):
+            return
+        try:
+            ret_val = self._callback(*self._retValParams(msg))
+        except Exception as e:
+            raise CaptureCallbackError(
+                f"{self._err_msg(msg, builder_info['name'])} "
+                f"Exception raised: {type(e).__name__} with message: {e!s}"
+            ) from e
+        yield self._store(
+            {self._time_type: ret_val},
+            f"{builder_info['name']}-build-times",
+            self._defaultContext(msg, builder_info["name"]),
+            msg.get("complete_at"),
+        )
+
+    def _err_msg(self, build_data: dict[str, Any], builder_name: str) -> str:
+        return f"{type(self).__name__} failed on build {build_data['number']} on builder {builder_name}."
+
+    @abc.abstractmethod
+    def _retValParams(self, msg: dict[str, Any]) -> list[Any]:
+        pass
+
+    @abc.abstractmethod
+    def _builder_name_matches(self, builder_info: dict[str, Any]) -> bool:
+        pass
+
+
+class CaptureBuildStartTime(_OneBuilder, CaptureBuildTimes):
+    """Captures the build start time (ISO 8601 by default) as field ``start-time``."""
+
+    def __init__(self, builder_name: str | None, callback: Callable[..., Any] | None = None) -> None:
+        def default_callback(start_time: datetime.datetime) -> str:
+            return start_time.isoformat()
+
+        super().__init__(builder_name, callback or default_callback, "start-time")
+
+    def _retValParams(self, msg: dict[str, Any]) -> list[Any]:
+        return [msg["started_at"]]
+
+
+class CaptureBuildStartTimeAllBuilders(_AllBuilders, CaptureBuildStartTime):
+    """Captures the build start time on every builder."""
+
+    def __init__(self, callback: Callable[..., Any] | None = None) -> None:
+        super().__init__(None, callback)
+
+
+class CaptureBuildEndTime(_OneBuilder, CaptureBuildTimes):
+    """Captures the build end time (ISO 8601 by default) as field ``end-time``."""
+
+    def __init__(self, builder_name: str | None, callback: Callable[..., Any] | None = None) -> None:
+        def default_callback(end_time: datetime.datetime) -> str:
+            return end_time.isoformat()
+
+        super().__init__(builder_name, callback or default_callback, "end-time")
+
+    def _retValParams(self, msg: dict[str, Any]) -> list[Any]:
+        return [msg["complete_at"]]
+
+
+class CaptureBuildEndTimeAllBuilders(_AllBuilders, CaptureBuildEndTime):
+    """Captures the build end time on every builder."""
+
+    def __init__(self, callback: Callable[..., Any] | None = None) -> None:
+        super().__init__(None, callback)
+
+
+REPORT_IN_DIVISORS = {"seconds": 1, "minutes": 60, "hours": 3600}
+
+
+class CaptureBuildDuration(_OneBuilder, CaptureBuildTimes):
+    """Captures the build duration in ``report_in`` units as field ``duration``."""
+
+    def __init__(
+        self,
+        builder_name: str | None,
+        report_in: str = "seconds",
+        callback: Callable[..., Any] | None = None,
+    ) -> None:
+        if report_in not in REPORT_IN_DIVISORS:
+            config.error(
+                f"Error during initialization of class {type(self).__name__}. "
+                "`report_in` parameter must be one of 'seconds', 'minutes' or 'hours', "
+                f"not {report_in!r}"
+            )
+        divisor = REPORT_IN_DIVISORS.get(report_in, 1)
+
+        def default_callback(start_time: datetime.datetime, end_time: datetime.datetime) -> float:
+            duration = max(end_time - start_time, datetime.timedelta(0))
+            return duration.total_seconds() / divisor
+
+        super().__init__(builder_name, callback or default_callback, "duration")
+
+    def _retValParams(self, msg: dict[str, Any]) -> list[Any]:
+        return [msg["started_at"], msg["complete_at"]]
+
+
+class CaptureBuildDurationAllBuilders(_AllBuilders, CaptureBuildDuration):
+    """Captures the build duration on every builder."""
+
+    def __init__(self, report_in: str = "seconds", callback: Callable[..., Any] | None = None) -> None:
+        super().__init__(None, report_in, callback)
+
+
+class CaptureDataBase(Capture):
+    """Captures values posted with ``yieldMetricsValue`` under ``data_name``."""
+
+    def __init__(self, data_name: str, callback: Callable[..., Any] | None = None) -> None:
+        self._data_name = data_name
+
+        def identity(x: Any) -> Any:
+            return x
+
+        super().__init__(YIELD_DATA, callback or identity)
+
+    @defer.inlineCallbacks
+    def consume(self, routingKey: tuple, msg: dict[str, Any]) -> Any:
+        if msg["data_name"] != self._data_name:
+            return
+        build_data = msg["build_data"]
+        builder_info = yield self._builder_info(build_data["builderid"])
+        if not self._builder_name_matches(builder_info):
+            return
+        try:
+            post_data = self._callback(msg["post_data"])
+        except Exception as e:
+            raise CaptureCallbackError(
+                f"CaptureData failed for build {build_data['number']} of builder "
+                f"{builder_info['name']}. Exception generated: {type(e).__name__} with message {e!s}"
+            ) from e
+        yield self._store(
+            post_data,
+            f"{builder_info['name']}-{self._data_name}",
+            self._defaultContext(build_data, builder_info["name"]),
+        )
+
+    @abc.abstractmethod
+    def _builder_name_matches(self, builder_info: dict[str, Any]) -> bool:
+        pass
+
+
+class CaptureData(_OneBuilder, CaptureDataBase):
+    """Captures ``yieldMetricsValue`` data of one builder into ``<builder>-<data_name>``."""
+
+    def __init__(self, data_name: str, builder_name: str, callback: Callable[..., Any] | None = None) -> None:
+        self._builder_name = builder_name
+        super().__init__(data_name, callback)
+
+
+class CaptureDataAllBuilders(_AllBuilders, CaptureDataBase):
+    """Captures ``yieldMetricsValue`` data on every builder."""

@@ -1,0 +1,362 @@
+"""Getting points from the capture to one backend: spool, group commit, retries.
+
+One :class:`DeliveryQueue` serves one backend.  A point put into it is
+written to the spool (a durable copy) and, independently, sent to the
+backend: whenever no write is in flight, everything queued (up to
+``batch_size``) goes in one thread call.  Points that arrive during a write
+form the next batch, so a quiet master writes each point at once and a busy
+one writes large batches.  A point leaves the spool only after the backend
+accepted it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import fields
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet import threads
+from twisted.python import log
+from twisted.python.failure import Failure
+
+from buildbot_stats.errors import BackendConfigurationError
+from buildbot_stats.errors import BatchTooLargeError
+from buildbot_stats.errors import PartialDeliveryError
+from buildbot_stats.point import Point
+from buildbot_stats.point import PointProblem
+from buildbot_stats.storage_backends.base import WriteReport
+from buildbot_stats.storage_backends.base import post_points
+
+__all__ = ["Counters", "DeliveryPolicy", "DeliveryQueue", "SpoolRunner"]
+
+
+@dataclass
+class Counters:
+    """What happened to the points of one backend since the master started."""
+
+    captured: int = 0  # handed to the queue by a capture
+    spooled: int = 0  # written to the durable spool
+    written: int = 0  # accepted by the backend
+    retried: int = 0  # points in batches that had to be sent again
+    dropped: int = 0  # lost on purpose: rejected by the backend or pushed out of a full spool
+    pending: int = 0  # not yet accepted by the backend
+
+    def add(self, other: Counters) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """How a queue batches and retries (set from the StatsService arguments)."""
+
+    batch_size: int = 5000
+    max_spool_points: int = 1_000_000
+    min_retry_delay: float = 0.5
+    max_retry_delay: float = 60.0
+
+    def retry_delay(self, attempt: int, config_error: bool = False) -> float:
+        """Capped exponential backoff with jitter; a configuration error waits the cap."""
+        if config_error:
+            return self.max_retry_delay
+        delay = min(self.max_retry_delay, self.min_retry_delay * (2 ** min(attempt - 1, 30)))
+        return delay * random.uniform(0.5, 1.0)
+
+
+class SpoolRunner:
+    """Runs the blocking spool methods on one dedicated thread, in submission order."""
+
+    def __init__(self, spool: Any, reactor: Any, pool: Any | None) -> None:
+        self.spool = spool
+        self._reactor = reactor
+        self._pool = pool
+        self.closed = False
+
+    def run(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
+        if self._pool is None:
+            return defer.maybeDeferred(f, *args)
+        return threads.deferToThreadPool(self._reactor, self._pool, f, *args)
+
+    def append(self, key: str, items: list[tuple[int, Point]]) -> defer.Deferred:
+        return self.run(self.spool.thd_append, key, items)
+
+    def remove(self, ids: list[int]) -> defer.Deferred:
+        if self.closed or not self.spool.durable:
+            return defer.succeed(None)
+        return self.run(self.spool.thd_remove, ids)
+
+    def load(self, key: str) -> defer.Deferred:
+        return self.run(self.spool.thd_load, key)
+
+
+class DeliveryQueue:
+    """Delivers the points of one backend, in order, at least once."""
+
+    def __init__(
+        self,
+        key: str,
+        backend: Any,
+        spool: SpoolRunner,
+        reactor: Any,
+        policy: DeliveryPolicy,
+        next_id: Callable[[], int],
+    ) -> None:
+        self.key = key
+        self.backend = backend
+        self.policy = policy
+        self.counters = Counters()
+        self._spool = spool
+        self._reactor = reactor
+        self._next_id = next_id
+        self._items: deque[tuple[int, Point]] = deque()  # waiting for the backend
+        self._inflight: list[tuple[int, Point]] | None = None
+        self._to_spool: dict[int, Point] = {}
+        self._spooling = False
+        self._spool_waiters: list[defer.Deferred] = []
+        self._spool_idle_waiters: list[defer.Deferred] = []
+        self._retry_call: Any = None
+        self._attempt = 0
+        self._batch_limit = policy.batch_size
+        self._failing_since_logged: str | None = None
+        self._dropping = 0
+        self._stopping = False
+        self._drained: defer.Deferred | None = None
+
+    def __repr__(self) -> str:
+        return f"<DeliveryQueue {self.key!r} pending={self.pending}>"
+
+    @property
+    def pending(self) -> int:
+        return len(self._items) + len(self._inflight or ())
+
+    # -- putting points in -------------------------------------------------
+
+    def put(self, points: list[Point]) -> defer.Deferred:
+        """Queue ``points``; the Deferred fires once they are in the spool."""
+        for point in points:
+            pid = self._next_id()
+            self._items.append((pid, point))
+            self._to_spool[pid] = point
+        self.counters.captured += len(points)
+        self._enforce_bound()
+        d: defer.Deferred = defer.Deferred()
+        self._spool_waiters.append(d)
+        self._kick_spool()
+        self._kick_delivery()
+        return d
+
+    def restore(self, items: list[tuple[int, Point]]) -> None:
+        """Put back points found in the spool at start-up, ahead of new ones."""
+        self._items.extendleft(reversed(items))
+        self._enforce_bound()
+        if items:
+            log.msg(f"buildbot_stats: {len(items)} spooled points to send to backend {self.key!r}")
+        self._kick_delivery()
+
+    def _enforce_bound(self) -> None:
+        excess = self.pending - self.policy.max_spool_points
+        if excess <= 0:
+            return
+        dropped_ids = []
+        for _ in range(min(excess, len(self._items))):
+            pid, _point = self._items.popleft()
+            if self._to_spool.pop(pid, None) is None:
+                dropped_ids.append(pid)
+        count = excess
+        self.counters.dropped += count
+        if not self._dropping:
+            log.msg(
+                f"buildbot_stats: spool of backend {self.key!r} is full "
+                f"({self.policy.max_spool_points} points): dropping the oldest points "
+                f"until the backend accepts writes again"
+            )
+        self._dropping += count
+        if dropped_ids:
+            self._spool.remove(dropped_ids).addErrback(self._log_spool_error)
+
+    # -- spooling ----------------------------------------------------------
+
+    def _kick_spool(self) -> None:
+        if self._spooling:
+            return
+        if not self._to_spool:
+            waiters, self._spool_waiters = self._spool_waiters, []
+            idle, self._spool_idle_waiters = self._spool_idle_waiters, []
+            for d in waiters + idle:
+                d.callback(None)
+            return
+        batch = list(self._to_spool.items())
+        self._to_spool = {}
+        waiters, self._spool_waiters = self._spool_waiters, []
+        self._spooling = True
+        d = self._spool.append(self.key, batch)
+
+        def done(result: Any) -> None:
+            if not isinstance(result, Failure) and self._spool.spool.durable:
+                self.counters.spooled += len(batch)
+            self._spooling = False
+            for w in waiters:
+                w.callback(None)
+            self._kick_spool()
+
+        d.addErrback(self._log_spool_error)
+        d.addBoth(done)
+
+    def _log_spool_error(self, failure: Failure) -> None:
+        log.msg(
+            f"buildbot_stats: could not write the spool for backend {self.key!r} "
+            f"({failure.getErrorMessage()}); points stay in memory"
+        )
+
+    def wait_spooled(self) -> defer.Deferred:
+        """Fires when everything put so far has reached the spool."""
+        d: defer.Deferred = defer.Deferred()
+        if not self._spooling and not self._to_spool:
+            d.callback(None)
+        else:
+            self._spool_idle_waiters.append(d)
+        return d
+
+    # -- delivering --------------------------------------------------------
+
+    def _kick_delivery(self) -> None:
+        if self._inflight is not None or self._retry_call is not None or not self._items:
+            if self._drained is not None and self.pending == 0:
+                self._fire_drained()
+            return
+        n = min(self._batch_limit, len(self._items))
+        batch = [self._items.popleft() for _ in range(n)]
+        self._inflight = batch
+        backend = self.backend
+        d = threads.deferToThread(post_points, backend, [p for _, p in batch])
+        d.addCallbacks(self._written, self._write_failed)
+        d.addErrback(log.err, "buildbot_stats: internal error in delivery")
+
+    def _ack(self, items: list[tuple[int, Point]]) -> None:
+        ids = [pid for pid, _ in items]
+        unspooled = [pid for pid in ids if self._to_spool.pop(pid, None) is not None]
+        if len(unspooled) < len(ids):
+            self._spool.remove(ids).addErrback(self._log_spool_error)
+
+    def _written(self, report: WriteReport | None) -> None:
+        batch = self._inflight or []
+        self._inflight = None
+        self._attempt = 0
+        self._batch_limit = self.policy.batch_size
+        rejected = report.rejected_points if report else 0
+        self.counters.written += len(batch) - rejected
+        self.counters.dropped += rejected
+        if report and report.problems:
+            self._log_problems(report.problems)
+        self._ack(batch)
+        if self._failing_since_logged is not None:
+            log.msg(
+                f"buildbot_stats: backend {self.key!r} accepts writes again; "
+                f"{self.pending} points still pending; counters {self.counters.as_dict()}"
+            )
+            self._failing_since_logged = None
+        if self._dropping:
+            log.msg(f"buildbot_stats: {self._dropping} points of backend {self.key!r} were dropped: spool full")
+            self._dropping = 0
+        self._kick_delivery()
+
+    def _log_problems(self, problems: list[PointProblem]) -> None:
+        counts: dict[PointProblem, int] = {}
+        for p in problems:
+            counts[p] = counts.get(p, 0) + 1
+        for p, n in counts.items():
+            what = "rejected" if p.rejected else "converted"
+            times = f" ({n} values)" if n > 1 else ""
+            log.msg(
+                f"buildbot_stats: backend {self.key!r} {what} field {p.field!r} "
+                f"of series {p.series!r}: {p.reason}{times}"
+            )
+
+    def _write_failed(self, failure: Failure) -> None:
+        batch = self._inflight or []
+        self._inflight = None
+        error = failure.value
+        if isinstance(error, PartialDeliveryError):
+            done, batch = batch[: error.delivered], batch[error.delivered :]
+            self.counters.written += len(done)
+            self._ack(done)
+            error = error.cause
+        self._items.extendleft(reversed(batch))
+        if isinstance(error, BatchTooLargeError) and len(batch) > 1:
+            self._batch_limit = max(1, len(batch) // 2)
+            self._kick_delivery()
+            return
+        self._attempt += 1
+        self.counters.retried += len(batch)
+        config_error = isinstance(error, BackendConfigurationError)
+        message = f"{type(error).__name__}: {error}"
+        if self._failing_since_logged != message:
+            log.msg(
+                f"buildbot_stats: writing {len(batch)} points to backend {self.key!r} failed "
+                f"({message}); {self.pending} points kept and retried"
+                + (" every {:.0f}s until fixed".format(self.policy.max_retry_delay) if config_error else "")
+            )
+            self._failing_since_logged = message
+        if self._stopping:
+            self._fire_drained()
+            return
+        delay = self.policy.retry_delay(self._attempt, config_error)
+        self._retry_call = self._reactor.callLater(delay, self._retry)
+
+    def _retry(self) -> None:
+        self._retry_call = None
+        self._kick_delivery()
+
+    # -- stopping ----------------------------------------------------------
+
+    def _fire_drained(self) -> None:
+        d, self._drained = self._drained, None
+        if d is not None:
+            d.callback(None)
+
+    @defer.inlineCallbacks
+    def stop(self, timeout: float) -> Any:
+        """Deliver what can be delivered within ``timeout`` seconds; the rest stays spooled."""
+        self._stopping = True
+        if self._retry_call is not None:
+            self._retry_call.cancel()
+            self._retry_call = None
+            # one last try, unless the backend was failing: then do not wait for it
+        if self.pending and self._failing_since_logged is None:
+            self._drained = defer.Deferred()
+            self._kick_delivery()
+            if self._drained is not None:
+                waiting: defer.Deferred = defer.Deferred()
+                self._drained.chainDeferred(waiting)
+                waiting.addTimeout(timeout, self._reactor)
+                try:
+                    yield waiting
+                except defer.TimeoutError:
+                    log.msg(
+                        f"buildbot_stats: backend {self.key!r} did not take all points within "
+                        f"{timeout}s at shutdown; {self.pending} points stay in the spool"
+                    )
+        elif self._inflight is not None:
+            # a write is running in a thread: give it the time, then leave
+            self._drained = defer.Deferred()
+            waiting = defer.Deferred()
+            self._drained.chainDeferred(waiting)
+            waiting.addTimeout(timeout, self._reactor)
+            try:
+                yield waiting
+            except defer.TimeoutError:
+                pass
+        self._drained = None
+        yield self.wait_spooled()
+        if self.pending:
+            log.msg(
+                f"buildbot_stats: {self.pending} points of backend {self.key!r} stay in the spool "
+                f"and are sent after the next start"
+            )

@@ -1,0 +1,60 @@
+"""Exceptions: the ones users see in master.cfg, and the ones backends raise.
+
+Backends tell the delivery queue what kind of failure happened by raising one of
+the ``*WriteError`` classes below; anything else a backend raises is treated as
+transient and retried.
+"""
+
+from __future__ import annotations
+
+from buildbot.config.errors import ConfigErrors
+from buildbot.errors import CaptureCallbackError
+
+__all__ = [
+    "BackendConfigurationError",
+    "BatchTooLargeError",
+    "CaptureCallbackError",
+    "PartialDeliveryError",
+    "StorageBackendTypeError",
+    "TransientWriteError",
+]
+
+
+class StorageBackendTypeError(ConfigErrors, TypeError):
+    """A ``storage_backends`` entry is not a storage backend.
+
+    A :class:`TypeError` as the spec documents, and a
+    :class:`~buildbot.config.errors.ConfigErrors` so that ``buildbot
+    checkconfig`` prints the message instead of a traceback.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__([message])
+
+    def __str__(self) -> str:
+        return "; ".join(self.errors)
+
+
+class TransientWriteError(Exception):
+    """The write failed but may succeed later (server down, timeout, 5xx, 503)."""
+
+
+class BackendConfigurationError(TransientWriteError):
+    """The backend refused us for a reason a person must fix (auth, missing database).
+
+    Retried slowly: once the password is fixed or the database created, the
+    points are delivered without a master restart.
+    """
+
+
+class BatchTooLargeError(Exception):
+    """The backend refused the batch as too large; the queue halves it and retries."""
+
+
+class PartialDeliveryError(Exception):
+    """The first ``delivered`` points of the batch were stored, then ``cause`` happened."""
+
+    def __init__(self, delivered: int, cause: BaseException) -> None:
+        super().__init__(f"{delivered} points delivered before: {cause!r}")
+        self.delivered = delivered
+        self.cause = cause

@@ -1,0 +1,130 @@
+"""Points to InfluxDB line protocol, with one documented rule for every awkward value.
+
+Rules (also in docs/values.rst):
+
+* Field values: ``bool`` is a boolean; ``int`` within signed 64 bits is an
+  integer, beyond that it is stored as a float (converted, logged); a finite
+  ``float`` is a float; NaN and ±Inf are rejected; ``str`` is a string, cut to
+  64 KiB of UTF-8 (converted, logged); ``None`` is rejected (InfluxDB has no
+  null); ``bytes`` are decoded as UTF-8; ``dict``/``list``/``tuple`` are stored
+  as their JSON text; anything else as its ``str()``.
+* Names (series, tag keys, field keys) and tag values are escaped as the line
+  protocol requires; newlines in them become spaces (converted, logged). A
+  field or tag named ``time`` is stored as ``time_`` (converted, logged).
+  Empty tag values are left out (InfluxDB ignores them); an empty field key
+  or series name is rejected.
+* A point with no field left is rejected as a whole; the other points of the
+  batch are always written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from buildbot_stats.point import Point
+from buildbot_stats.point import PointProblem
+from buildbot_stats.point import to_plain
+
+__all__ = ["MAX_STRING_BYTES", "encode_points", "PRECISIONS"]
+
+MAX_STRING_BYTES = 64 * 1024 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+PRECISIONS = {"n": 1, "u": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
+
+_MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": " ", "\r": " "})
+_KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": " ", "\r": " "})
+_STRING_ESCAPES = str.maketrans({'"': r"\"", "\\": "\\\\"})
+
+
+class _Encoder:
+    def __init__(self) -> None:
+        self.problems: list[PointProblem] = []
+
+    def _problem(self, series: str, field: str, reason: str, rejected: bool) -> None:
+        self.problems.append(PointProblem(series, field, reason, rejected))
+
+    def name(self, series: str, field: str, value: str, table: dict[int, str]) -> str:
+        if "\n" in value or "\r" in value:
+            self._problem(series, field, "newline in a name replaced by a space", False)
+        escaped = value.translate(table)
+        if escaped.endswith("\\"):
+            # a trailing backslash would escape the separator that follows
+            escaped += " " if table is _MEASUREMENT_ESCAPES else "_"
+            self._problem(series, field, "trailing backslash in a name padded", False)
+        return escaped
+
+    def key(self, series: str, key: Any) -> str:
+        key = str(key)
+        if key == "time":
+            self._problem(series, key, "'time' is reserved; stored as 'time_'", False)
+            key = "time_"
+        return self.name(series, key, key, _KEY_ESCAPES)
+
+    def field_value(self, series: str, key: str, value: Any) -> str | None:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int):
+            if INT64_MIN <= value <= INT64_MAX:
+                return f"{value}i"
+            self._problem(series, key, "integer beyond 64 bits stored as a float", False)
+            value = float(value)
+        if isinstance(value, float):
+            if math.isfinite(value):
+                return repr(value)
+            self._problem(series, key, f"{value} cannot be stored", True)
+            return None
+        if value is None:
+            self._problem(series, key, "None cannot be stored", True)
+            return None
+        if isinstance(value, (dict, list, tuple, set, frozenset)):
+            text = json.dumps(to_plain(value), sort_keys=True, ensure_ascii=False, default=str)
+        else:
+            text = to_plain(value)
+        raw = text.encode("utf-8")
+        if len(raw) > MAX_STRING_BYTES:
+            self._problem(series, key, f"string of {len(raw)} bytes cut to {MAX_STRING_BYTES}", False)
+            text = raw[:MAX_STRING_BYTES].decode("utf-8", errors="ignore")
+        return '"' + text.translate(_STRING_ESCAPES) + '"'
+
+    def line(self, point: Point, divisor: int) -> str | None:
+        series = str(point.series)
+        if not series:
+            self._problem(series, "*", "empty series name", True)
+            return None
+        parts = [self.name(series, "*", series, _MEASUREMENT_ESCAPES)]
+        for tag_key in sorted(point.tags, key=str):
+            tag_value = point.tags[tag_key]
+            if tag_value is None:
+                continue
+            text = str(to_plain(tag_value))
+            if not text or not str(tag_key):
+                continue
+            parts.append(f"{self.key(series, tag_key)}={self.name(series, str(tag_key), text, _KEY_ESCAPES)}")
+        fields = []
+        for field_key, value in point.fields.items():
+            if not str(field_key):
+                self._problem(series, "", "empty field name", True)
+                continue
+            encoded = self.field_value(series, str(field_key), value)
+            if encoded is not None:
+                fields.append(f"{self.key(series, field_key)}={encoded}")
+        if not fields:
+            return None
+        return f"{','.join(parts)} {','.join(fields)} {point.time_ns // divisor}"
+
+
+def encode_points(points: list[Point], precision: str = "n") -> tuple[str, list[PointProblem], int]:
+    """Return (line protocol body, problems, number of points left out)."""
+    encoder = _Encoder()
+    divisor = PRECISIONS[precision]
+    lines = []
+    skipped = 0
+    for point in points:
+        line = encoder.line(point, divisor)
+        if line is None:
+            skipped += 1
+        else:
+            lines.append(line)
+    return "\n".join(lines), encoder.problems, skipped

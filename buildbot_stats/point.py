@@ -1,0 +1,158 @@
+"""The unit of data that flows from a capture to a storage backend.
+
+A :class:`Point` is what a capture produces and what a backend stores: a series
+name, a dict of fields, a dict of tags (the capture's *context*) and a timestamp
+in nanoseconds since the epoch.  Points are plain data so that they can be
+spooled to disk and sent again after a restart.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import threading
+import time
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+
+__all__ = [
+    "Point",
+    "PointProblem",
+    "Clock",
+    "to_ns",
+    "to_plain",
+    "point_to_json",
+    "point_from_json",
+]
+
+
+@dataclass
+class Point:
+    """One statistic: ``fields`` of ``series`` at ``time_ns``, described by ``tags``.
+
+    ``fields`` is the capture's ``post_data`` and ``tags`` its ``context``, kept
+    as the capture gave them; each backend applies its own storage rules when
+    it writes them (see :mod:`buildbot_stats.lineprotocol` for InfluxDB's).
+    """
+
+    series: str
+    fields: dict[str, Any]
+    tags: dict[str, Any] = field(default_factory=dict)
+    time_ns: int = 0
+
+
+@dataclass(frozen=True)
+class PointProblem:
+    """A value that a backend converted or rejected, reported back for one log line."""
+
+    series: str
+    field: str
+    reason: str
+    rejected: bool = True
+
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def to_ns(value: Any) -> int:
+    """Convert a timestamp (datetime, epoch seconds, or ns int) to integer nanoseconds."""
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.timezone.utc)
+        delta = value - _EPOCH
+        return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+    if isinstance(value, bool):
+        raise TypeError("a bool is not a timestamp")
+    if isinstance(value, int):
+        # Heuristic that matches what Buildbot hands out: epoch seconds are far
+        # below 10**12, nanosecond stamps far above.
+        return value if abs(value) >= 10**12 else value * 1_000_000_000
+    if isinstance(value, float):
+        return int(round(value * 1_000_000_000))
+    raise TypeError(f"cannot use {type(value).__name__} as a timestamp")
+
+
+class Clock:
+    """Strictly increasing nanosecond timestamps for values stamped at call time.
+
+    Two values posted in the same nanosecond into the same series would
+    otherwise share series, tags and time, and InfluxDB would keep only one.
+    """
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def now_ns(self) -> int:
+        with self._lock:
+            now = time.time_ns()
+            if now <= self._last:
+                now = self._last + 1
+            self._last = now
+            return now
+
+
+def to_plain(value: Any) -> Any:
+    """Reduce a value to None, bool, int, float, str, list or dict (for the spool).
+
+    bytes are decoded as UTF-8 (undecodable bytes replaced), datetimes become
+    ISO-8601 strings, tuples and sets become lists, anything else its ``str()``.
+    """
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [to_plain(v) for v in value]
+    return str(value)
+
+
+def _float_token(value: float) -> Any:
+    # JSON has no NaN/Infinity; keep them distinguishable from strings.
+    if math.isnan(value):
+        return {"$float": "nan"}
+    if math.isinf(value):
+        return {"$float": "inf" if value > 0 else "-inf"}
+    return value
+
+
+def _encode(value: Any) -> Any:
+    value = to_plain(value)
+    if isinstance(value, float):
+        return _float_token(value)
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1 and "$float" in value:
+            return float(value["$float"])
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def point_to_json(point: Point) -> str:
+    """Serialise a point for the spool; lossless for plain values, including NaN/Inf."""
+    return json.dumps(
+        [point.series, _encode(point.fields), _encode(point.tags), point.time_ns],
+        allow_nan=False,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def point_from_json(text: str) -> Point:
+    series, fields, tags, time_ns = json.loads(text)
+    return Point(series, _decode(fields), _decode(tags), time_ns)

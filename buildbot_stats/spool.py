@@ -1,0 +1,121 @@
+"""Where points wait until their backend has accepted them.
+
+A spool maps ``(backend key, point id)`` to a point.  :class:`SQLiteSpool`
+keeps them in a file so that a master that is stopped, or killed, sends them
+after it starts again; :class:`MemorySpool` keeps nothing (``spool_path=None``).
+
+All ``thd_*`` methods are blocking and are called from one dedicated thread.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable
+
+from buildbot_stats.point import Point
+from buildbot_stats.point import point_from_json
+from buildbot_stats.point import point_to_json
+
+__all__ = ["MemorySpool", "SQLiteSpool"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS buildbot_stats_spool (
+    id INTEGER PRIMARY KEY,
+    backend TEXT NOT NULL,
+    point TEXT NOT NULL
+)
+"""
+
+
+class MemorySpool:
+    """No durability: points live only in the delivery queue's memory."""
+
+    durable = False
+    path = None
+
+    def thd_open(self) -> None:
+        pass
+
+    def thd_max_id(self) -> int:
+        return 0
+
+    def thd_load(self, backend: str) -> list[tuple[int, Point]]:
+        return []
+
+    def thd_append(self, backend: str, items: list[tuple[int, Point]]) -> None:
+        pass
+
+    def thd_remove(self, ids: Iterable[int]) -> None:
+        pass
+
+    def thd_close(self) -> None:
+        pass
+
+
+class SQLiteSpool:
+    """A spool in an SQLite file (WAL mode, survives a SIGKILL of the master)."""
+
+    durable = True
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+
+    def __repr__(self) -> str:
+        return f"SQLiteSpool({self.path!r})"
+
+    def thd_open(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL: a commit survives a crash of the process (not of the OS)
+            # without an fsync per commit.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(_SCHEMA)
+            db.execute(
+                "CREATE INDEX IF NOT EXISTS buildbot_stats_spool_backend "
+                "ON buildbot_stats_spool (backend, id)"
+            )
+        except Exception:
+            db.close()
+            raise
+        self._db = db
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError(f"spool {self.path} is not open")
+        return self._db
+
+    def thd_max_id(self) -> int:
+        row = self._conn().execute("SELECT MAX(id) FROM buildbot_stats_spool").fetchone()
+        return row[0] or 0
+
+    def thd_load(self, backend: str) -> list[tuple[int, Point]]:
+        rows = self._conn().execute(
+            "SELECT id, point FROM buildbot_stats_spool WHERE backend = ? ORDER BY id", (backend,)
+        )
+        return [(pid, point_from_json(text)) for pid, text in rows]
+
+    def thd_append(self, backend: str, items: list[tuple[int, Point]]) -> None:
+        rows = [(pid, backend, point_to_json(point)) for pid, point in items]
+        db = self._conn()
+        with db:
+            db.execute("BEGIN")
+            db.executemany(
+                "INSERT OR REPLACE INTO buildbot_stats_spool (id, backend, point) VALUES (?, ?, ?)",
+                rows,
+            )
+
+    def thd_remove(self, ids: Iterable[int]) -> None:
+        db = self._conn()
+        with db:
+            db.execute("BEGIN")
+            db.executemany("DELETE FROM buildbot_stats_spool WHERE id = ?", ((i,) for i in ids))
+
+    def thd_close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

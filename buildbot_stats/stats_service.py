@@ -1,0 +1,357 @@
+"""The StatsService: registers captures on the MQ and owns the delivery queues."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet import defer
+from twisted.python import log
+from twisted.python import threadpool
+
+from buildbot import config
+from buildbot.util import service
+from buildbot_stats.capture import YIELD_DATA
+from buildbot_stats.capture import Capture
+from buildbot_stats.delivery import Counters
+from buildbot_stats.delivery import DeliveryPolicy
+from buildbot_stats.delivery import DeliveryQueue
+from buildbot_stats.delivery import SpoolRunner
+from buildbot_stats.errors import CaptureCallbackError
+from buildbot_stats.errors import StorageBackendTypeError
+from buildbot_stats.point import Clock
+from buildbot_stats.point import Point
+from buildbot_stats.point import to_ns
+from buildbot_stats.spool import MemorySpool
+from buildbot_stats.spool import SQLiteSpool
+from buildbot_stats.storage_backends.base import is_storage_backend
+
+__all__ = ["DEFAULT_SPOOL_PATH", "StatsService"]
+
+DEFAULT_SPOOL_PATH = "stats-spool.sqlite"
+_BUILD_CACHE_SIZE = 256
+
+
+def _backend_keys(backends: Sequence[Any]) -> list[str]:
+    """A stable key per backend (its name), made unique by a ``#n`` suffix."""
+    keys: list[str] = []
+    for backend in backends:
+        base = getattr(backend, "name", None) or type(backend).__name__
+        key, n = base, 1
+        while key in keys:
+            n += 1
+            key = f"{base}#{n}"
+        keys.append(key)
+    return keys
+
+
+class StatsService(service.BuildbotService):
+    """Passes statistics captured on the master on to every storage backend.
+
+    ``storage_backends`` is the list of backends; the other arguments tune
+    delivery: ``spool_path`` (relative to the master's basedir; ``None`` keeps
+    pending points in memory only), ``batch_size`` (points per write),
+    ``max_spool_points`` (per backend, oldest dropped beyond it),
+    ``max_retry_delay`` (seconds, the backoff cap) and ``flush_timeout``
+    (seconds that ``stopService`` waits for pending writes).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.consumers: list[Any] = []
+        self.registeredStorageServices: list[Any] = []
+        self.queues: dict[str, DeliveryQueue] = {}
+        self.clock = Clock()
+        self._queue_of: dict[int, DeliveryQueue] = {}
+        self._policy = DeliveryPolicy()
+        self._flush_timeout = 10.0
+        self._spool: SpoolRunner | None = None
+        self._spool_pool: Any = None
+        self._ids: Any = None
+        self._builders: dict[Any, dict[str, Any]] = {}
+        self._builds: OrderedDict[Any, dict[str, Any]] = OrderedDict()
+        self._retired = Counters()
+
+    def checkConfig(  # type: ignore[override]
+        self,
+        storage_backends: Sequence[Any] = (),
+        spool_path: str | None = DEFAULT_SPOOL_PATH,
+        batch_size: int = 5000,
+        max_spool_points: int = 1_000_000,
+        max_retry_delay: float = 60.0,
+        flush_timeout: float = 10.0,
+    ) -> None:
+        if not isinstance(storage_backends, (list, tuple)):
+            config.error(
+                f"StatsService: storage_backends must be a list of storage backends, "
+                f"not {type(storage_backends).__name__}"
+            )
+            return
+        for backend in storage_backends:
+            if not is_storage_backend(backend):
+                raise StorageBackendTypeError(
+                    f"StatsService: invalid storage backend {type(backend).__name__!r}: a storage "
+                    "backend must subclass StatsStorageBase or provide IStatsStorage"
+                )
+            captures = getattr(backend, "captures", None)
+            if not isinstance(captures, (list, tuple)) or not all(
+                isinstance(c, Capture) or hasattr(c, "consume") for c in captures
+            ):
+                config.error(
+                    f"StatsService: captures of backend {getattr(backend, 'name', backend)!r} "
+                    "must be a list of Capture objects"
+                )
+        if spool_path is not None and not isinstance(spool_path, str):
+            config.error("StatsService: spool_path must be a file path or None")
+        for name, value, low in (
+            ("batch_size", batch_size, 1),
+            ("max_spool_points", max_spool_points, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                config.error(f"StatsService: {name} must be an integer >= {low}, not {value!r}")
+        for name, value in (("max_retry_delay", max_retry_delay), ("flush_timeout", flush_timeout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                config.error(f"StatsService: {name} must be a number of seconds >= 0, not {value!r}")
+
+    @defer.inlineCallbacks
+    def reconfigService(  # type: ignore[override]
+        self,
+        storage_backends: Sequence[Any] = (),
+        spool_path: str | None = DEFAULT_SPOOL_PATH,
+        batch_size: int = 5000,
+        max_spool_points: int = 1_000_000,
+        max_retry_delay: float = 60.0,
+        flush_timeout: float = 10.0,
+    ) -> Any:
+        self.checkConfig(
+            storage_backends, spool_path, batch_size, max_spool_points, max_retry_delay, flush_timeout
+        )
+        log.msg(f"buildbot_stats: configuring StatsService {self.name!r} with backends {storage_backends!r}")
+        self.registeredStorageServices = list(storage_backends)
+        self._policy = DeliveryPolicy(
+            batch_size=batch_size,
+            max_spool_points=max_spool_points,
+            max_retry_delay=float(max_retry_delay),
+            min_retry_delay=min(0.5, float(max_retry_delay)),
+        )
+        self._flush_timeout = float(flush_timeout)
+        if self._spool is None:
+            yield self._open_spool(spool_path)
+        yield self._sync_queues()
+        yield self.removeConsumers()
+        yield self.registerConsumers()
+
+    # -- spool and queues --------------------------------------------------
+
+    def _spool_file(self, spool_path: str | None) -> str | None:
+        if spool_path is None:
+            return None
+        basedir = getattr(self.master, "basedir", None) if self.master else None
+        if basedir is None and not os.path.isabs(spool_path):
+            return None
+        return os.path.join(basedir or "", os.path.expanduser(spool_path))
+
+    @defer.inlineCallbacks
+    def _open_spool(self, spool_path: str | None) -> Any:
+        reactor = self.master.reactor if self.master else None
+        path = self._spool_file(spool_path)
+        if path is None:
+            if spool_path is not None:
+                log.msg("buildbot_stats: no master basedir; pending points are kept in memory only")
+            self._spool = SpoolRunner(MemorySpool(), reactor, None)
+            self._ids = itertools.count(1)
+            return
+        pool = threadpool.ThreadPool(1, 1, "buildbot_stats-spool")
+        pool.start()
+        runner = SpoolRunner(SQLiteSpool(path), reactor, pool)
+        try:
+            yield runner.run(runner.spool.thd_open)
+            max_id = yield runner.run(runner.spool.thd_max_id)
+        except Exception as e:
+            pool.stop()
+            log.msg(
+                f"buildbot_stats: cannot open the spool {path} ({type(e).__name__}: {e}); "
+                "pending points are kept in memory only"
+            )
+            self._spool = SpoolRunner(MemorySpool(), reactor, None)
+            self._ids = itertools.count(1)
+            return
+        self._spool_pool = pool
+        self._spool = runner
+        self._ids = itertools.count(max_id + 1)
+
+    def _next_id(self) -> int:
+        return next(self._ids)
+
+    @defer.inlineCallbacks
+    def _sync_queues(self) -> Any:
+        backends = self.registeredStorageServices
+        keys = _backend_keys(backends)
+        old = self.queues
+        self.queues = {}
+        self._queue_of = {}
+        for key, backend in zip(keys, backends):
+            queue = old.pop(key, None)
+            if queue is None:
+                queue = DeliveryQueue(
+                    key, backend, self._spool, self.master.reactor, self._policy, self._next_id
+                )
+                items = yield self._spool.load(key)
+                queue.restore(items)
+            else:
+                queue.backend = backend
+                queue.policy = self._policy
+            self.queues[key] = queue
+            self._queue_of[id(backend)] = queue
+        for queue in old.values():
+            # A backend removed from the configuration: its points stay spooled
+            # and are sent if a backend of that name comes back.
+            yield queue.stop(self._flush_timeout)
+            self._retired.add(queue.counters)
+
+    def store(
+        self, capture: Any, post_data: Any, series_name: str, context: Any, time: Any = None
+    ) -> defer.Deferred:
+        """Turn one capture result into a point for each of the capture's backends."""
+        if not isinstance(post_data, dict):
+            post_data = {"value": post_data}
+        point = Point(
+            str(series_name),
+            dict(post_data),
+            dict(context) if context else {},
+            to_ns(time) if time is not None else self.clock.now_ns(),
+        )
+        return self._put([point], capture.parent_svcs)
+
+    def _put(self, points: list[Point], backends: Sequence[Any]) -> defer.Deferred:
+        waits = []
+        for backend in backends:
+            queue = self._queue_of.get(id(backend))
+            if queue is None:
+                log.msg(f"buildbot_stats: backend {backend!r} is not configured; points not stored")
+                continue
+            waits.append(queue.put(points))
+        if len(waits) == 1:
+            return waits[0]
+        return defer.gatherResults(waits, consumeErrors=True)
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Counters summed over all backends: captured, spooled, written, retried, dropped, pending."""
+        total = Counters()
+        total.add(self._retired)
+        for queue in self.queues.values():
+            queue.counters.pending = queue.pending
+            total.add(queue.counters)
+        return total.as_dict()
+
+    def backend_counters(self) -> dict[str, dict[str, int]]:
+        result = {}
+        for key, queue in self.queues.items():
+            queue.counters.pending = queue.pending
+            result[key] = queue.counters.as_dict()
+        return result
+
+    # -- MQ consumers ------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def registerConsumers(self) -> Any:
+        self.consumers = []
+        captures: dict[int, Any] = {}
+        owners: dict[int, list[Any]] = {}
+        for backend in self.registeredStorageServices:
+            for cap in backend.captures:
+                captures.setdefault(id(cap), cap)
+                owners.setdefault(id(cap), []).append(backend)
+        for key, cap in captures.items():
+            cap.parent_svcs = owners[key]
+            cap.master = self.master
+            cap._stats_service = self
+            consumer = yield self.master.mq.startConsuming(self._consumer(cap), cap.routingKey)
+            self.consumers.append(consumer)
+
+    def _consumer(self, cap: Any) -> Any:
+        def consume(routingKey: tuple, msg: dict[str, Any]) -> defer.Deferred:
+            d = defer.maybeDeferred(cap.consume, routingKey, msg)
+            d.addErrback(self._capture_failed, cap)
+            return d
+
+        return consume
+
+    def _capture_failed(self, failure: Any, cap: Any) -> None:
+        if failure.check(CaptureCallbackError):
+            log.msg(f"buildbot_stats: {failure.getErrorMessage()}")
+        else:
+            log.msg(
+                f"buildbot_stats: {type(cap).__name__} could not handle a message: "
+                f"{failure.type.__name__}: {failure.getErrorMessage()}"
+            )
+
+    @defer.inlineCallbacks
+    def removeConsumers(self) -> Any:
+        for consumer in self.consumers:
+            yield consumer.stopConsuming()
+        self.consumers = []
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        yield super().stopService()
+        yield self.removeConsumers()
+        for queue in self.queues.values():
+            yield queue.stop(self._flush_timeout)
+        if self._spool is not None:
+            spool = self._spool
+            yield spool.run(spool.spool.thd_close)
+            spool.closed = True
+            self._spool = None
+        if self._spool_pool is not None:
+            self._spool_pool.stop()
+            self._spool_pool = None
+        self.queues = {}
+        self._queue_of = {}
+
+    # -- data from build steps ---------------------------------------------
+
+    @defer.inlineCallbacks
+    def builder_info(self, builderid: Any) -> Any:
+        """The builder's data (cached: builder ids never change their name)."""
+        info = self._builders.get(builderid)
+        if info is None:
+            info = yield self.master.data.get(("builders", builderid))
+            if info is not None:
+                self._builders[builderid] = info
+        return info
+
+    @defer.inlineCallbacks
+    def _build_data(self, buildid: Any) -> Any:
+        build = self._builds.get(buildid)
+        if build is None:
+            build = yield self.master.data.get(("builds", buildid))
+            if build is None:
+                raise CaptureCallbackError(f"yieldMetricsValue: no build with id {buildid!r}")
+            self._builds[buildid] = build
+            if len(self._builds) > _BUILD_CACHE_SIZE:
+                self._builds.popitem(last=False)
+        return build
+
+    @defer.inlineCallbacks
+    def yieldMetricsValue(self, data_name: str, post_data: Any, buildid: int) -> Any:
+        """Post ``post_data`` (a dict of field values) for build ``buildid`` as ``data_name``.
+
+        Captured by :class:`~buildbot_stats.capture.CaptureData` captures of that name.
+        """
+        build_data = yield self._build_data(buildid)
+        self.master.mq.produce(
+            YIELD_DATA, {"data_name": data_name, "post_data": post_data, "build_data": build_data}
+        )
+
+    @defer.inlineCallbacks
+    def yieldMetricsValues(self, data_name: str, post_data_list: Sequence[Any], buildid: int) -> Any:
+        """Post many values at once: one build lookup, one message per value."""
+        build_data = yield self._build_data(buildid)
+        produce = self.master.mq.produce
+        for post_data in post_data_list:
+            produce(YIELD_DATA, {"data_name": data_name, "post_data": post_data, "build_data": build_data})

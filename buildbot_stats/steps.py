@@ -1,0 +1,58 @@
+"""Posting values from build steps without knowing where the service lives.
+
+Buildbot 4 keeps services from ``c['services']`` under
+``master.service_manager.namedServices``, not ``master.namedServices`` as the
+old statistics documentation says; :func:`get_stats_service` looks in both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet import defer
+
+__all__ = ["StatsStepMixin", "get_stats_service"]
+
+
+def get_stats_service(master: Any, name: str | None = None) -> Any:
+    """Return the running StatsService (the one called ``name``, if given).
+
+    Raises :class:`LookupError` with a clear message when there is none.
+    """
+    from buildbot_stats.stats_service import StatsService
+
+    found = []
+    for parent in (getattr(master, "service_manager", None), master):
+        services = getattr(parent, "namedServices", None) or {}
+        for svc_name, svc in services.items():
+            if isinstance(svc, StatsService) and (name is None or svc_name == name):
+                found.append(svc)
+        if found:
+            break
+    if not found:
+        what = f"named {name!r}" if name else "configured"
+        raise LookupError(f"no buildbot_stats StatsService {what} on this master")
+    if len(found) > 1 and name is None:
+        raise LookupError("several StatsServices are configured: pass the name of the one to use")
+    return found[0]
+
+
+class StatsStepMixin:
+    """Mix into a BuildStep to post values: ``await self.yieldMetricsValue(name, data)``.
+
+    ``stats_service_name`` picks a service when several are configured.
+    """
+
+    stats_service_name: str | None = None
+
+    def _stats_service(self) -> Any:
+        return get_stats_service(self.master, self.stats_service_name)  # type: ignore[attr-defined]
+
+    def yieldMetricsValue(self, data_name: str, post_data: dict[str, Any]) -> defer.Deferred:
+        """Post one value (a dict of fields) for the current build."""
+        return self._stats_service().yieldMetricsValue(data_name, post_data, self.build.buildid)  # type: ignore[attr-defined]
+
+    def yieldMetricsValues(self, data_name: str, post_data_list: Sequence[dict[str, Any]]) -> defer.Deferred:
+        """Post many values for the current build in one call."""
+        return self._stats_service().yieldMetricsValues(data_name, post_data_list, self.build.buildid)  # type: ignore[attr-defined]

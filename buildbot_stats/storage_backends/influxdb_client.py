@@ -1,0 +1,172 @@
+"""InfluxDB 1.x storage backend (through the ``influxdb`` client library)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.python import log
+
+from buildbot import config
+from buildbot_stats.errors import BackendConfigurationError
+from buildbot_stats.errors import BatchTooLargeError
+from buildbot_stats.errors import TransientWriteError
+from buildbot_stats.lineprotocol import PRECISIONS
+from buildbot_stats.lineprotocol import encode_points
+from buildbot_stats.point import Point
+from buildbot_stats.point import PointProblem
+from buildbot_stats.storage_backends.base import StatsStorageBase
+from buildbot_stats.storage_backends.base import WriteReport
+
+try:
+    import requests
+    from influxdb import InfluxDBClient
+    from influxdb.exceptions import InfluxDBClientError
+    from influxdb.exceptions import InfluxDBServerError
+except ImportError:  # pragma: no cover - influxdb is a dependency
+    InfluxDBClient = None
+
+__all__ = ["InfluxStorageService"]
+
+# InfluxDB 1.x: 'partial write: field type conflict: input field "value" on
+# measurement "b-x" is type string, already exists as type float dropped=1'
+_FIELD_IN_ERROR = re.compile(r'field "(?P<field>(?:[^"\\]|\\.)*)" on measurement "(?P<series>(?:[^"\\]|\\.)*)"')
+_DROPPED = re.compile(r"dropped=(\d+)")
+
+
+class InfluxStorageService(StatsStorageBase):
+    """Stores statistics in an InfluxDB 1.x database.
+
+    ``url`` is the host name or address (a full ``http(s)://host`` URL works
+    too), ``port`` its HTTP port.  Points are written in batches as line
+    protocol with nanosecond timestamps unless ``time_precision`` says
+    otherwise ('n', 'u', 'ms' or 's').
+    """
+
+    def __init__(
+        self,
+        url: str,
+        port: int,
+        user: str,
+        password: str,
+        db: str,
+        captures: Sequence[Any],
+        name: str | None = "InfluxStorageService",
+        *,
+        time_precision: str = "n",
+        timeout: float = 10.0,
+        retention_policy: str | None = None,
+        verify_ssl: bool = True,
+    ) -> None:
+        self._inited = False
+        if InfluxDBClient is None:
+            config.error("Python client for InfluxDB not installed.")
+            return
+        if time_precision not in PRECISIONS:
+            config.error(
+                f"InfluxStorageService: time_precision must be one of {sorted(PRECISIONS)}, "
+                f"not {time_precision!r}"
+            )
+        host, ssl = str(url), False
+        if "://" in host:
+            parts = urlsplit(host)
+            host, ssl = parts.hostname or "", parts.scheme == "https"
+        self.url = url
+        self.port = port
+        self.user = user
+        self.password = password
+        self.db = db
+        self.name = name or "InfluxStorageService"
+        self.captures = captures
+        self.time_precision = time_precision
+        self.retention_policy = retention_policy
+        self.client = InfluxDBClient(
+            host,
+            port,
+            user,
+            password,
+            db,
+            ssl=ssl,
+            verify_ssl=verify_ssl,
+            timeout=timeout,
+            retries=1,
+        )
+        self._inited = True
+
+    def __repr__(self) -> str:
+        # never the password
+        return f"<InfluxStorageService {self.name!r} {self.url}:{self.port} db={self.db!r} user={self.user!r}>"
+
+    def thd_postStatsValue(
+        self, post_data: dict[str, Any], series_name: str, context: dict[str, Any] | None = None
+    ) -> None:
+        """Write one point now (the documented per-point API; the service uses batches)."""
+        if not self._inited:
+            log.err(f"Service {self.name} not initialized")
+            return
+        data: dict[str, Any] = {"measurement": series_name, "fields": post_data}
+        if context:
+            data["tags"] = context
+        self.client.write_points([data])
+
+    def thd_postStatsValues(self, points: list[Point]) -> WriteReport:
+        """Write a batch in one request; raise a classified error on failure."""
+        body, problems, skipped = encode_points(points, self.time_precision)
+        report = WriteReport(problems=problems, rejected_points=skipped)
+        if not body:
+            return report
+        params = {"db": self.db, "precision": self.time_precision}
+        if self.retention_policy:
+            params["rp"] = self.retention_policy
+        try:
+            self.client.request(
+                "write",
+                "POST",
+                params=params,
+                data=body.encode("utf-8"),
+                expected_response_code=204,
+                headers={"Content-Type": "application/octet-stream"},
+            )
+        except InfluxDBServerError as e:
+            raise TransientWriteError(f"InfluxDB server error: {_text(e.content)}") from None
+        except InfluxDBClientError as e:
+            self._classify_client_error(e, report)
+        except requests.exceptions.RequestException as e:
+            raise TransientWriteError(f"cannot reach InfluxDB at {self.url}:{self.port}: {type(e).__name__}") from None
+        return report
+
+    def _classify_client_error(self, e: Any, report: WriteReport) -> None:
+        message = _text(e.content)
+        if e.code == 400:
+            # InfluxDB stored the valid points of the body; only these are lost.
+            match = _FIELD_IN_ERROR.search(message)
+            series, field = (match.group("series"), match.group("field")) if match else ("?", "?")
+            dropped = _DROPPED.search(message)
+            report.rejected_points += int(dropped.group(1)) if dropped else 1
+            report.problems.append(PointProblem(series, field, f"InfluxDB: {message}", True))
+            return
+        if e.code in (401, 403):
+            raise BackendConfigurationError(
+                f"InfluxDB refused user {self.user!r} on database {self.db!r} (HTTP {e.code}): {message}"
+            ) from None
+        if e.code == 404:
+            raise BackendConfigurationError(f"InfluxDB: {message} (database {self.db!r})") from None
+        if e.code == 413:
+            raise BatchTooLargeError(message) from None
+        raise TransientWriteError(f"InfluxDB answered HTTP {e.code}: {message}") from None
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, bytes):
+        content = content.decode("utf-8", errors="replace")
+    content = str(content).strip()
+    if content.startswith("{"):
+        try:
+            import json
+
+            content = json.loads(content).get("error", content)
+        except ValueError:
+            pass
+    return content

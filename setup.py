@@ -1,0 +1,44 @@
+from setuptools import find_packages, setup
+
+with open("README.rst", encoding="utf-8") as f:
+    long_description = f.read()
+
+TEST_REQUIRES = [
+    # Buildbot's own test fakes turn warnings into errors; these two emit
+    # DeprecationWarnings from inside Buildbot 4.3.0 when newer.
+    "alembic<1.16",
+    "twisted<26.10",
+    "buildbot-worker>=4.3",
+    "pytest>=8",
+    "hypothesis>=6",
+]
+
+setup(
+    name="buildbot-stats",
+    version="0.1.0",
+    description="Statistics for Buildbot masters: captures build data and delivers it "
+    "to time-series storage without slowing builds or losing points.",
+    long_description=long_description,
+    long_description_content_type="text/x-rst",
+    license="GPL-2.0-only",
+    packages=find_packages(include=["buildbot_stats", "buildbot_stats.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "twisted",
+        "buildbot>=4.0",
+        "influxdb>=5.3",
+        "zope.interface",
+    ],
+    extras_require={
+        "test": TEST_REQUIRES,
+        "dev": TEST_REQUIRES + ["ruff", "mypy", "tox", "sphinx"],
+    },
+    entry_points={
+        "console_scripts": ["buildbot-stats = buildbot_stats.cli:main"],
+    },
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Topic :: Software Development :: Build Tools",
+    ],
+)
