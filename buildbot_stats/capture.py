@@ -29,6 +29,8 @@ __all__ = [
     "CaptureBuildEndTimeAllBuilders",
     "CaptureBuildStartTime",
     "CaptureBuildStartTimeAllBuilders",
+    "CaptureBuildResults",
+    "CaptureBuildResultsAllBuilders",
     "CaptureBuildTimes",
     "CaptureData",
     "CaptureDataAllBuilders",
@@ -185,10 +187,15 @@ class CapturePropertyAllBuilders(_AllBuilders, CapturePropertyBase):
 class CaptureBuildTimes(Capture):
     """Base of the build start/end/duration captures (series ``<builder>-build-times``)."""
 
+    _series_suffix = "build-times"
+
     def __init__(self, builder_name: str | None, callback: Callable[..., Any], time_type: str) -> None:
         self._builder_name = builder_name
         self._time_type = time_type
         super().__init__(BUILD_FINISHED, callback)
+
+    def _post_data(self, ret_val: Any) -> dict[str, Any]:
+        return {self._time_type: ret_val}
 
     @defer.inlineCallbacks
     def consume(self, routingKey: tuple, msg: dict[str, Any]) -> Any:
@@ -203,8 +210,8 @@ class CaptureBuildTimes(Capture):
                 f"Exception raised: {type(e).__name__} with message: {e!s}"
             ) from e
         yield self._store(
-            {self._time_type: ret_val},
-            f"{builder_info['name']}-build-times",
+            self._post_data(ret_val),
+            f"{builder_info['name']}-{self._series_suffix}",
             self._defaultContext(msg, builder_info["name"]),
             msg.get("complete_at"),
         )
@@ -296,6 +303,41 @@ class CaptureBuildDurationAllBuilders(_AllBuilders, CaptureBuildDuration):
 
     def __init__(self, report_in: str = "seconds", callback: Callable[..., Any] | None = None) -> None:
         super().__init__(None, report_in, callback)
+
+
+class CaptureBuildResults(_OneBuilder, CaptureBuildTimes):
+    """Captures the build result into series ``<builder>-build-results``.
+
+    Not in buildbot.statistics.  Fields: ``results`` (Buildbot's result code,
+    0 is success) and ``result`` (its name, e.g. ``"failure"``); a callback
+    receives the code and returns the value stored as ``results``.
+    """
+
+    _series_suffix = "build-results"
+
+    def __init__(self, builder_name: str | None, callback: Callable[..., Any] | None = None) -> None:
+        def default_callback(results: int) -> int:
+            return results
+
+        super().__init__(builder_name, callback or default_callback, "results")
+
+    def _retValParams(self, msg: dict[str, Any]) -> list[Any]:
+        if msg.get("results") is None:
+            raise ValueError("the build has no result")
+        return [msg["results"]]
+
+    def _post_data(self, ret_val: Any) -> dict[str, Any]:
+        from buildbot.process.results import Results
+
+        name = Results[ret_val] if isinstance(ret_val, int) and 0 <= ret_val < len(Results) else str(ret_val)
+        return {"results": ret_val, "result": name}
+
+
+class CaptureBuildResultsAllBuilders(_AllBuilders, CaptureBuildResults):
+    """Captures the build result on every builder."""
+
+    def __init__(self, callback: Callable[..., Any] | None = None) -> None:
+        super().__init__(None, callback)
 
 
 class CaptureDataBase(Capture):

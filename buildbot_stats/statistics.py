@@ -7,6 +7,8 @@ from buildbot_stats.capture import CaptureBuildEndTime
 from buildbot_stats.capture import CaptureBuildEndTimeAllBuilders
 from buildbot_stats.capture import CaptureBuildStartTime
 from buildbot_stats.capture import CaptureBuildStartTimeAllBuilders
+from buildbot_stats.capture import CaptureBuildResults
+from buildbot_stats.capture import CaptureBuildResultsAllBuilders
 from buildbot_stats.capture import CaptureBuildTimes
 from buildbot_stats.capture import CaptureData
 from buildbot_stats.capture import CaptureDataAllBuilders
@@ -30,6 +32,8 @@ __all__ = [
     "CaptureBuildEndTimeAllBuilders",
     "CaptureBuildStartTime",
     "CaptureBuildStartTimeAllBuilders",
+    "CaptureBuildResults",
+    "CaptureBuildResultsAllBuilders",
     "CaptureBuildTimes",
     "CaptureCallbackError",
     "CaptureData",

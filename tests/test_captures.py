@@ -115,11 +115,11 @@ class PropertyCaptureTests(StatsTestCase):
 
 class BuildTimeCaptureTests(StatsTestCase):
     @defer.inlineCallbacks
-    def check(self, cap, expected_fields):
+    def check(self, cap, expected_fields, series="builder1-build-times"):
         backend = yield self.use(cap)
         yield self.add_build()
         self.finish()
-        self.assertEqual(backend.stored_data, [(expected_fields, "builder1-build-times", CONTEXT)])
+        self.assertEqual(backend.stored_data, [(expected_fields, series, CONTEXT)])
         self.assertEqual(backend.points[0].time_ns, to_ns(COMPLETE))
 
     def test_start_time(self):
@@ -154,6 +154,18 @@ class BuildTimeCaptureTests(StatsTestCase):
 
     def test_start_time_callback(self):
         return self.check(capture.CaptureBuildStartTime("builder1", lambda s: s.year), {"start-time": 2026})
+
+    def test_results(self):
+        return self.check(capture.CaptureBuildResults("builder1"), {"results": 0, "result": "success"}, "builder1-build-results")
+
+    @defer.inlineCallbacks
+    def test_results_all_builders_failure(self):
+        backend = yield self.use(capture.CaptureBuildResultsAllBuilders())
+        yield self.add_build()
+        msg = self.finished_msg()
+        msg["results"] = 2
+        self.master.mq.callConsumer(("builders", "1", "builds", "1", "finished"), msg)
+        self.assertEqual(backend.stored_data, [({"results": 2, "result": "failure"}, "builder1-build-results", CONTEXT)])
 
     @defer.inlineCallbacks
     def test_negative_duration_is_zero(self):
