@@ -164,7 +164,7 @@ class StatsService(service.BuildbotService):
             self._spool = SpoolRunner(MemorySpool(), reactor, None)
             self._ids = itertools.count(1)
             return
-        pool = threadpool.ThreadPool(1, 1, "buildbot_stats-spool")
+        pool = threadpool.ThreadPool(minthreads=1, maxthreads=1, name="buildbot_stats-spool")
         pool.start()
         runner = SpoolRunner(SQLiteSpool(path), reactor, pool)
         try:

@@ -1,0 +1,281 @@
+"""Delivery: group commit, retries, spool durability and bounds, on Buildbot's fake master."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from twisted.internet import defer
+from twisted.internet import threads
+
+from buildbot.test.util.logging import LoggingMixin
+from buildbot_stats import capture
+from buildbot_stats.errors import BackendConfigurationError
+from buildbot_stats.errors import BatchTooLargeError
+from buildbot_stats.point import Point
+from buildbot_stats.point import PointProblem
+from buildbot_stats.stats_service import StatsService
+from buildbot_stats.storage_backends.base import StatsStorageBase
+from buildbot_stats.storage_backends.base import WriteReport
+from buildbot_stats.testing import RecordingStorage
+
+from .fakes import YIELD_KEY
+from .fakes import StatsTestCase
+
+
+class ControlledThreads:
+    """Replaces deferToThread: calls wait until the test runs them, so writes can be in flight."""
+
+    def __init__(self, testcase):
+        self.calls = []
+        testcase.patch(threads, "deferToThread", self)
+
+    def __call__(self, f, *args, **kwargs):
+        d = defer.Deferred()
+        self.calls.append((d, f, args))
+        return d
+
+    def run_next(self):
+        d, f, args = self.calls.pop(0)
+        try:
+            result = f(*args)
+        except Exception as e:
+            d.errback(e)
+        else:
+            d.callback(result)
+
+    def run_all(self, between=None):
+        while self.calls:
+            self.run_next()
+            if not self.calls and between:
+                between()
+
+
+class DataTestCase(StatsTestCase, LoggingMixin):
+    """Posts values through CaptureData so that each call makes one point."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield super().setUp()
+        self.setUpLogging()
+        yield self.add_build()
+        self.build_data = yield self.master.data.get(("builds", 1))
+
+    def post(self, n, start=0):
+        for i in range(start, start + n):
+            self.master.mq.callConsumer(
+                YIELD_KEY, {"data_name": "m", "post_data": {"i": i}, "build_data": self.build_data}
+            )
+
+    def values(self, backend):
+        return [p.fields["i"] for p in backend.points]
+
+
+class GroupCommitTests(DataTestCase):
+    @defer.inlineCallbacks
+    def test_points_arriving_during_a_write_form_the_next_batch(self):
+        threads_ = ControlledThreads(self)
+        backend = yield self.use(capture.CaptureData("m", "builder1"), batch_size=4)
+        self.post(1)  # written at once
+        self.assertEqual(len(threads_.calls), 1)
+        self.post(9, start=1)  # queued while the first write is in flight
+        self.assertEqual(len(threads_.calls), 1)
+        threads_.run_all()
+        self.assertEqual(backend.batches, [1, 4, 4, 1])
+        self.assertEqual(self.values(backend), list(range(10)))
+
+
+class RetryTests(DataTestCase):
+    @defer.inlineCallbacks
+    def test_transient_failure_is_retried_with_backoff_and_stored_once(self):
+        backend = yield self.use(capture.CaptureData("m", "builder1"), max_retry_delay=8)
+        backend.fail_next(3)
+        self.post(5)
+        self.assertEqual(backend.points, [])
+        self.assertLogged("writing 1 points to backend 'RecordingStorage' failed")
+        for _ in range(10):
+            self.reactor.advance(8)
+        self.assertEqual(self.values(backend), [0, 1, 2, 3, 4])
+        counters = self.stats.counters
+        self.assertEqual((counters["written"], counters["pending"], counters["dropped"]), (5, 0, 0))
+        self.assertGreater(counters["retried"], 0)
+        self.assertLogged("accepts writes again")
+
+    def test_backoff_grows_and_is_capped(self):
+        from buildbot_stats.delivery import DeliveryPolicy
+
+        policy = DeliveryPolicy(min_retry_delay=0.5, max_retry_delay=60)
+        delays = [policy.retry_delay(a) for a in range(1, 20)]
+        self.assertTrue(all(0.25 <= d <= 60 for d in delays))
+        self.assertLessEqual(delays[0], 0.5)
+        self.assertGreaterEqual(delays[-1], 30)
+        self.assertEqual(policy.retry_delay(1, config_error=True), 60)
+
+    @defer.inlineCallbacks
+    def test_configuration_error_is_retried_slowly(self):
+        backend = yield self.use(capture.CaptureData("m", "builder1"), max_retry_delay=30)
+        backend.fail_next(1, BackendConfigurationError("database 'x' not found"))
+        self.post(2)
+        self.assertLogged("database 'x' not found")
+        self.reactor.advance(29)
+        self.assertEqual(backend.points, [])
+        self.reactor.advance(1)
+        self.assertEqual(self.values(backend), [0, 1])
+
+    @defer.inlineCallbacks
+    def test_batch_too_large_is_halved(self):
+        threads_ = ControlledThreads(self)
+        backend = yield self.use(capture.CaptureData("m", "builder1"))
+        self.post(1)
+        self.post(8, start=1)
+        threads_.run_next()
+        backend.fail_next(1, BatchTooLargeError("too big"))
+        threads_.run_all()
+        self.assertEqual(sorted(self.values(backend)), list(range(9)))
+        self.assertEqual(backend.batches, [1, 4, 4])
+
+    @defer.inlineCallbacks
+    def test_old_style_backend_partial_failure_resends_only_the_rest(self):
+        class Flaky(StatsStorageBase):
+            name = "flaky"
+
+            def __init__(self):
+                self.captures = [capture.CaptureData("m", "builder1")]
+                self.stored = []
+                self.fail_at = 2
+
+            def thd_postStatsValue(self, post_data, series_name, context=None):
+                if len(self.stored) == self.fail_at:
+                    self.fail_at = None
+                    raise ConnectionError("reset")
+                self.stored.append(post_data["i"])
+
+        threads_ = ControlledThreads(self)
+        backend = Flaky()
+        yield self.stats.reconfigService([backend], spool_path=None)
+        self.post(1)
+        self.post(4, start=1)
+        threads_.run_all(between=lambda: self.reactor.advance(60))
+        self.assertEqual(backend.stored, [0, 1, 2, 3, 4])
+
+    @defer.inlineCallbacks
+    def test_rejected_values_are_counted_and_logged_once_per_field(self):
+        class Rejecting(RecordingStorage):
+            def thd_postStatsValues(self, points):
+                super().thd_postStatsValues(points)
+                problems = [PointProblem(p.series, "i", "NaN cannot be stored") for p in points]
+                return WriteReport(problems=problems, rejected_points=len(points))
+
+        backend = Rejecting(captures=[capture.CaptureData("m", "builder1")])
+        yield self.stats.reconfigService([backend], spool_path=None)
+        self.post(3)
+        self.assertLogged("rejected field 'i' of series 'builder1-m': NaN cannot be stored")
+        self.assertEqual(self.stats.counters["dropped"], 3)
+
+
+class SpoolTests(DataTestCase):
+    def spool_path(self):
+        directory = tempfile.mkdtemp(prefix="bbstats-spool-")
+        self.addCleanup(lambda: [os.remove(os.path.join(directory, f)) for f in os.listdir(directory)])
+        return os.path.join(directory, "spool.sqlite")
+
+    @defer.inlineCallbacks
+    def replace_service(self, backend, **kwargs):
+        if self.stats.parent is not None:
+            yield self.stats.disownServiceParent()
+        self.stats = StatsService(storage_backends=[backend], name="StatsService", **kwargs)
+        yield self.stats.setServiceParent(self.master)
+
+    @defer.inlineCallbacks
+    def test_points_pending_at_stop_are_sent_after_restart(self):
+        path = self.spool_path()
+        down = RecordingStorage(captures=[capture.CaptureData("m", "builder1")], name="influx")
+        down.fail_next(1000)
+        yield self.replace_service(down, spool_path=path, flush_timeout=1)
+        self.post(20)
+        self.assertEqual(self.stats.counters["spooled"], 20)
+        yield self.stats.disownServiceParent()  # stops: points stay in the spool
+        self.assertEqual(down.points, [])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+        up = RecordingStorage(captures=[capture.CaptureData("m", "builder1")], name="influx")
+        yield self.replace_service(up, spool_path=path)
+        self.assertEqual(self.values(up), list(range(20)))
+        self.post(1, start=20)
+        self.assertEqual(self.values(up), list(range(21)))
+        yield self.stats.disownServiceParent()
+
+        # everything was acknowledged: a third start sends nothing again
+        again = RecordingStorage(captures=[capture.CaptureData("m", "builder1")], name="influx")
+        yield self.replace_service(again, spool_path=path)
+        self.assertEqual(again.points, [])
+
+    @defer.inlineCallbacks
+    def test_spool_keeps_points_of_each_backend_apart(self):
+        path = self.spool_path()
+        cap = capture.CaptureData("m", "builder1")
+        a, b = RecordingStorage([cap], name="a"), RecordingStorage([cap], name="b")
+        a.fail_next(100)
+        b.fail_next(100)
+        yield self.stats.disownServiceParent()
+        self.stats = StatsService(storage_backends=[a, b], name="StatsService", spool_path=path, flush_timeout=0)
+        yield self.stats.setServiceParent(self.master)
+        self.post(3)
+        yield self.stats.disownServiceParent()
+        cap2 = capture.CaptureData("m", "builder1")
+        only_b = RecordingStorage([cap2], name="b")
+        yield self.replace_service(only_b, spool_path=path)
+        self.assertEqual(self.values(only_b), [0, 1, 2])
+
+    @defer.inlineCallbacks
+    def test_full_spool_drops_oldest_and_counts(self):
+        path = self.spool_path()
+        backend = RecordingStorage(captures=[capture.CaptureData("m", "builder1")], name="influx")
+        backend.fail_next(1)
+        yield self.replace_service(backend, spool_path=path, max_spool_points=5, max_retry_delay=10)
+        self.post(12)
+        self.assertEqual(self.stats.counters["dropped"], 7)
+        self.assertLogged("spool of backend 'influx' is full")
+        self.reactor.advance(10)
+        self.assertEqual(self.values(backend), [7, 8, 9, 10, 11])
+        self.assertLogged("7 points of backend 'influx' were dropped")
+        yield self.stats.disownServiceParent()
+        again = RecordingStorage(captures=[capture.CaptureData("m", "builder1")], name="influx")
+        yield self.replace_service(again, spool_path=path)
+        self.assertEqual(again.points, [])
+
+    @defer.inlineCallbacks
+    def test_unusable_spool_path_falls_back_to_memory_with_a_log_line(self):
+        backend = RecordingStorage(captures=[capture.CaptureData("m", "builder1")])
+        yield self.replace_service(backend, spool_path="/proc/no/such/dir/spool.sqlite")
+        self.assertLogged("cannot open the spool /proc/no/such/dir/spool.sqlite")
+        self.post(2)
+        self.assertEqual(self.values(backend), [0, 1])
+
+    @defer.inlineCallbacks
+    def test_default_spool_lives_in_master_basedir(self):
+        backend = RecordingStorage(captures=[capture.CaptureData("m", "builder1")])
+        yield self.replace_service(backend)
+        self.assertEqual(
+            self.stats._spool.spool.path, os.path.join(self.master.basedir, "stats-spool.sqlite")
+        )
+        self.assertTrue(os.path.exists(self.stats._spool.spool.path))
+
+    def test_spool_round_trips_awkward_values(self):
+        from buildbot_stats.point import point_from_json
+        from buildbot_stats.point import point_to_json
+
+        point = Point(
+            "s,é x",
+            {"nan": float("nan"), "inf": float("-inf"), "big": 2**70, "b": b"\xff", "d": {"k": [1, None]}},
+            {"t": 1},
+            123,
+        )
+        back = point_from_json(point_to_json(point))
+        self.assertEqual(back.series, "s,é x")
+        self.assertTrue(back.fields["nan"] != back.fields["nan"])
+        self.assertEqual(back.fields["inf"], float("-inf"))
+        self.assertEqual(back.fields["big"], 2**70)
+        self.assertEqual(back.fields["b"], "\ufffd")
+        self.assertEqual(back.fields["d"], {"k": [1, None]})
+        self.assertEqual((back.tags, back.time_ns), ({"t": 1}, 123))

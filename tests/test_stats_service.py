@@ -1,0 +1,187 @@
+"""StatsService configuration, reconfiguration, backend compatibility and step access."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from buildbot import config
+from buildbot.test.fake import fakestats
+from buildbot_stats import capture
+from buildbot_stats import statistics
+from buildbot_stats.errors import StorageBackendTypeError
+from buildbot_stats.stats_service import StatsService
+from buildbot_stats.steps import StatsStepMixin
+from buildbot_stats.steps import get_stats_service
+from buildbot_stats.storage_backends.base import IStatsStorage
+from buildbot_stats.storage_backends.base import StatsStorageBase
+from buildbot_stats.testing import RecordingStorage
+
+from .fakes import StatsTestCase
+
+CONTEXT = {"build_number": "1", "builder_name": "builder1"}
+
+
+@implementer(IStatsStorage)
+class InterfaceOnlyBackend:
+    """A backend that does not subclass anything: it only provides the interface."""
+
+    name = "iface"
+
+    def __init__(self, captures):
+        self.captures = captures
+        self.stored = []
+
+    def thd_postStatsValue(self, post_data, series_name, context=None):
+        self.stored.append((post_data, series_name, context))
+
+
+class ConfigTests(StatsTestCase):
+    def test_statistics_module_exports_the_spec_names(self):
+        for name in (
+            "StatsService StatsStorageBase InfluxStorageService Capture CapturePropertyBase CaptureProperty "
+            "CapturePropertyAllBuilders CaptureBuildTimes CaptureBuildStartTime CaptureBuildStartTimeAllBuilders "
+            "CaptureBuildEndTime CaptureBuildEndTimeAllBuilders CaptureBuildDuration "
+            "CaptureBuildDurationAllBuilders CaptureDataBase CaptureData CaptureDataAllBuilders"
+        ).split():
+            self.assertTrue(hasattr(statistics, name), name)
+            self.assertIn(name, statistics.__all__)
+
+    def test_storage_base_is_abstract(self):
+        with self.assertRaises(TypeError):
+            StatsStorageBase()
+
+        class NoPost(StatsStorageBase):
+            pass
+
+        with self.assertRaises(TypeError):
+            NoPost()
+
+    @defer.inlineCallbacks
+    def test_bad_backend_is_type_error_and_config_error(self):
+        for bad in (mock.Mock(), object(), "influx"):
+            with self.assertRaises(TypeError):
+                yield self.stats.reconfigService([bad])
+        with self.assertRaises(config.ConfigErrors) as cm:
+            StatsService(storage_backends=[object()], name="x")
+        self.assertIsInstance(cm.exception, StorageBackendTypeError)
+        self.assertIn("invalid storage backend 'object'", str(cm.exception))
+
+    def test_bad_arguments_are_config_errors(self):
+        for kwargs in (
+            {"storage_backends": RecordingStorage()},
+            {"storage_backends": [RecordingStorage(captures="nope")]},
+            {"storage_backends": [], "batch_size": 0},
+            {"storage_backends": [], "max_spool_points": "many"},
+            {"storage_backends": [], "max_retry_delay": -1},
+            {"storage_backends": [], "spool_path": 3},
+        ):
+            with self.assertRaises(config.ConfigErrors, msg=repr(kwargs)):
+                StatsService(name="x", **kwargs)
+
+    def test_errors_are_collected_when_loading_master_cfg(self):
+        errors = config.ConfigErrors()
+        with mock.patch.object(config.errors, "_errors", errors):
+            StatsService(storage_backends=[], batch_size=0, name="x")
+            capture.CaptureBuildDuration("b", report_in="weeks")
+        self.assertEqual(len(errors.errors), 2)
+
+    @defer.inlineCallbacks
+    def test_reconfig_registers_backends(self):
+        for backends in ([], [RecordingStorage(name="One"), RecordingStorage(name="Two")]):
+            yield self.stats.reconfigService(backends)
+            self.assertEqual(self.stats.registeredStorageServices, backends)
+            self.assertEqual(list(self.stats.queues), [b.name for b in backends])
+
+    @defer.inlineCallbacks
+    def test_reconfig_never_doubles_consumers(self):
+        cap = capture.CaptureProperty("builder1", "p")
+        backend = RecordingStorage(captures=[cap])
+        for _ in range(3):
+            yield self.stats.reconfigService([backend])
+        self.assertEqual(len(self.master.mq.qrefs), 1)
+        self.assertEqual(cap.parent_svcs, [backend])
+        yield self.add_build(properties={"p": 1})
+        self.finish()
+        self.assertEqual(backend.stored_data, [({"name": "p", "value": 1}, "builder1-p", CONTEXT)])
+
+    @defer.inlineCallbacks
+    def test_capture_shared_by_two_backends_stores_once_in_each(self):
+        cap = capture.CaptureProperty("builder1", "p")
+        one, two = RecordingStorage([cap], name="one"), RecordingStorage([cap], name="two")
+        yield self.stats.reconfigService([one, two])
+        self.assertEqual(len(self.master.mq.qrefs), 1)
+        yield self.add_build(properties={"p": 1})
+        self.finish()
+        self.assertEqual(one.stored_data, [({"name": "p", "value": 1}, "builder1-p", CONTEXT)])
+        self.assertEqual(two.stored_data, one.stored_data)
+
+    @defer.inlineCallbacks
+    def test_duplicate_backend_names_get_distinct_queues(self):
+        backends = [RecordingStorage(name="same"), RecordingStorage(name="same")]
+        yield self.stats.reconfigService(backends)
+        self.assertEqual(list(self.stats.queues), ["same", "same#2"])
+
+    @defer.inlineCallbacks
+    def test_buildbot_statistics_backend_works_unchanged(self):
+        backend = fakestats.FakeStatsStorageService()
+        backend.captures = [capture.CaptureProperty("builder1", "p")]
+        yield self.stats.reconfigService([backend])
+        yield self.add_build(properties={"p": "v"})
+        self.finish()
+        self.assertEqual(backend.stored_data, [({"name": "p", "value": "v"}, "builder1-p", CONTEXT)])
+
+    @defer.inlineCallbacks
+    def test_interface_provider_is_a_backend(self):
+        backend = InterfaceOnlyBackend([capture.CaptureBuildDuration("builder1")])
+        yield self.stats.reconfigService([backend])
+        yield self.add_build()
+        self.finish()
+        self.assertEqual(backend.stored, [({"duration": 90.0}, "builder1-build-times", CONTEXT)])
+
+    @defer.inlineCallbacks
+    def test_buildbot_statistics_captures_are_accepted(self):
+        from buildbot.statistics import capture as bb_capture
+
+        backend = RecordingStorage(captures=[bb_capture.CaptureProperty("builder1", "p")])
+        yield self.stats.reconfigService([backend])
+        yield self.add_build(properties={"p": "v"})
+        self.finish()
+        self.assertEqual(backend.stored_data, [({"name": "p", "value": "v"}, "builder1-p", CONTEXT)])
+
+    def test_service_reachable_from_steps(self):
+        self.assertIs(get_stats_service(self.master), self.stats)
+        self.assertIs(get_stats_service(self.master, "StatsService"), self.stats)
+        with self.assertRaises(LookupError):
+            get_stats_service(self.master, "nope")
+
+    @defer.inlineCallbacks
+    def test_step_mixin_posts_for_its_build(self):
+        backend = yield self.use(capture.CaptureDataAllBuilders("metric"))
+        yield self.add_build()
+
+        class Step(StatsStepMixin):
+            master = self.master
+            build = mock.Mock(buildid=1)
+
+        step = Step()
+        yield step.yieldMetricsValue("metric", {"x": 1})
+        yield step.yieldMetricsValues("metric", [{"x": 2}, {"x": 3}])
+        posted = [m["post_data"] for _, m in self.master.mq.productions]
+        self.assertEqual(posted, [{"x": 1}, {"x": 2}, {"x": 3}])
+        self.assertEqual(backend.stored_data, [])  # the fake MQ does not deliver productions
+
+
+class CountersTests(StatsTestCase):
+    @defer.inlineCallbacks
+    def test_counters(self):
+        backend = yield self.use(capture.CaptureBuildDuration("builder1"), capture.CaptureBuildEndTime("builder1"))
+        yield self.add_build()
+        self.finish()
+        self.assertEqual(
+            self.stats.counters,
+            {"captured": 2, "spooled": 0, "written": 2, "retried": 0, "dropped": 0, "pending": 0},
+        )
+        self.assertEqual(len(backend.points), 2)
