@@ -15,10 +15,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer
-from twisted.internet import threads
-
 from buildbot import config
+from twisted.internet import defer, threads
+
 from buildbot_stats.errors import CaptureCallbackError
 
 __all__ = [

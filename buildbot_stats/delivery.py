@@ -14,22 +14,16 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Any
 
-from twisted.internet import defer
-from twisted.internet import threads
+from twisted.internet import defer, threads
 from twisted.python import log
 from twisted.python.failure import Failure
 
-from buildbot_stats.errors import BackendConfigurationError
-from buildbot_stats.errors import BatchTooLargeError
-from buildbot_stats.errors import PartialDeliveryError
-from buildbot_stats.point import Point
-from buildbot_stats.point import PointProblem
-from buildbot_stats.storage_backends.base import WriteReport
-from buildbot_stats.storage_backends.base import post_points
+from buildbot_stats.errors import BackendConfigurationError, BatchTooLargeError, PartialDeliveryError
+from buildbot_stats.point import Point, PointProblem
+from buildbot_stats.storage_backends.base import WriteReport, post_points
 
 __all__ = ["Counters", "DeliveryPolicy", "DeliveryQueue", "SpoolRunner"]
 
@@ -263,7 +257,9 @@ class DeliveryQueue:
             )
             self._failing_since_logged = None
         if self._dropping:
-            log.msg(f"buildbot_stats: {self._dropping} points of backend {self.key!r} were dropped: spool full")
+            log.msg(
+                f"buildbot_stats: {self._dropping} points of backend {self.key!r} were dropped: spool full"
+            )
             self._dropping = 0
         self._kick_delivery()
 
@@ -301,7 +297,7 @@ class DeliveryQueue:
             log.msg(
                 f"buildbot_stats: writing {len(batch)} points to backend {self.key!r} failed "
                 f"({message}); {self.pending} points kept and retried"
-                + (" every {:.0f}s until fixed".format(self.policy.max_retry_delay) if config_error else "")
+                + (f" every {self.policy.max_retry_delay:.0f}s until fixed" if config_error else "")
             )
             self._failing_since_logged = message
         if self._stopping:

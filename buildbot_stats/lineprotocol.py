@@ -23,9 +23,7 @@ import json
 import math
 from typing import Any
 
-from buildbot_stats.point import Point
-from buildbot_stats.point import PointProblem
-from buildbot_stats.point import to_plain
+from buildbot_stats.point import Point, PointProblem, to_plain
 
 __all__ = ["MAX_STRING_BYTES", "encode_points", "PRECISIONS"]
 

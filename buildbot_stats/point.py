@@ -13,8 +13,7 @@ import json
 import math
 import threading
 import time
-from dataclasses import dataclass
-from dataclasses import field
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [

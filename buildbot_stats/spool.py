@@ -13,9 +13,7 @@ import os
 import sqlite3
 from collections.abc import Iterable
 
-from buildbot_stats.point import Point
-from buildbot_stats.point import point_from_json
-from buildbot_stats.point import point_to_json
+from buildbot_stats.point import Point, point_from_json, point_to_json
 
 __all__ = ["MemorySpool", "SQLiteSpool"]
 

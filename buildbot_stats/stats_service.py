@@ -8,25 +8,16 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet import defer
-from twisted.python import log
-from twisted.python import threadpool
-
 from buildbot import config
 from buildbot.util import service
-from buildbot_stats.capture import YIELD_DATA
-from buildbot_stats.capture import Capture
-from buildbot_stats.delivery import Counters
-from buildbot_stats.delivery import DeliveryPolicy
-from buildbot_stats.delivery import DeliveryQueue
-from buildbot_stats.delivery import SpoolRunner
-from buildbot_stats.errors import CaptureCallbackError
-from buildbot_stats.errors import StorageBackendTypeError
-from buildbot_stats.point import Clock
-from buildbot_stats.point import Point
-from buildbot_stats.point import to_ns
-from buildbot_stats.spool import MemorySpool
-from buildbot_stats.spool import SQLiteSpool
+from twisted.internet import defer
+from twisted.python import log, threadpool
+
+from buildbot_stats.capture import YIELD_DATA, Capture
+from buildbot_stats.delivery import Counters, DeliveryPolicy, DeliveryQueue, SpoolRunner
+from buildbot_stats.errors import CaptureCallbackError, StorageBackendTypeError
+from buildbot_stats.point import Clock, Point, to_ns
+from buildbot_stats.spool import MemorySpool, SQLiteSpool
 from buildbot_stats.storage_backends.base import is_storage_backend
 
 __all__ = ["DEFAULT_SPOOL_PATH", "StatsService"]
@@ -106,15 +97,12 @@ class StatsService(service.BuildbotService):
                 )
         if spool_path is not None and not isinstance(spool_path, str):
             config.error("StatsService: spool_path must be a file path or None")
-        for name, value, low in (
-            ("batch_size", batch_size, 1),
-            ("max_spool_points", max_spool_points, 1),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                config.error(f"StatsService: {name} must be an integer >= {low}, not {value!r}")
-        for name, value in (("max_retry_delay", max_retry_delay), ("flush_timeout", flush_timeout)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                config.error(f"StatsService: {name} must be a number of seconds >= 0, not {value!r}")
+        for name, count in (("batch_size", batch_size), ("max_spool_points", max_spool_points)):
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                config.error(f"StatsService: {name} must be an integer >= 1, not {count!r}")
+        for name, seconds in (("max_retry_delay", max_retry_delay), ("flush_timeout", flush_timeout)):
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+                config.error(f"StatsService: {name} must be a number of seconds >= 0, not {seconds!r}")
 
     @defer.inlineCallbacks
     def reconfigService(  # type: ignore[override]
@@ -188,6 +176,7 @@ class StatsService(service.BuildbotService):
 
     @defer.inlineCallbacks
     def _sync_queues(self) -> Any:
+        assert self._spool is not None, "the spool is opened before the queues"
         backends = self.registeredStorageServices
         keys = _backend_keys(backends)
         old = self.queues

@@ -17,8 +17,7 @@ from typing import Any
 
 from buildbot_stats.errors import TransientWriteError
 from buildbot_stats.point import Point
-from buildbot_stats.storage_backends.base import StatsStorageBase
-from buildbot_stats.storage_backends.base import WriteReport
+from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
 
 __all__ = ["RecordingStorage"]
 

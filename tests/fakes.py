@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from twisted.internet import defer
-from twisted.trial import unittest
-
 from buildbot.test import fakedb
 from buildbot.test.fake import fakemaster
 from buildbot.test.reactor import TestReactorMixin
+from twisted.internet import defer
+from twisted.trial import unittest
+
 from buildbot_stats.stats_service import StatsService
 from buildbot_stats.testing import RecordingStorage
 

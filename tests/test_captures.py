@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import json
 
-from twisted.internet import defer
-
 from buildbot import config
 from buildbot.test.util.logging import LoggingMixin
+from twisted.internet import defer
+
 from buildbot_stats import capture
 from buildbot_stats.errors import CaptureCallbackError
 from buildbot_stats.point import to_ns
 
-from .fakes import COMPLETE
-from .fakes import STARTED
-from .fakes import YIELD_KEY
-from .fakes import StatsTestCase
+from .fakes import COMPLETE, STARTED, YIELD_KEY, StatsTestCase
 
 CONTEXT = {"build_number": "1", "builder_name": "builder1"}
 
@@ -110,7 +107,9 @@ class PropertyCaptureTests(StatsTestCase):
         cap = backend.captures[0]
         failure = yield self.assertFailure(cap.consume(("x",), self.finished_msg()), CaptureCallbackError)
         self.assertIn("test_bad", str(failure))
-        self.assertEqual(backend.stored_data, [({"name": "test_good", "value": 2}, "builder1-test_good", CONTEXT)])
+        self.assertEqual(
+            backend.stored_data, [({"name": "test_good", "value": 2}, "builder1-test_good", CONTEXT)]
+        )
 
 
 class BuildTimeCaptureTests(StatsTestCase):
@@ -156,7 +155,11 @@ class BuildTimeCaptureTests(StatsTestCase):
         return self.check(capture.CaptureBuildStartTime("builder1", lambda s: s.year), {"start-time": 2026})
 
     def test_results(self):
-        return self.check(capture.CaptureBuildResults("builder1"), {"results": 0, "result": "success"}, "builder1-build-results")
+        return self.check(
+            capture.CaptureBuildResults("builder1"),
+            {"results": 0, "result": "success"},
+            "builder1-build-results",
+        )
 
     @defer.inlineCallbacks
     def test_results_all_builders_failure(self):
@@ -165,7 +168,9 @@ class BuildTimeCaptureTests(StatsTestCase):
         msg = self.finished_msg()
         msg["results"] = 2
         self.master.mq.callConsumer(("builders", "1", "builds", "1", "finished"), msg)
-        self.assertEqual(backend.stored_data, [({"results": 2, "result": "failure"}, "builder1-build-results", CONTEXT)])
+        self.assertEqual(
+            backend.stored_data, [({"results": 2, "result": "failure"}, "builder1-build-results", CONTEXT)]
+        )
 
     @defer.inlineCallbacks
     def test_negative_duration_is_zero(self):
@@ -188,7 +193,9 @@ class BuildTimeCaptureTests(StatsTestCase):
 
         for cls in (capture.CaptureBuildStartTime, capture.CaptureBuildEndTime, capture.CaptureBuildDuration):
             backend = yield self.use(cls("builder1", callback=cb))
-            yield self.assertFailure(backend.captures[0].consume(("x",), self.finished_msg()), CaptureCallbackError)
+            yield self.assertFailure(
+                backend.captures[0].consume(("x",), self.finished_msg()), CaptureCallbackError
+            )
             self.assertEqual(backend.stored_data, [])
 
 
@@ -209,7 +216,9 @@ class DataCaptureTests(StatsTestCase):
 
     @defer.inlineCallbacks
     def test_capture_data_other_name_or_builder_ignored(self):
-        backend = yield self.use(capture.CaptureData("other", "builder1"), capture.CaptureData("test", "builder2"))
+        backend = yield self.use(
+            capture.CaptureData("other", "builder1"), capture.CaptureData("test", "builder2")
+        )
         yield self.yield_value()
         self.assertEqual(backend.stored_data, [])
 
@@ -259,7 +268,9 @@ class DataCaptureTests(StatsTestCase):
         yield self.add_build()
         build_data = yield self.master.data.get(("builds", 1))
         for i in range(50):
-            self.master.mq.callConsumer(YIELD_KEY, {"data_name": "test", "post_data": {"i": i}, "build_data": build_data})
+            self.master.mq.callConsumer(
+                YIELD_KEY, {"data_name": "test", "post_data": {"i": i}, "build_data": build_data}
+            )
         stamps = [p.time_ns for p in backend.points]
         self.assertEqual(len(set(stamps)), 50)
         self.assertEqual(stamps, sorted(stamps))

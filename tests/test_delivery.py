@@ -5,22 +5,17 @@ from __future__ import annotations
 import os
 import tempfile
 
-from twisted.internet import defer
-from twisted.internet import threads
-
 from buildbot.test.util.logging import LoggingMixin
+from twisted.internet import defer, threads
+
 from buildbot_stats import capture
-from buildbot_stats.errors import BackendConfigurationError
-from buildbot_stats.errors import BatchTooLargeError
-from buildbot_stats.point import Point
-from buildbot_stats.point import PointProblem
+from buildbot_stats.errors import BackendConfigurationError, BatchTooLargeError
+from buildbot_stats.point import Point, PointProblem
 from buildbot_stats.stats_service import StatsService
-from buildbot_stats.storage_backends.base import StatsStorageBase
-from buildbot_stats.storage_backends.base import WriteReport
+from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
 from buildbot_stats.testing import RecordingStorage
 
-from .fakes import YIELD_KEY
-from .fakes import StatsTestCase
+from .fakes import YIELD_KEY, StatsTestCase
 
 
 class ControlledThreads:
@@ -218,7 +213,9 @@ class SpoolTests(DataTestCase):
         a.fail_next(100)
         b.fail_next(100)
         yield self.stats.disownServiceParent()
-        self.stats = StatsService(storage_backends=[a, b], name="StatsService", spool_path=path, flush_timeout=0)
+        self.stats = StatsService(
+            storage_backends=[a, b], name="StatsService", spool_path=path, flush_timeout=0
+        )
         yield self.stats.setServiceParent(self.master)
         self.post(3)
         yield self.stats.disownServiceParent()
@@ -262,8 +259,7 @@ class SpoolTests(DataTestCase):
         self.assertTrue(os.path.exists(self.stats._spool.spool.path))
 
     def test_spool_round_trips_awkward_values(self):
-        from buildbot_stats.point import point_from_json
-        from buildbot_stats.point import point_to_json
+        from buildbot_stats.point import point_from_json, point_to_json
 
         point = Point(
             "s,é x",

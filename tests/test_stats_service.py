@@ -4,19 +4,16 @@ from __future__ import annotations
 
 from unittest import mock
 
+from buildbot import config
+from buildbot.test.fake import fakestats
 from twisted.internet import defer
 from zope.interface import implementer
 
-from buildbot import config
-from buildbot.test.fake import fakestats
-from buildbot_stats import capture
-from buildbot_stats import statistics
+from buildbot_stats import capture, statistics
 from buildbot_stats.errors import StorageBackendTypeError
 from buildbot_stats.stats_service import StatsService
-from buildbot_stats.steps import StatsStepMixin
-from buildbot_stats.steps import get_stats_service
-from buildbot_stats.storage_backends.base import IStatsStorage
-from buildbot_stats.storage_backends.base import StatsStorageBase
+from buildbot_stats.steps import StatsStepMixin, get_stats_service
+from buildbot_stats.storage_backends.base import IStatsStorage, StatsStorageBase
 from buildbot_stats.testing import RecordingStorage
 
 from .fakes import StatsTestCase
@@ -42,7 +39,8 @@ class ConfigTests(StatsTestCase):
     def test_statistics_module_exports_the_spec_names(self):
         for name in (
             "StatsService StatsStorageBase InfluxStorageService Capture CapturePropertyBase CaptureProperty "
-            "CapturePropertyAllBuilders CaptureBuildTimes CaptureBuildStartTime CaptureBuildStartTimeAllBuilders "
+            "CapturePropertyAllBuilders CaptureBuildTimes CaptureBuildStartTime "
+            "CaptureBuildStartTimeAllBuilders "
             "CaptureBuildEndTime CaptureBuildEndTimeAllBuilders CaptureBuildDuration "
             "CaptureBuildDurationAllBuilders CaptureDataBase CaptureData CaptureDataAllBuilders"
         ).split():
@@ -177,7 +175,9 @@ class ConfigTests(StatsTestCase):
 class CountersTests(StatsTestCase):
     @defer.inlineCallbacks
     def test_counters(self):
-        backend = yield self.use(capture.CaptureBuildDuration("builder1"), capture.CaptureBuildEndTime("builder1"))
+        backend = yield self.use(
+            capture.CaptureBuildDuration("builder1"), capture.CaptureBuildEndTime("builder1")
+        )
         yield self.add_build()
         self.finish()
         self.assertEqual(

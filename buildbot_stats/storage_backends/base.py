@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from dataclasses import dataclass
-from dataclasses import field
+from dataclasses import dataclass, field
 from typing import Any
 
-from zope.interface import Attribute
-from zope.interface import Interface
-from zope.interface import implementer
+from zope.interface import Attribute, Interface, implementer
 
 from buildbot_stats.errors import PartialDeliveryError
-from buildbot_stats.point import Point
-from buildbot_stats.point import PointProblem
+from buildbot_stats.point import Point, PointProblem
 
 try:  # a backend written for Buildbot's own statistics module works unchanged
     from buildbot.statistics.storage_backends.base import StatsStorageBase as _BuildbotStatsStorageBase
@@ -71,7 +67,8 @@ class StatsStorageBase(abc.ABC):
 
         The default calls :meth:`thd_postStatsValue` once per point.
         """
-        return _post_one_by_one(self, points)
+        _post_one_by_one(self, points)
+        return None
 
 
 def _post_one_by_one(backend: Any, points: list[Point]) -> None:
@@ -95,5 +92,6 @@ def post_points(backend: Any, points: list[Point]) -> WriteReport | None:
     """Write ``points`` to ``backend`` by its batch method if it has one.  Runs in a thread."""
     batch = getattr(backend, "thd_postStatsValues", None)
     if batch is None:
-        return _post_one_by_one(backend, points)
+        _post_one_by_one(backend, points)
+        return None
     return batch(points)

@@ -7,24 +7,18 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from buildbot import config
 from twisted.python import log
 
-from buildbot import config
-from buildbot_stats.errors import BackendConfigurationError
-from buildbot_stats.errors import BatchTooLargeError
-from buildbot_stats.errors import TransientWriteError
-from buildbot_stats.lineprotocol import PRECISIONS
-from buildbot_stats.lineprotocol import encode_points
-from buildbot_stats.point import Point
-from buildbot_stats.point import PointProblem
-from buildbot_stats.storage_backends.base import StatsStorageBase
-from buildbot_stats.storage_backends.base import WriteReport
+from buildbot_stats.errors import BackendConfigurationError, BatchTooLargeError, TransientWriteError
+from buildbot_stats.lineprotocol import PRECISIONS, encode_points
+from buildbot_stats.point import Point, PointProblem
+from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
 
 try:
     import requests
     from influxdb import InfluxDBClient
-    from influxdb.exceptions import InfluxDBClientError
-    from influxdb.exceptions import InfluxDBServerError
+    from influxdb.exceptions import InfluxDBClientError, InfluxDBServerError
 except ImportError:  # pragma: no cover - influxdb is a dependency
     InfluxDBClient = None
 
@@ -32,7 +26,9 @@ __all__ = ["InfluxStorageService"]
 
 # InfluxDB 1.x: 'partial write: field type conflict: input field "value" on
 # measurement "b-x" is type string, already exists as type float dropped=1'
-_FIELD_IN_ERROR = re.compile(r'field "(?P<field>(?:[^"\\]|\\.)*)" on measurement "(?P<series>(?:[^"\\]|\\.)*)"')
+_FIELD_IN_ERROR = re.compile(
+    r'field "(?P<field>(?:[^"\\]|\\.)*)" on measurement "(?P<series>(?:[^"\\]|\\.)*)"'
+)
 _DROPPED = re.compile(r"dropped=(\d+)")
 
 
@@ -97,7 +93,9 @@ class InfluxStorageService(StatsStorageBase):
 
     def __repr__(self) -> str:
         # never the password
-        return f"<InfluxStorageService {self.name!r} {self.url}:{self.port} db={self.db!r} user={self.user!r}>"
+        return (
+            f"<InfluxStorageService {self.name!r} {self.url}:{self.port} db={self.db!r} user={self.user!r}>"
+        )
 
     def thd_postStatsValue(
         self, post_data: dict[str, Any], series_name: str, context: dict[str, Any] | None = None
@@ -130,11 +128,13 @@ class InfluxStorageService(StatsStorageBase):
                 headers={"Content-Type": "application/octet-stream"},
             )
         except InfluxDBServerError as e:
-            raise TransientWriteError(f"InfluxDB server error: {_text(e.content)}") from None
+            raise TransientWriteError(f"InfluxDB server error: {_text(e.args[0] if e.args else e)}") from None
         except InfluxDBClientError as e:
             self._classify_client_error(e, report)
         except requests.exceptions.RequestException as e:
-            raise TransientWriteError(f"cannot reach InfluxDB at {self.url}:{self.port}: {type(e).__name__}") from None
+            raise TransientWriteError(
+                f"cannot reach InfluxDB at {self.url}:{self.port}: {type(e).__name__}"
+            ) from None
         return report
 
     def _classify_client_error(self, e: Any, report: WriteReport) -> None:

@@ -1,0 +1,349 @@
+"""Embedded SQLite storage: the zero-setup default backend, and the reader the CLI uses.
+
+Schema (``schema_version`` 1)::
+
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        -- ('format', 'buildbot_stats'), ('schema_version', '1')
+    CREATE TABLE points (
+        id      INTEGER PRIMARY KEY,
+        series  TEXT    NOT NULL,
+        time_ns INTEGER NOT NULL,      -- nanoseconds since the epoch, UTC
+        tags    TEXT    NOT NULL,      -- JSON object, keys sorted (the capture's context)
+        fields  TEXT    NOT NULL,      -- JSON object (the capture's post_data)
+        UNIQUE (series, tags, time_ns)
+    );
+    CREATE INDEX points_series_time ON points (series, time_ns);
+
+A point sent again with the same series, tags and time is merged into its row,
+the way InfluxDB merges fields of one point: the new fields replace fields of
+the same name, the others are kept.  So the start-time, end-time and duration
+points of one build end up as one row with three fields, and a re-sent point
+never makes a duplicate row.
+
+Values: fields and tags go through :func:`buildbot_stats.point.to_plain`
+(bytes decoded as UTF-8, datetimes as ISO-8601 text, tuples and sets as lists,
+other objects as their ``str()``) and are stored as JSON.  Nothing is lost or
+rejected: ``None`` is JSON null, integers of any size stay exact, and NaN/±Inf
+follow the spool's encoding of :mod:`buildbot_stats.point` (``{"$float": "nan"}``)
+and read back as floats.  Only a point with an empty series name is rejected.
+
+The file is in WAL mode, so readers (``buildbot-stats summary``) can read while
+the master writes; a second master run appends to the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+from urllib.parse import quote
+
+from buildbot import config
+from twisted.python import log
+
+from buildbot_stats.errors import BackendConfigurationError
+from buildbot_stats.point import Clock, Point, PointProblem, to_plain
+from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
+
+__all__ = [
+    "FORMAT",
+    "SCHEMA_VERSION",
+    "SQLiteStorageService",
+    "StatsStore",
+    "StoreError",
+    "open_store",
+]
+
+FORMAT = "buildbot_stats"
+SCHEMA_VERSION = 1
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS points (
+        id INTEGER PRIMARY KEY,
+        series TEXT NOT NULL,
+        time_ns INTEGER NOT NULL,
+        tags TEXT NOT NULL,
+        fields TEXT NOT NULL,
+        UNIQUE (series, tags, time_ns)
+    )""",
+    "CREATE INDEX IF NOT EXISTS points_series_time ON points (series, time_ns)",
+)
+
+_UPSERT = """
+INSERT INTO points (series, time_ns, tags, fields) VALUES (?, ?, ?, ?)
+ON CONFLICT (series, tags, time_ns) DO UPDATE SET fields = bbs_merge_fields(points.fields, excluded.fields)
+"""
+
+
+class StoreError(Exception):
+    """The file is missing, unreadable, not SQLite, or not a buildbot_stats store."""
+
+
+# -- values ------------------------------------------------------------------
+
+
+def _encode(value: Any) -> Any:
+    value = to_plain(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"$float": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1 and "$float" in value:
+            return float(value["$float"])
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def _dumps(obj: dict[str, Any], sort_keys: bool = False) -> str:
+    # ensure_ascii: lone surrogates in a str survive as \\udxxx escapes
+    return json.dumps(obj, allow_nan=False, sort_keys=sort_keys, separators=(",", ":"))
+
+
+def _merge_fields(old: str, new: str) -> str:
+    merged = json.loads(old)
+    merged.update(json.loads(new))
+    return _dumps(merged)
+
+
+def _point_row(point: Point, problems: list[PointProblem]) -> tuple[str, int, str, str] | None:
+    series = str(point.series)
+    if not series:
+        problems.append(PointProblem(series, "*", "empty series name", True))
+        return None
+    fields = point.fields
+    if not isinstance(fields, dict):
+        problems.append(PointProblem(series, "value", "fields not a dict; stored as field 'value'", False))
+        fields = {"value": fields}
+    tags = _encode(dict(point.tags or {}))
+    return series, int(point.time_ns), _dumps(tags, sort_keys=True), _dumps(_encode(fields))
+
+
+# -- writer ------------------------------------------------------------------
+
+
+class SQLiteStorageService(StatsStorageBase):
+    """Stores statistics in an SQLite file (see the module docstring for the schema).
+
+    ``path`` is relative to the process's working directory (a master's
+    basedir).  The file and its directory are created on the first write; the
+    connection is opened then, in the writing thread, and shared (under a lock)
+    by the threads that write later.
+    """
+
+    def __init__(
+        self, path: str, captures: Sequence[Any], name: str | None = None, *, busy_timeout: float = 10.0
+    ) -> None:
+        self._inited = False
+        self.name = name or "SQLiteStorageService"
+        self.captures = captures
+        self.path = ""
+        self.busy_timeout = busy_timeout
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._clock = Clock()
+        if isinstance(path, os.PathLike):
+            path = os.fspath(path)
+        if not isinstance(path, str) or not path:
+            config.error(f"{self.name}: path must be a non-empty string, not {path!r}")
+            return
+        self.path = path
+        self._inited = True
+
+    def __repr__(self) -> str:
+        return f"<SQLiteStorageService {self.name!r} {self.path!r}>"
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is not None:
+            return self._db
+        directory = os.path.dirname(os.path.abspath(self.path))
+        try:
+            os.makedirs(directory, exist_ok=True)
+            db = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as e:
+            raise BackendConfigurationError(f"{self.name}: cannot open {self.path}: {e}") from None
+        try:
+            db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.create_function("bbs_merge_fields", 2, _merge_fields, deterministic=True)
+            self._init_schema(db)
+        except sqlite3.DatabaseError as e:
+            db.close()
+            raise BackendConfigurationError(f"{self.name}: {self.path} is not usable: {e}") from None
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+        return db
+
+    def _init_schema(self, db: sqlite3.Connection) -> None:
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables:
+                meta = _read_meta(db) if "meta" in tables else {}
+                if meta.get("format") != FORMAT:
+                    raise BackendConfigurationError(
+                        f"{self.name}: {self.path} is an SQLite database but not a buildbot_stats store; "
+                        "refusing to write into it"
+                    )
+                if meta.get("schema_version") != str(SCHEMA_VERSION):
+                    raise BackendConfigurationError(
+                        f"{self.name}: {self.path} has schema version {meta.get('schema_version')!r}; "
+                        f"this version of buildbot_stats writes {SCHEMA_VERSION}"
+                    )
+            for statement in _SCHEMA:
+                db.execute(statement)
+            db.executemany(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                [("format", FORMAT), ("schema_version", str(SCHEMA_VERSION))],
+            )
+
+    def thd_postStatsValues(self, points: list[Point]) -> WriteReport:
+        """Store a batch in one transaction; return what was converted or rejected."""
+        report = WriteReport()
+        if not self._inited:
+            raise BackendConfigurationError(f"{self.name} is not configured")
+        rows = []
+        for point in points:
+            row = _point_row(point, report.problems)
+            if row is None:
+                report.rejected_points += 1
+            else:
+                rows.append(row)
+        if not rows:
+            return report
+        with self._lock:
+            db = self._connect()
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.executemany(_UPSERT, rows)
+        return report
+
+    def thd_postStatsValue(
+        self, post_data: dict[str, Any], series_name: str, context: dict[str, Any] | None = None
+    ) -> None:
+        """Store one point stamped with the current time."""
+        point = Point(series_name, post_data, context or {}, self._clock.now_ns())
+        report = self.thd_postStatsValues([point])
+        for p in report.problems:
+            log.msg(f"{self.name}: {p.series} {p.field}: {p.reason}")
+
+    def close(self) -> None:
+        """Close the connection (a later write opens it again)."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+
+# -- reader ------------------------------------------------------------------
+
+
+def _read_meta(db: sqlite3.Connection) -> dict[str, str]:
+    try:
+        return {str(k): str(v) for k, v in db.execute("SELECT key, value FROM meta")}
+    except sqlite3.OperationalError:  # a 'meta' table of some other application
+        return {}
+
+
+class StatsStore:
+    """A read-only view of a store; see :func:`open_store`."""
+
+    def __init__(self, path: str, db: sqlite3.Connection, meta: dict[str, str]) -> None:
+        self.path = path
+        self.meta = meta
+        self._db = db
+
+    def __enter__(self) -> StatsStore:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        try:
+            yield from self._db.execute(sql, params)
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: cannot read the store ({e})") from None
+
+    def series(self) -> list[str]:
+        """The distinct series names, sorted."""
+        return [r[0] for r in self._query("SELECT DISTINCT series FROM points ORDER BY series")]
+
+    def count(self) -> int:
+        """The number of stored points (rows)."""
+        return next(self._query("SELECT COUNT(*) FROM points"))[0]
+
+    def points(self, prefix: str = "", suffix: str = "") -> Iterator[Point]:
+        """Points whose series starts with ``prefix`` and ends with ``suffix``, by series then time."""
+        sql = "SELECT series, time_ns, tags, fields FROM points"
+        where, params = [], []
+        if prefix:
+            where.append("substr(series, 1, length(?)) = ?")
+            params += [prefix, prefix]
+        if suffix:
+            where.append("length(series) >= length(?) AND substr(series, -length(?)) = ?")
+            params += [suffix, suffix, suffix]
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY series, time_ns, id"
+        for series, time_ns, tags, fields in self._query(sql, params):
+            try:
+                yield Point(series, _decode(json.loads(fields)), _decode(json.loads(tags)), time_ns)
+            except (TypeError, ValueError) as e:
+                raise StoreError(f"{self.path}: a point of series {series!r} is corrupt ({e})") from None
+
+
+def open_store(path: str | os.PathLike[str]) -> StatsStore:
+    """Open a store read-only (``mode=ro``); raise :class:`StoreError` if it is not one."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise StoreError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise StoreError(f"{path}: is a directory, not a buildbot_stats store")
+    uri = "file:" + quote(os.path.abspath(path)) + "?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as e:
+        raise StoreError(f"{path}: cannot open: {e}") from None
+    try:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        meta = _read_meta(db) if "meta" in tables else {}
+        if meta.get("format") == FORMAT:
+            db.execute("SELECT series, time_ns, tags, fields FROM points LIMIT 0")
+    except sqlite3.Error as e:
+        db.close()
+        if str(e) == "file is not a database":
+            raise StoreError(f"{path}: not a buildbot_stats store (not an SQLite database)") from None
+        raise StoreError(f"{path}: cannot read the store (corrupt or unreadable: {e})") from None
+    if meta.get("format") != FORMAT:
+        db.close()
+        raise StoreError(f"{path}: not a buildbot_stats store (an SQLite database without its meta table)")
+    version = meta.get("schema_version", "")
+    if not version.isdigit() or int(version) > SCHEMA_VERSION:
+        db.close()
+        raise StoreError(
+            f"{path}: schema version {version!r} is not supported (this buildbot_stats reads "
+            f"{SCHEMA_VERSION})"
+        )
+    return StatsStore(path, db, meta)

@@ -1,0 +1,103 @@
+"""End-to-end checks of the real-master harness in tests/support/realmaster.py."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from buildbot.process.results import RETRY, SUCCESS
+
+from tests.support.realmaster import RealMaster, free_port, make_master_cfg
+
+HEADER = """
+from buildbot.process import buildstep
+from buildbot.process.results import SUCCESS
+
+
+class SetStatsMarker(buildstep.BuildStep):
+    name = 'set-stats-marker'
+
+    async def run(self):
+        builder = self.getProperty('buildername')
+        self.setProperty('stats_marker', 'marked-' + builder, 'SetStatsMarker')
+        return SUCCESS
+"""
+
+STEPS = "[steps.ShellCommand(command=['true']), SetStatsMarker()]"
+SLEEPY_STEPS = "[steps.ShellCommand(command=['sleep', util.Property('sleep', '0')])]"
+
+
+@pytest.fixture
+def master(tmp_path: Path):
+    """Factory for created (not started) masters, all closed at teardown."""
+    masters: list[RealMaster] = []
+
+    def make(builders: dict[str, str], name: str = "master") -> RealMaster:
+        cfg = make_master_cfg(builders, pb_port=free_port(), header=HEADER)
+        m = RealMaster(tmp_path / name, cfg)
+        masters.append(m)
+        m.create()
+        return m
+
+    yield make
+    for m in masters:
+        m.close()
+        assert m.processes() == [], "harness left processes behind"
+
+
+def test_builds_and_properties(master) -> None:
+    m = master({"alpha": STEPS, "beta": STEPS})
+    assert m.checkconfig()[0] == 0
+    m.start()
+    assert m.is_running()
+
+    m.sendchange(3, branch="main", properties={"stats_run": "e2e"})
+    builds = m.wait_for_builds(6)
+
+    assert len(builds) == 6
+    assert sorted(b["builder"] for b in builds) == ["alpha"] * 3 + ["beta"] * 3
+    for name in ("alpha", "beta"):
+        numbers = sorted(b["number"] for b in builds if b["builder"] == name)
+        assert numbers == [1, 2, 3]
+    for b in builds:
+        assert b["results"] == SUCCESS
+        assert b["started_at"] <= b["complete_at"] <= time.time() + 1
+        props = m.build_properties(b["buildid"])
+        assert props["stats_marker"] == "marked-" + b["builder"]
+        assert props["stats_run"] == "e2e"
+        assert props["branch"] == "main"
+
+    assert m.tracebacks() == []
+    assert m.warnings() == []
+    m.stop()
+    assert not m.is_running()
+    assert m.processes() == []
+    assert "Server Shut Down." in m.log_text()
+
+
+def test_kill_and_restart(master) -> None:
+    m = master({"sleepy": SLEEPY_STEPS})
+    m.start()
+    m.sendchange(properties={"sleep": "300"})
+    # Wait for the build's `sleep 300`, a child of the master's LocalWorker.
+    deadline = time.monotonic() + 60
+    while len(m.processes()) < 2:
+        assert time.monotonic() < deadline, m.log_tail()
+        time.sleep(0.1)
+
+    m.kill()
+    assert not m.is_running()
+    assert m.processes() == [], "kill() left the build's shell command behind"
+
+    m.start()
+    assert m.is_running()
+    m.sendchange()
+    builds = {b["buildid"]: b for b in m.wait_for_builds(2)}
+    # Startup housekeeping marks the killed build RETRY and re-queues its request
+    # (that rerun sleeps again); the new change builds on the other worker.
+    assert builds.pop(1)["results"] == RETRY
+    assert [b["results"] for b in builds.values()] == [SUCCESS]
+    assert m.tracebacks() == []
+    m.stop()
+    assert m.processes() == []
