@@ -21,7 +21,7 @@ from twisted.internet import defer, threads
 from twisted.python import log
 from twisted.python.failure import Failure
 
-from buildbot_stats.errors import BackendConfigurationError, BatchTooLargeError, PartialDeliveryError
+from buildbot_stats.errors import BackendConfigurationError, PartialDeliveryError, SplitBatchError
 from buildbot_stats.point import Point, PointProblem
 from buildbot_stats.storage_backends.base import WriteReport, post_points
 
@@ -284,11 +284,18 @@ class DeliveryQueue:
             self.counters.written += len(done)
             self._ack(done)
             error = error.cause
-        self._items.extendleft(reversed(batch))
-        if isinstance(error, BatchTooLargeError) and len(batch) > 1:
-            self._batch_limit = max(1, len(batch) // 2)
+        if isinstance(error, SplitBatchError):
+            if len(batch) > 1:
+                self._items.extendleft(reversed(batch))
+                self._batch_limit = max(1, len(batch) // 2)
+            else:
+                self.counters.dropped += len(batch)
+                self._ack(batch)
+                series = batch[0][1].series if batch else "?"
+                self._log_problems([PointProblem(series, "*", f"refused by the backend: {error}")])
             self._kick_delivery()
             return
+        self._items.extendleft(reversed(batch))
         self._attempt += 1
         self.counters.retried += len(batch)
         config_error = isinstance(error, BackendConfigurationError)

@@ -15,6 +15,7 @@ __all__ = [
     "BatchTooLargeError",
     "CaptureCallbackError",
     "PartialDeliveryError",
+    "SplitBatchError",
     "StorageBackendTypeError",
     "TransientWriteError",
 ]
@@ -47,8 +48,17 @@ class BackendConfigurationError(TransientWriteError):
     """
 
 
-class BatchTooLargeError(Exception):
-    """The backend refused the batch as too large; the queue halves it and retries."""
+class SplitBatchError(Exception):
+    """The backend refused the batch as a whole; the queue halves it and retries.
+
+    Raised for a batch too large, or for one bad point that the backend does not
+    name (InfluxDB 1.x rejects a whole batch written into a new shard for one
+    field type conflict).  A single point refused this way is dropped and logged.
+    """
+
+
+class BatchTooLargeError(SplitBatchError):
+    """The backend refused the batch as too large."""
 
 
 class PartialDeliveryError(Exception):

@@ -9,8 +9,10 @@ Rules (also in docs/values.rst):
   null); ``bytes`` are decoded as UTF-8; ``dict``/``list``/``tuple`` are stored
   as their JSON text; anything else as its ``str()``.
 * Names (series, tag keys, field keys) and tag values are escaped as the line
-  protocol requires; newlines in them become spaces (converted, logged). A
-  field or tag named ``time`` is stored as ``time_`` (converted, logged).
+  protocol requires; newlines in them become spaces, and a backslash just before
+  ``,`` ``=`` space ``"`` or at the end becomes ``/`` (InfluxDB would read it
+  as an escape; converted, logged).  A field or tag named ``time`` is stored as
+  ``time_`` (converted, logged).  Newlines inside string field values are kept.
   Empty tag values are left out (InfluxDB ignores them); an empty field key
   or series name is rejected.
 * A point with no field left is rejected as a whole; the other points of the
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from buildbot_stats.point import Point, PointProblem, to_plain
@@ -34,6 +37,7 @@ PRECISIONS = {"n": 1, "u": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": " ", "\r": " "})
 _KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": " ", "\r": " "})
 _STRING_ESCAPES = str.maketrans({'"': r"\"", "\\": "\\\\"})
+_ESCAPING_BACKSLASH = re.compile(r'\\(?=[,= "]|$)')
 
 
 class _Encoder:
@@ -46,12 +50,12 @@ class _Encoder:
     def name(self, series: str, field: str, value: str, table: dict[int, str]) -> str:
         if "\n" in value or "\r" in value:
             self._problem(series, field, "newline in a name replaced by a space", False)
-        escaped = value.translate(table)
-        if escaped.endswith("\\"):
-            # a trailing backslash would escape the separator that follows
-            escaped += " " if table is _MEASUREMENT_ESCAPES else "_"
-            self._problem(series, field, "trailing backslash in a name padded", False)
-        return escaped
+        if "\\" in value:
+            fixed = _ESCAPING_BACKSLASH.sub("/", value)
+            if fixed != value:
+                self._problem(series, field, "backslash before an escaped character replaced by '/'", False)
+                value = fixed
+        return value.translate(table)
 
     def key(self, series: str, key: Any) -> str:
         key = str(key)

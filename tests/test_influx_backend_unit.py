@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from twisted.trial import unittest
-
 from buildbot.test.fake import fakestats
 from buildbot.test.util.logging import LoggingMixin
-from buildbot_stats.errors import BackendConfigurationError
-from buildbot_stats.errors import BatchTooLargeError
-from buildbot_stats.errors import TransientWriteError
+from twisted.trial import unittest
+
+from buildbot_stats.errors import BackendConfigurationError, BatchTooLargeError, TransientWriteError
 from buildbot_stats.lineprotocol import encode_points
 from buildbot_stats.point import Point
 from buildbot_stats.storage_backends import influxdb_client
@@ -75,8 +73,7 @@ class ErrorClassificationTests(unittest.TestCase):
 
     def test_classification(self):
         import requests
-        from influxdb.exceptions import InfluxDBClientError
-        from influxdb.exceptions import InfluxDBServerError
+        from influxdb.exceptions import InfluxDBClientError, InfluxDBServerError
 
         for error, expected in (
             (requests.exceptions.ConnectionError("refused"), TransientWriteError),

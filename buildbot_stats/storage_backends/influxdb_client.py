@@ -130,21 +130,25 @@ class InfluxStorageService(StatsStorageBase):
         except InfluxDBServerError as e:
             raise TransientWriteError(f"InfluxDB server error: {_text(e.args[0] if e.args else e)}") from None
         except InfluxDBClientError as e:
-            self._classify_client_error(e, report)
+            self._classify_client_error(e, report, len(points) - skipped)
         except requests.exceptions.RequestException as e:
             raise TransientWriteError(
                 f"cannot reach InfluxDB at {self.url}:{self.port}: {type(e).__name__}"
             ) from None
         return report
 
-    def _classify_client_error(self, e: Any, report: WriteReport) -> None:
+    def _classify_client_error(self, e: Any, report: WriteReport, sent: int) -> None:
         message = _text(e.content)
         if e.code == 400:
+            if not message.startswith("partial write") and sent > 1:
+                # nothing was stored and the bad point is not named: find it by halving
+                raise SplitBatchError(message) from None
             # InfluxDB stored the valid points of the body; only these are lost.
             match = _FIELD_IN_ERROR.search(message)
             series, field = (match.group("series"), match.group("field")) if match else ("?", "?")
             dropped = _DROPPED.search(message)
-            report.rejected_points += int(dropped.group(1)) if dropped else 1
+            lost = (int(dropped.group(1)) if dropped else 0) + message.count("unable to parse")
+            report.rejected_points += max(lost, 1)
             report.problems.append(PointProblem(series, field, f"InfluxDB: {message}", True))
             return
         if e.code in (401, 403):
