@@ -10,7 +10,12 @@ from urllib.parse import urlsplit
 from buildbot import config
 from twisted.python import log
 
-from buildbot_stats.errors import BackendConfigurationError, BatchTooLargeError, TransientWriteError
+from buildbot_stats.errors import (
+    BackendConfigurationError,
+    BatchTooLargeError,
+    SplitBatchError,
+    TransientWriteError,
+)
 from buildbot_stats.lineprotocol import PRECISIONS, encode_points
 from buildbot_stats.point import Point, PointProblem
 from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
@@ -26,8 +31,9 @@ __all__ = ["InfluxStorageService"]
 
 # InfluxDB 1.x: 'partial write: field type conflict: input field "value" on
 # measurement "b-x" is type string, already exists as type float dropped=1'
+# (names are not escaped). Parse errors say "unable to parse" and dropped=0.
 _FIELD_IN_ERROR = re.compile(
-    r'field "(?P<field>(?:[^"\\]|\\.)*)" on measurement "(?P<series>(?:[^"\\]|\\.)*)"'
+    r'input field "(?P<field>.*)" on measurement "(?P<series>.*)" is (?:type|invalid)'
 )
 _DROPPED = re.compile(r"dropped=(\d+)")
 

@@ -1,0 +1,148 @@
+"""The ``buildbot-stats`` command: ``summary`` of a store, and ``demo``.
+
+Every error a person can cause (a missing or foreign file, an unwritable
+output) prints one line ``buildbot-stats: error: ...`` and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+PROG = "buildbot-stats"
+
+__all__ = ["build_parser", "main"]
+
+
+class _UsageError(Exception):
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises instead of exiting, so ``main`` can return 2."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise _UsageError(self, message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``buildbot-stats`` command."""
+    parser = _Parser(prog=PROG, description="Statistics of Buildbot masters, stored by buildbot_stats.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    summary = commands.add_parser(
+        "summary",
+        help="summarise an SQLite store written by SQLiteStorageService",
+        description="Per builder: builds, success rate, duration p50/p95/max (nearest rank), last build; "
+        "per data series: count, min, mean, max.",
+    )
+    summary.add_argument("path", metavar="PATH", help="the SQLite store (e.g. <basedir>/stats.sqlite)")
+    summary.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    summary.add_argument(
+        "--html", metavar="FILE", help="also write a self-contained HTML page with charts to FILE"
+    )
+
+    demo = commands.add_parser(
+        "demo",
+        help="run a real Buildbot master with a worker, run builds, and summarise their statistics",
+    )
+    demo.add_argument(
+        "--builds", type=_positive_int, default=10, metavar="N", help="builds to run (default 10)"
+    )
+    demo.add_argument(
+        "--dir", metavar="DIR", help="directory for the master, worker and store (default: a new one)"
+    )
+    demo.add_argument("--influxdb", metavar="URL", help="also send the statistics to this InfluxDB 1.x URL")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from buildbot_stats.report_html import render_html
+    from buildbot_stats.storage_backends.sqlite import StoreError, open_store
+    from buildbot_stats.summary import format_table, summarize, to_json
+
+    try:
+        with open_store(args.path) as store:
+            summary = summarize(store)
+    except StoreError as e:
+        return _error(str(e))
+    if args.html:
+        page = render_html(summary)
+        try:
+            with open(args.html, "w", encoding="utf-8") as f:
+                f.write(page)
+        except OSError as e:
+            return _error(f"cannot write {args.html}: {e.strerror or e}")
+    sys.stdout.write(to_json(summary) + "\n" if args.json else format_table(summary))
+    if args.html:
+        print(f"HTML report written to {os.path.abspath(args.html)}", file=sys.stderr)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        from buildbot_stats.demo import run_demo
+    except ModuleNotFoundError as e:
+        if e.name in ("buildbot_stats.demo", "buildbot_stats"):
+            return _error("the demo is not available in this installation (no module buildbot_stats.demo)")
+        return _error(f"the demo needs the Python module {e.name!r}, which is not installed")
+    except ImportError as e:
+        return _error(f"the demo cannot be loaded: {e}")
+    from buildbot_stats.storage_backends.sqlite import StoreError
+
+    try:
+        result = run_demo(args)
+    except StoreError as e:
+        return _error(str(e))
+    return int(result or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as e:
+        print(e.parser.format_usage().rstrip(), file=sys.stderr)
+        return _error(str(e))
+    except SystemExit as e:  # --help, --version
+        return e.code if isinstance(e.code, int) else 0
+    try:
+        if args.command == "summary":
+            return _summary(args)
+        if args.command == "demo":
+            return _demo(args)
+        parser.print_help(sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. piped into head: no traceback at exit either
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
