@@ -65,6 +65,7 @@ class StatsService(service.BuildbotService):
         self._builders: dict[Any, dict[str, Any]] = {}
         self._builds: OrderedDict[Any, dict[str, Any]] = OrderedDict()
         self._retired = Counters()
+        self._aliased_in_master = False
 
     def checkConfig(  # type: ignore[override]
         self,
@@ -286,7 +287,23 @@ class StatsService(service.BuildbotService):
         self.consumers = []
 
     @defer.inlineCallbacks
+    def startService(self) -> Any:
+        yield super().startService()
+        # The spec says steps find the service at master.namedServices[name]; in
+        # Buildbot 4 services from c['services'] live under master.service_manager.
+        # Make the documented path work too, without shadowing a master service.
+        named = getattr(self.master, "namedServices", None)
+        if isinstance(named, dict) and self.name not in named:
+            named[self.name] = self
+            self._aliased_in_master = True
+
+    @defer.inlineCallbacks
     def stopService(self) -> Any:
+        named = getattr(self.master, "namedServices", None)
+        if self._aliased_in_master and isinstance(named, dict):
+            if named.get(self.name) is self:
+                del named[self.name]
+            self._aliased_in_master = False
         yield super().stopService()
         yield self.removeConsumers()
         for queue in self.queues.values():

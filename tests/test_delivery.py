@@ -130,6 +130,28 @@ class RetryTests(DataTestCase):
         self.assertEqual(backend.batches, [1, 4, 4])
 
     @defer.inlineCallbacks
+    def test_unnamed_bad_point_is_found_by_splitting_and_dropped_alone(self):
+        from buildbot_stats.errors import SplitBatchError
+
+        class RejectsSeven(RecordingStorage):
+            def thd_postStatsValues(self, points):
+                if any(p.fields["i"] == 7 for p in points):
+                    raise SplitBatchError("field type conflict")
+                return super().thd_postStatsValues(points)
+
+        threads_ = ControlledThreads(self)
+        backend = RejectsSeven(captures=[capture.CaptureData("m", "builder1")])
+        yield self.stats.reconfigService([backend], spool_path=None)
+        self.post(1)
+        self.post(15, start=1)
+        threads_.run_all()
+        self.assertEqual(sorted(self.values(backend)), [i for i in range(16) if i != 7])
+        self.assertEqual(self.stats.counters["dropped"], 1)
+        self.assertLogged(
+            "rejected field '\\*' of series 'builder1-m': refused by the backend: field type conflict"
+        )
+
+    @defer.inlineCallbacks
     def test_old_style_backend_partial_failure_resends_only_the_rest(self):
         class Flaky(StatsStorageBase):
             name = "flaky"

@@ -156,6 +156,21 @@ class ConfigTests(StatsTestCase):
             get_stats_service(self.master, "nope")
 
     @defer.inlineCallbacks
+    def test_documented_master_named_services_path_works_under_a_service_manager(self):
+        from buildbot.util import service as bbservice
+
+        manager = bbservice.AsyncMultiService()
+        manager.name = "service_manager"
+        yield manager.setServiceParent(self.master)
+        self.master.service_manager = manager
+        svc = StatsService(storage_backends=[], name="stats2", spool_path=None)
+        yield svc.setServiceParent(manager)
+        self.assertIs(self.master.namedServices["stats2"], svc)
+        self.assertIs(get_stats_service(self.master, "stats2"), svc)
+        yield svc.disownServiceParent()
+        self.assertNotIn("stats2", self.master.namedServices)
+
+    @defer.inlineCallbacks
     def test_step_mixin_posts_for_its_build(self):
         backend = yield self.use(capture.CaptureDataAllBuilders("metric"))
         yield self.add_build()
