@@ -7,6 +7,7 @@ output) prints one line ``buildbot-stats: error: ...`` and exits with 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -78,12 +79,11 @@ def _error(message: str) -> int:
 
 def _summary(args: argparse.Namespace) -> int:
     from buildbot_stats.report_html import render_html
-    from buildbot_stats.storage_backends.sqlite import StoreError, open_store
-    from buildbot_stats.summary import format_table, summarize, to_json
+    from buildbot_stats.storage_backends.sqlite import StoreError
+    from buildbot_stats.summary import format_table, summarize_path, to_json
 
     try:
-        with open_store(args.path) as store:
-            summary = summarize(store)
+        summary = summarize_path(args.path)
     except StoreError as e:
         return _error(str(e))
     if args.html:
@@ -101,7 +101,7 @@ def _summary(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     try:
-        from buildbot_stats.demo import run_demo
+        demo = importlib.import_module("buildbot_stats.demo")
     except ModuleNotFoundError as e:
         if e.name in ("buildbot_stats.demo", "buildbot_stats"):
             return _error("the demo is not available in this installation (no module buildbot_stats.demo)")
@@ -110,9 +110,13 @@ def _demo(args: argparse.Namespace) -> int:
         return _error(f"the demo cannot be loaded: {e}")
     from buildbot_stats.storage_backends.sqlite import StoreError
 
+    user_errors: tuple[type[BaseException], ...] = (StoreError,)
+    demo_error = getattr(demo, "DemoError", None)
+    if isinstance(demo_error, type) and issubclass(demo_error, Exception):
+        user_errors += (demo_error,)
     try:
-        result = run_demo(args)
-    except StoreError as e:
+        result = demo.run_demo(args)
+    except user_errors as e:  # problems the user can fix: one line, no traceback
         return _error(str(e))
     return int(result or 0)
 

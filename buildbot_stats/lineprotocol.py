@@ -39,10 +39,17 @@ _KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": " ", "\r
 _STRING_ESCAPES = str.maketrans({'"': r"\"", "\\": "\\\\"})
 _ESCAPING_BACKSLASH = re.compile(r'\\(?=[,= "]|$)')
 
+# encoded text and the problems found making it
+_Cache = dict[Any, tuple[str, list[PointProblem]]]
+
 
 class _Encoder:
     def __init__(self) -> None:
         self.problems: list[PointProblem] = []
+        # Points of one batch mostly share series and tags: their encoded
+        # prefix and field keys are made once, with the problems found then.
+        self._prefixes: _Cache = {}
+        self._field_keys: _Cache = {}
 
     def _problem(self, series: str, field: str, reason: str, rejected: bool) -> None:
         self.problems.append(PointProblem(series, field, reason, rejected))
@@ -90,20 +97,39 @@ class _Encoder:
             text = raw[:MAX_STRING_BYTES].decode("utf-8", errors="ignore")
         return '"' + text.translate(_STRING_ESCAPES) + '"'
 
-    def line(self, point: Point, divisor: int) -> str | None:
-        series = str(point.series)
-        if not series:
-            self._problem(series, "*", "empty series name", True)
-            return None
+    def prefix(self, series: str, tags: dict[Any, Any]) -> str:
+        """The escaped measurement and tags of a line."""
         parts = [self.name(series, "*", series, _MEASUREMENT_ESCAPES)]
-        for tag_key in sorted(point.tags, key=str):
-            tag_value = point.tags[tag_key]
+        for tag_key in sorted(tags, key=str):
+            tag_value = tags[tag_key]
             if tag_value is None:
                 continue
             text = str(to_plain(tag_value))
             if not text or not str(tag_key):
                 continue
             parts.append(f"{self.key(series, tag_key)}={self.name(series, str(tag_key), text, _KEY_ESCAPES)}")
+        return ",".join(parts)
+
+    def _cached(self, cache: _Cache, ck: Any, make: Any, *args: Any) -> str:
+        hit = cache.get(ck)
+        if hit is None:
+            start = len(self.problems)
+            hit = cache[ck] = (make(*args), self.problems[start:])
+        elif hit[1]:
+            self.problems.extend(hit[1])
+        return hit[0]
+
+    def line(self, point: Point, divisor: int) -> str | None:
+        series = str(point.series)
+        if not series:
+            self._problem(series, "*", "empty series name", True)
+            return None
+        tags = point.tags
+        # only plain str tags are cached: 1, 1.0 and True are equal keys but differ as text
+        if all(type(k) is str and type(v) is str for k, v in tags.items()):
+            prefix = self._cached(self._prefixes, (series, *tags, *tags.values()), self.prefix, series, tags)
+        else:
+            prefix = self.prefix(series, tags)
         fields = []
         for field_key, value in point.fields.items():
             if not str(field_key):
@@ -111,10 +137,14 @@ class _Encoder:
                 continue
             encoded = self.field_value(series, str(field_key), value)
             if encoded is not None:
-                fields.append(f"{self.key(series, field_key)}={encoded}")
+                if type(field_key) is str:
+                    key = self._cached(self._field_keys, (series, field_key), self.key, series, field_key)
+                else:
+                    key = self.key(series, field_key)
+                fields.append(f"{key}={encoded}")
         if not fields:
             return None
-        return f"{','.join(parts)} {','.join(fields)} {point.time_ns // divisor}"
+        return f"{prefix} {','.join(fields)} {point.time_ns // divisor}"
 
 
 def encode_points(points: list[Point], precision: str = "n") -> tuple[str, list[PointProblem], int]:

@@ -12,6 +12,7 @@ from buildbot import config
 from buildbot.util import service
 from twisted.internet import defer
 from twisted.python import log, threadpool
+from twisted.python.failure import Failure
 
 from buildbot_stats.capture import YIELD_DATA, Capture
 from buildbot_stats.delivery import Counters, DeliveryPolicy, DeliveryQueue, SpoolRunner
@@ -63,6 +64,7 @@ class StatsService(service.BuildbotService):
         self._spool_pool: Any = None
         self._ids: Any = None
         self._builders: dict[Any, dict[str, Any]] = {}
+        self._builder_waiters: dict[Any, list[defer.Deferred]] = {}
         self._builds: OrderedDict[Any, dict[str, Any]] = OrderedDict()
         self._retired = Counters()
         self._aliased_in_master = False
@@ -321,15 +323,33 @@ class StatsService(service.BuildbotService):
 
     # -- data from build steps ---------------------------------------------
 
-    @defer.inlineCallbacks
-    def builder_info(self, builderid: Any) -> Any:
-        """The builder's data (cached: builder ids never change their name)."""
+    def builder_info(self, builderid: Any) -> defer.Deferred:
+        """The builder's data (cached: builder ids never change their name).
+
+        Lookups of a builder made while its first query runs wait for that
+        query: a step posting many values at once makes one query, not one each.
+        """
         info = self._builders.get(builderid)
-        if info is None:
-            info = yield self.master.data.get(("builders", builderid))
-            if info is not None:
-                self._builders[builderid] = info
-        return info
+        if info is not None:
+            return defer.succeed(info)
+        d: defer.Deferred = defer.Deferred()
+        waiters = self._builder_waiters.get(builderid)
+        if waiters is not None:
+            waiters.append(d)
+            return d
+        self._builder_waiters[builderid] = [d]
+
+        def done(result: Any) -> None:
+            for waiter in self._builder_waiters.pop(builderid, []):
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    if result is not None:
+                        self._builders[builderid] = result
+                    waiter.callback(result)
+
+        defer.maybeDeferred(self.master.data.get, ("builders", builderid)).addBoth(done)
+        return d
 
     @defer.inlineCallbacks
     def _build_data(self, buildid: Any) -> Any:

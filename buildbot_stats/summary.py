@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from buildbot_stats.point import Point, to_ns
-from buildbot_stats.storage_backends.sqlite import StatsStore, StoreError
+from buildbot_stats.storage_backends.sqlite import StatsStore, StoreError, open_store
 
 __all__ = [
     "BUILD_RESULTS_SUFFIX",
@@ -57,6 +57,7 @@ __all__ = [
     "nearest_rank",
     "series_rows",
     "summarize",
+    "summarize_path",
     "summarize_points",
     "to_json",
 ]
@@ -185,7 +186,7 @@ def _add_build_point(builds: dict[str, dict[str, _Build]], point: Point, suffix:
     end = _end_ns(point.fields.get("end-time"))
     if end is not None:
         build.end_ns = end if build.end_ns is None else max(build.end_ns, end)
-    duration = point.fields.get("duration")
+    duration: Any = point.fields.get("duration")
     if _is_number(duration) and point.time_ns >= build.duration_time:
         build.duration, build.duration_time = float(duration), point.time_ns
     if "results" in point.fields and point.time_ns >= build.results_time:
@@ -263,6 +264,12 @@ def summarize_points(points: Iterable[Point], path: str = "") -> Summary:
 def summarize(store: StatsStore) -> Summary:
     """Summarise a store opened with :func:`~buildbot_stats.storage_backends.sqlite.open_store`."""
     return summarize_points(store.points(), path=store.path)
+
+
+def summarize_path(path: str) -> Summary:
+    """Open the store at ``path`` read-only and summarise it; raise :class:`StoreError` if it is not one."""
+    with open_store(path) as store:
+        return summarize(store)
 
 
 # -- output ------------------------------------------------------------------
