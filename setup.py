@@ -30,6 +30,8 @@ setup(
         "zope.interface",
     ],
     extras_require={
+        # LocalWorkers of `buildbot-stats demo`
+        "demo": ["buildbot-worker"],
         "test": TEST_REQUIRES,
         "dev": TEST_REQUIRES + ["ruff", "mypy", "tox", "sphinx"],
     },

@@ -190,7 +190,7 @@ class _Progress:
         self.tty = out.isatty()
 
     def show(self, done: int, final: bool = False) -> None:
-        if done == self.last and not final and not self.tty:
+        if done == self.last and not self.tty:
             return
         self.last = done
         text = f"builds done {done}/{self.total}, {time.monotonic() - self.start:.1f}s elapsed"
