@@ -28,6 +28,10 @@ from buildbot_stats.storage_backends.base import WriteReport, post_points
 __all__ = ["Counters", "DeliveryPolicy", "DeliveryQueue", "SpoolRunner"]
 
 
+def _points(n: int) -> str:
+    return f"{n} point" if n == 1 else f"{n} points"
+
+
 @dataclass
 class Counters:
     """What happened to the points of one backend since the master started."""
@@ -122,6 +126,7 @@ class DeliveryQueue:
         self._dropping = 0
         self._stopping = False
         self._drained: defer.Deferred | None = None
+        self._restored = 0  # points found in the spool at start, not yet delivered
 
     def __repr__(self) -> str:
         return f"<DeliveryQueue {self.key!r} pending={self.pending}>"
@@ -151,7 +156,10 @@ class DeliveryQueue:
         self._items.extendleft(reversed(items))
         self._enforce_bound()
         if items:
-            log.msg(f"buildbot_stats: {len(items)} spooled points to send to backend {self.key!r}")
+            self._restored = len(items)
+            log.msg(
+                f"buildbot_stats: {_points(len(items))} found in the spool to send to backend {self.key!r}"
+            )
         self._kick_delivery()
 
     def _enforce_bound(self) -> None:
@@ -253,14 +261,18 @@ class DeliveryQueue:
         if self._failing_since_logged is not None:
             log.msg(
                 f"buildbot_stats: backend {self.key!r} accepts writes again; "
-                f"{self.pending} points still pending; counters {self.counters.as_dict()}"
+                f"{_points(self.pending)} still pending; counters {self.counters.as_dict()}"
             )
             self._failing_since_logged = None
         if self._dropping:
             log.msg(
-                f"buildbot_stats: {self._dropping} points of backend {self.key!r} were dropped: spool full"
+                f"buildbot_stats: {_points(self._dropping)} of backend {self.key!r} were dropped: spool full"
             )
             self._dropping = 0
+        if self._restored:
+            self._restored = max(0, self._restored - len(batch))
+            if not self._restored:
+                log.msg(f"buildbot_stats: the points found in the spool reached backend {self.key!r}")
         self._kick_delivery()
 
     def _log_problems(self, problems: list[PointProblem]) -> None:
@@ -302,8 +314,8 @@ class DeliveryQueue:
         message = f"{type(error).__name__}: {error}"
         if self._failing_since_logged != message:
             log.msg(
-                f"buildbot_stats: writing {len(batch)} points to backend {self.key!r} failed "
-                f"({message}); {self.pending} points kept and retried"
+                f"buildbot_stats: writing {_points(len(batch))} to backend {self.key!r} failed "
+                f"({message}); {_points(self.pending)} kept and retried"
                 + (f" every {self.policy.max_retry_delay:.0f}s until fixed" if config_error else "")
             )
             self._failing_since_logged = message
@@ -344,7 +356,7 @@ class DeliveryQueue:
                 except defer.TimeoutError:
                     log.msg(
                         f"buildbot_stats: backend {self.key!r} did not take all points within "
-                        f"{timeout}s at shutdown; {self.pending} points stay in the spool"
+                        f"{timeout}s at shutdown; {_points(self.pending)} stay in the spool"
                     )
         elif self._inflight is not None:
             # a write is running in a thread: give it the time, then leave
@@ -360,6 +372,6 @@ class DeliveryQueue:
         yield self.wait_spooled()
         if self.pending:
             log.msg(
-                f"buildbot_stats: {self.pending} points of backend {self.key!r} stay in the spool "
+                f"buildbot_stats: {_points(self.pending)} of backend {self.key!r} stay in the spool "
                 f"and are sent after the next start"
             )

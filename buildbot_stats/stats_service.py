@@ -51,6 +51,9 @@ class StatsService(service.BuildbotService):
     (seconds that ``stopService`` waits for pending writes).
     """
 
+    # Buildbot requires a name; a default spares a traceback in checkconfig
+    name = "StatsService"
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.consumers: list[Any] = []

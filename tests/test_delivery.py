@@ -87,7 +87,7 @@ class RetryTests(DataTestCase):
         backend.fail_next(3)
         self.post(5)
         self.assertEqual(backend.points, [])
-        self.assertLogged("writing 1 points to backend 'RecordingStorage' failed")
+        self.assertLogged("writing 1 point to backend 'RecordingStorage' failed")
         for _ in range(10):
             self.reactor.advance(8)
         self.assertEqual(self.values(backend), [0, 1, 2, 3, 4])
