@@ -3,18 +3,28 @@
 Rules (also in docs/values.rst):
 
 * Field values: ``bool`` is a boolean; ``int`` within signed 64 bits is an
-  integer, beyond that it is stored as a float (converted, logged); a finite
-  ``float`` is a float; NaN and ±Inf are rejected; ``str`` is a string, cut to
-  64 KiB of UTF-8 (converted, logged); ``None`` is rejected (InfluxDB has no
-  null); ``bytes`` are decoded as UTF-8; ``dict``/``list``/``tuple`` are stored
-  as their JSON text; anything else as its ``str()``.
+  integer, beyond that it is stored as a float (converted, logged), and an
+  ``int`` too large even for a float is rejected; a finite ``float`` is a
+  float; NaN and ±Inf are rejected; ``str`` is a string, cut to 64 KiB of
+  UTF-8 (converted, logged); ``None`` is rejected (InfluxDB has no null);
+  ``bytes`` are decoded as UTF-8 (invalid bytes become U+FFFD);
+  ``dict``/``list``/``tuple`` are stored as their JSON text; a datetime as its
+  ISO 8601 text; anything else as its ``str()``.
+* Text is made valid Unicode: a lone surrogate (as ``os.fsdecode`` makes from
+  undecodable bytes) becomes U+FFFD (converted, logged).
 * Names (series, tag keys, field keys) and tag values are escaped as the line
-  protocol requires; newlines in them become spaces, and a backslash just before
-  ``,`` ``=`` space ``"`` or at the end becomes ``/`` (InfluxDB would read it
-  as an escape; converted, logged).  A field or tag named ``time`` is stored as
-  ``time_`` (converted, logged).  Newlines inside string field values are kept.
-  Empty tag values are left out (InfluxDB ignores them); an empty field key
-  or series name is rejected.
+  protocol requires; newlines, carriage returns and tabs in them become spaces
+  (InfluxDB ends a line at a newline and drops leading tabs; converted,
+  logged), then a backslash just before ``,`` ``=`` space ``"`` or at the end
+  becomes ``/`` (InfluxDB would read it as an escape; converted, logged).  A
+  field or tag named ``time`` is stored as ``time_`` (converted, logged).  A
+  series name starting with ``#`` (InfluxDB would skip the line as a comment)
+  starts with ``_`` instead (converted, logged).  Newlines inside string field
+  values are kept.  Tags whose key or value is empty or ``None`` are left out;
+  an empty field key or series name is rejected.  When two field keys, or two
+  tag keys, of a point become the same name through these conversions, the
+  first one is kept and the others are rejected (InfluxDB would refuse the
+  line; tags are taken in the order of their keys).
 * A point with no field left is rejected as a whole; the other points of the
   batch are always written.
 """
@@ -34,10 +44,13 @@ MAX_STRING_BYTES = 64 * 1024 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 PRECISIONS = {"n": 1, "u": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 
-_MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": " ", "\r": " "})
-_KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": " ", "\r": " "})
+_MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ "})
+_KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
 _STRING_ESCAPES = str.maketrans({'"': r"\"", "\\": "\\\\"})
-_ESCAPING_BACKSLASH = re.compile(r'\\(?=[,= "]|$)')
+# Applied before escaping, so that the spaces they become are escaped too.
+_NAME_SPACES = str.maketrans({"\n": " ", "\r": " ", "\t": " "})
+_ESCAPING_BACKSLASH = re.compile(r'\\(?=[,= "]|\Z)')
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # encoded text and the problems found making it
 _Cache = dict[Any, tuple[str, list[PointProblem]]]
@@ -54,9 +67,18 @@ class _Encoder:
     def _problem(self, series: str, field: str, reason: str, rejected: bool) -> None:
         self.problems.append(PointProblem(series, field, reason, rejected))
 
+    def text(self, series: str, field: str, value: str) -> str:
+        """``value`` as valid Unicode (UTF-8 cannot encode a lone surrogate)."""
+        if not value.isascii() and _SURROGATE.search(value):
+            self._problem(series, field, "lone surrogate replaced by U+FFFD", False)
+            value = _SURROGATE.sub("\ufffd", value)
+        return value
+
     def name(self, series: str, field: str, value: str, table: dict[int, str]) -> str:
-        if "\n" in value or "\r" in value:
-            self._problem(series, field, "newline in a name replaced by a space", False)
+        value = self.text(series, field, value)
+        if "\n" in value or "\r" in value or "\t" in value:
+            self._problem(series, field, "newline or tab in a name replaced by a space", False)
+            value = value.translate(_NAME_SPACES)
         if "\\" in value:
             fixed = _ESCAPING_BACKSLASH.sub("/", value)
             if fixed != value:
@@ -77,8 +99,12 @@ class _Encoder:
         if isinstance(value, int):
             if INT64_MIN <= value <= INT64_MAX:
                 return f"{value}i"
+            try:
+                value = float(value)
+            except OverflowError:
+                self._problem(series, key, "integer too large even for a float cannot be stored", True)
+                return None
             self._problem(series, key, "integer beyond 64 bits stored as a float", False)
-            value = float(value)
         if isinstance(value, float):
             if math.isfinite(value):
                 return repr(value)
@@ -91,6 +117,8 @@ class _Encoder:
             text = json.dumps(to_plain(value), sort_keys=True, ensure_ascii=False, default=str)
         else:
             text = to_plain(value)
+        if not text.isascii():
+            text = self.text(series, key, text)
         raw = text.encode("utf-8")
         if len(raw) > MAX_STRING_BYTES:
             self._problem(series, key, f"string of {len(raw)} bytes cut to {MAX_STRING_BYTES}", False)
@@ -99,7 +127,12 @@ class _Encoder:
 
     def prefix(self, series: str, tags: dict[Any, Any]) -> str:
         """The escaped measurement and tags of a line."""
-        parts = [self.name(series, "*", series, _MEASUREMENT_ESCAPES)]
+        measurement = self.name(series, "*", series, _MEASUREMENT_ESCAPES)
+        if measurement.startswith("#"):
+            self._problem(series, "*", "a series name cannot start with '#'; stored with '_'", False)
+            measurement = "_" + measurement[1:]
+        parts = [measurement]
+        tag_keys: set[str] = set()
         for tag_key in sorted(tags, key=str):
             tag_value = tags[tag_key]
             if tag_value is None:
@@ -107,7 +140,12 @@ class _Encoder:
             text = str(to_plain(tag_value))
             if not text or not str(tag_key):
                 continue
-            parts.append(f"{self.key(series, tag_key)}={self.name(series, str(tag_key), text, _KEY_ESCAPES)}")
+            key = self.key(series, tag_key)
+            if key in tag_keys:
+                self._problem(series, str(tag_key), "same name as another tag after conversion", True)
+                continue
+            tag_keys.add(key)
+            parts.append(f"{key}={self.name(series, str(tag_key), text, _KEY_ESCAPES)}")
         return ",".join(parts)
 
     def _cached(self, cache: _Cache, ck: Any, make: Any, *args: Any) -> str:
@@ -131,6 +169,8 @@ class _Encoder:
         else:
             prefix = self.prefix(series, tags)
         fields = []
+        keys: list[str] = []
+        changed = False  # a key was escaped or converted: it may now equal another one
         for field_key, value in point.fields.items():
             if not str(field_key):
                 self._problem(series, "", "empty field name", True)
@@ -141,6 +181,14 @@ class _Encoder:
                     key = self._cached(self._field_keys, (series, field_key), self.key, series, field_key)
                 else:
                     key = self.key(series, field_key)
+                if changed or key != field_key:
+                    changed = True
+                    if key in keys:
+                        self._problem(
+                            series, str(field_key), "same name as another field after conversion", True
+                        )
+                        continue
+                keys.append(key)
                 fields.append(f"{key}={encoded}")
         if not fields:
             return None
