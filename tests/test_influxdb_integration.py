@@ -395,8 +395,35 @@ class DatabaseErrorTests(InfluxServiceTestCase):
             [{"time": t, **TAGS, "i": i} for i, t in enumerate(self.clock.stamps(6))],
         )
 
-    def test_wrong_password_with_auth_enabled(self):
-        raise unittest.SkipTest("optional: the test influxd runs without authentication")
+    @defer.inlineCallbacks
+    def test_wrong_password_keeps_points_until_fixed_by_reconfig(self):
+        basedir = tempfile.mkdtemp(prefix="bbstats-influx-auth-")
+        self.addCleanup(shutil.rmtree, basedir, True)
+        server = InfluxServer(basedir, auth_enabled=True).start()
+        self.addCleanup(server.close)
+        server.create_admin("admin", "right-pw")
+        db = "stats"
+        server.create_database(db)
+        cap = capture.CaptureData("m", "builder1")
+        wrong = InfluxStorageService(HOST, server.port, "admin", "wrong-pw-42", db, [cap], name="influx")
+        yield self.stats.reconfigService([wrong], spool_path=None, max_retry_delay=2)
+        self.post([{"i": i} for i in range(4)])
+        self.reactor.advance(2)
+        self.assertCounters(written=0, dropped=0, pending=4)
+        lines = log_lines(self, "refused user")
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("InfluxDB refused user 'admin' on database 'stats' (HTTP 401)", lines[0])
+        self.assertNotIn("wrong-pw-42", "\n".join(log_lines(self, "")))
+
+        # the admin fixes the password in master.cfg and reconfigures: no restart, no loss
+        right = InfluxStorageService(HOST, server.port, "admin", "right-pw", db, [cap], name="influx")
+        yield self.stats.reconfigService([right], spool_path=None, max_retry_delay=2)
+        self.reactor.advance(2)
+        self.assertCounters(written=4, dropped=0, pending=0)
+        self.assertEqual(
+            select(server, db, "builder1-m"),
+            [{"time": t, **TAGS, "i": i} for i, t in enumerate(self.clock.stamps(4))],
+        )
 
 
 # --------------------------------------------------------------------------

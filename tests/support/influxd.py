@@ -98,7 +98,7 @@ bind-address = {rpc_addr}
 [http]
   enabled = true
   bind-address = {http_addr}
-  auth-enabled = false
+  auth-enabled = {auth_enabled}
   log-enabled = false
   suppress-write-log = true
   write-tracing = false
@@ -241,9 +241,14 @@ class InfluxServer:
 
     host = HOST
 
-    def __init__(self, basedir: str | os.PathLike[str], influxd: str | None = None) -> None:
+    def __init__(
+        self, basedir: str | os.PathLike[str], influxd: str | None = None, *, auth_enabled: bool = False
+    ) -> None:
         self.basedir = Path(basedir).resolve()
         self._influxd = influxd
+        self.auth_enabled = auth_enabled
+        #: (user, password) sent with every request once set (auth_enabled servers)
+        self.credentials: tuple[str, str] | None = None
         self._http_port: int | None = None
         self._rpc_port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -368,6 +373,11 @@ class InfluxServer:
         self._http_port = _free_port(set())
         self._rpc_port = _free_port({self._http_port})
 
+    def create_admin(self, user: str, password: str) -> None:
+        """Create the first admin user of an auth_enabled server and use it from now on."""
+        self.query_checked(f"CREATE USER {quote_ident(user)} WITH PASSWORD '{password}' WITH ALL PRIVILEGES")
+        self.credentials = (user, password)
+
     def _write_config(self) -> None:
         self.basedir.mkdir(parents=True, exist_ok=True)
         text = _CONFIG_TEMPLATE.format(
@@ -377,6 +387,7 @@ class InfluxServer:
             data_dir=_toml_str(str(self.basedir / "data")),
             wal_dir=_toml_str(str(self.basedir / "wal")),
             socket_path=_toml_str(str(self.basedir / "influxd.sock")),
+            auth_enabled="true" if self.auth_enabled else "false",
         )
         self.config_path.write_text(text)
 
@@ -421,6 +432,8 @@ class InfluxServer:
     ) -> tuple[int, dict[str, str], bytes]:
         """Send one HTTP request; return ``(status, headers, body)`` even on 4xx/5xx."""
         url = self.url + path
+        if self.credentials is not None:
+            params = {**(params or {}), "u": self.credentials[0], "p": self.credentials[1]}
         if params:
             url += "?" + urllib.parse.urlencode(params)
         req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
