@@ -284,6 +284,31 @@ class OutageTests(InfluxServiceTestCase):
         count = server.query_checked('SELECT COUNT("i") FROM "builder1-m"', "outage")
         self.assertEqual(count[0]["series"][0]["values"][0][1], n + 1)
 
+    @defer.inlineCallbacks
+    def test_full_spool_drops_the_oldest_and_counts_them(self):
+        basedir = tempfile.mkdtemp(prefix="bbstats-full-")
+        self.addCleanup(shutil.rmtree, basedir, True)
+        server = InfluxServer(basedir)
+        self.addCleanup(server.stop)
+        server.start()
+        server.create_database("full")
+        yield self.use_influx(
+            server.port, "full", capture.CaptureData("m", "builder1"), max_retry_delay=2, max_spool_points=50
+        )
+        server.stop()
+        self.post([{"i": i} for i in range(120)])
+        self.assertCounters(written=0, pending=50, dropped=70)
+        self.assertEqual(len(log_lines(self, "is full")), 1)  # once per burst, not per point
+        server.start()
+        for _ in range(10):
+            if not self.stats.counters["pending"]:
+                break
+            self.reactor.advance(2)
+        self.assertCounters(written=50, pending=0, dropped=70)
+        self.assertLogged("70 points of backend 'influx' were dropped: spool full")
+        rows = select(server, "full", "builder1-m")
+        self.assertEqual([r["i"] for r in rows], list(range(70, 120)))
+
 
 class FaultProxyTests(InfluxServiceTestCase):
     @defer.inlineCallbacks
