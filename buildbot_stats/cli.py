@@ -50,15 +50,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="run a real Buildbot master with a worker, run builds, and summarise their statistics",
+        help="run a real Buildbot master with two local workers, run builds, and summarise their statistics",
+        description="Create a throw-away Buildbot master with two LocalWorkers and three builders, run "
+        "builds on it, record their statistics into an SQLite file (and an InfluxDB with --influxdb), "
+        "print the summary, and stop every process it started.",
     )
     demo.add_argument(
         "--builds", type=_positive_int, default=10, metavar="N", help="builds to run (default 10)"
     )
     demo.add_argument(
-        "--dir", metavar="DIR", help="directory for the master, worker and store (default: a new one)"
+        "--dir",
+        metavar="DIR",
+        help="new or empty directory for the master and the statistics file (default: a new temporary one)",
     )
-    demo.add_argument("--influxdb", metavar="URL", help="also send the statistics to this InfluxDB 1.x URL")
+    demo.add_argument(
+        "--influxdb",
+        metavar="URL",
+        help="also send the statistics to this InfluxDB 1.x, e.g. http://127.0.0.1:8086/dbname "
+        "(the database is created; default name buildbot_stats_demo)",
+    )
+    demo.add_argument(
+        "--port",
+        type=_port,
+        metavar="PORT",
+        help="the master's PB port on 127.0.0.1 (default: a free one)",
+    )
     return parser
 
 
@@ -69,6 +85,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number (1-65535): {value}")
     return value
 
 
@@ -99,6 +125,12 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exception_class(module: Any, name: str) -> tuple[type[BaseException], ...]:
+    """``(module.name,)`` if that is an exception class, else ``()`` (``except ():`` catches nothing)."""
+    cls = getattr(module, name, None)
+    return (cls,) if isinstance(cls, type) and issubclass(cls, Exception) else ()
+
+
 def _demo(args: argparse.Namespace) -> int:
     try:
         demo = importlib.import_module("buildbot_stats.demo")
@@ -108,16 +140,15 @@ def _demo(args: argparse.Namespace) -> int:
         return _error(f"the demo needs the Python module {e.name!r}, which is not installed")
     except ImportError as e:
         return _error(f"the demo cannot be loaded: {e}")
-    from buildbot_stats.storage_backends.sqlite import StoreError
-
-    user_errors: tuple[type[BaseException], ...] = (StoreError,)
-    demo_error = getattr(demo, "DemoError", None)
-    if isinstance(demo_error, type) and issubclass(demo_error, Exception):
-        user_errors += (demo_error,)
+    user_errors = _exception_class(demo, "DemoError")
+    interrupted = _exception_class(demo, "DemoInterrupted")
     try:
         result = demo.run_demo(args)
     except user_errors as e:  # problems the user can fix: one line, no traceback
         return _error(str(e))
+    except interrupted as e:  # Ctrl-C or SIGTERM, once everything the demo started is stopped
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return int(getattr(e, "exit_code", 130))
     return int(result or 0)
 
 
@@ -139,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. piped into head: no traceback at exit either
         try:

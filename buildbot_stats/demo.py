@@ -4,26 +4,38 @@ The demo creates a master with two LocalWorkers and three builders whose step
 sets properties, posts values with ``yieldMetricsValue``, takes a varying time
 and sometimes fails; runs the builds; records statistics into an SQLite store
 (and an InfluxDB, if asked); and prints the summary.  Every process it starts
-is stopped on success, on failure and on Ctrl-C.
+is stopped on success, on failure, on Ctrl-C and on SIGTERM.
+
+Problems a person can fix (a busy port, a non-empty directory, an unreachable
+InfluxDB, a missing dependency) raise :class:`DemoError` before anything is
+started; Ctrl-C and SIGTERM raise :class:`DemoInterrupted` once everything is
+stopped.  ``buildbot-stats demo`` prints either as one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
+import os
+import signal
 import socket
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TextIO
+from types import FrameType
+from typing import Any, NamedTuple, NoReturn, Optional, TextIO, Union
 
-__all__ = ["DemoError", "DEMO_BUILDERS", "demo_master_cfg", "run_demo"]
+from buildbot_stats.master_process import RealMaster, RealMasterError, free_port
+
+__all__ = ["DEMO_BUILDERS", "DemoError", "DemoInterrupted", "InfluxTarget", "demo_master_cfg", "run_demo"]
 
 DEMO_BUILDERS = ("unit-tests", "integration", "docs")
 STORE_NAME = "stats.sqlite"
@@ -32,6 +44,40 @@ CHANGE_AUTH = ("demo-change", "demo-changepw")
 
 class DemoError(Exception):
     """A problem the user can fix; printed as one line."""
+
+
+class DemoInterrupted(Exception):  # noqa: N818 - like KeyboardInterrupt, not an error
+    """Ctrl-C or SIGTERM stopped the demo; every process it started is gone."""
+
+    def __init__(self, signum: int, workdir: Path) -> None:
+        self.signum = signum
+        super().__init__(
+            f"interrupted ({signal.Signals(signum).name}); stopped the demo master, files kept in {workdir}"
+        )
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as a shell reports a process killed by it (130 for Ctrl-C)."""
+        return 128 + self.signum
+
+
+class InfluxTarget(NamedTuple):
+    """Where ``--influxdb`` points."""
+
+    scheme: str
+    host: str
+    port: int
+    db: str
+
+    @property
+    def host_url(self) -> str:
+        """``scheme://host``, what InfluxStorageService takes as its url."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.host_url}:{self.port}"
 
 
 _CFG = '''\
@@ -117,14 +163,13 @@ c['services'] = [statistics.StatsService(storage_backends=backends, name='StatsS
 '''
 
 
-def demo_master_cfg(pb_port: int, store: str, influx: tuple[str, int, str] | None = None) -> str:
+def demo_master_cfg(pb_port: int, store: str, influx: InfluxTarget | None = None) -> str:
     """The demo's master.cfg text."""
     influx_src = ""
     if influx is not None:
-        host, port, db = influx
         influx_src = (
-            f"backends.append(statistics.InfluxStorageService({host!r}, {port}, 'demo', 'demo', {db!r}, "
-            "captures, name='InfluxDB'))"
+            f"backends.append(statistics.InfluxStorageService({influx.host_url!r}, "
+            f"{influx.port}, 'demo', 'demo', {influx.db!r}, captures, name='InfluxDB'))"
         )
     return _CFG.format(
         pb_port=pb_port,
@@ -134,6 +179,29 @@ def demo_master_cfg(pb_port: int, store: str, influx: tuple[str, int, str] | Non
         store=store,
         influx=influx_src,
     )
+
+
+# -- checks before anything starts ---------------------------------------------
+
+
+def _module_missing(name: str) -> bool:
+    """True if ``name`` cannot be imported (also when ``sys.modules`` blocks it with None)."""
+    try:
+        return importlib.util.find_spec(name) is None
+    except (ImportError, ValueError):  # a parent package missing, or a module without __spec__
+        return True
+
+
+def _check_dependencies(influx: bool) -> None:
+    needed = [("buildbot", "buildbot"), ("buildbot_worker", "buildbot-worker")]
+    if influx:
+        needed.append(("influxdb", "influxdb"))
+    missing = [dist for module, dist in needed if _module_missing(module)]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        names = " and ".join(missing)
+        command = "pip install " + " ".join(missing)
+        raise DemoError(f"the demo needs {names}, which {verb} not installed: {command}")
 
 
 def _check_port(port: int) -> None:
@@ -146,25 +214,60 @@ def _check_port(port: int) -> None:
             ) from None
 
 
-def _parse_influx(url: str) -> tuple[str, int, str]:
+def _check_dir(workdir: Path) -> None:
+    if not workdir.exists():
+        return
+    if not workdir.is_dir():
+        raise DemoError(f"--dir {workdir} exists and is not a directory")
+    try:
+        empty = next(workdir.iterdir(), None) is None
+    except OSError as e:
+        raise DemoError(f"--dir {workdir} cannot be read ({e.strerror or e})") from None
+    if not empty:
+        raise DemoError(f"--dir {workdir} exists and is not empty; pass an empty or new directory")
+
+
+def parse_influx_url(url: str) -> InfluxTarget:
+    """``http://host:port/db`` -> InfluxTarget (port 8086 and db ``buildbot_stats_demo`` by default)."""
     parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        port = parts.port or 8086
+    except ValueError:
+        port = 0
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port:
         raise DemoError(f"--influxdb takes a URL like http://127.0.0.1:8086/dbname, not {url!r}")
     db = parts.path.strip("/") or "buildbot_stats_demo"
-    return parts.hostname, parts.port or 8086, db
+    return InfluxTarget(parts.scheme, parts.hostname, port, db)
 
 
-def _create_influx_db(host: str, port: int, db: str) -> None:
-    query = urllib.parse.urlencode({"q": f'CREATE DATABASE "{db}"'}).encode()
+# urllib must not send loopback requests through an HTTP proxy from the environment
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _influx_query(influx: InfluxTarget, query: str, db: str | None = None) -> list[dict[str, Any]]:
+    """POST one InfluxQL query; return its ``results``.  Raises DemoError if unreachable or refused."""
+    params = {"q": query, **({"db": db} if db else {})}
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}/query", data=query, timeout=5) as response:
+        with _OPENER.open(
+            f"{influx.base_url}/query", data=urllib.parse.urlencode(params).encode(), timeout=5
+        ) as response:
             body = json.loads(response.read() or b"{}")
     except (OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
-        raise DemoError(f"cannot reach InfluxDB at http://{host}:{port} ({reason})") from None
-    errors = [r["error"] for r in body.get("results", []) if "error" in r]
-    if errors:
-        raise DemoError(f"InfluxDB refused to create database {db!r}: {errors[0]}")
+        reason = getattr(e, "reason", None) or e
+        raise DemoError(f"cannot reach InfluxDB at {influx.base_url} ({reason})") from None
+    results: list[dict[str, Any]] = body.get("results", [])
+    errors = [str(r["error"]) for r in results if "error" in r]
+    if "error" in body or errors:
+        raise DemoError(f"InfluxDB at {influx.base_url} refused {query!r}: {body.get('error') or errors[0]}")
+    return results
+
+
+def _create_influx_db(influx: InfluxTarget) -> None:
+    db = influx.db.replace("\\", "\\\\").replace('"', '\\"')
+    _influx_query(influx, f'CREATE DATABASE "{db}"')
+
+
+# -- progress ------------------------------------------------------------------
 
 
 def _stored_builds(store: Path) -> int:
@@ -182,12 +285,29 @@ def _stored_builds(store: Path) -> int:
     return int(row[0])
 
 
+def _influx_builds(influx: InfluxTarget) -> int:
+    """Builds whose result reached InfluxDB (0 while it cannot tell)."""
+    try:
+        results = _influx_query(influx, 'SELECT count("results") FROM /-build-results$/', influx.db)
+    except DemoError:
+        return 0
+    return sum(
+        int(values[1])
+        for result in results
+        for series in result.get("series", [])
+        for values in series.get("values", [])
+    )
+
+
 class _Progress:
+    """``builds done N/TOTAL, Ts elapsed``: rewritten in place on a terminal, else a line per change."""
+
     def __init__(self, total: int, out: TextIO) -> None:
         self.total, self.out = total, out
         self.start = time.monotonic()
         self.last = -1
         self.tty = out.isatty()
+        self.open_line = False
 
     def show(self, done: int, final: bool = False) -> None:
         if done == self.last and not self.tty:
@@ -196,73 +316,197 @@ class _Progress:
         text = f"builds done {done}/{self.total}, {time.monotonic() - self.start:.1f}s elapsed"
         if self.tty:
             self.out.write("\r" + text + ("\n" if final else ""))
+            self.open_line = not final
         else:
             self.out.write(text + "\n")
         self.out.flush()
 
+    def say(self, text: str) -> None:
+        """Print a line of its own (ending a progress line still being rewritten)."""
+        self.out.write(("\n" if self.open_line else "") + text + "\n")
+        self.out.flush()
+        self.open_line = False
+
+
+def _wait(what: str, count: Callable[[], int], target: int, timeout: float) -> None:
+    """Poll ``count()`` until it reaches ``target``; a DemoError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while count() < target:
+        if time.monotonic() > deadline:
+            raise DemoError(f"{what}: not all {target} builds arrived within {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+# -- signals and processes -----------------------------------------------------
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived (raised from the signal handler, like KeyboardInterrupt for SIGINT)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> NoReturn:
+    raise _Terminated(signum)
+
+
+_Handler = Union[Callable[[int, Optional[FrameType]], Any], int, signal.Handlers, None]
+
+
+@contextlib.contextmanager
+def _signal_handlers(handlers: Mapping[signal.Signals, _Handler]) -> Iterator[None]:
+    """Install ``handlers`` for the duration (only possible in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            if handler is not None:  # None: a handler not set from Python, which cannot be put back
+                signal.signal(signum, handler)
+
+
+def _leftover_processes(workdir: Path, basedir: Path) -> list[int]:
+    """This interpreter's processes (not this one) left by a master start cut short.
+
+    The master daemon runs in ``basedir``; ``buildbot start`` (and its forked
+    child, before it changes directory) runs in ``workdir`` with ``basedir`` as
+    an argument.  A person's shell or editor in the directory is never matched.
+    """
+    python = os.path.realpath(sys.executable)
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if os.path.realpath(entry / "exe") != python:
+                continue
+            cwd = Path(os.readlink(entry / "cwd"))
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone, a zombie, or not ours to look at
+            continue
+        if cwd.is_relative_to(basedir) or (cwd.is_relative_to(workdir) and os.fsencode(basedir) in argv):
+            found.append(int(entry.name))
+    return found
+
+
+def _kill_leftovers(workdir: Path, basedir: Path, timeout: float = 10.0) -> None:
+    """SIGKILL what a master start cut short by Ctrl-C left behind (RealMaster.close did the rest)."""
+    deadline = time.monotonic() + timeout
+    while (pids := _leftover_processes(workdir, basedir)) and time.monotonic() < deadline:
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+# -- the demo ------------------------------------------------------------------
+
+
+def _builds_per_builder(builds: int) -> list[int]:
+    per_builder = [builds // len(DEMO_BUILDERS)] * len(DEMO_BUILDERS)
+    for i in range(builds % len(DEMO_BUILDERS)):
+        per_builder[i] += 1
+    return per_builder
+
+
+def _run_builds(
+    master: RealMaster, builds: int, store: Path, influx: InfluxTarget | None, progress: _Progress
+) -> None:
+    """Start the master, run the builds, wait until their statistics are stored, stop it."""
+    log = master.basedir / "twistd.log"
+    master.create()
+    master.start()
+    progress.say(f"master running (pid {master.pid()}, PB port {master.pb_port}); sending {builds} changes")
+    for name, n in zip(DEMO_BUILDERS, _builds_per_builder(builds)):
+        if n:
+            master.sendchange(n, branch=name)
+    deadline = time.monotonic() + 60 + 10 * builds
+    while True:
+        done = sum(1 for b in master.builds() if b["complete_at"] is not None)
+        progress.show(done)
+        if done >= builds:
+            break
+        if not master.is_running():
+            raise DemoError(f"the master stopped unexpectedly; see {log}")
+        if time.monotonic() > deadline:
+            raise DemoError(f"builds did not finish in time; see {log}")
+        time.sleep(0.2)
+    progress.show(builds, final=True)
+    _wait(f"statistics in {store} (see {log})", lambda: _stored_builds(store), builds, 30)
+    if influx is not None:
+        _wait(f"statistics in InfluxDB (see {log})", lambda: _influx_builds(influx), builds, 60)
+    master.stop()
+
+
+def _master_failed(error: RealMasterError, master: RealMaster, port: int) -> DemoError:
+    """One line for a failed master command, naming the cause when the log tells it."""
+    log_text = master.log_text()
+    if "CannotListenError" in log_text or "Address already in use" in log_text:
+        return DemoError(f"port {port} on 127.0.0.1 is busy; pick another with --port")
+    first = str(error).splitlines()[0].rstrip(":")
+    return DemoError(f"the demo master failed: {first}; see {master.basedir / 'twistd.log'}")
+
 
 def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    """Run the demo; return the exit code.  Raises DemoError for problems the user can fix."""
-    from buildbot_stats.master_process import RealMaster, RealMasterError, free_port
+    """Run the demo; return the exit code.
 
+    :raises DemoError: a problem the user can fix (nothing is left running).
+    :raises DemoInterrupted: Ctrl-C or SIGTERM (nothing is left running).
+    """
     builds = int(args.builds)
     if builds < 1:
         raise DemoError("--builds must be at least 1")
-    if importlib.util.find_spec("buildbot_worker") is None:
-        raise DemoError("the demo needs buildbot-worker for its LocalWorkers: pip install buildbot-worker")
+    influx = parse_influx_url(args.influxdb) if getattr(args, "influxdb", None) else None
+    _check_dependencies(influx is not None)
     port = getattr(args, "port", None) or free_port()
     _check_port(port)
-    influx = _parse_influx(args.influxdb) if args.influxdb else None
+    workdir = Path(args.dir).absolute() if args.dir else None
+    if workdir is not None:
+        _check_dir(workdir)
     if influx is not None:
-        _create_influx_db(*influx)
+        _create_influx_db(influx)
 
-    workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="buildbot-stats-demo-"))
-    if workdir.exists() and any(workdir.iterdir()):
-        raise DemoError(f"{workdir} exists and is not empty; pass an empty or new --dir")
-    workdir.mkdir(parents=True, exist_ok=True)
-    basedir = workdir / "master"
-    store = (workdir / STORE_NAME).resolve()
-    cfg = demo_master_cfg(port, str(store), influx)
-    master = RealMaster(basedir, cfg, change_auth=CHANGE_AUTH)
-    progress = _Progress(builds, out)
-    out.write(f"buildbot-stats demo: {builds} builds on a real master in {basedir}\n")
+    if workdir is None:
+        workdir = Path(tempfile.mkdtemp(prefix="buildbot-stats-demo-"))
     try:
-        master.create()
-        master.start()
-        per_builder = [builds // len(DEMO_BUILDERS)] * len(DEMO_BUILDERS)
-        for i in range(builds % len(DEMO_BUILDERS)):
-            per_builder[i] += 1
-        for name, n in zip(DEMO_BUILDERS, per_builder):
-            if n:
-                master.sendchange(n, branch=name)
-        deadline = time.monotonic() + 60 + 10 * builds
-        while True:
-            done = sum(1 for b in master.builds() if b["complete_at"] is not None)
-            progress.show(done)
-            if done >= builds:
-                break
-            if not master.is_running():
-                raise DemoError(f"the master stopped unexpectedly; see {basedir / 'twistd.log'}")
-            if time.monotonic() > deadline:
-                raise DemoError(f"builds did not finish in time; see {basedir / 'twistd.log'}")
-            time.sleep(0.2)
-        progress.show(builds, final=True)
-        deadline = time.monotonic() + 30
-        while _stored_builds(store) < builds and time.monotonic() < deadline:
-            time.sleep(0.2)
-        master.stop()
-    except RealMasterError as e:
-        raise DemoError(
-            f"the demo master failed: {str(e).splitlines()[0]}; see {basedir / 'twistd.log'}"
-        ) from None
-    finally:
-        master.close()
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DemoError(f"cannot create --dir {workdir} ({e.strerror or e})") from None
+    workdir = workdir.resolve()
+    basedir = workdir / "master"
+    store = workdir / STORE_NAME
+    master = RealMaster(basedir, demo_master_cfg(port, str(store), influx), change_auth=CHANGE_AUTH)
+    progress = _Progress(builds, out)
+    progress.say(f"buildbot-stats demo: {builds} builds on a real master in {basedir}")
+    ignore = {signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}
+    with _signal_handlers({signal.SIGTERM: _raise_terminated}):
+        try:
+            _run_builds(master, builds, store, influx, progress)
+        except RealMasterError as e:
+            raise _master_failed(e, master, port) from None
+        except (KeyboardInterrupt, _Terminated) as e:
+            progress.say("interrupted: stopping the demo master ...")
+            signum = e.signum if isinstance(e, _Terminated) else signal.SIGINT
+            raise DemoInterrupted(signum, workdir) from None
+        finally:
+            with _signal_handlers(ignore):  # a second Ctrl-C must not cut the clean-up short
+                master.close()
+                _kill_leftovers(workdir, basedir)
 
-    from buildbot_stats.summary import format_table, summarize_path
+    from buildbot_stats.summary import StoreError, format_table, summarize_path
 
-    out.write("\n" + format_table(summarize_path(str(store))) + "\n")
+    try:
+        table = format_table(summarize_path(str(store)))
+    except StoreError as e:
+        raise DemoError(f"cannot summarise the statistics: {e}") from None
+    out.write("\n" + table + "\n")
     out.write(f"statistics: {store}\nmaster:     {basedir}\n")
     if influx is not None:
-        out.write(f"InfluxDB:   http://{influx[0]}:{influx[1]} database {influx[2]}\n")
+        out.write(f"InfluxDB:   {influx.base_url} database {influx.db}\n")
     out.write(f"next: buildbot-stats summary {store} --html report.html\n")
     return 0

@@ -189,12 +189,23 @@ def _buildbot_cmd() -> list[str]:
 
 def _proc_stat(pid: int) -> tuple[str, int] | None:
     """(state, ppid) of ``pid`` from /proc, or None if it does not exist."""
+    fields = _stat_fields(pid)
+    return None if fields is None else (fields[0], int(fields[1]))
+
+
+def _session(pid: int) -> int | None:
+    """The session id of ``pid``, or None if it does not exist."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[3])
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name: state, ppid, pgrp, session, ..."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return fields[0], int(fields[1])
+    return raw[raw.rindex(")") + 2 :].split()
 
 
 def _alive(pid: int) -> bool:
@@ -266,6 +277,7 @@ class RealMaster:
         if not self.db_url.startswith("sqlite:///"):
             raise ValueError(f"only sqlite:/// db urls are supported: {self.db_url}")
         self.db_path = self.basedir / self.db_url.removeprefix("sqlite:///")
+        self._sessions: set[int] = set()  # sessions of the masters started here
         atexit.register(self.close)
 
     # -- helpers ---------------------------------------------------------------
@@ -304,12 +316,28 @@ class RealMaster:
             return None
 
     def processes(self) -> list[int]:
-        """Live processes whose cwd is inside basedir (master, worker commands, orphans)."""
+        """Live processes of the master's session whose cwd is inside basedir.
+
+        The master, its worker commands and their orphans: the daemonised master
+        leads its own session, so a user's shell that merely sits in basedir is
+        never counted (nor killed by :meth:`close`).
+        """
+        self._note_session()
         return [
             int(e.name)
             for e in Path("/proc").iterdir()
-            if e.name.isdigit() and int(e.name) != os.getpid() and self._owns(int(e.name))
+            if e.name.isdigit()
+            and int(e.name) != os.getpid()
+            and _session(int(e.name)) in self._sessions
+            and self._owns(int(e.name))
         ]
+
+    def _note_session(self) -> None:
+        pid = self.pid()
+        if pid is not None and self._owns(pid):
+            sid = _session(pid)
+            if sid is not None:
+                self._sessions.add(sid)
 
     def _owns(self, pid: int) -> bool:
         """True if ``pid`` is alive and runs inside basedir (guards against PID reuse)."""
@@ -358,12 +386,14 @@ class RealMaster:
             raise
         if not self.is_running():
             raise RealMasterError(f"master not running after start:\n{self.log_tail()}")
+        self._note_session()
 
     def stop(self, timeout: float = 60) -> None:
         """``buildbot stop`` (SIGTERM) and wait for the process to exit; SIGKILL on timeout."""
         pid = self.pid()
         if pid is None or not self._owns(pid):
             return
+        self._note_session()
         tree = _descendants(pid)
         self._run("stop", "--no-wait", str(self.basedir), timeout=timeout)
         deadline = time.monotonic() + timeout

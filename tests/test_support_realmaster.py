@@ -101,3 +101,19 @@ def test_kill_and_restart(master) -> None:
     assert m.tracebacks() == []
     m.stop()
     assert m.processes() == []
+
+
+def test_close_spares_other_processes_in_basedir(master) -> None:
+    """A person's shell sitting in the master directory is not the master's to kill."""
+    import subprocess
+
+    m = master({"b": "[steps.ShellCommand(command=['true'])]"})
+    m.start()
+    bystander = subprocess.Popen(["sleep", "60"], cwd=m.basedir, start_new_session=True)
+    try:
+        assert bystander.pid not in m.processes()
+        m.close()
+        assert bystander.poll() is None, "close() killed a process that is not the master's"
+    finally:
+        bystander.kill()
+        bystander.wait()
