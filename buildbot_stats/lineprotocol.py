@@ -164,10 +164,12 @@ class _Encoder:
             return None
         tags = point.tags
         # only plain str tags are cached: 1, 1.0 and True are equal keys but differ as text
-        if all(type(k) is str and type(v) is str for k, v in tags.items()):
-            prefix = self._cached(self._prefixes, (series, *tags, *tags.values()), self.prefix, series, tags)
+        for k, v in tags.items():
+            if type(k) is not str or type(v) is not str:
+                prefix = self.prefix(series, tags)
+                break
         else:
-            prefix = self.prefix(series, tags)
+            prefix = self._cached(self._prefixes, (series, *tags, *tags.values()), self.prefix, series, tags)
         fields = []
         keys: list[str] = []
         changed = False  # a key was escaped or converted: it may now equal another one
@@ -175,7 +177,13 @@ class _Encoder:
             if not str(field_key):
                 self._problem(series, "", "empty field name", True)
                 continue
-            encoded = self.field_value(series, str(field_key), value)
+            kind = type(value)  # fast path for the usual numbers; field_value does the rest
+            if kind is int and INT64_MIN <= value <= INT64_MAX:
+                encoded: str | None = f"{value}i"
+            elif kind is float and math.isfinite(value):
+                encoded = repr(value)
+            else:
+                encoded = self.field_value(series, str(field_key), value)
             if encoded is not None:
                 if type(field_key) is str:
                     key = self._cached(self._field_keys, (series, field_key), self.key, series, field_key)

@@ -142,8 +142,30 @@ def _decode(value: Any) -> Any:
     return value
 
 
+_dumps = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _is_flat_plain(values: Any) -> bool:
+    """True for a dict of str keys to str, int, bool, None or finite floats (the usual fields)."""
+    if type(values) is not dict:
+        return False
+    for key, value in values.items():
+        kind = type(value)
+        if type(key) is not str:
+            return False
+        if kind is float:
+            if not math.isfinite(value):
+                return False
+        elif kind is not str and kind is not int and kind is not bool and value is not None:
+            return False
+    return True
+
+
 def point_to_json(point: Point) -> str:
     """Serialise a point for the spool; lossless for plain values, including NaN/Inf."""
+    if _is_flat_plain(point.fields) and _is_flat_plain(point.tags):
+        # fast path, same text: _encode would return these dicts unchanged
+        return _dumps([point.series, point.fields, point.tags, point.time_ns])
     return json.dumps(
         [point.series, _encode(point.fields), _encode(point.tags), point.time_ns],
         allow_nan=False,

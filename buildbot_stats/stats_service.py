@@ -326,6 +326,10 @@ class StatsService(service.BuildbotService):
 
     # -- data from build steps ---------------------------------------------
 
+    def known_builder_info(self, builderid: Any) -> dict[str, Any] | None:
+        """The builder's data if already looked up, else None (no Deferred)."""
+        return self._builders.get(builderid)
+
     def builder_info(self, builderid: Any) -> defer.Deferred:
         """The builder's data (cached: builder ids never change their name).
 
@@ -366,12 +370,25 @@ class StatsService(service.BuildbotService):
                 self._builds.popitem(last=False)
         return build
 
-    @defer.inlineCallbacks
-    def yieldMetricsValue(self, data_name: str, post_data: Any, buildid: int) -> Any:
+    def yieldMetricsValue(self, data_name: str, post_data: Any, buildid: int) -> defer.Deferred:
         """Post ``post_data`` (a dict of field values) for build ``buildid`` as ``data_name``.
 
         Captured by :class:`~buildbot_stats.capture.CaptureData` captures of that name.
         """
+        build_data = self._builds.get(buildid)
+        if build_data is None:
+            return self._yield_after_lookup(data_name, post_data, buildid)
+        # the usual case, a build posting many values: no generator, no lookup
+        try:
+            self.master.mq.produce(
+                YIELD_DATA, {"data_name": data_name, "post_data": post_data, "build_data": build_data}
+            )
+        except Exception:
+            return defer.fail()
+        return defer.succeed(None)
+
+    @defer.inlineCallbacks
+    def _yield_after_lookup(self, data_name: str, post_data: Any, buildid: int) -> Any:
         build_data = yield self._build_data(buildid)
         self.master.mq.produce(
             YIELD_DATA, {"data_name": data_name, "post_data": post_data, "build_data": build_data}

@@ -47,7 +47,12 @@ class StatsStepMixin:
     stats_service_name: str | None = None
 
     def _stats_service(self) -> Any:
-        return get_stats_service(self.master, self.stats_service_name)  # type: ignore[attr-defined]
+        # looked up once per step: a step may post thousands of values
+        svc = self.__dict__.get("_found_stats_service")
+        if svc is None or not svc.running:
+            svc = get_stats_service(self.master, self.stats_service_name)  # type: ignore[attr-defined]
+            self._found_stats_service = svc
+        return svc
 
     def yieldMetricsValue(self, data_name: str, post_data: dict[str, Any]) -> defer.Deferred:
         """Post one value (a dict of fields) for the current build."""
