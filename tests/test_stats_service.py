@@ -106,6 +106,29 @@ class ConfigTests(StatsTestCase):
         self.assertEqual(backend.stored_data, [({"name": "p", "value": 1}, "builder1-p", CONTEXT)])
 
     @defer.inlineCallbacks
+    def test_stop_removes_consumers_and_restart_registers_them_again(self):
+        cap = capture.CaptureProperty("builder1", "p")
+        yield self.stats.reconfigService([RecordingStorage(captures=[cap])])
+        self.assertEqual(len(self.master.mq.qrefs), 1)
+        yield self.stats.removeConsumers()
+        self.assertEqual((self.master.mq.qrefs, self.stats.consumers), ([], []))
+        yield self.stats.registerConsumers()
+        self.assertEqual(len(self.master.mq.qrefs), 1)
+        yield self.stats.disownServiceParent()  # stops the service
+        self.assertEqual((self.master.mq.qrefs, self.stats.consumers), ([], []))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_default_context_and_error_message(self):
+        cap = capture.CaptureBuildDuration("b")
+        self.assertEqual(cap._defaultContext({"number": 7}, "b"), {"build_number": "7", "builder_name": "b"})
+        self.assertEqual(
+            cap._err_msg({"number": 7}, "b"), "CaptureBuildDuration failed on build 7 on builder b."
+        )
+        self.assertEqual(cap._retValParams({"started_at": 1, "complete_at": 2}), [1, 2])
+        self.assertEqual(capture.CaptureBuildStartTime("b")._retValParams({"started_at": 1}), [1])
+        self.assertEqual(capture.CaptureBuildEndTime("b")._retValParams({"complete_at": 2}), [2])
+
+    @defer.inlineCallbacks
     def test_capture_shared_by_two_backends_stores_once_in_each(self):
         cap = capture.CaptureProperty("builder1", "p")
         one, two = RecordingStorage([cap], name="one"), RecordingStorage([cap], name="two")
