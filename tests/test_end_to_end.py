@@ -260,7 +260,7 @@ def check_log(m: RealMaster) -> None:
     assert m.warnings() == []
     assert "Unhandled Error" not in text
     assert "Traceback" not in text
-    noise = [line for line in m.log_messages() if "buildbot_stats" in line and "\n" in line]
+    noise = [line for line in m.log_messages() if "] buildbot_stats:" in line and "\n" in line]
     assert noise == [], "buildbot_stats log messages must be one line"
 
 
@@ -282,7 +282,9 @@ def wait_spool_empty(m: RealMaster, timeout: float = 10.0) -> None:
 
 
 def stats_lines(m: RealMaster, *words: str) -> list[str]:
-    return [line for line in m.log_messages() if "buildbot_stats" in line and all(w in line for w in words)]
+    return [
+        line for line in m.log_messages() if "] buildbot_stats:" in line and all(w in line for w in words)
+    ]
 
 
 # --------------------------------------------------------------------------
