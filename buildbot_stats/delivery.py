@@ -5,17 +5,21 @@ written to the spool (a durable copy) and, independently, sent to the
 backend: whenever no write is in flight, everything queued (up to
 ``batch_size``) goes in one thread call.  Points that arrive during a write
 form the next batch, so a quiet master writes each point at once and a busy
-one writes large batches.  A point leaves the spool only after the backend
-accepted it.
+one writes large batches.  Spool writes batch the same way: each one writes
+the points put since the last one as segments of up to ``batch_size`` points
+(see :mod:`buildbot_stats.spool`).  The queue counts the points of each
+segment that the backend has not accepted yet, and a segment leaves the spool
+once all of its points were accepted (or dropped).
 """
 
 from __future__ import annotations
 
 import random
-from collections import deque
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
-from typing import Any
+from itertools import repeat
+from typing import Any, Literal, overload
 
 from twisted.internet import defer, threads
 from twisted.python import log
@@ -26,6 +30,20 @@ from buildbot_stats.point import Point, PointProblem
 from buildbot_stats.storage_backends.base import WriteReport, post_points
 
 __all__ = ["Counters", "DeliveryPolicy", "DeliveryQueue", "SpoolRunner"]
+
+
+class _Segment:
+    """A spooled segment: its row id and how many of its points are still pending."""
+
+    __slots__ = ("id", "remaining")
+
+    def __init__(self, sid: int, remaining: int) -> None:
+        self.id = sid
+        self.remaining = remaining
+
+
+def _consume(iterator: Iterable[Any]) -> None:
+    deque(iterator, maxlen=0)
 
 
 def _points(n: int) -> str:
@@ -82,13 +100,13 @@ class SpoolRunner:
             return defer.maybeDeferred(f, *args)
         return threads.deferToThreadPool(self._reactor, self._pool, f, *args)
 
-    def append(self, key: str, items: list[tuple[int, Point]]) -> defer.Deferred:
-        return self.run(self.spool.thd_append, key, items)
+    def append(self, key: str, segments: list[tuple[int, list[int], list[Point]]]) -> defer.Deferred:
+        return self.run(self.spool.thd_append, key, segments)
 
-    def remove(self, ids: list[int]) -> defer.Deferred:
+    def remove(self, segment_ids: list[int]) -> defer.Deferred:
         if self.closed or not self.spool.durable:
             return defer.succeed(None)
-        return self.run(self.spool.thd_remove, ids)
+        return self.run(self.spool.thd_remove, segment_ids)
 
     def load(self, key: str) -> defer.Deferred:
         return self.run(self.spool.thd_load, key)
@@ -115,9 +133,10 @@ class DeliveryQueue:
         self._next_id = next_id
         self._items: deque[tuple[int, Point]] = deque()  # waiting for the backend
         self._inflight: list[tuple[int, Point]] | None = None
-        self._to_spool: dict[int, Point] = {}
+        self._to_spool: dict[int, Point] = {}  # put, not yet handed to the spool
+        self._segment_of: dict[int, _Segment] = {}  # spooled, not yet accepted
         self._spooling = False
-        self._spool_waiters: list[defer.Deferred] = []
+        self._spooled: defer.Deferred | None = None  # fires when _to_spool is spooled
         self._spool_idle_waiters: list[defer.Deferred] = []
         self._retry_call: Any = None
         self._attempt = 0
@@ -137,22 +156,45 @@ class DeliveryQueue:
 
     # -- putting points in -------------------------------------------------
 
-    def put(self, points: list[Point]) -> defer.Deferred:
-        """Queue ``points``; the Deferred fires once they are in the spool."""
+    @overload
+    def put(self, points: list[Point], wait: Literal[False] = False) -> None: ...
+
+    @overload
+    def put(self, points: list[Point], wait: Literal[True]) -> defer.Deferred: ...
+
+    def put(self, points: list[Point], wait: bool = False) -> defer.Deferred | None:
+        """Queue ``points``; with ``wait``, return a Deferred that fires once they are spooled.
+
+        That Deferred is shared by all points of the same spool write: it fires
+        with None, and callbacks added to it must return their argument.
+        """
+        items = self._items
+        to_spool = self._to_spool
+        next_id = self._next_id
         for point in points:
-            pid = self._next_id()
-            self._items.append((pid, point))
-            self._to_spool[pid] = point
+            pid = next_id()
+            items.append((pid, point))
+            to_spool[pid] = point
         self.counters.captured += len(points)
-        self._enforce_bound()
-        d: defer.Deferred = defer.Deferred()
-        self._spool_waiters.append(d)
-        self._kick_spool()
-        self._kick_delivery()
+        if len(items) + len(self._inflight or ()) > self.policy.max_spool_points:
+            self._enforce_bound()
+        d = None
+        if wait:
+            d = self._spooled
+            if d is None:
+                d = self._spooled = defer.Deferred()
+        if not self._spooling:
+            self._kick_spool()
+        if self._inflight is None and self._retry_call is None:
+            self._kick_delivery()
         return d
 
-    def restore(self, items: list[tuple[int, Point]]) -> None:
-        """Put back points found in the spool at start-up, ahead of new ones."""
+    def restore(self, segments: list[tuple[int, list[int], list[Point]]]) -> None:
+        """Put back the segments found in the spool at start-up, ahead of new points."""
+        items: list[tuple[int, Point]] = []
+        for sid, ids, points in segments:
+            self._segment_of.update(dict.fromkeys(ids, _Segment(sid, len(ids))))
+            items.extend(zip(ids, points))
         self._items.extendleft(reversed(items))
         self._enforce_bound()
         if items:
@@ -166,11 +208,8 @@ class DeliveryQueue:
         excess = self.pending - self.policy.max_spool_points
         if excess <= 0:
             return
-        dropped_ids = []
-        for _ in range(min(excess, len(self._items))):
-            pid, _point = self._items.popleft()
-            if self._to_spool.pop(pid, None) is None:
-                dropped_ids.append(pid)
+        popleft = self._items.popleft
+        self._release([popleft()[0] for _ in range(min(excess, len(self._items)))])
         count = excess
         self.counters.dropped += count
         if not self._dropping:
@@ -180,8 +219,6 @@ class DeliveryQueue:
                 f"until the backend accepts writes again"
             )
         self._dropping += count
-        if dropped_ids:
-            self._spool.remove(dropped_ids).addErrback(self._log_spool_error)
 
     # -- spooling ----------------------------------------------------------
 
@@ -189,23 +226,38 @@ class DeliveryQueue:
         if self._spooling:
             return
         if not self._to_spool:
-            waiters, self._spool_waiters = self._spool_waiters, []
+            # points accepted (or dropped) before they were spooled
+            waiter, self._spooled = self._spooled, None
             idle, self._spool_idle_waiters = self._spool_idle_waiters, []
-            for d in waiters + idle:
-                d.callback(None)
+            if waiter is not None:
+                waiter.callback(None)
+            for w in idle:
+                w.callback(None)
             return
-        batch = list(self._to_spool.items())
+        batch = self._to_spool
         self._to_spool = {}
-        waiters, self._spool_waiters = self._spool_waiters, []
+        waiter, self._spooled = self._spooled, None
         self._spooling = True
-        d = self._spool.append(self.key, batch)
+        durable = self._spool.spool.durable
+        segments = []
+        if durable:
+            ids = list(batch)
+            points = list(batch.values())
+            size = self.policy.batch_size
+            segment_of = self._segment_of
+            for start in range(0, len(ids), size):
+                seg_ids = ids[start : start + size]
+                segment_of.update(dict.fromkeys(seg_ids, _Segment(seg_ids[0], len(seg_ids))))
+                segments.append((seg_ids[0], seg_ids, points[start : start + size]))
+        d = self._spool.append(self.key, segments)
+        count = len(batch)
 
         def done(result: Any) -> None:
-            if not isinstance(result, Failure) and self._spool.spool.durable:
-                self.counters.spooled += len(batch)
+            if not isinstance(result, Failure) and durable:
+                self.counters.spooled += count
             self._spooling = False
-            for w in waiters:
-                w.callback(None)
+            if waiter is not None:
+                waiter.callback(None)
             self._kick_spool()
 
         d.addErrback(self._log_spool_error)
@@ -242,10 +294,24 @@ class DeliveryQueue:
         d.addErrback(log.err, "buildbot_stats: internal error in delivery")
 
     def _ack(self, items: list[tuple[int, Point]]) -> None:
-        ids = [pid for pid, _ in items]
-        unspooled = [pid for pid in ids if self._to_spool.pop(pid, None) is not None]
-        if len(unspooled) < len(ids):
-            self._spool.remove(ids).addErrback(self._log_spool_error)
+        self._release([pid for pid, _ in items])
+
+    def _release(self, ids: list[int]) -> None:
+        """Points that left the queue (accepted or dropped): out of the spool."""
+        if not ids:
+            return
+        if self._to_spool:
+            _consume(map(self._to_spool.pop, ids, repeat(None)))
+        if not self._segment_of:
+            return
+        finished = []
+        for segment, n in Counter(map(self._segment_of.pop, ids, repeat(None))).items():
+            if segment is not None:
+                segment.remaining -= n
+                if segment.remaining <= 0:
+                    finished.append(segment.id)
+        if finished:
+            self._spool.remove(finished).addErrback(self._log_spool_error)
 
     def _written(self, report: WriteReport | None) -> None:
         batch = self._inflight or []

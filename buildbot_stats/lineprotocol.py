@@ -63,6 +63,9 @@ class _Encoder:
         # prefix and field keys are made once, with the problems found then.
         self._prefixes: _Cache = {}
         self._field_keys: _Cache = {}
+        # (series, *field keys) -> True when every key is a non-empty str that
+        # stays as it is (no escaping, no conversion): the fast path of line()
+        self._plain_keys: dict[Any, bool] = {}
 
     def _problem(self, series: str, field: str, reason: str, rejected: bool) -> None:
         self.problems.append(PointProblem(series, field, reason, rejected))
@@ -157,7 +160,66 @@ class _Encoder:
             self.problems.extend(hit[1])
         return hit[0]
 
+    def _plain_field_keys(self, series: str, fields: dict[Any, Any], ck: Any) -> bool:
+        plain = True
+        start = len(self.problems)
+        for key in fields:
+            if type(key) is not str or not key or self.key(series, key) != key:
+                plain = False
+                break
+        plain = plain and len(self.problems) == start
+        del self.problems[start:]
+        self._plain_keys[ck] = plain
+        return plain
+
     def line(self, point: Point, divisor: int) -> str | None:
+        """One line, or None when the point has no field left.
+
+        The usual point (str names and tags that need no escaping, int,
+        float, bool and str fields) takes a fast path; the rules are those of
+        :meth:`line_general`, which any other point takes.
+        """
+        series = point.series
+        tags = point.tags
+        fields = point.fields
+        if type(series) is not str or not series:
+            return self.line_general(point, divisor)
+        for k, v in tags.items():
+            if type(k) is not str or type(v) is not str:
+                return self.line_general(point, divisor)
+        ck = (series, *fields)
+        plain = self._plain_keys.get(ck)
+        if plain is None:
+            plain = self._plain_field_keys(series, fields, ck)
+        if not plain:
+            return self.line_general(point, divisor)
+        problems = self.problems
+        start = len(problems)
+        prefix = self._cached(self._prefixes, (series, *tags, *tags.values()), self.prefix, series, tags)
+        parts = []
+        for key, value in fields.items():
+            kind = type(value)
+            if kind is int:
+                if INT64_MIN <= value <= INT64_MAX:
+                    parts.append(f"{key}={value}i")
+                    continue
+            elif kind is float:
+                if value - value == 0.0:  # finite
+                    parts.append(f"{key}={value!r}")
+                    continue
+            elif kind is str:
+                parts.append(f"{key}={self.field_value(series, key, value)}")
+                continue
+            elif kind is bool:
+                parts.append(f"{key}=true" if value else f"{key}=false")
+                continue
+            del problems[start:]
+            return self.line_general(point, divisor)
+        if not parts:
+            return None
+        return f"{prefix} {','.join(parts)} {point.time_ns // divisor}"
+
+    def line_general(self, point: Point, divisor: int) -> str | None:
         series = str(point.series)
         if not series:
             self._problem(series, "*", "empty series name", True)

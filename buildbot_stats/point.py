@@ -24,6 +24,7 @@ __all__ = [
     "to_plain",
     "point_to_json",
     "point_from_json",
+    "is_flat_plain",
 ]
 
 
@@ -145,8 +146,11 @@ def _decode(value: Any) -> Any:
 _dumps = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode
 
 
-def _is_flat_plain(values: Any) -> bool:
-    """True for a dict of str keys to str, int, bool, None or finite floats (the usual fields)."""
+def is_flat_plain(values: Any, nan: bool = False) -> bool:
+    """True for a dict of str keys to str, int, bool, None or floats (the usual fields).
+
+    Floats must be finite unless ``nan`` is true.
+    """
     if type(values) is not dict:
         return False
     for key, value in values.items():
@@ -154,11 +158,14 @@ def _is_flat_plain(values: Any) -> bool:
         if type(key) is not str:
             return False
         if kind is float:
-            if not math.isfinite(value):
+            if not nan and not math.isfinite(value):
                 return False
         elif kind is not str and kind is not int and kind is not bool and value is not None:
             return False
     return True
+
+
+_is_flat_plain = is_flat_plain
 
 
 def point_to_json(point: Point) -> str:

@@ -1,44 +1,142 @@
 """Where points wait until their backend has accepted them.
 
-A spool maps ``(backend key, point id)`` to a point.  :class:`SQLiteSpool`
-keeps them in a file so that a master that is stopped, or killed, sends them
-after it starts again; :class:`MemorySpool` keeps nothing (``spool_path=None``).
+:class:`SQLiteSpool` keeps them in a file so that a master that is stopped, or
+killed, sends them after it starts again; :class:`MemorySpool` keeps nothing
+(``spool_path=None``).
+
+The file holds *segments*: each spool write of a delivery queue is one row of
+the table ``buildbot_stats_segments``, keyed by the id of its first point, with
+the ids of its points and the points themselves, serialised in one call (a
+pickle of plain lists, dicts, strings and numbers: lossless for NaN and ±Inf,
+read back by an unpickler that refuses every class and function).  The queue
+counts in memory how many points of each segment the backend has not accepted
+yet and deletes the row when that count reaches zero.  After a crash, every
+point of a segment still in the file is sent again, including those of the
+segment that the backend had already accepted: at-least-once delivery, and as
+a point keeps its series, tags and timestamp, InfluxDB overwrites the copy it
+already has.  Points dropped by ``max_spool_points`` from a segment whose other
+points are still pending leave the file with that segment (and are sent again
+if the master restarts before then).
+
+A view ``buildbot_stats_spool`` shows one row ``(id, backend)`` per point of
+the segments, for inspection (``SELECT COUNT(*) FROM buildbot_stats_spool``).
+A file written by a version that stored one row per point in a *table* of
+that name is migrated to segments when it is opened.
 
 All ``thd_*`` methods are blocking and are called from one dedicated thread.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import pickle
 import sqlite3
 from collections.abc import Iterable
+from typing import Any
 
-from buildbot_stats.point import Point, point_from_json, point_to_json
+from buildbot_stats.point import Point, is_flat_plain, point_from_json, to_plain
 
-__all__ = ["MemorySpool", "SQLiteSpool"]
+__all__ = ["MemorySpool", "SQLiteSpool", "Segment", "dump_points", "load_points"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS buildbot_stats_spool (
+_TABLE = "buildbot_stats_segments"
+_VIEW = "buildbot_stats_spool"  # also the name of the per-point table of older files
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {_TABLE} (
     id INTEGER PRIMARY KEY,
     backend TEXT NOT NULL,
-    point TEXT NOT NULL
+    last_id INTEGER NOT NULL,
+    ids TEXT NOT NULL,
+    points BLOB NOT NULL
 )
 """
+_CREATE_VIEW = (
+    f"CREATE VIEW IF NOT EXISTS {_VIEW} (id, backend) AS "
+    f"SELECT j.value, s.backend FROM {_TABLE} AS s, json_each(s.ids) AS j"
+)
+_INSERT = f"INSERT OR REPLACE INTO {_TABLE} (id, backend, last_id, ids, points) VALUES (?,?,?,?,?)"
+_PICKLE_PROTOCOL = 5  # readable by Python >= 3.8
+_MIGRATE_SEGMENT = 5000
+
+# (first id, ids, points): what a queue writes and finds again at start
+Segment = tuple[int, list[int], list[Point]]
 
 
-_INSERT = "INSERT OR REPLACE INTO buildbot_stats_spool (id, backend, point) VALUES "
-_ROWS_PER_INSERT = 300  # 900 parameters: below the 999 of older SQLite builds
+class _PlainPickler(pickle.Pickler):
+    # Called only for objects that are not of an exact builtin type (subclasses,
+    # datetimes, user objects): the caller then converts the segment to plain values.
+    def reducer_override(self, obj: Any) -> Any:
+        raise TypeError(f"{type(obj).__name__} is not a plain value")
 
 
-def _runs(ids: Iterable[int]) -> list[list[int]]:
-    """``[1, 2, 3, 7, 8]`` -> ``[[1, 3], [7, 8]]``."""
-    runs: list[list[int]] = []
-    for i in sorted(set(ids)):
-        if runs and i == runs[-1][1] + 1:
-            runs[-1][1] = i
-        else:
-            runs.append([i, i])
-    return runs
+class _PlainUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"the spool holds plain values only, not {module}.{name}")
+
+
+def _exact(value: Any) -> Any:
+    """``to_plain`` with exact builtin types (what a JSON round trip of it gives)."""
+    value = to_plain(value)
+    kind = type(value)
+    if kind is dict:
+        return {k: _exact(v) for k, v in value.items()}
+    if kind is list:
+        return [_exact(v) for v in value]
+    if value is None or kind is bool or kind is int or kind is float or kind is str:
+        return value
+    if isinstance(value, bool):  # pragma: no cover - bool cannot be subclassed
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    return str.__str__(value)  # a str subclass
+
+
+_FORMAT = "columns-1"
+
+
+def dump_points(points: list[Point]) -> bytes:
+    """Serialise points for the spool in one call: one list per attribute."""
+    columns = (
+        _FORMAT,
+        [p.series for p in points],
+        [p.fields for p in points],
+        [p.tags for p in points],
+        [p.time_ns for p in points],
+    )
+    buf = io.BytesIO()
+    try:
+        _PlainPickler(buf, _PICKLE_PROTOCOL).dump(columns)
+    except (TypeError, pickle.PicklingError, RecursionError):
+        columns = (
+            _FORMAT,
+            [str(p.series) for p in points],
+            [_exact(p.fields) for p in points],
+            [_exact(p.tags) for p in points],
+            [int(p.time_ns) for p in points],
+        )
+        buf = io.BytesIO()
+        _PlainPickler(buf, _PICKLE_PROTOCOL).dump(columns)
+    return buf.getvalue()
+
+
+def _flat(values: Any) -> bool:
+    return is_flat_plain(values, nan=True)
+
+
+def load_points(data: bytes) -> list[Point]:
+    """The points of :func:`dump_points`, reduced to plain values as ``to_plain`` does."""
+    form, series, fields, tags, times = _PlainUnpickler(io.BytesIO(data)).load()
+    if form != _FORMAT:
+        raise ValueError(f"unknown spool segment format {form!r}")
+    # bytes, tuples, sets and non-str keys were written as they were
+    if not all(map(_flat, fields)):
+        fields = [v if _flat(v) else to_plain(v) for v in fields]
+    if not all(map(_flat, tags)):
+        tags = [v if _flat(v) else to_plain(v) for v in tags]
+    return list(map(Point, series, fields, tags, times))
 
 
 class MemorySpool:
@@ -53,13 +151,13 @@ class MemorySpool:
     def thd_max_id(self) -> int:
         return 0
 
-    def thd_load(self, backend: str) -> list[tuple[int, Point]]:
+    def thd_load(self, backend: str) -> list[Segment]:
         return []
 
-    def thd_append(self, backend: str, items: list[tuple[int, Point]]) -> None:
+    def thd_append(self, backend: str, segments: list[Segment]) -> None:
         pass
 
-    def thd_remove(self, ids: Iterable[int]) -> None:
+    def thd_remove(self, segment_ids: Iterable[int]) -> None:
         pass
 
     def thd_close(self) -> None:
@@ -87,15 +185,38 @@ class SQLiteSpool:
             # NORMAL: a commit survives a crash of the process (not of the OS)
             # without an fsync per commit.
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute(_SCHEMA)
-            db.execute(
-                "CREATE INDEX IF NOT EXISTS buildbot_stats_spool_backend "
-                "ON buildbot_stats_spool (backend, id)"
-            )
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute(_SCHEMA)
+                db.execute(f"CREATE INDEX IF NOT EXISTS {_TABLE}_backend ON {_TABLE} (backend, id)")
+                self._migrate(db)
+                try:
+                    db.execute(_CREATE_VIEW)
+                except sqlite3.OperationalError:
+                    pass  # an SQLite without json_each: the view is for inspection only
         except Exception:
             db.close()
             raise
         self._db = db
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        """Turn the per-point table of older files into segments."""
+        found = db.execute(
+            "SELECT type FROM sqlite_master WHERE name = ? AND type = 'table'", (_VIEW,)
+        ).fetchone()
+        if found is None:
+            return
+        rows = db.execute(f"SELECT backend, id, point FROM {_VIEW} ORDER BY backend, id").fetchall()
+        by_backend: dict[str, list[tuple[int, Point]]] = {}
+        for backend, pid, text in rows:
+            by_backend.setdefault(backend, []).append((pid, point_from_json(text)))
+        for backend, items in by_backend.items():
+            for start in range(0, len(items), _MIGRATE_SEGMENT):
+                chunk = items[start : start + _MIGRATE_SEGMENT]
+                ids = [pid for pid, _ in chunk]
+                _insert(db, backend, (ids[0], ids, [p for _, p in chunk]))
+        db.execute(f"DROP TABLE {_VIEW}")
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -103,34 +224,38 @@ class SQLiteSpool:
         return self._db
 
     def thd_max_id(self) -> int:
-        row = self._conn().execute("SELECT MAX(id) FROM buildbot_stats_spool").fetchone()
+        row = self._conn().execute(f"SELECT MAX(last_id) FROM {_TABLE}").fetchone()
         return row[0] or 0
 
-    def thd_load(self, backend: str) -> list[tuple[int, Point]]:
+    def thd_load(self, backend: str) -> list[Segment]:
         rows = self._conn().execute(
-            "SELECT id, point FROM buildbot_stats_spool WHERE backend = ? ORDER BY id", (backend,)
+            f"SELECT id, ids, points FROM {_TABLE} WHERE backend = ? ORDER BY id", (backend,)
         )
-        return [(pid, point_from_json(text)) for pid, text in rows]
+        segments = []
+        for sid, ids, data in rows:
+            segments.append((sid, json.loads(ids), load_points(data)))
+        return segments
 
-    def thd_append(self, backend: str, items: list[tuple[int, Point]]) -> None:
-        rows = [(pid, backend, point_to_json(point)) for pid, point in items]
+    def thd_append(self, backend: str, segments: list[Segment]) -> None:
         db = self._conn()
         with db:
             db.execute("BEGIN")
-            # Many rows per statement: sqlite3 lets go of the GIL for every
-            # statement step, and getting it back from a busy reactor is slow.
-            for start in range(0, len(rows), _ROWS_PER_INSERT):
-                chunk = rows[start : start + _ROWS_PER_INSERT]
-                db.execute(_INSERT + ",".join(["(?,?,?)"] * len(chunk)), [v for row in chunk for v in row])
+            for segment in segments:
+                _insert(db, backend, segment)
 
-    def thd_remove(self, ids: Iterable[int]) -> None:
+    def thd_remove(self, segment_ids: Iterable[int]) -> None:
         db = self._conn()
         with db:
             db.execute("BEGIN")
-            # acknowledged ids come in runs: one statement per run of consecutive ids
-            db.executemany("DELETE FROM buildbot_stats_spool WHERE id BETWEEN ? AND ?", _runs(ids))
+            db.executemany(f"DELETE FROM {_TABLE} WHERE id = ?", [(i,) for i in segment_ids])
 
     def thd_close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def _insert(db: sqlite3.Connection, backend: str, segment: Segment) -> None:
+    sid, ids, points = segment
+    ids_text = "[" + ",".join(map(str, ids)) + "]"  # a JSON array, for the view
+    db.execute(_INSERT, (sid, backend, ids[-1], ids_text, dump_points(points)))

@@ -6,6 +6,7 @@ import itertools
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 from buildbot import config
@@ -25,6 +26,35 @@ __all__ = ["DEFAULT_SPOOL_PATH", "StatsService"]
 
 DEFAULT_SPOOL_PATH = "stats-spool.sqlite"
 _BUILD_CACHE_SIZE = 256
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    """The delivery arguments of :class:`StatsService`, with their defaults."""
+
+    spool_path: str | None = DEFAULT_SPOOL_PATH
+    batch_size: int = 5000
+    max_spool_points: int = 1_000_000
+    max_retry_delay: float = 60.0
+    flush_timeout: float = 10.0
+
+    @classmethod
+    def problems(cls, options: dict[str, Any]) -> list[str]:
+        """What is wrong with ``options``, one message each (for ``config.error``)."""
+        known = {f.name for f in fields(cls)}
+        found = [f"unknown argument {name!r}" for name in options if name not in known]
+        opts = cls(**{k: v for k, v in options.items() if k in known})
+        if opts.spool_path is not None and not isinstance(opts.spool_path, str):
+            found.append("spool_path must be a file path or None")
+        for name in ("batch_size", "max_spool_points"):
+            count = getattr(opts, name)
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                found.append(f"{name} must be an integer >= 1, not {count!r}")
+        for name in ("max_retry_delay", "flush_timeout"):
+            seconds = getattr(opts, name)
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+                found.append(f"{name} must be a number of seconds >= 0, not {seconds!r}")
+        return found
 
 
 def _backend_keys(backends: Sequence[Any]) -> list[str]:
@@ -72,15 +102,7 @@ class StatsService(service.BuildbotService):
         self._retired = Counters()
         self._aliased_in_master = False
 
-    def checkConfig(  # type: ignore[override]
-        self,
-        storage_backends: Sequence[Any] = (),
-        spool_path: str | None = DEFAULT_SPOOL_PATH,
-        batch_size: int = 5000,
-        max_spool_points: int = 1_000_000,
-        max_retry_delay: float = 60.0,
-        flush_timeout: float = 10.0,
-    ) -> None:
+    def checkConfig(self, storage_backends: Sequence[Any] = (), **options: Any) -> None:  # type: ignore[override]
         if not isinstance(storage_backends, (list, tuple)):
             config.error(
                 f"StatsService: storage_backends must be a list of storage backends, "
@@ -101,39 +123,24 @@ class StatsService(service.BuildbotService):
                     f"StatsService: captures of backend {getattr(backend, 'name', backend)!r} "
                     "must be a list of Capture objects"
                 )
-        if spool_path is not None and not isinstance(spool_path, str):
-            config.error("StatsService: spool_path must be a file path or None")
-        for name, count in (("batch_size", batch_size), ("max_spool_points", max_spool_points)):
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                config.error(f"StatsService: {name} must be an integer >= 1, not {count!r}")
-        for name, seconds in (("max_retry_delay", max_retry_delay), ("flush_timeout", flush_timeout)):
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
-                config.error(f"StatsService: {name} must be a number of seconds >= 0, not {seconds!r}")
+        for message in ServiceOptions.problems(options):
+            config.error(f"StatsService: {message}")
 
     @defer.inlineCallbacks
-    def reconfigService(  # type: ignore[override]
-        self,
-        storage_backends: Sequence[Any] = (),
-        spool_path: str | None = DEFAULT_SPOOL_PATH,
-        batch_size: int = 5000,
-        max_spool_points: int = 1_000_000,
-        max_retry_delay: float = 60.0,
-        flush_timeout: float = 10.0,
-    ) -> Any:
-        self.checkConfig(
-            storage_backends, spool_path, batch_size, max_spool_points, max_retry_delay, flush_timeout
-        )
+    def reconfigService(self, storage_backends: Sequence[Any] = (), **options: Any) -> Any:  # type: ignore[override]
+        self.checkConfig(storage_backends, **options)
+        opts = ServiceOptions(**options)
         log.msg(f"buildbot_stats: configuring StatsService {self.name!r} with backends {storage_backends!r}")
         self.registeredStorageServices = list(storage_backends)
         self._policy = DeliveryPolicy(
-            batch_size=batch_size,
-            max_spool_points=max_spool_points,
-            max_retry_delay=float(max_retry_delay),
-            min_retry_delay=min(0.5, float(max_retry_delay)),
+            batch_size=opts.batch_size,
+            max_spool_points=opts.max_spool_points,
+            max_retry_delay=float(opts.max_retry_delay),
+            min_retry_delay=min(0.5, float(opts.max_retry_delay)),
         )
-        self._flush_timeout = float(flush_timeout)
+        self._flush_timeout = float(opts.flush_timeout)
         if self._spool is None:
-            yield self._open_spool(spool_path)
+            yield self._open_spool(opts.spool_path)
         yield self._sync_queues()
         yield self.removeConsumers()
         yield self.registerConsumers()
@@ -210,16 +217,24 @@ class StatsService(service.BuildbotService):
     def store(
         self, capture: Any, post_data: Any, series_name: str, context: Any, time: Any = None
     ) -> defer.Deferred:
-        """Turn one capture result into a point for each of the capture's backends."""
-        if not isinstance(post_data, dict):
-            post_data = {"value": post_data}
+        """Turn one capture result into a point for each of the capture's backends.
+
+        The Deferred fires (with None) once the point is spooled.  It is shared
+        by the points of one spool write: a callback added to it must return
+        its argument (as ``await``, ``yield`` and ``gatherResults`` do).
+        """
         point = Point(
-            str(series_name),
-            dict(post_data),
+            series_name if type(series_name) is str else str(series_name),
+            dict(post_data) if isinstance(post_data, dict) else {"value": post_data},
             dict(context) if context else {},
-            to_ns(time) if time is not None else self.clock.now_ns(),
+            self.clock.now_ns() if time is None else to_ns(time),
         )
-        return self._put([point], capture.parent_svcs)
+        backends = capture.parent_svcs
+        if len(backends) == 1:
+            queue = self._queue_of.get(id(backends[0]))
+            if queue is not None:
+                return queue.put([point], True)
+        return self._put([point], backends)
 
     def _put(self, points: list[Point], backends: Sequence[Any]) -> defer.Deferred:
         waits = []
@@ -228,7 +243,7 @@ class StatsService(service.BuildbotService):
             if queue is None:
                 log.msg(f"buildbot_stats: backend {backend!r} is not configured; points not stored")
                 continue
-            waits.append(queue.put(points))
+            waits.append(queue.put(points, True))
         if len(waits) == 1:
             return waits[0]
         return defer.gatherResults(waits, consumeErrors=True)

@@ -297,3 +297,164 @@ class SpoolTests(DataTestCase):
         self.assertEqual(back.fields["b"], "\ufffd")
         self.assertEqual(back.fields["d"], {"k": [1, None]})
         self.assertEqual((back.tags, back.time_ns), ({"t": 1}, 123))
+
+
+class SegmentTests(DataTestCase):
+    """The spool writes segments of points; a segment goes once all its points are accepted."""
+
+    spool_path = SpoolTests.spool_path
+    replace_service = SpoolTests.replace_service
+
+    def spool_rows(self, path, table="buildbot_stats_segments"):
+        import sqlite3
+
+        conn = sqlite3.connect(path)
+        try:
+            return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        finally:
+            conn.close()
+
+    def points(self, start, n):
+        return [Point("builder1-m", {"i": i}, {"t": "x"}, 1000 + i) for i in range(start, start + n)]
+
+    @defer.inlineCallbacks
+    def test_partly_accepted_segment_is_sent_again_after_a_restart(self):
+        from buildbot_stats.errors import PartialDeliveryError
+
+        class AcceptsThree(RecordingStorage):
+            """Stores the first 3 points of the first write, then the connection breaks."""
+
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.down = False
+
+            def thd_postStatsValues(self, points):
+                if self.down:
+                    raise ConnectionError("down")
+                self.down = True
+                super().thd_postStatsValues(points[:3])
+                raise PartialDeliveryError(3, ConnectionError("reset"))
+
+        path = self.spool_path()
+        first = AcceptsThree(captures=[capture.CaptureData("m", "builder1")], name="influx")
+        yield self.replace_service(first, spool_path=path, flush_timeout=0, batch_size=10)
+        queue = self.stats.queues["influx"]
+        yield queue.put(self.points(0, 10), wait=True)
+        self.assertEqual(self.values(first), [0, 1, 2])
+        self.assertEqual(self.stats.counters["written"], 3)
+        self.assertEqual(self.spool_rows(path), 1)  # one segment of 10 points
+        self.assertEqual(self.spool_rows(path, "buildbot_stats_spool"), 10)
+        yield self.stats.disownServiceParent()
+
+        # the whole segment comes back: the 3 accepted points again (same
+        # timestamps: InfluxDB overwrites them), and the 7 others
+        up = RecordingStorage(captures=[capture.CaptureData("m", "builder1")], name="influx")
+        yield self.replace_service(up, spool_path=path, batch_size=4)
+        self.assertEqual(self.values(up), list(range(10)))
+        self.assertEqual([p.time_ns for p in up.points], [1000 + i for i in range(10)])
+        yield self.stats.disownServiceParent()
+        self.assertEqual(self.spool_rows(path), 0)
+
+    @defer.inlineCallbacks
+    def test_segment_accepted_in_parts_leaves_only_when_all_are_accepted(self):
+        path = self.spool_path()
+        backend = RecordingStorage(captures=[capture.CaptureData("m", "builder1")], name="influx")
+        backend.fail_next(1)
+        yield self.replace_service(backend, spool_path=path, batch_size=8, max_retry_delay=10)
+        queue = self.stats.queues["influx"]
+        yield queue.put(self.points(0, 8), wait=True)  # one segment; its write fails
+        self.assertEqual(self.spool_rows(path), 1)
+        queue._batch_limit = 3  # as after a "batch too large": the segment goes in parts
+        threads_ = ControlledThreads(self)
+        self.reactor.advance(10)
+        threads_.run_next()  # points 0-2 accepted
+        self.assertEqual(self.values(backend), [0, 1, 2])
+        yield self.stats._spool.run(lambda: None)  # the spool thread is idle
+        self.assertEqual(self.spool_rows(path), 1)
+        threads_.run_all()
+        self.assertEqual(self.values(backend), list(range(8)))
+        yield self.stats._spool.run(lambda: None)
+        self.assertEqual(self.spool_rows(path), 0)
+        yield self.stats.disownServiceParent()
+        again = RecordingStorage(captures=[capture.CaptureData("m", "builder1")], name="influx")
+        yield self.replace_service(again, spool_path=path)
+        self.assertEqual(again.points, [])
+
+    @defer.inlineCallbacks
+    def test_spool_writes_one_row_per_segment(self):
+        path = self.spool_path()
+        down = RecordingStorage(captures=[capture.CaptureData("m", "builder1")], name="influx")
+        down.fail_next(1000)
+        yield self.replace_service(down, spool_path=path, flush_timeout=0, batch_size=4)
+        yield self.stats.queues["influx"].put(self.points(0, 10), wait=True)
+        self.assertEqual(self.spool_rows(path), 3)  # 4 + 4 + 2
+        self.assertEqual(self.spool_rows(path, "buildbot_stats_spool"), 10)
+        yield self.stats.disownServiceParent()
+        up = RecordingStorage(captures=[capture.CaptureData("m", "builder1")], name="influx")
+        yield self.replace_service(up, spool_path=path)
+        self.assertEqual(self.values(up), list(range(10)))
+
+    @defer.inlineCallbacks
+    def test_per_point_spool_of_an_older_version_is_migrated(self):
+        import sqlite3
+
+        from buildbot_stats.point import point_to_json
+
+        path = self.spool_path()
+        conn = sqlite3.connect(path)
+        conn.execute(
+            "CREATE TABLE buildbot_stats_spool (id INTEGER PRIMARY KEY, backend TEXT NOT NULL, "
+            "point TEXT NOT NULL)"
+        )
+        conn.executemany(
+            "INSERT INTO buildbot_stats_spool VALUES (?, ?, ?)",
+            [(i + 1, "influx", point_to_json(p)) for i, p in enumerate(self.points(0, 5))],
+        )
+        conn.commit()
+        conn.close()
+        up = RecordingStorage(captures=[capture.CaptureData("m", "builder1")], name="influx")
+        yield self.replace_service(up, spool_path=path)
+        self.assertEqual(self.values(up), list(range(5)))
+        self.post(1, start=5)  # new ids follow the migrated ones
+        self.assertEqual(self.values(up), list(range(6)))
+        yield self.stats.disownServiceParent()
+        self.assertEqual(self.spool_rows(path), 0)
+
+    def test_segment_round_trips_awkward_values(self):
+        import datetime
+        import enum
+
+        from buildbot_stats.point import point_from_json, point_to_json
+        from buildbot_stats.spool import dump_points, load_points
+
+        class Level(enum.IntEnum):
+            HIGH = 3
+
+        awkward = Point(
+            "s,é x",
+            {
+                "nan": float("nan"),
+                "inf": float("-inf"),
+                "big": 2**70,
+                "b": b"\xff",
+                "d": {"k": [1, None], True: (1, 2), None: {3}},
+                "e": Level.HIGH,
+                "when": datetime.datetime(2020, 1, 2, 3, 4, 5),
+            },
+            {"t": 1, 2: "x"},
+            123,
+        )
+        plain = Point("s", {"i": 1, "f": 0.5, "s": "x", "n": None}, {"a": "b"}, 5)
+        for p in (plain, awkward):
+            (back,) = load_points(dump_points([p]))
+            via_json = point_from_json(point_to_json(p))
+            self.assertEqual(repr(back), repr(via_json))
+        self.assertEqual(load_points(dump_points([plain])), [plain])
+
+    def test_spool_refuses_pickled_objects(self):
+        import pickle
+
+        from buildbot_stats.spool import load_points
+
+        with self.assertRaises(pickle.UnpicklingError):
+            load_points(pickle.dumps(("columns-1", ["s"], [{"x": os.getcwd}], [{}], [1])))

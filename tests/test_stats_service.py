@@ -75,6 +75,7 @@ class ConfigTests(StatsTestCase):
             {"storage_backends": [], "max_spool_points": "many"},
             {"storage_backends": [], "max_retry_delay": -1},
             {"storage_backends": [], "spool_path": 3},
+            {"storage_backends": [], "batchsize": 10},
         ):
             with self.assertRaises(config.ConfigErrors, msg=repr(kwargs)):
                 StatsService(name="x", **kwargs)
