@@ -9,7 +9,6 @@ spooled to disk and sent again after a restart.
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import threading
 import time
@@ -22,8 +21,8 @@ __all__ = [
     "Clock",
     "to_ns",
     "to_plain",
-    "point_to_json",
-    "point_from_json",
+    "from_json_value",
+    "to_json_value",
     "is_flat_plain",
 ]
 
@@ -122,28 +121,27 @@ def _float_token(value: float) -> Any:
     return value
 
 
-def _encode(value: Any) -> Any:
+def to_json_value(value: Any) -> Any:
+    """``to_plain``, with NaN and ±Inf as ``{"$float": ...}`` so JSON can hold them."""
     value = to_plain(value)
     if isinstance(value, float):
         return _float_token(value)
     if isinstance(value, dict):
-        return {k: _encode(v) for k, v in value.items()}
+        return {k: to_json_value(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_encode(v) for v in value]
+        return [to_json_value(v) for v in value]
     return value
 
 
-def _decode(value: Any) -> Any:
+def from_json_value(value: Any) -> Any:
+    """The inverse of :func:`to_json_value` (after a JSON round trip)."""
     if isinstance(value, dict):
         if len(value) == 1 and "$float" in value:
             return float(value["$float"])
-        return {k: _decode(v) for k, v in value.items()}
+        return {k: from_json_value(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_decode(v) for v in value]
+        return [from_json_value(v) for v in value]
     return value
-
-
-_dumps = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode
 
 
 def is_flat_plain(values: Any, nan: bool = False) -> bool:
@@ -166,21 +164,3 @@ def is_flat_plain(values: Any, nan: bool = False) -> bool:
 
 
 _is_flat_plain = is_flat_plain
-
-
-def point_to_json(point: Point) -> str:
-    """Serialise a point for the spool; lossless for plain values, including NaN/Inf."""
-    if _is_flat_plain(point.fields) and _is_flat_plain(point.tags):
-        # fast path, same text: _encode would return these dicts unchanged
-        return _dumps([point.series, point.fields, point.tags, point.time_ns])
-    return json.dumps(
-        [point.series, _encode(point.fields), _encode(point.tags), point.time_ns],
-        allow_nan=False,
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-
-
-def point_from_json(text: str) -> Point:
-    series, fields, tags, time_ns = json.loads(text)
-    return Point(series, _decode(fields), _decode(tags), time_ns)

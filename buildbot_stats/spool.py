@@ -20,8 +20,6 @@ if the master restarts before then).
 
 A view ``buildbot_stats_spool`` shows one row ``(id, backend)`` per point of
 the segments, for inspection (``SELECT COUNT(*) FROM buildbot_stats_spool``).
-A file written by a version that stored one row per point in a *table* of
-that name is migrated to segments when it is opened.
 
 All ``thd_*`` methods are blocking and are called from one dedicated thread.
 """
@@ -36,12 +34,12 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
-from buildbot_stats.point import Point, is_flat_plain, point_from_json, to_plain
+from buildbot_stats.point import Point, is_flat_plain, to_plain
 
 __all__ = ["MemorySpool", "SQLiteSpool", "Segment", "dump_points", "load_points"]
 
 _TABLE = "buildbot_stats_segments"
-_VIEW = "buildbot_stats_spool"  # also the name of the per-point table of older files
+_VIEW = "buildbot_stats_spool"
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {_TABLE} (
     id INTEGER PRIMARY KEY,
@@ -57,7 +55,6 @@ _CREATE_VIEW = (
 )
 _INSERT = f"INSERT OR REPLACE INTO {_TABLE} (id, backend, last_id, ids, points) VALUES (?,?,?,?,?)"
 _PICKLE_PROTOCOL = 5  # readable by Python >= 3.8
-_MIGRATE_SEGMENT = 5000
 
 # (first id, ids, points): what a queue writes and finds again at start
 Segment = tuple[int, list[int], list[Point]]
@@ -189,7 +186,6 @@ class SQLiteSpool:
                 db.execute("BEGIN IMMEDIATE")
                 db.execute(_SCHEMA)
                 db.execute(f"CREATE INDEX IF NOT EXISTS {_TABLE}_backend ON {_TABLE} (backend, id)")
-                self._migrate(db)
                 try:
                     db.execute(_CREATE_VIEW)
                 except sqlite3.OperationalError:
@@ -198,25 +194,6 @@ class SQLiteSpool:
             db.close()
             raise
         self._db = db
-
-    @staticmethod
-    def _migrate(db: sqlite3.Connection) -> None:
-        """Turn the per-point table of older files into segments."""
-        found = db.execute(
-            "SELECT type FROM sqlite_master WHERE name = ? AND type = 'table'", (_VIEW,)
-        ).fetchone()
-        if found is None:
-            return
-        rows = db.execute(f"SELECT backend, id, point FROM {_VIEW} ORDER BY backend, id").fetchall()
-        by_backend: dict[str, list[tuple[int, Point]]] = {}
-        for backend, pid, text in rows:
-            by_backend.setdefault(backend, []).append((pid, point_from_json(text)))
-        for backend, items in by_backend.items():
-            for start in range(0, len(items), _MIGRATE_SEGMENT):
-                chunk = items[start : start + _MIGRATE_SEGMENT]
-                ids = [pid for pid, _ in chunk]
-                _insert(db, backend, (ids[0], ids, [p for _, p in chunk]))
-        db.execute(f"DROP TABLE {_VIEW}")
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:

@@ -34,7 +34,6 @@ the master writes; a second master run appends to the same file.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sqlite3
 import threading
@@ -46,7 +45,7 @@ from buildbot import config
 from twisted.python import log
 
 from buildbot_stats.errors import BackendConfigurationError
-from buildbot_stats.point import Clock, Point, PointProblem, to_plain
+from buildbot_stats.point import Clock, Point, PointProblem, from_json_value, to_json_value
 from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
 
 __all__ = [
@@ -87,27 +86,6 @@ class StoreError(Exception):
 # -- values ------------------------------------------------------------------
 
 
-def _encode(value: Any) -> Any:
-    value = to_plain(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return {"$float": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
-    if isinstance(value, dict):
-        return {k: _encode(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_encode(v) for v in value]
-    return value
-
-
-def _decode(value: Any) -> Any:
-    if isinstance(value, dict):
-        if len(value) == 1 and "$float" in value:
-            return float(value["$float"])
-        return {k: _decode(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    return value
-
-
 def _dumps(obj: dict[str, Any], sort_keys: bool = False) -> str:
     # ensure_ascii: lone surrogates in a str survive as \\udxxx escapes
     return json.dumps(obj, allow_nan=False, sort_keys=sort_keys, separators=(",", ":"))
@@ -128,8 +106,8 @@ def _point_row(point: Point, problems: list[PointProblem]) -> tuple[str, int, st
     if not isinstance(fields, dict):
         problems.append(PointProblem(series, "value", "fields not a dict; stored as field 'value'", False))
         fields = {"value": fields}
-    tags = _encode(dict(point.tags or {}))
-    return series, int(point.time_ns), _dumps(tags, sort_keys=True), _dumps(_encode(fields))
+    tags = to_json_value(dict(point.tags or {}))
+    return series, int(point.time_ns), _dumps(tags, sort_keys=True), _dumps(to_json_value(fields))
 
 
 # -- writer ------------------------------------------------------------------
@@ -309,7 +287,9 @@ class StatsStore:
         sql += " ORDER BY series, time_ns, id"
         for series, time_ns, tags, fields in self._query(sql, params):
             try:
-                yield Point(series, _decode(json.loads(fields)), _decode(json.loads(tags)), time_ns)
+                yield Point(
+                    series, from_json_value(json.loads(fields)), from_json_value(json.loads(tags)), time_ns
+                )
             except (TypeError, ValueError) as e:
                 raise StoreError(f"{self.path}: a point of series {series!r} is corrupt ({e})") from None
 
