@@ -74,7 +74,7 @@ class DeliveryPolicy:
     """How a queue batches and retries (set from the StatsService arguments)."""
 
     batch_size: int = 5000
-    max_spool_points: int = 1_000_000
+    max_spool_points: int = 200_000
     min_retry_delay: float = 0.5
     max_retry_delay: float = 60.0
 
@@ -103,10 +103,10 @@ class SpoolRunner:
     def append(self, key: str, segments: list[tuple[int, list[int], list[Point]]]) -> defer.Deferred:
         return self.run(self.spool.thd_append, key, segments)
 
-    def remove(self, segment_ids: list[int]) -> defer.Deferred:
+    def remove(self, key: str, segment_ids: list[int]) -> defer.Deferred:
         if self.closed or not self.spool.durable:
             return defer.succeed(None)
-        return self.run(self.spool.thd_remove, segment_ids)
+        return self.run(self.spool.thd_remove, key, segment_ids)
 
     def load(self, key: str) -> defer.Deferred:
         return self.run(self.spool.thd_load, key)
@@ -123,8 +123,11 @@ class DeliveryQueue:
         reactor: Any,
         policy: DeliveryPolicy,
         next_id: Callable[[], int],
+        spool_key: str | None = None,
     ) -> None:
         self.key = key
+        #: the queue's rows in the spool file, which several services may share
+        self.spool_key = spool_key or key
         self.backend = backend
         self.policy = policy
         self.counters = Counters()
@@ -209,8 +212,10 @@ class DeliveryQueue:
         if excess <= 0:
             return
         popleft = self._items.popleft
-        self._release([popleft()[0] for _ in range(min(excess, len(self._items)))])
-        count = excess
+        count = min(excess, len(self._items))  # points in flight cannot be taken back
+        if not count:
+            return
+        self._release([popleft()[0] for _ in range(count)])
         self.counters.dropped += count
         if not self._dropping:
             log.msg(
@@ -249,7 +254,7 @@ class DeliveryQueue:
                 seg_ids = ids[start : start + size]
                 segment_of.update(dict.fromkeys(seg_ids, _Segment(seg_ids[0], len(seg_ids))))
                 segments.append((seg_ids[0], seg_ids, points[start : start + size]))
-        d = self._spool.append(self.key, segments)
+        d = self._spool.append(self.spool_key, segments)
         count = len(batch)
 
         def done(result: Any) -> None:
@@ -281,6 +286,8 @@ class DeliveryQueue:
     # -- delivering --------------------------------------------------------
 
     def _kick_delivery(self) -> None:
+        if self._stopping and self._drained is None:
+            return  # stopped: a late write must not start the next one
         if self._inflight is not None or self._retry_call is not None or not self._items:
             if self._drained is not None and self.pending == 0:
                 self._fire_drained()
@@ -311,7 +318,7 @@ class DeliveryQueue:
                 if segment.remaining <= 0:
                     finished.append(segment.id)
         if finished:
-            self._spool.remove(finished).addErrback(self._log_spool_error)
+            self._spool.remove(self.spool_key, finished).addErrback(self._log_spool_error)
 
     def _written(self, report: WriteReport | None) -> None:
         batch = self._inflight or []
@@ -422,7 +429,7 @@ class DeliveryQueue:
                 except defer.TimeoutError:
                     log.msg(
                         f"buildbot_stats: backend {self.key!r} did not take all points within "
-                        f"{timeout}s at shutdown; {_points(self.pending)} stay in the spool"
+                        f"{timeout}s at shutdown"
                     )
         elif self._inflight is not None:
             # a write is running in a thread: give it the time, then leave
@@ -436,8 +443,13 @@ class DeliveryQueue:
                 pass
         self._drained = None
         yield self.wait_spooled()
-        if self.pending:
+        if self.pending and self._spool.spool.durable:
             log.msg(
                 f"buildbot_stats: {_points(self.pending)} of backend {self.key!r} stay in the spool "
                 f"and are sent after the next start"
+            )
+        elif self.pending:
+            log.msg(
+                f"buildbot_stats: {_points(self.pending)} of backend {self.key!r} are lost: "
+                "there is no spool file (spool_path=None or unusable)"
             )

@@ -31,6 +31,7 @@ import json
 import os
 import pickle
 import sqlite3
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -40,20 +41,32 @@ __all__ = ["MemorySpool", "SQLiteSpool", "Segment", "dump_points", "load_points"
 
 _TABLE = "buildbot_stats_segments"
 _VIEW = "buildbot_stats_spool"
+_SCHEMA_VERSION = 2
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {_TABLE} (
-    id INTEGER PRIMARY KEY,
     backend TEXT NOT NULL,
+    id INTEGER NOT NULL,
     last_id INTEGER NOT NULL,
     ids TEXT NOT NULL,
-    points BLOB NOT NULL
+    points BLOB NOT NULL,
+    PRIMARY KEY (backend, id)
+)
+"""
+_QUARANTINE = "buildbot_stats_unreadable"
+_QUARANTINE_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {_QUARANTINE} (
+    backend TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    ids TEXT NOT NULL,
+    points BLOB NOT NULL,
+    error TEXT NOT NULL
 )
 """
 _CREATE_VIEW = (
     f"CREATE VIEW IF NOT EXISTS {_VIEW} (id, backend) AS "
     f"SELECT j.value, s.backend FROM {_TABLE} AS s, json_each(s.ids) AS j"
 )
-_INSERT = f"INSERT OR REPLACE INTO {_TABLE} (id, backend, last_id, ids, points) VALUES (?,?,?,?,?)"
+_INSERT = f"INSERT OR REPLACE INTO {_TABLE} (backend, id, last_id, ids, points) VALUES (?,?,?,?,?)"
 _PICKLE_PROTOCOL = 5  # readable by Python >= 3.8
 
 # (first id, ids, points): what a queue writes and finds again at start
@@ -141,6 +154,7 @@ class MemorySpool:
 
     durable = False
     path = None
+    set_aside = None
 
     def thd_open(self) -> None:
         pass
@@ -148,13 +162,16 @@ class MemorySpool:
     def thd_max_id(self) -> int:
         return 0
 
-    def thd_load(self, backend: str) -> list[Segment]:
-        return []
+    def thd_load(self, backend: str) -> tuple[list[Segment], int]:
+        return [], 0
+
+    def thd_backends(self) -> dict[str, int]:
+        return {}
 
     def thd_append(self, backend: str, segments: list[Segment]) -> None:
         pass
 
-    def thd_remove(self, segment_ids: Iterable[int]) -> None:
+    def thd_remove(self, backend: str, segment_ids: Iterable[int]) -> None:
         pass
 
     def thd_close(self) -> None:
@@ -162,13 +179,21 @@ class MemorySpool:
 
 
 class SQLiteSpool:
-    """A spool in an SQLite file (WAL mode, survives a SIGKILL of the master)."""
+    """A spool in an SQLite file (WAL mode, survives a SIGKILL of the master).
+
+    A file that cannot be read at all (not SQLite, damaged, or of another
+    schema) is renamed aside and a fresh one created; a segment that cannot be
+    read is moved to the table ``buildbot_stats_unreadable``.  Either way the
+    master starts, and the log says what was set aside.
+    """
 
     durable = True
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._db: sqlite3.Connection | None = None
+        #: where an unreadable file was moved at open, for the log
+        self.set_aside: str | None = None
 
     def __repr__(self) -> str:
         return f"SQLiteSpool({self.path!r})"
@@ -176,7 +201,19 @@ class SQLiteSpool:
     def thd_open(self) -> None:
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self._db = self._connect()
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError) and not os.path.isfile(self.path):
+                raise
+            self.set_aside = f"{self.path}.unreadable-{int(time.time())}"
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(self.path + suffix):
+                    os.replace(self.path + suffix, self.set_aside + suffix)
+            self._db = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             # NORMAL: a commit survives a crash of the process (not of the OS)
@@ -184,8 +221,13 @@ class SQLiteSpool:
             db.execute("PRAGMA synchronous=NORMAL")
             with db:
                 db.execute("BEGIN IMMEDIATE")
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                has_tables = db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
+                if version != _SCHEMA_VERSION and has_tables:
+                    raise sqlite3.DatabaseError(f"spool schema {version}, expected {_SCHEMA_VERSION}")
                 db.execute(_SCHEMA)
-                db.execute(f"CREATE INDEX IF NOT EXISTS {_TABLE}_backend ON {_TABLE} (backend, id)")
+                db.execute(_QUARANTINE_SCHEMA)
+                db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
                 try:
                     db.execute(_CREATE_VIEW)
                 except sqlite3.OperationalError:
@@ -193,7 +235,7 @@ class SQLiteSpool:
         except Exception:
             db.close()
             raise
-        self._db = db
+        return db
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -204,14 +246,35 @@ class SQLiteSpool:
         row = self._conn().execute(f"SELECT MAX(last_id) FROM {_TABLE}").fetchone()
         return row[0] or 0
 
-    def thd_load(self, backend: str) -> list[Segment]:
-        rows = self._conn().execute(
+    def thd_backends(self) -> dict[str, int]:
+        """Spool key -> number of pending points, for every key in the file."""
+        rows = self._conn().execute(f"SELECT backend, ids FROM {_TABLE}")
+        counts: dict[str, int] = {}
+        for backend, ids in rows:
+            counts[backend] = counts.get(backend, 0) + ids.count(",") + 1
+        return counts
+
+    def thd_load(self, backend: str) -> tuple[list[Segment], int]:
+        """The segments of ``backend``, and how many unreadable ones were set aside."""
+        db = self._conn()
+        rows = db.execute(
             f"SELECT id, ids, points FROM {_TABLE} WHERE backend = ? ORDER BY id", (backend,)
-        )
-        segments = []
+        ).fetchall()
+        segments: list[Segment] = []
+        bad = []
         for sid, ids, data in rows:
-            segments.append((sid, json.loads(ids), load_points(data)))
-        return segments
+            try:
+                segments.append((sid, json.loads(ids), load_points(data)))
+            except Exception as e:
+                bad.append((backend, sid, ids, data, f"{type(e).__name__}: {e}"))
+        if bad:
+            with db:
+                db.execute("BEGIN")
+                db.executemany(f"INSERT INTO {_QUARANTINE} VALUES (?,?,?,?,?)", bad)
+                db.executemany(
+                    f"DELETE FROM {_TABLE} WHERE backend = ? AND id = ?", [(b[0], b[1]) for b in bad]
+                )
+        return segments, len(bad)
 
     def thd_append(self, backend: str, segments: list[Segment]) -> None:
         db = self._conn()
@@ -220,11 +283,13 @@ class SQLiteSpool:
             for segment in segments:
                 _insert(db, backend, segment)
 
-    def thd_remove(self, segment_ids: Iterable[int]) -> None:
+    def thd_remove(self, backend: str, segment_ids: Iterable[int]) -> None:
         db = self._conn()
         with db:
             db.execute("BEGIN")
-            db.executemany(f"DELETE FROM {_TABLE} WHERE id = ?", [(i,) for i in segment_ids])
+            db.executemany(
+                f"DELETE FROM {_TABLE} WHERE backend = ? AND id = ?", [(backend, i) for i in segment_ids]
+            )
 
     def thd_close(self) -> None:
         if self._db is not None:
@@ -235,4 +300,4 @@ class SQLiteSpool:
 def _insert(db: sqlite3.Connection, backend: str, segment: Segment) -> None:
     sid, ids, points = segment
     ids_text = "[" + ",".join(map(str, ids)) + "]"  # a JSON array, for the view
-    db.execute(_INSERT, (sid, backend, ids[-1], ids_text, dump_points(points)))
+    db.execute(_INSERT, (backend, sid, ids[-1], ids_text, dump_points(points)))

@@ -34,7 +34,7 @@ class ServiceOptions:
 
     spool_path: str | None = DEFAULT_SPOOL_PATH
     batch_size: int = 5000
-    max_spool_points: int = 1_000_000
+    max_spool_points: int = 200_000
     max_retry_delay: float = 60.0
     flush_timeout: float = 10.0
 
@@ -101,6 +101,8 @@ class StatsService(service.BuildbotService):
         self._builds: OrderedDict[Any, dict[str, Any]] = OrderedDict()
         self._retired = Counters()
         self._aliased_in_master = False
+        self._orphans_logged: set[str] = set()
+        self._unconfigured_logged: set[int] = set()
 
     def checkConfig(self, storage_backends: Sequence[Any] = (), **options: Any) -> None:  # type: ignore[override]
         if not isinstance(storage_backends, (list, tuple)):
@@ -180,6 +182,11 @@ class StatsService(service.BuildbotService):
             self._spool = SpoolRunner(MemorySpool(), reactor, None)
             self._ids = itertools.count(1)
             return
+        if runner.spool.set_aside:
+            log.msg(
+                f"buildbot_stats: the spool {path} could not be read; it was moved to "
+                f"{runner.spool.set_aside} and a new one started"
+            )
         self._spool_pool = pool
         self._spool = runner
         self._ids = itertools.count(max_id + 1)
@@ -198,11 +205,22 @@ class StatsService(service.BuildbotService):
         for key, backend in zip(keys, backends):
             queue = old.pop(key, None)
             if queue is None:
+                spool_key = f"{self.name}/{key}"
                 queue = DeliveryQueue(
-                    key, backend, self._spool, self.master.reactor, self._policy, self._next_id
+                    key, backend, self._spool, self.master.reactor, self._policy, self._next_id, spool_key
                 )
-                items = yield self._spool.load(key)
-                queue.restore(items)
+                try:
+                    segments, unreadable = yield self._spool.load(spool_key)
+                except Exception as e:
+                    # statistics must never keep the master from starting
+                    log.msg(f"buildbot_stats: cannot read the spool for backend {key!r}: {e}")
+                    segments, unreadable = [], 0
+                if unreadable:
+                    log.msg(
+                        f"buildbot_stats: {unreadable} unreadable spool segment(s) of backend {key!r} "
+                        "were moved to the table buildbot_stats_unreadable"
+                    )
+                queue.restore(segments)
             else:
                 queue.backend = backend
                 queue.policy = self._policy
@@ -213,6 +231,27 @@ class StatsService(service.BuildbotService):
             # and are sent if a backend of that name comes back.
             yield queue.stop(self._flush_timeout)
             self._retired.add(queue.counters)
+        yield self._log_orphans()
+
+    @defer.inlineCallbacks
+    def _log_orphans(self) -> Any:
+        """Say so when the spool holds points of backends this service no longer has."""
+        spool = self._spool
+        if spool is None:
+            return
+        try:
+            counts = yield spool.run(spool.spool.thd_backends)
+        except Exception:
+            return
+        mine = f"{self.name}/"
+        for spool_key, n in sorted(counts.items()):
+            key = spool_key[len(mine) :]
+            if spool_key.startswith(mine) and key not in self.queues and key not in self._orphans_logged:
+                self._orphans_logged.add(key)
+                log.msg(
+                    f"buildbot_stats: the spool holds {n} point(s) of backend {key!r}, which is not "
+                    "configured; they are sent if a backend of that name is configured again"
+                )
 
     def store(
         self, capture: Any, post_data: Any, series_name: str, context: Any, time: Any = None
@@ -239,14 +278,27 @@ class StatsService(service.BuildbotService):
     def _put(self, points: list[Point], backends: Sequence[Any]) -> defer.Deferred:
         waits = []
         for backend in backends:
-            queue = self._queue_of.get(id(backend))
+            queue = self._queue_of.get(id(backend)) or self._queue_by_name(backend)
             if queue is None:
-                log.msg(f"buildbot_stats: backend {backend!r} is not configured; points not stored")
+                if id(backend) not in self._unconfigured_logged:
+                    self._unconfigured_logged.add(id(backend))
+                    log.msg(
+                        f"buildbot_stats: backend {backend!r} is not configured; its points are not stored"
+                    )
+                self._retired.dropped += len(points)
                 continue
             waits.append(queue.put(points, True))
         if len(waits) == 1:
             return waits[0]
         return defer.gatherResults(waits, consumeErrors=True)
+
+    def _queue_by_name(self, backend: Any) -> DeliveryQueue | None:
+        """The queue of a backend replaced by a reconfig while its capture was busy.
+
+        A capture that was waiting for data when ``buildbot reconfig`` ran still
+        holds the old backend object; its points go to the queue of the same name.
+        """
+        return self.queues.get(getattr(backend, "name", None) or type(backend).__name__)
 
     @property
     def counters(self) -> dict[str, int]:
@@ -295,9 +347,14 @@ class StatsService(service.BuildbotService):
         if failure.check(CaptureCallbackError):
             log.msg(f"buildbot_stats: {failure.getErrorMessage()}")
         else:
+            # a bug in a (custom) capture or callback: say where, in one line
+            where = ""
+            if failure.frames:
+                name, filename, lineno = failure.frames[-1][:3]
+                where = f" (in {name}, {filename}:{lineno})"
             log.msg(
                 f"buildbot_stats: {type(cap).__name__} could not handle a message: "
-                f"{failure.type.__name__}: {failure.getErrorMessage()}"
+                f"{failure.type.__name__}: {failure.getErrorMessage()}{where}"
             )
 
     @defer.inlineCallbacks

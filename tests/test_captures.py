@@ -332,3 +332,42 @@ class RobustnessTests(StatsTestCase, LoggingMixin):
         yield self.add_build(properties={"p": {"a": [1, 2]}})
         self.finish()
         self.assertEqual(json.dumps(backend.stored_data[0][0]), '{"name": "p", "value": {"a": [1, 2]}}')
+
+
+class CustomCaptureTests(StatsTestCase, LoggingMixin):
+    @defer.inlineCallbacks
+    def test_capture_written_for_buildbot_statistics_stores_through_store(self):
+        class CaptureWorkerCount(capture.Capture):
+            """As a buildbot.statistics user would write it: _store with three arguments."""
+
+            def __init__(self):
+                super().__init__(("builders", None, "builds", None, "finished"), None)
+
+            @defer.inlineCallbacks
+            def consume(self, routingKey, msg):
+                yield self._store({"workers": 2}, "workers", {"builder": "x"})
+
+        backend = yield self.use(CaptureWorkerCount())
+        yield self.add_build()
+        self.finish()
+        self.assertEqual(backend.stored_data, [({"workers": 2}, "workers", {"builder": "x"})])
+        self.assertGreater(backend.points[0].time_ns, 0)
+
+    @defer.inlineCallbacks
+    def test_bug_in_a_custom_capture_is_one_line_that_says_where(self):
+        self.setUpLogging()
+
+        class Buggy(capture.Capture):
+            def __init__(self):
+                super().__init__(("builders", None, "builds", None, "finished"), None)
+
+            def consume(self, routingKey, msg):
+                return {}["missing"]
+
+        yield self.use(Buggy())
+        yield self.add_build()
+        self.finish()
+        self.assertLogged(
+            r"Buggy could not handle a message: KeyError: 'missing' \(in consume, .*test_captures.py:\d+\)"
+        )
+        self.assertEqual(self.flushLoggedErrors(), [])

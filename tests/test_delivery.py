@@ -440,3 +440,106 @@ class SegmentTests(DataTestCase):
 
         with self.assertRaises(pickle.UnpicklingError):
             load_points(pickle.dumps(("columns-1", ["s"], [{"x": os.getcwd}], [{}], [1])))
+
+
+class SpoolRobustnessTests(DataTestCase):
+    """A damaged spool, a shared spool file, a reconfig mid-capture: the master starts, nothing mixes."""
+
+    spool_path = SpoolTests.spool_path
+    replace_service = SpoolTests.replace_service
+
+    def recorder(self, name="influx", down=False):
+        backend = RecordingStorage(captures=[capture.CaptureData("m", "builder1")], name=name)
+        if down:
+            backend.fail_next(1000)
+        return backend
+
+    @defer.inlineCallbacks
+    def spool_some(self, path, n=6, **kwargs):
+        yield self.replace_service(self.recorder(down=True), spool_path=path, flush_timeout=0, **kwargs)
+        for i in range(n):  # one spool write (one segment) per post
+            self.post(1, start=i)
+        yield self.stats.disownServiceParent()
+
+    @defer.inlineCallbacks
+    def test_unreadable_segment_is_set_aside_and_the_rest_delivered(self):
+        import sqlite3
+
+        path = self.spool_path()
+        yield self.spool_some(path)
+        conn = sqlite3.connect(path)
+        first = conn.execute("SELECT MIN(id) FROM buildbot_stats_segments").fetchone()[0]
+        conn.execute("UPDATE buildbot_stats_segments SET points = x'00112233' WHERE id = ?", (first,))
+        conn.commit()
+        conn.close()
+        up = self.recorder()
+        yield self.replace_service(up, spool_path=path)
+        self.assertEqual(self.values(up), [1, 2, 3, 4, 5])
+        self.assertLogged("1 unreadable spool segment.* of backend 'influx' were moved to the table")
+        conn = sqlite3.connect(path)
+        self.assertEqual(conn.execute("SELECT COUNT(*) FROM buildbot_stats_unreadable").fetchone()[0], 1)
+        conn.close()
+
+    @defer.inlineCallbacks
+    def test_unreadable_spool_file_is_renamed_and_a_new_one_used(self):
+        path = self.spool_path()
+        with open(path, "wb") as f:
+            f.write(b"this is not an SQLite database, it is garbage" * 100)
+        up = self.recorder()
+        yield self.replace_service(up, spool_path=path)
+        self.assertLogged("could not be read; it was moved to .*unreadable-")
+        self.assertTrue(self.stats._spool.spool.durable)
+        self.post(2)
+        self.assertEqual(self.values(up), [0, 1])
+        aside = [f for f in os.listdir(os.path.dirname(path)) if ".unreadable-" in f]
+        self.assertEqual(len(aside), 1)
+
+    @defer.inlineCallbacks
+    def test_two_services_sharing_a_spool_file_keep_their_points_apart(self):
+        path = self.spool_path()
+        a = StatsService(storage_backends=[self.recorder(down=True)], name="stats-a", spool_path=path)
+        b = StatsService(storage_backends=[self.recorder(down=True)], name="stats-b", spool_path=path)
+        yield self.stats.disownServiceParent()
+        yield a.setServiceParent(self.master)
+        yield b.setServiceParent(self.master)
+        self.post(3)  # both services capture the same three values
+        yield a.disownServiceParent()
+        yield b.disownServiceParent()
+        up_a, up_b = self.recorder(), self.recorder()
+        a2 = StatsService(storage_backends=[up_a], name="stats-a", spool_path=path)
+        yield a2.setServiceParent(self.master)
+        self.assertEqual(self.values(up_a), [0, 1, 2])
+        b2 = StatsService(storage_backends=[up_b], name="stats-b", spool_path=path)
+        yield b2.setServiceParent(self.master)
+        self.assertEqual(self.values(up_b), [0, 1, 2])
+        yield a2.disownServiceParent()
+        yield b2.disownServiceParent()
+
+    @defer.inlineCallbacks
+    def test_points_of_a_removed_backend_are_announced_at_start(self):
+        path = self.spool_path()
+        yield self.spool_some(path, n=2)
+        other = self.recorder(name="other")
+        yield self.replace_service(other, spool_path=path)
+        self.assertLogged("the spool holds 2 point.* of backend 'influx', which is not configured")
+
+    @defer.inlineCallbacks
+    def test_capture_busy_during_reconfig_stores_into_the_new_backend(self):
+        cap = capture.CaptureData("m", "builder1")
+        old = RecordingStorage(captures=[cap], name="influx")
+        yield self.stats.reconfigService([old], spool_path=None)
+        new = RecordingStorage(captures=[cap], name="influx")
+        # the capture started before the reconfig and still holds the old backend
+        parents = cap.parent_svcs
+        yield self.stats.reconfigService([new], spool_path=None)
+        cap.parent_svcs = parents
+        yield cap._store({"i": 7}, "builder1-m", {})
+        self.assertEqual((old.points, self.values(new)), ([], [7]))
+
+    @defer.inlineCallbacks
+    def test_stop_without_spool_says_pending_points_are_lost(self):
+        down = self.recorder(down=True)
+        yield self.replace_service(down, spool_path=None, flush_timeout=0)
+        self.post(2)
+        yield self.stats.disownServiceParent()
+        self.assertLogged("2 points of backend 'influx' are lost: there is no spool file")

@@ -43,6 +43,18 @@ class PerPointApiTests(LoggingMixin, unittest.TestCase):
         self.assertNotIn("s3cret-pw", str(svc))
         self.assertIn("admin", repr(svc))
 
+    def test_credentials_in_the_url_stay_out_of_repr_and_errors(self):
+        self.patch(influxdb_client, "InfluxDBClient", _RecordingClient)
+        svc = InfluxStorageService("http://bob:pw123@127.0.0.1", 8086, "u", "s3cret", "db", [])
+        self.assertNotIn("pw123", repr(svc))
+        import requests
+
+        svc.client.error = requests.exceptions.ConnectionError("refused")
+        with self.assertRaises(TransientWriteError) as cm:
+            svc.thd_postStatsValues([Point("s", {"v": 1}, {}, 1)])
+        self.assertNotIn("pw123", str(cm.exception))
+        self.assertIn("127.0.0.1:8086", str(cm.exception))
+
     def test_default_name_and_url_with_scheme(self):
         self.patch(influxdb_client, "InfluxDBClient", _RecordingClient)
         svc = InfluxStorageService("https://stats.example:9999", 8086, "u", "p", "db", [], name=None)

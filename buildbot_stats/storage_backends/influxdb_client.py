@@ -76,6 +76,8 @@ class InfluxStorageService(StatsStorageBase):
             parts = urlsplit(host)
             host, ssl = parts.hostname or "", parts.scheme == "https"
         self.url = url
+        # for logs and errors: never the user:password@ a URL may carry
+        self._where = f"{'https://' if ssl else ''}{host}:{port}"
         self.port = port
         self.user = user
         self.password = password
@@ -99,9 +101,7 @@ class InfluxStorageService(StatsStorageBase):
 
     def __repr__(self) -> str:
         # never the password
-        return (
-            f"<InfluxStorageService {self.name!r} {self.url}:{self.port} db={self.db!r} user={self.user!r}>"
-        )
+        return f"<InfluxStorageService {self.name!r} {self._where} db={self.db!r} user={self.user!r}>"
 
     def thd_postStatsValue(
         self, post_data: dict[str, Any], series_name: str, context: dict[str, Any] | None = None
@@ -138,9 +138,7 @@ class InfluxStorageService(StatsStorageBase):
         except InfluxDBClientError as e:
             self._classify_client_error(e, report, len(points) - skipped)
         except requests.exceptions.RequestException as e:
-            raise TransientWriteError(
-                f"cannot reach InfluxDB at {self.url}:{self.port}: {type(e).__name__}"
-            ) from None
+            raise TransientWriteError(f"cannot reach InfluxDB at {self._where}: {type(e).__name__}") from None
         return report
 
     def _classify_client_error(self, e: Any, report: WriteReport, sent: int) -> None:
