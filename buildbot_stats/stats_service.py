@@ -103,6 +103,7 @@ class StatsService(service.BuildbotService):
         self._aliased_in_master = False
         self._orphans_logged: set[str] = set()
         self._unconfigured_logged: set[int] = set()
+        self._spool_path: str | None = None
 
     def checkConfig(self, storage_backends: Sequence[Any] = (), **options: Any) -> None:  # type: ignore[override]
         if not isinstance(storage_backends, (list, tuple)):
@@ -143,6 +144,9 @@ class StatsService(service.BuildbotService):
         self._flush_timeout = float(opts.flush_timeout)
         if self._spool is None:
             yield self._open_spool(opts.spool_path)
+            self._spool_path = opts.spool_path
+        elif opts.spool_path != self._spool_path:
+            log.msg("buildbot_stats: spool_path changed; the new path is used after a master restart")
         yield self._sync_queues()
         yield self.removeConsumers()
         yield self.registerConsumers()
