@@ -149,6 +149,7 @@ class ConfigTests(StatsTestCase):
     @defer.inlineCallbacks
     def test_buildbot_statistics_backend_works_unchanged(self):
         backend = fakestats.FakeStatsStorageService()
+        self.assertIsInstance(backend, StatsStorageBase)
         backend.captures = [capture.CaptureProperty("builder1", "p")]
         yield self.stats.reconfigService([backend])
         yield self.add_build(properties={"p": "v"})

@@ -81,11 +81,16 @@ def _post_one_by_one(backend: Any, points: list[Point]) -> None:
             raise
 
 
+if _BuildbotStatsStorageBase is not None:
+    # A backend written for buildbot.statistics is one of ours too, so that
+    # ``isinstance(backend, StatsStorageBase)`` holds for it, as code and tests
+    # written for Buildbot's module expect.
+    StatsStorageBase.register(_BuildbotStatsStorageBase)
+
+
 def is_storage_backend(obj: Any) -> bool:
     """True for a provider of :class:`IStatsStorage` or a Buildbot statistics backend."""
-    if IStatsStorage.providedBy(obj):
-        return True
-    return _BuildbotStatsStorageBase is not None and isinstance(obj, _BuildbotStatsStorageBase)
+    return IStatsStorage.providedBy(obj) or isinstance(obj, StatsStorageBase)
 
 
 def post_points(backend: Any, points: list[Point]) -> WriteReport | None:
