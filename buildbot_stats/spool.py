@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from buildbot_stats.point import Point, is_flat_plain, to_plain
+from buildbot_stats.sqlite_wal import connect_wal
 
 __all__ = ["MemorySpool", "SQLiteSpool", "Segment", "dump_points", "load_points"]
 
@@ -213,12 +214,8 @@ class SQLiteSpool:
             self._db = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        db = connect_wal(self.path, timeout=30)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL: a commit survives a crash of the process (not of the OS)
-            # without an fsync per commit.
-            db.execute("PRAGMA synchronous=NORMAL")
             with db:
                 db.execute("BEGIN IMMEDIATE")
                 version = db.execute("PRAGMA user_version").fetchone()[0]

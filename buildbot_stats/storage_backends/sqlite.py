@@ -46,6 +46,7 @@ from twisted.python import log
 
 from buildbot_stats.errors import BackendConfigurationError
 from buildbot_stats.point import Clock, Point, PointProblem, from_json_value, to_json_value
+from buildbot_stats.sqlite_wal import connect_wal
 from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
 
 __all__ = [
@@ -150,15 +151,12 @@ class SQLiteStorageService(StatsStorageBase):
         directory = os.path.dirname(os.path.abspath(self.path))
         try:
             os.makedirs(directory, exist_ok=True)
-            db = sqlite3.connect(
-                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-            )
-        except (OSError, sqlite3.Error) as e:
+            db = connect_wal(self.path, self.busy_timeout)
+        except (OSError, sqlite3.OperationalError) as e:
             raise BackendConfigurationError(f"{self.name}: cannot open {self.path}: {e}") from None
+        except sqlite3.DatabaseError as e:  # e.g. "file is not a database"
+            raise BackendConfigurationError(f"{self.name}: {self.path} is not usable: {e}") from None
         try:
-            db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")
             db.create_function("bbs_merge_fields", 2, _merge_fields, deterministic=True)
             self._init_schema(db)
         except sqlite3.DatabaseError as e:
