@@ -57,11 +57,15 @@ class ServiceOptions:
         return found
 
 
+def _backend_name(backend: Any) -> str:
+    return getattr(backend, "name", None) or type(backend).__name__
+
+
 def _backend_keys(backends: Sequence[Any]) -> list[str]:
     """A stable key per backend (its name), made unique by a ``#n`` suffix."""
     keys: list[str] = []
     for backend in backends:
-        base = getattr(backend, "name", None) or type(backend).__name__
+        base = _backend_name(backend)
         key, n = base, 1
         while key in keys:
             n += 1
@@ -302,7 +306,7 @@ class StatsService(service.BuildbotService):
         A capture that was waiting for data when ``buildbot reconfig`` ran still
         holds the old backend object; its points go to the queue of the same name.
         """
-        return self.queues.get(getattr(backend, "name", None) or type(backend).__name__)
+        return self.queues.get(_backend_name(backend))
 
     @property
     def counters(self) -> dict[str, int]:
@@ -456,24 +460,25 @@ class StatsService(service.BuildbotService):
             return self._yield_after_lookup(data_name, post_data, buildid)
         # the usual case, a build posting many values: no generator, no lookup
         try:
-            self.master.mq.produce(
-                YIELD_DATA, {"data_name": data_name, "post_data": post_data, "build_data": build_data}
-            )
+            self._produce(data_name, post_data, build_data)
         except Exception:
             return defer.fail()
         return defer.succeed(None)
 
-    @defer.inlineCallbacks
-    def _yield_after_lookup(self, data_name: str, post_data: Any, buildid: int) -> Any:
-        build_data = yield self._build_data(buildid)
+    def _produce(self, data_name: str, post_data: Any, build_data: dict[str, Any]) -> None:
+        """The documented ``stats-yield-data`` message, consumed by CaptureData."""
         self.master.mq.produce(
             YIELD_DATA, {"data_name": data_name, "post_data": post_data, "build_data": build_data}
         )
 
     @defer.inlineCallbacks
+    def _yield_after_lookup(self, data_name: str, post_data: Any, buildid: int) -> Any:
+        build_data = yield self._build_data(buildid)
+        self._produce(data_name, post_data, build_data)
+
+    @defer.inlineCallbacks
     def yieldMetricsValues(self, data_name: str, post_data_list: Sequence[Any], buildid: int) -> Any:
         """Post many values at once: one build lookup, one message per value."""
         build_data = yield self._build_data(buildid)
-        produce = self.master.mq.produce
         for post_data in post_data_list:
-            produce(YIELD_DATA, {"data_name": data_name, "post_data": post_data, "build_data": build_data})
+            self._produce(data_name, post_data, build_data)
