@@ -3,7 +3,7 @@
 
 Run from the repository root (needs ``influxd`` and ``buildbot-worker``)::
 
-    python benchmarks/bench_delivery.py [--builds 20] [--values 500] [--points 200000]
+    python -m benchmarks.bench_delivery [--builds 20] [--values 500] [--points 200000]
                                         [--warmup 1] [--quick] [--json FILE] [--keep]
 
 One run starts ONE private ``influxd`` on 127.0.0.1 and measures, in order:
@@ -61,12 +61,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from tests.support.influxd import InfluxServer  # noqa: E402
-from tests.support.realmaster import RealMaster, free_port, make_master_cfg  # noqa: E402
+from buildbot_stats.cli.master_process import RealMaster, free_port, make_master_cfg
+from tests.support.influxd import InfluxServer
 
 OVERHEAD_GOAL_US = 50.0
 LATENCY_GOAL_S = 2.0

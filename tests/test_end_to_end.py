@@ -24,7 +24,7 @@ import pytest
 from buildbot.process.results import FAILURE, SUCCESS, Results
 
 from tests.support.influxd import InfluxServer, require_influxd
-from tests.support.realmaster import RealMaster, free_port, make_master_cfg
+from buildbot_stats.cli.master_process import RealMaster, free_port, make_master_cfg
 
 BUILDERS = ("b1", "b2")
 CHANGES = 3

@@ -18,9 +18,9 @@ import pytest
 
 from buildbot_stats import cli
 from buildbot_stats.point import Point, to_ns
-from buildbot_stats.report_html import BAR_COLOR, POINT_COLOR, render_html
+from buildbot_stats.cli.report_html import BAR_COLOR, POINT_COLOR, render_html
 from buildbot_stats.storage_backends.sqlite import SQLiteStorageService
-from buildbot_stats.summary import Summary, nearest_rank, summarize_points
+from buildbot_stats.cli.summary import Summary, nearest_rank, summarize_points
 
 BASE = datetime.datetime(2024, 5, 1, 10, 0, tzinfo=datetime.timezone.utc)
 HOUR = datetime.timedelta(hours=1)
@@ -351,9 +351,9 @@ def test_demo_is_delegated(monkeypatch, capsys):
     import types
 
     calls = []
-    module = types.ModuleType("buildbot_stats.demo")
+    module = types.ModuleType("buildbot_stats.cli.demo")
     module.run_demo = lambda args: calls.append(args) or 0  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "buildbot_stats.demo", module)
+    monkeypatch.setitem(sys.modules, "buildbot_stats.cli.demo", module)
     assert cli.main(["demo", "--builds", "3", "--dir", "/tmp/d", "--influxdb", "http://h:8086"]) == 0
     [args] = calls
     assert (args.builds, args.dir, args.influxdb) == (3, "/tmp/d", "http://h:8086")
@@ -370,14 +370,14 @@ def test_demo_user_error_is_one_line(monkeypatch, capsys):
     def run_demo(args):
         raise DemoError("port 8010 is in use")
 
-    module = types.ModuleType("buildbot_stats.demo")
+    module = types.ModuleType("buildbot_stats.cli.demo")
     module.DemoError, module.run_demo = DemoError, run_demo  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "buildbot_stats.demo", module)
+    monkeypatch.setitem(sys.modules, "buildbot_stats.cli.demo", module)
     assert_one_error(*run(capsys, "demo"), "^buildbot-stats: error: port 8010 is in use$")
 
 
 def test_demo_missing(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "buildbot_stats.demo", None)  # import raises ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, "buildbot_stats.cli.demo", None)  # import raises ModuleNotFoundError
     code, out, err = run(capsys, "demo")
     assert_one_error(code, out, err, "the demo is not available")
 

@@ -1,4 +1,4 @@
-"""End-to-end checks of the real-master harness in tests/support/realmaster.py."""
+"""End-to-end checks of the real-master process driver, buildbot_stats/cli/master_process.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from buildbot.process.results import RETRY, SUCCESS
 
-from tests.support.realmaster import RealMaster, free_port, make_master_cfg
+from buildbot_stats.cli.master_process import RealMaster, free_port, make_master_cfg
 
 HEADER = """
 from buildbot.process import buildstep

@@ -1,4 +1,4 @@
-"""A self-contained HTML page for a :class:`~buildbot_stats.summary.Summary`.
+"""A self-contained HTML page for a :class:`~buildbot_stats.cli.summary.Summary`.
 
 Everything is inline: CSS in a ``<style>`` element, charts as inline SVG, no
 script, no font, no image, no link.  A Content-Security-Policy meta element
@@ -19,7 +19,7 @@ import datetime
 import html
 import math
 
-from buildbot_stats.summary import (
+from buildbot_stats.cli.summary import (
     BUILDER_HEADERS,
     SERIES_HEADERS,
     DurationSample,

@@ -104,9 +104,9 @@ def _error(message: str) -> int:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from buildbot_stats.report_html import render_html
+    from buildbot_stats.cli.report_html import render_html
     from buildbot_stats.storage_backends.sqlite import StoreError
-    from buildbot_stats.summary import format_table, summarize_path, to_json
+    from buildbot_stats.cli.summary import format_table, summarize_path, to_json
 
     try:
         summary = summarize_path(args.path)
@@ -133,10 +133,10 @@ def _exception_class(module: Any, name: str) -> tuple[type[BaseException], ...]:
 
 def _demo(args: argparse.Namespace) -> int:
     try:
-        demo = importlib.import_module("buildbot_stats.demo")
+        demo = importlib.import_module("buildbot_stats.cli.demo")
     except ModuleNotFoundError as e:
-        if e.name in ("buildbot_stats.demo", "buildbot_stats"):
-            return _error("the demo is not available in this installation (no module buildbot_stats.demo)")
+        if e.name in ("buildbot_stats.cli.demo", "buildbot_stats"):
+            return _error("the demo is not available in this installation (no module buildbot_stats.cli.demo)")
         return _error(f"the demo needs the Python module {e.name!r}, which is not installed")
     except ImportError as e:
         return _error(f"the demo cannot be loaded: {e}")
@@ -178,7 +178,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError):
             pass
         return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
