@@ -87,7 +87,7 @@ class Capture(abc.ABC):
     def _builder_info(self, builderid: Any) -> defer.Deferred:
         service = self._stats_service
         if service is not None:
-            d = service.builder_info(builderid)
+            d = service.lookups.builder(builderid)
         else:
             d = defer.maybeDeferred(self.master.data.get, ("builders", builderid))
         return d.addCallback(self._known_builder, builderid)
@@ -360,7 +360,7 @@ class CaptureDataBase(Capture):
         build_data = msg["build_data"]
         builderid = build_data["builderid"]
         service = self._stats_service
-        known = service.known_builder_info(builderid) if service is not None else None
+        known = service.lookups.known_builder(builderid) if service is not None else None
         if known is None:
             return self._builder_info(builderid).addCallback(self._consume_data, build_data, msg)
         try:

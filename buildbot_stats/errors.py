@@ -12,6 +12,7 @@ from buildbot.errors import CaptureCallbackError
 
 __all__ = [
     "BackendConfigurationError",
+    "RefusedWriteError",
     "BatchTooLargeError",
     "CaptureCallbackError",
     "PartialDeliveryError",
@@ -40,12 +41,18 @@ class TransientWriteError(Exception):
     """The write failed but may succeed later (server down, timeout, 5xx, 503)."""
 
 
-class BackendConfigurationError(TransientWriteError):
-    """The backend refused us for a reason a person must fix (auth, missing database).
+class RefusedWriteError(TransientWriteError):
+    """The backend refused the write for a reason a person must fix (auth, missing database).
 
-    Retried slowly: once the password is fixed or the database created, the
-    points are delivered without a master restart.
+    Nothing is dropped: the points are retried every ``max_retry_delay``, so
+    once the password is fixed or the database created they are delivered
+    without a master restart.
     """
+
+
+#: The name this error had in 0.1 (it is a write failure, not a master.cfg mistake);
+#: kept so that backends written against 0.1 keep working.
+BackendConfigurationError = RefusedWriteError
 
 
 class SplitBatchError(Exception):

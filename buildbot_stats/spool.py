@@ -5,7 +5,9 @@ killed, sends them after it starts again; :class:`MemorySpool` keeps nothing
 (``spool_path=None``).
 
 The file holds *segments*: each spool write of a delivery queue is one row of
-the table ``buildbot_stats_segments``, keyed by the id of its first point, with
+the table ``buildbot_stats_segments``, keyed by the queue (``queue_key``:
+``<service name>/<backend name>``, as several services may share one file) and
+the id of its first point, with
 the ids of its points and the points themselves, serialised in one call (a
 pickle of plain lists, dicts, strings and numbers: lossless for NaN and ±Inf,
 read back by an unpickler that refuses every class and function).  The queue
@@ -18,10 +20,12 @@ already has.  Points dropped by ``max_spool_points`` from a segment whose other
 points are still pending leave the file with that segment (and are sent again
 if the master restarts before then).
 
-A view ``buildbot_stats_spool`` shows one row ``(id, backend)`` per point of
+A view ``buildbot_stats_spool`` shows one row ``(id, queue_key)`` per point of
 the segments, for inspection (``SELECT COUNT(*) FROM buildbot_stats_spool``).
 
-All ``thd_*`` methods are blocking and are called from one dedicated thread.
+All ``thd_*`` methods are blocking and are called from one dedicated thread
+(:mod:`buildbot_stats.spool_thread`); :class:`Spool` is the interface both
+spools implement.
 """
 
 from __future__ import annotations
@@ -33,30 +37,30 @@ import pickle
 import sqlite3
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from buildbot_stats.point import Point, is_flat_plain, to_plain
 from buildbot_stats.sqlite_wal import connect_wal
 
-__all__ = ["MemorySpool", "SQLiteSpool", "Segment", "dump_points", "load_points"]
+__all__ = ["MemorySpool", "SQLiteSpool", "Spool", "SpoolSegment", "dump_points", "load_points"]
 
 _TABLE = "buildbot_stats_segments"
 _VIEW = "buildbot_stats_spool"
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3  # 3: column backend renamed queue_key (2 is migrated)
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {_TABLE} (
-    backend TEXT NOT NULL,
+    queue_key TEXT NOT NULL,
     id INTEGER NOT NULL,
     last_id INTEGER NOT NULL,
     ids TEXT NOT NULL,
     points BLOB NOT NULL,
-    PRIMARY KEY (backend, id)
+    PRIMARY KEY (queue_key, id)
 )
 """
 _QUARANTINE = "buildbot_stats_unreadable"
 _QUARANTINE_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {_QUARANTINE} (
-    backend TEXT NOT NULL,
+    queue_key TEXT NOT NULL,
     id INTEGER NOT NULL,
     ids TEXT NOT NULL,
     points BLOB NOT NULL,
@@ -64,14 +68,14 @@ CREATE TABLE IF NOT EXISTS {_QUARANTINE} (
 )
 """
 _CREATE_VIEW = (
-    f"CREATE VIEW IF NOT EXISTS {_VIEW} (id, backend) AS "
-    f"SELECT j.value, s.backend FROM {_TABLE} AS s, json_each(s.ids) AS j"
+    f"CREATE VIEW IF NOT EXISTS {_VIEW} (id, queue_key) AS "
+    f"SELECT j.value, s.queue_key FROM {_TABLE} AS s, json_each(s.ids) AS j"
 )
-_INSERT = f"INSERT OR REPLACE INTO {_TABLE} (backend, id, last_id, ids, points) VALUES (?,?,?,?,?)"
+_INSERT = f"INSERT OR REPLACE INTO {_TABLE} (queue_key, id, last_id, ids, points) VALUES (?,?,?,?,?)"
 _PICKLE_PROTOCOL = 5  # readable by Python >= 3.8
 
-# (first id, ids, points): what a queue writes and finds again at start
-Segment = tuple[int, list[int], list[Point]]
+# (first id, ids, points): one spool write of a queue, as written and as found again at start
+SpoolSegment = tuple[int, list[int], list[Point]]
 
 
 class _PlainPickler(pickle.Pickler):
@@ -150,6 +154,44 @@ def load_points(data: bytes) -> list[Point]:
     return list(map(Point, series, fields, tags, times))
 
 
+class Spool(Protocol):
+    """Where a delivery queue keeps the points its backend has not accepted yet.
+
+    Blocking methods, called in submission order from one thread (see
+    :class:`~buildbot_stats.spool_thread.SpoolThread`).  Points are grouped in
+    segments under a queue key; a segment leaves when all its points were
+    accepted (or dropped).
+    """
+
+    #: whether the points survive a restart of the master
+    durable: bool
+    path: str | None
+    #: where an unreadable file was moved at open (for the log), if it was
+    set_aside: str | None
+
+    def thd_open(self) -> None: ...
+
+    def thd_last_id(self) -> int:
+        """The highest point id in the spool (new ids continue after it)."""
+        ...
+
+    def thd_read_pending(self, queue_key: str) -> tuple[list[SpoolSegment], int]:
+        """The segments of ``queue_key`` in order, and how many unreadable ones were set aside."""
+        ...
+
+    def thd_pending_counts(self) -> dict[str, int]:
+        """Queue key -> pending points, for every queue in the spool."""
+        ...
+
+    def thd_append(self, queue_key: str, segments: list[SpoolSegment]) -> None: ...
+
+    def thd_release(self, queue_key: str, segment_ids: Iterable[int]) -> None:
+        """Remove the segments whose points all left the queue."""
+        ...
+
+    def thd_close(self) -> None: ...
+
+
 class MemorySpool:
     """No durability: points live only in the delivery queue's memory."""
 
@@ -160,19 +202,19 @@ class MemorySpool:
     def thd_open(self) -> None:
         pass
 
-    def thd_max_id(self) -> int:
+    def thd_last_id(self) -> int:
         return 0
 
-    def thd_load(self, backend: str) -> tuple[list[Segment], int]:
+    def thd_read_pending(self, queue_key: str) -> tuple[list[SpoolSegment], int]:
         return [], 0
 
-    def thd_backends(self) -> dict[str, int]:
+    def thd_pending_counts(self) -> dict[str, int]:
         return {}
 
-    def thd_append(self, backend: str, segments: list[Segment]) -> None:
+    def thd_append(self, queue_key: str, segments: list[SpoolSegment]) -> None:
         pass
 
-    def thd_remove(self, backend: str, segment_ids: Iterable[int]) -> None:
+    def thd_release(self, queue_key: str, segment_ids: Iterable[int]) -> None:
         pass
 
     def thd_close(self) -> None:
@@ -193,7 +235,6 @@ class SQLiteSpool:
     def __init__(self, path: str) -> None:
         self.path = path
         self._db: sqlite3.Connection | None = None
-        #: where an unreadable file was moved at open, for the log
         self.set_aside: str | None = None
 
     def __repr__(self) -> str:
@@ -220,7 +261,9 @@ class SQLiteSpool:
                 db.execute("BEGIN IMMEDIATE")
                 version = db.execute("PRAGMA user_version").fetchone()[0]
                 has_tables = db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
-                if version != _SCHEMA_VERSION and has_tables:
+                if version == 2 and has_tables:
+                    _migrate_from_2(db)
+                elif version != _SCHEMA_VERSION and has_tables:
                     raise sqlite3.DatabaseError(f"spool schema {version}, expected {_SCHEMA_VERSION}")
                 db.execute(_SCHEMA)
                 db.execute(_QUARANTINE_SCHEMA)
@@ -239,53 +282,52 @@ class SQLiteSpool:
             raise RuntimeError(f"spool {self.path} is not open")
         return self._db
 
-    def thd_max_id(self) -> int:
+    def thd_last_id(self) -> int:
         row = self._conn().execute(f"SELECT MAX(last_id) FROM {_TABLE}").fetchone()
         return row[0] or 0
 
-    def thd_backends(self) -> dict[str, int]:
-        """Spool key -> number of pending points, for every key in the file."""
-        rows = self._conn().execute(f"SELECT backend, ids FROM {_TABLE}")
+    def thd_pending_counts(self) -> dict[str, int]:
+        rows = self._conn().execute(f"SELECT queue_key, ids FROM {_TABLE}")
         counts: dict[str, int] = {}
-        for backend, ids in rows:
-            counts[backend] = counts.get(backend, 0) + ids.count(",") + 1
+        for queue_key, ids in rows:
+            counts[queue_key] = counts.get(queue_key, 0) + ids.count(",") + 1
         return counts
 
-    def thd_load(self, backend: str) -> tuple[list[Segment], int]:
-        """The segments of ``backend``, and how many unreadable ones were set aside."""
+    def thd_read_pending(self, queue_key: str) -> tuple[list[SpoolSegment], int]:
         db = self._conn()
         rows = db.execute(
-            f"SELECT id, ids, points FROM {_TABLE} WHERE backend = ? ORDER BY id", (backend,)
+            f"SELECT id, ids, points FROM {_TABLE} WHERE queue_key = ? ORDER BY id", (queue_key,)
         ).fetchall()
-        segments: list[Segment] = []
+        segments: list[SpoolSegment] = []
         bad = []
         for sid, ids, data in rows:
             try:
                 segments.append((sid, json.loads(ids), load_points(data)))
             except Exception as e:
-                bad.append((backend, sid, ids, data, f"{type(e).__name__}: {e}"))
+                bad.append((queue_key, sid, ids, data, f"{type(e).__name__}: {e}"))
         if bad:
             with db:
                 db.execute("BEGIN")
                 db.executemany(f"INSERT INTO {_QUARANTINE} VALUES (?,?,?,?,?)", bad)
                 db.executemany(
-                    f"DELETE FROM {_TABLE} WHERE backend = ? AND id = ?", [(b[0], b[1]) for b in bad]
+                    f"DELETE FROM {_TABLE} WHERE queue_key = ? AND id = ?", [(b[0], b[1]) for b in bad]
                 )
         return segments, len(bad)
 
-    def thd_append(self, backend: str, segments: list[Segment]) -> None:
+    def thd_append(self, queue_key: str, segments: list[SpoolSegment]) -> None:
         db = self._conn()
         with db:
             db.execute("BEGIN")
-            for segment in segments:
-                _insert(db, backend, segment)
+            for sid, ids, points in segments:
+                ids_text = "[" + ",".join(map(str, ids)) + "]"  # a JSON array, for the view
+                db.execute(_INSERT, (queue_key, sid, ids[-1], ids_text, dump_points(points)))
 
-    def thd_remove(self, backend: str, segment_ids: Iterable[int]) -> None:
+    def thd_release(self, queue_key: str, segment_ids: Iterable[int]) -> None:
         db = self._conn()
         with db:
             db.execute("BEGIN")
             db.executemany(
-                f"DELETE FROM {_TABLE} WHERE backend = ? AND id = ?", [(backend, i) for i in segment_ids]
+                f"DELETE FROM {_TABLE} WHERE queue_key = ? AND id = ?", [(queue_key, i) for i in segment_ids]
             )
 
     def thd_close(self) -> None:
@@ -294,7 +336,10 @@ class SQLiteSpool:
             self._db = None
 
 
-def _insert(db: sqlite3.Connection, backend: str, segment: Segment) -> None:
-    sid, ids, points = segment
-    ids_text = "[" + ",".join(map(str, ids)) + "]"  # a JSON array, for the view
-    db.execute(_INSERT, (backend, sid, ids[-1], ids_text, dump_points(points)))
+def _migrate_from_2(db: sqlite3.Connection) -> None:
+    """Schema 2 named the queue key column ``backend``; the data is unchanged."""
+    db.execute(f"DROP VIEW IF EXISTS {_VIEW}")
+    for table in (_TABLE, _QUARANTINE):
+        exists = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone()
+        if exists:
+            db.execute(f"ALTER TABLE {table} RENAME COLUMN backend TO queue_key")

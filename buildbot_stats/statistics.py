@@ -1,51 +1,19 @@
-"""Everything a master.cfg needs: ``from buildbot_stats import statistics``."""
+"""Everything a master.cfg needs: ``from buildbot_stats import statistics``.
 
-from buildbot_stats.capture import (
-    Capture,
-    CaptureBuildDuration,
-    CaptureBuildDurationAllBuilders,
-    CaptureBuildEndTime,
-    CaptureBuildEndTimeAllBuilders,
-    CaptureBuildResults,
-    CaptureBuildResultsAllBuilders,
-    CaptureBuildStartTime,
-    CaptureBuildStartTimeAllBuilders,
-    CaptureBuildTimes,
-    CaptureData,
-    CaptureDataAllBuilders,
-    CaptureDataBase,
-    CaptureProperty,
-    CapturePropertyAllBuilders,
-    CapturePropertyBase,
-)
-from buildbot_stats.errors import CaptureCallbackError
-from buildbot_stats.stats_service import StatsService
-from buildbot_stats.steps import StatsStepMixin, get_stats_service
-from buildbot_stats.storage_backends.base import IStatsStorage, StatsStorageBase
-from buildbot_stats.storage_backends.influxdb_client import InfluxStorageService
+The names are those of the modules' own ``__all__`` lists, so a capture or a
+backend added to its module is here without a second list to keep in step.
+"""
 
-__all__ = [
-    "Capture",
-    "CaptureBuildDuration",
-    "CaptureBuildDurationAllBuilders",
-    "CaptureBuildEndTime",
-    "CaptureBuildEndTimeAllBuilders",
-    "CaptureBuildStartTime",
-    "CaptureBuildStartTimeAllBuilders",
-    "CaptureBuildResults",
-    "CaptureBuildResultsAllBuilders",
-    "CaptureBuildTimes",
-    "CaptureCallbackError",
-    "CaptureData",
-    "CaptureDataAllBuilders",
-    "CaptureDataBase",
-    "CaptureProperty",
-    "CapturePropertyAllBuilders",
-    "CapturePropertyBase",
-    "IStatsStorage",
-    "InfluxStorageService",
-    "StatsService",
-    "StatsStepMixin",
-    "StatsStorageBase",
-    "get_stats_service",
-]
+from buildbot_stats import capture, errors, stats_service, steps
+from buildbot_stats.capture import *  # noqa: F403
+from buildbot_stats.errors import *  # noqa: F403
+from buildbot_stats.stats_service import *  # noqa: F403
+from buildbot_stats.steps import *  # noqa: F403
+from buildbot_stats.storage_backends import base, influxdb_client, sqlite
+from buildbot_stats.storage_backends.base import *  # noqa: F403
+from buildbot_stats.storage_backends.influxdb_client import *  # noqa: F403
+from buildbot_stats.storage_backends.sqlite import *  # noqa: F403
+
+_MODULES = (capture, errors, stats_service, steps, base, influxdb_client, sqlite)
+
+__all__ = sorted({name for module in _MODULES for name in module.__all__})

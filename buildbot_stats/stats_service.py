@@ -1,85 +1,44 @@
-"""The StatsService: registers captures on the MQ and owns the delivery queues."""
+"""The StatsService: registers captures on the MQ and hands their points to the delivery queues.
+
+What it delegates: option defaults and checks to :mod:`buildbot_stats.options`,
+opening the spool to :mod:`buildbot_stats.spool_thread`, the queues and their
+reconciliation on reconfig to :mod:`buildbot_stats.queues`, builder and build
+lookups to :mod:`buildbot_stats.lookups`.
+
+The camelCase names (``registerConsumers``, ``removeConsumers``,
+``yieldMetricsValue``, ``registeredStorageServices``) are the public surface of
+``buildbot.statistics``'s StatsService, kept for compatibility.
+"""
 
 from __future__ import annotations
 
-import itertools
-import os
-from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
 from typing import Any
 
 from buildbot import config
 from buildbot.util import service
 from twisted.internet import defer
-from twisted.python import log, threadpool
-from twisted.python.failure import Failure
+from twisted.python import log
 
 from buildbot_stats.capture import YIELD_DATA, Capture
-from buildbot_stats.delivery import Counters, DeliveryPolicy, DeliveryQueue, SpoolRunner
 from buildbot_stats.errors import CaptureCallbackError, StorageBackendTypeError
+from buildbot_stats.lookups import BuildLookups
+from buildbot_stats.options import DEFAULT_SPOOL_PATH, ServiceOptions
 from buildbot_stats.point import Clock, Point, to_ns
-from buildbot_stats.spool import MemorySpool, SQLiteSpool
+from buildbot_stats.queues import QueueSet
+from buildbot_stats.spool_thread import open_spool
 from buildbot_stats.storage_backends.base import is_storage_backend
 
 __all__ = ["DEFAULT_SPOOL_PATH", "StatsService"]
-
-DEFAULT_SPOOL_PATH = "stats-spool.sqlite"
-_BUILD_CACHE_SIZE = 256
-
-
-@dataclass(frozen=True)
-class ServiceOptions:
-    """The delivery arguments of :class:`StatsService`, with their defaults."""
-
-    spool_path: str | None = DEFAULT_SPOOL_PATH
-    batch_size: int = 5000
-    max_spool_points: int = 200_000
-    max_retry_delay: float = 60.0
-    flush_timeout: float = 10.0
-
-    @classmethod
-    def problems(cls, options: dict[str, Any]) -> list[str]:
-        """What is wrong with ``options``, one message each (for ``config.error``)."""
-        known = {f.name for f in fields(cls)}
-        found = [f"unknown argument {name!r}" for name in options if name not in known]
-        opts = cls(**{k: v for k, v in options.items() if k in known})
-        if opts.spool_path is not None and not isinstance(opts.spool_path, str):
-            found.append("spool_path must be a file path or None")
-        for name in ("batch_size", "max_spool_points"):
-            count = getattr(opts, name)
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                found.append(f"{name} must be an integer >= 1, not {count!r}")
-        for name in ("max_retry_delay", "flush_timeout"):
-            seconds = getattr(opts, name)
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
-                found.append(f"{name} must be a number of seconds >= 0, not {seconds!r}")
-        return found
-
-
-def _backend_name(backend: Any) -> str:
-    return getattr(backend, "name", None) or type(backend).__name__
-
-
-def _backend_keys(backends: Sequence[Any]) -> list[str]:
-    """A stable key per backend (its name), made unique by a ``#n`` suffix."""
-    keys: list[str] = []
-    for backend in backends:
-        base = _backend_name(backend)
-        key, n = base, 1
-        while key in keys:
-            n += 1
-            key = f"{base}#{n}"
-        keys.append(key)
-    return keys
 
 
 class StatsService(service.BuildbotService):
     """Passes statistics captured on the master on to every storage backend.
 
     ``storage_backends`` is the list of backends; the other arguments tune
-    delivery: ``spool_path`` (relative to the master's basedir; ``None`` keeps
-    pending points in memory only), ``batch_size`` (points per write),
+    delivery (see :class:`~buildbot_stats.options.ServiceOptions`):
+    ``spool_path`` (relative to the master's basedir; ``None`` keeps pending
+    points in memory only), ``batch_size`` (points per write),
     ``max_spool_points`` (per backend, oldest dropped beyond it),
     ``max_retry_delay`` (seconds, the backoff cap) and ``flush_timeout``
     (seconds that ``stopService`` waits for pending writes).
@@ -90,24 +49,15 @@ class StatsService(service.BuildbotService):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        #: MQ consumers of the captures (spec name)
         self.consumers: list[Any] = []
+        #: the configured backends (spec name)
         self.registeredStorageServices: list[Any] = []
-        self.queues: dict[str, DeliveryQueue] = {}
         self.clock = Clock()
-        self._queue_of: dict[int, DeliveryQueue] = {}
-        self._policy = DeliveryPolicy()
-        self._flush_timeout = 10.0
-        self._spool: SpoolRunner | None = None
-        self._spool_pool: Any = None
-        self._ids: Any = None
-        self._builders: dict[Any, dict[str, Any]] = {}
-        self._builder_waiters: dict[Any, list[defer.Deferred]] = {}
-        self._builds: OrderedDict[Any, dict[str, Any]] = OrderedDict()
-        self._retired = Counters()
-        self._aliased_in_master = False
-        self._orphans_logged: set[str] = set()
-        self._unconfigured_logged: set[int] = set()
+        self.lookups: BuildLookups | None = None
+        self._queues: QueueSet | None = None
         self._spool_path: str | None = None
+        self._aliased_in_master = False
 
     def checkConfig(self, storage_backends: Sequence[Any] = (), **options: Any) -> None:  # type: ignore[override]
         if not isinstance(storage_backends, (list, tuple)):
@@ -139,127 +89,20 @@ class StatsService(service.BuildbotService):
         opts = ServiceOptions(**options)
         log.msg(f"buildbot_stats: configuring StatsService {self.name!r} with backends {storage_backends!r}")
         self.registeredStorageServices = list(storage_backends)
-        self._policy = DeliveryPolicy(
-            batch_size=opts.batch_size,
-            max_spool_points=opts.max_spool_points,
-            max_retry_delay=float(opts.max_retry_delay),
-            min_retry_delay=min(0.5, float(opts.max_retry_delay)),
-        )
-        self._flush_timeout = float(opts.flush_timeout)
-        if self._spool is None:
-            yield self._open_spool(opts.spool_path)
+        if self.lookups is None or self.lookups.master is not self.master:
+            self.lookups = BuildLookups(self.master)
+        if self._queues is None:
+            basedir = getattr(self.master, "basedir", None) if self.master else None
+            spool, last_id = yield open_spool(opts.spool_path, basedir, self.master.reactor)
+            self._queues = QueueSet(self.name, spool, last_id, self.master.reactor)
             self._spool_path = opts.spool_path
         elif opts.spool_path != self._spool_path:
             log.msg("buildbot_stats: spool_path changed; the new path is used after a master restart")
-        yield self._sync_queues()
+        yield self._queues.configure(self.registeredStorageServices, opts.policy())
         yield self.removeConsumers()
         yield self.registerConsumers()
 
-    # -- spool and queues --------------------------------------------------
-
-    def _spool_file(self, spool_path: str | None) -> str | None:
-        if spool_path is None:
-            return None
-        basedir = getattr(self.master, "basedir", None) if self.master else None
-        if basedir is None and not os.path.isabs(spool_path):
-            return None
-        return os.path.join(basedir or "", os.path.expanduser(spool_path))
-
-    @defer.inlineCallbacks
-    def _open_spool(self, spool_path: str | None) -> Any:
-        reactor = self.master.reactor if self.master else None
-        path = self._spool_file(spool_path)
-        if path is None:
-            if spool_path is not None:
-                log.msg("buildbot_stats: no master basedir; pending points are kept in memory only")
-            self._spool = SpoolRunner(MemorySpool(), reactor, None)
-            self._ids = itertools.count(1)
-            return
-        pool = threadpool.ThreadPool(minthreads=1, maxthreads=1, name="buildbot_stats-spool")
-        pool.start()
-        runner = SpoolRunner(SQLiteSpool(path), reactor, pool)
-        try:
-            yield runner.run(runner.spool.thd_open)
-            max_id = yield runner.run(runner.spool.thd_max_id)
-        except Exception as e:
-            pool.stop()
-            log.msg(
-                f"buildbot_stats: cannot open the spool {path} ({type(e).__name__}: {e}); "
-                "pending points are kept in memory only"
-            )
-            self._spool = SpoolRunner(MemorySpool(), reactor, None)
-            self._ids = itertools.count(1)
-            return
-        if runner.spool.set_aside:
-            log.msg(
-                f"buildbot_stats: the spool {path} could not be read; it was moved to "
-                f"{runner.spool.set_aside} and a new one started"
-            )
-        self._spool_pool = pool
-        self._spool = runner
-        self._ids = itertools.count(max_id + 1)
-
-    def _next_id(self) -> int:
-        return next(self._ids)
-
-    @defer.inlineCallbacks
-    def _sync_queues(self) -> Any:
-        assert self._spool is not None, "the spool is opened before the queues"
-        backends = self.registeredStorageServices
-        keys = _backend_keys(backends)
-        old = self.queues
-        self.queues = {}
-        self._queue_of = {}
-        for key, backend in zip(keys, backends):
-            queue = old.pop(key, None)
-            if queue is None:
-                spool_key = f"{self.name}/{key}"
-                queue = DeliveryQueue(
-                    key, backend, self._spool, self.master.reactor, self._policy, self._next_id, spool_key
-                )
-                try:
-                    segments, unreadable = yield self._spool.load(spool_key)
-                except Exception as e:
-                    # statistics must never keep the master from starting
-                    log.msg(f"buildbot_stats: cannot read the spool for backend {key!r}: {e}")
-                    segments, unreadable = [], 0
-                if unreadable:
-                    log.msg(
-                        f"buildbot_stats: {unreadable} unreadable spool segment(s) of backend {key!r} "
-                        "were moved to the table buildbot_stats_unreadable"
-                    )
-                queue.restore(segments)
-            else:
-                queue.backend = backend
-                queue.policy = self._policy
-            self.queues[key] = queue
-            self._queue_of[id(backend)] = queue
-        for queue in old.values():
-            # A backend removed from the configuration: its points stay spooled
-            # and are sent if a backend of that name comes back.
-            yield queue.stop(self._flush_timeout)
-            self._retired.add(queue.counters)
-        yield self._log_orphans()
-
-    @defer.inlineCallbacks
-    def _log_orphans(self) -> Any:
-        """Say so when the spool holds points of backends this service no longer has."""
-        spool = self._spool
-        if spool is None:
-            return
-        try:
-            counts = yield spool.run(spool.spool.thd_backends)
-        except Exception:
-            return
-        mine = f"{self.name}/"
-        for spool_key, n in sorted(counts.items()):
-            key = spool_key[len(mine) :]
-            if spool_key.startswith(mine) and key not in self.queues and key not in self._orphans_logged:
-                self._orphans_logged.add(key)
-                log.msg(
-                    f"buildbot_stats: the spool holds {n} point(s) of backend {key!r}, which is not "
-                    "configured; they are sent if a backend of that name is configured again"
-                )
+    # -- points ------------------------------------------------------------
 
     def store(
         self, capture: Any, post_data: Any, series_name: str, context: Any, time: Any = None
@@ -276,54 +119,30 @@ class StatsService(service.BuildbotService):
             dict(context) if context else {},
             self.clock.now_ns() if time is None else to_ns(time),
         )
-        backends = capture.parent_svcs
-        if len(backends) == 1:
-            queue = self._queue_of.get(id(backends[0]))
-            if queue is not None:
-                return queue.put([point], True)
-        return self._put([point], backends)
+        if self._queues is None:
+            return defer.fail(RuntimeError(f"StatsService {self.name!r} is not running"))
+        return self._queues.put([point], capture.parent_svcs)
 
-    def _put(self, points: list[Point], backends: Sequence[Any]) -> defer.Deferred:
-        waits = []
-        for backend in backends:
-            queue = self._queue_of.get(id(backend)) or self._queue_by_name(backend)
-            if queue is None:
-                if id(backend) not in self._unconfigured_logged:
-                    self._unconfigured_logged.add(id(backend))
-                    log.msg(
-                        f"buildbot_stats: backend {backend!r} is not configured; its points are not stored"
-                    )
-                self._retired.dropped += len(points)
-                continue
-            waits.append(queue.put(points, True))
-        if len(waits) == 1:
-            return waits[0]
-        return defer.gatherResults(waits, consumeErrors=True)
+    @property
+    def queues(self) -> dict[str, Any]:
+        """The delivery queue of each backend, by backend key."""
+        return self._queues.queues if self._queues is not None else {}
 
-    def _queue_by_name(self, backend: Any) -> DeliveryQueue | None:
-        """The queue of a backend replaced by a reconfig while its capture was busy.
-
-        A capture that was waiting for data when ``buildbot reconfig`` ran still
-        holds the old backend object; its points go to the queue of the same name.
-        """
-        return self.queues.get(_backend_name(backend))
+    @property
+    def spool(self) -> Any:
+        """The spool (a :class:`~buildbot_stats.spool_thread.SpoolThread`), None when stopped."""
+        return self._queues.spool if self._queues is not None else None
 
     @property
     def counters(self) -> dict[str, int]:
         """Counters summed over all backends: captured, spooled, written, retried, dropped, pending."""
-        total = Counters()
-        total.add(self._retired)
-        for queue in self.queues.values():
-            queue.counters.pending = queue.pending
-            total.add(queue.counters)
-        return total.as_dict()
+        if self._queues is None:
+            return {k: 0 for k in ("captured", "spooled", "written", "retried", "dropped", "pending")}
+        return self._queues.totals()
 
     def backend_counters(self) -> dict[str, dict[str, int]]:
-        result = {}
-        for key, queue in self.queues.items():
-            queue.counters.pending = queue.pending
-            result[key] = queue.counters.as_dict()
-        return result
+        """The counters of each backend, by backend key."""
+        return self._queues.per_backend() if self._queues is not None else {}
 
     # -- MQ consumers ------------------------------------------------------
 
@@ -371,6 +190,8 @@ class StatsService(service.BuildbotService):
             yield consumer.stopConsuming()
         self.consumers = []
 
+    # -- life cycle --------------------------------------------------------
+
     @defer.inlineCallbacks
     def startService(self) -> Any:
         yield super().startService()
@@ -391,71 +212,21 @@ class StatsService(service.BuildbotService):
             self._aliased_in_master = False
         yield super().stopService()
         yield self.removeConsumers()
-        for queue in self.queues.values():
-            yield queue.stop(self._flush_timeout)
-        if self._spool is not None:
-            spool = self._spool
-            yield spool.run(spool.spool.thd_close)
-            spool.closed = True
-            self._spool = None
-        if self._spool_pool is not None:
-            self._spool_pool.stop()
-            self._spool_pool = None
-        self.queues = {}
-        self._queue_of = {}
+        queues, self._queues = self._queues, None
+        if queues is not None:
+            try:
+                yield queues.stop()
+            finally:
+                yield queues.spool.close()
 
     # -- data from build steps ---------------------------------------------
-
-    def known_builder_info(self, builderid: Any) -> dict[str, Any] | None:
-        """The builder's data if already looked up, else None (no Deferred)."""
-        return self._builders.get(builderid)
-
-    def builder_info(self, builderid: Any) -> defer.Deferred:
-        """The builder's data (cached: builder ids never change their name).
-
-        Lookups of a builder made while its first query runs wait for that
-        query: a step posting many values at once makes one query, not one each.
-        """
-        info = self._builders.get(builderid)
-        if info is not None:
-            return defer.succeed(info)
-        d: defer.Deferred = defer.Deferred()
-        waiters = self._builder_waiters.get(builderid)
-        if waiters is not None:
-            waiters.append(d)
-            return d
-        self._builder_waiters[builderid] = [d]
-
-        def done(result: Any) -> None:
-            for waiter in self._builder_waiters.pop(builderid, []):
-                if isinstance(result, Failure):
-                    waiter.errback(result)
-                else:
-                    if result is not None:
-                        self._builders[builderid] = result
-                    waiter.callback(result)
-
-        defer.maybeDeferred(self.master.data.get, ("builders", builderid)).addBoth(done)
-        return d
-
-    @defer.inlineCallbacks
-    def _build_data(self, buildid: Any) -> Any:
-        build = self._builds.get(buildid)
-        if build is None:
-            build = yield self.master.data.get(("builds", buildid))
-            if build is None:
-                raise CaptureCallbackError(f"yieldMetricsValue: no build with id {buildid!r}")
-            self._builds[buildid] = build
-            if len(self._builds) > _BUILD_CACHE_SIZE:
-                self._builds.popitem(last=False)
-        return build
 
     def yieldMetricsValue(self, data_name: str, post_data: Any, buildid: int) -> defer.Deferred:
         """Post ``post_data`` (a dict of field values) for build ``buildid`` as ``data_name``.
 
         Captured by :class:`~buildbot_stats.capture.CaptureData` captures of that name.
         """
-        build_data = self._builds.get(buildid)
+        build_data = self.lookups.known_build(buildid) if self.lookups is not None else None
         if build_data is None:
             return self._yield_after_lookup(data_name, post_data, buildid)
         # the usual case, a build posting many values: no generator, no lookup
@@ -473,12 +244,16 @@ class StatsService(service.BuildbotService):
 
     @defer.inlineCallbacks
     def _yield_after_lookup(self, data_name: str, post_data: Any, buildid: int) -> Any:
-        build_data = yield self._build_data(buildid)
+        if self.lookups is None:
+            raise RuntimeError(f"StatsService {self.name!r} is not configured")
+        build_data = yield self.lookups.build(buildid)
         self._produce(data_name, post_data, build_data)
 
     @defer.inlineCallbacks
     def yieldMetricsValues(self, data_name: str, post_data_list: Sequence[Any], buildid: int) -> Any:
         """Post many values at once: one build lookup, one message per value."""
-        build_data = yield self._build_data(buildid)
+        if self.lookups is None:
+            raise RuntimeError(f"StatsService {self.name!r} is not configured")
+        build_data = yield self.lookups.build(buildid)
         for post_data in post_data_list:
             self._produce(data_name, post_data, build_data)

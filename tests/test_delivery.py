@@ -10,7 +10,7 @@ from buildbot.test.util.logging import LoggingMixin
 from twisted.internet import defer, threads
 
 from buildbot_stats import capture
-from buildbot_stats.errors import BackendConfigurationError, BatchTooLargeError
+from buildbot_stats.errors import BatchTooLargeError, RefusedWriteError
 from buildbot_stats.point import Point, PointProblem
 from buildbot_stats.stats_service import StatsService
 from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
@@ -98,19 +98,19 @@ class RetryTests(DataTestCase):
         self.assertLogged("accepts writes again")
 
     def test_backoff_grows_and_is_capped(self):
-        from buildbot_stats.delivery import DeliveryPolicy
+        from buildbot_stats.options import DeliveryPolicy
 
         policy = DeliveryPolicy(min_retry_delay=0.5, max_retry_delay=60)
         delays = [policy.retry_delay(a) for a in range(1, 20)]
         self.assertTrue(all(0.25 <= d <= 60 for d in delays))
         self.assertLessEqual(delays[0], 0.5)
         self.assertGreaterEqual(delays[-1], 30)
-        self.assertEqual(policy.retry_delay(1, config_error=True), 60)
+        self.assertEqual(policy.retry_delay(1, needs_fixing=True), 60)
 
     @defer.inlineCallbacks
     def test_configuration_error_is_retried_slowly(self):
         backend = yield self.use(capture.CaptureData("m", "builder1"), max_retry_delay=30)
-        backend.fail_next(1, BackendConfigurationError("database 'x' not found"))
+        backend.fail_next(1, RefusedWriteError("database 'x' not found"))
         self.post(2)
         self.assertLogged("database 'x' not found")
         self.reactor.advance(29)
@@ -276,10 +276,8 @@ class SpoolTests(DataTestCase):
     def test_default_spool_lives_in_master_basedir(self):
         backend = RecordingStorage(captures=[capture.CaptureData("m", "builder1")])
         yield self.replace_service(backend)
-        self.assertEqual(
-            self.stats._spool.spool.path, os.path.join(self.master.basedir, "stats-spool.sqlite")
-        )
-        self.assertTrue(os.path.exists(self.stats._spool.spool.path))
+        self.assertEqual(self.stats.spool.path, os.path.join(self.master.basedir, "stats-spool.sqlite"))
+        self.assertTrue(os.path.exists(self.stats.spool.path))
 
     def test_spool_round_trips_awkward_values(self):
         from buildbot_stats.spool import dump_points, load_points
@@ -370,11 +368,11 @@ class SegmentTests(DataTestCase):
         self.reactor.advance(10)
         threads_.run_next()  # points 0-2 accepted
         self.assertEqual(self.values(backend), [0, 1, 2])
-        yield self.stats._spool.run(lambda: None)  # the spool thread is idle
+        yield self.stats.spool.idle()  # the spool thread is idle
         self.assertEqual(self.spool_rows(path), 1)
         threads_.run_all()
         self.assertEqual(self.values(backend), list(range(8)))
-        yield self.stats._spool.run(lambda: None)
+        yield self.stats.spool.idle()
         self.assertEqual(self.spool_rows(path), 0)
         yield self.stats.disownServiceParent()
         again = RecordingStorage(captures=[capture.CaptureData("m", "builder1")], name="influx")
@@ -488,7 +486,7 @@ class SpoolRobustnessTests(DataTestCase):
         up = self.recorder()
         yield self.replace_service(up, spool_path=path)
         self.assertLogged("could not be read; it was moved to .*unreadable-")
-        self.assertTrue(self.stats._spool.spool.durable)
+        self.assertTrue(self.stats.spool.durable)
         self.post(2)
         self.assertEqual(self.values(up), [0, 1])
         aside = [f for f in os.listdir(os.path.dirname(path)) if ".unreadable-" in f]

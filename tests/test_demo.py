@@ -31,9 +31,9 @@ from typing import Any
 import pytest
 from buildbot.process.results import FAILURE, SUCCESS, Results
 
+from buildbot_stats.cli.summary import format_table, summarize_path
 from buildbot_stats.point import Point
 from buildbot_stats.storage_backends.sqlite import open_store
-from buildbot_stats.cli.summary import format_table, summarize_path
 from tests.support.influxd import InfluxServer, require_influxd
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 from buildbot.process.results import FAILURE, SUCCESS, Results
 
-from tests.support.influxd import InfluxServer, require_influxd
 from buildbot_stats.cli.master_process import RealMaster, free_port, make_master_cfg
+from tests.support.influxd import InfluxServer, require_influxd
 
 BUILDERS = ("b1", "b2")
 CHANGES = 3

@@ -6,7 +6,7 @@ from buildbot.test.fake import fakestats
 from buildbot.test.util.logging import LoggingMixin
 from twisted.trial import unittest
 
-from buildbot_stats.errors import BackendConfigurationError, BatchTooLargeError, TransientWriteError
+from buildbot_stats.errors import BatchTooLargeError, RefusedWriteError, TransientWriteError
 from buildbot_stats.lineprotocol import encode_points
 from buildbot_stats.point import Point
 from buildbot_stats.storage_backends import influxdb_client
@@ -92,11 +92,11 @@ class ErrorClassificationTests(unittest.TestCase):
             (requests.exceptions.ReadTimeout("slow"), TransientWriteError),
             (InfluxDBServerError(b'{"error":"internal"}'), TransientWriteError),
             (InfluxDBClientError('{"error":"request throttled"}', 503), TransientWriteError),
-            (InfluxDBClientError('{"error":"authorization failed"}', 401), BackendConfigurationError),
-            (InfluxDBClientError('{"error":"forbidden"}', 403), BackendConfigurationError),
+            (InfluxDBClientError('{"error":"authorization failed"}', 401), RefusedWriteError),
+            (InfluxDBClientError('{"error":"forbidden"}', 403), RefusedWriteError),
             (
                 InfluxDBClientError('{"error":"database not found: \\"stats\\""}', 404),
-                BackendConfigurationError,
+                RefusedWriteError,
             ),
             (InfluxDBClientError('{"error":"Request Entity Too Large"}', 413), BatchTooLargeError),
         ):

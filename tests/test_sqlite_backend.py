@@ -11,7 +11,7 @@ import threading
 import pytest
 from buildbot.config.errors import ConfigErrors
 
-from buildbot_stats.errors import BackendConfigurationError
+from buildbot_stats.errors import RefusedWriteError
 from buildbot_stats.point import Point, PointProblem
 from buildbot_stats.storage_backends.base import WriteReport, is_storage_backend
 from buildbot_stats.storage_backends.sqlite import (
@@ -388,7 +388,7 @@ def test_refuses_a_foreign_database(tmp_path):
     db.commit()
     db.close()
     b = SQLiteStorageService(str(foreign), [])
-    with pytest.raises(BackendConfigurationError, match="not a buildbot_stats store"):
+    with pytest.raises(RefusedWriteError, match="not a buildbot_stats store"):
         b.thd_postStatsValues([Point("s", {"a": 1}, {}, T0)])
     db = sqlite3.connect(foreign)
     assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["builds"]
@@ -399,7 +399,7 @@ def test_refuses_a_text_file(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("hello\n" * 200)
     b = SQLiteStorageService(str(text), [])
-    with pytest.raises(BackendConfigurationError, match="not usable"):
+    with pytest.raises(RefusedWriteError, match="not usable"):
         b.thd_postStatsValues([Point("s", {"a": 1}, {}, T0)])
     assert text.read_text() == "hello\n" * 200
 
@@ -411,7 +411,7 @@ def test_refuses_a_newer_schema(backend, path):
     db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     db.commit()
     db.close()
-    with pytest.raises(BackendConfigurationError, match="schema version '99'"):
+    with pytest.raises(RefusedWriteError, match="schema version '99'"):
         SQLiteStorageService(path, []).thd_postStatsValues([Point("s", {"a": 1}, {}, T0)])
     with pytest.raises(StoreError, match="schema version '99' is not supported"):
         open_store(path)

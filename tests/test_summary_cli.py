@@ -17,10 +17,10 @@ import zlib
 import pytest
 
 from buildbot_stats import cli
-from buildbot_stats.point import Point, to_ns
 from buildbot_stats.cli.report_html import BAR_COLOR, POINT_COLOR, render_html
-from buildbot_stats.storage_backends.sqlite import SQLiteStorageService
 from buildbot_stats.cli.summary import Summary, nearest_rank, summarize_points
+from buildbot_stats.point import Point, to_ns
+from buildbot_stats.storage_backends.sqlite import SQLiteStorageService
 
 BASE = datetime.datetime(2024, 5, 1, 10, 0, tzinfo=datetime.timezone.utc)
 HOUR = datetime.timedelta(hours=1)

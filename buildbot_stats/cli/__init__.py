@@ -105,8 +105,8 @@ def _error(message: str) -> int:
 
 def _summary(args: argparse.Namespace) -> int:
     from buildbot_stats.cli.report_html import render_html
-    from buildbot_stats.storage_backends.sqlite import StoreError
     from buildbot_stats.cli.summary import format_table, summarize_path, to_json
+    from buildbot_stats.storage_backends.sqlite import StoreError
 
     try:
         summary = summarize_path(args.path)
@@ -136,7 +136,9 @@ def _demo(args: argparse.Namespace) -> int:
         demo = importlib.import_module("buildbot_stats.cli.demo")
     except ModuleNotFoundError as e:
         if e.name in ("buildbot_stats.cli.demo", "buildbot_stats"):
-            return _error("the demo is not available in this installation (no module buildbot_stats.cli.demo)")
+            return _error(
+                "the demo is not available in this installation (no module buildbot_stats.cli.demo)"
+            )
         return _error(f"the demo needs the Python module {e.name!r}, which is not installed")
     except ImportError as e:
         return _error(f"the demo cannot be loaded: {e}")

@@ -17,7 +17,7 @@ try:  # a backend written for Buildbot's own statistics module works unchanged
 except ImportError:  # pragma: no cover - Buildbot may drop the module one day
     _BuildbotStatsStorageBase = None
 
-__all__ = ["IStatsStorage", "StatsStorageBase", "WriteReport", "is_storage_backend", "post_points"]
+__all__ = ["IStatsStorage", "StatsStorageBase", "WriteReport"]
 
 
 class IStatsStorage(Interface):

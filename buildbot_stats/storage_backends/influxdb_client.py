@@ -11,8 +11,8 @@ from buildbot import config
 from twisted.python import log
 
 from buildbot_stats.errors import (
-    BackendConfigurationError,
     BatchTooLargeError,
+    RefusedWriteError,
     SplitBatchError,
     TransientWriteError,
 )
@@ -156,11 +156,11 @@ class InfluxStorageService(StatsStorageBase):
             report.problems.append(PointProblem(series, field, f"InfluxDB: {message}", True))
             return
         if e.code in (401, 403):
-            raise BackendConfigurationError(
+            raise RefusedWriteError(
                 f"InfluxDB refused user {self.user!r} on database {self.db!r} (HTTP {e.code}): {message}"
             ) from None
         if e.code == 404:
-            raise BackendConfigurationError(f"InfluxDB: {message} (database {self.db!r})") from None
+            raise RefusedWriteError(f"InfluxDB: {message} (database {self.db!r})") from None
         if e.code == 413:
             raise BatchTooLargeError(message) from None
         raise TransientWriteError(f"InfluxDB answered HTTP {e.code}: {message}") from None

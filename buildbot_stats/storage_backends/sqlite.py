@@ -44,14 +44,12 @@ from urllib.parse import quote
 from buildbot import config
 from twisted.python import log
 
-from buildbot_stats.errors import BackendConfigurationError
+from buildbot_stats.errors import RefusedWriteError
 from buildbot_stats.point import Clock, Point, PointProblem, from_json_value, to_json_value
 from buildbot_stats.sqlite_wal import connect_wal
 from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
 
 __all__ = [
-    "FORMAT",
-    "SCHEMA_VERSION",
     "SQLiteStorageService",
     "StatsStore",
     "StoreError",
@@ -153,15 +151,15 @@ class SQLiteStorageService(StatsStorageBase):
             os.makedirs(directory, exist_ok=True)
             db = connect_wal(self.path, self.busy_timeout)
         except (OSError, sqlite3.OperationalError) as e:
-            raise BackendConfigurationError(f"{self.name}: cannot open {self.path}: {e}") from None
+            raise RefusedWriteError(f"{self.name}: cannot open {self.path}: {e}") from None
         except sqlite3.DatabaseError as e:  # e.g. "file is not a database"
-            raise BackendConfigurationError(f"{self.name}: {self.path} is not usable: {e}") from None
+            raise RefusedWriteError(f"{self.name}: {self.path} is not usable: {e}") from None
         try:
             db.create_function("bbs_merge_fields", 2, _merge_fields, deterministic=True)
             self._init_schema(db)
         except sqlite3.DatabaseError as e:
             db.close()
-            raise BackendConfigurationError(f"{self.name}: {self.path} is not usable: {e}") from None
+            raise RefusedWriteError(f"{self.name}: {self.path} is not usable: {e}") from None
         except BaseException:
             db.close()
             raise
@@ -175,12 +173,12 @@ class SQLiteStorageService(StatsStorageBase):
             if tables:
                 meta = _read_meta(db) if "meta" in tables else {}
                 if meta.get("format") != FORMAT:
-                    raise BackendConfigurationError(
+                    raise RefusedWriteError(
                         f"{self.name}: {self.path} is an SQLite database but not a buildbot_stats store; "
                         "refusing to write into it"
                     )
                 if meta.get("schema_version") != str(SCHEMA_VERSION):
-                    raise BackendConfigurationError(
+                    raise RefusedWriteError(
                         f"{self.name}: {self.path} has schema version {meta.get('schema_version')!r}; "
                         f"this version of buildbot_stats writes {SCHEMA_VERSION}"
                     )
@@ -195,7 +193,7 @@ class SQLiteStorageService(StatsStorageBase):
         """Store a batch in one transaction; return what was converted or rejected."""
         report = WriteReport()
         if not self._inited:
-            raise BackendConfigurationError(f"{self.name} is not configured")
+            raise RefusedWriteError(f"{self.name} is not configured")
         rows = []
         for point in points:
             row = _point_row(point, report.problems)

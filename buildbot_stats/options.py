@@ -1,0 +1,77 @@
+"""The delivery options of :class:`~buildbot_stats.stats_service.StatsService`: one home for their defaults.
+
+:class:`ServiceOptions` is what master.cfg passes (validated for
+``config.error``); :class:`DeliveryPolicy` is the part a delivery queue reads
+while it runs.  Every default lives here and only here.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, fields
+from typing import Any
+
+__all__ = ["DEFAULT_SPOOL_PATH", "DeliveryPolicy", "ServiceOptions"]
+
+DEFAULT_SPOOL_PATH = "stats-spool.sqlite"
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """How a queue batches and retries, and how long it may take to stop."""
+
+    batch_size: int = 5000
+    max_spool_points: int = 200_000
+    min_retry_delay: float = 0.5
+    max_retry_delay: float = 60.0
+    flush_timeout: float = 10.0
+
+    def retry_delay(self, attempt: int, needs_fixing: bool = False) -> float:
+        """Capped exponential backoff with jitter; a failure a person must fix waits the cap."""
+        if needs_fixing:
+            return self.max_retry_delay
+        delay = min(self.max_retry_delay, self.min_retry_delay * (2 ** min(attempt - 1, 30)))
+        return delay * random.uniform(0.5, 1.0)
+
+
+_POLICY = DeliveryPolicy()
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    """The delivery arguments of :class:`StatsService`, with their defaults."""
+
+    spool_path: str | None = DEFAULT_SPOOL_PATH
+    batch_size: int = _POLICY.batch_size
+    max_spool_points: int = _POLICY.max_spool_points
+    max_retry_delay: float = _POLICY.max_retry_delay
+    flush_timeout: float = _POLICY.flush_timeout
+
+    @classmethod
+    def problems(cls, options: dict[str, Any]) -> list[str]:
+        """What is wrong with ``options``, one message each (for ``config.error``)."""
+        known = {f.name for f in fields(cls)}
+        found = [f"unknown argument {name!r}" for name in options if name not in known]
+        opts = cls(**{k: v for k, v in options.items() if k in known})
+        if opts.spool_path is not None and not isinstance(opts.spool_path, str):
+            found.append("spool_path must be a file path or None")
+        for name in ("batch_size", "max_spool_points"):
+            count = getattr(opts, name)
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                found.append(f"{name} must be an integer >= 1, not {count!r}")
+        for name in ("max_retry_delay", "flush_timeout"):
+            seconds = getattr(opts, name)
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+                found.append(f"{name} must be a number of seconds >= 0, not {seconds!r}")
+        return found
+
+    def policy(self) -> DeliveryPolicy:
+        """The queue-side view of these options."""
+        max_delay = float(self.max_retry_delay)
+        return DeliveryPolicy(
+            batch_size=self.batch_size,
+            max_spool_points=self.max_spool_points,
+            min_retry_delay=min(_POLICY.min_retry_delay, max_delay),
+            max_retry_delay=max_delay,
+            flush_timeout=float(self.flush_timeout),
+        )

@@ -1,0 +1,126 @@
+"""The reactor's side of the spool: one thread that runs its blocking methods, and opening it.
+
+:func:`open_spool` picks the spool for a ``spool_path`` (an SQLite file in the
+master's basedir, or memory only) and falls back to memory, with one log
+line, when the file cannot be used: statistics never keep a master from
+starting.  :class:`SpoolThread` runs the spool's ``thd_*`` methods in
+submission order on a thread of its own and stops that thread on close.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet import defer, threads
+from twisted.python import log, threadpool
+
+from buildbot_stats.spool import MemorySpool, SpoolSegment, SQLiteSpool
+
+__all__ = ["SpoolThread", "open_spool", "spool_file"]
+
+
+class SpoolThread:
+    """Runs one spool's blocking methods on one dedicated thread, in submission order."""
+
+    def __init__(self, spool: Any, reactor: Any, pool: threadpool.ThreadPool | None = None) -> None:
+        self._spool = spool
+        self._reactor = reactor
+        self._pool = pool
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<SpoolThread {self._spool!r}>"
+
+    @property
+    def durable(self) -> bool:
+        return bool(self._spool.durable)
+
+    @property
+    def path(self) -> str | None:
+        return self._spool.path
+
+    @property
+    def set_aside(self) -> str | None:
+        return self._spool.set_aside
+
+    def _run(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
+        if self._pool is None:
+            return defer.maybeDeferred(f, *args)
+        return threads.deferToThreadPool(self._reactor, self._pool, f, *args)
+
+    def open(self) -> defer.Deferred:
+        return self._run(self._spool.thd_open)
+
+    def append(self, queue_key: str, segments: list[SpoolSegment]) -> defer.Deferred:
+        return self._run(self._spool.thd_append, queue_key, segments)
+
+    def read_pending(self, queue_key: str) -> defer.Deferred:
+        return self._run(self._spool.thd_read_pending, queue_key)
+
+    def release(self, queue_key: str, segment_ids: Iterable[int]) -> defer.Deferred:
+        if self._closed or not self._spool.durable:
+            return defer.succeed(None)
+        return self._run(self._spool.thd_release, queue_key, list(segment_ids))
+
+    def pending_counts(self) -> defer.Deferred:
+        return self._run(self._spool.thd_pending_counts)
+
+    def last_id(self) -> defer.Deferred:
+        return self._run(self._spool.thd_last_id)
+
+    def idle(self) -> defer.Deferred:
+        """Fires once everything submitted so far has run."""
+        return self._run(lambda: None)
+
+    @defer.inlineCallbacks
+    def close(self) -> Any:
+        """Close the spool and stop its thread (also when closing fails)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            yield self._run(self._spool.thd_close)
+        finally:
+            if self._pool is not None:
+                self._pool.stop()
+                self._pool = None
+
+
+def spool_file(spool_path: str | None, basedir: str | None) -> str | None:
+    """The spool's file for ``spool_path`` (relative to the master's basedir), or None for memory."""
+    if spool_path is None:
+        return None
+    if basedir is None and not os.path.isabs(spool_path):
+        return None
+    return os.path.join(basedir or "", os.path.expanduser(spool_path))
+
+
+@defer.inlineCallbacks
+def open_spool(spool_path: str | None, basedir: str | None, reactor: Any) -> Any:
+    """Open the spool for ``spool_path``; fires with ``(SpoolThread, last point id)``."""
+    path = spool_file(spool_path, basedir)
+    if path is None:
+        if spool_path is not None:
+            log.msg("buildbot_stats: no master basedir; pending points are kept in memory only")
+        return SpoolThread(MemorySpool(), reactor), 0
+    pool = threadpool.ThreadPool(minthreads=1, maxthreads=1, name="buildbot_stats-spool")
+    pool.start()
+    spool = SpoolThread(SQLiteSpool(path), reactor, pool)
+    try:
+        yield spool.open()
+        last_id = yield spool.last_id()
+    except Exception as e:
+        yield spool.close()
+        log.msg(
+            f"buildbot_stats: cannot open the spool {path} ({type(e).__name__}: {e}); "
+            "pending points are kept in memory only"
+        )
+        return SpoolThread(MemorySpool(), reactor), 0
+    if spool.set_aside:
+        log.msg(
+            f"buildbot_stats: the spool {path} could not be read; it was moved to "
+            f"{spool.set_aside} and a new one started"
+        )
+    return spool, last_id
