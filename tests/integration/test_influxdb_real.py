@@ -41,9 +41,9 @@ from buildbot_stats import capture
 from buildbot_stats.point import Point, to_ns
 from buildbot_stats.storage_backends.influxdb_client import InfluxStorageService
 
-from .fakes import COMPLETE, STARTED, YIELD_KEY, StatsTestCase
-from .support.faultproxy import FaultProxy
-from .support.influxd import (
+from tests.fakes import COMPLETE, STARTED, YIELD_KEY, StatsTestCase
+from tests.support.faultproxy import FaultProxy
+from tests.support.influxd import (
     InfluxServer,
     fresh_database,
     quote_ident,

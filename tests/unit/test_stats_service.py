@@ -16,7 +16,7 @@ from buildbot_stats.steps import StatsStepMixin, get_stats_service
 from buildbot_stats.storage_backends.base import IStatsStorage, StatsStorageBase
 from buildbot_stats.testing import RecordingStorage
 
-from .fakes import StatsTestCase
+from tests.fakes import StatsTestCase
 
 CONTEXT = {"build_number": "1", "builder_name": "builder1"}
 

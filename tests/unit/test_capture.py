@@ -12,7 +12,7 @@ from buildbot_stats import capture
 from buildbot_stats.errors import CaptureCallbackError
 from buildbot_stats.point import to_ns
 
-from .fakes import COMPLETE, STARTED, YIELD_KEY, StatsTestCase
+from tests.fakes import COMPLETE, STARTED, YIELD_KEY, StatsTestCase
 
 CONTEXT = {"build_number": "1", "builder_name": "builder1"}
 
@@ -368,6 +368,6 @@ class CustomCaptureTests(StatsTestCase, LoggingMixin):
         yield self.add_build()
         self.finish()
         self.assertLogged(
-            r"Buggy could not handle a message: KeyError: 'missing' \(in consume, .*test_captures.py:\d+\)"
+            r"Buggy could not handle a message: KeyError: 'missing' \(in consume, .*test_capture.py:\d+\)"
         )
         self.assertEqual(self.flushLoggedErrors(), [])

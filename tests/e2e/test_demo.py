@@ -36,7 +36,7 @@ from buildbot_stats.point import Point
 from buildbot_stats.storage_backends.sqlite import open_store
 from tests.support.influxd import InfluxServer, require_influxd
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BUILDERS = ("unit-tests", "integration", "docs")
 N_BUILDS = 5
 PER_BUILDER = {"unit-tests": 2, "integration": 2, "docs": 1}  # builds are dealt out in that order

@@ -16,7 +16,7 @@ from buildbot_stats.stats_service import StatsService
 from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
 from buildbot_stats.testing import RecordingStorage
 
-from .fakes import YIELD_KEY, StatsTestCase
+from tests.fakes import YIELD_KEY, StatsTestCase
 
 
 class ControlledThreads:
