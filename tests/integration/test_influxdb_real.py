@@ -40,7 +40,6 @@ from twisted.python import log
 from buildbot_stats import capture
 from buildbot_stats.point import Point, to_ns
 from buildbot_stats.storage_backends.influxdb_client import InfluxStorageService
-
 from tests.fakes import COMPLETE, STARTED, YIELD_KEY, StatsTestCase
 from tests.support.faultproxy import FaultProxy
 from tests.support.influxd import (

@@ -11,7 +11,6 @@ from twisted.internet import defer
 from buildbot_stats import capture
 from buildbot_stats.errors import CaptureCallbackError
 from buildbot_stats.point import to_ns
-
 from tests.fakes import COMPLETE, STARTED, YIELD_KEY, StatsTestCase
 
 CONTEXT = {"build_number": "1", "builder_name": "builder1"}

@@ -15,7 +15,6 @@ from buildbot_stats.point import Point, PointProblem
 from buildbot_stats.stats_service import StatsService
 from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
 from buildbot_stats.testing import RecordingStorage
-
 from tests.fakes import YIELD_KEY, StatsTestCase
 
 

@@ -15,7 +15,6 @@ from buildbot_stats.stats_service import StatsService
 from buildbot_stats.steps import StatsStepMixin, get_stats_service
 from buildbot_stats.storage_backends.base import IStatsStorage, StatsStorageBase
 from buildbot_stats.testing import RecordingStorage
-
 from tests.fakes import StatsTestCase
 
 CONTEXT = {"build_number": "1", "builder_name": "builder1"}
