@@ -1,0 +1,60 @@
+"""The line-protocol encoder's fast path agrees with its general path, for any point.
+
+``_Encoder.line`` takes a shortcut for the usual point and hands anything
+else to ``_Encoder.line_general``; the rules live in the general path.  This
+property test checks, offline and in seconds, that both give the same line and
+the same problems, so the shortcut can never drift from the rules.
+"""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from buildbot_stats.lineprotocol import _Encoder
+from buildbot_stats.point import Point
+
+# names that mostly take the fast path, with the characters that force the general one
+_plain_names = st.text(alphabet="abcxyz_-.0123", min_size=1, max_size=8)
+_odd_names = st.text(alphabet='ab ,="\\\n\t#é\ud800', min_size=0, max_size=6)
+names = st.one_of(_plain_names, _plain_names, _odd_names, st.sampled_from(["time", "#x", "a\\"]))
+values = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.text(max_size=12),
+    st.none(),
+    st.binary(max_size=4),
+    st.lists(st.integers(), max_size=2),
+)
+tag_values = st.one_of(names, st.none(), st.integers(), st.just(""))
+points = st.builds(
+    Point,
+    series=st.one_of(names, st.just("")),
+    fields=st.dictionaries(names, values, max_size=4),
+    tags=st.dictionaries(names, tag_values, max_size=3),
+    time_ns=st.integers(min_value=0, max_value=2**62),
+)
+
+
+def _same(a: object, b: object) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+
+
+@settings(max_examples=400, deadline=None)
+@given(points, st.sampled_from([1, 1_000, 1_000_000_000]))
+def test_fast_path_equals_general_path(point: Point, divisor: int) -> None:
+    fast, general = _Encoder(), _Encoder()
+    assert fast.line(point, divisor) == general.line_general(point, divisor)
+    assert fast.problems == general.problems
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(points, min_size=2, max_size=6))
+def test_fast_path_equals_general_path_across_a_batch(batch: list[Point]) -> None:
+    # the encoder caches prefixes and keys across the points of a batch
+    fast, general = _Encoder(), _Encoder()
+    assert [fast.line(p, 1) for p in batch] == [general.line_general(p, 1) for p in batch]
+    assert fast.problems == general.problems
