@@ -33,6 +33,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NamedTuple, NoReturn, Optional, TextIO, Union
 
+from buildbot_stats.cli import procfs
 from buildbot_stats.cli.master_process import RealMaster, RealMasterError, free_port
 
 __all__ = ["DEMO_BUILDERS", "DemoError", "DemoInterrupted", "InfluxTarget", "demo_master_cfg", "run_demo"]
@@ -379,18 +380,18 @@ def _leftover_processes(workdir: Path, basedir: Path) -> list[int]:
     """
     python = os.path.realpath(sys.executable)
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
+    for pid in procfs.pids():
         try:
-            if os.path.realpath(entry / "exe") != python:
+            if os.path.realpath(f"/proc/{pid}/exe") != python:
                 continue
-            cwd = Path(os.readlink(entry / "cwd"))
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:  # gone, a zombie, or not ours to look at
             continue
+        cwd = procfs.cwd(pid)
+        if cwd is None:
+            continue
         if cwd.is_relative_to(basedir) or (cwd.is_relative_to(workdir) and os.fsencode(basedir) in argv):
-            found.append(int(entry.name))
+            found.append(pid)
     return found
 
 
@@ -398,10 +399,7 @@ def _kill_leftovers(workdir: Path, basedir: Path, timeout: float = 10.0) -> None
     """SIGKILL what a master start cut short by Ctrl-C left behind (RealMaster.close did the rest)."""
     deadline = time.monotonic() + timeout
     while (pids := _leftover_processes(workdir, basedir)) and time.monotonic() < deadline:
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
+        procfs.kill_all(pids, timeout=0.05)
 
 
 # -- the demo ------------------------------------------------------------------

@@ -24,7 +24,6 @@ import atexit
 import json
 import os
 import re
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -35,6 +34,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+
+from buildbot_stats.cli import procfs
 
 if TYPE_CHECKING:
     from typing import Self
@@ -187,61 +188,11 @@ def _buildbot_cmd() -> list[str]:
     return [sys.executable, "-c", _RUNNER]
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, ppid) of ``pid`` from /proc, or None if it does not exist."""
-    fields = _stat_fields(pid)
-    return None if fields is None else (fields[0], int(fields[1]))
-
-
-def _session(pid: int) -> int | None:
-    """The session id of ``pid``, or None if it does not exist."""
-    fields = _stat_fields(pid)
-    return None if fields is None else int(fields[3])
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """/proc/PID/stat after the command name: state, ppid, pgrp, session, ..."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rindex(")") + 2 :].split()
-
-
-def _alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
-    stat = _proc_stat(pid)
-    return stat is not None and stat[0] not in ("Z", "X")
-
-
-def _descendants(pid: int) -> list[int]:
-    """All live descendants of ``pid`` (e.g. shell commands run by a LocalWorker)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := _proc_stat(int(entry.name))) is not None:
-            children.setdefault(stat[1], []).append(int(entry.name))
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def _kill_all(pids: Iterable[int], timeout: float = 10.0) -> None:
     """SIGKILL ``pids`` and wait until none of them is alive."""
-    pids = list(pids)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    while any(_alive(p) for p in pids):
-        if time.monotonic() > deadline:
-            raise RealMasterError(f"processes survived SIGKILL: {[p for p in pids if _alive(p)]}")
-        time.sleep(0.02)
+    survivors = procfs.kill_all(pids, timeout)
+    if survivors:
+        raise RealMasterError(f"processes survived SIGKILL: {survivors}")
 
 
 class RealMaster:
@@ -323,29 +274,19 @@ class RealMaster:
         never counted (nor killed by :meth:`close`).
         """
         self._note_session()
-        return [
-            int(e.name)
-            for e in Path("/proc").iterdir()
-            if e.name.isdigit()
-            and int(e.name) != os.getpid()
-            and _session(int(e.name)) in self._sessions
-            and self._owns(int(e.name))
-        ]
+        return [pid for pid in procfs.pids() if procfs.session(pid) in self._sessions and self._owns(pid)]
 
     def _note_session(self) -> None:
         pid = self.pid()
         if pid is not None and self._owns(pid):
-            sid = _session(pid)
+            sid = procfs.session(pid)
             if sid is not None:
                 self._sessions.add(sid)
 
     def _owns(self, pid: int) -> bool:
         """True if ``pid`` is alive and runs inside basedir (guards against PID reuse)."""
-        try:
-            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
-        except OSError:
-            return False
-        return cwd.is_relative_to(self.basedir) and _alive(pid)
+        cwd = procfs.cwd(pid)
+        return cwd is not None and cwd.is_relative_to(self.basedir) and procfs.alive(pid)
 
     def is_running(self) -> bool:
         """True if the master process from twistd.pid is alive."""
@@ -394,20 +335,20 @@ class RealMaster:
         if pid is None or not self._owns(pid):
             return
         self._note_session()
-        tree = _descendants(pid)
+        tree = procfs.descendants(pid)
         self._run("stop", "--no-wait", str(self.basedir), timeout=timeout)
         deadline = time.monotonic() + timeout
-        while _alive(pid):
+        while procfs.alive(pid):
             if time.monotonic() > deadline:
                 self.kill()
                 raise RealMasterError(f"master {pid} did not stop within {timeout}s:\n{self.log_tail()}")
             time.sleep(0.05)
-        _kill_all(p for p in tree if _alive(p))
+        _kill_all(p for p in tree if procfs.alive(p))
 
     def kill(self) -> None:
         """SIGKILL the master (and anything it spawned) and wait until gone."""
         pid = self.pid()
-        tree = [pid, *_descendants(pid)] if pid is not None and self._owns(pid) else []
+        tree = [pid, *procfs.descendants(pid)] if pid is not None and self._owns(pid) else []
         _kill_all({*tree, *self.processes()})
         # A SIGKILLed twistd leaves its pidfile; drop it so a restart is clean
         # even if the dead process stays an unreaped zombie for a while.
