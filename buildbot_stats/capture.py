@@ -44,7 +44,12 @@ YIELD_DATA = ("stats-yieldMetricsValue", "stats-yield-data")
 
 
 class Capture(abc.ABC):
-    """Base class of all captures; subclasses implement :meth:`consume`."""
+    """Base class of all captures; subclasses implement :meth:`consume`.
+
+    ``routingKey``, ``parent_svcs``, ``master``, ``_defaultContext`` and
+    ``_retValParams`` are the names of ``buildbot.statistics``'s captures,
+    kept (camelCase included) so that custom captures written for it work.
+    """
 
     def __init__(self, routingKey: tuple, callback: Callable[..., Any]) -> None:
         self.routingKey = routingKey
