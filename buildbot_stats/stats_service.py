@@ -20,7 +20,7 @@ from buildbot_stats.delivery import Counters, DeliveryPolicy, DeliveryQueue, Spo
 from buildbot_stats.errors import CaptureCallbackError, StorageBackendTypeError
 from buildbot_stats.point import Clock, Point, to_ns
 from buildbot_stats.spool import MemorySpool, SQLiteSpool
-from buildbot_stats.storage_backends.base import is_storage_backend
+from buildbot_stats.storage_backends.base import is_storage_backend, start_backends, stop_backends
 
 __all__ = ["DEFAULT_SPOOL_PATH", "StatsService"]
 
@@ -138,7 +138,8 @@ class StatsService(service.BuildbotService):
         self.checkConfig(storage_backends, **options)
         opts = ServiceOptions(**options)
         log.msg(f"buildbot_stats: configuring StatsService {self.name!r} with backends {storage_backends!r}")
-        self.registeredStorageServices = list(storage_backends)
+        previous, self.registeredStorageServices = self.registeredStorageServices, list(storage_backends)
+        yield start_backends(self, self.registeredStorageServices, previous)
         self._policy = DeliveryPolicy(
             batch_size=opts.batch_size,
             max_spool_points=opts.max_spool_points,
@@ -393,6 +394,7 @@ class StatsService(service.BuildbotService):
         yield self.removeConsumers()
         for queue in self.queues.values():
             yield queue.stop(self._flush_timeout)
+        yield stop_backends(self.registeredStorageServices)
         if self._spool is not None:
             spool = self._spool
             yield spool.run(spool.spool.thd_close)
