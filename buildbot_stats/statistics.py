@@ -23,6 +23,7 @@ from buildbot_stats.stats_service import StatsService
 from buildbot_stats.steps import StatsStepMixin, get_stats_service
 from buildbot_stats.storage_backends.base import IStatsStorage, StatsStorageBase
 from buildbot_stats.storage_backends.influxdb_client import InfluxStorageService
+from buildbot_stats.storage_backends.prometheus import PrometheusStorageService
 
 __all__ = [
     "Capture",
@@ -44,6 +45,7 @@ __all__ = [
     "CapturePropertyBase",
     "IStatsStorage",
     "InfluxStorageService",
+    "PrometheusStorageService",
     "StatsService",
     "StatsStepMixin",
     "StatsStorageBase",

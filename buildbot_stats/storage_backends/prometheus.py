@@ -13,7 +13,7 @@ buildbot_build_queue_seconds        histogram  builder          ``<builder>-buil
 buildbot_step_duration_seconds      histogram  builder, step    ``<builder>-step-times`` field ``duration``
 buildbot_tests_total                counter    builder, outcome ``<builder>-test-results`` fields
                                                                 ``tests_passed``/``tests_failed``
-buildbot_stat                       gauge      series, field    any other point: each numeric field, last value
+buildbot_stat                       gauge      series, field    other series: last value of numeric fields
 buildbot_stats_points_total         counter    backend, state   the StatsService's delivery counters
 buildbot_stats_pending_points       gauge      backend          the StatsService's delivery counters
 ==================================  =========  ===============  ==========================================
@@ -53,11 +53,11 @@ from typing import Any
 from buildbot import config
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.python import log
-from twisted.web import resource, server
+from twisted.web import pages, resource, server
 
 from buildbot_stats.errors import BackendConfigurationError
 from buildbot_stats.point import Point, PointProblem
@@ -72,6 +72,8 @@ JOIN_WAIT = 60.0
 #: Builds whose duration (or result) may wait for the other half at once.
 JOIN_MAX = 10_000
 
+#: The text format every Prometheus 2.x reads (what generate_latest writes by default).
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 _UNIT_SECONDS = {"seconds": 1.0, "minutes": 60.0, "hours": 3600.0}
 _STATES = ("captured", "written", "retried", "dropped")
 _SERIES_KINDS = ("build-times", "build-results", "step-times", "test-results")
@@ -143,11 +145,16 @@ class _MetricsPage(resource.Resource):
             request.setResponseCode(500)
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
             return b"exposition failed\n"
-        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
+        request.setHeader(b"Content-Type", CONTENT_TYPE)
         return body
 
 
 class _RootPage(resource.Resource):
+    def getChild(self, path: bytes, request: Any) -> resource.Resource:
+        if path == b"":
+            return self
+        return pages.notFound()
+
     def render_GET(self, request: Any) -> bytes:
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         return b"buildbot_stats: metrics are at /metrics\n"
@@ -200,7 +207,7 @@ class _Endpoint:
 
     def _root(self) -> resource.Resource:
         root = _RootPage()
-        root.putChild(b"metrics", _MetricsPage(self))
+        root.putChild(b"metrics", _MetricsPage(self))  # type: ignore[arg-type]
         return root
 
     def set_buckets(self, buckets: tuple[float, ...]) -> bool:
@@ -614,7 +621,9 @@ def _duration_units(captures: Any) -> dict[Any, float]:
     for cap in captures if isinstance(captures, (list, tuple)) else ():
         if any(c.__name__ == "CaptureBuildDuration" for c in type(cap).__mro__):
             name = getattr(cap, "_builder_name", None)
-            units[_ALL if name is None else name] = _UNIT_SECONDS.get(getattr(cap, "report_in", "seconds"), 1.0)
+            units[_ALL if name is None else name] = _UNIT_SECONDS.get(
+                getattr(cap, "report_in", "seconds"), 1.0
+            )
     return units
 
 
