@@ -239,3 +239,17 @@ def test_prometheus_scrapes_what_the_master_built(
     # the listener closed with the master
     with pytest.raises(OSError):
         scrape(port)
+
+
+def test_missing_prometheus_skips_or_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    import unittest
+
+    from tests.support import prometheus as support
+
+    monkeypatch.setattr(support, "find_prometheus", lambda: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(unittest.SkipTest, match="apt-get install prometheus"):
+        support.require_prometheus()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(RuntimeError, match="CI requires it"):
+        support.require_prometheus()
