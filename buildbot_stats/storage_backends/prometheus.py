@@ -448,7 +448,8 @@ class PrometheusStorageService(StatsStorageBase):
         """Attach to the endpoint of this port and make sure it listens (in the reactor)."""
         if not self._inited:
             return
-        endpoint = self._get_endpoint()
+        # the endpoint of this port now (the one used before may have been closed)
+        endpoint = self._endpoint = _endpoint(self.key, self.buckets)
         endpoint.owners[id(self)] = (self, service)
         if endpoint.set_buckets(self.buckets):
             log.msg(f"buildbot_stats: {self.name}: histogram buckets changed; the histograms restart at 0")
@@ -471,7 +472,8 @@ class PrometheusStorageService(StatsStorageBase):
         with _TABLE_LOCK:
             if _ENDPOINTS.get(endpoint.key) is endpoint:
                 del _ENDPOINTS[endpoint.key]
-        self._endpoint = None
+        # self._endpoint is kept: a write still in flight counts into it and
+        # does not bring back a table entry without a listener
         return endpoint.stop_listening()
 
     # -- writing ---------------------------------------------------------------

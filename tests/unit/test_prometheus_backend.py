@@ -408,6 +408,12 @@ def test_reconfig_with_a_new_object_on_the_same_port_keeps_counts_and_listener()
     stop_backends([moved])
     assert reactor.ports[1].stopped
     assert prometheus._ENDPOINTS == {}
+    # a late write of a stopped backend creates no endpoint; a new start listens again
+    new.thd_postStatsValues([result("b1", 3, 0)])
+    assert prometheus._ENDPOINTS == {}
+    start_backends(service, [moved])
+    assert [p[0] for p in reactor.tcpServers] == [9101, 9102, 9102]
+    assert value(moved, "buildbot_builds_total", builder="b1", result="success") is None
 
 
 def test_bucket_change_on_reconfig_restarts_histograms_only() -> None:
