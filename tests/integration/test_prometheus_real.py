@@ -253,3 +253,24 @@ def test_missing_prometheus_skips_or_fails_under_ci(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("CI", "true")
     with pytest.raises(RuntimeError, match="CI requires it"):
         support.require_prometheus()
+
+
+def test_checkconfig_reports_bad_prometheus_arguments(tmp_path: Path) -> None:
+    services = """
+c['services'].append(statistics.StatsService(
+    storage_backends=[statistics.PrometheusStorageService(
+        port='9101', interface='example.org', captures=[], buckets=[10, 1])],
+    name='StatsService'))
+"""
+    cfg = make_master_cfg({"b1": STEPS}, pb_port=free_port(), header=HEADER, services=services)
+    m = RealMaster(tmp_path / "master", cfg)
+    try:
+        m.create()
+        rc, out = m.checkconfig()
+    finally:
+        m.close()
+    assert rc != 0, out
+    assert "PrometheusStorageService: port must be an integer from 1 to 65535 (or 0), not '9101'" in out
+    assert "interface must be an IP address" in out
+    assert "buckets must be a non-empty list of increasing numbers" in out
+    assert "Traceback" not in out
