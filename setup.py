@@ -27,6 +27,9 @@ setup(
         "twisted",
         "buildbot>=4.0",
         "influxdb>=5.3",
+        # PrometheusStorageService; pure Python without dependencies, so a plain
+        # requirement: `from buildbot_stats import statistics` imports it.
+        "prometheus_client>=0.12",
         "zope.interface",
     ],
     extras_require={

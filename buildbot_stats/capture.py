@@ -293,6 +293,7 @@ class CaptureBuildDuration(_OneBuilder, CaptureBuildTimes):
                 f"not {report_in!r}"
             )
         divisor = REPORT_IN_DIVISORS.get(report_in, 1)
+        self.report_in = report_in  # the unit of the stored duration, for backends
 
         def default_callback(start_time: datetime.datetime, end_time: datetime.datetime) -> float:
             duration = max(end_time - start_time, datetime.timedelta(0))

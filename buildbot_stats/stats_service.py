@@ -27,7 +27,7 @@ from buildbot_stats.options import DEFAULT_SPOOL_PATH, ServiceOptions
 from buildbot_stats.point import Clock, Point, to_ns
 from buildbot_stats.queues import QueueSet
 from buildbot_stats.spool_thread import open_spool
-from buildbot_stats.storage_backends.base import is_storage_backend
+from buildbot_stats.storage_backends.base import is_storage_backend, start_backends, stop_backends
 
 __all__ = ["DEFAULT_SPOOL_PATH", "StatsService"]
 
@@ -88,7 +88,9 @@ class StatsService(service.BuildbotService):
         self.checkConfig(storage_backends, **options)
         opts = ServiceOptions(**options)
         log.msg(f"buildbot_stats: configuring StatsService {self.name!r} with backends {storage_backends!r}")
-        self.registeredStorageServices = list(storage_backends)
+        previous, self.registeredStorageServices = self.registeredStorageServices, list(storage_backends)
+        # backends with an endpoint of their own (Prometheus) start before queues may deliver
+        yield start_backends(self, self.registeredStorageServices, previous)
         if self.lookups is None or self.lookups.master is not self.master:
             self.lookups = BuildLookups(self.master)
         if self._queues is None:
@@ -213,10 +215,12 @@ class StatsService(service.BuildbotService):
         yield super().stopService()
         yield self.removeConsumers()
         queues, self._queues = self._queues, None
-        if queues is not None:
-            try:
+        try:
+            if queues is not None:
                 yield queues.stop()
-            finally:
+            yield stop_backends(self.registeredStorageServices)
+        finally:
+            if queues is not None:
                 yield queues.spool.close()
 
     # -- data from build steps ---------------------------------------------

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet import defer
+from twisted.python import log
 from zope.interface import Attribute, Interface, implementer
 
 from buildbot_stats.errors import PartialDeliveryError
@@ -25,6 +27,19 @@ class IStatsStorage(Interface):
 
     Only ``thd_postStatsValue`` and ``captures`` are required.  Methods named
     ``thd_*`` run in a thread, never in the reactor.
+
+    Optional lifecycle hooks, called in the reactor by the StatsService when
+    the backend has them (for a backend that owns a resource, such as a
+    listening socket):
+
+    - ``startBackend(service)``: the backend is (re)configured into ``service``;
+      called on every reconfig of the service, for each configured backend,
+      before its points are delivered and before the backends a reconfig
+      replaced are stopped.  Must be idempotent.  May return a Deferred.
+    - ``stopBackend()``: the backend left the configuration (replaced by a
+      reconfig) or the service stopped.  May return a Deferred.
+
+    Neither should raise: a failure is logged and does not stop the master.
     """
 
     name = Attribute("A name, unique among the service's backends; it keys the spool.")
@@ -100,3 +115,35 @@ def post_points(backend: Any, points: list[Point]) -> WriteReport | None:
         _post_one_by_one(backend, points)
         return None
     return batch(points)
+
+
+@defer.inlineCallbacks
+def start_backends(service: Any, backends: Sequence[Any], previous: Sequence[Any] = ()) -> Any:
+    """Call the optional ``startBackend(service)`` of ``backends``, then the
+    ``stopBackend()`` of the ``previous`` ones that are not among them.
+
+    Starting first lets a replacement take over a resource (a port) of the
+    backend it replaces.  Failures are logged, never raised.
+    """
+    for backend in backends:
+        yield _call_hook(backend, "startBackend", service)
+    kept = {id(b) for b in backends}
+    yield stop_backends([b for b in previous if id(b) not in kept])
+
+
+@defer.inlineCallbacks
+def stop_backends(backends: Sequence[Any]) -> Any:
+    """Call the optional ``stopBackend()`` of each backend; failures are logged."""
+    for backend in backends:
+        yield _call_hook(backend, "stopBackend")
+
+
+@defer.inlineCallbacks
+def _call_hook(backend: Any, name: str, *args: Any) -> Any:
+    hook = getattr(backend, name, None)
+    if hook is None:
+        return
+    try:
+        yield defer.maybeDeferred(hook, *args)
+    except Exception as e:
+        log.msg(f"buildbot_stats: {name} of backend {backend!r} failed: {type(e).__name__}: {e}")
