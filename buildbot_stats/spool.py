@@ -37,7 +37,7 @@ import pickle
 import sqlite3
 import time
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from buildbot_stats.point import Point, is_flat_plain, to_plain
 from buildbot_stats.sqlite_wal import connect_wal
@@ -154,6 +154,7 @@ def load_points(data: bytes) -> list[Point]:
     return list(map(Point, series, fields, tags, times))
 
 
+@runtime_checkable
 class Spool(Protocol):
     """Where a delivery queue keeps the points its backend has not accepted yet.
 
