@@ -292,6 +292,16 @@ def test_steps_queue_times_and_test_results_of_a_real_master(influx: InfluxServe
                 break
             time.sleep(0.2)
         check(in_influx, want, "InfluxDB")
+        # the queries of docs/captures.rst chart these series
+        for query in (
+            'SELECT mean("duration") FROM "b1-step-times" WHERE time > now() - 30d AND "hidden" = \'false\''
+            ' GROUP BY time(1d), "step_name"',
+            'SELECT percentile("queue-time", 95) FROM "queued-build-times" WHERE time > now() - 7d'
+            " GROUP BY time(1h)",
+            'SELECT sum("tests_failed") FROM "b1-test-results" WHERE time > now() - 30d'
+            ' GROUP BY "build_number"',
+        ):
+            assert influx._rows(influx.query_checked(query, DB)), query
         check(in_store, want, "SQLite store")
         m.stop()
         assert m.tracebacks() == []
