@@ -427,10 +427,21 @@ class CaptureDataBase(Capture):
         builderid = build_data["builderid"]
         service = self._stats_service
         known = service.lookups.known_builder(builderid) if service is not None else None
-        if known is None or (service.extra_tags and "worker" in service.extra_tags):
+        context = None
+        if known is not None and "worker" in service.extra_tags:
+            # extra_tags=["worker"]: still no Deferred once the worker is known too
+            workerid = build_data.get("workerid")
+            worker = service.lookups.known_worker(workerid) if workerid is not None else None
+            if workerid is not None and worker is None:
+                known = None
+            else:
+                context = _with_worker(
+                    worker["name"] if worker else None, self._defaultContext(build_data, known["name"])
+                )
+        if known is None:
             return self._builder_info(builderid).addCallback(self._consume_data_async, build_data, msg)
         try:
-            return defer.succeed(self._consume_data(known, build_data, msg))
+            return defer.succeed(self._consume_data(known, build_data, msg, context))
         except Exception:
             return defer.fail()
 

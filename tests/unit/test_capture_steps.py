@@ -485,6 +485,24 @@ class WorkerTagTests(_Base):
         self.assertEqual(len(backend.points), 5)
         self.assertEqual([p.tags for p in backend.points], [{**CONTEXT, "worker": "w1"}] * 5)
 
+    @defer.inlineCallbacks
+    def test_extra_tags_worker_on_posted_values_looks_the_worker_up_once(self):
+        backend = yield self.use(statistics.CaptureData("d", "builder1"), extra_tags=["worker"])
+        yield self.add_build()
+        build_data = yield self.master.data.get(("builds", 1))
+        self.queries.clear()
+        for i in range(10):
+            self.master.mq.callConsumer(
+                ("stats-yieldMetricsValue", "stats-yield-data"),
+                {"data_name": "d", "post_data": {"i": i}, "build_data": build_data},
+            )
+        self.assertEqual(sorted(self.queries), [("builders", 1), ("workers", 1)])
+        self.assertEqual([p.fields["i"] for p in backend.points], list(range(10)))
+        self.assertEqual(
+            {tuple(sorted(p.tags.items())) for p in backend.points},
+            {tuple(sorted({**CONTEXT, "worker": "w1"}.items()))},
+        )
+
     def test_extra_tags_mistakes_are_config_errors(self):
         for bad in ("worker", ["worker", "os"], 3):
             with self.assertRaises(config.ConfigErrors, msg=repr(bad)) as cm:
