@@ -5,6 +5,12 @@ the messages it is interested in into points through :meth:`Capture._store`.
 Series names, fields and context are the ones of ``buildbot.statistics``, so
 dashboards built on it keep working.  Build captures stamp their points with
 the build's own time, so that sending a point again overwrites it.
+
+Times arrive as ``datetime`` objects under Buildbot's simple MQ and as epoch
+seconds under its WAMP MQ (multi-master); :func:`as_datetime` makes them one.
+
+The step, queue-time and test-result captures live in
+:mod:`buildbot_stats.capture_steps` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -37,10 +43,30 @@ __all__ = [
     "CaptureProperty",
     "CapturePropertyAllBuilders",
     "CapturePropertyBase",
+    "CaptureBuildQueueTime",
+    "CaptureBuildQueueTimeAllBuilders",
+    "CaptureStepDuration",
+    "CaptureStepDurationAllBuilders",
+    "CaptureTestResults",
+    "CaptureTestResultsAllBuilders",
 ]
 
 BUILD_FINISHED = ("builders", None, "builds", None, "finished")
 YIELD_DATA = ("stats-yieldMetricsValue", "stats-yield-data")
+
+
+def as_datetime(value: Any) -> Any:
+    """A Buildbot time as a timezone-aware datetime (None stays None).
+
+    The simple MQ hands out datetimes (kept as they are, so stored values do
+    not change); the WAMP MQ epoch seconds (int or float), which become the
+    UTC datetime the simple MQ would have given.
+    """
+    if value is None or isinstance(value, datetime.datetime):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.datetime.fromtimestamp(value, tz=datetime.timezone.utc)
+    raise TypeError(f"cannot use {type(value).__name__} {value!r} as a time")
 
 
 class Capture(abc.ABC):
@@ -64,6 +90,34 @@ class Capture(abc.ABC):
 
     def _defaultContext(self, msg: dict[str, Any], builder_name: str) -> dict[str, str]:
         return {"build_number": str(msg["number"]), "builder_name": builder_name}
+
+    @property
+    def _lookups(self) -> Any:
+        """The service's cached lookups (a private cache when used without a StatsService)."""
+        service = self._stats_service
+        if service is not None and service.lookups is not None:
+            return service.lookups
+        own = self.__dict__.get("_own_lookups")
+        if own is None or own.master is not self.master:
+            from buildbot_stats.lookups import BuildLookups
+
+            own = self.__dict__["_own_lookups"] = BuildLookups(self.master)
+        return own
+
+    def _extra_tags(self) -> tuple[str, ...]:
+        return tuple(getattr(self._stats_service, "extra_tags", ()) or ())
+
+    def _build_context(
+        self, build: dict[str, Any], builder_name: str, worker: bool | None = None
+    ) -> defer.Deferred:
+        """The context of a build's point: build number, builder name and, if
+        ``worker`` (default: as ``extra_tags`` says), the worker's name."""
+        context = self._defaultContext(build, builder_name)
+        if worker is None:
+            worker = "worker" in self._extra_tags()
+        if not worker:
+            return defer.succeed(context)
+        return self._lookups.worker_name(build.get("workerid")).addCallback(_with_worker, context)
 
     @abc.abstractmethod
     def consume(self, routingKey: tuple, msg: dict[str, Any]) -> Any:
@@ -101,6 +155,13 @@ class Capture(abc.ABC):
         if info is None:
             raise CaptureCallbackError(f"{type(self).__name__}: unknown builder id {builderid!r}")
         return info
+
+
+def _with_worker(name: Any, context: dict[str, str]) -> dict[str, str]:
+    # a build without a (known) worker gets no tag: InfluxDB drops empty tags anyway
+    if name is not None:
+        context["worker"] = str(name)
+    return context
 
 
 class _OneBuilder:
@@ -147,7 +208,7 @@ class CapturePropertyBase(Capture):
             names = [pn for pn in properties if self._pattern.match(pn)]
         else:
             names = [self._property_name]
-        context = self._defaultContext(msg, builder_name)
+        context = yield self._build_context(msg, builder_name)
         failures = []
         for pn in names:
             try:
@@ -194,9 +255,11 @@ class CaptureBuildTimes(Capture):
     """Base of the build start/end/duration captures (series ``<builder>-build-times``)."""
 
     _series_suffix = "build-times"
+    #: whether the worker tag is always there (else only with ``extra_tags``)
+    _worker_tag: bool | None = None
 
     def __init__(self, builder_name: str | None, callback: Callable[..., Any], time_type: str) -> None:
-        self._builder_name = builder_name
+        self._builder_name: str | None = builder_name
         self._time_type = time_type
         super().__init__(BUILD_FINISHED, callback)
 
@@ -215,10 +278,11 @@ class CaptureBuildTimes(Capture):
                 f"{self._err_msg(msg, builder_info['name'])} "
                 f"Exception raised: {type(e).__name__} with message: {e!s}"
             ) from e
+        context = yield self._build_context(msg, builder_info["name"], self._worker_tag)
         yield self._store(
             self._post_data(ret_val),
             f"{builder_info['name']}-{self._series_suffix}",
-            self._defaultContext(msg, builder_info["name"]),
+            context,
             msg.get("complete_at"),
         )
 
@@ -244,7 +308,7 @@ class CaptureBuildStartTime(_OneBuilder, CaptureBuildTimes):
         super().__init__(builder_name, callback or default_callback, "start-time")
 
     def _retValParams(self, msg: dict[str, Any]) -> list[Any]:
-        return [msg["started_at"]]
+        return [as_datetime(msg["started_at"])]
 
 
 class CaptureBuildStartTimeAllBuilders(_AllBuilders, CaptureBuildStartTime):
@@ -264,7 +328,7 @@ class CaptureBuildEndTime(_OneBuilder, CaptureBuildTimes):
         super().__init__(builder_name, callback or default_callback, "end-time")
 
     def _retValParams(self, msg: dict[str, Any]) -> list[Any]:
-        return [msg["complete_at"]]
+        return [as_datetime(msg["complete_at"])]
 
 
 class CaptureBuildEndTimeAllBuilders(_AllBuilders, CaptureBuildEndTime):
@@ -302,7 +366,7 @@ class CaptureBuildDuration(_OneBuilder, CaptureBuildTimes):
         super().__init__(builder_name, callback or default_callback, "duration")
 
     def _retValParams(self, msg: dict[str, Any]) -> list[Any]:
-        return [msg["started_at"], msg["complete_at"]]
+        return [as_datetime(msg["started_at"]), as_datetime(msg["complete_at"])]
 
 
 class CaptureBuildDurationAllBuilders(_AllBuilders, CaptureBuildDuration):
@@ -317,10 +381,12 @@ class CaptureBuildResults(_OneBuilder, CaptureBuildTimes):
 
     Not in buildbot.statistics.  Fields: ``results`` (Buildbot's result code,
     0 is success) and ``result`` (its name, e.g. ``"failure"``); a callback
-    receives the code and returns the value stored as ``results``.
+    receives the code and returns the value stored as ``results``.  Tagged
+    with the ``worker`` that ran the build, besides builder and build number.
     """
 
     _series_suffix = "build-results"
+    _worker_tag = True
 
     def __init__(self, builder_name: str | None, callback: Callable[..., Any] | None = None) -> None:
         def default_callback(results: int) -> int:
@@ -367,14 +433,41 @@ class CaptureDataBase(Capture):
         builderid = build_data["builderid"]
         service = self._stats_service
         known = service.lookups.known_builder(builderid) if service is not None else None
+        context = None
+        if known is not None and "worker" in service.extra_tags:
+            # extra_tags=["worker"]: still no Deferred once the worker is known too
+            workerid = build_data.get("workerid")
+            worker = service.lookups.known_worker(workerid) if workerid is not None else None
+            if workerid is not None and worker is None:
+                known = None
+            else:
+                context = _with_worker(
+                    worker["name"] if worker else None, self._defaultContext(build_data, known["name"])
+                )
         if known is None:
-            return self._builder_info(builderid).addCallback(self._consume_data, build_data, msg)
+            return self._builder_info(builderid).addCallback(self._consume_data_async, build_data, msg)
         try:
-            return defer.succeed(self._consume_data(known, build_data, msg))
+            return defer.succeed(self._consume_data(known, build_data, msg, context))
         except Exception:
             return defer.fail()
 
-    def _consume_data(self, builder_info: Any, build_data: dict[str, Any], msg: dict[str, Any]) -> Any:
+    @defer.inlineCallbacks
+    def _consume_data_async(self, builder_info: Any, build_data: dict[str, Any], msg: dict[str, Any]) -> Any:
+        if not self._builder_name_matches(builder_info):
+            return None
+        context = yield self._build_context(build_data, builder_info["name"])
+        stored = self._consume_data(builder_info, build_data, msg, context)
+        if isinstance(stored, defer.Deferred):
+            yield stored
+        return None
+
+    def _consume_data(
+        self,
+        builder_info: Any,
+        build_data: dict[str, Any],
+        msg: dict[str, Any],
+        context: dict[str, str] | None = None,
+    ) -> Any:
         if not self._builder_name_matches(builder_info):
             return None
         try:
@@ -387,7 +480,7 @@ class CaptureDataBase(Capture):
         d = self._store(
             post_data,
             f"{builder_info['name']}-{self._data_name}",
-            self._defaultContext(build_data, builder_info["name"]),
+            context if context is not None else self._defaultContext(build_data, builder_info["name"]),
         )
         if self._stats_service is not None:
             # Queued: the service spools the point and keeps it until it is
@@ -412,3 +505,15 @@ class CaptureData(_OneBuilder, CaptureDataBase):
 
 class CaptureDataAllBuilders(_AllBuilders, CaptureDataBase):
     """Captures ``yieldMetricsValue`` data on every builder."""
+
+
+# The captures added for issue 9, where master.cfg files find them (they need
+# the classes above, hence the import at the end).
+from buildbot_stats.capture_steps import (  # noqa: E402
+    CaptureBuildQueueTime,
+    CaptureBuildQueueTimeAllBuilders,
+    CaptureStepDuration,
+    CaptureStepDurationAllBuilders,
+    CaptureTestResults,
+    CaptureTestResultsAllBuilders,
+)

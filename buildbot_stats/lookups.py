@@ -1,9 +1,15 @@
-"""Cached lookups of builders and builds in the master's data API.
+"""Cached lookups of builders, builds, workers and build requests in the master's data API.
 
 Captures and ``yieldMetricsValue`` need a build's builder name and data for
 every point; asking the data API each time would cost a query per point.
-Builder ids never change their name, so builders are cached for good; builds
-are kept in a bounded LRU cache (a step posting many values asks once).
+Builder and worker ids never change their name, so they are cached for good;
+builds and build requests are kept in bounded LRU caches (a step posting many
+values, or a build finishing many steps, asks once).  Lookups of one key made
+while its query runs wait for that query instead of making their own.
+
+Finished steps are remembered too (their name and times, from the MQ message):
+a test result set completes before its step does, and its capture needs the
+step's name and ``complete_at`` without asking the database for them.
 """
 
 from __future__ import annotations
@@ -19,6 +25,53 @@ from buildbot_stats.errors import CaptureCallbackError
 __all__ = ["BuildLookups"]
 
 BUILD_CACHE_SIZE = 256
+STEP_CACHE_SIZE = 1024
+
+
+class _Memo:
+    """A bounded LRU cache of one data API path, with concurrent lookups coalesced.
+
+    ``None`` answers (unknown ids) are not cached: the object may appear later.
+    """
+
+    def __init__(self, master: Any, path: str, size: int | None) -> None:
+        self.master = master
+        self.path = path
+        self.size = size
+        self.values: OrderedDict[Any, dict[str, Any]] = OrderedDict()
+        self._waiters: dict[Any, list[defer.Deferred]] = {}
+
+    def known(self, key: Any) -> dict[str, Any] | None:
+        return self.values.get(key)
+
+    def get(self, key: Any) -> defer.Deferred:
+        value = self.values.get(key)
+        if value is not None:
+            return defer.succeed(value)
+        d: defer.Deferred = defer.Deferred()
+        waiters = self._waiters.get(key)
+        if waiters is not None:
+            waiters.append(d)
+            return d
+        self._waiters[key] = [d]
+
+        def done(result: Any) -> None:
+            if not isinstance(result, Failure) and result is not None:
+                self.put(key, result)
+            for waiter in self._waiters.pop(key, []):
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(result)
+
+        defer.maybeDeferred(self.master.data.get, (self.path, key)).addBoth(done)
+        return d
+
+    def put(self, key: Any, value: dict[str, Any]) -> None:
+        self.values[key] = value
+        self.values.move_to_end(key)
+        if self.size is not None and len(self.values) > self.size:
+            self.values.popitem(last=False)
 
 
 class BuildLookups:
@@ -30,6 +83,9 @@ class BuildLookups:
         self._builder_waiters: dict[Any, list[defer.Deferred]] = {}
         self._builds: OrderedDict[Any, dict[str, Any]] = OrderedDict()
         self._build_cache_size = build_cache_size
+        self._workers = _Memo(master, "workers", None)
+        self._buildrequests = _Memo(master, "buildrequests", build_cache_size)
+        self._finished_steps: OrderedDict[Any, dict[str, Any]] = OrderedDict()
 
     def known_builder(self, builderid: Any) -> dict[str, Any] | None:
         """The builder's data if already looked up, else None (no Deferred)."""
@@ -70,12 +126,52 @@ class BuildLookups:
     @defer.inlineCallbacks
     def build(self, buildid: Any) -> Any:
         """The build's data; :class:`CaptureCallbackError` for an unknown id."""
+        build = yield self.find_build(buildid)
+        if build is None:
+            raise CaptureCallbackError(f"yieldMetricsValue: no build with id {buildid!r}")
+        return build
+
+    @defer.inlineCallbacks
+    def find_build(self, buildid: Any) -> Any:
+        """The build's data, None for an unknown id.
+
+        Cached as first seen: only what never changes during a build (number,
+        builder, worker, build request, start time) may be read from it.
+        """
         build = self._builds.get(buildid)
         if build is None:
             build = yield self.master.data.get(("builds", buildid))
             if build is None:
-                raise CaptureCallbackError(f"yieldMetricsValue: no build with id {buildid!r}")
+                return None
             self._builds[buildid] = build
             if len(self._builds) > self._build_cache_size:
                 self._builds.popitem(last=False)
         return build
+
+    def known_worker(self, workerid: Any) -> dict[str, Any] | None:
+        """The worker's data if already looked up, else None (no Deferred)."""
+        return self._workers.known(workerid)
+
+    def worker_name(self, workerid: Any) -> defer.Deferred:
+        """The worker's name (None if ``workerid`` is None or unknown)."""
+        if workerid is None:
+            return defer.succeed(None)
+        return self._workers.get(workerid).addCallback(lambda w: w["name"] if w else None)
+
+    def buildrequest(self, buildrequestid: Any) -> defer.Deferred:
+        """The build request's data (None for an unknown or missing id)."""
+        if buildrequestid is None:
+            return defer.succeed(None)
+        return self._buildrequests.get(buildrequestid)
+
+    def remember_finished_step(self, step: dict[str, Any]) -> None:
+        """Keep a step's finished message (bounded) for :meth:`finished_step`."""
+        steps = self._finished_steps
+        steps[step["stepid"]] = step
+        steps.move_to_end(step["stepid"])
+        if len(steps) > STEP_CACHE_SIZE:
+            steps.popitem(last=False)
+
+    def finished_step(self, stepid: Any) -> dict[str, Any] | None:
+        """The finished message of a recently finished step, None if not seen."""
+        return self._finished_steps.get(stepid)

@@ -11,9 +11,12 @@ import random
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["DEFAULT_SPOOL_PATH", "DeliveryPolicy", "ServiceOptions"]
+__all__ = ["DEFAULT_SPOOL_PATH", "EXTRA_TAGS", "DeliveryPolicy", "ServiceOptions"]
 
 DEFAULT_SPOOL_PATH = "stats-spool.sqlite"
+
+#: Tags that ``extra_tags`` may add to the captures of buildbot.statistics.
+EXTRA_TAGS = ("worker",)
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ class ServiceOptions:
     max_spool_points: int = _POLICY.max_spool_points
     max_retry_delay: float = _POLICY.max_retry_delay
     flush_timeout: float = _POLICY.flush_timeout
+    #: tags added to the property, build-time and data captures (opt-in: more series)
+    extra_tags: tuple[str, ...] = ()
 
     @classmethod
     def problems(cls, options: dict[str, Any]) -> list[str]:
@@ -63,6 +68,13 @@ class ServiceOptions:
             seconds = getattr(opts, name)
             if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
                 found.append(f"{name} must be a number of seconds >= 0, not {seconds!r}")
+        tags = opts.extra_tags
+        if isinstance(tags, str) or not isinstance(tags, (list, tuple)):
+            found.append(f"extra_tags must be a list of tag names from {list(EXTRA_TAGS)}, not {tags!r}")
+        else:
+            for tag in tags:
+                if tag not in EXTRA_TAGS:
+                    found.append(f"extra_tags: unknown tag {tag!r} (known: {', '.join(EXTRA_TAGS)})")
         return found
 
     def policy(self) -> DeliveryPolicy:

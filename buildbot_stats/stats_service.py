@@ -40,8 +40,9 @@ class StatsService(service.BuildbotService):
     ``spool_path`` (relative to the master's basedir; ``None`` keeps pending
     points in memory only), ``batch_size`` (points per write),
     ``max_spool_points`` (per backend, oldest dropped beyond it),
-    ``max_retry_delay`` (seconds, the backoff cap) and ``flush_timeout``
-    (seconds that ``stopService`` waits for pending writes).
+    ``max_retry_delay`` (seconds, the backoff cap), ``flush_timeout``
+    (seconds that ``stopService`` waits for pending writes) and ``extra_tags``
+    (tags such as ``"worker"`` added to the captures of buildbot.statistics).
     """
 
     # Buildbot requires a name; a default spares a traceback in checkconfig
@@ -58,6 +59,8 @@ class StatsService(service.BuildbotService):
         self._queues: QueueSet | None = None
         self._spool_path: str | None = None
         self._aliased_in_master = False
+        #: tags the property, build-time and data captures add (``extra_tags``)
+        self.extra_tags: tuple[str, ...] = ()
 
     def checkConfig(self, storage_backends: Sequence[Any] = (), **options: Any) -> None:  # type: ignore[override]
         if not isinstance(storage_backends, (list, tuple)):
@@ -88,6 +91,7 @@ class StatsService(service.BuildbotService):
         self.checkConfig(storage_backends, **options)
         opts = ServiceOptions(**options)
         log.msg(f"buildbot_stats: configuring StatsService {self.name!r} with backends {storage_backends!r}")
+        self.extra_tags = tuple(opts.extra_tags)
         previous, self.registeredStorageServices = self.registeredStorageServices, list(storage_backends)
         # backends with an endpoint of their own (Prometheus) start before queues may deliver
         yield start_backends(self, self.registeredStorageServices, previous)
@@ -161,8 +165,10 @@ class StatsService(service.BuildbotService):
             cap.parent_svcs = owners[key]
             cap.master = self.master
             cap._stats_service = self
-            consumer = yield self.master.mq.startConsuming(self._consumer(cap), cap.routingKey)
-            self.consumers.append(consumer)
+            # a capture may listen to several kinds of message (``routingKeys``)
+            for key in getattr(cap, "routingKeys", None) or [cap.routingKey]:
+                consumer = yield self.master.mq.startConsuming(self._consumer(cap), key)
+                self.consumers.append(consumer)
 
     def _consumer(self, cap: Any) -> Any:
         def consume(routingKey: tuple, msg: dict[str, Any]) -> defer.Deferred:

@@ -1,8 +1,10 @@
 """``buildbot-stats demo``: a real master, a few builds, the statistics they left.
 
-The demo creates a master with two LocalWorkers and three builders whose step
-sets properties, posts values with ``yieldMetricsValue``, takes a varying time
-and sometimes fails; runs the builds; records statistics into an SQLite store
+The demo creates a master with two LocalWorkers (the second takes one build at
+a time and is the only worker of ``integration``, so builds wait in its queue)
+and three builders of four steps; the ``run-tests`` step sets properties, posts
+values with ``yieldMetricsValue``, records a test result set of its passes and
+failures, takes a varying time and sometimes fails; runs the builds; records statistics into an SQLite store
 (and an InfluxDB, if asked); and prints the summary.  Every process it starts
 is stopped on success, on failure, on Ctrl-C and on SIGTERM.
 
@@ -98,6 +100,7 @@ CHANGE_PASSWD = {change_passwd!r}
 DB_URL = 'sqlite:///state.sqlite'
 BUILDERS = {builders!r}
 FAIL_RATE = {{'unit-tests': 0.1, 'integration': 0.3, 'docs': 0.05}}
+COMPILE_SECONDS = {{'unit-tests': 0.3, 'integration': 1.0, 'docs': 0.2}}
 
 
 class RunTests(statistics.StatsStepMixin, steps.BuildStep):
@@ -114,6 +117,10 @@ class RunTests(statistics.StatsStepMixin, steps.BuildStep):
         failed = rng.randint(1, 5) if rng.random() < FAIL_RATE.get(builder, 0.1) else 0
         self.setProperty('tests_run', tests, 'demo')
         self.setProperty('tests_failed', failed, 'demo')
+        # Buildbot's own test results: one set, a result per test (1 passed, 0 failed)
+        setid = await self.addTestResultSet('demo suite', 'pass_fail', 'boolean')
+        for i in range(tests):
+            self.addTestResult(setid, '0' if i < failed else '1', test_name='test_%d' % i)
         await self.yieldMetricsValues(
             'test-timings',
             [{{'suite': 'suite-%d' % i, 'seconds': round(rng.uniform(0.05, 2.0), 3)}} for i in range(5)],
@@ -124,6 +131,18 @@ class RunTests(statistics.StatsStepMixin, steps.BuildStep):
         return util.FAILURE if failed else util.SUCCESS
 
 
+class Pause(steps.BuildStep):
+    """A short step (checkout, compile, upload) that only takes time."""
+
+    def __init__(self, seconds, **kwargs):
+        super().__init__(**kwargs)
+        self.seconds = seconds
+
+    async def run(self):
+        await task.deferLater(self.master.reactor, self.seconds, lambda: None)
+        return util.SUCCESS
+
+
 captures = [
     statistics.CaptureBuildStartTimeAllBuilders(),
     statistics.CaptureBuildEndTimeAllBuilders(),
@@ -132,6 +151,9 @@ captures = [
     statistics.CapturePropertyAllBuilders('tests_.*', regex=True),
     statistics.CaptureDataAllBuilders('test-timings'),
     statistics.CaptureDataAllBuilders('coverage'),
+    statistics.CaptureStepDurationAllBuilders(),
+    statistics.CaptureBuildQueueTimeAllBuilders(),
+    statistics.CaptureTestResultsAllBuilders(),
 ]
 backends = [SQLiteStorageService({store!r}, captures)]
 {influx}
@@ -143,7 +165,10 @@ c['buildbotURL'] = 'http://127.0.0.1/'
 c['buildbotNetUsageData'] = None
 c['db'] = {{'db_url': DB_URL}}
 c['protocols'] = {{'pb': {{'port': 'tcp:%d:interface=127.0.0.1' % PB_PORT}}}}
-c['workers'] = [worker.LocalWorker('demo-worker-1'), worker.LocalWorker('demo-worker-2')]
+# demo-worker-2 runs one build at a time and is the only worker of 'integration':
+# its builds wait in the queue (see the queue-time field)
+c['workers'] = [worker.LocalWorker('demo-worker-1'), worker.LocalWorker('demo-worker-2', max_builds=1)]
+WORKERS = {{'integration': ['demo-worker-2']}}
 c['change_source'] = [changes.PBChangeSource(user=CHANGE_USER, passwd=CHANGE_PASSWD)]
 c['collapseRequests'] = False
 c['schedulers'] = [
@@ -155,8 +180,12 @@ c['schedulers'] = [
 ]
 c['builders'] = [
     util.BuilderConfig(
-        name=name, workernames=['demo-worker-1', 'demo-worker-2'], collapseRequests=False,
-        factory=util.BuildFactory([RunTests()]),
+        name=name, workernames=WORKERS.get(name, ['demo-worker-1', 'demo-worker-2']),
+        collapseRequests=False,
+        factory=util.BuildFactory([
+            Pause(0.1, name='checkout'), Pause(COMPILE_SECONDS[name], name='compile'), RunTests(),
+            Pause(0.1, name='upload'),
+        ]),
     )
     for name in BUILDERS
 ]

@@ -2,11 +2,12 @@
 
 The main test runs the demo (5 builds on a real master with LocalWorkers) and
 checks the SQLite store point by point against the master's own database
-(``master/state.sqlite``): builds, builder names, results, times, properties
-and the values the step posted.  Then: the same builds in a private InfluxDB
-(``--influxdb``), the errors a person can cause (one line on stderr, exit 2,
-nothing started), and Ctrl-C/SIGTERM while builds run (exit 130/143, nothing
-left).  Every test also checks that no process runs inside the demo directory.
+(``master/state.sqlite``): builds, builder names, results, times, properties,
+the values the step posted, steps, queue times and test result sets.  Then:
+the same builds in a private InfluxDB (``--influxdb``), the errors a person
+can cause (one line on stderr, exit 2, nothing started), and Ctrl-C/SIGTERM
+while builds run (exit 130/143, nothing left).  Every test also checks that
+no process runs inside the demo directory.
 """
 
 from __future__ import annotations
@@ -132,13 +133,32 @@ def master_builds(basedir: Path) -> list[dict[str, Any]]:
         builds = [
             dict(row)
             for row in conn.execute(
-                "SELECT b.id, bl.name AS builder, b.number, b.results, b.started_at, b.complete_at"
-                " FROM builds b JOIN builders bl ON bl.id = b.builderid ORDER BY b.id"
+                "SELECT b.id, bl.name AS builder, b.number, b.results, b.started_at, b.complete_at,"
+                " w.name AS worker, br.submitted_at FROM builds b JOIN builders bl ON bl.id = b.builderid"
+                " JOIN workers w ON w.id = b.workerid JOIN buildrequests br ON br.id = b.buildrequestid"
+                " ORDER BY b.id"
             )
         ]
         for b in builds:
             rows = conn.execute("SELECT name, value FROM build_properties WHERE buildid = ?", (b["id"],))
             b["properties"] = {name: json.loads(value) for name, value in rows}
+            b["steps"] = [
+                dict(row)
+                for row in conn.execute(
+                    "SELECT name, number, started_at, complete_at, results, hidden"
+                    " FROM steps WHERE buildid = ?",
+                    (b["id"],),
+                )
+            ]
+            b["test_result_sets"] = [
+                dict(row)
+                for row in conn.execute(
+                    "SELECT t.description, t.category, t.value_unit, t.tests_passed, t.tests_failed,"
+                    " s.name AS step_name, s.complete_at FROM test_result_sets t"
+                    " JOIN steps s ON s.id = t.stepid WHERE t.buildid = ?",
+                    (b["id"],),
+                )
+            ]
     finally:
         conn.close()
     return builds
@@ -183,10 +203,14 @@ def check_store_against_master(points: list[Point], builds: list[dict[str, Any]]
             "tests_failed",
             "test-timings",
             "coverage",
+            "step-times",
+            "test-results",
         )
     }
     assert {p.series for p in points} == expected_series
-    assert len(points) == N_BUILDS * (4 + TIMINGS_PER_BUILD + 1)
+    steps = sum(len(b["steps"]) for b in builds)
+    assert steps == N_BUILDS * 5  # worker_preparation, checkout, compile, run-tests, upload
+    assert len(points) == N_BUILDS * (4 + TIMINGS_PER_BUILD + 1 + 1) + steps
     for p in points:  # every point names a build the master ran, under its own builder's series
         assert build_key(p) in keys, p
         assert p.series.startswith(p.tags["builder_name"] + "-"), p
@@ -197,10 +221,12 @@ def check_store_against_master(points: list[Point], builds: list[dict[str, Any]]
         [result] = by_build(points, f"{name}-build-results")[key]
         assert result.fields == {"results": b["results"], "result": Results[b["results"]]}
         assert result.time_ns == end_ns
-        # build times: start, end and duration merged into one row
+        assert result.tags["worker"] == b["worker"]
+        # build times: start, end, duration and queue time merged into one row
         [times] = by_build(points, f"{name}-build-times")[key]
         assert times.time_ns == end_ns
-        assert set(times.fields) == {"start-time", "end-time", "duration"}
+        assert set(times.fields) == {"start-time", "end-time", "duration", "queue-time"}
+        assert times.fields["queue-time"] == b["started_at"] - b["submitted_at"]
         assert abs(times.fields["duration"] - (b["complete_at"] - b["started_at"])) <= 1, (times, b)
         assert times.fields["start-time"] == iso(b["started_at"])
         assert times.fields["end-time"] == iso(b["complete_at"])
@@ -220,6 +246,43 @@ def check_store_against_master(points: list[Point], builds: list[dict[str, Any]]
         assert set(coverage.fields) == {"lines", "branches"}
         for p in [*timings, coverage]:
             assert b["started_at"] * 10**9 <= p.time_ns <= (b["complete_at"] + 1) * 10**9, (p, b)
+        # every step once, with the master's times, result and worker
+        step_points = {
+            (p.tags["step_name"], int(p.tags["step_number"])): p
+            for p in by_build(points, f"{name}-step-times")[key]
+        }
+        assert sorted(step_points) == sorted((s["name"], s["number"]) for s in b["steps"])
+        for s in b["steps"]:
+            p = step_points[(s["name"], s["number"])]
+            assert p.time_ns == s["complete_at"] * 10**9
+            assert p.fields["result"] == s["results"]
+            assert abs(p.fields["duration"] - (s["complete_at"] - s["started_at"])) <= 1, (p, s)
+            assert p.tags["worker"] == b["worker"]
+            assert p.tags["hidden"] == ("true" if s["hidden"] else "false")
+        # the run-tests step's test result set: its counts are the step's properties
+        [test_set] = b["test_result_sets"]
+        assert (test_set["tests_passed"], test_set["tests_failed"]) == (
+            tests_run - tests_failed,
+            tests_failed,
+        )
+        [tests] = by_build(points, f"{name}-test-results")[key]
+        assert tests.fields == {
+            "tests_passed": tests_run - tests_failed,
+            "tests_failed": tests_failed,
+            "tests_total": tests_run,
+        }
+        assert tests.time_ns == test_set["complete_at"] * 10**9
+        assert tests.tags == {
+            "builder_name": name,
+            "build_number": str(b["number"]),
+            "step_name": "run-tests",
+            "description": "demo suite",
+            "category": "pass_fail",
+            "value_unit": "boolean",
+            "worker": b["worker"],
+        }
+    # demo-worker-2 (max_builds=1) is the only worker of integration: its builds wait
+    assert max(b["started_at"] - b["submitted_at"] for b in builds if b["builder"] == "integration") >= 1
 
 
 def check_output(stdout: str, workdir: Path) -> None:
@@ -266,15 +329,29 @@ def test_demo_records_every_build_of_the_master(demo_dir: Path) -> None:
     assert time.monotonic() - started < DEMO_TIMEOUT
 
 
-def influx_points(server: InfluxServer, db: str) -> dict[tuple[str, int, str, int], dict[str, Any]]:
-    """(measurement, time, builder, build number) -> fields, for every row in ``db``."""
+TAG_KEYS = ("step_name", "step_number", "hidden", "worker", "description", "category", "value_unit")
+
+
+def influx_points(server: InfluxServer, db: str) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """(measurement, time, builder, build number, other tags) -> fields, for every row in ``db``."""
     found = {}
     for measurement in server.measurements(db):
         for row in server.points(measurement, db):
-            key = (measurement, row.pop("time"), row.pop("builder_name"), int(row.pop("build_number")))
+            key = (
+                measurement,
+                row.pop("time"),
+                row.pop("builder_name"),
+                int(row.pop("build_number")),
+                tuple(sorted((k, row.pop(k)) for k in TAG_KEYS if row.get(k) is not None)),
+            )
             assert key not in found
             found[key] = {k: v for k, v in row.items() if v is not None}
     return found
+
+
+def point_key(p: Point) -> tuple[Any, ...]:
+    others = tuple(sorted((k, v) for k, v in p.tags.items() if k in TAG_KEYS))
+    return (p.series, p.time_ns, *build_key(p), others)
 
 
 def test_demo_with_influxdb_stores_the_same_points(demo_dir: Path, tmp_path: Path) -> None:
@@ -288,7 +365,7 @@ def test_demo_with_influxdb_stores_the_same_points(demo_dir: Path, tmp_path: Pat
         points = store_points(workdir / "stats.sqlite")
         check_store_against_master(points, master_builds(workdir / "master"))
         rows = influx_points(server, "demo_db")
-    sqlite_rows = {(p.series, p.time_ns, *build_key(p)): p.fields for p in points}
+    sqlite_rows = {point_key(p): p.fields for p in points}
     assert rows.keys() == sqlite_rows.keys()
     for key, fields in sqlite_rows.items():
         assert rows[key] == pytest.approx(fields), key  # InfluxDB returns 70.0 as 70

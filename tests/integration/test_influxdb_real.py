@@ -203,8 +203,9 @@ class ServiceToInfluxTests(InfluxServiceTestCase):
         self.assertEqual(
             select(server, db, "builder1-build-results"),
             [
-                {"time": t1, **tags1, "results": 0, "result": "success"},
-                {"time": t2, **tags2, "results": 2, "result": "failure"},
+                # build results carry the worker's name (tags1/tags2 are buildbot.statistics')
+                {"time": t1, **tags1, "worker": "w1", "results": 0, "result": "success"},
+                {"time": t2, **tags2, "worker": "w1", "results": 2, "result": "failure"},
             ],
         )
         self.assertEqual(

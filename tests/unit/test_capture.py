@@ -153,12 +153,17 @@ class BuildTimeCaptureTests(StatsTestCase):
     def test_start_time_callback(self):
         return self.check(capture.CaptureBuildStartTime("builder1", lambda s: s.year), {"start-time": 2026})
 
+    @defer.inlineCallbacks
     def test_results(self):
-        return self.check(
-            capture.CaptureBuildResults("builder1"),
-            {"results": 0, "result": "success"},
-            "builder1-build-results",
+        # not a buildbot.statistics capture: it carries the worker's name too
+        backend = yield self.use(capture.CaptureBuildResults("builder1"))
+        yield self.add_build()
+        self.finish()
+        self.assertEqual(
+            backend.stored_data,
+            [({"results": 0, "result": "success"}, "builder1-build-results", {**CONTEXT, "worker": "w1"})],
         )
+        self.assertEqual(backend.points[0].time_ns, to_ns(COMPLETE))
 
     @defer.inlineCallbacks
     def test_results_all_builders_failure(self):
@@ -168,7 +173,8 @@ class BuildTimeCaptureTests(StatsTestCase):
         msg["results"] = 2
         self.master.mq.callConsumer(("builders", "1", "builds", "1", "finished"), msg)
         self.assertEqual(
-            backend.stored_data, [({"results": 2, "result": "failure"}, "builder1-build-results", CONTEXT)]
+            backend.stored_data,
+            [({"results": 2, "result": "failure"}, "builder1-build-results", {**CONTEXT, "worker": "w1"})],
         )
 
     @defer.inlineCallbacks

@@ -124,9 +124,11 @@ class ConfigTests(StatsTestCase):
         self.assertEqual(
             cap._err_msg({"number": 7}, "b"), "CaptureBuildDuration failed on build 7 on builder b."
         )
-        self.assertEqual(cap._retValParams({"started_at": 1, "complete_at": 2}), [1, 2])
-        self.assertEqual(capture.CaptureBuildStartTime("b")._retValParams({"started_at": 1}), [1])
-        self.assertEqual(capture.CaptureBuildEndTime("b")._retValParams({"complete_at": 2}), [2])
+        # epoch seconds (WAMP MQ) reach callbacks as the datetimes the simple MQ gives
+        one, two = capture.as_datetime(1), capture.as_datetime(2)
+        self.assertEqual(cap._retValParams({"started_at": 1, "complete_at": 2}), [one, two])
+        self.assertEqual(capture.CaptureBuildStartTime("b")._retValParams({"started_at": 1}), [one])
+        self.assertEqual(capture.CaptureBuildEndTime("b")._retValParams({"complete_at": 2}), [two])
 
     @defer.inlineCallbacks
     def test_capture_shared_by_two_backends_stores_once_in_each(self):

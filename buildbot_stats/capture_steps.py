@@ -1,0 +1,327 @@
+"""Captures of steps, queue times and test result sets (not in buildbot.statistics).
+
+* :class:`CaptureStepDuration`: one point per finished step, series
+  ``<builder>-step-times``, stamped with the step's ``complete_at``.
+* :class:`CaptureBuildQueueTime`: field ``queue-time`` of the build's
+  ``<builder>-build-times`` point (same tags and time as the build-time
+  captures, so InfluxDB merges it with ``duration``, ``start-time`` ...).
+* :class:`CaptureTestResults`: one point per completed test result set,
+  series ``<builder>-test-results``, stamped with the ``complete_at`` of the
+  step that recorded it.
+
+Every point carries a time that the master's database holds (``steps`` and
+``builds`` tables), so a tool replaying the database produces the same point.
+Builders, builds, workers and build requests are looked up once per build
+through :class:`~buildbot_stats.lookups.BuildLookups`.  Import these classes
+from :mod:`buildbot_stats.capture` (or the ``statistics`` facade).
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from buildbot import config
+from twisted.internet import defer
+from twisted.python import log
+
+from buildbot_stats.capture import (
+    REPORT_IN_DIVISORS,
+    Capture,
+    CaptureBuildTimes,
+    _AllBuilders,
+    _OneBuilder,
+    _with_worker,
+    as_datetime,
+)
+from buildbot_stats.errors import CaptureCallbackError
+
+__all__ = [
+    "CaptureBuildQueueTime",
+    "CaptureBuildQueueTimeAllBuilders",
+    "CaptureStepDuration",
+    "CaptureStepDurationAllBuilders",
+    "CaptureTestResults",
+    "CaptureTestResultsAllBuilders",
+]
+
+STEP_FINISHED = ("builds", None, "steps", None, "finished")
+TEST_RESULT_SET_COMPLETED = ("test_result_sets", None, "completed")
+#: test result sets waiting for their step to finish, at most (oldest dropped beyond)
+MAX_PENDING_STEPS = 1000
+
+
+def _divisor(cls_name: str, report_in: str) -> float:
+    if report_in not in REPORT_IN_DIVISORS:
+        config.error(
+            f"Error during initialization of class {cls_name}. "
+            "`report_in` parameter must be one of 'seconds', 'minutes' or 'hours', "
+            f"not {report_in!r}"
+        )
+    return REPORT_IN_DIVISORS.get(report_in, 1)
+
+
+def _interval_callback(divisor: float) -> Callable[[datetime.datetime, datetime.datetime], float]:
+    def interval(start: datetime.datetime, end: datetime.datetime) -> float:
+        return max(end - start, datetime.timedelta(0)).total_seconds() / divisor
+
+    return interval
+
+
+class _BuildOfStep(Capture):
+    """Shared by the step and test-result captures: a build's builder and worker, cached."""
+
+    @defer.inlineCallbacks
+    def _build_of(self, buildid: Any, what: str) -> Any:
+        """``(build, builder_info, worker_name)``; CaptureCallbackError for an unknown build."""
+        lookups = self._lookups
+        build = yield lookups.find_build(buildid)
+        if build is None:
+            raise CaptureCallbackError(f"{type(self).__name__}: {what} of unknown build id {buildid!r}")
+        builder_info = yield self._builder_info(build["builderid"])
+        worker = yield lookups.worker_name(build.get("workerid"))
+        return build, builder_info, worker
+
+
+class CaptureStepDuration(_OneBuilder, _BuildOfStep):
+    """Captures every finished step (or those named ``step_name``) into ``<builder>-step-times``.
+
+    Fields ``duration`` (``report_in`` units; a callback gets the step's start
+    and end datetimes and returns it) and ``result`` (Buildbot's result code).
+    Tags ``builder_name``, ``build_number``, ``step_name``, ``step_number``,
+    ``hidden`` (``"true"``/``"false"``) and ``worker``.  Time: the step's
+    ``complete_at``.  With ``regex=True``, ``step_name`` is a regular
+    expression matched at the start of the name (as ``re.match``).
+    """
+
+    def __init__(
+        self,
+        builder_name: str | None,
+        step_name: str | None = None,
+        regex: bool = False,
+        report_in: str = "seconds",
+        callback: Callable[..., Any] | None = None,
+    ) -> None:
+        self._builder_name = builder_name
+        self._step_name = step_name
+        self._pattern: re.Pattern[str] | None = None
+        if regex and step_name is not None:
+            try:
+                self._pattern = re.compile(step_name)
+            except re.error as e:
+                config.error(f"{type(self).__name__}: invalid regular expression {step_name!r}: {e}")
+        divisor = _divisor(type(self).__name__, report_in)
+        super().__init__(STEP_FINISHED, callback or _interval_callback(divisor))
+
+    def _step_name_matches(self, name: Any) -> bool:
+        if self._step_name is None:
+            return True
+        if self._pattern is not None:
+            return isinstance(name, str) and self._pattern.match(name) is not None
+        return name == self._step_name
+
+    @defer.inlineCallbacks
+    def consume(self, routingKey: tuple, msg: dict[str, Any]) -> Any:
+        if not self._step_name_matches(msg.get("name")):
+            return
+        what = f"step {msg.get('name')!r} (id {msg.get('stepid')!r})"
+        build, builder_info, worker = yield self._build_of(msg["buildid"], what)
+        if not self._builder_name_matches(builder_info):
+            return
+        builder_name = builder_info["name"]
+        where = (
+            f"{type(self).__name__} failed for {what} of build {build['number']} on builder {builder_name}"
+        )
+        complete_at = msg.get("complete_at")
+        if complete_at is None:
+            raise CaptureCallbackError(f"{where}: the step has no complete_at")
+        fields: dict[str, Any] = {}
+        if msg.get("started_at") is not None:
+            try:
+                fields["duration"] = self._callback(as_datetime(msg["started_at"]), as_datetime(complete_at))
+            except Exception as e:
+                raise CaptureCallbackError(f"{where}: {type(e).__name__}: {e}") from e
+        if msg.get("results") is not None:
+            fields["result"] = msg["results"]
+        if not fields:
+            raise CaptureCallbackError(f"{where}: the step has neither start time nor result")
+        tags = self._defaultContext(build, builder_name)
+        tags["step_name"] = str(msg["name"])
+        tags["step_number"] = str(msg["number"])
+        tags["hidden"] = "true" if msg.get("hidden") else "false"
+        _with_worker(worker, tags)
+        yield self._store(fields, f"{builder_name}-step-times", tags, complete_at)
+
+
+class CaptureStepDurationAllBuilders(_AllBuilders, CaptureStepDuration):
+    """Captures finished steps on every builder."""
+
+    def __init__(
+        self,
+        step_name: str | None = None,
+        regex: bool = False,
+        report_in: str = "seconds",
+        callback: Callable[..., Any] | None = None,
+    ) -> None:
+        super().__init__(None, step_name, regex, report_in, callback)
+
+
+class CaptureBuildQueueTime(_OneBuilder, CaptureBuildTimes):
+    """Captures how long a build waited for a worker as field ``queue-time`` of ``<builder>-build-times``.
+
+    The build's ``started_at`` minus its build request's ``submitted_at``, in
+    ``report_in`` units (a callback gets both datetimes, submitted first).
+    Tags and time are those of the other build-time captures, so the field
+    lands in the same point as ``duration``, ``start-time`` and ``end-time``.
+    """
+
+    def __init__(
+        self,
+        builder_name: str | None,
+        report_in: str = "seconds",
+        callback: Callable[..., Any] | None = None,
+    ) -> None:
+        divisor = _divisor(type(self).__name__, report_in)
+        super().__init__(builder_name, callback or _interval_callback(divisor), "queue-time")
+
+    def _retValParams(self, msg: dict[str, Any]) -> list[Any]:  # pragma: no cover - consume overrides
+        raise NotImplementedError
+
+    @defer.inlineCallbacks
+    def consume(self, routingKey: tuple, msg: dict[str, Any]) -> Any:
+        builder_info = yield self._builder_info(msg["builderid"])
+        if not self._builder_name_matches(builder_info):
+            return
+        builder_name = builder_info["name"]
+        request = yield self._lookups.buildrequest(msg.get("buildrequestid"))
+        if request is None or request.get("submitted_at") is None:
+            raise CaptureCallbackError(
+                f"{self._err_msg(msg, builder_name)} No build request {msg.get('buildrequestid')!r} "
+                "to take the queue time from."
+            )
+        try:
+            ret_val = self._callback(as_datetime(request["submitted_at"]), as_datetime(msg["started_at"]))
+        except Exception as e:
+            raise CaptureCallbackError(
+                f"{self._err_msg(msg, builder_name)} Exception raised: {type(e).__name__} with message: {e!s}"
+            ) from e
+        context = yield self._build_context(msg, builder_name)
+        yield self._store(
+            {"queue-time": ret_val}, f"{builder_name}-build-times", context, msg.get("complete_at")
+        )
+
+
+class CaptureBuildQueueTimeAllBuilders(_AllBuilders, CaptureBuildQueueTime):
+    """Captures the queue time of builds on every builder."""
+
+    def __init__(self, report_in: str = "seconds", callback: Callable[..., Any] | None = None) -> None:
+        super().__init__(None, report_in, callback)
+
+
+def _test_counts(result_set: dict[str, Any]) -> dict[str, Any]:
+    """The default fields: the counts Buildbot knows, and their sum.
+
+    A count Buildbot left as None (a category that does not count it, e.g.
+    ``pass_only`` has no failures, ``performance`` neither) is not stored:
+    "not counted" is not zero.  ``tests_total`` is the sum of the known counts.
+    """
+    fields = {k: result_set[k] for k in ("tests_passed", "tests_failed") if result_set.get(k) is not None}
+    if fields:
+        fields["tests_total"] = sum(fields.values())
+    return fields
+
+
+class CaptureTestResults(_OneBuilder, _BuildOfStep):
+    """Captures each completed test result set into ``<builder>-test-results``.
+
+    Fields ``tests_passed``, ``tests_failed`` and ``tests_total`` (counts that
+    Buildbot left as None are omitted; a set with no count at all gives no
+    point); a callback gets the result set's data and returns the fields.
+    Tags ``builder_name``, ``build_number``, ``step_name``, ``description``,
+    ``category``, ``value_unit`` and ``worker``.  Time: the ``complete_at`` of
+    the step that recorded the set.  A step completes its sets just before it
+    finishes, so a set waits (in memory) for its step's finished message.
+    """
+
+    def __init__(self, builder_name: str | None, callback: Callable[..., Any] | None = None) -> None:
+        self._builder_name = builder_name
+        super().__init__(TEST_RESULT_SET_COMPLETED, callback or _test_counts)
+        #: the two messages this capture needs (StatsService subscribes to each)
+        self.routingKeys = [TEST_RESULT_SET_COMPLETED, STEP_FINISHED]
+        self._pending: OrderedDict[Any, list[dict[str, Any]]] = OrderedDict()
+
+    def consume(self, routingKey: tuple, msg: dict[str, Any]) -> Any:
+        # No inlineCallbacks here: parking a set and taking it back must happen
+        # at once, in message order, before any lookup yields.
+        if routingKey and routingKey[0] == "test_result_sets":
+            return self._set_completed(msg)
+        return self._step_finished(msg)
+
+    def _set_completed(self, result_set: dict[str, Any]) -> Any:
+        known = self._lookups.known_builder(result_set.get("builderid"))
+        if known is not None and not self._builder_name_matches(known):
+            return None
+        stepid = result_set.get("stepid")
+        step = self._lookups.finished_step(stepid)
+        if step is not None:
+            return self._emit([result_set], step)
+        self._pending.setdefault(stepid, []).append(result_set)
+        self._pending.move_to_end(stepid)
+        if len(self._pending) > MAX_PENDING_STEPS:
+            dropped_step, dropped = self._pending.popitem(last=False)
+            log.msg(
+                f"buildbot_stats: {type(self).__name__}: step {dropped_step!r} did not finish; "
+                f"dropped its {len(dropped)} test result set(s)"
+            )
+        return None
+
+    def _step_finished(self, step: dict[str, Any]) -> Any:
+        self._lookups.remember_finished_step(step)
+        sets = self._pending.pop(step.get("stepid"), None)
+        if not sets:
+            return None
+        return self._emit(sets, step)
+
+    @defer.inlineCallbacks
+    def _emit(self, sets: list[dict[str, Any]], step: dict[str, Any]) -> Any:
+        what = f"test results of step {step.get('name')!r} (id {step.get('stepid')!r})"
+        build, builder_info, worker = yield self._build_of(step["buildid"], what)
+        if not self._builder_name_matches(builder_info):
+            return
+        builder_name = builder_info["name"]
+        complete_at = step.get("complete_at")
+        failures = []
+        for result_set in sets:
+            where = f"test result set {result_set.get('test_result_setid')!r}"
+            if complete_at is None:
+                failures.append(f"{where}: its step has no complete_at")
+                continue
+            try:
+                fields = self._callback(result_set)
+            except Exception as e:
+                failures.append(f"callback failed for {where}: {type(e).__name__}: {e}")
+                continue
+            if not fields:
+                continue
+            tags = self._defaultContext(build, builder_name)
+            tags["step_name"] = str(step["name"])
+            for key in ("description", "category", "value_unit"):
+                if result_set.get(key) not in (None, ""):
+                    tags[key] = str(result_set[key])
+            _with_worker(worker, tags)
+            yield self._store(fields, f"{builder_name}-test-results", tags, complete_at)
+        if failures:
+            raise CaptureCallbackError(
+                f"{type(self).__name__} failed for build {build['number']} on builder {builder_name}: "
+                + "; ".join(failures)
+            )
+
+
+class CaptureTestResultsAllBuilders(_AllBuilders, CaptureTestResults):
+    """Captures completed test result sets on every builder."""
+
+    def __init__(self, callback: Callable[..., Any] | None = None) -> None:
+        super().__init__(None, callback)
