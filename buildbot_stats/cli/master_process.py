@@ -109,21 +109,16 @@ BUILDER_NAMES = {builder_names!r}
 DB_URL = {db_url!r}
 
 c = BuildmasterConfig = {{}}
-c['title'] = 'bbstats-e2e'  # > 18 chars triggers a ConfigWarning
+c['title'] = {title!r}
 c['titleURL'] = 'http://127.0.0.1/'
 c['buildbotURL'] = 'http://127.0.0.1/'
 c['buildbotNetUsageData'] = None
 c['db'] = {{'db_url': DB_URL}}
 c['protocols'] = {{'pb': {{'port': 'tcp:%d:interface=127.0.0.1' % PB_PORT}}}}
-c['workers'] = [worker.LocalWorker(name) for name in WORKER_NAMES]
+c['workers'] = [{workers}]
 c['change_source'] = [changes.PBChangeSource(user=CHANGE_USER, passwd=CHANGE_PASSWD)]
 c['collapseRequests'] = False
-c['schedulers'] = [
-    schedulers.AnyBranchScheduler(
-        name='all', treeStableTimer=None, builderNames=BUILDER_NAMES
-    ),
-]
-
+{schedulers}
 c['builders'] = []
 {builders}
 c['services'] = []
@@ -132,10 +127,30 @@ c['services'] = []
 # --- end services ---
 """
 
+# one build of every builder for every change
+_ANY_BRANCH = """\
+c['schedulers'] = [
+    schedulers.AnyBranchScheduler(
+        name='all', treeStableTimer=None, builderNames=BUILDER_NAMES
+    ),
+]
+"""
+# one build of the builder whose name is the change's branch
+_BRANCH_PER_BUILDER = """\
+c['schedulers'] = [
+    schedulers.SingleBranchScheduler(
+        name=name, change_filter=util.ChangeFilter(branch=name), treeStableTimer=None,
+        builderNames=[name],
+    )
+    for name in BUILDER_NAMES
+]
+"""
+SCHEDULERS = {"any-branch": _ANY_BRANCH, "branch-per-builder": _BRANCH_PER_BUILDER}
+
 _BUILDER_TEMPLATE = """\
 c['builders'].append(util.BuilderConfig(
     name={name!r},
-    workernames=WORKER_NAMES,
+    workernames={workernames},
     collapseRequests=False,
     factory=util.BuildFactory(
 {steps}
@@ -148,23 +163,44 @@ def make_master_cfg(
     builders: dict[str, str],
     *,
     pb_port: int,
-    workers: int = 2,
+    workers: int | dict[str, dict[str, Any]] = 2,
+    builder_workers: Mapping[str, list[str]] | None = None,
+    scheduler: str = "any-branch",
     header: str = "",
     services: str = "",
     db_url: str = "sqlite:///state.sqlite",
     change_auth: tuple[str, str] = CHANGE_AUTH,
+    title: str = "bbstats-e2e",  # > 18 chars triggers a ConfigWarning
 ) -> str:
     """Return master.cfg text: ``builders`` maps name -> list-of-steps expression.
 
-    All builders share ``workers`` LocalWorkers; one AnyBranchScheduler makes one
-    build per builder for every change received by the PBChangeSource on ``pb_port``.
+    The one master.cfg engine of the demo, the tests and the benchmarks.
+    ``workers`` is a number of LocalWorkers (``local-worker-1``...) or a dict
+    name -> LocalWorker keyword arguments (e.g. ``{"max_builds": 1}``); every
+    builder uses every worker unless ``builder_workers`` names its own.
+    ``scheduler`` is ``"any-branch"`` (every change builds every builder) or
+    ``"branch-per-builder"`` (a change builds the builder named by its
+    branch); changes come through the PBChangeSource on ``pb_port``.
     ``header`` is Python put at the top (after the plugin imports), ``services``
     Python put after ``c['services'] = []``.
     """
     if not builders:
         raise ValueError("need at least one builder")
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, not {scheduler!r}")
+    if isinstance(workers, int):
+        workers = {f"local-worker-{i}": {} for i in range(1, workers + 1)}
+    worker_src = ", ".join(
+        f"worker.LocalWorker({name!r}{''.join(f', {k}={v!r}' for k, v in options.items())})"
+        for name, options in workers.items()
+    )
+    own = builder_workers or {}
     builder_src = "".join(
-        _BUILDER_TEMPLATE.format(name=name, steps=textwrap.indent(textwrap.dedent(src).strip(), " " * 8))
+        _BUILDER_TEMPLATE.format(
+            name=name,
+            workernames=repr(own[name]) if name in own else "WORKER_NAMES",
+            steps=textwrap.indent(textwrap.dedent(src).strip(), " " * 8),
+        )
         for name, src in builders.items()
     )
     return _CFG_TEMPLATE.format(
@@ -172,9 +208,12 @@ def make_master_cfg(
         pb_port=int(pb_port),
         change_user=change_auth[0],
         change_passwd=change_auth[1],
-        worker_names=[f"local-worker-{i}" for i in range(1, workers + 1)],
+        worker_names=list(workers),
         builder_names=list(builders),
         db_url=db_url,
+        title=title,
+        workers=worker_src,
+        schedulers=SCHEDULERS[scheduler],
         builders=builder_src,
         services=textwrap.dedent(services).strip(),
     )
