@@ -22,6 +22,7 @@ from buildbot.util import service
 from twisted.internet import defer
 from twisted.python import log
 
+from buildbot_stats.burst_log import BurstLog
 from buildbot_stats.capture import YIELD_DATA, Capture
 from buildbot_stats.errors import CaptureCallbackError, StorageBackendTypeError
 from buildbot_stats.lookups import BuildLookups
@@ -61,6 +62,7 @@ class StatsService(service.BuildbotService):
         self._queues: QueueSet | None = None
         self._spool_path: str | None = None
         self._aliased_in_master = False
+        self._capture_log: BurstLog | None = None
 
     def checkConfig(self, storage_backends: Sequence[Any] = (), **options: Any) -> None:  # type: ignore[override]
         if not isinstance(storage_backends, (list, tuple)):
@@ -130,6 +132,8 @@ class StatsService(service.BuildbotService):
         self.registeredStorageServices = list(storage_backends)
         if self.lookups is None or self.lookups.master is not self.master:
             self.lookups = BuildLookups(self.master)
+        if self._capture_log is None or self._capture_log.reactor is not self.master.reactor:
+            self._capture_log = BurstLog(self.master.reactor)
         first = self._queues is None
         if self._queues is None:
             basedir = getattr(self.master, "basedir", None) if self.master else None
@@ -224,18 +228,26 @@ class StatsService(service.BuildbotService):
         return consume
 
     def _capture_failed(self, failure: Any, cap: Any) -> None:
+        """One log line per burst of the same failure of a capture (see :mod:`buildbot_stats.burst_log`)."""
         if failure.check(CaptureCallbackError):
-            log.msg(f"buildbot_stats: {failure.getErrorMessage()}")
+            message = failure.getErrorMessage()
+            cause = failure.value.__cause__
+            kind = type(cause).__name__ if cause is not None else ""
         else:
             # a bug in a (custom) capture or callback: say where, in one line
             where = ""
             if failure.frames:
                 name, filename, lineno = failure.frames[-1][:3]
                 where = f" (in {name}, {filename}:{lineno})"
-            log.msg(
-                f"buildbot_stats: {type(cap).__name__} could not handle a message: "
+            message = (
+                f"{type(cap).__name__} could not handle a message: "
                 f"{failure.type.__name__}: {failure.getErrorMessage()}{where}"
             )
+            kind = failure.type.__name__
+        if self._capture_log is None:
+            log.msg(f"buildbot_stats: {message}")
+        else:
+            self._capture_log.failed((id(cap), failure.type, kind), message)
 
     @defer.inlineCallbacks
     def removeConsumers(self) -> Any:
@@ -272,6 +284,8 @@ class StatsService(service.BuildbotService):
         try:
             yield self.removeConsumers()
         finally:
+            if self._capture_log is not None:
+                self._capture_log.flush()
             queues, self._queues = self._queues, None
             if queues is not None:
                 try:
