@@ -382,7 +382,8 @@ class CaptureDataBase(Capture):
         except Exception as e:
             raise CaptureCallbackError(
                 f"CaptureData failed for build {build_data['number']} of builder "
-                f"{builder_info['name']}. Exception generated: {type(e).__name__} with message {e!s}"
+                f"{builder_info['name']} (series {builder_info['name']}-{self._data_name}). "
+                f"Exception generated: {type(e).__name__} with message {e!s}"
             ) from e
         d = self._store(
             post_data,

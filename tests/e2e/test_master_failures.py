@@ -162,3 +162,7 @@ def test_checkconfig_reports_each_bad_argument_in_one_line(make_master: Any) -> 
     ):
         lines = [line for line in out.splitlines() if expected in line]
         assert len(lines) == 1, f"{expected!r} not in one line of:\n{out}"
+    # and the master refuses to start with them (and exits)
+    log = start_failing(m)
+    assert "Halting master." in log
+    assert "CaptureBuildDurationAllBuilders is a class" in log

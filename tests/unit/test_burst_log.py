@@ -115,7 +115,7 @@ class CaptureFailureLogTests(StatsTestCase, LoggingMixin):
         self.assertEqual([p.fields for p in backend.points], [{"ratio": 0.25}])
         lines = [line for line in self.stats_lines_text() if "configuring" not in line]
         self.assertEqual(len(lines), 1, lines)
-        self.assertIn("CaptureData failed for build 1 of builder builder1", lines[0])
+        self.assertIn("CaptureData failed for build 1 of builder builder1 (series builder1-m)", lines[0])
         self.assertIn("ZeroDivisionError", lines[0])
         self.reactor.advance(DEFAULT_WINDOW)
         lines = [line for line in self.stats_lines_text() if "configuring" not in line]
