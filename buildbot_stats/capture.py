@@ -78,6 +78,8 @@ class Capture(abc.ABC):
     """
 
     def __init__(self, routingKey: tuple, callback: Callable[..., Any]) -> None:
+        if callback is not None and not callable(callback):  # custom captures may pass None
+            config.error(f"{type(self).__name__}: callback must be callable, not {callback!r}")
         self.routingKey = routingKey
         self._callback = callback
         # set by StatsService when it registers this capture
@@ -184,7 +186,9 @@ class CapturePropertyBase(Capture):
     ) -> None:
         self._property_name = property_name
         self._regex = regex
-        if regex:
+        if not isinstance(property_name, str):
+            config.error(f"{type(self).__name__}: property_name must be a string, not {property_name!r}")
+        elif regex:
             try:
                 self._pattern = re.compile(property_name)
             except re.error as e:
@@ -350,13 +354,13 @@ class CaptureBuildDuration(_OneBuilder, CaptureBuildTimes):
         report_in: str = "seconds",
         callback: Callable[..., Any] | None = None,
     ) -> None:
-        if report_in not in REPORT_IN_DIVISORS:
+        if not isinstance(report_in, str) or report_in not in REPORT_IN_DIVISORS:
             config.error(
                 f"Error during initialization of class {type(self).__name__}. "
                 "`report_in` parameter must be one of 'seconds', 'minutes' or 'hours', "
                 f"not {report_in!r}"
             )
-        divisor = REPORT_IN_DIVISORS.get(report_in, 1)
+        divisor = REPORT_IN_DIVISORS.get(report_in, 1) if isinstance(report_in, str) else 1
         self.report_in = report_in  # the unit of the stored duration, for backends
 
         def default_callback(start_time: datetime.datetime, end_time: datetime.datetime) -> float:
@@ -417,6 +421,8 @@ class CaptureDataBase(Capture):
     """Captures values posted with ``yieldMetricsValue`` under ``data_name``."""
 
     def __init__(self, data_name: str, callback: Callable[..., Any] | None = None) -> None:
+        if not isinstance(data_name, str):
+            config.error(f"{type(self).__name__}: data_name must be a string, not {data_name!r}")
         self._data_name = data_name
 
         def identity(x: Any) -> Any:
@@ -475,7 +481,8 @@ class CaptureDataBase(Capture):
         except Exception as e:
             raise CaptureCallbackError(
                 f"CaptureData failed for build {build_data['number']} of builder "
-                f"{builder_info['name']}. Exception generated: {type(e).__name__} with message {e!s}"
+                f"{builder_info['name']} (series {builder_info['name']}-{self._data_name}). "
+                f"Exception generated: {type(e).__name__} with message {e!s}"
             ) from e
         d = self._store(
             post_data,

@@ -7,6 +7,7 @@ while it runs.  Every default lives here and only here.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, fields
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 __all__ = ["DEFAULT_SPOOL_PATH", "EXTRA_TAGS", "DeliveryPolicy", "ServiceOptions"]
 
 DEFAULT_SPOOL_PATH = "stats-spool.sqlite"
+#: The shortest ``max_retry_delay``: retrying faster only spins a core while a backend is down.
+MIN_RETRY_DELAY_CAP = 0.1
 
 #: Tags that ``extra_tags`` may add to the captures of buildbot.statistics.
 EXTRA_TAGS = ("worker",)
@@ -58,16 +61,25 @@ class ServiceOptions:
         known = {f.name for f in fields(cls)}
         found = [f"unknown argument {name!r}" for name in options if name not in known]
         opts = cls(**{k: v for k, v in options.items() if k in known})
-        if opts.spool_path is not None and not isinstance(opts.spool_path, str):
-            found.append("spool_path must be a file path or None")
+        if opts.spool_path is not None and (
+            not isinstance(opts.spool_path, str) or not opts.spool_path.strip()
+        ):
+            found.append(f"spool_path must be a file path or None, not {opts.spool_path!r}")
         for name in ("batch_size", "max_spool_points"):
             count = getattr(opts, name)
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 found.append(f"{name} must be an integer >= 1, not {count!r}")
-        for name in ("max_retry_delay", "flush_timeout"):
+        # NaN stops retries with a traceback, inf never retries, 0 spins a core,
+        # and a flush_timeout of NaN or inf keeps a stopping master from exiting
+        for name, least in (("max_retry_delay", MIN_RETRY_DELAY_CAP), ("flush_timeout", 0)):
             seconds = getattr(opts, name)
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
-                found.append(f"{name} must be a number of seconds >= 0, not {seconds!r}")
+            if (
+                isinstance(seconds, bool)
+                or not isinstance(seconds, (int, float))
+                or not math.isfinite(seconds)
+                or seconds < least
+            ):
+                found.append(f"{name} must be a number of seconds >= {least}, not {seconds!r}")
         tags = opts.extra_tags
         if isinstance(tags, str) or not isinstance(tags, (list, tuple)):
             found.append(f"extra_tags must be a list of tag names from {list(EXTRA_TAGS)}, not {tags!r}")
@@ -79,7 +91,7 @@ class ServiceOptions:
 
     def policy(self) -> DeliveryPolicy:
         """The queue-side view of these options."""
-        max_delay = float(self.max_retry_delay)
+        max_delay = max(MIN_RETRY_DELAY_CAP, float(self.max_retry_delay))
         return DeliveryPolicy(
             batch_size=self.batch_size,
             max_spool_points=self.max_spool_points,

@@ -35,14 +35,25 @@ import json
 import os
 import pickle
 import sqlite3
+import stat
 import time
+import urllib.parse
 from collections.abc import Iterable
 from typing import Any, Protocol, runtime_checkable
 
 from buildbot_stats.point import Point, is_flat_plain, to_plain
 from buildbot_stats.sqlite_wal import connect_wal
 
-__all__ = ["MemorySpool", "SQLiteSpool", "Spool", "SpoolSegment", "dump_points", "load_points"]
+__all__ = [
+    "ForeignSpoolFileError",
+    "MemorySpool",
+    "SQLiteSpool",
+    "Spool",
+    "SpoolSegment",
+    "dump_points",
+    "foreign_file_problem",
+    "load_points",
+]
 
 _TABLE = "buildbot_stats_segments"
 _VIEW = "buildbot_stats_spool"
@@ -73,6 +84,10 @@ _CREATE_VIEW = (
 )
 _INSERT = f"INSERT OR REPLACE INTO {_TABLE} (queue_key, id, last_id, ids, points) VALUES (?,?,?,?,?)"
 _PICKLE_PROTOCOL = 5  # readable by Python >= 3.8
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+#: ``PRAGMA application_id`` of a spool file ("bbst"), in the file's header: it marks
+#: the file as ours even when the rest of it is damaged.
+APPLICATION_ID = 0x62627374
 
 # (first id, ids, points): one spool write of a queue, as written and as found again at start
 SpoolSegment = tuple[int, list[int], list[Point]]
@@ -242,6 +257,9 @@ class SQLiteSpool:
         return f"SQLiteSpool({self.path!r})"
 
     def thd_open(self) -> None:
+        problem = foreign_file_problem(self.path)
+        if problem is not None:
+            raise ForeignSpoolFileError(self.path, problem)
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
         try:
@@ -269,10 +287,16 @@ class SQLiteSpool:
                 db.execute(_SCHEMA)
                 db.execute(_QUARANTINE_SCHEMA)
                 db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+                marked = db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+                if not marked:
+                    db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 try:
                     db.execute(_CREATE_VIEW)
                 except sqlite3.OperationalError:
                     pass  # an SQLite without json_each: the view is for inspection only
+            if not marked:
+                # into the file's own header (not only the WAL), where foreign_file_problem reads it
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except Exception:
             db.close()
             raise
@@ -344,3 +368,57 @@ def _migrate_from_2(db: sqlite3.Connection) -> None:
         exists = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone()
         if exists:
             db.execute(f"ALTER TABLE {table} RENAME COLUMN backend TO queue_key")
+
+
+class ForeignSpoolFileError(Exception):
+    """The spool's path names a file that is not a spool of ours; it is left untouched."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path} is not a buildbot_stats spool: it {problem}; it is left untouched")
+        self.path = path
+        self.problem = problem
+
+
+def foreign_file_problem(path: str) -> str | None:
+    """Why the file at ``path`` must not be used as a spool, or None if it may be.
+
+    The spool creates, opens, or (when it is damaged) renames aside only a file
+    it recognises as its own: no file yet, an empty file, an SQLite file whose
+    header carries the spool's ``application_id`` (readable or not), an empty
+    SQLite database, or one holding the spool's table (a spool written before
+    the mark).  Anything else -- Buildbot's ``state.sqlite``, ``master.cfg``, a
+    damaged file without the mark -- is somebody else's and is never touched.
+    Reads at most the header and, read-only, the table names.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if st.st_size == 0:
+        return None
+    try:
+        with open(path, "rb") as f:
+            header = f.read(100)
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if not header.startswith(_SQLITE_MAGIC):
+        return "is not an SQLite file"
+    if len(header) >= 72 and int.from_bytes(header[68:72], "big") == APPLICATION_ID:
+        return None
+    try:
+        uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+        db = sqlite3.connect(uri, uri=True, timeout=5)
+        try:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        return f"is an SQLite file that cannot be read ({e}) and has no spool mark"
+    if not tables or _TABLE in tables:
+        return None
+    shown = ", ".join(sorted(tables)[:3]) + (", ..." if len(tables) > 3 else "")
+    return f"is an SQLite database with other tables ({shown})"

@@ -3,7 +3,9 @@
 :func:`open_spool` picks the spool for a ``spool_path`` (an SQLite file in the
 master's basedir, or memory only) and falls back to memory, with one log
 line, when the file cannot be used: statistics never keep a master from
-starting.  :class:`SpoolThread` runs the spool's ``thd_*`` methods in
+starting -- unless ``spool_path`` names a file that is not a spool
+(:class:`~buildbot_stats.spool.ForeignSpoolFileError`, a configuration error:
+that file is left untouched).  :class:`SpoolThread` runs the spool's ``thd_*`` methods in
 submission order on a thread of its own and stops that thread on close.
 """
 
@@ -16,7 +18,7 @@ from typing import Any
 from twisted.internet import defer, threads
 from twisted.python import log, threadpool
 
-from buildbot_stats.spool import MemorySpool, SpoolSegment, SQLiteSpool
+from buildbot_stats.spool import ForeignSpoolFileError, MemorySpool, SpoolSegment, SQLiteSpool
 
 __all__ = ["SpoolThread", "open_spool", "spool_file"]
 
@@ -29,6 +31,14 @@ class SpoolThread:
         self._reactor = reactor
         self._pool = pool
         self._closed = False
+        self._stopped = False
+        self._shutdown_trigger: Any = None
+        if pool is not None:
+            # The pool's thread is not a daemon: left running it keeps the master
+            # process alive after its reactor stopped (a failed start, a stop that
+            # never reached this service).  Whatever path leads out, the reactor's
+            # shutdown stops it.
+            self._shutdown_trigger = reactor.addSystemEventTrigger("during", "shutdown", self._stop_thread)
 
     def __repr__(self) -> str:
         return f"<SpoolThread {self._spool!r}>"
@@ -45,8 +55,15 @@ class SpoolThread:
     def set_aside(self) -> str | None:
         return self._spool.set_aside
 
+    @property
+    def running(self) -> bool:
+        """Whether the spool's own thread runs (a memory spool has none)."""
+        return self._pool is not None
+
     def _run(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
         if self._pool is None:
+            if self._stopped:
+                return defer.fail(RuntimeError(f"the thread of {self._spool!r} was stopped"))
             return defer.maybeDeferred(f, *args)
         return threads.deferToThreadPool(self._reactor, self._pool, f, *args)
 
@@ -83,9 +100,18 @@ class SpoolThread:
         try:
             yield self._run(self._spool.thd_close)
         finally:
-            if self._pool is not None:
-                self._pool.stop()
-                self._pool = None
+            if self._shutdown_trigger is not None:
+                self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
+                self._shutdown_trigger = None
+            self._stop_thread()
+
+    def _stop_thread(self) -> None:
+        """Stop the thread (waiting for the job it runs); later calls fail instead of hanging."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            self._closed = self._stopped = True
+            self._shutdown_trigger = None
+            pool.stop()
 
 
 def spool_file(spool_path: str | None, basedir: str | None) -> str | None:
@@ -111,6 +137,9 @@ def open_spool(spool_path: str | None, basedir: str | None, reactor: Any) -> Any
     try:
         yield spool.open()
         last_id = yield spool.last_id()
+    except ForeignSpoolFileError:
+        yield spool.close()
+        raise  # somebody else's file: a configuration error, not a reason to fall back
     except Exception as e:
         yield spool.close()
         log.msg(

@@ -12,6 +12,8 @@ The camelCase names (``registerConsumers``, ``removeConsumers``,
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,13 +22,15 @@ from buildbot.util import service
 from twisted.internet import defer
 from twisted.python import log
 
+from buildbot_stats.burst_log import BurstLog
 from buildbot_stats.capture import YIELD_DATA, Capture
 from buildbot_stats.errors import CaptureCallbackError, StorageBackendTypeError
 from buildbot_stats.lookups import BuildLookups
 from buildbot_stats.options import DEFAULT_SPOOL_PATH, ServiceOptions
 from buildbot_stats.point import Clock, Point, to_ns
-from buildbot_stats.queues import QueueSet
-from buildbot_stats.spool_thread import open_spool
+from buildbot_stats.queues import QueueSet, backend_name
+from buildbot_stats.spool import ForeignSpoolFileError, foreign_file_problem
+from buildbot_stats.spool_thread import open_spool, spool_file
 from buildbot_stats.storage_backends.base import is_storage_backend, start_backends, stop_backends
 
 __all__ = ["DEFAULT_SPOOL_PATH", "StatsService"]
@@ -61,6 +65,7 @@ class StatsService(service.BuildbotService):
         self._aliased_in_master = False
         #: tags the property, build-time and data captures add (``extra_tags``)
         self.extra_tags: tuple[str, ...] = ()
+        self._capture_log: BurstLog | None = None
 
     def checkConfig(self, storage_backends: Sequence[Any] = (), **options: Any) -> None:  # type: ignore[override]
         if not isinstance(storage_backends, (list, tuple)):
@@ -69,22 +74,58 @@ class StatsService(service.BuildbotService):
                 f"not {type(storage_backends).__name__}"
             )
             return
-        for backend in storage_backends:
+        names: dict[str, Any] = {}
+        for i, backend in enumerate(storage_backends):
             if not is_storage_backend(backend):
                 raise StorageBackendTypeError(
                     f"StatsService: invalid storage backend {type(backend).__name__!r}: a storage "
                     "backend must subclass StatsStorageBase or provide IStatsStorage"
                 )
-            captures = getattr(backend, "captures", None)
-            if not isinstance(captures, (list, tuple)) or not all(
-                isinstance(c, Capture) or hasattr(c, "consume") for c in captures
-            ):
+            name = backend_name(backend)
+            if any(backend is other for other in storage_backends[:i]):
+                config.error(f"StatsService: backend {name!r} is listed twice in storage_backends")
+                continue
+            # a backend's name keys its spooled points; unnamed backends of one class
+            # (named after it) are told apart by their position
+            if name in names and name != type(backend).__name__:
                 config.error(
-                    f"StatsService: captures of backend {getattr(backend, 'name', backend)!r} "
-                    "must be a list of Capture objects"
+                    f"StatsService: two storage backends are named {name!r}; give each a name of its own"
                 )
+            names.setdefault(name, backend)
+            self._check_captures(name, getattr(backend, "captures", None))
         for message in ServiceOptions.problems(options):
             config.error(f"StatsService: {message}")
+        self._check_spool_path(options.get("spool_path", DEFAULT_SPOOL_PATH))
+
+    @staticmethod
+    def _check_captures(name: str, captures: Any) -> None:
+        if not isinstance(captures, (list, tuple)):
+            config.error(f"StatsService: captures of backend {name!r} must be a list of Capture objects")
+            return
+        for cap in captures:
+            if isinstance(cap, type):
+                config.error(
+                    f"StatsService: captures of backend {name!r}: {cap.__name__} is a class; "
+                    f"write {cap.__name__}(...) to make a capture"
+                )
+            elif not (isinstance(cap, Capture) or callable(getattr(cap, "consume", None))):
+                config.error(
+                    f"StatsService: captures of backend {name!r} must be Capture objects, "
+                    f"not {type(cap).__name__}"
+                )
+
+    @staticmethod
+    def _check_spool_path(spool_path: Any) -> None:
+        """An existing file at ``spool_path`` must be a spool of ours (see ``foreign_file_problem``)."""
+        if not isinstance(spool_path, str) or not spool_path.strip():
+            return  # reported by ServiceOptions.problems
+        path = spool_file(spool_path, _loading_basedir())
+        problem = foreign_file_problem(path) if path is not None else None
+        if problem is not None:
+            config.error(
+                f"StatsService: spool_path {spool_path!r}: {path} is not a buildbot_stats spool: it "
+                f"{problem}; it is left untouched (choose another spool_path)"
+            )
 
     @defer.inlineCallbacks
     def reconfigService(self, storage_backends: Sequence[Any] = (), **options: Any) -> Any:  # type: ignore[override]
@@ -97,16 +138,32 @@ class StatsService(service.BuildbotService):
         yield start_backends(self, self.registeredStorageServices, previous)
         if self.lookups is None or self.lookups.master is not self.master:
             self.lookups = BuildLookups(self.master)
+        if self._capture_log is None or self._capture_log.reactor is not self.master.reactor:
+            self._capture_log = BurstLog(self.master.reactor)
+        first = self._queues is None
         if self._queues is None:
             basedir = getattr(self.master, "basedir", None) if self.master else None
-            spool, last_id = yield open_spool(opts.spool_path, basedir, self.master.reactor)
+            try:
+                spool, last_id = yield open_spool(opts.spool_path, basedir, self.master.reactor)
+            except ForeignSpoolFileError as e:
+                # checkConfig says so already when it knows the basedir; this is the backstop
+                raise config.ConfigErrors(
+                    [f"StatsService: spool_path {opts.spool_path!r}: {e} (choose another spool_path)"]
+                ) from None
             self._queues = QueueSet(self.name, spool, last_id, self.master.reactor)
             self._spool_path = opts.spool_path
         elif opts.spool_path != self._spool_path:
             log.msg("buildbot_stats: spool_path changed; the new path is used after a master restart")
-        yield self._queues.configure(self.registeredStorageServices, opts.policy())
-        yield self.removeConsumers()
-        yield self.registerConsumers()
+        try:
+            yield self._queues.configure(self.registeredStorageServices, opts.policy())
+            yield self.removeConsumers()
+            yield self.registerConsumers()
+        except Exception:
+            if first:
+                # a failed start: stopService may never be called, and the spool's
+                # thread would keep the master process alive
+                yield self._shut_down()
+            raise
 
     # -- points ------------------------------------------------------------
 
@@ -179,18 +236,26 @@ class StatsService(service.BuildbotService):
         return consume
 
     def _capture_failed(self, failure: Any, cap: Any) -> None:
+        """One log line per burst of the same failure of a capture (see :mod:`buildbot_stats.burst_log`)."""
         if failure.check(CaptureCallbackError):
-            log.msg(f"buildbot_stats: {failure.getErrorMessage()}")
+            message = failure.getErrorMessage()
+            cause = failure.value.__cause__
+            kind = type(cause).__name__ if cause is not None else ""
         else:
             # a bug in a (custom) capture or callback: say where, in one line
             where = ""
             if failure.frames:
                 name, filename, lineno = failure.frames[-1][:3]
                 where = f" (in {name}, {filename}:{lineno})"
-            log.msg(
-                f"buildbot_stats: {type(cap).__name__} could not handle a message: "
+            message = (
+                f"{type(cap).__name__} could not handle a message: "
                 f"{failure.type.__name__}: {failure.getErrorMessage()}{where}"
             )
+            kind = failure.type.__name__
+        if self._capture_log is None:
+            log.msg(f"buildbot_stats: {message}")
+        else:
+            self._capture_log.failed((id(cap), failure.type, kind), message)
 
     @defer.inlineCallbacks
     def removeConsumers(self) -> Any:
@@ -219,15 +284,24 @@ class StatsService(service.BuildbotService):
                 del named[self.name]
             self._aliased_in_master = False
         yield super().stopService()
-        yield self.removeConsumers()
-        queues, self._queues = self._queues, None
+        yield self._shut_down()
+
+    @defer.inlineCallbacks
+    def _shut_down(self) -> Any:
+        """Every way out of the service: no consumer, no queue, the spool and its thread closed."""
         try:
-            if queues is not None:
-                yield queues.stop()
-            yield stop_backends(self.registeredStorageServices)
+            yield self.removeConsumers()
         finally:
-            if queues is not None:
-                yield queues.spool.close()
+            if self._capture_log is not None:
+                self._capture_log.flush()
+            queues, self._queues = self._queues, None
+            try:
+                if queues is not None:
+                    yield queues.stop()
+                yield stop_backends(self.registeredStorageServices)
+            finally:
+                if queues is not None:
+                    yield queues.spool.close()
 
     # -- data from build steps ---------------------------------------------
 
@@ -267,3 +341,19 @@ class StatsService(service.BuildbotService):
         build_data = yield self.lookups.build(buildid)
         for post_data in post_data_list:
             self._produce(data_name, post_data, build_data)
+
+
+def _loading_basedir() -> str | None:
+    """The basedir of the master.cfg being loaded (``buildbot checkconfig`` or a start).
+
+    Buildbot's config loader knows it but does not pass it to services, and a
+    relative ``spool_path`` is relative to it; called from anywhere else: None.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "loadConfigDict" and frame.f_globals.get("__name__") == "buildbot.config.master":
+            basedir = frame.f_locals.get("basedir")
+            return os.path.expanduser(basedir) if isinstance(basedir, str) else None
+        frame = frame.f_back  # type: ignore[assignment]
+    return None

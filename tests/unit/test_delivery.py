@@ -479,8 +479,14 @@ class SpoolRobustnessTests(DataTestCase):
 
     @defer.inlineCallbacks
     def test_unreadable_spool_file_is_renamed_and_a_new_one_used(self):
+        from buildbot_stats.spool import SQLiteSpool
+
         path = self.spool_path()
-        with open(path, "wb") as f:
+        spool = SQLiteSpool(path)  # a spool of ours, then damaged after its header
+        spool.thd_open()
+        spool.thd_close()
+        with open(path, "r+b") as f:
+            f.seek(100)
             f.write(b"this is not an SQLite database, it is garbage" * 100)
         up = self.recorder()
         yield self.replace_service(up, spool_path=path)

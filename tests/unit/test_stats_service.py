@@ -142,10 +142,10 @@ class ConfigTests(StatsTestCase):
         self.assertEqual(two.stored_data, one.stored_data)
 
     @defer.inlineCallbacks
-    def test_duplicate_backend_names_get_distinct_queues(self):
-        backends = [RecordingStorage(name="same"), RecordingStorage(name="same")]
+    def test_unnamed_backends_of_one_class_get_distinct_queues(self):
+        backends = [RecordingStorage(), RecordingStorage()]
         yield self.stats.reconfigService(backends)
-        self.assertEqual(list(self.stats.queues), ["same", "same#2"])
+        self.assertEqual(list(self.stats.queues), ["RecordingStorage", "RecordingStorage#2"])
 
     @defer.inlineCallbacks
     def test_buildbot_statistics_backend_works_unchanged(self):
