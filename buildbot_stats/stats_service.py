@@ -94,7 +94,7 @@ class StatsService(service.BuildbotService):
         if self._queues is None:
             basedir = getattr(self.master, "basedir", None) if self.master else None
             spool, last_id = yield open_spool(opts.spool_path, basedir, self.master.reactor)
-            self._queues = QueueSet(self.name, spool, last_id, self.master.reactor)
+            self._queues = QueueSet(self.name, spool, last_id, self.master.reactor, self.master)
             self._spool_path = opts.spool_path
         elif opts.spool_path != self._spool_path:
             log.msg("buildbot_stats: spool_path changed; the new path is used after a master restart")
