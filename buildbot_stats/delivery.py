@@ -391,11 +391,12 @@ class DeliveryQueue:
                 self._needs_prepare = False
                 self._write_next()
                 return
-            message = f"{result.type.__name__}: {result.getErrorMessage()}"
+            message = f"{type(result.value).__name__}: {result.getErrorMessage()}"
             if self._failure_logged != message:
                 log.msg(
                     f"buildbot_stats: backend {self.key!r} is not ready ({message}); "
-                    f"{points_phrase(self.pending)} kept; tried again every {self.policy.max_retry_delay:.0f}s"
+                    f"{points_phrase(self.pending)} kept; "
+                    f"tried again every {self.policy.max_retry_delay:.0f}s"
                 )
                 self._failure_logged = message
             if self._stopping:

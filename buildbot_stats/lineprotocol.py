@@ -265,7 +265,9 @@ class _Encoder:
         return f"{prefix} {','.join(fields)} {point.time_ns // divisor}"
 
 
-def encode_lines(points: list[Point], precision: str = "n") -> tuple[list[str], list[int], list[PointProblem]]:
+def encode_lines(
+    points: list[Point], precision: str = "n"
+) -> tuple[list[str], list[int], list[PointProblem]]:
     """Return (one line per encodable point, the index in ``points`` of each line, problems).
 
     For backends that must tell which point a line the server refused came from.
