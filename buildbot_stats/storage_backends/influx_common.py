@@ -73,7 +73,7 @@ def check_secret(owner: str, what: str, value: Any, required: bool) -> list[str]
         return []
     if IRenderable.providedBy(value):
         return []
-    kind = "an empty string" if value == "" else f"a {type(value).__name__}"
+    kind = "an empty string" if value == "" else f"of type {type(value).__name__}"
     return [f"{owner}: {what} must be a string or a secret (util.Secret('name')), not {kind}"]
 
 
