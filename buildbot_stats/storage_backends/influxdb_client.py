@@ -96,6 +96,8 @@ class InfluxStorageService(StatsStorageBase):
                 host, ssl, path = parts.hostname or "", parts.scheme == "https", parts.path.rstrip("/")
         elif not isinstance(url, str) or not url.strip() or any(c in url for c in " /@?#"):
             problems.append(f"{owner}: url must be a host name or an http(s):// URL, not {url!r}")
+        if isinstance(port, str) and port.isdigit():
+            port = int(port)  # buildbot.statistics accepted "8086" (its client called int())
         problems += check_port(owner, port)
         if user is not None and not isinstance(user, str):
             problems.append(f"{owner}: user must be a string or None, not a {type(user).__name__}")

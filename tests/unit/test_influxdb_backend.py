@@ -254,3 +254,8 @@ def test_tls_failure_is_refused_with_one_clear_line():
         "TLS certificate of https://127.0.0.1:8086 not verified (self-signed certificate); "
         "for a private CA give ca_bundle='/path/to/ca.pem'"
     )
+
+
+def test_numeric_string_port_still_works_as_in_buildbot_statistics():
+    svc = InfluxStorageService(**{**GOOD_V1, "port": "8086"})
+    assert svc.port == 8086
