@@ -154,3 +154,34 @@ def test_secret_password_wrong_then_fixed_by_reconfig(tmp_path: Path) -> None:
 
 def _rows(influx: InfluxServer) -> list[dict[str, Any]]:
     return [{"series": name, **row} for name in influx.measurements(DB) for row in influx.points(name, DB)]
+
+
+def test_checkconfig_names_each_wrong_influx_argument(tmp_path: Path) -> None:
+    services = """
+captures = [statistics.CaptureBuildDurationAllBuilders()]
+c['services'].append(statistics.StatsService(storage_backends=[
+    statistics.InfluxStorageService('127.0.0.1', 8086, 'u', 'pw', None, captures, name='v1'),
+    statistics.InfluxDB2StorageService(
+        'http://127.0.0.1:8086', 'o', 'b', 't', captures, name='v2', timeout='10'
+    ),
+    statistics.InfluxDB3StorageService('ftp://127.0.0.1', 'db', 't', captures, name='v3', verify_ssl='no'),
+], name='StatsService'))
+"""
+    cfg = make_master_cfg(
+        {"b1": "[steps.ShellCommand(command=['true'])]"},
+        pb_port=free_port(),
+        header="from buildbot_stats import statistics",
+        services=services,
+    )
+    with RealMaster(tmp_path / "master", cfg) as m:
+        m.create()
+        rc, out = m.checkconfig()
+    assert rc != 0, out
+    assert "Traceback" not in out
+    for line in (
+        "InfluxStorageService 'v1': db must be a non-empty name, not None",
+        "InfluxDB2StorageService 'v2': timeout must be a number of seconds > 0, not '10'",
+        "InfluxDB3StorageService 'v3': url must start with http:// or https://, not 'ftp://127.0.0.1'",
+        "InfluxDB3StorageService 'v3': verify_ssl must be True or False, not 'no'",
+    ):
+        assert line in out, out

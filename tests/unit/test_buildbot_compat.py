@@ -92,17 +92,13 @@ class InfluxCompatTests(CompatBase, logging.LoggingMixin):
     def test_influx_storage_service_fake_install(self):
         self.patch(storage_backends.influxdb_client, "InfluxDBClient", fakestats.FakeInfluxDBClient)
         captures = [capture.CaptureProperty("test_builder", "test")]
-        new = [
-            InfluxStorageService("fake_url", 8086, "fake_user", "fake_password", "fake_db", captures)
-        ]
+        new = [InfluxStorageService("fake_url", 8086, "fake_user", "fake_password", "fake_db", captures)]
         yield self.stats_service.reconfigService(new)
         self.checkEqual(new)
 
     def test_influx_storage_service_post_value(self):
         self.patch(storage_backends.influxdb_client, "InfluxDBClient", fakestats.FakeInfluxDBClient)
-        svc = InfluxStorageService(
-            "fake_url", 8086, "fake_user", "fake_password", "fake_db", "fake_stats"
-        )
+        svc = InfluxStorageService("fake_url", 8086, "fake_user", "fake_password", "fake_db", "fake_stats")
         svc.thd_postStatsValue({"name": "test", "value": "test"}, "test_series_name", {"x": "y"})
         self.assertEqual(
             svc.client.points,
@@ -118,9 +114,7 @@ class InfluxCompatTests(CompatBase, logging.LoggingMixin):
     def test_influx_service_not_inited(self):
         self.setUpLogging()
         self.patch(storage_backends.influxdb_client, "InfluxDBClient", fakestats.FakeInfluxDBClient)
-        svc = InfluxStorageService(
-            "fake_url", 8086, "fake_user", "fake_password", "fake_db", "fake_stats"
-        )
+        svc = InfluxStorageService("fake_url", 8086, "fake_user", "fake_password", "fake_db", "fake_stats")
         svc._inited = False
         svc.thd_postStatsValue("test", "test", "test")
         self.assertLogged("Service.*not initialized")
