@@ -121,7 +121,8 @@ class _InfluxHTTPStorage(StatsStorageBase):
         self.ca_bundle = ca_bundle
         self.gzip = gzip
         self._session = requests.Session()
-        self._session.verify = tls_verify(verify_ssl, ca_bundle)
+        # given with each request: a Session's own ``verify`` loses to $REQUESTS_CA_BUNDLE
+        self._verify = tls_verify(verify_ssl, ca_bundle)
         self._ready = True
         return True
 
@@ -191,7 +192,12 @@ class _InfluxHTTPStorage(StatsStorageBase):
             headers["Content-Encoding"] = "gzip"
         try:
             response = self._session.post(
-                self._write_url(), params=self._params(), data=body, headers=headers, timeout=self.timeout
+                self._write_url(),
+                params=self._params(),
+                data=body,
+                headers=headers,
+                timeout=self.timeout,
+                verify=self._verify,
             )
         except requests.exceptions.SSLError as e:
             raise RefusedWriteError(tls_failure(self._where, e)) from None

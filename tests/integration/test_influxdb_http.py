@@ -12,8 +12,15 @@ and a real HTTP request (``deferToThread`` runs at once under
 from __future__ import annotations
 
 import gzip
+import os
 import re
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
+from unittest import mock
+
+import requests
 
 from buildbot.process.properties import Interpolate, Secret
 from buildbot.secrets.manager import SecretManager
@@ -27,6 +34,7 @@ from buildbot_stats.point import Point, to_ns
 from buildbot_stats.storage_backends.influxdb_http import InfluxDB2StorageService, InfluxDB3StorageService
 from tests.fakes import COMPLETE, STARTED, YIELD_KEY, StatsTestCase
 from tests.support.influx_v2v3_endpoint import Endpoint, EndpointServer, StoredPoint, parse_line
+from tests.support.tls import self_signed_certificate
 
 BASE_NS = 1_790_000_000_000_000_000
 TAGS = {"build_number": "1", "builder_name": "builder1"}
@@ -242,6 +250,47 @@ class InfluxDB2Tests(EndpointTestCase):
         (line,) = self.log_lines("is not ready")
         self.assertIn("secret key tok is not found", line)
         manager.services[0].reconfigService(secretdict={"tok": "test-token"})
+        self.reactor.advance(2)
+        self.assertEqual(self.stored(), self.data([{"i": 1}]))
+
+    @defer.inlineCallbacks
+    def test_newline_in_a_string_value_is_kept(self):
+        yield self.use_backend(capture.CaptureData("m", "builder1"))
+        self.post([{"log": "line 1\nline 2", "n": 1}, {"n": 2}])
+        self.assertEqual(self.stored(), self.data([{"log": "line 1\nline 2", "n": 1}, {"n": 2}]))
+
+
+class InfluxDB2TLSTests(EndpointTestCase):
+    """The endpoint serving HTTPS with a self-signed certificate made by the test."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield super().setUp()
+        tmp = Path(tempfile.mkdtemp(prefix="bbstats-endpoint-tls-"))
+        self.addCleanup(shutil.rmtree, tmp, True)
+        self.cert, key = self_signed_certificate(tmp)
+        self.server.close()
+        self.server = EndpointServer(self.endpoint, tls=(self.cert, key))
+        self.addCleanup(self.server.close)
+        # as on many machines: requests' own CA bundle named in the environment must not
+        # override ca_bundle (it does override a requests Session's ``verify``)
+        env = mock.patch.dict(os.environ, {"REQUESTS_CA_BUNDLE": requests.certs.where()})
+        env.start()
+        self.addCleanup(env.stop)
+
+    @defer.inlineCallbacks
+    def test_missing_ca_bundle_keeps_points_until_a_reconfig_adds_it(self):
+        yield self.use_backend(capture.CaptureData("m", "builder1"))
+        self.post([{"i": 1}])
+        (line,) = self.log_lines("TLS certificate")
+        port = self.server.url.rsplit(":", 1)[1]
+        self.assertIn(
+            f"TLS certificate of https://127.0.0.1:{port} not verified (self-signed certificate); "
+            "for a private CA give ca_bundle='/path/to/ca.pem'",
+            line,
+        )
+        self.assertCounters(written=0, pending=1)
+        yield self.use_backend(capture.CaptureData("m", "builder1"), ca_bundle=str(self.cert))
         self.reactor.advance(2)
         self.assertEqual(self.stored(), self.data([{"i": 1}]))
 

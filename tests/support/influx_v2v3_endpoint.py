@@ -29,6 +29,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import ssl
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -202,10 +203,35 @@ def _kind(value: Any) -> str:
 
 
 def _lines(body: str) -> list[tuple[int, str]]:
-    """(1-based line number, line) of non-empty, non-comment lines."""
-    return [
-        (n, line) for n, line in enumerate(body.split("\n"), 1) if line.strip() and not line.startswith("#")
-    ]
+    """(1-based number of the line's first physical line, line) of non-empty, non-comment lines.
+
+    A newline inside a quoted string field value does not end the line (as in InfluxDB).
+    """
+    out: list[tuple[int, str]] = []
+    current: list[str] = []
+    start = number = 1
+    section, quoted, i = 0, False, 0
+    while i < len(body):
+        c = body[i]
+        if c == "\\" and i + 1 < len(body) and body[i + 1] != "\n":
+            current.append(body[i : i + 2])
+            i += 2
+            continue
+        if c == "\n":
+            number += 1
+            if not quoted:
+                out.append((start, "".join(current)))
+                current, section, start = [], 0, number
+                i += 1
+                continue
+        elif c == '"' and section == 1:
+            quoted = not quoted
+        elif c == " " and not quoted:
+            section += 1
+        current.append(c)
+        i += 1
+    out.append((start, "".join(current)))
+    return [(n, line) for n, line in out if line.strip() and not line.startswith("#")]
 
 
 @dataclass
@@ -429,9 +455,15 @@ class _Server(ThreadingHTTPServer):
 class EndpointServer:
     """The endpoint served by a thread on ``127.0.0.1:<free port>``; ``close()`` stops it."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, tls: tuple[Any, Any] | None = None) -> None:
+        """``tls`` = (certificate PEM, private key PEM) serves HTTPS."""
         self.endpoint = endpoint
+        self.tls = tls is not None
         self._server = _Server(("127.0.0.1", 0), _Handler)
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls[0]), str(tls[1]))
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._server.endpoint = endpoint
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -441,7 +473,7 @@ class EndpointServer:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
     def close(self) -> None:
         self._server.shutdown()
