@@ -21,7 +21,6 @@ from typing import Any
 from unittest import mock
 
 import requests
-
 from buildbot.process.properties import Interpolate, Secret
 from buildbot.secrets.manager import SecretManager
 from buildbot.test.fake.secrets import FakeSecretStorage
