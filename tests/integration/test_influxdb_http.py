@@ -333,6 +333,23 @@ class InfluxDB3Tests(EndpointTestCase):
         self.assertEqual(len(self.endpoint.requests), 2)  # no resend: the valid lines were written
 
     @defer.inlineCallbacks
+    def test_whole_batch_refused_drops_the_named_line_and_resends_the_rest(self):
+        yield self.use_backend(capture.CaptureData("m", "builder1"))
+        # as with accept_partial=false: nothing written, one line named
+        self.endpoint.fail_next(
+            400,
+            {
+                "error": "parsing failed for write_lp endpoint",
+                "data": {"original_line": "?", "line_number": 2, "error_message": "bad value"},
+            },
+        )
+        self.stats.queues["influx"].put([Point("builder1-m", {"v": i}, TAGS, BASE_NS + i) for i in range(3)])
+        self.assertEqual(self.stored(), [(TAGS, {"v": 0}, BASE_NS), (TAGS, {"v": 2}, BASE_NS + 2)])
+        self.assertCounters(written=2, dropped=1, pending=0)
+        (line,) = self.log_lines("rejected field")
+        self.assertIn("series 'builder1-m': InfluxDB 3: bad value", line)
+
+    @defer.inlineCallbacks
     def test_field_named_like_a_tag_is_renamed(self):
         yield self.use_backend(capture.CaptureData("m", "builder1"))
         self.post([{"builder_name": "other", "v": 1}])
