@@ -11,6 +11,8 @@ TEST_REQUIRES = [
     "buildbot-worker>=4.3",
     "pytest>=8",
     "hypothesis>=6",
+    # self-signed certificates for the HTTPS tests
+    "cryptography",
 ]
 
 setup(
@@ -27,6 +29,8 @@ setup(
         "twisted",
         "buildbot>=4.0",
         "influxdb>=5.3",
+        # the InfluxDB 2.x/3 backends (already required by influxdb)
+        "requests",
         "zope.interface",
     ],
     extras_require={
