@@ -11,6 +11,8 @@ TEST_REQUIRES = [
     "buildbot-worker>=4.3",
     "pytest>=8",
     "hypothesis>=6",
+    # self-signed certificates for the HTTPS tests
+    "cryptography",
 ]
 
 setup(
@@ -30,6 +32,8 @@ setup(
         # PrometheusStorageService; pure Python without dependencies, so a plain
         # requirement: `from buildbot_stats import statistics` imports it.
         "prometheus_client>=0.12",
+        # the InfluxDB 2.x/3 backends (already required by influxdb)
+        "requests",
         "zope.interface",
     ],
     extras_require={

@@ -253,7 +253,14 @@ class Backlog:
 
 
 class DeliveryQueue:
-    """Writes the backlog of one backend to it, in order, at least once, retrying with backoff."""
+    """Writes the backlog of one backend to it, in order, at least once, retrying with backoff.
+
+    A backend with a ``prepare(master)`` method (which may return a Deferred)
+    gets it called in the reactor before its first write, and again after a
+    write it refused (:class:`RefusedWriteError`): that is where backends
+    render secrets, so that a password fixed in the secrets provider is used
+    for the next retry without a restart.
+    """
 
     def __init__(
         self,
@@ -264,9 +271,13 @@ class DeliveryQueue:
         policy: DeliveryPolicy,
         next_id: Callable[[], int],
         spool_key: str | None = None,
+        master: Any = None,
     ) -> None:
         self.key = key
         self.backend = backend
+        self.master = master
+        self._needs_prepare = True
+        self._preparing = False
         self.counters = Counters()
         self.backlog = Backlog(key, spool, spool_key or key, policy, self.counters, next_id)
         self._spool = spool
@@ -290,6 +301,14 @@ class DeliveryQueue:
     @policy.setter
     def policy(self, policy: DeliveryPolicy) -> None:
         self.backlog.policy = policy
+
+    def use(self, backend: Any, policy: DeliveryPolicy) -> None:
+        """A reconfig replaced the backend (same name) or the policy; pending points stay."""
+        if backend is not self.backend:
+            self.backend = backend
+            self._needs_prepare = True
+        self.policy = policy
+        self._write_next()
 
     @property
     def spool_key(self) -> str:
@@ -341,6 +360,14 @@ class DeliveryQueue:
     def _write_next(self) -> None:
         if self._stopping and self._drained is None:
             return  # stopped: a late write must not start the next one
+        if self._preparing:
+            return
+        if self._needs_prepare and self._in_flight is None and self._retry_call is None:
+            prepare = getattr(self.backend, "prepare", None)
+            if prepare is not None:
+                self._prepare(prepare)
+                return
+            self._needs_prepare = False
         if self._in_flight is not None or self._retry_call is not None or not self.backlog.waiting:
             if self._drained is not None and self.pending == 0:
                 self._fire_drained()
@@ -348,6 +375,37 @@ class DeliveryQueue:
         batch = self._in_flight = self.backlog.take(self._batch_limit)
         d = threads.deferToThread(post_points, self.backend, [p for _, p in batch])
         d.addCallbacks(self._written, self._write_failed)
+        d.addErrback(log.err, "buildbot_stats: internal error in delivery")
+
+    def _prepare(self, prepare: Callable[[Any], Any]) -> None:
+        """Call the backend's ``prepare(master)``; on failure keep the points and try again later."""
+        self._preparing = True
+        backend = self.backend
+
+        def done(result: Any) -> None:
+            self._preparing = False
+            if backend is not self.backend:
+                self._write_next()  # replaced meanwhile: prepare the new one
+                return
+            if not isinstance(result, Failure):
+                self._needs_prepare = False
+                self._write_next()
+                return
+            message = f"{type(result.value).__name__}: {result.getErrorMessage()}"
+            if self._failure_logged != message:
+                log.msg(
+                    f"buildbot_stats: backend {self.key!r} is not ready ({message}); "
+                    f"{points_phrase(self.pending)} kept; "
+                    f"tried again every {self.policy.max_retry_delay:.0f}s"
+                )
+                self._failure_logged = message
+            if self._stopping:
+                self._fire_drained()
+                return
+            self._retry_call = self._reactor.callLater(self.policy.max_retry_delay, self._retry)
+
+        d = defer.maybeDeferred(prepare, self.master)
+        d.addBoth(done)
         d.addErrback(log.err, "buildbot_stats: internal error in delivery")
 
     def _written(self, report: WriteReport | None) -> None:
@@ -415,6 +473,8 @@ class DeliveryQueue:
         self._attempt += 1
         self.counters.retried += len(batch)
         needs_fixing = isinstance(error, RefusedWriteError)
+        if needs_fixing:
+            self._needs_prepare = True  # e.g. render the password again: it may have been fixed
         message = f"{type(error).__name__}: {error}"
         if self._failure_logged != message:
             log.msg(
@@ -427,6 +487,9 @@ class DeliveryQueue:
             self._fire_drained()
             return
         delay = self.policy.retry_delay(self._attempt, needs_fixing)
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None and retry_after > delay:
+            delay = float(retry_after)  # the server asked for at least that long
         self._retry_call = self._reactor.callLater(delay, self._retry)
 
     def _retry(self) -> None:

@@ -38,7 +38,15 @@ class StorageBackendTypeError(ConfigErrors, TypeError):
 
 
 class TransientWriteError(Exception):
-    """The write failed but may succeed later (server down, timeout, 5xx, 503)."""
+    """The write failed but may succeed later (server down, timeout, 5xx, 503).
+
+    ``retry_after`` (seconds) is the least time the server asked to wait (an
+    HTTP ``Retry-After``); the delivery queue waits at least that long.
+    """
+
+    def __init__(self, message: str = "", retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class RefusedWriteError(TransientWriteError):

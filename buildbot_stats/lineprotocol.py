@@ -38,7 +38,7 @@ from typing import Any
 
 from buildbot_stats.point import Point, PointProblem, to_plain
 
-__all__ = ["MAX_STRING_BYTES", "encode_points", "PRECISIONS"]
+__all__ = ["MAX_STRING_BYTES", "encode_lines", "encode_points", "PRECISIONS"]
 
 MAX_STRING_BYTES = 64 * 1024 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -263,6 +263,25 @@ class _Encoder:
         if not fields:
             return None
         return f"{prefix} {','.join(fields)} {point.time_ns // divisor}"
+
+
+def encode_lines(
+    points: list[Point], precision: str = "n"
+) -> tuple[list[str], list[int], list[PointProblem]]:
+    """Return (one line per encodable point, the index in ``points`` of each line, problems).
+
+    For backends that must tell which point a line the server refused came from.
+    """
+    encoder = _Encoder()
+    divisor = PRECISIONS[precision]
+    lines: list[str] = []
+    origins: list[int] = []
+    for index, point in enumerate(points):
+        line = encoder.line(point, divisor)
+        if line is not None:
+            lines.append(line)
+            origins.append(index)
+    return lines, origins, encoder.problems
 
 
 def encode_points(points: list[Point], precision: str = "n") -> tuple[str, list[PointProblem], int]:

@@ -44,8 +44,11 @@ def backend_keys(backends: Sequence[Any]) -> list[str]:
 class QueueSet:
     """Routes points to the queue of each backend and keeps the queues in step with the config."""
 
-    def __init__(self, service_name: str, spool: SpoolThread, first_id: int, reactor: Any) -> None:
+    def __init__(
+        self, service_name: str, spool: SpoolThread, first_id: int, reactor: Any, master: Any = None
+    ) -> None:
         self.service_name = service_name
+        self.master = master  # handed to backends' prepare(master), e.g. to render secrets
         self.spool = spool
         self.reactor = reactor
         self.queues: dict[str, DeliveryQueue] = {}
@@ -69,8 +72,7 @@ class QueueSet:
             if queue is None:
                 queue = yield self._new_queue(key, backend, policy)
             else:
-                queue.backend = backend
-                queue.policy = policy
+                queue.use(backend, policy)
             self.queues[key] = queue
             self._by_backend[id(backend)] = queue
         for queue in old.values():
@@ -81,7 +83,9 @@ class QueueSet:
     @defer.inlineCallbacks
     def _new_queue(self, key: str, backend: Any, policy: DeliveryPolicy) -> Any:
         spool_key = f"{self.service_name}/{key}"
-        queue = DeliveryQueue(key, backend, self.spool, self.reactor, policy, self._next_id, spool_key)
+        queue = DeliveryQueue(
+            key, backend, self.spool, self.reactor, policy, self._next_id, spool_key, master=self.master
+        )
         try:
             segments, unreadable = yield self.spool.read_pending(spool_key)
         except Exception as e:

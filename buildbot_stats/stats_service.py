@@ -150,7 +150,7 @@ class StatsService(service.BuildbotService):
                 raise config.ConfigErrors(
                     [f"StatsService: spool_path {opts.spool_path!r}: {e} (choose another spool_path)"]
                 ) from None
-            self._queues = QueueSet(self.name, spool, last_id, self.master.reactor)
+            self._queues = QueueSet(self.name, spool, last_id, self.master.reactor, self.master)
             self._spool_path = opts.spool_path
         elif opts.spool_path != self._spool_path:
             log.msg("buildbot_stats: spool_path changed; the new path is used after a master restart")

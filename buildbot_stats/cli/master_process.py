@@ -384,6 +384,10 @@ class RealMaster:
             time.sleep(0.05)
         _kill_all(p for p in tree if procfs.alive(p))
 
+    def reconfig(self, timeout: float = 60) -> None:
+        """``buildbot reconfig``: SIGHUP, and wait until the log says the reconfig finished."""
+        self._run("reconfig", str(self.basedir), timeout=timeout)
+
     def kill(self) -> None:
         """SIGKILL the master (and anything it spawned) and wait until gone."""
         pid = self.pid()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gzip as gzip_module
 import re
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 from buildbot import config
+from twisted.internet import defer
 from twisted.python import log
 
 from buildbot_stats.errors import (
@@ -19,6 +20,18 @@ from buildbot_stats.errors import (
 from buildbot_stats.lineprotocol import PRECISIONS, encode_points
 from buildbot_stats.point import Point, PointProblem
 from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
+from buildbot_stats.storage_backends.influx_common import (
+    check_base_url,
+    check_name,
+    check_port,
+    check_secret,
+    check_timeout,
+    check_tls,
+    render_secret,
+    tls_failure,
+    tls_verify,
+    warn_unverified_once,
+)
 
 try:
     import requests
@@ -44,15 +57,18 @@ class InfluxStorageService(StatsStorageBase):
     ``url`` is the host name or address (a full ``http(s)://host`` URL works
     too), ``port`` its HTTP port.  Points are written in batches as line
     protocol with nanosecond timestamps unless ``time_precision`` says
-    otherwise ('n', 'u', 'ms' or 's').
+    otherwise ('n', 'u', 'ms' or 's').  ``password`` may be a Buildbot secret
+    (``util.Secret("influxdb-password")``).  ``https`` URLs verify the
+    server's certificate, against ``ca_bundle`` (a PEM file) when given;
+    ``verify_ssl=False`` turns that off (logged as a warning).
     """
 
     def __init__(
         self,
         url: str,
         port: int,
-        user: str,
-        password: str,
+        user: str | None,
+        password: Any,
         db: str,
         captures: Sequence[Any],
         name: str | None = "InfluxStorageService",
@@ -61,47 +77,96 @@ class InfluxStorageService(StatsStorageBase):
         timeout: float = 10.0,
         retention_policy: str | None = None,
         verify_ssl: bool = True,
+        ca_bundle: str | None = None,
+        gzip: bool = False,
     ) -> None:
         self._inited = False
+        self.name = name or "InfluxStorageService"
+        self.captures = captures
         if InfluxDBClient is None:
             config.error("Python client for InfluxDB not installed.")
             return
+        owner = f"InfluxStorageService {self.name!r}"
+        problems: list[str] = []
+        host, ssl, path = url, False, ""
+        if isinstance(url, str) and "://" in url:
+            found, parts = check_base_url(owner, url)
+            problems += found
+            if parts is not None:
+                host, ssl, path = parts.hostname or "", parts.scheme == "https", parts.path.rstrip("/")
+        elif not isinstance(url, str) or not url.strip() or any(c in url for c in " /@?#"):
+            problems.append(f"{owner}: url must be a host name or an http(s):// URL, not {url!r}")
+        if isinstance(port, str) and port.isdigit():
+            port = int(port)  # buildbot.statistics accepted "8086" (its client called int())
+        problems += check_port(owner, port)
+        if user is not None and not isinstance(user, str):
+            problems.append(f"{owner}: user must be a string or None, not a {type(user).__name__}")
+        problems += check_secret(owner, "password", password, required=False)
+        problems += check_name(owner, "db", db)
         if time_precision not in PRECISIONS:
-            config.error(
-                f"InfluxStorageService: time_precision must be one of {sorted(PRECISIONS)}, "
-                f"not {time_precision!r}"
+            problems.append(
+                f"{owner}: time_precision must be one of {sorted(PRECISIONS)}, not {time_precision!r}"
             )
-        host, ssl = str(url), False
-        if "://" in host:
-            parts = urlsplit(host)
-            host, ssl = parts.hostname or "", parts.scheme == "https"
+        problems += check_timeout(owner, timeout)
+        if retention_policy is not None and (not isinstance(retention_policy, str) or not retention_policy):
+            problems.append(
+                f"{owner}: retention_policy must be a non-empty name or None, not {retention_policy!r}"
+            )
+        problems += check_tls(owner, verify_ssl, ca_bundle)
+        if not isinstance(gzip, bool):
+            problems.append(f"{owner}: gzip must be True or False, not {gzip!r}")
+        if problems:
+            for problem in problems:
+                config.error(problem)
+            return
+        if ":" in host:
+            host = f"[{host}]"  # an IPv6 address in the client's URL
         self.url = url
         # for logs and errors: never the user:password@ a URL may carry
         self._where = f"{'https://' if ssl else ''}{host}:{port}"
         self.port = port
         self.user = user
+        #: as configured: a string, None or a renderable (a secret); never logged
         self.password = password
         self.db = db
-        self.name = name or "InfluxStorageService"
-        self.captures = captures
         self.time_precision = time_precision
         self.retention_policy = retention_policy
+        self.verify_ssl = verify_ssl
+        self.ca_bundle = ca_bundle
+        self.gzip = gzip
+        self._tls = ssl
+        self._secret_pending = not (password is None or isinstance(password, str))
         self.client = InfluxDBClient(
             host,
             port,
             user,
-            password,
+            None if self._secret_pending else password,
             db,
             ssl=ssl,
-            verify_ssl=verify_ssl,
+            verify_ssl=tls_verify(verify_ssl, ca_bundle),
             timeout=timeout,
             retries=1,
+            path=path,
         )
         self._inited = True
 
     def __repr__(self) -> str:
         # never the password
-        return f"<InfluxStorageService {self.name!r} {self._where} db={self.db!r} user={self.user!r}>"
+        where = getattr(self, "_where", "?")
+        db, user = getattr(self, "db", None), getattr(self, "user", None)
+        return f"<InfluxStorageService {self.name!r} {where} db={db!r} user={user!r}>"
+
+    @defer.inlineCallbacks
+    def prepare(self, master: Any) -> Any:
+        """Render the password (a secret) in the reactor; called by the delivery queue."""
+        if not self._inited:
+            return
+        warn_unverified_once(f"InfluxStorageService {self.name!r}", self._where, self._tls, self.verify_ssl)
+        if self.password is None or isinstance(self.password, str):
+            return
+        password = yield render_secret(master, self.password)
+        self.client.switch_user(self.user, password)
+        self._secret_pending = False
 
     def thd_postStatsValue(
         self, post_data: dict[str, Any], series_name: str, context: dict[str, Any] | None = None
@@ -109,6 +174,9 @@ class InfluxStorageService(StatsStorageBase):
         """Write one point now (the documented per-point API; the service uses batches)."""
         if not self._inited:
             log.err(f"Service {self.name} not initialized")
+            return
+        if self._secret_pending:
+            log.msg(f"buildbot_stats: InfluxStorageService {self.name!r}: password secret not rendered yet")
             return
         data: dict[str, Any] = {"measurement": series_name, "fields": post_data}
         if context:
@@ -124,19 +192,21 @@ class InfluxStorageService(StatsStorageBase):
         params = {"db": self.db, "precision": self.time_precision}
         if self.retention_policy:
             params["rp"] = self.retention_policy
+        data = body.encode("utf-8")
+        headers = {"Content-Type": "application/octet-stream"}
+        if self.gzip:
+            data = gzip_module.compress(data, compresslevel=5)
+            headers["Content-Encoding"] = "gzip"
         try:
             self.client.request(
-                "write",
-                "POST",
-                params=params,
-                data=body.encode("utf-8"),
-                expected_response_code=204,
-                headers={"Content-Type": "application/octet-stream"},
+                "write", "POST", params=params, data=data, expected_response_code=204, headers=headers
             )
         except InfluxDBServerError as e:
             raise TransientWriteError(f"InfluxDB server error: {_text(e.args[0] if e.args else e)}") from None
         except InfluxDBClientError as e:
             self._classify_client_error(e, report, len(points) - skipped)
+        except requests.exceptions.SSLError as e:
+            raise RefusedWriteError(tls_failure(self._where, e)) from None
         except requests.exceptions.RequestException as e:
             raise TransientWriteError(f"cannot reach InfluxDB at {self._where}: {type(e).__name__}") from None
         return report

@@ -24,6 +24,7 @@ import random
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -103,7 +104,9 @@ bind-address = {rpc_addr}
   suppress-write-log = true
   write-tracing = false
   pprof-enabled = false
-  https-enabled = false
+  https-enabled = {https_enabled}
+  https-certificate = {https_certificate}
+  https-private-key = {https_private_key}
   unix-socket-enabled = false
   bind-socket = {socket_path}
   max-row-limit = 0
@@ -242,11 +245,25 @@ class InfluxServer:
     host = HOST
 
     def __init__(
-        self, basedir: str | os.PathLike[str], influxd: str | None = None, *, auth_enabled: bool = False
+        self,
+        basedir: str | os.PathLike[str],
+        influxd: str | None = None,
+        *,
+        auth_enabled: bool = False,
+        https: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
     ) -> None:
+        """``https`` = (certificate PEM, private key PEM) serves HTTPS only; the test's
+        own requests trust that certificate."""
         self.basedir = Path(basedir).resolve()
         self._influxd = influxd
         self.auth_enabled = auth_enabled
+        self.https = (Path(https[0]).resolve(), Path(https[1]).resolve()) if https else None
+        self._opener = _OPENER
+        if self.https is not None:
+            context = ssl.create_default_context(cafile=str(self.https[0]))
+            self._opener = urllib.request.build_opener(
+                urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+            )
         #: (user, password) sent with every request once set (auth_enabled servers)
         self.credentials: tuple[str, str] | None = None
         self._http_port: int | None = None
@@ -273,8 +290,8 @@ class InfluxServer:
 
     @property
     def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:24567``."""
-        return f"http://{self.host}:{self.port}"
+        """Base URL, e.g. ``http://127.0.0.1:24567`` (``https://`` with ``https``)."""
+        return f"{'https' if self.https else 'http'}://{self.host}:{self.port}"
 
     @property
     def config_path(self) -> Path:
@@ -388,6 +405,9 @@ class InfluxServer:
             wal_dir=_toml_str(str(self.basedir / "wal")),
             socket_path=_toml_str(str(self.basedir / "influxd.sock")),
             auth_enabled="true" if self.auth_enabled else "false",
+            https_enabled="true" if self.https else "false",
+            https_certificate=_toml_str(str(self.https[0]) if self.https else ""),
+            https_private_key=_toml_str(str(self.https[1]) if self.https else ""),
         )
         self.config_path.write_text(text)
 
@@ -438,7 +458,7 @@ class InfluxServer:
             url += "?" + urllib.parse.urlencode(params)
         req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
         try:
-            with _OPENER.open(req, timeout=timeout) as resp:
+            with self._opener.open(req, timeout=timeout) as resp:
                 return resp.status, dict(resp.headers.items()), resp.read()
         except urllib.error.HTTPError as err:
             with err:

@@ -2,7 +2,9 @@
 
 These follow Buildbot's own statistics tests (Buildbot 3.x), with only the
 import paths changed and the 4.3 fakes' set-up: Buildbot's fake backend and fake
-InfluxDB client, the names ``registeredStorageServices`` and ``client``.
+InfluxDB client, the names ``registeredStorageServices`` and ``client``.  One
+more change: ``port="fake_port"`` became 8086, since a port that is not a
+number is now a ``config.error`` (a numeric string such as "8086" still works).
 """
 
 from __future__ import annotations
@@ -90,17 +92,13 @@ class InfluxCompatTests(CompatBase, logging.LoggingMixin):
     def test_influx_storage_service_fake_install(self):
         self.patch(storage_backends.influxdb_client, "InfluxDBClient", fakestats.FakeInfluxDBClient)
         captures = [capture.CaptureProperty("test_builder", "test")]
-        new = [
-            InfluxStorageService("fake_url", "fake_port", "fake_user", "fake_password", "fake_db", captures)
-        ]
+        new = [InfluxStorageService("fake_url", 8086, "fake_user", "fake_password", "fake_db", captures)]
         yield self.stats_service.reconfigService(new)
         self.checkEqual(new)
 
     def test_influx_storage_service_post_value(self):
         self.patch(storage_backends.influxdb_client, "InfluxDBClient", fakestats.FakeInfluxDBClient)
-        svc = InfluxStorageService(
-            "fake_url", "fake_port", "fake_user", "fake_password", "fake_db", "fake_stats"
-        )
+        svc = InfluxStorageService("fake_url", 8086, "fake_user", "fake_password", "fake_db", "fake_stats")
         svc.thd_postStatsValue({"name": "test", "value": "test"}, "test_series_name", {"x": "y"})
         self.assertEqual(
             svc.client.points,
@@ -116,9 +114,7 @@ class InfluxCompatTests(CompatBase, logging.LoggingMixin):
     def test_influx_service_not_inited(self):
         self.setUpLogging()
         self.patch(storage_backends.influxdb_client, "InfluxDBClient", fakestats.FakeInfluxDBClient)
-        svc = InfluxStorageService(
-            "fake_url", "fake_port", "fake_user", "fake_password", "fake_db", "fake_stats"
-        )
+        svc = InfluxStorageService("fake_url", 8086, "fake_user", "fake_password", "fake_db", "fake_stats")
         svc._inited = False
         svc.thd_postStatsValue("test", "test", "test")
         self.assertLogged("Service.*not initialized")

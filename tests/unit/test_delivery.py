@@ -546,3 +546,63 @@ class SpoolRobustnessTests(DataTestCase):
         self.post(2)
         yield self.stats.disownServiceParent()
         self.assertLogged("2 points of backend 'influx' are lost: there is no spool file")
+
+
+class PreparingStorage(RecordingStorage):
+    """A backend with the optional ``prepare(master)`` hook: counts calls, may fail them."""
+
+    def __init__(self, captures):
+        super().__init__(captures=captures)
+        self.prepared = []
+        self.prepare_error = None
+
+    def prepare(self, master):
+        self.prepared.append(master)
+        if self.prepare_error is not None:
+            raise self.prepare_error
+
+
+class PrepareHookTests(DataTestCase):
+    @defer.inlineCallbacks
+    def use_preparing(self, **kwargs):
+        self.backend = PreparingStorage([capture.CaptureData("m", "builder1")])
+        yield self.stats.reconfigService([self.backend], spool_path=None, **kwargs)
+        return self.backend
+
+    @defer.inlineCallbacks
+    def test_prepare_runs_once_before_writes_and_again_after_a_refusal(self):
+        backend = yield self.use_preparing(max_retry_delay=5)
+        self.assertEqual(backend.prepared, [self.master])  # at configure, before any point
+        self.post(2)
+        self.assertEqual(len(backend.prepared), 1)
+        backend.fail_next(1, RefusedWriteError("HTTP 401"))
+        self.post(1, start=2)
+        self.assertEqual(len(backend.prepared), 1)
+        self.reactor.advance(5)
+        self.assertEqual(len(backend.prepared), 2)  # e.g. the password rendered again
+        self.assertEqual(self.values(backend), [0, 1, 2])
+
+    @defer.inlineCallbacks
+    def test_failing_prepare_keeps_points_and_is_tried_again(self):
+        backend = PreparingStorage([capture.CaptureData("m", "builder1")])
+        backend.prepare_error = KeyError("secret key pw is not found in any provider")
+        yield self.stats.reconfigService([backend], spool_path=None, max_retry_delay=5)
+        self.post(3)
+        self.assertEqual(backend.points, [])
+        self.assertLogged("backend 'RecordingStorage' is not ready .KeyError: 'secret key pw is not found")
+        self.assertEqual(self.stats.counters["pending"], 3)
+        backend.prepare_error = None
+        self.reactor.advance(5)
+        self.assertEqual(self.values(backend), [0, 1, 2])
+
+    @defer.inlineCallbacks
+    def test_retry_after_is_waited_for_even_beyond_the_backoff(self):
+        from buildbot_stats.errors import TransientWriteError
+
+        backend = yield self.use(capture.CaptureData("m", "builder1"), max_retry_delay=2)
+        backend.fail_next(1, TransientWriteError("HTTP 429", retry_after=40))
+        self.post(1)
+        self.reactor.advance(39)
+        self.assertEqual(backend.points, [])
+        self.reactor.advance(1)
+        self.assertEqual(self.values(backend), [0])

@@ -1,15 +1,21 @@
-"""InfluxStorageService without a server: the documented per-point API, error classes, line protocol."""
+"""InfluxStorageService without a server: the documented per-point API, error classes, argument checks."""
 
 from __future__ import annotations
 
-from buildbot.test.fake import fakestats
+import pytest
+import requests
+from buildbot.config.errors import capture_config_errors
+from buildbot.process.properties import Interpolate, Secret
+from buildbot.test.fake import fakemaster, fakestats
+from buildbot.test.reactor import TestReactorMixin
 from buildbot.test.util.logging import LoggingMixin
+from twisted.internet import defer
+from twisted.python import log
 from twisted.trial import unittest
 
 from buildbot_stats.errors import BatchTooLargeError, RefusedWriteError, TransientWriteError
-from buildbot_stats.lineprotocol import encode_points
 from buildbot_stats.point import Point
-from buildbot_stats.storage_backends import influxdb_client
+from buildbot_stats.storage_backends import influx_common, influxdb_client
 from buildbot_stats.storage_backends.influxdb_client import InfluxStorageService
 
 
@@ -117,48 +123,139 @@ class ErrorClassificationTests(unittest.TestCase):
         self.assertIn("field type conflict", report.problems[0].reason)
 
 
-class LineProtocolTests(unittest.TestCase):
-    def encode(self, *points, precision="n"):
-        return encode_points(list(points), precision)
+# --------------------------------------------------------------------------
+# every argument checked: one config.error line each, as `buildbot checkconfig` shows
+# --------------------------------------------------------------------------
 
-    def test_types(self):
-        body, problems, skipped = self.encode(
-            Point("m", {"b": True, "i": 3, "f": 1.5, "s": 'a "q" \\ z', "n": None}, {"t": "v"}, 42)
-        )
-        self.assertEqual(body, 'm,t=v b=true,i=3i,f=1.5,s="a \\"q\\" \\\\ z" 42')
-        self.assertEqual([(p.field, p.rejected) for p in problems], [("n", True)])
-        self.assertEqual(skipped, 0)
+GOOD_V1 = {
+    "url": "127.0.0.1",
+    "port": 8086,
+    "user": "u",
+    "password": "p",
+    "db": "stats",
+    "captures": [],
+}
 
-    def test_escaping_names(self):
-        body, _, _ = self.encode(Point("a b,c", {"f k=": 1}, {"t k,": "v =,"}, 1))
-        self.assertEqual(body, "a\\ b\\,c,t\\ k\\,=v\\ \\=\\, f\\ k\\==1i 1")
 
-    def test_conversions_and_rejections(self):
-        body, problems, skipped = self.encode(
-            Point(
-                "m", {"big": 2**70, "nan": float("nan"), "inf": float("inf"), "d": {"b": 1, "a": [1]}}, {}, 1
-            ),
-            Point("only_bad", {"x": float("nan")}, {}, 2),
-        )
-        self.assertEqual(body, 'm big=1.1805916207174113e+21,d="{\\"a\\": [1], \\"b\\": 1}" 1')
-        self.assertEqual(skipped, 1)
-        reasons = {(p.series, p.field, p.rejected) for p in problems}
-        self.assertEqual(
-            reasons,
-            {("m", "big", False), ("m", "nan", True), ("m", "inf", True), ("only_bad", "x", True)},
-        )
+def config_errors(factory, **kwargs):
+    with capture_config_errors() as errors:
+        factory(**kwargs)
+    return errors.errors
 
-    def test_time_key_renamed_and_empty_tags_dropped(self):
-        body, problems, _ = self.encode(Point("m", {"time": 1}, {"time": "x", "empty": "", "none": None}, 5))
-        self.assertEqual(body, "m,time_=x time_=1i 5")
-        self.assertEqual({p.field for p in problems}, {"time"})
 
-    def test_long_string_cut(self):
-        body, problems, _ = self.encode(Point("m", {"s": "é" * 40000}, {}, 1))
-        value = body.split('"')[1]
-        self.assertLessEqual(len(value.encode()), 65535)
-        self.assertTrue(problems and not problems[0].rejected)
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"db": None}, "InfluxStorageService 'InfluxStorageService': db must be a non-empty name, not None"),
+        ({"db": ""}, "db must be a non-empty name, not ''"),
+        ({"timeout": "10"}, "timeout must be a number of seconds > 0, not '10'"),
+        ({"timeout": -1}, "timeout must be a number of seconds > 0, not -1"),
+        ({"url": None}, "url must be a host name or an http(s):// URL, not None"),
+        ({"port": -1}, "port must be an integer from 1 to 65535, not -1"),
+        ({"port": None}, "port must be an integer from 1 to 65535, not None"),
+        ({"url": "http://[::1"}, "url 'http://[::1' is not a valid URL (Invalid IPv6 URL)"),
+        (
+            {"url": "ftp://files.example"},
+            "url must start with http:// or https://, not 'ftp://files.example'",
+        ),
+        ({"verify_ssl": "no"}, "verify_ssl must be True or False, not 'no'"),
+        ({"ca_bundle": "/nonexistent/ca.pem"}, "ca_bundle '/nonexistent/ca.pem' is not a readable file"),
+        ({"password": 1234}, "password must be a string or a secret (util.Secret('name')), not of type int"),
+        ({"time_precision": "h"}, "time_precision must be one of ['ms', 'n', 's', 'u'], not 'h'"),
+        ({"retention_policy": ""}, "retention_policy must be a non-empty name or None, not ''"),
+        ({"gzip": "yes"}, "gzip must be True or False, not 'yes'"),
+    ],
+)
+def test_each_wrong_argument_is_one_config_error(change, message):
+    errors = config_errors(InfluxStorageService, **{**GOOD_V1, **change})
+    assert len(errors) == 1, errors
+    assert message in errors[0]
+    assert errors[0].startswith("InfluxStorageService 'InfluxStorageService': ")
 
-    def test_precision(self):
-        body, _, _ = self.encode(Point("m", {"v": 1}, {}, 1_700_000_000_123_456_789), precision="ms")
-        self.assertEqual(body, "m v=1i 1700000000123")
+
+def test_ca_bundle_directory_is_not_a_file(tmp_path):
+    errors = config_errors(InfluxStorageService, **GOOD_V1, ca_bundle=str(tmp_path))
+    assert errors == [
+        f"InfluxStorageService 'InfluxStorageService': ca_bundle {str(tmp_path)!r} is not a readable file"
+    ]
+
+
+def test_url_credentials_stay_out_of_config_errors():
+    errors = config_errors(InfluxStorageService, **{**GOOD_V1, "url": "ftp://bob:pw123@h"})
+    assert errors and "pw123" not in errors[0]
+
+
+def test_good_arguments_give_no_error(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    assert config_errors(InfluxStorageService, **GOOD_V1) == []
+    assert (
+        config_errors(InfluxStorageService, **{**GOOD_V1, "url": "https://h.example"}, ca_bundle=str(ca))
+        == []
+    )
+    assert config_errors(InfluxStorageService, **{**GOOD_V1, "password": Secret("pw"), "user": None}) == []
+
+
+def test_ca_bundle_and_verify_reach_the_client(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    svc = InfluxStorageService(**{**GOOD_V1, "url": "https://h.example"}, ca_bundle=str(ca))
+    assert svc.client._verify_ssl == str(ca)
+    svc = InfluxStorageService(**{**GOOD_V1, "url": "https://h.example"})
+    assert svc.client._verify_ssl is True
+    svc = InfluxStorageService(**{**GOOD_V1, "url": "https://h.example"}, verify_ssl=False)
+    assert svc.client._verify_ssl is False
+
+
+class SecretPasswordTests(TestReactorMixin, LoggingMixin, unittest.TestCase):
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.setup_test_reactor()
+        self.setUpLogging()
+        self.master = yield fakemaster.make_master(self, with_secrets={"influx-pw": "s3cret-from-file"})
+
+    @defer.inlineCallbacks
+    def test_secret_is_rendered_by_prepare_and_never_shown(self):
+        svc = InfluxStorageService(**{**GOOD_V1, "password": Secret("influx-pw")}, name="i")
+        self.assertIsNone(svc.client._password)
+        yield svc.prepare(self.master)
+        self.assertEqual(svc.client._password, "s3cret-from-file")
+        self.assertNotIn("s3cret-from-file", repr(svc))
+        self.assertIn("Secret(influx-pw)", repr(svc.password))
+
+    @defer.inlineCallbacks
+    def test_interpolate_secret(self):
+        svc = InfluxStorageService(**{**GOOD_V1, "password": Interpolate("%(secret:influx-pw)s")})
+        yield svc.prepare(self.master)
+        self.assertEqual(svc.client._password, "s3cret-from-file")
+
+    @defer.inlineCallbacks
+    def test_verify_ssl_false_is_warned_once(self):
+        influx_common._WARNED_UNVERIFIED.discard("https://h.example:8086")
+        svc = InfluxStorageService(**{**GOOD_V1, "url": "https://h.example"}, verify_ssl=False)
+        yield svc.prepare(self.master)
+        yield svc.prepare(self.master)
+        self.assertLogged("WARNING: InfluxStorageService 'InfluxStorageService' does not verify the TLS")
+        warnings = [e for e in self._logEvents if "does not verify" in (log.textFromEventDict(e) or "")]
+        self.assertEqual(len(warnings), 1)
+
+
+def test_tls_failure_is_refused_with_one_clear_line():
+    svc = InfluxStorageService(**{**GOOD_V1, "url": "https://127.0.0.1"}, name="i")
+    svc.client = _RecordingClient()
+    svc.client.error = requests.exceptions.SSLError(
+        "HTTPSConnectionPool(host='127.0.0.1', port=8086): Max retries exceeded (Caused by "
+        "SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: "
+        "self-signed certificate (_ssl.c:1006)')))"
+    )
+    with pytest.raises(RefusedWriteError) as info:
+        svc.thd_postStatsValues([Point("s", {"v": 1}, {}, 1)])
+    assert str(info.value) == (
+        "TLS certificate of https://127.0.0.1:8086 not verified (self-signed certificate); "
+        "for a private CA give ca_bundle='/path/to/ca.pem'"
+    )
+
+
+def test_numeric_string_port_still_works_as_in_buildbot_statistics():
+    svc = InfluxStorageService(**{**GOOD_V1, "port": "8086"})
+    assert svc.port == 8086
