@@ -382,6 +382,7 @@ class CaptureDataBase(Capture):
             post_data,
             f"{builder_info['name']}-{self._data_name}",
             self._defaultContext(build_data, builder_info["name"]),
+            msg.get("time_ns"),  # the time of the yieldMetricsValue call
         )
         if self._stats_service is not None:
             # Queued: the service spools the point and keeps it until it is

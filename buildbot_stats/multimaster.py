@@ -1,0 +1,72 @@
+"""Which master of a cluster captures a message: the one that ran the build.
+
+Under Buildbot's WAMP MQ (a multi-master cluster joined through crossbar)
+every master receives every master's messages, its own included.  With the
+same master.cfg on every master, each StatsService would store every build
+once per master.  :class:`MasterFilter` tells a message of another master's
+build apart, cheaply, so that each point is stored once in the cluster:
+
+- build messages carry ``masterid`` (the master running the build);
+- ``stats-yield-data`` messages carry ``masterid``, the master where
+  ``yieldMetricsValue`` was called (older producers: ``build_data``'s);
+- build request messages carry ``claimed_by_masterid`` once claimed;
+- step and test result set messages carry only ``buildid``: the build is
+  looked up once (cached in :class:`~buildbot_stats.lookups.BuildLookups`).
+
+A message with none of these (or a master without an id yet) is local: on
+the simple MQ, every message is.  The filter never raises: a failed lookup
+lets the capture see the message, and report its own error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+
+__all__ = ["MasterFilter"]
+
+
+class MasterFilter:
+    """Says whether a message belongs to another master of the cluster."""
+
+    def __init__(self, master: Any, lookups: Any) -> None:
+        self.master = master
+        self.lookups = lookups
+
+    @staticmethod
+    def needed(master: Any) -> bool:
+        """True when the master's MQ is shared by a cluster (not the simple, local MQ)."""
+        mq = getattr(getattr(master, "config", None), "mq", None) or {}
+        return mq.get("type", "simple") != "simple"
+
+    def foreign(self, msg: Any) -> bool | defer.Deferred:
+        """True (or a Deferred firing True) if another master captures ``msg``.
+
+        No query for build, build request and ``stats-yield-data`` messages;
+        one cached build lookup per build for steps and test result sets.
+        """
+        own = getattr(self.master, "masterid", None)
+        if own is None or not isinstance(msg, dict):
+            return False
+        if "masterid" in msg:
+            owner = msg["masterid"]
+            return owner is not None and owner != own
+        build_data = msg.get("build_data")
+        if isinstance(build_data, dict):  # stats-yield-data of an older producer
+            owner = build_data.get("masterid")
+            return owner is not None and owner != own
+        owner = msg.get("claimed_by_masterid")
+        if owner is not None:
+            return owner != own
+        buildid = msg.get("buildid")
+        if buildid is None or self.lookups is None:
+            return False
+        build = self.lookups.known_build(buildid)
+        if build is not None:
+            owner = build.get("masterid")
+            return owner is not None and owner != own
+        d = self.lookups.build(buildid)
+        d.addCallback(lambda b: b.get("masterid") not in (None, own))
+        d.addErrback(lambda _: False)
+        return d
