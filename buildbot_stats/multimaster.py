@@ -16,15 +16,23 @@ build apart, cheaply, so that each point is stored once in the cluster:
 A message with none of these (or a master without an id yet) is local: on
 the simple MQ, every message is.  The filter never raises: a failed lookup
 lets the capture see the message, and report its own error.
+
+:func:`with_datetimes` turns the epoch-number times of WAMP messages back
+into the ``datetime`` objects the simple MQ delivers, so that callbacks
+written for one MQ work with the other.
 """
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from twisted.internet import defer
 
-__all__ = ["MasterFilter"]
+__all__ = ["MasterFilter", "TIME_KEYS", "with_datetimes"]
+
+#: keys of Buildbot's data messages that hold times (datetimes on the simple MQ)
+TIME_KEYS = ("started_at", "complete_at", "submitted_at", "claimed_at", "last_active")
 
 
 class MasterFilter:
@@ -70,3 +78,21 @@ class MasterFilter:
         d.addCallback(lambda b: b.get("masterid") not in (None, own))
         d.addErrback(lambda _: False)
         return d
+
+
+def with_datetimes(msg: Any) -> Any:
+    """``msg`` with epoch-number times (WAMP) as UTC datetimes, as the simple MQ gives them.
+
+    Returns ``msg`` itself when there is nothing to convert (always, on the
+    simple MQ), else a shallow copy.
+    """
+    if not isinstance(msg, dict):
+        return msg
+    converted = None
+    for key in TIME_KEYS:
+        value = msg.get(key)
+        if type(value) is int or type(value) is float:
+            if converted is None:
+                converted = dict(msg)
+            converted[key] = datetime.datetime.fromtimestamp(value, datetime.timezone.utc)
+    return msg if converted is None else converted

@@ -23,7 +23,7 @@ from twisted.python import log
 from buildbot_stats.capture import YIELD_DATA, Capture
 from buildbot_stats.errors import CaptureCallbackError, StorageBackendTypeError
 from buildbot_stats.lookups import BuildLookups
-from buildbot_stats.multimaster import MasterFilter
+from buildbot_stats.multimaster import MasterFilter, with_datetimes
 from buildbot_stats.options import DEFAULT_SPOOL_PATH, ServiceOptions
 from buildbot_stats.point import Clock, Point, to_ns
 from buildbot_stats.queues import QueueSet
@@ -176,6 +176,7 @@ class StatsService(service.BuildbotService):
         def consume_own(routingKey: tuple, msg: dict[str, Any]) -> Any:
             # a cluster: every master sees every message; capture only our builds'
             foreign = master_filter.foreign(msg)
+            msg = with_datetimes(msg)  # WAMP sends times as epoch numbers
             if foreign is False:
                 return consume(routingKey, msg)
             if foreign is True:

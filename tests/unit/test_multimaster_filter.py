@@ -16,7 +16,8 @@ from buildbot.test import fakedb
 from twisted.internet import defer
 
 from buildbot_stats import capture
-from buildbot_stats.multimaster import MasterFilter
+from buildbot_stats.multimaster import MasterFilter, with_datetimes
+from buildbot_stats.point import to_ns
 from tests.fakes import COMPLETE, STARTED, YIELD_KEY, StatsTestCase
 
 OWN = fakedb.FakeDBConnector.MASTER_ID
@@ -104,6 +105,33 @@ class BuildMessageTests(ClusterTestCase):
         self.wamp_finished(2, 2, OTHER)
         self.assertEqual(backend.points, [])
         self.assertEqual(self.queries, [])
+
+    @defer.inlineCallbacks
+    def test_own_build_finished_with_epoch_times_is_stored_once(self):
+        backend = yield self.use(
+            capture.CaptureBuildDurationAllBuilders(),
+            capture.CaptureBuildEndTimeAllBuilders(),
+            capture.CaptureBuildStartTimeAllBuilders(),
+            capture.CaptureBuildResultsAllBuilders(),
+            capture.CapturePropertyAllBuilders("p"),
+        )
+        self.wamp_finished(1, 1, OWN)
+        yield self.stats.spool.idle()
+        stamp = to_ns(COMPLETE)
+        got = sorted((p.series, tuple(sorted(p.fields.items())), p.time_ns) for p in backend.points)
+        self.assertEqual(
+            got,
+            sorted(
+                [
+                    ("builder1-build-times", (("duration", 90.0),), stamp),
+                    ("builder1-build-times", (("end-time", COMPLETE.isoformat()),), stamp),
+                    ("builder1-build-times", (("start-time", STARTED.isoformat()),), stamp),
+                    ("builder1-build-results", (("result", "success"), ("results", 0)), stamp),
+                    ("builder1-p", (("name", "p"), ("value", 1)), stamp),
+                ]
+            ),
+        )
+        self.assertEqual({p.tags["build_number"] for p in backend.points}, {"1"})
 
     @defer.inlineCallbacks
     def test_build_new_of_another_master_is_skipped(self):
@@ -234,3 +262,18 @@ class SimpleMQTests(StatsTestCase):
         self.master.mq.callConsumer(("builders", "1", "builds", "1", "finished"), msg)
         yield self.stats.spool.idle()
         self.assertEqual([p.fields for p in backend.points], [{"duration": 90.0}])
+
+
+def test_with_datetimes_converts_epoch_numbers_only():
+    msg = {"started_at": 1_790_000_000, "complete_at": 1_790_000_090.5, "number": 3, "results": 0}
+    out = with_datetimes(msg)
+    assert out is not msg and msg["started_at"] == 1_790_000_000
+    assert to_ns(out["started_at"]) == 1_790_000_000 * 10**9
+    assert to_ns(out["complete_at"]) == 1_790_000_090_500_000_000
+    assert out["number"] == 3
+    assert with_datetimes({"started_at": STARTED, "complete_at": None}) == {
+        "started_at": STARTED,
+        "complete_at": None,
+    }
+    plain = {"number": 1}
+    assert with_datetimes(plain) is plain
