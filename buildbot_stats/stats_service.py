@@ -173,6 +173,10 @@ class StatsService(service.BuildbotService):
             d.addErrback(self._capture_failed, cap)
             return d
 
+        master_filter = self._master_filter
+        if master_filter is None:
+            return consume
+
         def consume_own(routingKey: tuple, msg: dict[str, Any]) -> Any:
             # a cluster: every master sees every message; capture only our builds'
             foreign = master_filter.foreign(msg)
@@ -183,8 +187,7 @@ class StatsService(service.BuildbotService):
                 return None
             return foreign.addCallback(lambda skip: None if skip else consume(routingKey, msg))
 
-        master_filter = self._master_filter
-        return consume if master_filter is None else consume_own
+        return consume_own
 
     def _capture_failed(self, failure: Any, cap: Any) -> None:
         if failure.check(CaptureCallbackError):
