@@ -11,6 +11,8 @@ TEST_REQUIRES = [
     "buildbot-worker>=4.3",
     "pytest>=8",
     "hypothesis>=6",
+    # the PostgreSQL driver of the multi-master test (SQLAlchemy 2.x: postgresql+psycopg://)
+    "psycopg[binary]>=3.1",
 ]
 
 setup(
