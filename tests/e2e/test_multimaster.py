@@ -25,13 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from buildbot.process.results import RETRY, SUCCESS
 
 from buildbot_stats.cli.master_process import RealMaster, free_port, make_master_cfg
 from tests.e2e.test_master_end_to_end import (
     BUILDERS,
     DB,
     HEADER,
+    MANY_VALUES,
     N_BUILDS,
+    POLL_TIMEOUT,
+    SINGLE_VALUES,
     STEPS,
     check_points,
     expected_row_counts,
@@ -191,8 +195,14 @@ def point_key(series: str, fields: dict[str, Any], tags: dict[str, str]) -> tupl
     return (series, build, tuple(sorted(fields)), fields.get("test"))
 
 
-def check_journals(ids: dict[int, RealMaster], builds: list[dict[str, Any]]) -> None:
-    """Each point stored once in the cluster, by the master that ran its build, at the right time."""
+def check_journals(
+    ids: dict[int, RealMaster], builds: list[dict[str, Any]], expect_lost: dict[str, Any] | None = None
+) -> None:
+    """Each point stored once in the cluster, by the master that ran its build, at the right time.
+
+    ``expect_lost``: a build whose master was killed during it, of which only
+    the values posted before are stored.
+    """
     by_build = {(b["builder"], str(b["number"])): b for b in builds}
     seen: Counter[tuple[Any, ...]] = Counter()
     for masterid, m in ids.items():
@@ -205,9 +215,12 @@ def check_journals(ids: dict[int, RealMaster], builds: list[dict[str, Any]]) -> 
                 # stamped when the step posted it: during the build (times in whole seconds)
                 assert build["started_at"] * 10**9 <= time_ns <= (build["complete_at"] + 1) * 10**9
             else:
+                assert build is not expect_lost, f"the lost build's {series} was captured"
                 assert time_ns == build["complete_at"] * 10**9
     assert [k for k, n in seen.items() if n != 1] == [], "stored more than once in the cluster"
-    assert sum(seen.values()) == sum(points_per_build(b["builder"]) for b in builds)
+    posted = SINGLE_VALUES + MANY_VALUES
+    want = sum(posted if b is expect_lost else points_per_build(b["builder"]) for b in builds)
+    assert sum(seen.values()) == want
 
 
 def check_logs(masters: list[RealMaster]) -> None:
@@ -296,3 +309,95 @@ def test_master_killed_with_points_spooled_delivers_them_after_restart(
     for m in cluster:
         m.stop()
     check_logs(cluster)
+
+
+HOLD = """
+import os
+
+
+class Hold(buildstep.BuildStep):
+    '''Waits while the file 'hold' exists in the master's basedir (at most two minutes).'''
+
+    name = 'hold'
+
+    async def run(self):
+        for _ in range(1200):
+            if not os.path.exists(os.path.join(basedir, 'hold')):
+                break
+            await task.deferLater(reactor, 0.1, lambda: None)
+        return SUCCESS
+"""
+
+
+def test_master_lost_mid_build(servers: Any, tmp_path: Path) -> None:
+    """A master SIGKILLed during a build: what the build posted stays, once; its rerun is captured once.
+
+    Buildbot finishes the lost build as RETRY when its master restarts, before
+    the StatsService starts: that finish is not captured (docs/multimaster.rst).
+    """
+    influx, pg, router = servers
+    masters = []
+    try:
+        for index in range(1, 3):
+            services = CLUSTER.format(
+                index=index, router_url=router.url, realm=router.realm, influx_port=influx.port, db=DB
+            )
+            cfg = make_master_cfg(
+                {"b1": "[steps.ShellCommand(command=['true']), ReportTimings(), Hold()]"},
+                pb_port=free_port(),
+                workers=2,
+                header=HEADER + JOURNAL + HOLD,
+                services=services,
+                db_url=pg.url,
+            )
+            m = RealMaster(tmp_path / f"master{index}", cfg)
+            masters.append(m)
+            m.create()
+            (m.basedir / "hold").touch()
+        ids = start_all(masters)
+        masters[0].sendchange(1)
+        deadline = time.monotonic() + 60
+        while not (running := [b for b in masters[0].builds() if b["complete_at"] is None]):
+            assert time.monotonic() < deadline, "the build did not start"
+            time.sleep(0.1)
+        victim = ids[running[0]["masterid"]]
+        survivor = next(m for m in masters if m is not victim)
+        # the values the step posted before the hold reach InfluxDB (and leave the spool)
+        deadline = time.monotonic() + 60
+        while len(influx_rows(influx).get("b1-timings", [])) < SINGLE_VALUES + MANY_VALUES or spooled(victim):
+            assert time.monotonic() < deadline, f"posted values not delivered: {influx_rows(influx)}"
+            time.sleep(0.1)
+        victim.kill()
+        for m in masters:
+            (m.basedir / "hold").unlink()
+        victim.start()
+        builds = survivor.wait_for_builds(2, timeout=120)
+        assert [(b["number"], b["results"]) for b in builds] == [(1, RETRY), (2, SUCCESS)]
+        lost, rerun = builds
+
+        # the rerun: every capture once; the lost build: only its posted values
+        deadline = time.monotonic() + POLL_TIMEOUT
+        while len(influx_rows(influx).get("b1-build-times", [])) < 1:
+            assert time.monotonic() < deadline, f"rerun not captured: {influx_rows(influx)}"
+            time.sleep(0.2)
+        for m in masters:
+            wait_spool_empty(m)
+        rows = influx_rows(influx)
+        per_build = {name: Counter(r["build_number"] for r in series) for name, series in rows.items()}
+        assert per_build == {
+            "b1-build-times": {"2": 1},
+            "b1-build-results": {"2": 1},
+            "b1-workername": {"2": 1},
+            "b1-test_count": {"2": 1},
+            "b1-test_name": {"2": 1},
+            "b1-timings": {"1": SINGLE_VALUES + MANY_VALUES, "2": SINGLE_VALUES + MANY_VALUES},
+        }
+        (times,) = rows["b1-build-times"]
+        assert times["time"] == rerun["complete_at"] * 10**9
+        check_journals(ids, [lost, rerun], expect_lost=lost)
+        for m in masters:
+            m.stop()
+        check_logs(masters)
+    finally:
+        for m in masters:
+            m.close()
