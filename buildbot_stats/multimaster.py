@@ -41,6 +41,7 @@ class MasterFilter:
     def __init__(self, master: Any, lookups: Any) -> None:
         self.master = master
         self.lookups = lookups
+        self._waiting: dict[Any, list[defer.Deferred]] = {}
 
     @staticmethod
     def needed(master: Any) -> bool:
@@ -74,9 +75,24 @@ class MasterFilter:
         if build is not None:
             owner = build.get("masterid")
             return owner is not None and owner != own
-        d = self.lookups.build(buildid)
-        d.addCallback(lambda b: b.get("masterid") not in (None, own))
-        d.addErrback(lambda _: False)
+        return self._lookup(buildid).addCallback(lambda owner: owner is not None and owner != own)
+
+    def _lookup(self, buildid: Any) -> defer.Deferred:
+        """The build's masterid (None if unknown); messages arriving meanwhile wait for the one query."""
+        d: defer.Deferred = defer.Deferred()
+        waiters = self._waiting.get(buildid)
+        if waiters is not None:
+            waiters.append(d)
+            return d
+        waiters = self._waiting[buildid] = [d]
+
+        def done(result: Any) -> None:
+            del self._waiting[buildid]
+            owner = result.get("masterid") if isinstance(result, dict) else None
+            for waiter in waiters:
+                waiter.callback(owner)
+
+        self.lookups.build(buildid).addBoth(done)
         return d
 
 

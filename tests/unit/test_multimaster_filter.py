@@ -244,6 +244,25 @@ class BuildOfMessageTests(ClusterTestCase):
         )
 
     @defer.inlineCallbacks
+    def test_messages_arriving_during_the_lookup_wait_for_it(self):
+        rec = Recorder(STEP_FINISHED)
+        yield self.use(rec)
+        answers = {}
+        counting_get = self.master.data.get
+
+        def slow_get(path, *args, **kwargs):
+            answers[tuple(path)] = d = defer.Deferred()
+            counting_get(path, *args, **kwargs).addCallback(lambda build: answers.setdefault("data", build))
+            return d
+
+        self.master.data.get = slow_get
+        for stepid in (1, 2, 3):
+            self.master.mq.callConsumer(STEP_FINISHED, {"stepid": stepid, "buildid": 1})
+        self.assertEqual((self.queries, rec.seen), ([("builds", 1)], []))
+        answers[("builds", 1)].callback(answers["data"])
+        self.assertEqual([m["stepid"] for m in rec.seen], [1, 2, 3])
+
+    @defer.inlineCallbacks
     def test_unknown_build_is_left_to_the_capture(self):
         rec = Recorder(STEP_FINISHED)
         yield self.use(rec)
