@@ -13,6 +13,8 @@ TEST_REQUIRES = [
     "hypothesis>=6",
     # self-signed certificates for the HTTPS tests
     "cryptography",
+    # the PostgreSQL driver of the multi-master test (SQLAlchemy 2.x: postgresql+psycopg://)
+    "psycopg[binary]>=3.1",
 ]
 
 setup(

@@ -7,7 +7,7 @@ dashboards built on it keep working.  Build captures stamp their points with
 the build's own time, so that sending a point again overwrites it.
 
 Times arrive as ``datetime`` objects under Buildbot's simple MQ and as epoch
-seconds under its WAMP MQ (multi-master); :func:`as_datetime` makes them one.
+seconds under its WAMP MQ (multi-master); :func:`~buildbot_stats.point.as_datetime` makes them one.
 
 The step, queue-time and test-result captures live in
 :mod:`buildbot_stats.capture_steps` and are re-exported here.
@@ -25,6 +25,7 @@ from buildbot import config
 from twisted.internet import defer, threads
 
 from buildbot_stats.errors import CaptureCallbackError
+from buildbot_stats.point import as_datetime
 
 __all__ = [
     "Capture",
@@ -53,20 +54,6 @@ __all__ = [
 
 BUILD_FINISHED = ("builders", None, "builds", None, "finished")
 YIELD_DATA = ("stats-yieldMetricsValue", "stats-yield-data")
-
-
-def as_datetime(value: Any) -> Any:
-    """A Buildbot time as a timezone-aware datetime (None stays None).
-
-    The simple MQ hands out datetimes (kept as they are, so stored values do
-    not change); the WAMP MQ epoch seconds (int or float), which become the
-    UTC datetime the simple MQ would have given.
-    """
-    if value is None or isinstance(value, datetime.datetime):
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return datetime.datetime.fromtimestamp(value, tz=datetime.timezone.utc)
-    raise TypeError(f"cannot use {type(value).__name__} {value!r} as a time")
 
 
 class Capture(abc.ABC):
@@ -488,6 +475,7 @@ class CaptureDataBase(Capture):
             post_data,
             f"{builder_info['name']}-{self._data_name}",
             context if context is not None else self._defaultContext(build_data, builder_info["name"]),
+            msg.get("time_ns"),  # the time of the yieldMetricsValue call
         )
         if self._stats_service is not None:
             # Queued: the service spools the point and keeps it until it is

@@ -35,9 +35,9 @@ from buildbot_stats.capture import (
     _AllBuilders,
     _OneBuilder,
     _with_worker,
-    as_datetime,
 )
 from buildbot_stats.errors import CaptureCallbackError
+from buildbot_stats.point import as_datetime
 
 __all__ = [
     "CaptureBuildQueueTime",

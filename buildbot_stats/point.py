@@ -19,6 +19,7 @@ __all__ = [
     "Point",
     "PointProblem",
     "Clock",
+    "as_datetime",
     "to_ns",
     "to_plain",
     "from_json_value",
@@ -53,6 +54,20 @@ class PointProblem:
 
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def as_datetime(value: Any) -> Any:
+    """A Buildbot time as a timezone-aware datetime (None stays None).
+
+    The simple MQ hands out datetimes (kept as they are, so stored values do
+    not change); the WAMP MQ epoch seconds (int or float), which become the
+    UTC datetime the simple MQ would have given.
+    """
+    if value is None or isinstance(value, datetime.datetime):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.datetime.fromtimestamp(value, tz=datetime.timezone.utc)
+    raise TypeError(f"cannot use {type(value).__name__} {value!r} as a time")
 
 
 def to_ns(value: Any) -> int:

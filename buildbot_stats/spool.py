@@ -42,6 +42,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol, runtime_checkable
 
 from buildbot_stats.point import Point, is_flat_plain, to_plain
+from buildbot_stats.spool_lock import SpoolLock
 from buildbot_stats.sqlite_wal import connect_wal
 
 __all__ = [
@@ -262,6 +263,16 @@ class SQLiteSpool:
             raise ForeignSpoolFileError(self.path, problem)
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
+        # one process per file (SpoolLockedError): two masters would send and delete each other's points
+        self._lock = SpoolLock(self.path)
+        self._lock.acquire()
+        try:
+            self._thd_connect()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _thd_connect(self) -> None:
         try:
             self._db = self._connect()
         except sqlite3.DatabaseError as e:
@@ -359,6 +370,7 @@ class SQLiteSpool:
         if self._db is not None:
             self._db.close()
             self._db = None
+            self._lock.release()
 
 
 def _migrate_from_2(db: sqlite3.Connection) -> None:

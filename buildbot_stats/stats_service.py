@@ -26,6 +26,7 @@ from buildbot_stats.burst_log import BurstLog
 from buildbot_stats.capture import YIELD_DATA, Capture
 from buildbot_stats.errors import CaptureCallbackError, StorageBackendTypeError
 from buildbot_stats.lookups import BuildLookups
+from buildbot_stats.multimaster import MasterFilter, with_datetimes
 from buildbot_stats.options import DEFAULT_SPOOL_PATH, ServiceOptions
 from buildbot_stats.point import Clock, Point, to_ns
 from buildbot_stats.queues import QueueSet, backend_name
@@ -66,6 +67,8 @@ class StatsService(service.BuildbotService):
         #: tags the property, build-time and data captures add (``extra_tags``)
         self.extra_tags: tuple[str, ...] = ()
         self._capture_log: BurstLog | None = None
+        #: skips messages of other masters' builds (a cluster's WAMP MQ only)
+        self._master_filter: MasterFilter | None = None
 
     def checkConfig(self, storage_backends: Sequence[Any] = (), **options: Any) -> None:  # type: ignore[override]
         if not isinstance(storage_backends, (list, tuple)):
@@ -212,6 +215,8 @@ class StatsService(service.BuildbotService):
     @defer.inlineCallbacks
     def registerConsumers(self) -> Any:
         self.consumers = []
+        needed = MasterFilter.needed(self.master)
+        self._master_filter = MasterFilter(self.master, self.lookups) if needed else None
         captures: dict[int, Any] = {}
         owners: dict[int, list[Any]] = {}
         for backend in self.registeredStorageServices:
@@ -233,7 +238,21 @@ class StatsService(service.BuildbotService):
             d.addErrback(self._capture_failed, cap)
             return d
 
-        return consume
+        master_filter = self._master_filter
+        if master_filter is None:
+            return consume
+
+        def consume_own(routingKey: tuple, msg: dict[str, Any]) -> Any:
+            # a cluster: every master sees every message; capture only our builds'
+            foreign = master_filter.foreign(msg)
+            msg = with_datetimes(msg)  # WAMP sends times as epoch numbers
+            if foreign is False:
+                return consume(routingKey, msg)
+            if foreign is True:
+                return None
+            return foreign.addCallback(lambda skip: None if skip else consume(routingKey, msg))
+
+        return consume_own
 
     def _capture_failed(self, failure: Any, cap: Any) -> None:
         """One log line per burst of the same failure of a capture (see :mod:`buildbot_stats.burst_log`)."""
@@ -321,9 +340,21 @@ class StatsService(service.BuildbotService):
         return defer.succeed(None)
 
     def _produce(self, data_name: str, post_data: Any, build_data: dict[str, Any]) -> None:
-        """The documented ``stats-yield-data`` message, consumed by CaptureData."""
+        """The documented ``stats-yield-data`` message, consumed by CaptureData.
+
+        Beside the documented keys it carries the time of the call
+        (``time_ns``, the point's timestamp wherever it is consumed) and the
+        producing master (``masterid``: in a cluster, only that master stores it).
+        """
         self.master.mq.produce(
-            YIELD_DATA, {"data_name": data_name, "post_data": post_data, "build_data": build_data}
+            YIELD_DATA,
+            {
+                "data_name": data_name,
+                "post_data": post_data,
+                "build_data": build_data,
+                "time_ns": self.clock.now_ns(),
+                "masterid": getattr(self.master, "masterid", None),
+            },
         )
 
     @defer.inlineCallbacks

@@ -264,9 +264,12 @@ class RealMaster:
             self._cfg_value("CHANGE_PASSWD", CHANGE_AUTH[1]),
         )
         self.db_url: str = self._cfg_value("DB_URL", "sqlite:///state.sqlite")
-        if not self.db_url.startswith("sqlite:///"):
-            raise ValueError(f"only sqlite:/// db urls are supported: {self.db_url}")
-        self.db_path = self.basedir / self.db_url.removeprefix("sqlite:///")
+        # sqlite:/// (the master's own file), or a server's SQLAlchemy URL (e.g.
+        # PostgreSQL shared by the masters of a cluster: queried with SQLAlchemy)
+        self.db_path: Path | None = None
+        if self.db_url.startswith("sqlite:///"):
+            self.db_path = self.basedir / self.db_url.removeprefix("sqlite:///")
+        self._engine: Any = None
         self._sessions: set[int] = set()  # sessions of the masters started here
         atexit.register(self.close)
 
@@ -344,6 +347,9 @@ class RealMaster:
             str(self.basedir),
         )
         (self.basedir / "master.cfg").write_text(self.master_cfg)
+        if self.db_path is None:
+            # create-master made an SQLite file; the schema goes into the real database
+            self._run("upgrade-master", "--quiet", str(self.basedir), timeout=300)
 
     def checkconfig(self) -> tuple[int, str]:
         """Run ``buildbot checkconfig``; return (rc, output)."""
@@ -454,7 +460,12 @@ class RealMaster:
     # -- database --------------------------------------------------------------
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        """Run a read-only query against state.sqlite, retrying while it is locked."""
+        """Run a read-only query against the master's db (``?`` placeholders).
+
+        SQLite: the file, read-only, retrying while it is locked; other URLs: SQLAlchemy.
+        """
+        if self.db_path is None:
+            return self._query_server(sql, params)
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -469,14 +480,30 @@ class RealMaster:
                     raise
                 time.sleep(0.05)
 
+    def _query_server(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        import sqlalchemy  # Buildbot's own dependency; only needed for a database server
+
+        if self._engine is None:
+            self._engine = sqlalchemy.create_engine(self.db_url, poolclass=sqlalchemy.pool.NullPool)
+        with self._engine.connect() as conn:
+            result = conn.exec_driver_sql(sql.replace("?", "%s"), params)
+            return [dict(row._mapping) for row in result]
+
     def builds(self) -> list[dict[str, Any]]:
-        """All builds in the master's db, ordered by buildid."""
+        """All builds in the master's db, ordered by buildid (with the ``masterid`` that ran each)."""
         return self._query(
             "SELECT b.id AS buildid, bl.name AS builder, b.number, b.results, b.state_string,"
+            " b.masterid,"
             " b.started_at, b.complete_at, w.name AS worker"
             " FROM builds b JOIN builders bl ON bl.id = b.builderid"
             " LEFT JOIN workers w ON w.id = b.workerid ORDER BY b.id"
         )
+
+    def masterid(self) -> int | None:
+        """This master's id in the db (its row is named ``<hostname>:<basedir>``), None before its start."""
+        rows = self._query("SELECT id, name FROM masters")
+        mine = [r["id"] for r in rows if r["name"].endswith(f":{self.basedir}")]
+        return mine[0] if mine else None
 
     def wait_for_builds(self, count: int, timeout: float = 120) -> list[dict[str, Any]]:
         """Poll the db until ``count`` builds are complete; return the complete builds."""

@@ -1,0 +1,115 @@
+"""Which master of a cluster captures a message: the one that ran the build.
+
+Under Buildbot's WAMP MQ (a multi-master cluster joined through crossbar)
+every master receives every master's messages, its own included.  With the
+same master.cfg on every master, each StatsService would store every build
+once per master.  :class:`MasterFilter` tells a message of another master's
+build apart, cheaply, so that each point is stored once in the cluster:
+
+- build messages carry ``masterid`` (the master running the build);
+- ``stats-yield-data`` messages carry ``masterid``, the master where
+  ``yieldMetricsValue`` was called (older producers: ``build_data``'s);
+- build request messages carry ``claimed_by_masterid`` once claimed;
+- step and test result set messages carry only ``buildid``: the build is
+  looked up once (cached in :class:`~buildbot_stats.lookups.BuildLookups`).
+
+A message with none of these (or a master without an id yet) is local: on
+the simple MQ, every message is.  The filter never raises: a failed lookup
+lets the capture see the message, and report its own error.
+
+:func:`with_datetimes` turns the epoch-number times of WAMP messages back
+into the ``datetime`` objects the simple MQ delivers, so that callbacks
+written for one MQ work with the other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+
+from buildbot_stats.point import as_datetime
+
+__all__ = ["MasterFilter", "TIME_KEYS", "with_datetimes"]
+
+#: keys of Buildbot's data messages that hold times (datetimes on the simple MQ)
+TIME_KEYS = ("started_at", "complete_at", "submitted_at", "claimed_at", "last_active")
+
+
+class MasterFilter:
+    """Says whether a message belongs to another master of the cluster."""
+
+    def __init__(self, master: Any, lookups: Any) -> None:
+        self.master = master
+        self.lookups = lookups
+        self._waiting: dict[Any, list[defer.Deferred]] = {}
+
+    @staticmethod
+    def needed(master: Any) -> bool:
+        """True when the master's MQ is shared by a cluster (not the simple, local MQ)."""
+        mq = getattr(getattr(master, "config", None), "mq", None) or {}
+        return mq.get("type", "simple") != "simple"
+
+    def foreign(self, msg: Any) -> bool | defer.Deferred:
+        """True (or a Deferred firing True) if another master captures ``msg``.
+
+        No query for build, build request and ``stats-yield-data`` messages;
+        one cached build lookup per build for steps and test result sets.
+        """
+        own = getattr(self.master, "masterid", None)
+        if own is None or not isinstance(msg, dict):
+            return False
+        if "masterid" in msg:
+            owner = msg["masterid"]
+            return owner is not None and owner != own
+        build_data = msg.get("build_data")
+        if isinstance(build_data, dict):  # stats-yield-data of an older producer
+            owner = build_data.get("masterid")
+            return owner is not None and owner != own
+        owner = msg.get("claimed_by_masterid")
+        if owner is not None:
+            return owner != own
+        buildid = msg.get("buildid")
+        if buildid is None or self.lookups is None:
+            return False
+        build = self.lookups.known_build(buildid)
+        if build is not None:
+            owner = build.get("masterid")
+            return owner is not None and owner != own
+        return self._lookup(buildid).addCallback(lambda owner: owner is not None and owner != own)
+
+    def _lookup(self, buildid: Any) -> defer.Deferred:
+        """The build's masterid (None if unknown); messages arriving meanwhile wait for the one query."""
+        d: defer.Deferred = defer.Deferred()
+        waiters = self._waiting.get(buildid)
+        if waiters is not None:
+            waiters.append(d)
+            return d
+        waiters = self._waiting[buildid] = [d]
+
+        def done(result: Any) -> None:
+            del self._waiting[buildid]
+            owner = result.get("masterid") if isinstance(result, dict) else None
+            for waiter in waiters:
+                waiter.callback(owner)
+
+        self.lookups.build(buildid).addBoth(done)
+        return d
+
+
+def with_datetimes(msg: Any) -> Any:
+    """``msg`` with epoch-number times (WAMP) as UTC datetimes, as the simple MQ gives them.
+
+    Returns ``msg`` itself when there is nothing to convert (always, on the
+    simple MQ), else a shallow copy.
+    """
+    if not isinstance(msg, dict):
+        return msg
+    converted = None
+    for key in TIME_KEYS:
+        value = msg.get(key)
+        if type(value) is int or type(value) is float:
+            if converted is None:
+                converted = dict(msg)
+            converted[key] = as_datetime(value)
+    return msg if converted is None else converted

@@ -1,0 +1,154 @@
+"""Two processes on one spool file: the second is refused in one line, nothing is corrupted.
+
+The other process is a real one (a Python child holding the lock), as two
+masters would be; the lock is ``flock``, so it goes away with the holder,
+SIGKILL included.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.python import log
+
+from buildbot_stats.point import Point
+from buildbot_stats.spool import SQLiteSpool
+from buildbot_stats.spool_lock import SpoolLockedError
+from buildbot_stats.spool_thread import open_spool
+
+_HOLDER = """
+import sys
+from buildbot_stats.spool import SQLiteSpool
+spool = SQLiteSpool(sys.argv[1])
+spool.thd_open()
+spool.thd_append("svc/b", [(1, [1], [])])
+print("open", flush=True)
+sys.stdin.read()
+spool.thd_close()
+"""
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """Another process with the spool file ``tmp_path/stats.sqlite`` open."""
+    path = tmp_path / "stats.sqlite"
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
+        yield proc, path
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+
+
+def test_second_process_is_refused_in_one_line(holder: tuple[subprocess.Popen[str], Path]) -> None:
+    proc, path = holder
+    with pytest.raises(SpoolLockedError) as info:
+        SQLiteSpool(str(path)).thd_open()
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path} is in use by another process (pid {proc.pid})")
+    # the holder's points are untouched
+    assert proc.stdin is not None
+    proc.stdin.close()
+    assert proc.wait(timeout=30) == 0
+    spool = SQLiteSpool(str(path))
+    spool.thd_open()
+    try:
+        assert spool.thd_pending_counts() == {"svc/b": 1}
+    finally:
+        spool.thd_close()
+
+
+def test_lock_goes_with_a_killed_holder(holder: tuple[subprocess.Popen[str], Path]) -> None:
+    proc, path = holder
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    spool = SQLiteSpool(str(path))
+    spool.thd_open()
+    try:
+        assert spool.thd_pending_counts() == {"svc/b": 1}
+    finally:
+        spool.thd_close()
+
+
+def test_services_of_one_process_share_a_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "stats.sqlite")
+    first, second = SQLiteSpool(path), SQLiteSpool(path)
+    first.thd_open()
+    second.thd_open()
+    second.thd_append("two/b", [(1, [1], [Point("s", {"v": 1})])])
+    first.thd_close()
+    assert second.thd_pending_counts() == {"two/b": 1}
+    second.thd_close()
+    # all closed: another opener (here, the same process again) gets it
+    third = SQLiteSpool(path)
+    third.thd_open()
+    third.thd_close()
+
+
+class _QueueReactor:
+    """Enough of a reactor for open_spool: calls from the spool's thread are run by :meth:`run_until`."""
+
+    def __init__(self) -> None:
+        self.calls: queue.Queue[Any] = queue.Queue()
+
+    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
+        self.calls.put((f, args, kwargs))
+
+    def addSystemEventTrigger(self, *args: Any, **kwargs: Any) -> object:
+        return object()  # the spool's thread is stopped by the test (open_spool closes it)
+
+    def removeSystemEventTrigger(self, trigger: object) -> None:
+        pass
+
+    def run_until(self, done: list[Any], timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not done:
+            f, args, kwargs = self.calls.get(timeout=max(0.01, deadline - time.monotonic()))
+            f(*args, **kwargs)
+
+
+def test_master_keeps_points_in_memory_and_says_so_once(holder: tuple[subprocess.Popen[str], Path]) -> None:
+    proc, path = holder
+    lines: list[str] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        lines.append(" ".join(str(m) for m in event.get("message", ())))
+
+    result: list[Any] = []
+    reactor = _QueueReactor()
+    log.addObserver(observer)
+    try:
+        open_spool(path.name, str(path.parent), reactor).addBoth(result.append)
+        reactor.run_until(result)
+    finally:
+        log.removeObserver(observer)
+    if not isinstance(result[0], tuple):
+        result[0].raiseException()
+    spool, last_id = result[0]
+    assert (spool.durable, last_id) == (False, 0)
+    ours = [line for line in lines if line.startswith("buildbot_stats:")]
+    assert ours == [
+        f"buildbot_stats: cannot open the spool {path} (SpoolLockedError: {path} is in use by another "
+        f"process (pid {proc.pid}): each master needs a spool file of its own (spool_path is relative "
+        "to the master's basedir)); pending points are kept in memory only"
+    ]
