@@ -114,6 +114,7 @@ class CaptureStepDuration(_OneBuilder, _BuildOfStep):
             except re.error as e:
                 config.error(f"{type(self).__name__}: invalid regular expression {step_name!r}: {e}")
         divisor = _divisor(type(self).__name__, report_in)
+        self.report_in = report_in  # the unit of the stored duration, for backends
         super().__init__(STEP_FINISHED, callback or _interval_callback(divisor))
 
     def _step_name_matches(self, name: Any) -> bool:
@@ -185,6 +186,7 @@ class CaptureBuildQueueTime(_OneBuilder, CaptureBuildTimes):
         callback: Callable[..., Any] | None = None,
     ) -> None:
         divisor = _divisor(type(self).__name__, report_in)
+        self.report_in = report_in  # the unit of the stored queue time, for backends
         super().__init__(builder_name, callback or _interval_callback(divisor), "queue-time")
 
     def _retValParams(self, msg: dict[str, Any]) -> list[Any]:  # pragma: no cover - consume overrides
