@@ -345,6 +345,22 @@ class CaptureBuildEndTimeAllBuilders(_AllBuilders, CaptureBuildEndTime):
 REPORT_IN_DIVISORS = {"seconds": 1, "minutes": 60, "hours": 3600}
 
 
+def report_in_divisor(cls_name: str, report_in: Any) -> float:
+    """Seconds per ``report_in`` unit; anything but a known unit name is a config error.
+
+    The one home of the ``report_in`` rule of every capture that has one (the
+    message is buildbot.statistics's); after an error, seconds.
+    """
+    if not isinstance(report_in, str) or report_in not in REPORT_IN_DIVISORS:
+        config.error(
+            f"Error during initialization of class {cls_name}. "
+            "`report_in` parameter must be one of 'seconds', 'minutes' or 'hours', "
+            f"not {report_in!r}"
+        )
+        return 1
+    return REPORT_IN_DIVISORS[report_in]
+
+
 class CaptureBuildDuration(_OneBuilder, CaptureBuildTimes):
     """Captures the build duration in ``report_in`` units as field ``duration``."""
 
@@ -354,13 +370,7 @@ class CaptureBuildDuration(_OneBuilder, CaptureBuildTimes):
         report_in: str = "seconds",
         callback: Callable[..., Any] | None = None,
     ) -> None:
-        if not isinstance(report_in, str) or report_in not in REPORT_IN_DIVISORS:
-            config.error(
-                f"Error during initialization of class {type(self).__name__}. "
-                "`report_in` parameter must be one of 'seconds', 'minutes' or 'hours', "
-                f"not {report_in!r}"
-            )
-        divisor = REPORT_IN_DIVISORS.get(report_in, 1) if isinstance(report_in, str) else 1
+        divisor = report_in_divisor(type(self).__name__, report_in)
         self.report_in = report_in  # the unit of the stored duration, for backends
 
         def default_callback(start_time: datetime.datetime, end_time: datetime.datetime) -> float:
