@@ -612,7 +612,7 @@ def _builders_of(captures: Any, class_name: str) -> set[Any]:
     for cap in captures if isinstance(captures, (list, tuple)) else ():
         if any(c.__name__ == class_name for c in type(cap).__mro__):
             name = getattr(cap, "_builder_name", None)
-            found.add(_ALL if name is None else name)
+            found.add(_ALL if name is None else str(name))
     return found
 
 
@@ -622,9 +622,10 @@ def _units_of(captures: Any, class_name: str) -> dict[Any, float]:
     for cap in captures if isinstance(captures, (list, tuple)) else ():
         if any(c.__name__ == class_name for c in type(cap).__mro__):
             name = getattr(cap, "_builder_name", None)
-            units[_ALL if name is None else name] = _UNIT_SECONDS.get(
-                getattr(cap, "report_in", "seconds"), 1.0
-            )
+            report_in = getattr(cap, "report_in", "seconds")
+            # a wrong report_in is the capture's config error; never raise here too
+            unit = _UNIT_SECONDS.get(report_in, 1.0) if isinstance(report_in, str) else 1.0
+            units[_ALL if name is None else str(name)] = unit
     return units
 
 

@@ -388,6 +388,21 @@ def test_bad_arguments_are_config_errors(kwargs: dict[str, Any], message: str) -
     assert message in str(info.value)
 
 
+def test_a_capture_with_a_bad_report_in_is_the_captures_error_only() -> None:
+    """checkconfig collects errors and goes on: the backend then gets the bad capture
+    and must not raise on its unhashable ``report_in``."""
+    with capture_config_errors() as errors:
+        PrometheusStorageService(
+            port=0,
+            captures=[
+                capture.CaptureBuildDurationAllBuilders(report_in=["hours"]),
+                capture.CaptureStepDuration("b1", report_in={}),
+            ],
+        )
+    assert len(errors.errors) == 2
+    assert all("`report_in` parameter must be one of" in e for e in errors.errors)
+
+
 def test_bad_arguments_under_checkconfig_collect_errors_and_never_count() -> None:
     with capture_config_errors() as errors:
         b = PrometheusStorageService(port="x", interface=3, captures=[])
