@@ -361,6 +361,16 @@ def report_in_divisor(cls_name: str, report_in: Any) -> float:
     return REPORT_IN_DIVISORS[report_in]
 
 
+def interval_callback(divisor: float) -> Callable[[datetime.datetime, datetime.datetime], float]:
+    """The default callback of the duration captures: ``end - start`` in units of
+    ``divisor`` seconds, 0 if the clock went backwards."""
+
+    def interval(start: datetime.datetime, end: datetime.datetime) -> float:
+        return max(end - start, datetime.timedelta(0)).total_seconds() / divisor
+
+    return interval
+
+
 class CaptureBuildDuration(_OneBuilder, CaptureBuildTimes):
     """Captures the build duration in ``report_in`` units as field ``duration``."""
 
@@ -372,12 +382,7 @@ class CaptureBuildDuration(_OneBuilder, CaptureBuildTimes):
     ) -> None:
         divisor = report_in_divisor(type(self).__name__, report_in)
         self.report_in = report_in  # the unit of the stored duration, for backends
-
-        def default_callback(start_time: datetime.datetime, end_time: datetime.datetime) -> float:
-            duration = max(end_time - start_time, datetime.timedelta(0))
-            return duration.total_seconds() / divisor
-
-        super().__init__(builder_name, callback or default_callback, "duration")
+        super().__init__(builder_name, callback or interval_callback(divisor), "duration")
 
     def _retValParams(self, msg: dict[str, Any]) -> list[Any]:
         return [as_datetime(msg["started_at"]), as_datetime(msg["complete_at"])]

@@ -18,7 +18,6 @@ from :mod:`buildbot_stats.capture` (or the ``statistics`` facade).
 
 from __future__ import annotations
 
-import datetime
 import re
 from collections import OrderedDict
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from buildbot_stats.capture import (
     _OneBuilder,
     _with_worker,
     as_datetime,
+    interval_callback,
     report_in_divisor,
 )
 from buildbot_stats.errors import CaptureCallbackError
@@ -52,13 +52,6 @@ STEP_FINISHED = ("builds", None, "steps", None, "finished")
 TEST_RESULT_SET_COMPLETED = ("test_result_sets", None, "completed")
 #: test result sets waiting for their step to finish, at most (oldest dropped beyond)
 MAX_PENDING_STEPS = 1000
-
-
-def _interval_callback(divisor: float) -> Callable[[datetime.datetime, datetime.datetime], float]:
-    def interval(start: datetime.datetime, end: datetime.datetime) -> float:
-        return max(end - start, datetime.timedelta(0)).total_seconds() / divisor
-
-    return interval
 
 
 class _BuildOfStep(Capture):
@@ -105,7 +98,7 @@ class CaptureStepDuration(_OneBuilder, _BuildOfStep):
                 config.error(f"{type(self).__name__}: invalid regular expression {step_name!r}: {e}")
         divisor = report_in_divisor(type(self).__name__, report_in)
         self.report_in = report_in  # the unit of the stored duration, for backends
-        super().__init__(STEP_FINISHED, callback or _interval_callback(divisor))
+        super().__init__(STEP_FINISHED, callback or interval_callback(divisor))
 
     def _step_name_matches(self, name: Any) -> bool:
         if self._step_name is None:
@@ -177,7 +170,7 @@ class CaptureBuildQueueTime(_OneBuilder, CaptureBuildTimes):
     ) -> None:
         divisor = report_in_divisor(type(self).__name__, report_in)
         self.report_in = report_in  # the unit of the stored queue time, for backends
-        super().__init__(builder_name, callback or _interval_callback(divisor), "queue-time")
+        super().__init__(builder_name, callback or interval_callback(divisor), "queue-time")
 
     def _retValParams(self, msg: dict[str, Any]) -> list[Any]:  # pragma: no cover - consume overrides
         raise NotImplementedError
