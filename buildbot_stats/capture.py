@@ -332,6 +332,32 @@ class CaptureBuildEndTimeAllBuilders(_AllBuilders, CaptureBuildEndTime):
 REPORT_IN_DIVISORS = {"seconds": 1, "minutes": 60, "hours": 3600}
 
 
+def report_in_divisor(cls_name: str, report_in: Any) -> float:
+    """Seconds per ``report_in`` unit; anything but a known unit name is a config error.
+
+    The one home of the ``report_in`` rule of every capture that has one (the
+    message is buildbot.statistics's); after an error, seconds.
+    """
+    if not isinstance(report_in, str) or report_in not in REPORT_IN_DIVISORS:
+        config.error(
+            f"Error during initialization of class {cls_name}. "
+            "`report_in` parameter must be one of 'seconds', 'minutes' or 'hours', "
+            f"not {report_in!r}"
+        )
+        return 1
+    return REPORT_IN_DIVISORS[report_in]
+
+
+def interval_callback(divisor: float) -> Callable[[datetime.datetime, datetime.datetime], float]:
+    """The default callback of the duration captures: ``end - start`` in units of
+    ``divisor`` seconds, 0 if the clock went backwards."""
+
+    def interval(start: datetime.datetime, end: datetime.datetime) -> float:
+        return max(end - start, datetime.timedelta(0)).total_seconds() / divisor
+
+    return interval
+
+
 class CaptureBuildDuration(_OneBuilder, CaptureBuildTimes):
     """Captures the build duration in ``report_in`` units as field ``duration``."""
 
@@ -341,20 +367,9 @@ class CaptureBuildDuration(_OneBuilder, CaptureBuildTimes):
         report_in: str = "seconds",
         callback: Callable[..., Any] | None = None,
     ) -> None:
-        if not isinstance(report_in, str) or report_in not in REPORT_IN_DIVISORS:
-            config.error(
-                f"Error during initialization of class {type(self).__name__}. "
-                "`report_in` parameter must be one of 'seconds', 'minutes' or 'hours', "
-                f"not {report_in!r}"
-            )
-        divisor = REPORT_IN_DIVISORS.get(report_in, 1) if isinstance(report_in, str) else 1
+        divisor = report_in_divisor(type(self).__name__, report_in)
         self.report_in = report_in  # the unit of the stored duration, for backends
-
-        def default_callback(start_time: datetime.datetime, end_time: datetime.datetime) -> float:
-            duration = max(end_time - start_time, datetime.timedelta(0))
-            return duration.total_seconds() / divisor
-
-        super().__init__(builder_name, callback or default_callback, "duration")
+        super().__init__(builder_name, callback or interval_callback(divisor), "duration")
 
     def _retValParams(self, msg: dict[str, Any]) -> list[Any]:
         return [as_datetime(msg["started_at"]), as_datetime(msg["complete_at"])]

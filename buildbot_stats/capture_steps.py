@@ -18,7 +18,6 @@ from :mod:`buildbot_stats.capture` (or the ``statistics`` facade).
 
 from __future__ import annotations
 
-import datetime
 import re
 from collections import OrderedDict
 from collections.abc import Callable
@@ -29,12 +28,13 @@ from twisted.internet import defer
 from twisted.python import log
 
 from buildbot_stats.capture import (
-    REPORT_IN_DIVISORS,
     Capture,
     CaptureBuildTimes,
     _AllBuilders,
     _OneBuilder,
     _with_worker,
+    interval_callback,
+    report_in_divisor,
 )
 from buildbot_stats.errors import CaptureCallbackError
 from buildbot_stats.point import as_datetime
@@ -52,23 +52,6 @@ STEP_FINISHED = ("builds", None, "steps", None, "finished")
 TEST_RESULT_SET_COMPLETED = ("test_result_sets", None, "completed")
 #: test result sets waiting for their step to finish, at most (oldest dropped beyond)
 MAX_PENDING_STEPS = 1000
-
-
-def _divisor(cls_name: str, report_in: str) -> float:
-    if report_in not in REPORT_IN_DIVISORS:
-        config.error(
-            f"Error during initialization of class {cls_name}. "
-            "`report_in` parameter must be one of 'seconds', 'minutes' or 'hours', "
-            f"not {report_in!r}"
-        )
-    return REPORT_IN_DIVISORS.get(report_in, 1)
-
-
-def _interval_callback(divisor: float) -> Callable[[datetime.datetime, datetime.datetime], float]:
-    def interval(start: datetime.datetime, end: datetime.datetime) -> float:
-        return max(end - start, datetime.timedelta(0)).total_seconds() / divisor
-
-    return interval
 
 
 class _BuildOfStep(Capture):
@@ -113,8 +96,9 @@ class CaptureStepDuration(_OneBuilder, _BuildOfStep):
                 self._pattern = re.compile(step_name)
             except re.error as e:
                 config.error(f"{type(self).__name__}: invalid regular expression {step_name!r}: {e}")
-        divisor = _divisor(type(self).__name__, report_in)
-        super().__init__(STEP_FINISHED, callback or _interval_callback(divisor))
+        divisor = report_in_divisor(type(self).__name__, report_in)
+        self.report_in = report_in  # the unit of the stored duration, for backends
+        super().__init__(STEP_FINISHED, callback or interval_callback(divisor))
 
     def _step_name_matches(self, name: Any) -> bool:
         if self._step_name is None:
@@ -184,8 +168,9 @@ class CaptureBuildQueueTime(_OneBuilder, CaptureBuildTimes):
         report_in: str = "seconds",
         callback: Callable[..., Any] | None = None,
     ) -> None:
-        divisor = _divisor(type(self).__name__, report_in)
-        super().__init__(builder_name, callback or _interval_callback(divisor), "queue-time")
+        divisor = report_in_divisor(type(self).__name__, report_in)
+        self.report_in = report_in  # the unit of the stored queue time, for backends
+        super().__init__(builder_name, callback or interval_callback(divisor), "queue-time")
 
     def _retValParams(self, msg: dict[str, Any]) -> list[Any]:  # pragma: no cover - consume overrides
         raise NotImplementedError

@@ -52,8 +52,9 @@ __all__ = [
 CHANGE_AUTH: tuple[str, str] = ("stats-change", "stats-changepw")
 
 _RUNNER = "import sys; from buildbot.scripts.runner import run; sys.exit(run())"
-# the directory holding the buildbot_stats package, put on the master's PYTHONPATH
-_PACKAGE_PARENT = Path(__file__).resolve().parents[1]
+# the directory holding the buildbot_stats package (cli/ -> buildbot_stats/ -> it),
+# put first on the master's PYTHONPATH
+_PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 _SENDCHANGE_SCRIPT = """
 import json, sys
 from twisted.internet import defer, task

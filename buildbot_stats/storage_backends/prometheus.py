@@ -25,9 +25,10 @@ builds) for the result of the same ``builder_name`` + ``build_number`` when
 this backend has a build-results capture for that builder; otherwise, or when
 the wait runs out, it is observed with ``result="unknown"``.
 
-Durations are converted to seconds with the ``report_in`` of this backend's
-``CaptureBuildDuration`` for the builder (seconds when unknown, e.g. when the
-duration comes from a capture of another backend or a custom capture).
+Durations and queue times are converted to seconds with the ``report_in`` of
+this backend's ``CaptureBuildDuration``, ``CaptureStepDuration`` or
+``CaptureBuildQueueTime`` for the builder (seconds when unknown, e.g. when the
+value comes from a capture of another backend or a custom capture).
 
 One registry and one listener per ``(interface, port)`` in the process: a
 ``buildbot reconfig`` that creates a new backend object on the same port keeps
@@ -416,7 +417,9 @@ class PrometheusStorageService(StatsStorageBase):
             else:
                 self.buckets = checked
         self._results_for = _builders_of(captures, "CaptureBuildResults")
-        self._duration_units = _duration_units(captures)
+        self._duration_units = _units_of(captures, "CaptureBuildDuration")
+        self._queue_units = _units_of(captures, "CaptureBuildQueueTime")
+        self._step_units = _units_of(captures, "CaptureStepDuration")
         self._inited = ok
 
     def __repr__(self) -> str:
@@ -535,12 +538,12 @@ class PrometheusStorageService(StatsStorageBase):
 
         if kind == "build-times":
             if "duration" in fields:
-                value = seconds("duration", self._unit_of(builder))
+                value = seconds("duration", _unit_of(self._duration_units, builder))
                 if value is not None:
                     ops.append(("duration", builder, number, value, self._waits_for_result(builder)))
                     usable = True
             if "queue-time" in fields:
-                value = seconds("queue-time")
+                value = seconds("queue-time", _unit_of(self._queue_units, builder))
                 if value is not None:
                     ops.append(("queue", builder, value))
                     usable = True
@@ -550,7 +553,7 @@ class PrometheusStorageService(StatsStorageBase):
             usable = True
         elif kind == "step-times":
             step = point.tags.get("step_name") if isinstance(point.tags, dict) else None
-            value = seconds("duration")
+            value = seconds("duration", _unit_of(self._step_units, builder))
             if value is not None:
                 ops.append(("step", builder, str(step if step is not None else "unknown"), value))
                 usable = True
@@ -568,10 +571,6 @@ class PrometheusStorageService(StatsStorageBase):
                 ops.append(("tests", builder, outcome, count))
         if not usable:
             report.rejected_points += 1
-
-    def _unit_of(self, builder: str) -> float:
-        units = self._duration_units
-        return units.get(builder, units.get(_ALL, 1.0))
 
     def _waits_for_result(self, builder: str) -> bool:
         return _ALL in self._results_for or builder in self._results_for
@@ -613,20 +612,26 @@ def _builders_of(captures: Any, class_name: str) -> set[Any]:
     for cap in captures if isinstance(captures, (list, tuple)) else ():
         if any(c.__name__ == class_name for c in type(cap).__mro__):
             name = getattr(cap, "_builder_name", None)
-            found.add(_ALL if name is None else name)
+            found.add(_ALL if name is None else str(name))
     return found
 
 
-def _duration_units(captures: Any) -> dict[Any, float]:
-    """builder (or ``_ALL``) -> seconds per unit of the duration captures' ``report_in``."""
+def _units_of(captures: Any, class_name: str) -> dict[Any, float]:
+    """builder (or ``_ALL``) -> seconds per unit of the ``report_in`` of captures of ``class_name``."""
     units: dict[Any, float] = {}
     for cap in captures if isinstance(captures, (list, tuple)) else ():
-        if any(c.__name__ == "CaptureBuildDuration" for c in type(cap).__mro__):
+        if any(c.__name__ == class_name for c in type(cap).__mro__):
             name = getattr(cap, "_builder_name", None)
-            units[_ALL if name is None else name] = _UNIT_SECONDS.get(
-                getattr(cap, "report_in", "seconds"), 1.0
-            )
+            report_in = getattr(cap, "report_in", "seconds")
+            # a wrong report_in is the capture's config error; never raise here too
+            unit = _UNIT_SECONDS.get(report_in, 1.0) if isinstance(report_in, str) else 1.0
+            units[_ALL if name is None else str(name)] = unit
     return units
+
+
+def _unit_of(units: dict[Any, float], builder: str) -> float:
+    """Seconds per unit of ``builder``'s values (its own capture's, else an AllBuilders one's)."""
+    return units.get(builder, units.get(_ALL, 1.0))
 
 
 _RESULT_NAMES = ("success", "warnings", "failure", "skipped", "exception", "retry", "cancelled")

@@ -114,6 +114,11 @@ def test_unnamed_backends_of_one_class_are_told_apart_by_position() -> None:
         (lambda: capture.CaptureBuildDuration("b", report_in="days"), "not 'days'"),
         (lambda: capture.CaptureBuildDuration("b", report_in=["hours"]), "not ['hours']"),
         (lambda: capture.CaptureBuildDurationAllBuilders(report_in=None), "not None"),
+        # the step and queue-time captures follow the same rule (a list is unhashable)
+        (lambda: capture.CaptureStepDuration("b", report_in=["hours"]), "not ['hours']"),
+        (lambda: capture.CaptureStepDurationAllBuilders(report_in=None), "not None"),
+        (lambda: capture.CaptureBuildQueueTime("b", report_in={}), "not {}"),
+        (lambda: capture.CaptureBuildQueueTimeAllBuilders(report_in="days"), "not 'days'"),
     ],
 )
 def test_each_bad_capture_argument_is_one_error(make: Any, expected: str) -> None:

@@ -215,6 +215,32 @@ def test_report_in_minutes_is_converted_to_seconds() -> None:
     assert value(b, "buildbot_build_duration_seconds_sum", builder="b2", result="unknown") == 2.0
 
 
+def test_queue_and_step_report_in_are_converted_to_seconds() -> None:
+    """The metrics say seconds: a queue time or step duration captured in minutes
+    or hours is converted, as build durations are."""
+    b = PrometheusStorageService(
+        port=0,
+        captures=[
+            capture.CaptureBuildQueueTime("b1", report_in="minutes"),
+            capture.CaptureStepDuration("b1", report_in="hours"),
+            capture.CaptureBuildQueueTimeAllBuilders(),
+            capture.CaptureStepDurationAllBuilders(),
+        ],
+    )
+    b.thd_postStatsValues(
+        [
+            Point("b1-build-times", {"queue-time": 2.0}, tags()),
+            Point("b1-step-times", {"duration": 0.5, "result": 0}, tags(step_name="compile")),
+            Point("b2-build-times", {"queue-time": 2.0}, tags("b2")),
+            Point("b2-step-times", {"duration": 0.5, "result": 0}, tags("b2", step_name="compile")),
+        ]
+    )
+    assert value(b, "buildbot_build_queue_seconds_sum", builder="b1") == 120.0
+    assert value(b, "buildbot_step_duration_seconds_sum", builder="b1", step="compile") == 1800.0
+    assert value(b, "buildbot_build_queue_seconds_sum", builder="b2") == 2.0
+    assert value(b, "buildbot_step_duration_seconds_sum", builder="b2", step="compile") == 0.5
+
+
 def test_queue_steps_tests_and_other_series() -> None:
     b = PrometheusStorageService(port=0, captures=[])
     b.thd_postStatsValues(
@@ -360,6 +386,21 @@ def test_bad_arguments_are_config_errors(kwargs: dict[str, Any], message: str) -
     with pytest.raises(config.ConfigErrors) as info:
         PrometheusStorageService(captures=[], **kwargs)
     assert message in str(info.value)
+
+
+def test_a_capture_with_a_bad_report_in_is_the_captures_error_only() -> None:
+    """checkconfig collects errors and goes on: the backend then gets the bad capture
+    and must not raise on its unhashable ``report_in``."""
+    with capture_config_errors() as errors:
+        PrometheusStorageService(
+            port=0,
+            captures=[
+                capture.CaptureBuildDurationAllBuilders(report_in=["hours"]),
+                capture.CaptureStepDuration("b1", report_in={}),
+            ],
+        )
+    assert len(errors.errors) == 2
+    assert all("`report_in` parameter must be one of" in e for e in errors.errors)
 
 
 def test_bad_arguments_under_checkconfig_collect_errors_and_never_count() -> None:
