@@ -219,6 +219,7 @@ class Summary:
     has_queue: bool = False
     has_steps: bool = False
     has_tests: bool = False
+    immutable: bool = False
 
 
 class _Build:
@@ -298,16 +299,28 @@ def format_time(ns: int | None) -> str | None:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _tag_text(kind: str | None, value: Any) -> str | None:
-    """A tag read with json_type/json_extract as the text ``str()`` gave before; None if null or empty."""
-    if kind is None or kind == "null":
+def _tag_text(kind: str | None, value: str | None) -> str | None:
+    """A tag read as json_type and JSON text (``->``) as ``str()`` gave it before; None if null or empty.
+
+    JSON text, not ``json_extract``: SQLite 3.40 cuts the text returned by
+    ``json_extract`` at a NUL character.
+    """
+    if kind is None or kind == "null" or value is None:
         return None
     if kind == "true":
         return "True"
     if kind == "false":
         return "False"
-    text = str(value)
-    return text or None
+    if kind in ("text", "integer", "real"):
+        return str(json.loads(value)) or None
+    return value  # an object or array: its JSON text
+
+
+def _name(json_text: str) -> str:
+    """A name grouped in SQL as JSON text (see :func:`_name_sql`): the string itself, else the JSON text."""
+    if json_text.startswith('"'):
+        return str(json.loads(json_text))
+    return json_text
 
 
 # -- the SQL -----------------------------------------------------------------
@@ -321,8 +334,20 @@ def _json_number(column: str, key: str) -> str:
     return f"CASE WHEN {number} THEN json_extract({column}, {path}) END"
 
 
-def _builder_sql(alias: str = "p") -> str:
-    return f"COALESCE(NULLIF(CAST(json_extract({alias}.tags, '$.builder_name') AS TEXT), ''), s.prefix)"
+def _name_sql(tag: str, default: str) -> str:
+    """The tag as JSON text (decoded by :func:`_name`), or the SQL text ``default`` if it is null or empty."""
+    path = f"'$.{tag}'"
+    return (
+        f"CASE WHEN coalesce(json_type(p.tags, {path}), 'null') = 'null' OR p.tags -> {path} = '\"\"' "
+        f"THEN json_quote({default}) ELSE p.tags -> {path} END"
+    )
+
+
+_EMPTY_SQL = "''"
+
+
+def _builder_sql() -> str:
+    return _name_sql("builder_name", "s.prefix")
 
 
 def _kind_rows(kind: str) -> str:
@@ -379,8 +404,8 @@ def _builds(store: StatsStore) -> tuple[dict[str, dict[str, _Build]], bool]:
     has_queue = False
     sql = (
         "SELECT p.time_ns, s.prefix, "
-        "json_type(p.tags, '$.builder_name'), json_extract(p.tags, '$.builder_name'), "
-        "json_type(p.tags, '$.build_number'), json_extract(p.tags, '$.build_number'), "
+        "json_type(p.tags, '$.builder_name'), p.tags -> '$.builder_name', "
+        "json_type(p.tags, '$.build_number'), p.tags -> '$.build_number', "
         """json_type(p.fields, '$."end-time"'), json_extract(p.fields, '$."end-time"'), """
         "json_type(p.fields, '$.duration'), json_extract(p.fields, '$.duration'), "
         "json_type(p.fields, '$.results'), json_extract(p.fields, '$.results'), "
@@ -453,7 +478,7 @@ def _steps(store: StatsStore) -> list[StepSummary]:
     need be)."""
     source = (
         f"SELECT {_builder_sql()} AS builder, "
-        "COALESCE(CAST(json_extract(p.tags, '$.step_name') AS TEXT), '') AS step, "
+        f"{_name_sql('step_name', _EMPTY_SQL)} AS step, "
         f"{_json_number('p.fields', 'duration')} AS v " + _kind_rows("step")
     )
     sql = f"""
@@ -470,7 +495,9 @@ def _steps(store: StatsStore) -> list[StepSummary]:
         )
         GROUP BY builder, step
     """
-    steps = [StepSummary(b, s, n, nv, p50, p95, mx) for b, s, n, nv, p50, p95, mx in store.query(sql)]
+    steps = [
+        StepSummary(_name(b), _name(s), n, nv, p50, p95, mx) for b, s, n, nv, p50, p95, mx in store.query(sql)
+    ]
     steps.sort(
         key=lambda s: (
             s.duration_p95 is None,
@@ -500,7 +527,8 @@ def _tests(store: StatsStore) -> list[TestSummary]:
     tests = []
     for builder, sets, tot, ok, bad, rate_ok, rate_total in store.query(sql):
         rate = rate_ok / rate_total if rate_total else None
-        tests.append(TestSummary(builder, sets, tot, ok, bad, rate))
+        tests.append(TestSummary(_name(builder), sets, tot, ok, bad, rate))
+    tests.sort(key=lambda t: t.builder)
     return tests
 
 
@@ -583,6 +611,7 @@ def summarize(store: StatsStore, charts: bool = True) -> Summary:
         has_queue=has_queue,
         has_steps=has_steps,
         has_tests=has_tests,
+        immutable=store.immutable,
     )
 
 
