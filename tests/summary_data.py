@@ -11,6 +11,7 @@ in the comments next to the data, not by the code under test.
 from __future__ import annotations
 
 import datetime
+import html.parser
 import re
 
 from buildbot_stats.point import Point, to_ns
@@ -258,3 +259,28 @@ def table_section(out, title):
     header = re.split(r"\s{2,}", lines[start + 1].strip())
     assert set(lines[start + 2].replace(" ", "")) == {"-"}
     return header, rows
+
+
+# -- the HTML page -----------------------------------------------------------------
+
+
+def check_static(page):
+    # a strict CSP, before anything that could load
+    head = page[: page.index("</head>")]
+    csp = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]*)">', head)
+    assert csp, "no CSP meta"
+    assert "default-src 'none'" in csp.group(1) and "script-src" not in csp.group(1)
+    assert head.index("Content-Security-Policy") < head.index("<style>")
+    # nothing that refers to the network, or loads anything at all
+    assert not re.search(r"https?://", page, re.I)
+    assert not re.search(r"\b(src|href|srcset|action|xlink:href|poster|data)\s*=", page, re.I)
+    assert not re.search(r"url\(|@import|<script|<link|<iframe|<object|<embed|<img", page, re.I)
+
+
+class DomCollector(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.elements: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.elements.append((tag, dict(attrs)))

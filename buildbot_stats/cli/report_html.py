@@ -105,6 +105,11 @@ def _v(text: object, limit: int | None = 200) -> str:
     return _e(visible(str(text), limit))
 
 
+def _d(text: object) -> str:
+    """A name for a data attribute or title: escaped like :func:`_v`, not cut."""
+    return _v(text, None)
+
+
 def _result(code: int | None) -> tuple[str, str]:
     return RESULT_COLORS.get(code, RESULT_COLORS[None])
 
@@ -154,7 +159,7 @@ def duration_chart(builder: str, samples: list[DurationSample]) -> str:
         return top + plot_h - v / y_max * plot_h
 
     parts = [
-        f'<svg class="chart duration-chart" data-builder="{_e(builder)}" width="{width}" height="{height}" '
+        f'<svg class="chart duration-chart" data-builder="{_d(builder)}" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" role="img" aria-label="build duration of {_v(builder)}">'
     ]
     for i in range(5):
@@ -175,7 +180,7 @@ def duration_chart(builder: str, samples: list[DurationSample]) -> str:
         when = _short_time(s.time_ns)
         name, color = _result(s.results)
         parts.append(
-            f'<circle class="point" data-builder="{_e(builder)}" data-build="{_e(s.build_number)}" '
+            f'<circle class="point" data-builder="{_d(builder)}" data-build="{_d(s.build_number)}" '
             f'data-time="{s.time_ns}" data-value="{s.duration!r}" data-result="{name}" '
             f'cx="{_num(x(s.time_ns))}" cy="{_num(y(s.duration))}" r="4" fill="{color}">'
             f"<title>build {_v(s.build_number)}: {_e(format_number(s.duration))} at {_e(when)}, "
@@ -209,7 +214,7 @@ def success_chart(summary: Summary) -> str:
             parts.append(f'<text x="{label_w + 6}" y="{y + 16}">no results</text>')
             continue
         parts.append(
-            f'<rect class="bar" data-builder="{_e(b.builder)}" data-value="{b.success_rate!r}" x="{label_w}" '
+            f'<rect class="bar" data-builder="{_d(b.builder)}" data-value="{b.success_rate!r}" x="{label_w}" '
             f'y="{y + 3}" width="{_num(b.success_rate * track_w)}" height="{row_h - 8}" fill="{BAR_COLOR}">'
             f"<title>{_v(b.builder)}: {_e(format_rate(b.success_rate))}</title></rect>"
             f'<text x="{label_w + track_w + 6}" y="{y + 16}">'
@@ -256,7 +261,7 @@ def _bars(
             f'<rect class="track" x="{label_w}" y="{y + 3}" width="{track_w}" height="{thickness}"/>'
         )
         for bar_cls, value, color, data in bars:
-            attrs = "".join(f' data-{k}="{_e(v)}"' for k, v in data.items())
+            attrs = "".join(f' data-{k}="{_d(v)}"' for k, v in data.items())
             length = 0.0 if scale <= 0 else min(1.0, max(0.0, value / scale)) * track_w
             parts.append(
                 f'<rect class="{bar_cls}"{attrs} data-value="{value!r}" x="{label_w}" y="{y + 3}" '
@@ -368,11 +373,11 @@ def render_html(summary: Summary, title: str | None = None) -> str:
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         '<meta name="referrer" content="no-referrer">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style>"
+        f"<title>{_d(title)}</title><style>{_CSS}</style>"
     )
     intro = (
         "<h1>Build statistics</h1>"
-        f'<p class="meta">Store {_v(summary.path, None)} \u00b7 {summary.points} points</p>'
+        f'<p class="meta">Store {_d(summary.path)} \u00b7 {summary.points} points</p>'
     )
     body = "\n".join([intro, *sections])
     return f'<!DOCTYPE html>\n<html lang="en"><head>{head}</head>\n<body>{body}\n</body></html>\n'
