@@ -238,6 +238,10 @@ def _read_meta(db: sqlite3.Connection) -> dict[str, str]:
         return {}
 
 
+def _no_op() -> int:
+    return 0
+
+
 class StatsStore:
     """A read-only view of a store; see :func:`open_store`."""
 
@@ -249,6 +253,10 @@ class StatsStore:
         #: True when the file could only be opened as ``immutable`` (see :func:`open_store`)
         self.immutable = immutable
         self._db = db
+        # SQLite calls back into Python every so many steps of a statement: Python runs its
+        # signal handlers then, and a KeyboardInterrupt raised there aborts the statement
+        # ("interrupted"), so Ctrl-C stops a long summary at once instead of at its end.
+        db.set_progress_handler(_no_op, 100_000)
 
     def __enter__(self) -> StatsStore:
         return self
@@ -263,6 +271,8 @@ class StatsStore:
         try:
             yield from self._db.execute(sql, params)
         except sqlite3.Error as e:
+            if str(e) == "interrupted":  # Ctrl-C, through _progress
+                raise KeyboardInterrupt from None
             raise StoreError(f"{self.path}: cannot read the store ({e})") from None
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
