@@ -206,7 +206,8 @@ class Summary:
 
     ``has_queue``, ``has_steps`` and ``has_tests`` say whether the store has
     those series at all: without them the output is what it was before they
-    existed.
+    existed.  ``immutable``: the store could only be opened as immutable (see
+    :func:`~buildbot_stats.storage_backends.sqlite.open_store`).
     """
 
     path: str
