@@ -351,17 +351,24 @@ def _builder_sql() -> str:
     return _name_sql("builder_name", "s.prefix")
 
 
-def _kind_rows(kind: str) -> str:
-    # CROSS JOIN: SQLite takes the series table first and reaches the points through the index
-    return (
-        f"FROM temp.{_TEMP_SERIES} AS s CROSS JOIN points AS p ON p.series = s.series WHERE s.kind = '{kind}'"
+def _kind_rows(kind: str, join: str) -> str:
+    return f"FROM temp.{_TEMP_SERIES} AS s {join} points AS p ON p.series = s.series WHERE s.kind = '{kind}'"
+
+
+def _join(store: StatsStore) -> str:
+    """``CROSS JOIN`` (the series table first, the points through their index) if points has an index
+    on series, as the writer makes it; else a plain JOIN, which lets SQLite scan the points once."""
+    sql = (
+        "SELECT count(*) FROM pragma_index_list('points') AS l, pragma_index_info(l.name) AS i "
+        "WHERE i.seqno = 0 AND i.name = 'series'"
     )
+    return "CROSS JOIN" if next(store.query(sql))[0] else "JOIN"
 
 
 def _check_rows(store: StatsStore) -> None:
     """Raise :class:`StoreError` for the first row the summary cannot read."""
-    for series, types in store.query(
-        "SELECT series, typeof(series) || ' ' || typeof(time_ns) || ' ' || typeof(tags) || ' ' "
+    for row_id, series, types in store.query(
+        "SELECT id, series, typeof(series) || ' ' || typeof(time_ns) || ' ' || typeof(tags) || ' ' "
         "|| typeof(fields) "
         "FROM points WHERE typeof(series) != 'text' OR typeof(time_ns) != 'integer' "
         "OR typeof(tags) != 'text' OR typeof(fields) != 'text' LIMIT 1"
@@ -370,8 +377,9 @@ def _check_rows(store: StatsStore) -> None:
         expected = {"series": "text", "time_ns": "integer", "tags": "text", "fields": "text"}
         column = next(c for c in expected if kinds[c] != expected[c])
         name = series.decode("utf-8", "replace") if isinstance(series, bytes) else series
+        which = f"series {name!r}" if isinstance(name, str) else "no series"
         raise StoreError(
-            f"{store.path}: not a valid buildbot_stats store: a point of series {str(name)!r} has a "
+            f"{store.path}: not a valid buildbot_stats store: the point with id {row_id} ({which}) has a "
             f"{column} of type {kinds[column]}, not {expected[column]}"
         )
 
@@ -399,7 +407,7 @@ def _classify(store: StatsStore) -> tuple[int, dict[str, int], dict[str, str]]:
     return total, counts, kinds
 
 
-def _builds(store: StatsStore) -> tuple[dict[str, dict[str, _Build]], bool]:
+def _builds(store: StatsStore, join: str) -> tuple[dict[str, dict[str, _Build]], bool]:
     """Per builder and build, its figures; and whether any build has a queue time."""
     builds: dict[str, dict[str, _Build]] = {}
     has_queue = False
@@ -411,7 +419,7 @@ def _builds(store: StatsStore) -> tuple[dict[str, dict[str, _Build]], bool]:
         "json_type(p.fields, '$.duration'), json_extract(p.fields, '$.duration'), "
         "json_type(p.fields, '$.results'), json_extract(p.fields, '$.results'), "
         """json_type(p.fields, '$."queue-time"'), json_extract(p.fields, '$."queue-time"') """
-        + _kind_rows("build")
+        + _kind_rows("build", join)
         + " ORDER BY p.series, p.time_ns, p.id"
     )
     for t, prefix, bt, bv, nt, nv, et, ev, dt, dv, rt, rv, qt, qv in store.query(sql):
@@ -474,13 +482,13 @@ def _builder_summary(name: str, builds: dict[str, _Build]) -> tuple[BuilderSumma
     return summary, samples[-CHART_BUILDS:]
 
 
-def _steps(store: StatsStore) -> list[StepSummary]:
+def _steps(store: StatsStore, join: str) -> list[StepSummary]:
     """Per builder and step: nearest-rank percentiles by window functions (SQLite sorts, on disk if
     need be)."""
     source = (
         f"SELECT {_builder_sql()} AS builder, "
         f"{_name_sql('step_name', _EMPTY_SQL)} AS step, "
-        f"{_json_number('p.fields', 'duration')} AS v " + _kind_rows("step")
+        f"{_json_number('p.fields', 'duration')} AS v " + _kind_rows("step", join)
     )
     sql = f"""
         SELECT builder, step, max(n_all), max(n_v),
@@ -511,7 +519,7 @@ def _steps(store: StatsStore) -> list[StepSummary]:
     return steps
 
 
-def _tests(store: StatsStore) -> list[TestSummary]:
+def _tests(store: StatsStore, join: str) -> list[TestSummary]:
     total, passed, failed = (
         _json_number("p.fields", "tests_total"),
         _json_number("p.fields", "tests_passed"),
@@ -522,7 +530,7 @@ def _tests(store: StatsStore) -> list[TestSummary]:
             sum(CASE WHEN passed IS NOT NULL AND total IS NOT NULL THEN passed END),
             sum(CASE WHEN passed IS NOT NULL AND total IS NOT NULL THEN total END)
         FROM (SELECT {_builder_sql()} AS builder, {total} AS total, {passed} AS passed, {failed} AS failed
-              {_kind_rows("test")})
+              {_kind_rows("test", join)})
         GROUP BY builder ORDER BY builder
     """
     tests = []
@@ -533,7 +541,9 @@ def _tests(store: StatsStore) -> list[TestSummary]:
     return tests
 
 
-def _data_series(store: StatsStore, counts: dict[str, int], kinds: dict[str, str]) -> list[SeriesSummary]:
+def _data_series(
+    store: StatsStore, counts: dict[str, int], kinds: dict[str, str], join: str
+) -> list[SeriesSummary]:
     """Per data series and numeric field: count, min, max and sum, in one pass.
 
     Each numeric field value is folded into a small temporary table keyed by
@@ -550,7 +560,7 @@ def _data_series(store: StatsStore, counts: dict[str, int], kinds: dict[str, str
         f"""
         INSERT INTO temp.bbs_summary_fields
         SELECT p.series, COALESCE(j.key, 'value'), 1, j.value, j.value, j.value
-        FROM temp.{_TEMP_SERIES} AS s CROSS JOIN points AS p ON p.series = s.series, json_each(p.fields) AS j
+        FROM temp.{_TEMP_SERIES} AS s {join} points AS p ON p.series = s.series, json_each(p.fields) AS j
         WHERE s.kind = 'data' AND j.type IN ('integer', 'real') AND (j.key IS NULL OR typeof(j.key) = 'text')
         ON CONFLICT (series, key) DO UPDATE SET
             n = n + 1, mn = min(mn, excluded.mn), mx = max(mx, excluded.mx), sm = sm + excluded.sm
@@ -591,7 +601,8 @@ def summarize(store: StatsStore, charts: bool = True) -> Summary:
     """
     _check_rows(store)
     total, counts, kinds = _classify(store)
-    builds, has_queue = _builds(store)
+    join = _join(store)
+    builds, has_queue = _builds(store, join)
     builders, durations = [], {}
     for name in sorted(builds):
         builder, samples = _builder_summary(name, builds[name])
@@ -605,10 +616,10 @@ def summarize(store: StatsStore, charts: bool = True) -> Summary:
         path=store.path,
         points=total,
         builders=builders,
-        series=_data_series(store, counts, kinds),
+        series=_data_series(store, counts, kinds, join),
         durations=durations,
-        steps=_steps(store) if has_steps else [],
-        tests=_tests(store) if has_tests else [],
+        steps=_steps(store, join) if has_steps else [],
+        tests=_tests(store, join) if has_tests else [],
         has_queue=has_queue,
         has_steps=has_steps,
         has_tests=has_tests,

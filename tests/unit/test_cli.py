@@ -205,16 +205,22 @@ DEEP = "[" * 200_000 + "]" * 200_000
     [
         (
             ("b-build-times", "12:00", GOOD_TAGS, '{"duration":1}'),
-            r"'b-build-times' has a time_ns of type text",
+            r"the point with id 2 \(series 'b-build-times'\) has a time_ns of type text, not integer$",
         ),
         (("b-build-times", b"\x00\x01", GOOD_TAGS, '{"duration":1}'), r"time_ns of type blob"),
         (("b-build-times", 1.5e30, GOOD_TAGS, '{"duration":1}'), r"time_ns of type real, not integer"),
         (("b-build-times", None, GOOD_TAGS, '{"duration":1}'), r"time_ns of type null"),
-        ((b"b-build-times", 1, GOOD_TAGS, '{"duration":1}'), r"'b-build-times' has a series of type blob"),
-        ((None, 1, GOOD_TAGS, '{"duration":1}'), r"'None' has a series of type null"),
-        (("b-data", 1, None, '{"x":1}'), r"'b-data' has a tags of type null"),
-        (("b-data", 1, "{}", None), r"'b-data' has a fields of type null"),
-        (("b-data", 1, "{}", b'{"x":1}'), r"'b-data' has a fields of type blob"),
+        (
+            (b"b-build-times", 1, GOOD_TAGS, '{"duration":1}'),
+            r"id 2 \(series 'b-build-times'\) has a series of type blob",
+        ),
+        (
+            (None, 1, GOOD_TAGS, '{"duration":1}'),
+            r"the point with id 2 \(no series\) has a series of type null",
+        ),
+        (("b-data", 1, None, '{"x":1}'), r"\(series 'b-data'\) has a tags of type null"),
+        (("b-data", 1, "{}", None), r"\(series 'b-data'\) has a fields of type null"),
+        (("b-data", 1, "{}", b'{"x":1}'), r"\(series 'b-data'\) has a fields of type blob"),
         (("b-data", 1, "{}", '{"x":' + DEEP + "}"), r"cannot read the store \(malformed JSON\)"),
         (
             ("b-build-times", 1, '{"builder_name":' + DEEP + "}", "{}"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 
 import pytest
 
@@ -326,3 +327,21 @@ def test_html_page_of_the_full_store(full_store):
     assert page.count('class="queue-bar"') == 4
     assert page.count('class="step-p95"') == 10 and page.count('class="tests-bar"') == 2
     assert re.search(r'data-result="failure"', page)
+
+
+def test_store_without_the_series_index_gives_the_same_figures(full_store, tmp_path):
+    # a store copied without its indexes (e.g. by a hand-written export): the summary does not
+    # rely on the index, it only reads faster with it
+    copy = str(tmp_path / "copy.sqlite")
+    db = sqlite3.connect(copy)
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("CREATE TABLE points (id INTEGER PRIMARY KEY, series, time_ns, tags, fields)")
+    db.execute("ATTACH DATABASE ? AS original", (full_store,))
+    db.execute("INSERT INTO meta SELECT * FROM original.meta")
+    db.execute("INSERT INTO points SELECT id, series, time_ns, tags, fields FROM original.points")
+    db.commit()
+    db.close()
+    with_index, without = summarize_path(full_store), summarize_path(copy)
+    without.path = with_index.path
+    assert format_table(without, steps=0) == format_table(with_index, steps=0)
+    assert without.durations == with_index.durations
