@@ -106,8 +106,8 @@ def _v(text: object, limit: int | None = 200) -> str:
 
 
 def _d(text: object) -> str:
-    """A name for a data attribute or title: escaped like :func:`_v`, not cut."""
-    return _v(text, None)
+    """A name for a data attribute: escaped like :func:`_v`, cut at 1000 characters only."""
+    return _v(text, 1000)
 
 
 def _result(code: int | None) -> tuple[str, str]:

@@ -116,3 +116,20 @@ def test_names_are_escaped_in_the_page():
     check_static(page)
     assert "\x1b" not in page and "\u202e" not in page and "<script>" not in page
     assert "b\\x1b]0;x\\x07&lt;script&gt;\\u202e" in page
+
+
+def test_very_long_names_are_cut_in_the_page():
+    name = "n" * 100_000
+    points = [
+        Point(
+            f"{name}-build-times",
+            {"duration": float(i + 1)},
+            {"builder_name": name, "build_number": str(i)},
+            i + 1,
+        )
+        for i in range(10)
+    ]
+    page = render_html(summarize_points(points))
+    check_static(page)
+    assert len(page) < 40_000, len(page)
+    assert "n" * 199 + "\u2026" in page
