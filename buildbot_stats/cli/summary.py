@@ -1,4 +1,10 @@
-"""What a store says, in figures a person can read: pure functions over points.
+"""What a store says, in figures a person can read, computed inside SQLite.
+
+The store is read with a few SQL statements (``GROUP BY``, ``json_each``,
+``json_extract``, window functions for the percentiles); Python holds one
+small record per build and per series, never the points, so the memory a
+summary needs does not grow with the number of points (see
+``docs/benchmarks.rst``).
 
 Rules:
 
@@ -17,8 +23,23 @@ Rules:
     the unit the capture reported (seconds by default).  Percentiles use the
     nearest-rank method: the value of rank ``ceil(p/100 * n)`` in the sorted
     durations, so a percentile is always one of the measured durations;
+  - ``queue_p50``/``queue_p95`` (and ``queue_times``, their count): the same
+    over the builds' ``queue-time`` fields (seconds), only when the store has
+    one;
   - ``last_build``: the latest build end, from the ``end-time`` field
     (ISO-8601 text or epoch seconds) or else the point's time, as ISO-8601 UTC.
+
+* **Steps** come from the series ``<builder>-step-times``, one point per
+  finished step; grouped by builder and ``step_name`` tag: ``count`` of
+  points, ``durations`` (points with a numeric ``duration``) and their
+  nearest-rank ``duration_p50``/``duration_p95`` and ``duration_max``, in
+  seconds.  Sorted slowest first: by p95, then max, then builder and step.
+
+* **Tests** come from the series ``<builder>-test-results``, one point per
+  test result set; per builder: ``result_sets``, the sums of the numeric
+  ``tests_total``, ``tests_passed`` and ``tests_failed`` fields, and
+  ``pass_rate``: the passed share of the total over the sets that have both a
+  ``tests_passed`` and a ``tests_total`` (None without such a set or total 0).
 
 * **Data series** are all other series except property series.  A series is
   a property series (written by ``CaptureProperty``) when every one of its
@@ -26,6 +47,11 @@ Rules:
   ``count`` of points, and per field with numeric values (int or finite float;
   bools, text, NaN and ±Inf are skipped) its ``count``, ``min``, ``mean`` and
   ``max``.
+
+A row whose ``series`` is not text, whose ``time_ns`` is not an integer or
+whose ``tags`` or ``fields`` are not JSON text makes the store unreadable
+(:class:`StoreError`), and so does JSON that SQLite cannot parse (e.g.
+nested deeper than its limit).
 """
 
 from __future__ import annotations
@@ -33,22 +59,36 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import sqlite3
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from buildbot_stats.point import Point, to_ns
-from buildbot_stats.storage_backends.sqlite import StatsStore, StoreError, open_store
+from buildbot_stats.storage_backends.sqlite import (
+    _SCHEMA,
+    _UPSERT,
+    StatsStore,
+    StoreError,
+    _merge_fields,
+    _point_row,
+    open_store,
+)
 
 __all__ = [
     "BUILD_RESULTS_SUFFIX",
     "BUILD_TIMES_SUFFIX",
+    "STEP_TIMES_SUFFIX",
+    "TEST_RESULTS_SUFFIX",
     "BuilderSummary",
     "DurationSample",
     "FieldSummary",
     "SeriesSummary",
+    "StepSummary",
     "StoreError",
     "Summary",
+    "TestSummary",
     "builder_rows",
     "format_number",
     "format_rate",
@@ -56,20 +96,38 @@ __all__ = [
     "format_time",
     "nearest_rank",
     "series_rows",
+    "step_rows",
     "summarize",
     "summarize_path",
     "summarize_points",
+    "test_rows",
     "to_json",
+    "visible",
 ]
 
 BUILD_TIMES_SUFFIX = "-build-times"
 BUILD_RESULTS_SUFFIX = "-build-results"
+STEP_TIMES_SUFFIX = "-step-times"
+TEST_RESULTS_SUFFIX = "-test-results"
 PROPERTY_FIELDS = frozenset({"name", "value"})
+#: the text table shows this many of the slowest steps (the JSON and HTML all)
+TABLE_STEPS = 10
+#: the longest cell of the text table; longer names are cut with an ellipsis
+MAX_CELL = 60
+#: the duration chart of a builder shows its latest builds, at most this many
+CHART_BUILDS = 2000
+
+_KINDS = (
+    (BUILD_TIMES_SUFFIX, "build"),
+    (BUILD_RESULTS_SUFFIX, "build"),
+    (STEP_TIMES_SUFFIX, "step"),
+    (TEST_RESULTS_SUFFIX, "test"),
+)
 
 
 @dataclass
 class BuilderSummary:
-    """Build figures of one builder."""
+    """Build figures of one builder (the ``queue_*`` fields only count when the store has queue times)."""
 
     builder: str
     builds: int
@@ -81,6 +139,36 @@ class BuilderSummary:
     duration_p95: float | None
     duration_max: float | None
     last_build: str | None
+    queue_times: int = 0
+    queue_p50: float | None = None
+    queue_p95: float | None = None
+
+
+@dataclass
+class StepSummary:
+    """Durations (seconds) of one step of one builder."""
+
+    builder: str
+    step: str
+    count: int
+    durations: int
+    duration_p50: float | None
+    duration_p95: float | None
+    duration_max: float | None
+
+
+@dataclass
+class TestSummary:
+    """Test result sets of one builder."""
+
+    __test__ = False  # not a pytest class
+
+    builder: str
+    result_sets: int
+    tests_total: int | float
+    tests_passed: int | float
+    tests_failed: int | float
+    pass_rate: float | None
 
 
 @dataclass
@@ -104,32 +192,61 @@ class SeriesSummary:
 
 @dataclass
 class DurationSample:
-    """One build's duration, for the charts."""
+    """One build's duration and result (a Buildbot code, None if unknown), for the charts."""
 
     time_ns: int
     build_number: str
     duration: float
+    results: int | None = None
 
 
 @dataclass
 class Summary:
-    """The whole summary; ``durations`` (per builder, by time) feeds the charts, not the JSON."""
+    """The whole summary; ``durations`` (per builder, by time) feeds the charts, not the JSON.
+
+    ``has_queue``, ``has_steps`` and ``has_tests`` say whether the store has
+    those series at all: without them the output is what it was before they
+    existed.  ``immutable``: the store could only be opened as immutable (see
+    :func:`~buildbot_stats.storage_backends.sqlite.open_store`).
+    """
 
     path: str
     points: int
     builders: list[BuilderSummary]
     series: list[SeriesSummary]
     durations: dict[str, list[DurationSample]] = field(default_factory=dict)
+    steps: list[StepSummary] = field(default_factory=list)
+    tests: list[TestSummary] = field(default_factory=list)
+    has_queue: bool = False
+    has_steps: bool = False
+    has_tests: bool = False
+    immutable: bool = False
 
 
-@dataclass
 class _Build:
-    time_ns: int = 0
-    end_ns: int | None = None
-    duration: float | None = None
-    duration_time: int = -1
-    results: Any = None
-    results_time: int = -1
+    __slots__ = (
+        "duration",
+        "duration_time",
+        "end_ns",
+        "queue",
+        "queue_time",
+        "results",
+        "results_time",
+        "time_ns",
+    )
+
+    def __init__(self) -> None:
+        self.time_ns: int | None = None
+        self.end_ns: int | None = None
+        self.duration: float | None = None
+        self.duration_time: int | None = None
+        self.queue: float | None = None
+        self.queue_time: int | None = None
+        self.results: Any = None
+        self.results_time: int | None = None
+
+
+_NUMBER = ("integer", "real")
 
 
 def _is_number(value: Any) -> bool:
@@ -149,23 +266,33 @@ def nearest_rank(sorted_values: list[float], p: int) -> float | None:
     return sorted_values[rank - 1]
 
 
-def _end_ns(value: Any) -> int | None:
+# datetime can show years 1..9999
+_MIN_NS = to_ns(datetime.datetime(1, 1, 2, tzinfo=datetime.timezone.utc))
+_MAX_NS = to_ns(datetime.datetime(9999, 12, 30, tzinfo=datetime.timezone.utc))
+
+
+def _end_ns(kind: str | None, value: Any) -> int | None:
     try:
-        if isinstance(value, str):
+        if kind == "text":
             text = value.strip()
             if text.endswith("Z"):
                 text = text[:-1] + "+00:00"
-            return to_ns(datetime.datetime.fromisoformat(text))
-        if _is_number(value):
-            return to_ns(value)
+            ns = to_ns(datetime.datetime.fromisoformat(text))
+        elif kind in _NUMBER and _is_number(value):
+            ns = to_ns(value)
+        else:
+            return None
     except (ValueError, TypeError, OverflowError):
-        pass
-    return None
+        return None
+    return ns if _MIN_NS <= ns <= _MAX_NS else None
 
 
 def format_time(ns: int | None) -> str | None:
-    """Nanoseconds since the epoch as ISO-8601 UTC to the second (``2024-05-01T12:00:00Z``)."""
-    if ns is None:
+    """Nanoseconds since the epoch as ISO-8601 UTC to the second (``2024-05-01T12:00:00Z``).
+
+    None for None and for times outside the years 1..9999.
+    """
+    if ns is None or not _MIN_NS <= ns <= _MAX_NS:
         return None
     moment = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc) + datetime.timedelta(
         seconds=ns // 1_000_000_000
@@ -173,37 +300,170 @@ def format_time(ns: int | None) -> str | None:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _builder_of(point: Point, suffix: str) -> str:
-    name = point.tags.get("builder_name")
-    return str(name) if name not in (None, "") else point.series[: -len(suffix)]
+def _tag_text(kind: str | None, value: str | None) -> str | None:
+    """A tag read as json_type and JSON text (``->``) as ``str()`` gave it before; None if null or empty.
+
+    JSON text, not ``json_extract``: SQLite 3.40 cuts the text returned by
+    ``json_extract`` at a NUL character.
+    """
+    if kind is None or kind == "null" or value is None:
+        return None
+    if kind == "true":
+        return "True"
+    if kind == "false":
+        return "False"
+    if kind in ("text", "integer", "real"):
+        return str(json.loads(value)) or None
+    return value  # an object or array: its JSON text
 
 
-def _add_build_point(builds: dict[str, dict[str, _Build]], point: Point, suffix: str) -> None:
-    number = point.tags.get("build_number")
-    key = str(number) if number not in (None, "") else f"@{point.time_ns}"
-    build = builds.setdefault(_builder_of(point, suffix), {}).setdefault(key, _Build())
-    build.time_ns = max(build.time_ns, point.time_ns)
-    end = _end_ns(point.fields.get("end-time"))
-    if end is not None:
-        build.end_ns = end if build.end_ns is None else max(build.end_ns, end)
-    duration: Any = point.fields.get("duration")
-    if _is_number(duration) and point.time_ns >= build.duration_time:
-        build.duration, build.duration_time = float(duration), point.time_ns
-    if "results" in point.fields and point.time_ns >= build.results_time:
-        build.results, build.results_time = point.fields["results"], point.time_ns
+def _name(json_text: str) -> str:
+    """A name grouped in SQL as JSON text (see :func:`_name_sql`): the string itself, else the JSON text."""
+    if json_text.startswith('"'):
+        return str(json.loads(json_text))
+    return json_text
+
+
+# -- the SQL -----------------------------------------------------------------
+
+_TEMP_SERIES = "bbs_summary_series"
+
+
+def _json_number(column: str, key: str) -> str:
+    path = f"'$.\"{key}\"'"  # key is one of ours: no quote in it
+    number = f"json_type({column}, {path}) IN ('integer', 'real')"
+    return f"CASE WHEN {number} THEN json_extract({column}, {path}) END"
+
+
+def _name_sql(tag: str, default: str) -> str:
+    """The tag as JSON text (decoded by :func:`_name`), or the SQL text ``default`` if it is null or empty."""
+    path = f"'$.{tag}'"
+    return (
+        f"CASE WHEN coalesce(json_type(p.tags, {path}), 'null') = 'null' OR p.tags -> {path} = '\"\"' "
+        f"THEN json_quote({default}) ELSE p.tags -> {path} END"
+    )
+
+
+_EMPTY_SQL = "''"
+
+
+def _builder_sql() -> str:
+    return _name_sql("builder_name", "s.prefix")
+
+
+def _kind_rows(kind: str, join: str) -> str:
+    return f"FROM temp.{_TEMP_SERIES} AS s {join} points AS p ON p.series = s.series WHERE s.kind = '{kind}'"
+
+
+def _join(store: StatsStore) -> str:
+    """``CROSS JOIN`` (the series table first, the points through their index) if points has an index
+    on series, as the writer makes it; else a plain JOIN, which lets SQLite scan the points once."""
+    sql = (
+        "SELECT count(*) FROM pragma_index_list('points') AS l, pragma_index_info(l.name) AS i "
+        "WHERE i.seqno = 0 AND i.name = 'series'"
+    )
+    return "CROSS JOIN" if next(store.query(sql))[0] else "JOIN"
+
+
+def _check_rows(store: StatsStore) -> None:
+    """Raise :class:`StoreError` for the first row the summary cannot read."""
+    for row_id, series, types in store.query(
+        "SELECT id, series, typeof(series) || ' ' || typeof(time_ns) || ' ' || typeof(tags) || ' ' "
+        "|| typeof(fields) "
+        "FROM points WHERE typeof(series) != 'text' OR typeof(time_ns) != 'integer' "
+        "OR typeof(tags) != 'text' OR typeof(fields) != 'text' LIMIT 1"
+    ):
+        kinds = dict(zip(("series", "time_ns", "tags", "fields"), types.split()))
+        expected = {"series": "text", "time_ns": "integer", "tags": "text", "fields": "text"}
+        column = next(c for c in expected if kinds[c] != expected[c])
+        name = series.decode("utf-8", "replace") if isinstance(series, bytes) else series
+        which = f"series {name!r}" if isinstance(name, str) else "no series"
+        raise StoreError(
+            f"{store.path}: not a valid buildbot_stats store: the point with id {row_id} ({which}) has a "
+            f"{column} of type {kinds[column]}, not {expected[column]}"
+        )
+
+
+def _classify(store: StatsStore) -> tuple[int, dict[str, int], dict[str, str]]:
+    """Points, points per series, and each series' kind, kept in a temporary table for the joins."""
+    counts: dict[str, int] = {}
+    total = 0
+    for series, count in store.query("SELECT series, count(*) FROM points GROUP BY series"):
+        counts[series] = count
+        total += count
+    kinds: dict[str, str] = {}
+    rows = []
+    for series in counts:
+        kind, prefix = "data", series
+        for suffix, name in _KINDS:
+            if series.endswith(suffix):
+                kind, prefix = name, series[: -len(suffix)]
+                break
+        kinds[series] = kind
+        rows.append((series, kind, prefix))
+    store.execute(f"DROP TABLE IF EXISTS temp.{_TEMP_SERIES}")
+    store.execute(f"CREATE TEMP TABLE {_TEMP_SERIES} (series TEXT PRIMARY KEY, kind TEXT, prefix TEXT)")
+    store.executemany(f"INSERT INTO temp.{_TEMP_SERIES} VALUES (?, ?, ?)", rows)
+    return total, counts, kinds
+
+
+def _builds(store: StatsStore, join: str) -> tuple[dict[str, dict[str, _Build]], bool]:
+    """Per builder and build, its figures; and whether any build has a queue time."""
+    builds: dict[str, dict[str, _Build]] = {}
+    has_queue = False
+    sql = (
+        "SELECT p.time_ns, s.prefix, "
+        "json_type(p.tags, '$.builder_name'), p.tags -> '$.builder_name', "
+        "json_type(p.tags, '$.build_number'), p.tags -> '$.build_number', "
+        """json_type(p.fields, '$."end-time"'), json_extract(p.fields, '$."end-time"'), """
+        "json_type(p.fields, '$.duration'), json_extract(p.fields, '$.duration'), "
+        "json_type(p.fields, '$.results'), json_extract(p.fields, '$.results'), "
+        """json_type(p.fields, '$."queue-time"'), json_extract(p.fields, '$."queue-time"') """
+        + _kind_rows("build", join)
+        + " ORDER BY p.series, p.time_ns, p.id"
+    )
+    for t, prefix, bt, bv, nt, nv, et, ev, dt, dv, rt, rv, qt, qv in store.query(sql):
+        builder = _tag_text(bt, bv) or prefix
+        key = _tag_text(nt, nv) or f"@{t}"
+        build = builds.setdefault(builder, {}).get(key)
+        if build is None:
+            build = builds[builder][key] = _Build()
+        build.time_ns = t if build.time_ns is None else max(build.time_ns, t)
+        if et is not None:
+            end = _end_ns(et, ev)
+            if end is not None:
+                build.end_ns = end if build.end_ns is None else max(build.end_ns, end)
+        if dt in _NUMBER and _is_number(dv) and (build.duration_time is None or t >= build.duration_time):
+            build.duration, build.duration_time = float(dv), t
+        if qt in _NUMBER and _is_number(qv) and (build.queue_time is None or t >= build.queue_time):
+            build.queue, build.queue_time = float(qv), t
+            has_queue = True
+        if rt is not None and (build.results_time is None or t >= build.results_time):
+            build.results = (
+                rv if rt in _NUMBER else (True if rt == "true" else False if rt == "false" else rv)
+            )
+            build.results_time = t
+    return builds, has_queue
 
 
 def _builder_summary(name: str, builds: dict[str, _Build]) -> tuple[BuilderSummary, list[DurationSample]]:
-    known = [b.results for b in builds.values() if b.results_time >= 0]
+    known = [b.results for b in builds.values() if b.results_time is not None]
     successes = sum(1 for r in known if _is_number(r) and r == 0)
     samples = [
-        DurationSample(b.duration_time, key, b.duration)
+        DurationSample(
+            b.duration_time,
+            key,
+            b.duration,
+            b.results if isinstance(b.results, int) and not isinstance(b.results, bool) else None,
+        )
         for key, b in builds.items()
-        if b.duration is not None
+        if b.duration is not None and b.duration_time is not None
     ]
     samples.sort(key=lambda s: (s.time_ns, s.build_number))
     durations = sorted(s.duration for s in samples)
-    last = max((b.end_ns if b.end_ns is not None else b.time_ns for b in builds.values()), default=None)
+    queues = sorted(b.queue for b in builds.values() if b.queue is not None)
+    ends = [b.end_ns if b.end_ns is not None else b.time_ns for b in builds.values()]
+    last = max((e for e in ends if e is not None), default=None)
     summary = BuilderSummary(
         builder=name,
         builds=len(builds),
@@ -215,61 +475,181 @@ def _builder_summary(name: str, builds: dict[str, _Build]) -> tuple[BuilderSumma
         duration_p95=nearest_rank(durations, 95),
         duration_max=durations[-1] if durations else None,
         last_build=format_time(last),
+        queue_times=len(queues),
+        queue_p50=nearest_rank(queues, 50),
+        queue_p95=nearest_rank(queues, 95),
     )
-    return summary, samples
+    return summary, samples[-CHART_BUILDS:]
 
 
-def _series_summary(series: str, points: list[Point]) -> SeriesSummary:
-    values: dict[str, list[Any]] = {}
-    for point in points:
-        for key, value in point.fields.items():
-            if _is_number(value):
-                values.setdefault(key, []).append(value)
-    fields = {
-        key: FieldSummary(len(vs), min(vs), math.fsum(vs) / len(vs), max(vs))
-        for key, vs in sorted(values.items())
-    }
-    return SeriesSummary(series, len(points), fields)
+def _steps(store: StatsStore, join: str) -> list[StepSummary]:
+    """Per builder and step: nearest-rank percentiles by window functions (SQLite sorts, on disk if
+    need be)."""
+    source = (
+        f"SELECT {_builder_sql()} AS builder, "
+        f"{_name_sql('step_name', _EMPTY_SQL)} AS step, "
+        f"{_json_number('p.fields', 'duration')} AS v " + _kind_rows("step", join)
+    )
+    sql = f"""
+        SELECT builder, step, max(n_all), max(n_v),
+            max(CASE WHEN v IS NOT NULL AND rn - (n_all - n_v) = max(1, (50 * n_v + 99) / 100) THEN v END),
+            max(CASE WHEN v IS NOT NULL AND rn - (n_all - n_v) = max(1, (95 * n_v + 99) / 100) THEN v END),
+            max(v)
+        FROM (
+            SELECT builder, step, v,
+                row_number() OVER (PARTITION BY builder, step ORDER BY v) AS rn,
+                count(*) OVER (PARTITION BY builder, step) AS n_all,
+                count(v) OVER (PARTITION BY builder, step) AS n_v
+            FROM ({source})
+        )
+        GROUP BY builder, step
+    """
+    steps = [
+        StepSummary(_name(b), _name(s), n, nv, p50, p95, mx) for b, s, n, nv, p50, p95, mx in store.query(sql)
+    ]
+    steps.sort(
+        key=lambda s: (
+            s.duration_p95 is None,
+            -(s.duration_p95 or 0.0),
+            -(s.duration_max or 0.0),
+            s.builder,
+            s.step,
+        )
+    )
+    return steps
+
+
+def _tests(store: StatsStore, join: str) -> list[TestSummary]:
+    total, passed, failed = (
+        _json_number("p.fields", "tests_total"),
+        _json_number("p.fields", "tests_passed"),
+        _json_number("p.fields", "tests_failed"),
+    )
+    sql = f"""
+        SELECT builder, count(*), COALESCE(sum(total), 0), COALESCE(sum(passed), 0), COALESCE(sum(failed), 0),
+            sum(CASE WHEN passed IS NOT NULL AND total IS NOT NULL THEN passed END),
+            sum(CASE WHEN passed IS NOT NULL AND total IS NOT NULL THEN total END)
+        FROM (SELECT {_builder_sql()} AS builder, {total} AS total, {passed} AS passed, {failed} AS failed
+              {_kind_rows("test", join)})
+        GROUP BY builder ORDER BY builder
+    """
+    tests = []
+    for builder, sets, tot, ok, bad, rate_ok, rate_total in store.query(sql):
+        rate = rate_ok / rate_total if rate_total else None
+        tests.append(TestSummary(_name(builder), sets, tot, ok, bad, rate))
+    tests.sort(key=lambda t: t.builder)
+    return tests
+
+
+def _data_series(
+    store: StatsStore, counts: dict[str, int], kinds: dict[str, str], join: str
+) -> list[SeriesSummary]:
+    """Per data series and numeric field: count, min, max and sum, in one pass.
+
+    Each numeric field value is folded into a small temporary table keyed by
+    (series, field) with an upsert: a ``GROUP BY series, key`` would sort
+    every value of the store first.  Top-level fields that are not an object
+    count as one field ``value``, as the writer stores them.
+    """
+    store.execute("DROP TABLE IF EXISTS temp.bbs_summary_fields")
+    store.execute(
+        "CREATE TEMP TABLE bbs_summary_fields (series TEXT, key TEXT, n INTEGER, mn, mx, sm REAL, "
+        "PRIMARY KEY (series, key))"
+    )
+    store.execute(
+        f"""
+        INSERT INTO temp.bbs_summary_fields
+        SELECT p.series, COALESCE(j.key, 'value'), 1, j.value, j.value, j.value
+        FROM temp.{_TEMP_SERIES} AS s {join} points AS p ON p.series = s.series, json_each(p.fields) AS j
+        WHERE s.kind = 'data' AND j.type IN ('integer', 'real') AND (j.key IS NULL OR typeof(j.key) = 'text')
+        ON CONFLICT (series, key) DO UPDATE SET
+            n = n + 1, mn = min(mn, excluded.mn), mx = max(mx, excluded.mx), sm = sm + excluded.sm
+        """
+    )
+    found: dict[str, dict[str, FieldSummary]] = {}
+    for series, key, n, mn, mx, sm in store.query(
+        "SELECT series, key, n, mn, mx, sm FROM temp.bbs_summary_fields ORDER BY series, key"
+    ):
+        if _is_number(mn) and _is_number(mx) and _is_number(sm):
+            found.setdefault(series, {})[key] = FieldSummary(n, mn, sm / n, mx)
+    result = []
+    for series in sorted(s for s, kind in kinds.items() if kind == "data"):
+        fields = found.get(series, {})
+        if set(fields) <= PROPERTY_FIELDS and _is_property_series(store, series):
+            continue
+        result.append(SeriesSummary(series, counts[series], fields))
+    return result
+
+
+def _is_property_series(store: StatsStore, series: str) -> bool:
+    """Whether every point of ``series`` has exactly the fields ``name`` and ``value``.
+
+    The scan stops at the first point that has not."""
+    sql = """
+        SELECT EXISTS (SELECT 1 FROM points AS p WHERE p.series = ? AND NOT (
+            json_type(p.fields) = 'object' AND json_type(p.fields, '$.name') IS NOT NULL
+            AND json_type(p.fields, '$.value') IS NOT NULL
+            AND (SELECT count(*) FROM json_each(p.fields)) = 2))
+    """
+    return not next(store.query(sql, (series,)))[0]
+
+
+def summarize(store: StatsStore, charts: bool = True) -> Summary:
+    """Summarise a store opened with :func:`~buildbot_stats.storage_backends.sqlite.open_store`.
+
+    ``charts`` false leaves out the per-build samples of the HTML charts.
+    """
+    _check_rows(store)
+    total, counts, kinds = _classify(store)
+    join = _join(store)
+    builds, has_queue = _builds(store, join)
+    builders, durations = [], {}
+    for name in sorted(builds):
+        builder, samples = _builder_summary(name, builds[name])
+        builders.append(builder)
+        if charts:
+            durations[name] = samples
+    del builds
+    has_steps = "step" in kinds.values()
+    has_tests = "test" in kinds.values()
+    return Summary(
+        path=store.path,
+        points=total,
+        builders=builders,
+        series=_data_series(store, counts, kinds, join),
+        durations=durations,
+        steps=_steps(store, join) if has_steps else [],
+        tests=_tests(store, join) if has_tests else [],
+        has_queue=has_queue,
+        has_steps=has_steps,
+        has_tests=has_tests,
+        immutable=store.immutable,
+    )
 
 
 def summarize_points(points: Iterable[Point], path: str = "") -> Summary:
-    """Summarise points (any order) by the rules of this module."""
-    builds: dict[str, dict[str, _Build]] = {}
-    other: dict[str, list[Point]] = {}
-    total = 0
+    """Summarise points (any order) by the rules of this module, through an in-memory store."""
+    db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    db.create_function("bbs_merge_fields", 2, _merge_fields, deterministic=True)
+    for statement in _SCHEMA:
+        db.execute(statement)
+    rows = []
     for point in points:
-        total += 1
-        if not isinstance(point.fields, dict):
-            point = Point(point.series, {"value": point.fields}, point.tags, point.time_ns)
         if not isinstance(point.tags, dict):
             point = Point(point.series, point.fields, {}, point.time_ns)
-        for suffix in (BUILD_TIMES_SUFFIX, BUILD_RESULTS_SUFFIX):
-            if point.series.endswith(suffix):
-                _add_build_point(builds, point, suffix)
-                break
-        else:
-            other.setdefault(point.series, []).append(point)
-    builders, durations = [], {}
-    for name in sorted(builds):
-        builder, durations[name] = _builder_summary(name, builds[name])
-        builders.append(builder)
-    series = [
-        _series_summary(name, pts)
-        for name, pts in sorted(other.items())
-        if not all(set(p.fields) == PROPERTY_FIELDS for p in pts)
-    ]
-    return Summary(path, total, builders, series, durations)
+        row = _point_row(point, [])
+        if row is not None:
+            rows.append(row)
+    with db:
+        db.executemany(_UPSERT, rows)
+    with StatsStore(path, db, {}) as store:
+        return summarize(store)
 
 
-def summarize(store: StatsStore) -> Summary:
-    """Summarise a store opened with :func:`~buildbot_stats.storage_backends.sqlite.open_store`."""
-    return summarize_points(store.points(), path=store.path)
-
-
-def summarize_path(path: str) -> Summary:
+def summarize_path(path: str, charts: bool = True) -> Summary:
     """Open the store at ``path`` read-only and summarise it; raise :class:`StoreError` if it is not one."""
     with open_store(path) as store:
-        return summarize(store)
+        return summarize(store, charts=charts)
 
 
 # -- output ------------------------------------------------------------------
@@ -294,14 +674,55 @@ def format_rate(rate: float | None) -> str:
     return "-" if rate is None else f"{rate * 100:.1f}%"
 
 
+# Unicode bidi controls reorder the text around them on a terminal (and in HTML)
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def visible(text: str, limit: int | None = None) -> str:
+    """``text`` safe to print: control characters, bidi controls, line separators and lone
+    surrogates as ``\\xNN``/``\\uNNNN`` escapes (no terminal escape sequence gets through);
+    cut to ``limit`` characters with an ellipsis."""
+    if text.isprintable() and not _BIDI.intersection(text):
+        out = text
+    else:
+        parts = []
+        for ch in text:
+            if (ch.isprintable() or unicodedata.category(ch) == "Zs") and ch not in _BIDI:
+                parts.append(ch)
+            else:
+                code = ord(ch)
+                parts.append(
+                    f"\\x{code:02x}"
+                    if code < 0x100
+                    else f"\\u{code:04x}"
+                    if code < 0x10000
+                    else f"\\U{code:08x}"
+                )
+        out = "".join(parts)
+    if limit is not None and len(out) > limit:
+        out = out[: limit - 1] + "\u2026"
+    return out
+
+
 BUILDER_HEADERS = ["builder", "builds", "results", "success", "dur p50", "dur p95", "dur max", "last build"]
+QUEUE_HEADERS = ["queue p50 (s)", "queue p95 (s)"]
+STEP_HEADERS = ["builder", "step", "steps", "dur p50 (s)", "dur p95 (s)", "dur max (s)"]
+TEST_HEADERS = ["builder", "result sets", "tests", "passed", "failed", "pass rate"]
 SERIES_HEADERS = ["series", "points", "field", "n", "min", "mean", "max"]
+
+
+def builder_headers(summary: Summary) -> list[str]:
+    """The builders table's headers: with queue times, their columns come before ``last build``."""
+    if summary.has_queue:
+        return [*BUILDER_HEADERS[:-1], *QUEUE_HEADERS, BUILDER_HEADERS[-1]]
+    return list(BUILDER_HEADERS)
 
 
 def builder_rows(summary: Summary) -> list[list[str]]:
     """The builders table, as text cells (also used by the HTML report)."""
-    return [
-        [
+    rows = []
+    for b in summary.builders:
+        row = [
             b.builder,
             str(b.builds),
             str(b.results_known),
@@ -309,10 +730,45 @@ def builder_rows(summary: Summary) -> list[list[str]]:
             format_number(b.duration_p50),
             format_number(b.duration_p95),
             format_number(b.duration_max),
-            b.last_build or "-",
         ]
-        for b in summary.builders
+        if summary.has_queue:
+            row += [format_number(b.queue_p50), format_number(b.queue_p95)]
+        rows.append([*row, b.last_build or "-"])
+    return rows
+
+
+def step_rows(summary: Summary, limit: int | None = None) -> list[list[str]]:
+    """The steps table, slowest first (by p95, then max), the first ``limit`` rows."""
+    steps = summary.steps if limit is None else summary.steps[:limit]
+    return [
+        [
+            s.builder,
+            s.step,
+            str(s.count),
+            format_number(s.duration_p50),
+            format_number(s.duration_p95),
+            format_number(s.duration_max),
+        ]
+        for s in steps
     ]
+
+
+def test_rows(summary: Summary) -> list[list[str]]:
+    """The tests table, per builder."""
+    return [
+        [
+            t.builder,
+            str(t.result_sets),
+            format_number(t.tests_total),
+            format_number(t.tests_passed),
+            format_number(t.tests_failed),
+            format_rate(t.pass_rate),
+        ]
+        for t in summary.tests
+    ]
+
+
+test_rows.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 
 
 def series_rows(summary: Summary) -> list[list[str]]:
@@ -337,7 +793,11 @@ def series_rows(summary: Summary) -> list[list[str]]:
 
 
 def _aligned(headers: list[str], rows: list[list[str]], left: set[int]) -> list[str]:
-    """Columns whose index is in ``left`` are left-aligned text, the others right-aligned."""
+    """Columns whose index is in ``left`` are left-aligned text, the others right-aligned.
+
+    Every cell goes through :func:`visible`, cut at :data:`MAX_CELL` characters.
+    """
+    rows = [[visible(c, MAX_CELL) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
 
     def line(cells: list[str]) -> str:
@@ -347,13 +807,23 @@ def _aligned(headers: list[str], rows: list[list[str]], left: set[int]) -> list[
     return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
-def format_table(summary: Summary) -> str:
-    """The summary as aligned text tables."""
-    out = [f"Store: {summary.path} ({summary.points} points)", "", "Builders"]
+def format_table(summary: Summary, steps: int = TABLE_STEPS) -> str:
+    """The summary as aligned text tables (the ``steps`` slowest steps; 0 for all)."""
+    out = [f"Store: {visible(summary.path)} ({summary.points} points)", "", "Builders"]
     if summary.builders:
-        out += _aligned(BUILDER_HEADERS, builder_rows(summary), left={0})
+        out += _aligned(builder_headers(summary), builder_rows(summary), left={0})
     else:
         out.append("(no build data)")
+    if summary.has_steps:
+        shown = len(summary.steps) if steps <= 0 else min(steps, len(summary.steps))
+        out += ["", f"Slowest steps (by p95; {shown} of {len(summary.steps)})"]
+        if summary.steps:
+            out += _aligned(STEP_HEADERS, step_rows(summary, shown), left={0, 1})
+        else:
+            out.append("(no step data)")
+    if summary.has_tests:
+        out += ["", "Tests"]
+        out += _aligned(TEST_HEADERS, test_rows(summary), left={0})
     out += ["", "Data series"]
     if summary.series:
         out += _aligned(SERIES_HEADERS, series_rows(summary), left={0, 2})
@@ -363,11 +833,26 @@ def format_table(summary: Summary) -> str:
 
 
 def to_json(summary: Summary) -> str:
-    """The summary as JSON (without the chart samples); success_rate is a fraction 0..1."""
-    data = {
+    """The summary as JSON (without the chart samples); rates are fractions 0..1.
+
+    ``steps`` and ``tests`` are there when the store has such series, the
+    builders' ``queue_*`` keys when it has queue times.
+    """
+    builders = []
+    for b in summary.builders:
+        item = asdict(b)
+        if not summary.has_queue:
+            for key in ("queue_times", "queue_p50", "queue_p95"):
+                del item[key]
+        builders.append(item)
+    data: dict[str, Any] = {
         "store": summary.path,
         "points": summary.points,
-        "builders": [asdict(b) for b in summary.builders],
+        "builders": builders,
         "series": [asdict(s) for s in summary.series],
     }
+    if summary.has_steps:
+        data["steps"] = [asdict(s) for s in summary.steps]
+    if summary.has_tests:
+        data["tests"] = [asdict(t) for t in summary.tests]
     return json.dumps(data, indent=2, allow_nan=False)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -237,13 +238,25 @@ def _read_meta(db: sqlite3.Connection) -> dict[str, str]:
         return {}
 
 
+def _no_op() -> int:
+    return 0
+
+
 class StatsStore:
     """A read-only view of a store; see :func:`open_store`."""
 
-    def __init__(self, path: str, db: sqlite3.Connection, meta: dict[str, str]) -> None:
+    def __init__(
+        self, path: str, db: sqlite3.Connection, meta: dict[str, str], immutable: bool = False
+    ) -> None:
         self.path = path
         self.meta = meta
+        #: True when the file could only be opened as ``immutable`` (see :func:`open_store`)
+        self.immutable = immutable
         self._db = db
+        # SQLite calls back into Python every so many steps of a statement: Python runs its
+        # signal handlers then, and a KeyboardInterrupt raised there aborts the statement
+        # ("interrupted"), so Ctrl-C stops a long summary at once instead of at its end.
+        db.set_progress_handler(_no_op, 100_000)
 
     def __enter__(self) -> StatsStore:
         return self
@@ -257,6 +270,24 @@ class StatsStore:
     def _query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
         try:
             yield from self._db.execute(sql, params)
+        except sqlite3.Error as e:
+            if str(e) == "interrupted":  # Ctrl-C, through _progress
+                raise KeyboardInterrupt from None
+            raise StoreError(f"{self.path}: cannot read the store ({e})") from None
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        """Rows of a read-only SQL statement (temporary tables allowed); errors as :class:`StoreError`."""
+        return self._query(sql, params)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one statement to its end (e.g. to fill a temporary table); errors as :class:`StoreError`."""
+        for _ in self._query(sql, params):
+            pass
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement for each row (e.g. to fill a temporary table); errors as :class:`StoreError`."""
+        try:
+            self._db.executemany(sql, rows)
         except sqlite3.Error as e:
             raise StoreError(f"{self.path}: cannot read the store ({e})") from None
 
@@ -290,28 +321,61 @@ class StatsStore:
                 raise StoreError(f"{self.path}: a point of series {series!r} is corrupt ({e})") from None
 
 
+def _connect_ro(path: str, immutable: bool) -> sqlite3.Connection:
+    uri = "file:" + quote(os.path.abspath(path)) + ("?immutable=1" if immutable else "?mode=ro")
+    return sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None, check_same_thread=False)
+
+
+def _check_store(path: str, db: sqlite3.Connection) -> dict[str, str]:
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    meta = _read_meta(db) if "meta" in tables else {}
+    if meta.get("format") == FORMAT:
+        db.execute("SELECT series, time_ns, tags, fields FROM points LIMIT 0")
+    return meta
+
+
 def open_store(path: str | os.PathLike[str]) -> StatsStore:
-    """Open a store read-only (``mode=ro``); raise :class:`StoreError` if it is not one."""
+    """Open a store read-only; raise :class:`StoreError` if it is not one.
+
+    Only a regular file is opened (a FIFO or a device would block or never
+    end).  The file is opened with ``mode=ro``, which never writes the store
+    but, in WAL mode, needs to create or write its ``-shm`` file; when that is
+    refused (a directory or ``-shm`` the user cannot write) it is opened again
+    with ``immutable=1`` and :attr:`StatsStore.immutable` is set: then points
+    a running master has not yet checkpointed from its ``-wal`` file are not
+    seen.
+    """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise StoreError(f"{path}: no such file")
-    if os.path.isdir(path):
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise StoreError(f"{path}: no such file") from None
+    except OSError as e:
+        raise StoreError(f"{path}: cannot open: {e.strerror or e}") from None
+    if stat.S_ISDIR(mode):
         raise StoreError(f"{path}: is a directory, not a buildbot_stats store")
-    uri = "file:" + quote(os.path.abspath(path)) + "?mode=ro"
-    try:
-        db = sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None, check_same_thread=False)
-    except sqlite3.Error as e:
-        raise StoreError(f"{path}: cannot open: {e}") from None
-    try:
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        meta = _read_meta(db) if "meta" in tables else {}
-        if meta.get("format") == FORMAT:
-            db.execute("SELECT series, time_ns, tags, fields FROM points LIMIT 0")
-    except sqlite3.Error as e:
-        db.close()
-        if str(e) == "file is not a database":
-            raise StoreError(f"{path}: not a buildbot_stats store (not an SQLite database)") from None
-        raise StoreError(f"{path}: cannot read the store (corrupt or unreadable: {e})") from None
+    if not stat.S_ISREG(mode):
+        raise StoreError(f"{path}: not a regular file, not a buildbot_stats store")
+    if not os.access(path, os.R_OK):
+        raise StoreError(f"{path}: cannot open: permission denied")
+    immutable = False
+    while True:
+        try:
+            db = _connect_ro(path, immutable)
+        except sqlite3.Error as e:
+            raise StoreError(f"{path}: cannot open: {e}") from None
+        try:
+            meta = _check_store(path, db)
+            break
+        except sqlite3.Error as e:
+            db.close()
+            code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+            if not immutable and code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN):
+                immutable = True  # the -shm file cannot be created or written
+                continue
+            if str(e) == "file is not a database":
+                raise StoreError(f"{path}: not a buildbot_stats store (not an SQLite database)") from None
+            raise StoreError(f"{path}: cannot read the store (corrupt or unreadable: {e})") from None
     if meta.get("format") != FORMAT:
         db.close()
         raise StoreError(f"{path}: not a buildbot_stats store (an SQLite database without its meta table)")
@@ -322,4 +386,4 @@ def open_store(path: str | os.PathLike[str]) -> StatsStore:
             f"{path}: schema version {version!r} is not supported (this buildbot_stats reads "
             f"{SCHEMA_VERSION})"
         )
-    return StatsStore(path, db, meta)
+    return StatsStore(path, db, meta, immutable=immutable)
