@@ -529,10 +529,8 @@ class Backfill:
 
     # -- the run -------------------------------------------------------------------------
 
-    async def run(self) -> int:
+    async def run(self, master_cfg: Any, services: list[Any], state: StateFile) -> int:
         os.chdir(self.basedir)  # backends' relative paths are relative to it, as in the master
-        master_cfg, services = load_master_config(self.basedir)
-        state = StateFile(os.path.join(self.basedir, STATE_FILE))
         await self.open_database(master_cfg)
         try:
             await self.configure_services(services)
@@ -677,8 +675,8 @@ def _log_observer(backfill: Backfill) -> Callable[[dict[str, Any]], None]:
 def run_backfill(args: argparse.Namespace, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> int:
     """Run the backfill in a reactor of its own; return the exit code (BackfillError raised for 2)."""
     basedir = os.path.abspath(args.basedir)
-    if not os.path.isfile(os.path.join(basedir, "master.cfg")):
-        raise BackfillError(f"no master.cfg in {basedir}")
+    master_cfg, services = load_master_config(basedir)  # before the reactor: mistakes cost no reactor
+    state = StateFile(os.path.join(basedir, STATE_FILE))
 
     from twisted.internet import reactor
     from twisted.python import log
@@ -694,7 +692,7 @@ def run_backfill(args: argparse.Namespace, out: IO[str] = sys.stdout, err: IO[st
             backfill._say("stopping after this build (Ctrl-C again to stop without waiting for the backends)")
 
     def go() -> None:
-        d = defer.ensureDeferred(backfill.run())
+        d = defer.ensureDeferred(backfill.run(master_cfg, services, state))
 
         def done(result: Any) -> None:
             outcome["result"] = result
