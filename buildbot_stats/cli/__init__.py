@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument(
         "--datasource-uid",
         metavar="UID",
-        help="the uid of the InfluxDB data source to use (default: a ${DS_INFLUXDB} input asked for at import)",
+        help="the uid of the InfluxDB data source to use "
+        "(default: a ${DS_INFLUXDB} input that Grafana asks for at import)",
     )
     return parser
 

@@ -70,7 +70,7 @@ class BackfillError(Exception):
     """A problem the user can fix (missing master.cfg, no StatsService, unusable database): one line."""
 
 
-class BackfillInterrupted(Exception):
+class BackfillInterrupted(Exception):  # noqa: N818 - not an error: the user asked for it
     """Ctrl-C or SIGTERM; progress up to the last checkpoint is saved."""
 
 
@@ -175,7 +175,9 @@ def load_master_config(basedir: str) -> tuple[Any, list[Any]]:
         raise BackfillError(f"master.cfg has errors: {'; '.join(str(x) for x in e.errors)}") from None
     services = [s for s in master_cfg.services.values() if isinstance(s, StatsService)]
     if not services:
-        raise BackfillError(f"{os.path.join(basedir, 'master.cfg')} configures no buildbot_stats StatsService")
+        raise BackfillError(
+            f"{os.path.join(basedir, 'master.cfg')} configures no buildbot_stats StatsService"
+        )
     return master_cfg, services
 
 
@@ -208,7 +210,11 @@ class StateFile:
             return
         except (OSError, ValueError) as e:
             raise BackfillError(f"cannot read {path}: {e} (remove it or use --restart)") from None
-        if isinstance(data, dict) and data.get("version") == STATE_VERSION and isinstance(data.get("services"), dict):
+        if (
+            isinstance(data, dict)
+            and data.get("version") == STATE_VERSION
+            and isinstance(data.get("services"), dict)
+        ):
             self.data = data
 
     def _entry(self, service: str, selection: dict[str, Any]) -> dict[str, Any]:
@@ -227,7 +233,9 @@ class StateFile:
             return 0
         return int(done.get("last_buildid", 0))
 
-    def record(self, service: str, selection: dict[str, Any], backend: str, target: str, last_buildid: int) -> None:
+    def record(
+        self, service: str, selection: dict[str, Any], backend: str, target: str, last_buildid: int
+    ) -> None:
         backends = self._entry(service, selection)["backends"]
         before = self.last_done(service, selection, backend, target)
         backends[backend] = {"target": target, "last_buildid": max(before, last_buildid)}
@@ -338,6 +346,8 @@ class Backfill:
         self._builder_names: dict[int, str] = {}
         self._current_builder = "?"
         self.progress: Progress | None = None
+        #: while the database is opened its errors are logged by Buildbot too: one line is enough
+        self.quiet_errors = False
 
     # -- setting up --------------------------------------------------------------
 
@@ -352,6 +362,7 @@ class Backfill:
         url = db_config.db_url
         shown = util.stripUrlPassword(url)
         self._check_sqlite_file(url, shown)
+        self.quiet_errors = True
         try:
             await master.db.setup(check_version=True, verbose=False)
         except db_exceptions.DatabaseNotReadyError:
@@ -360,6 +371,8 @@ class Backfill:
             ) from None
         except Exception as e:
             raise BackfillError(f"cannot open the database {shown}: {_one_line(e, url)}") from None
+        finally:
+            self.quiet_errors = False
         self.mq = ReplayMQ()
         master.mq = self.mq  # the data API's events go to the replay MQ, nowhere else
         self.master = master
@@ -387,6 +400,8 @@ class Backfill:
             kwargs = dict(svc._config_kwargs)
             kwargs["spool_path"] = None  # never the live master's spool file
             await svc.reconfigService(*svc._config_args, **kwargs)
+            svc.configured = True  # so that starting it does not configure it again from master.cfg
+            await svc.startService()
             original_store = svc.store
 
             def store(
@@ -586,7 +601,8 @@ class Backfill:
             self._print_done(done, written)
             if self.stop_requested:
                 raise BackfillInterrupted(
-                    f"interrupted after {done} of {len(buildids)} builds; run the same command again to continue"
+                    f"interrupted after {done} of {len(buildids)} builds; "
+                    "run the same command again to continue"
                 )
             return 0
         finally:
@@ -616,7 +632,9 @@ class Backfill:
         width = max([len("builder"), *map(len, names)])
         self.out.write(f"  {'builder':<{width}}  {'builds':>8}  {'points':>8}\n")
         for name in names:
-            self.out.write(f"  {name:<{width}}  {self.tally.builds[name]:>8}  {self.tally.points.get(name, 0):>8}\n")
+            self.out.write(
+                f"  {name:<{width}}  {self.tally.builds[name]:>8}  {self.tally.points.get(name, 0):>8}\n"
+            )
         for key in sorted(self.tally.per_backend):
             self.out.write(f"  backend {key}: {self.tally.per_backend[key]} points\n")
 
@@ -627,7 +645,9 @@ class Backfill:
         for svc in self.services:
             for key, counters in sorted(svc.backend_counters().items()):
                 if counters["dropped"]:
-                    self.out.write(f"  backend {svc.name}/{key}: {counters['dropped']} points rejected (see above)\n")
+                    self.out.write(
+                        f"  backend {svc.name}/{key}: {counters['dropped']} points rejected (see above)\n"
+                    )
 
     async def close(self) -> None:
         for svc in self.services:
@@ -658,6 +678,8 @@ def _log_observer(backfill: Backfill) -> Callable[[dict[str, Any]], None]:
     from twisted.python import log
 
     def observe(event: dict[str, Any]) -> None:
+        if event.get("isError") and backfill.quiet_errors:
+            return  # reported as one BackfillError line instead
         if event.get("isError"):
             failure = event.get("failure")
             why = event.get("why")
@@ -678,9 +700,9 @@ def run_backfill(args: argparse.Namespace, out: IO[str] = sys.stdout, err: IO[st
     master_cfg, services = load_master_config(basedir)  # before the reactor: mistakes cost no reactor
     state = StateFile(os.path.join(basedir, STATE_FILE))
 
-    from twisted.internet import reactor
-    from twisted.python import log
+    from twisted.internet import reactor as global_reactor
 
+    reactor: Any = global_reactor
     backfill = Backfill(args, reactor, out, err)
     outcome: dict[str, Any] = {}
     observer = _log_observer(backfill)
@@ -702,12 +724,16 @@ def run_backfill(args: argparse.Namespace, out: IO[str] = sys.stdout, err: IO[st
 
     old_int = signal.signal(signal.SIGINT, on_signal)
     old_term = signal.signal(signal.SIGTERM, on_signal)
-    log.addObserver(observer)
+    # our observer only: Twisted would print the errors it buffered to stderr at exit
+    from twisted.logger import LegacyLogObserverWrapper, globalLogBeginner
+
+    legacy: Any = observer
+    wrapped: Any = LegacyLogObserverWrapper(legacy)
+    globalLogBeginner.beginLoggingTo([wrapped], redirectStandardIO=False)
     try:
         reactor.callWhenRunning(go)
         reactor.run(installSignalHandlers=False)
     finally:
-        log.removeObserver(observer)
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
     result = outcome.get("result")

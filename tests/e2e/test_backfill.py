@@ -359,3 +359,46 @@ def test_backfill_postgresql_master_equals_live_capture(
     tmp_path: Path, influx: InfluxServer, postgres: PostgresServer
 ) -> None:
     backfill_scenario(tmp_path, influx, postgres.create_database("bbmaster"))
+
+
+# --------------------------------------------------------------------------
+# a database it cannot open: exit 2, one line, no password
+# --------------------------------------------------------------------------
+
+
+def master_dir(tmp_path: Path, db_url: str) -> Path:
+    """A master directory whose master.cfg has a StatsService and ``db_url`` (no master ever ran)."""
+    cfg = make_master_cfg(
+        {"b1": "[]"},
+        pb_port=free_port(),
+        header="from buildbot_stats import statistics",
+        services="c['services'].append(statistics.StatsService(storage_backends=["
+        "statistics.SQLiteStorageService('stats.sqlite', [statistics.CaptureBuildDurationAllBuilders()])]))",
+        db_url=SQLITE_URL,
+    ).replace(repr(SQLITE_URL), repr(db_url))
+    basedir = tmp_path / "master"
+    basedir.mkdir()
+    (basedir / "master.cfg").write_text(cfg)
+    return basedir
+
+
+@pytest.mark.parametrize(
+    "db_url, problem",
+    [
+        ("sqlite:///state.sqlite", "state.sqlite does not exist"),
+        ("sqlite:///garbage.sqlite", "file is not a database"),
+        ("postgresql+psycopg://user:s3cret@127.0.0.1:{port}/bb", "connection"),
+    ],
+)
+def test_database_it_cannot_open(tmp_path: Path, db_url: str, problem: str) -> None:
+    basedir = master_dir(tmp_path, db_url.format(port=free_port()))
+    (basedir / "garbage.sqlite").write_bytes(b"not a database at all" * 100)
+    proc = backfill(basedir, "b")
+    assert proc.returncode == 2, proc
+    assert proc.stdout == ""
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("buildbot-stats: error: cannot open the database ")
+    assert problem in proc.stderr
+    assert "s3cret" not in proc.stderr
+    assert not (basedir / "state.sqlite").exists()  # not created by looking
+    assert not (basedir / "stats.sqlite").exists()

@@ -16,7 +16,6 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -48,11 +47,17 @@ def demo_points() -> list[Point]:
             result = [0, 0, 2, 0, 1, 0, 4, 0, 3, 0, 5, 0, 6][(n + b_index) % 13]
             tags = {"builder_name": builder, "build_number": str(n)}
             t = end * 10**9
-            points.append(Point(f"{builder}-build-times", {"duration": duration, "end-time": str(end)}, tags, t))
+            points.append(
+                Point(f"{builder}-build-times", {"duration": duration, "end-time": str(end)}, tags, t)
+            )
             points.append(Point(f"{builder}-build-times", {"queue-time": float((n * 7) % 40)}, tags, t))
             names = ["success", "warnings", "failure", "skipped", "exception", "retry", "cancelled"]
-            points.append(Point(f"{builder}-build-results", {"results": result, "result": names[result]}, tags, t))
-            points.append(Point(f"{builder}-workername", {"name": "workername", "value": f"w{n % 2}"}, tags, t))
+            points.append(
+                Point(f"{builder}-build-results", {"results": result, "result": names[result]}, tags, t)
+            )
+            points.append(
+                Point(f"{builder}-workername", {"name": "workername", "value": f"w{n % 2}"}, tags, t)
+            )
             step_end = start
             for number, step in enumerate(STEPS):
                 step_duration = float((n + number * 5 + b_index) % 11 * (number + 1))
@@ -88,7 +93,9 @@ def demo_points() -> list[Point]:
 
 
 @pytest.fixture(scope="module")
-def stored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[InfluxServer, str, Summary, list[Point]]]:
+def stored(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[InfluxServer, str, Summary, list[Point]]]:
     """The demo points written by the real backends into influxd and an SQLite store; the store's summary."""
     require_influxd()
     server = shared_server()
@@ -127,7 +134,9 @@ def substitute(query: str, variables: dict[str, list[str]], start_s: int, end_s:
     return text
 
 
-def variable_options(server: InfluxServer, db: str, variable: dict[str, Any], known: dict[str, list[str]]) -> list[str]:
+def variable_options(
+    server: InfluxServer, db: str, variable: dict[str, Any], known: dict[str, list[str]]
+) -> list[str]:
     """A query variable's options: its query run (with the variables before it), its regex's first group."""
     query = variable["query"]
     for name, values in known.items():
@@ -206,7 +215,10 @@ def test_dashboard_is_importable_json_with_every_panel_asked_for() -> None:
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(set(ids)) == len(ids)
     builder = dashboard["templating"]["list"][0]
-    assert (builder["name"], builder["query"]) == ("builder", "SHOW MEASUREMENTS WITH MEASUREMENT =~ /-build-times$/")
+    assert (builder["name"], builder["query"]) == (
+        "builder",
+        "SHOW MEASUREMENTS WITH MEASUREMENT =~ /-build-times$/",
+    )
     # bound to a data source: no input left to ask for
     bound = load_dashboard("my-influx")
     assert "__inputs" not in bound and "${DS_INFLUXDB}" not in json.dumps(bound)
@@ -227,9 +239,9 @@ def test_variables_list_the_builders_and_data_series_of_the_summary(stored: Any,
     assert variables["builder"] == sorted(b.builder for b in summary.builders) == sorted(BUILDERS)
     # data series: the summary's except those with panels of their own, plus property series
     # (the summary tells those by their fields, a variable cannot)
-    assert set(variables["data"]) == {s.series for s in summary.series if not s.series.endswith(OWN_PANELS)} | {
-        f"{b}-workername" for b in BUILDERS
-    }
+    assert set(variables["data"]) == {
+        s.series for s in summary.series if not s.series.endswith(OWN_PANELS)
+    } | {f"{b}-workername" for b in BUILDERS}
 
 
 def test_builders_table_equals_summary(stored: Any, dashboard_run: Any) -> None:
@@ -245,7 +257,9 @@ def test_builders_table_equals_summary(stored: Any, dashboard_run: Any) -> None:
         assert row["success rate"] == pytest.approx(b.success_rate)
 
 
-def test_duration_and_success_rate_over_time_equal_summary_per_interval(stored: Any, dashboard_run: Any) -> None:
+def test_duration_and_success_rate_over_time_equal_summary_per_interval(
+    stored: Any, dashboard_run: Any
+) -> None:
     _, _, _, points = stored
     panels = dashboard_run["panels"]
     durations = {(r["builder_name"], r["time"]): r for r in panels["Build duration p50 / p95"]["A"]}
@@ -295,7 +309,10 @@ def test_queue_time_steps_and_tests(stored: Any, dashboard_run: Any) -> None:
     steps: dict[tuple[str, str], list[float]] = defaultdict(list)
     for p in of_suffix(points, "-step-times"):
         steps[(p.tags["builder_name"], p.tags["step_name"])].append(p.fields["duration"])
-    got_s = {(r["builder_name"], r["step_name"]): (r["max"], r["mean"], r["runs"]) for r in panels["Slowest steps"]["A"]}
+    got_s = {
+        (r["builder_name"], r["step_name"]): (r["max"], r["mean"], r["runs"])
+        for r in panels["Slowest steps"]["A"]
+    }
     assert got_s == pytest.approx({k: (max(v), sum(v) / len(v), len(v)) for k, v in steps.items()})
     # tests passed / failed per interval
     expected_t: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
@@ -304,7 +321,10 @@ def test_queue_time_steps_and_tests(stored: Any, dashboard_run: Any) -> None:
             sums = expected_t[(p.tags["builder_name"], start)]
             sums[0] += p.fields["tests_passed"]
             sums[1] += p.fields["tests_failed"]
-    got_t = {(r["builder_name"], r["time"]): [r["passed"], r["failed"]] for r in panels["Tests passed / failed"]["A"]}
+    got_t = {
+        (r["builder_name"], r["time"]): [r["passed"], r["failed"]]
+        for r in panels["Tests passed / failed"]["A"]
+    }
     assert got_t == dict(expected_t)
 
 

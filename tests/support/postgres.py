@@ -114,7 +114,9 @@ class PostgresServer:
             self._cmd(name, *args), capture_output=True, text=True, timeout=timeout, cwd=self._dir
         )
         if proc.returncode != 0:
-            raise RuntimeError(f"{name} failed ({proc.returncode}): {proc.stdout}{proc.stderr}{self.log_tail()}")
+            raise RuntimeError(
+                f"{name} failed ({proc.returncode}): {proc.stdout}{proc.stderr}{self.log_tail()}"
+            )
         return proc
 
     def start(self, timeout: float = 60) -> PostgresServer:
@@ -180,4 +182,3 @@ class PostgresServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
