@@ -193,11 +193,12 @@ def _selection_key(args: argparse.Namespace) -> dict[str, Any]:
 
 
 class StateFile:
-    """``stats-backfill.json``: per service, the selection, and per backend its target and last build id done.
+    """``stats-backfill.json``: per service and selection, each backend's target and last build id done.
 
     A backend is known by its key (its name) and its ``repr`` (which names
     where it writes, never a password): pointing a backend elsewhere starts
-    that backend over.
+    that backend over.  Each selection (``--since``/``--until``/``--builder``)
+    has its own progress.
     """
 
     def __init__(self, path: str) -> None:
@@ -217,18 +218,14 @@ class StateFile:
         ):
             self.data = data
 
-    def _entry(self, service: str, selection: dict[str, Any]) -> dict[str, Any]:
-        entry = self.data["services"].get(service)
-        if not isinstance(entry, dict) or entry.get("selection") != selection:
-            entry = self.data["services"][service] = {"selection": selection, "backends": {}}
-        return entry
+    @staticmethod
+    def _selection(selection: dict[str, Any]) -> str:
+        return json.dumps(selection, sort_keys=True)
 
     def last_done(self, service: str, selection: dict[str, Any], backend: str, target: str) -> int:
         """The last build id done for this backend (0: none)."""
-        entry = self.data["services"].get(service)
-        if not isinstance(entry, dict) or entry.get("selection") != selection:
-            return 0
-        done = entry.get("backends", {}).get(backend)
+        runs = self.data["services"].get(service)
+        done = runs.get(self._selection(selection), {}).get(backend) if isinstance(runs, dict) else None
         if not isinstance(done, dict) or done.get("target") != target:
             return 0
         return int(done.get("last_buildid", 0))
@@ -236,8 +233,9 @@ class StateFile:
     def record(
         self, service: str, selection: dict[str, Any], backend: str, target: str, last_buildid: int
     ) -> None:
-        backends = self._entry(service, selection)["backends"]
         before = self.last_done(service, selection, backend, target)
+        runs = self.data["services"].setdefault(service, {})
+        backends = runs.setdefault(self._selection(selection), {})
         backends[backend] = {"target": target, "last_buildid": max(before, last_buildid)}
 
     def save(self) -> None:
@@ -346,6 +344,8 @@ class Backfill:
         self._builder_names: dict[int, str] = {}
         self._current_builder = "?"
         self.progress: Progress | None = None
+        #: the lowest id of a build in the selection that had not finished when the builds were listed
+        self.first_running: int | None = None
         #: while the database is opened its errors are logged by Buildbot too: one line is enough
         self.quiet_errors = False
 
@@ -466,11 +466,20 @@ class Backfill:
         if builderids is not None:
             q = q.where(builds.c.builderid.in_(builderids))
         q = q.order_by(builds.c.id)
+        # a build still running has a lower id than builds finished after it
+        running = sa.select(sa.func.min(builds.c.id)).where(
+            builds.c.complete_at.is_(None), builds.c.id > after
+        )
+        if builderids is not None:
+            running = running.where(builds.c.builderid.in_(builderids))
 
-        def thd(conn: Any) -> list[int]:
-            return [int(row[0]) for row in conn.execute(q)]
+        def thd(conn: Any) -> tuple[list[int], int | None]:
+            first_running = conn.execute(running).scalar()
+            return [int(row[0]) for row in conn.execute(q)], first_running
 
-        return await self.master.db.pool.do(thd)
+        ids, first_running = await self.master.db.pool.do(thd)
+        self.first_running = None if first_running is None else int(first_running)
+        return ids
 
     async def builder_name(self, builderid: int) -> str:
         name = self._builder_names.get(builderid)
@@ -578,7 +587,6 @@ class Backfill:
                 done += 1
                 since_checkpoint += 1
                 last_done_id = buildid
-                self.progress.update(done)
                 now = time.monotonic()
                 if not self.args.dry_run and (
                     since_checkpoint >= CHUNK_BUILDS or now - last_checkpoint >= CHECKPOINT_SECONDS
@@ -591,6 +599,7 @@ class Backfill:
                 ahead = start + done * interval - time.monotonic()
                 if ahead > 0 and not self.stop_requested:
                     await task.deferLater(self.reactor, ahead, lambda: None)
+                self.progress.update(done)
             if not self.args.dry_run and (await self.wait_delivered()):
                 self._checkpoint(state, last_done_id)
             self.progress.finish()
@@ -609,6 +618,9 @@ class Backfill:
             await self.close()
 
     def _checkpoint(self, state: StateFile, last_done_id: int) -> None:
+        if self.first_running is not None:
+            # a rerun must not skip a build that was running: it continues before it
+            last_done_id = min(last_done_id, self.first_running - 1)
         for svc in self.services:
             for key, target in self.backends(svc):
                 state.record(svc.name, self.selection, key, target, last_done_id)

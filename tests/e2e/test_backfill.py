@@ -247,12 +247,13 @@ def dry_run_counts(output: str) -> dict[str, int]:
 
 
 def checkpointed(basedir: Path, db: str) -> bool:
+    """True once backfill saved progress for the InfluxDB backend writing to ``db``."""
     try:
         state = json.loads((basedir / "stats-backfill.json").read_text())
     except (OSError, ValueError):
         return False
-    backend = state["services"].get("StatsService", {}).get("backends", {}).get("influx", {})
-    return f"db={db!r}" in backend.get("target", "")
+    runs = state["services"].get("StatsService", {}).values()
+    return any(f"db={db!r}" in run.get("influx", {}).get("target", "") for run in runs)
 
 
 def check_live_series(live: dict[str, list[dict[str, Any]]]) -> None:

@@ -150,6 +150,37 @@ class ReplayTest(TestReactorMixin, unittest.TestCase):
             yield defer.ensureDeferred(self.backfill(builders=["nope"]).finished_builds(0))
 
     @defer.inlineCallbacks
+    def test_progress_stops_before_a_build_still_running(self) -> Any:
+        # build 3 runs while build 4, started later, has finished: a rerun must come back for 3
+        yield self.master.db.insert_test_data(
+            [
+                fakedb.Buildset(id=4, reason="x"),
+                fakedb.BuildRequest(id=4, buildsetid=4, builderid=2),
+                fakedb.Build(
+                    id=4,
+                    number=2,
+                    masterid=MASTER_ID,
+                    workerid=1,
+                    builderid=2,
+                    buildrequestid=4,
+                    started_at=T0 + 4000,
+                    complete_at=T0 + 4090,
+                    results=0,
+                ),
+            ]  # fmt: skip
+        )
+        b = self.backfill()
+        ids = yield defer.ensureDeferred(b.finished_builds(0))
+        assert (ids, b.first_running) == ([1, 2, 4], 3)
+        svc = StatsService(storage_backends=[], name="stats")
+        svc.registeredStorageServices = [RecordingStorage()]
+        b.services = [svc]
+        state = StateFile(self.mktemp())
+        b._checkpoint(state, 4)
+        target = backend_target(svc.registeredStorageServices[0])
+        assert state.last_done("stats", b.selection, "RecordingStorage", target) == 2
+
+    @defer.inlineCallbacks
     def run_service(self, dry_run: bool) -> Any:
         backend = RecordingStorage(
             captures=[
