@@ -32,6 +32,7 @@ import pytest
 import sqlalchemy
 import sqlalchemy.pool
 
+from buildbot_stats import statistics
 from buildbot_stats.cli.master_process import RealMaster, free_port, make_master_cfg
 from buildbot_stats.storage_backends.sqlite import open_store
 from tests.support.influxd import InfluxServer, require_influxd
@@ -50,6 +51,7 @@ from buildbot.process.results import FAILURE, SUCCESS
 from buildbot_stats import statistics
 
 TARGET = os.environ.get('BBS_TARGET', 'a')
+NEW_CAPTURES = @NEW_CAPTURES@
 
 
 class RunTests(statistics.StatsStepMixin, buildstep.BuildStep):
@@ -100,6 +102,14 @@ class TestSetCompleted(statistics.Capture):
         return defer.ensureDeferred(self._consume(msg))
 """
 
+NEW_CAPTURES = (
+    "CaptureStepDurationAllBuilders",
+    "CaptureBuildQueueTimeAllBuilders",
+    "CaptureTestResultsAllBuilders",
+)
+HAS_NEW_CAPTURES = all(hasattr(statistics, name) for name in NEW_CAPTURES)
+HEADER = HEADER.replace("@NEW_CAPTURES@", repr(NEW_CAPTURES))
+
 STEPS = "[steps.ShellCommand(command=['true']), RunTests()]"
 
 SERVICES = """
@@ -113,6 +123,9 @@ captures = [
     statistics.CaptureDataAllBuilders('timings'),
     StepFinished(),
     TestSetCompleted(),
+] + [
+    # the step, queue-time and test-result captures, where this version has them
+    getattr(statistics, name)() for name in NEW_CAPTURES if hasattr(statistics, name)
 ]
 c['services'].append(
     statistics.StatsService(
@@ -258,17 +271,28 @@ def checkpointed(basedir: Path, db: str) -> bool:
 
 def check_live_series(live: dict[str, list[dict[str, Any]]]) -> None:
     """The live run captured what the test expects, so that A == B means something."""
-    assert set(live) == {
-        "b1-build-times",
-        "b2-build-times",
-        "b1-build-results",
-        "b2-build-results",
-        "b1-test_count",
-        "b1-workername",
-        "b2-workername",
-        "user-step-times",
-        "user-test-sets",
-    }
+    new: set[str] = set()
+    if HAS_NEW_CAPTURES:
+        new = {f"{b}-{s}" for b in BUILDERS for s in ("step-times", "test-results")}
+    assert (
+        set(live)
+        == {
+            "b1-build-times",
+            "b2-build-times",
+            "b1-build-results",
+            "b2-build-results",
+            "b1-test_count",
+            "b1-workername",
+            "b2-workername",
+            "user-step-times",
+            "user-test-sets",
+        }
+        | new
+    )
+    if HAS_NEW_CAPTURES:
+        assert sum(len(live[f"{b}-step-times"]) for b in BUILDERS) == CHANGES * len(BUILDERS) * 3
+        assert sum(len(live[f"{b}-test-results"]) for b in BUILDERS) == CHANGES * len(BUILDERS)
+        assert all(r["queue-time"] is not None for b in BUILDERS for r in live[f"{b}-build-times"])
     assert len(live["b1-build-times"]) == len(live["b2-build-times"]) == CHANGES
     # worker_preparation, the shell command, run-tests
     assert len(live["user-step-times"]) == CHANGES * len(BUILDERS) * 3
