@@ -356,6 +356,8 @@ class Backfill:
         from buildbot.db import exceptions as db_exceptions
         from buildbot.master import BuildMaster
 
+        # never started: no master row, no masterid (so a cluster's master filter
+        # takes every build as local), its MQ replaced below, only the data API's getters used
         master = BuildMaster(self.basedir, reactor=self.reactor)
         master.config = master_cfg
         db_config = await master.get_db_config(master_cfg)

@@ -17,6 +17,7 @@ would (in master.cfg) on the step ``finished`` and test result set
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -193,8 +194,13 @@ class PostgresMaster(RealMaster):
         self._engine.dispose()
 
 
-def run_master(tmp_path: Path, influx: InfluxServer, db_url: str) -> RealMaster:
-    """A master that ran CHANGES builds per builder with the service writing live to target A; stopped."""
+def run_master(
+    tmp_path: Path, influx: InfluxServer, db_url: str
+) -> tuple[RealMaster, subprocess.CompletedProcess[str]]:
+    """A master that ran CHANGES builds per builder with the service writing live to target A; stopped.
+
+    Before it stops, ``backfill`` into target D runs beside it (its result is returned).
+    """
     cfg = make_master_cfg(
         {b: STEPS for b in BUILDERS},
         pb_port=free_port(),
@@ -210,10 +216,18 @@ def run_master(tmp_path: Path, influx: InfluxServer, db_url: str) -> RealMaster:
     m.start()
     m.sendchange(CHANGES)
     m.wait_for_builds(CHANGES * len(BUILDERS))
+    beside = backfill(m.basedir, "d")
+    assert m.is_running()
     # the live points are written once the service flushed at stop
     m.stop()
     assert m.tracebacks() == []
-    return m
+    return m, beside
+
+
+def master_db_digest(basedir: Path) -> str | None:
+    """SHA-256 of the master's SQLite database file (None on PostgreSQL)."""
+    path = basedir / "state.sqlite"
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
 def backfill(basedir: Path, target: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -304,7 +318,7 @@ def check_live_series(live: dict[str, list[dict[str, Any]]]) -> None:
 
 
 def backfill_scenario(tmp_path: Path, influx: InfluxServer, db_url: str) -> None:
-    m = run_master(tmp_path, influx, db_url)
+    m, beside = run_master(tmp_path, influx, db_url)
     basedir = m.basedir
     # the master really ran on the database given (no SQLite file when on PostgreSQL)
     assert (basedir / "state.sqlite").exists() == (db_url == SQLITE_URL)
@@ -313,6 +327,11 @@ def backfill_scenario(tmp_path: Path, influx: InfluxServer, db_url: str) -> None
     check_live_series(live)
     assert len(live_store) == sum(len(rows) for rows in live.values())
 
+    # backfill while the master ran: the same points
+    assert beside.returncode == 0, beside.stderr
+    assert influx_state(influx, "d") == live
+    assert store_state(basedir, "d") == live_store
+
     # --dry-run: counts, writes nothing
     dry = backfill(basedir, "b", "--dry-run")
     assert dry.returncode == 0, dry.stderr
@@ -320,9 +339,11 @@ def backfill_scenario(tmp_path: Path, influx: InfluxServer, db_url: str) -> None
     assert influx_state(influx, "b") == {}
     assert store_state(basedir, "b") == []
 
-    # the real run: B equals A, field for field
+    # the real run: B equals A, field for field; the master's database is only read
+    before = master_db_digest(basedir)
     done = backfill(basedir, "b", "--rate", "100")
     assert done.returncode == 0, done.stderr
+    assert master_db_digest(basedir) == before
     assert influx_state(influx, "b") == live
     assert store_state(basedir, "b") == live_store
     assert written(done.stdout) == dry_run_counts(dry.stdout)
