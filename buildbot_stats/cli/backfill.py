@@ -352,7 +352,6 @@ class Backfill:
     # -- setting up --------------------------------------------------------------
 
     async def open_database(self, master_cfg: Any) -> None:
-        from buildbot import util
         from buildbot.db import exceptions as db_exceptions
         from buildbot.master import BuildMaster
 
@@ -360,9 +359,12 @@ class Backfill:
         # takes every build as local), its MQ replaced below, only the data API's getters used
         master = BuildMaster(self.basedir, reactor=self.reactor)
         master.config = master_cfg
-        db_config = await master.get_db_config(master_cfg)
-        url = db_config.db_url
-        shown = util.stripUrlPassword(url)
+        try:
+            db_config = await master.get_db_config(master_cfg)
+        except Exception as e:  # e.g. a db_url rendered from a secret this tool cannot reach
+            raise BackfillError(f"cannot work out the database URL of master.cfg: {e}") from None
+        url = str(db_config.db_url)
+        shown = _shown_url(url)
         self._check_sqlite_file(url, shown)
         self.quiet_errors = True
         try:
@@ -671,6 +673,16 @@ class Backfill:
                 self.err.write(f"buildbot-stats: stopping {svc.name}: {e}\n")
         if self.master is not None and getattr(self.master.db, "pool", None) is not None:
             await self.master.db.pool.stop()
+
+
+def _shown_url(url: str) -> str:
+    """The database URL without its password."""
+    try:
+        from sqlalchemy.engine.url import make_url
+
+        return str(make_url(url).render_as_string(hide_password=True))
+    except Exception:
+        return "<the db_url of master.cfg>"
 
 
 def _one_line(e: BaseException, url: str) -> str:
