@@ -13,6 +13,9 @@ import argparse
 import datetime
 import io
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +106,11 @@ class ReplayTest(TestReactorMixin, unittest.TestCase):
         yield self.master.db.insert_test_data(rows)
         self.out, self.err = io.StringIO(), io.StringIO()
 
+    def tmpdir(self) -> str:
+        path = tempfile.mkdtemp(prefix="bbstats-backfill-")
+        self.addCleanup(shutil.rmtree, path, True)
+        return path
+
     def backfill(self, **kw: Any) -> Backfill:
         b = Backfill(args(**kw), self.reactor, self.out, self.err)
         b.master = self.master
@@ -175,7 +183,7 @@ class ReplayTest(TestReactorMixin, unittest.TestCase):
         svc = StatsService(storage_backends=[], name="stats")
         svc.registeredStorageServices = [RecordingStorage()]
         b.services = [svc]
-        state = StateFile(self.mktemp())
+        state = StateFile(os.path.join(self.tmpdir(), "stats-backfill.json"))
         b._checkpoint(state, 4)
         target = backend_target(svc.registeredStorageServices[0])
         assert state.last_done("stats", b.selection, "RecordingStorage", target) == 2
