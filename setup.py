@@ -26,6 +26,8 @@ setup(
     long_description_content_type="text/x-rst",
     license="GPL-2.0-only",
     packages=find_packages(include=["buildbot_stats", "buildbot_stats.*"]),
+    # the Grafana dashboard printed by `buildbot-stats dashboard`
+    package_data={"buildbot_stats.cli": ["dashboards/*.json"]},
     python_requires=">=3.9",
     install_requires=[
         "twisted",

@@ -1,4 +1,4 @@
-"""The ``buildbot-stats`` command: ``summary`` of a store, and ``demo``.
+"""The ``buildbot-stats`` command: ``summary`` of a store, ``demo``, ``backfill`` and ``dashboard``.
 
 Every error a person can cause (a missing or foreign file, an unwritable
 output) prints one line ``buildbot-stats: error: ...`` and exits with 2.
@@ -82,6 +82,30 @@ def build_parser() -> argparse.ArgumentParser:
         type=_port,
         metavar="PORT",
         help="the master's PB port on 127.0.0.1 (default: a free one)",
+    )
+    backfill = commands.add_parser(
+        "backfill",
+        help="write the statistics of builds that finished before the plugin was configured",
+        description="Replay every finished build in the master's database through the captures of the "
+        "StatsService in its master.cfg, into its backends: the points live capture would have written "
+        "(values posted with yieldMetricsValue are not in the database and are not backfilled). "
+        "Read-only on the master's database; safe while the master runs.",
+    )
+    from buildbot_stats.cli.backfill import add_arguments
+
+    add_arguments(backfill)
+
+    dashboard = commands.add_parser(
+        "dashboard",
+        help="print a Grafana dashboard (JSON) for the InfluxDB backend",
+        description="Print the Grafana dashboard for statistics stored in InfluxDB 1.x (InfluxQL), "
+        "ready for Grafana's import or for a provisioning directory.",
+    )
+    dashboard.add_argument(
+        "--datasource-uid",
+        metavar="UID",
+        help="the uid of the InfluxDB data source to use "
+        "(default: a ${DS_INFLUXDB} input that Grafana asks for at import)",
     )
     return parser
 
@@ -182,6 +206,25 @@ def _demo(args: argparse.Namespace) -> int:
     return int(result or 0)
 
 
+def _backfill(args: argparse.Namespace) -> int:
+    from buildbot_stats.cli.backfill import BackfillError, BackfillInterrupted, run_backfill
+
+    try:
+        return run_backfill(args)
+    except BackfillError as e:
+        return _error(str(e))
+    except BackfillInterrupted as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 130
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from buildbot_stats.cli.dashboard import dashboard_json
+
+    sys.stdout.write(dashboard_json(args.datasource_uid))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     parser = build_parser()
@@ -197,6 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _summary(args)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "backfill":
+            return _backfill(args)
+        if args.command == "dashboard":
+            return _dashboard(args)
         parser.print_help(sys.stderr)
         return 2
     except KeyboardInterrupt:
