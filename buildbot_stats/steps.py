@@ -18,7 +18,10 @@ __all__ = ["StatsStepMixin", "get_stats_service"]
 def get_stats_service(master: Any, name: str | None = None) -> Any:
     """Return the running StatsService (the one called ``name``, if given).
 
-    Raises :class:`LookupError` with a clear message when there is none.
+    With several services and no ``name``, the first one: a posted value is an
+    MQ message that the ``CaptureData`` captures of every service receive,
+    whichever service posted it (as with ``buildbot.statistics``).  Raises
+    :class:`LookupError` with a clear message when there is none.
     """
     from buildbot_stats.stats_service import StatsService
 
@@ -33,15 +36,14 @@ def get_stats_service(master: Any, name: str | None = None) -> Any:
     if not found:
         what = f"named {name!r}" if name else "configured"
         raise LookupError(f"no buildbot_stats StatsService {what} on this master")
-    if len(found) > 1 and name is None:
-        raise LookupError("several StatsServices are configured: pass the name of the one to use")
     return found[0]
 
 
 class StatsStepMixin:
     """Mix into a BuildStep to post values: ``await self.yieldMetricsValue(name, data)``.
 
-    ``stats_service_name`` picks a service when several are configured.
+    ``stats_service_name`` names the service that posts (any service will do:
+    the captures of every service receive the value; see :func:`get_stats_service`).
     """
 
     stats_service_name: str | None = None

@@ -226,3 +226,20 @@ class CountersTests(StatsTestCase):
             {"captured": 2, "spooled": 0, "written": 2, "retried": 0, "dropped": 0, "pending": 0},
         )
         self.assertEqual(len(backend.points), 2)
+
+    @defer.inlineCallbacks
+    def test_step_mixin_without_a_name_works_beside_a_second_service(self):
+        # a posted value is an MQ message every service's CaptureData receives,
+        # so a second service must not break steps that name none
+        second = StatsService(storage_backends=[], name="stats2", spool_path=None)
+        yield second.setServiceParent(self.master)
+        yield self.add_build()
+
+        class Step(StatsStepMixin):
+            master = self.master
+            build = mock.Mock(buildid=1)
+
+        yield Step().yieldMetricsValue("metric", {"x": 1})
+        self.assertEqual([m["post_data"] for _, m in self.master.mq.productions], [{"x": 1}])
+        self.assertIn(get_stats_service(self.master), (self.stats, second))
+        yield second.disownServiceParent()
