@@ -35,15 +35,13 @@ import json
 import os
 import pickle
 import sqlite3
-import stat
 import time
-import urllib.parse
 from collections.abc import Iterable
 from typing import Any, Protocol, runtime_checkable
 
 from buildbot_stats.point import Point, is_flat_plain, to_plain
 from buildbot_stats.spool_lock import SpoolLock
-from buildbot_stats.sqlite_wal import connect_wal
+from buildbot_stats.sqlite_wal import SQLITE_MAGIC, connect_wal, existing_sqlite_file, other_tables
 
 __all__ = [
     "ForeignSpoolFileError",
@@ -85,7 +83,6 @@ _CREATE_VIEW = (
 )
 _INSERT = f"INSERT OR REPLACE INTO {_TABLE} (queue_key, id, last_id, ids, points) VALUES (?,?,?,?,?)"
 _PICKLE_PROTOCOL = 5  # readable by Python >= 3.8
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 #: ``PRAGMA application_id`` of a spool file ("bbst"), in the file's header: it marks
 #: the file as ours even when the rest of it is damaged.
 APPLICATION_ID = 0x62627374
@@ -402,35 +399,13 @@ def foreign_file_problem(path: str) -> str | None:
     damaged file without the mark -- is somebody else's and is never touched.
     Reads at most the header and, read-only, the table names.
     """
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        return f"cannot be read ({e.strerror})"
-    if not stat.S_ISREG(st.st_mode):
-        return "is not a regular file"
-    if st.st_size == 0:
-        return None
-    try:
-        with open(path, "rb") as f:
-            header = f.read(100)
-    except OSError as e:
-        return f"cannot be read ({e.strerror})"
-    if not header.startswith(_SQLITE_MAGIC):
-        return "is not an SQLite file"
+    problem, header, tables = existing_sqlite_file(path)
+    if problem is not None:
+        if len(header) >= 72 and int.from_bytes(header[68:72], "big") == APPLICATION_ID:
+            return None  # ours, damaged: it may be set aside
+        return problem + (" and has no spool mark" if header.startswith(SQLITE_MAGIC) else "")
     if len(header) >= 72 and int.from_bytes(header[68:72], "big") == APPLICATION_ID:
         return None
-    try:
-        uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
-        db = sqlite3.connect(uri, uri=True, timeout=5)
-        try:
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        finally:
-            db.close()
-    except sqlite3.Error as e:
-        return f"is an SQLite file that cannot be read ({e}) and has no spool mark"
     if not tables or _TABLE in tables:
         return None
-    shown = ", ".join(sorted(tables)[:3]) + (", ..." if len(tables) > 3 else "")
-    return f"is an SQLite database with other tables ({shown})"
+    return other_tables(tables)

@@ -13,7 +13,6 @@ The camelCase names (``registerConsumers``, ``removeConsumers``,
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ from twisted.python import log
 
 from buildbot_stats.burst_log import BurstLog
 from buildbot_stats.capture import YIELD_DATA, Capture
+from buildbot_stats.config_paths import loading_basedir, resolve
 from buildbot_stats.errors import CaptureCallbackError, StorageBackendTypeError
 from buildbot_stats.lookups import BuildLookups
 from buildbot_stats.multimaster import MasterFilter, with_datetimes
@@ -33,6 +33,7 @@ from buildbot_stats.queues import QueueSet, backend_name
 from buildbot_stats.spool import ForeignSpoolFileError, foreign_file_problem
 from buildbot_stats.spool_thread import open_spool, spool_file
 from buildbot_stats.storage_backends.base import is_storage_backend, start_backends, stop_backends
+from buildbot_stats.storage_backends.sqlite import SQLiteStorageService
 
 __all__ = ["DEFAULT_SPOOL_PATH", "StatsService"]
 
@@ -98,7 +99,9 @@ class StatsService(service.BuildbotService):
             self._check_captures(name, getattr(backend, "captures", None))
         for message in ServiceOptions.problems(options):
             config.error(f"StatsService: {message}")
-        self._check_spool_path(options.get("spool_path", DEFAULT_SPOOL_PATH))
+        spool_path = options.get("spool_path", DEFAULT_SPOOL_PATH)
+        self._check_spool_path(spool_path)
+        self._check_store_paths(storage_backends, spool_path)
 
     @staticmethod
     def _check_captures(name: str, captures: Any) -> None:
@@ -122,13 +125,33 @@ class StatsService(service.BuildbotService):
         """An existing file at ``spool_path`` must be a spool of ours (see ``foreign_file_problem``)."""
         if not isinstance(spool_path, str) or not spool_path.strip():
             return  # reported by ServiceOptions.problems
-        path = spool_file(spool_path, _loading_basedir())
+        path = spool_file(spool_path, loading_basedir())
         problem = foreign_file_problem(path) if path is not None else None
         if problem is not None:
             config.error(
                 f"StatsService: spool_path {spool_path!r}: {path} is not a buildbot_stats spool: it "
                 f"{problem}; it is left untouched (choose another spool_path)"
             )
+
+    @staticmethod
+    def _check_store_paths(backends: Sequence[Any], spool_path: Any) -> None:
+        """The spool and an SQLite store in one file would each refuse the other's tables."""
+        if not isinstance(spool_path, str) or not spool_path.strip():
+            return
+        basedir = loading_basedir() or os.getcwd()
+        spool = spool_file(spool_path, basedir)
+        for backend in backends:
+            if isinstance(backend, SQLiteStorageService) and backend.path:
+                store = resolve(backend.path, basedir)
+                if (
+                    spool is not None
+                    and store is not None
+                    and os.path.abspath(store) == os.path.abspath(spool)
+                ):
+                    config.error(
+                        f"StatsService: backend {backend.name!r} writes its store into the spool file "
+                        f"{spool_path!r}; give the store (or spool_path) another file"
+                    )
 
     @defer.inlineCallbacks
     def reconfigService(self, storage_backends: Sequence[Any] = (), **options: Any) -> Any:  # type: ignore[override]
@@ -372,19 +395,3 @@ class StatsService(service.BuildbotService):
         build_data = yield self.lookups.build(buildid)
         for post_data in post_data_list:
             self._produce(data_name, post_data, build_data)
-
-
-def _loading_basedir() -> str | None:
-    """The basedir of the master.cfg being loaded (``buildbot checkconfig`` or a start).
-
-    Buildbot's config loader knows it but does not pass it to services, and a
-    relative ``spool_path`` is relative to it; called from anywhere else: None.
-    """
-    frame = sys._getframe(1)
-    while frame is not None:
-        code = frame.f_code
-        if code.co_name == "loadConfigDict" and frame.f_globals.get("__name__") == "buildbot.config.master":
-            basedir = frame.f_locals.get("basedir")
-            return os.path.expanduser(basedir) if isinstance(basedir, str) else None
-        frame = frame.f_back  # type: ignore[assignment]
-    return None

@@ -45,9 +45,10 @@ from urllib.parse import quote
 from buildbot import config
 from twisted.python import log
 
+from buildbot_stats.config_paths import loading_basedir, resolve
 from buildbot_stats.errors import RefusedWriteError
 from buildbot_stats.point import Clock, Point, PointProblem, from_json_value, to_json_value
-from buildbot_stats.sqlite_wal import connect_wal
+from buildbot_stats.sqlite_wal import connect_wal, existing_sqlite_file, other_tables
 from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
 
 __all__ = [
@@ -140,6 +141,13 @@ class SQLiteStorageService(StatsStorageBase):
             return
         self.path = path
         self._inited = True
+        full = resolve(path, loading_basedir())
+        problem = foreign_store_problem(full) if full is not None else None
+        if problem is not None:
+            config.error(
+                f"{self.name}: {full} is not a buildbot_stats store: it {problem}; it is left "
+                "untouched (choose another path)"
+            )
 
     def __repr__(self) -> str:
         return f"<SQLiteStorageService {self.name!r} {self.path!r}>"
@@ -229,6 +237,21 @@ class SQLiteStorageService(StatsStorageBase):
 
 
 # -- reader ------------------------------------------------------------------
+
+
+def foreign_store_problem(path: str) -> str | None:
+    """Why the file at ``path`` must not be written as a store, or None if it may be.
+
+    A store is written into a file that does not exist yet, an empty file or
+    SQLite database, or a store of ours; anything else (Buildbot's
+    ``state.sqlite``, the spool, ``master.cfg``) is somebody else's.
+    """
+    problem, _, tables = existing_sqlite_file(path)
+    if problem is not None:
+        return problem
+    if not tables or "meta" in tables and "points" in tables:
+        return None
+    return other_tables(tables)
 
 
 def _read_meta(db: sqlite3.Connection) -> dict[str, str]:

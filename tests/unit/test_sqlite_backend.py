@@ -382,12 +382,13 @@ def test_pathlike_is_accepted(tmp_path):
 
 
 def test_refuses_a_foreign_database(tmp_path):
+    # made after the config was checked (checkconfig refuses an existing one: test_sqlite_store_path)
     foreign = tmp_path / "state.sqlite"
+    b = SQLiteStorageService(str(foreign), [])
     db = sqlite3.connect(foreign)
     db.execute("CREATE TABLE builds (id INTEGER)")
     db.commit()
     db.close()
-    b = SQLiteStorageService(str(foreign), [])
     with pytest.raises(RefusedWriteError, match="not a buildbot_stats store"):
         b.thd_postStatsValues([Point("s", {"a": 1}, {}, T0)])
     db = sqlite3.connect(foreign)
@@ -397,8 +398,8 @@ def test_refuses_a_foreign_database(tmp_path):
 
 def test_refuses_a_text_file(tmp_path):
     text = tmp_path / "notes.txt"
-    text.write_text("hello\n" * 200)
     b = SQLiteStorageService(str(text), [])
+    text.write_text("hello\n" * 200)
     with pytest.raises(RefusedWriteError, match="not usable"):
         b.thd_postStatsValues([Point("s", {"a": 1}, {}, T0)])
     assert text.read_text() == "hello\n" * 200
