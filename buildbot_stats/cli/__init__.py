@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from buildbot_stats.cli import argtypes
+
 PROG = "buildbot-stats"
 
 __all__ = ["build_parser", "main"]
@@ -50,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     summary.add_argument(
         "--steps",
-        type=_count,
+        type=argtypes.count,
         default=10,
         metavar="N",
         help="the table shows the N slowest steps (by p95; default 10, 0 for all); JSON and HTML have all",
@@ -64,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         "print the summary, and stop every process it started.",
     )
     demo.add_argument(
-        "--builds", type=_positive_int, default=10, metavar="N", help="builds to run (default 10)"
+        "--builds", type=argtypes.positive_int, default=10, metavar="N", help="builds to run (default 10)"
     )
     demo.add_argument(
         "--dir",
@@ -79,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--port",
-        type=_port,
+        type=argtypes.port,
         metavar="PORT",
         help="the master's PB port on 127.0.0.1 (default: a free one)",
     )
@@ -108,36 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: a ${DS_INFLUXDB} input that Grafana asks for at import)",
     )
     return parser
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"not a port number (1-65535): {value}")
-    return value
 
 
 def _error(message: str) -> int:

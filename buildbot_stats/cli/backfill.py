@@ -44,6 +44,8 @@ from typing import IO, Any
 from buildbot.mq.simple import SimpleMQ
 from twisted.internet import defer, task
 
+from buildbot_stats.cli import argtypes
+
 __all__ = [
     "DEFAULT_RATE",
     "STATE_FILE",
@@ -87,16 +89,6 @@ def parse_date(text: str) -> datetime.datetime:
     return value
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number above 0, not {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``buildbot-stats backfill``."""
     parser.add_argument("basedir", metavar="MASTER_DIR", help="the master's directory (holding master.cfg)")
@@ -120,7 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--rate",
-        type=_positive_float,
+        type=argtypes.positive_float,
         default=DEFAULT_RATE,
         metavar="BUILDS_PER_SEC",
         help=f"replay at most this many builds per second (default {DEFAULT_RATE:g})",
