@@ -36,6 +36,7 @@ _FIELD_IN_ERROR = re.compile(
     r'input field "(?P<field>.*)" on measurement "(?P<series>.*)" is (?:type|invalid)'
 )
 _DROPPED = re.compile(r"dropped=(\d+)")
+_ENCODING = "influx-lp/"  # + precision: line protocol made by thd_encode
 
 
 class InfluxStorageService(StatsStorageBase):
@@ -119,9 +120,31 @@ class InfluxStorageService(StatsStorageBase):
         """Write a batch in one request; raise a classified error on failure."""
         body, problems, skipped = encode_points(points, self.time_precision)
         report = WriteReport(problems=problems, rejected_points=skipped)
-        if not body:
-            return report
-        params = {"db": self.db, "precision": self.time_precision}
+        if body:
+            self._post_body(body.encode("utf-8"), self.time_precision, report, len(points) - skipped)
+        return report
+
+    def thd_encode(self, points: list[Point]) -> tuple[str, bytes, WriteReport]:
+        """Encode points once, for the spool: ``(encoding, line protocol, report)``.
+
+        The delivery queue keeps these bytes for every attempt and hands them
+        to :meth:`thd_post_encoded`; the encoding names the precision, so a
+        reconfig that changes it does not misread points already spooled.
+        """
+        body, problems, skipped = encode_points(points, self.time_precision)
+        return f"{_ENCODING}{self.time_precision}", body.encode("utf-8"), WriteReport(problems, skipped)
+
+    def thd_post_encoded(self, data: bytes, encoding: str) -> WriteReport:
+        """Write line protocol made by :meth:`thd_encode` (one point per line)."""
+        if not encoding.startswith(_ENCODING) or encoding[len(_ENCODING) :] not in PRECISIONS:
+            raise ValueError(f"cannot write points encoded as {encoding!r}")
+        report = WriteReport()
+        if data:
+            self._post_body(data, encoding[len(_ENCODING) :], report, data.count(b"\n") + 1)
+        return report
+
+    def _post_body(self, body: bytes, precision: str, report: WriteReport, sent: int) -> None:
+        params = {"db": self.db, "precision": precision}
         if self.retention_policy:
             params["rp"] = self.retention_policy
         try:
@@ -129,17 +152,16 @@ class InfluxStorageService(StatsStorageBase):
                 "write",
                 "POST",
                 params=params,
-                data=body.encode("utf-8"),
+                data=body,
                 expected_response_code=204,
                 headers={"Content-Type": "application/octet-stream"},
             )
         except InfluxDBServerError as e:
             raise TransientWriteError(f"InfluxDB server error: {_text(e.args[0] if e.args else e)}") from None
         except InfluxDBClientError as e:
-            self._classify_client_error(e, report, len(points) - skipped)
+            self._classify_client_error(e, report, sent)
         except requests.exceptions.RequestException as e:
             raise TransientWriteError(f"cannot reach InfluxDB at {self._where}: {type(e).__name__}") from None
-        return report
 
     def _classify_client_error(self, e: Any, report: WriteReport, sent: int) -> None:
         message = _text(e.content)
