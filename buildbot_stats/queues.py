@@ -126,7 +126,8 @@ class QueueSet:
                 )
             else:
                 log.msg(
-                    f"buildbot_stats: the spool {self.spool.path} can be written again; points kept in memory moved to it"
+                    f"buildbot_stats: the spool {self.spool.path} can be written again; "
+                    "the points kept in memory moved to it"
                 )
             self._degraded_logged = degraded
         for key, lost in result.lost.items():
