@@ -286,8 +286,9 @@ class SQLiteSpool:
             if _is_storage_error(e):
                 raise
             self.set_aside = set_aside(self.path, "unreadable")
+            reason = " ".join(str(e).split())  # one log line
             self.notice = (
-                f"the spool {self.path} could not be read ({e}); it was moved to "
+                f"the spool {self.path} could not be read ({reason}); it was moved to "
                 f"{self.set_aside} and a new one started"
             )
             self._db = self._connect()
