@@ -67,6 +67,8 @@ from tests.support.influxd import InfluxServer
 OVERHEAD_GOAL_US = 50.0
 LATENCY_GOAL_S = 2.0
 THROUGHPUT_GOAL = 0.5
+RSS_GOAL_MB = 100.0
+REACTOR_DELAY_GOAL_S = 0.05
 RAW_BATCH = 5000
 BUILDERS = ("bench-1", "bench-2")
 
@@ -324,7 +326,7 @@ def run_pipeline(
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
         check=False,
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -335,10 +337,42 @@ def run_pipeline(
     return result
 
 
+def _rss_mb() -> float:
+    """This process's resident set size, from /proc (MB)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def pipeline_child(spec: dict[str, Any]) -> None:
     """In the child: StatsService.store -> queue -> SQLite spool -> InfluxDB, real reactor."""
     from buildbot.util import service
     from twisted.internet import defer, reactor, task
+
+    class Lateness:
+        """A LoopingCall every 10 ms; its worst delay is how long the reactor was kept busy."""
+
+        def __init__(self) -> None:
+            self.worst = 0.0
+            self.rss_max = 0.0
+            self._expected = 0.0
+            self._call = task.LoopingCall(self._tick)
+
+        def _tick(self) -> None:
+            now = time.perf_counter()
+            if self._expected:
+                self.worst = max(self.worst, now - self._expected)
+            self._expected = now + 0.01
+            self.rss_max = max(self.rss_max, _rss_mb())
+
+        def start(self) -> None:
+            self._call.start(0.01)
+
+        def stop(self) -> None:
+            if self._call.running:
+                self._call.stop()
 
     from buildbot_stats import statistics
 
@@ -362,7 +396,6 @@ def pipeline_child(spec: dict[str, Any]) -> None:
     async def drain() -> None:
         """Backlog drain: a first service spools the points (InfluxDB unreachable), a second sends them."""
         os.makedirs(spec["basedir"], exist_ok=True)
-        items = bench_items(n, chunk)
         capture = statistics.CaptureDataAllBuilders("bench")
         down = statistics.InfluxStorageService(
             "127.0.0.1", spec["closed_port"], "root", "root", spec["db"], captures=[capture], name="influx"
@@ -371,13 +404,31 @@ def pipeline_child(spec: dict[str, Any]) -> None:
         svc = statistics.StatsService(storage_backends=[down], name="stats", flush_timeout=0)
         await svc.setServiceParent(master)
         await master.startService()
+        await task.deferLater(reactor, 0.2, lambda: None)
+        rss_idle = _rss_mb()
+        items = bench_items(n, chunk)
+        spool_cpu0 = time.process_time()
+        spool_t0 = time.perf_counter()
         for start in range(0, n, chunk):
             for series, fields, tags in items[start : start + chunk]:
                 svc.store(capture, fields, series, tags)
             await task.deferLater(reactor, 0, lambda: None)
-        await svc.queues["influx"].wait_spooled()
+        await svc.wait_spooled()
+        spool_seconds = time.perf_counter() - spool_t0
+        spool_cpu = time.process_time() - spool_cpu0
+        del items
+        import gc
+
+        gc.collect()
+        await task.deferLater(reactor, 0.2, lambda: None)
+        rss_pending = _rss_mb()
         spooled = svc.queues["influx"].counters.spooled
+        pending = svc.queues["influx"].pending
         await master.stopService()
+        spool_file = os.path.join(spec["basedir"], "stats-spool.sqlite")
+        spool_bytes = sum(
+            os.path.getsize(spool_file + sfx) for sfx in ("", "-wal") if os.path.exists(spool_file + sfx)
+        )
 
         capture = statistics.CaptureDataAllBuilders("bench")
         up = statistics.InfluxStorageService(
@@ -385,17 +436,22 @@ def pipeline_child(spec: dict[str, Any]) -> None:
         )
         master = BenchMaster(spec["basedir"])
         svc = statistics.StatsService(storage_backends=[up], name="stats")
+        lateness = Lateness()
+        lateness.start()
         cpu0 = time.process_time()
+        reactor_cpu0 = time.thread_time()
         t0 = time.perf_counter()
         await svc.setServiceParent(master)
         await master.startService()
         t_started = time.perf_counter()
         queue = svc.queues["influx"]
-        deadline = t0 + 240
+        deadline = t0 + 600
         while queue.counters.written + queue.counters.dropped < n and time.perf_counter() < deadline:
             await task.deferLater(reactor, 0.005, lambda: None)
         t_written = time.perf_counter()
         cpu = time.process_time() - cpu0
+        reactor_cpu = time.thread_time() - reactor_cpu0
+        lateness.stop()
         counters = queue.counters.as_dict()
         await master.stopService()
         elapsed = t_written - t0
@@ -404,9 +460,19 @@ def pipeline_child(spec: dict[str, Any]) -> None:
                 {
                     "points": n,
                     "spooled_first": spooled,
+                    "pending_first": pending,
+                    "spool_seconds": spool_seconds,
+                    "spool_cpu_us_per_point": spool_cpu / n * 1e6,
+                    "spool_bytes": spool_bytes,
+                    "spool_bytes_per_point": spool_bytes / max(1, n),
+                    "rss_idle_mb": rss_idle,
+                    "rss_pending_mb": rss_pending,
+                    "rss_max_during_drain_mb": lateness.rss_max,
+                    "worst_reactor_delay_seconds": lateness.worst,
                     "seconds": elapsed,
                     "points_per_second": counters["written"] / elapsed,
                     "cpu_us_per_point": cpu / n * 1e6,
+                    "reactor_cpu_us_per_point": reactor_cpu / n * 1e6,
                     "started_after_seconds": t_started - t0,
                     "counters": counters,
                 }
@@ -429,6 +495,7 @@ def pipeline_child(spec: dict[str, Any]) -> None:
         store = svc.store
         feed = 0.0
         cpu0 = time.process_time()
+        reactor_cpu0 = time.thread_time()
         t0 = time.perf_counter()
         for start in range(0, n, chunk):
             f0 = time.perf_counter()
@@ -442,6 +509,7 @@ def pipeline_child(spec: dict[str, Any]) -> None:
             await task.deferLater(reactor, 0.005, lambda: None)
         t_written = time.perf_counter()
         cpu = time.process_time() - cpu0
+        reactor_cpu = time.thread_time() - reactor_cpu0
         counters = queue.counters.as_dict()
         await master.stopService()
         t_stopped = time.perf_counter()
@@ -455,6 +523,7 @@ def pipeline_child(spec: dict[str, Any]) -> None:
                     "feed_seconds": feed,
                     "feed_us_per_point": feed / n * 1e6,
                     "cpu_us_per_point": cpu / n * 1e6,
+                    "reactor_cpu_us_per_point": reactor_cpu / n * 1e6,
                     "fed_after_seconds": t_fed - t0,
                     "stop_seconds": t_stopped - t_written,
                     "counters": counters,

@@ -93,8 +93,12 @@ def _point(record: Record) -> Point:
     _, series, post_data, context, t = record
     return Point(
         series if type(series) is str else str(series),
-        dict(post_data) if isinstance(post_data, dict) else {"value": post_data},
-        dict(context) if context else {},
+        post_data
+        if type(post_data) is dict
+        else dict(post_data)
+        if isinstance(post_data, dict)
+        else {"value": post_data},
+        context if type(context) is dict else dict(context) if context else {},
         t if type(t) is int else to_ns(t),
     )
 

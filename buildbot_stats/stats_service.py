@@ -129,6 +129,12 @@ class StatsService(service.BuildbotService):
             )
         )
 
+    def wait_spooled(self) -> defer.Deferred:
+        """Fires once every value stored so far is in the spool."""
+        if self._queues is None:
+            return defer.succeed(None)
+        return self._queues.wait_spooled()
+
     @property
     def queues(self) -> dict[str, Any]:
         """The delivery queue of each backend, by backend key."""
