@@ -383,6 +383,8 @@ class SQLiteSpool:
     ) -> dict[str, SpoolState]:
         """Append ``segments`` in one transaction, then apply each queue's ``(max points, max bytes)``."""
         db = self._conn()
+        for key in {seg.queue_key for seg in segments}:
+            self._queue(key)  # counted before the insert
         rows = []
         for seg in segments:
             rows.append(
@@ -403,6 +405,10 @@ class SQLiteSpool:
         if table == "mem":
             self._insert(db, "mem", rows)
             self._mem_rows += len(rows)
+        if table == "main":
+            for key in {seg.queue_key for seg in segments}:
+                if self._queue(key).unreleased:
+                    self.thd_release(key, ())
         counted = spooled if table == "main" and self.durable else in_memory
         for seg in segments:
             q = self._queue(seg.queue_key)
@@ -461,6 +467,8 @@ class SQLiteSpool:
                 (key, q.cursor),
             )
             for sid, n, size, encoding in rows:
+                if sid in q.unreleased:
+                    continue  # dropped already; its delete failed and is retried
                 over_points = q.points - max_points
                 over_bytes = q.bytes - max_bytes if max_bytes is not None else 0
                 if over_points <= 0 and over_bytes <= 0:
@@ -494,7 +502,10 @@ class SQLiteSpool:
             if ids:
                 if table == "mem":
                     self._mem_rows -= len(ids)
-                self._execute_storage(db, f"DELETE FROM {table}.{_TABLE} WHERE queue_key = ? AND id = ?", ids)
+                sql = f"DELETE FROM {table}.{_TABLE} WHERE queue_key = ? AND id = ?"
+                if not self._execute_storage(db, sql, ids):
+                    # the disk refuses even a delete: skip them when reading, delete them later
+                    q.unreleased.update(sid for _, sid in ids)
         return dropped
 
     def _execute_storage(self, db: sqlite3.Connection, sql: str, params: list[tuple[Any, ...]]) -> bool:
@@ -531,6 +542,9 @@ class SQLiteSpool:
                 (queue_key, q.cursor),
             )
             for sid, n, enc, data in rows:
+                if sid in q.unreleased:
+                    q.cursor = sid  # dropped, its delete still to be retried
+                    continue
                 if taken and (count + n > max_points or enc != encoding):
                     break
                 q.cursor = sid
