@@ -346,3 +346,26 @@ class SpoolCommandTests(SpoolCase):
             f.write("hello")
         self.assertEqual(cli_main(["spool", other]), 2)
         self.assertEqual(cli_main(["spool", os.path.join(self.dir, "missing")]), 2)
+
+
+class ByteBoundTests(SpoolCase):
+    @defer.inlineCallbacks
+    def test_spool_bounded_in_bytes_drops_the_oldest(self):
+        down = self.recorder(down=True)
+        yield self.replace_service(down, spool_path=self.path, max_spool_bytes=2000, max_retry_delay=10)
+        self.post(100)
+        size = self.rows("SELECT SUM(length(data)) FROM buildbot_stats_segments")[0][0]
+        self.assertLessEqual(size, 2000)
+        counters = self.stats.counters
+        self.assertEqual(counters["pending"] + counters["dropped"], 100)
+        self.assertGreater(counters["dropped"], 0)
+        self.assertLogged("spool of backend 'influx' is full \\(5000000 points or 2000 bytes\\)")
+
+    def test_max_spool_bytes_is_checked(self):
+        from buildbot_stats.options import ServiceOptions
+
+        self.assertEqual(ServiceOptions.problems({"max_spool_bytes": None}), [])
+        self.assertEqual(
+            ServiceOptions.problems({"max_spool_bytes": 0}),
+            ["max_spool_bytes must be an integer >= 1 or None, not 0"],
+        )
