@@ -39,6 +39,10 @@ from twisted.internet import defer
 
 {stats_import}
 
+import sys
+if {switch}:
+    sys.setswitchinterval({switch})
+
 N_VALUES = {values}
 WITH_PLUGIN = {with_plugin}
 BATCH = {batch}
@@ -112,6 +116,7 @@ def run(
         values=args.values,
         with_plugin=with_plugin,
         batch=args.batch,
+        switch=args.switch_interval,
     )
     cfg = make_master_cfg(
         {n: "[PostValues()]" for n in names},
@@ -185,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--builds", type=int, default=10, help="builds per builder")
     parser.add_argument("--values", type=int, default=2000, help="values posted per build")
     parser.add_argument("--batch", action="store_true", help="post with one yieldMetricsValues per build")
+    parser.add_argument(
+        "--switch-interval", type=float, default=0, help="sys.setswitchinterval in the masters (0: default)"
+    )
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args(argv)

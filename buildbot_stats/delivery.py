@@ -242,7 +242,6 @@ class SpoolWriter:
         d = self.spool.call(thd_spool_records, records, self.routes, self.routes_by_name, self.bounds)
 
         def done(result: Any) -> None:
-            self._writing = False
             if isinstance(result, Failure):
                 log.msg(f"buildbot_stats: could not write the spool: {result.getErrorMessage()}")
             else:
@@ -250,10 +249,13 @@ class SpoolWriter:
                     self._deliver(result)
                 except Exception:
                     log.err(None, "buildbot_stats: internal error after a spool write")
+            # Callers resume while this write still counts as running, so that what
+            # they all post next is one write, not one write for the first of them.
             if waiter is not None:
                 waiter.callback(None)
             for w in idle:
                 w.callback(None)
+            self._writing = False
             if self.records or self._idle:
                 self._write()
 
