@@ -56,8 +56,10 @@ __all__ = [
     "SpoolState",
     "TakenSegment",
     "dump_points",
+    "encode_segment",
     "load_points",
     "set_aside",
+    "spool_info",
 ]
 
 _TABLE = "buildbot_stats_segments"
