@@ -43,6 +43,8 @@ setup(
     extras_require={
         # LocalWorkers of `buildbot-stats demo`
         "demo": ["buildbot-worker"],
+        # benchmarks/bench_builds_webui.py runs masters with the web UI on
+        "bench": ["buildbot-worker", "buildbot-www"],
         "test": TEST_REQUIRES,
         "dev": TEST_REQUIRES + ["ruff", "mypy", "tox", "sphinx"],
     },

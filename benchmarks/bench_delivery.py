@@ -67,6 +67,8 @@ from tests.support.influxd import InfluxServer
 OVERHEAD_GOAL_US = 50.0
 LATENCY_GOAL_S = 2.0
 THROUGHPUT_GOAL = 0.5
+RSS_GOAL_MB = 100.0
+REACTOR_DELAY_GOAL_S = 0.05
 RAW_BATCH = 5000
 BUILDERS = ("bench-1", "bench-2")
 
@@ -82,6 +84,7 @@ from buildbot.process.results import SUCCESS
 {import_stats}
 
 N_VALUES = {values}
+BATCH = {batch}
 GC_SECONDS = [0.0, None]  # time spent in Python's garbage collector (for the JSON output)
 
 
@@ -102,8 +105,11 @@ class PostValues(StepBase, buildstep.BuildStep):
     async def run(self):
         gc0 = GC_SECONDS[0]
         t0 = time.perf_counter()
-        for i in range(N_VALUES):
-            await self.yieldMetricsValue('bench', {{'i': i, 'value': i * 0.5}})
+        if BATCH:
+            await self.yieldMetricsValues('bench', [{{'i': i, 'value': i * 0.5}} for i in range(N_VALUES)])
+        else:
+            for i in range(N_VALUES):
+                await self.yieldMetricsValue('bench', {{'i': i, 'value': i * 0.5}})
         elapsed = time.perf_counter() - t0
         self.setProperty('bench_post_seconds', elapsed, 'bench')
         self.setProperty('bench_post_end', time.time(), 'bench')
@@ -165,10 +171,17 @@ def run_master(
     influx: InfluxServer,
     db: str,
     warmup: int = 1,
+    batch: bool = False,
 ) -> dict[str, Any]:
-    """One master: ``warmup`` changes (not measured), then ``builds`` builds of ``values`` values."""
+    """One master: ``warmup`` changes (not measured), then ``builds`` builds of ``values`` values.
+
+    ``batch``: the step posts its values in one ``yieldMetricsValues`` call
+    instead of awaiting ``yieldMetricsValue`` once per value.
+    """
     influx.create_database(db)
-    header = _STEP_SRC.format(import_stats=_IMPORT_OURS if ours else _IMPORT_OLD, values=values)
+    header = _STEP_SRC.format(
+        import_stats=_IMPORT_OURS if ours else _IMPORT_OLD, values=values, batch=bool(batch)
+    )
     cfg = make_master_cfg(
         {name: "[PostValues()]" for name in BUILDERS},
         pb_port=free_port(),
@@ -324,7 +337,7 @@ def run_pipeline(
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
         check=False,
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -335,10 +348,42 @@ def run_pipeline(
     return result
 
 
+def _rss_mb() -> float:
+    """This process's resident set size, from /proc (MB)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def pipeline_child(spec: dict[str, Any]) -> None:
     """In the child: StatsService.store -> queue -> SQLite spool -> InfluxDB, real reactor."""
     from buildbot.util import service
     from twisted.internet import defer, reactor, task
+
+    class Lateness:
+        """A LoopingCall every 10 ms; its worst delay is how long the reactor was kept busy."""
+
+        def __init__(self) -> None:
+            self.worst = 0.0
+            self.rss_max = 0.0
+            self._expected = 0.0
+            self._call = task.LoopingCall(self._tick)
+
+        def _tick(self) -> None:
+            now = time.perf_counter()
+            if self._expected:
+                self.worst = max(self.worst, now - self._expected)
+            self._expected = now + 0.01
+            self.rss_max = max(self.rss_max, _rss_mb())
+
+        def start(self) -> None:
+            self._call.start(0.01)
+
+        def stop(self) -> None:
+            if self._call.running:
+                self._call.stop()
 
     from buildbot_stats import statistics
 
@@ -362,7 +407,6 @@ def pipeline_child(spec: dict[str, Any]) -> None:
     async def drain() -> None:
         """Backlog drain: a first service spools the points (InfluxDB unreachable), a second sends them."""
         os.makedirs(spec["basedir"], exist_ok=True)
-        items = bench_items(n, chunk)
         capture = statistics.CaptureDataAllBuilders("bench")
         down = statistics.InfluxStorageService(
             "127.0.0.1", spec["closed_port"], "root", "root", spec["db"], captures=[capture], name="influx"
@@ -371,13 +415,31 @@ def pipeline_child(spec: dict[str, Any]) -> None:
         svc = statistics.StatsService(storage_backends=[down], name="stats", flush_timeout=0)
         await svc.setServiceParent(master)
         await master.startService()
+        await task.deferLater(reactor, 0.2, lambda: None)
+        rss_idle = _rss_mb()
+        items = bench_items(n, chunk)
+        spool_cpu0 = time.process_time()
+        spool_t0 = time.perf_counter()
         for start in range(0, n, chunk):
             for series, fields, tags in items[start : start + chunk]:
                 svc.store(capture, fields, series, tags)
             await task.deferLater(reactor, 0, lambda: None)
-        await svc.queues["influx"].wait_spooled()
+        await svc.wait_spooled()
+        spool_seconds = time.perf_counter() - spool_t0
+        spool_cpu = time.process_time() - spool_cpu0
+        del items
+        import gc
+
+        gc.collect()
+        await task.deferLater(reactor, 0.2, lambda: None)
+        rss_pending = _rss_mb()
         spooled = svc.queues["influx"].counters.spooled
+        pending = svc.queues["influx"].pending
         await master.stopService()
+        spool_file = os.path.join(spec["basedir"], "stats-spool.sqlite")
+        spool_bytes = sum(
+            os.path.getsize(spool_file + sfx) for sfx in ("", "-wal") if os.path.exists(spool_file + sfx)
+        )
 
         capture = statistics.CaptureDataAllBuilders("bench")
         up = statistics.InfluxStorageService(
@@ -385,17 +447,22 @@ def pipeline_child(spec: dict[str, Any]) -> None:
         )
         master = BenchMaster(spec["basedir"])
         svc = statistics.StatsService(storage_backends=[up], name="stats")
+        lateness = Lateness()
+        lateness.start()
         cpu0 = time.process_time()
+        reactor_cpu0 = time.thread_time()
         t0 = time.perf_counter()
         await svc.setServiceParent(master)
         await master.startService()
         t_started = time.perf_counter()
         queue = svc.queues["influx"]
-        deadline = t0 + 240
+        deadline = t0 + 600
         while queue.counters.written + queue.counters.dropped < n and time.perf_counter() < deadline:
             await task.deferLater(reactor, 0.005, lambda: None)
         t_written = time.perf_counter()
         cpu = time.process_time() - cpu0
+        reactor_cpu = time.thread_time() - reactor_cpu0
+        lateness.stop()
         counters = queue.counters.as_dict()
         await master.stopService()
         elapsed = t_written - t0
@@ -404,9 +471,19 @@ def pipeline_child(spec: dict[str, Any]) -> None:
                 {
                     "points": n,
                     "spooled_first": spooled,
+                    "pending_first": pending,
+                    "spool_seconds": spool_seconds,
+                    "spool_cpu_us_per_point": spool_cpu / n * 1e6,
+                    "spool_bytes": spool_bytes,
+                    "spool_bytes_per_point": spool_bytes / max(1, n),
+                    "rss_idle_mb": rss_idle,
+                    "rss_pending_mb": rss_pending,
+                    "rss_max_during_drain_mb": lateness.rss_max,
+                    "worst_reactor_delay_seconds": lateness.worst,
                     "seconds": elapsed,
                     "points_per_second": counters["written"] / elapsed,
                     "cpu_us_per_point": cpu / n * 1e6,
+                    "reactor_cpu_us_per_point": reactor_cpu / n * 1e6,
                     "started_after_seconds": t_started - t0,
                     "counters": counters,
                 }
@@ -429,6 +506,7 @@ def pipeline_child(spec: dict[str, Any]) -> None:
         store = svc.store
         feed = 0.0
         cpu0 = time.process_time()
+        reactor_cpu0 = time.thread_time()
         t0 = time.perf_counter()
         for start in range(0, n, chunk):
             f0 = time.perf_counter()
@@ -442,6 +520,7 @@ def pipeline_child(spec: dict[str, Any]) -> None:
             await task.deferLater(reactor, 0.005, lambda: None)
         t_written = time.perf_counter()
         cpu = time.process_time() - cpu0
+        reactor_cpu = time.thread_time() - reactor_cpu0
         counters = queue.counters.as_dict()
         await master.stopService()
         t_stopped = time.perf_counter()
@@ -455,6 +534,7 @@ def pipeline_child(spec: dict[str, Any]) -> None:
                     "feed_seconds": feed,
                     "feed_us_per_point": feed / n * 1e6,
                     "cpu_us_per_point": cpu / n * 1e6,
+                    "reactor_cpu_us_per_point": reactor_cpu / n * 1e6,
                     "fed_after_seconds": t_fed - t0,
                     "stop_seconds": t_stopped - t_written,
                     "counters": counters,
@@ -479,10 +559,12 @@ def _wall(seconds: float) -> str:
 
 def report(results: dict[str, Any]) -> str:
     ours, base, old = results["ours"], results["ours_zero"], results["old"]
+    batch = results["ours_batch"]
     raw, pipe, drain = results["raw"], results["pipeline"], results["drain"]
     values = ours["values_per_build"]
     ov_ours = (ours["step_seconds_mean"] - base["step_seconds_mean"]) / values
     ov_old = (old["step_seconds_mean"] - base["step_seconds_mean"]) / values
+    ov_batch = (batch["step_seconds_mean"] - base["step_seconds_mean"]) / values
     med_ours = (ours["step_seconds_median"] - base["step_seconds_median"]) / values
     wall_ours = (ours["builds_wall_seconds"] - base["builds_wall_seconds"]) / (values * ours["builds"])
     wall_old = (old["builds_wall_seconds"] - base["builds_wall_seconds"]) / (values * old["builds"])
@@ -490,7 +572,14 @@ def report(results: dict[str, Any]) -> str:
     ratio = pipe["points_per_second"] / raw_pps
     drain_ratio = drain["points_per_second"] / raw_pps
     latency = ours["latency_seconds"]
+    rss_growth = max(drain["rss_pending_mb"], drain["rss_max_during_drain_mb"]) - drain["rss_idle_mb"]
+    delay = drain["worst_reactor_delay_seconds"]
     results["figures"] = {
+        "overhead_per_value_batch_us": ov_batch * 1e6,
+        "rss_idle_mb": drain["rss_idle_mb"],
+        "rss_pending_mb": drain["rss_pending_mb"],
+        "rss_growth_mb": rss_growth,
+        "worst_reactor_delay_seconds": delay,
         "overhead_per_value_us": ov_ours * 1e6,
         "overhead_per_value_old_us": ov_old * 1e6,
         "overhead_ratio_old_to_ours": ov_old / ov_ours if ov_ours > 0 else None,
@@ -507,11 +596,16 @@ def report(results: dict[str, Any]) -> str:
     goals = {
         "overhead": ov_ours * 1e6 <= OVERHEAD_GOAL_US,
         "latency": latency is not None and latency <= LATENCY_GOAL_S,
+        "overhead_batch": ov_batch * 1e6 <= OVERHEAD_GOAL_US,
         "throughput": ratio >= THROUGHPUT_GOAL,
+        "drain_throughput": drain_ratio >= THROUGHPUT_GOAL,
+        "rss": rss_growth <= RSS_GOAL_MB,
+        "reactor_delay": delay <= REACTOR_DELAY_GOAL_S,
         "complete": ours["stored_points"] == ours["expected_points"]
         and pipe["stored"] == pipe["points"]
         and drain["stored"] == drain["points"]
-        and base["stored_points"] == base["expected_points"],
+        and base["stored_points"] == base["expected_points"]
+        and batch["stored_points"] == batch["expected_points"],
     }
     results["goals_met"] = goals
 
@@ -532,6 +626,7 @@ def report(results: dict[str, Any]) -> str:
     )
     for run, name in (
         (ours, f"buildbot_stats, {values} values"),
+        (batch, "same, one yieldMetricsValues"),
         (base, "buildbot_stats, 0 values"),
         (old, f"buildbot.statistics, {values} v."),
     ):
@@ -547,6 +642,11 @@ def report(results: dict[str, Any]) -> str:
             "build-time overhead per value, buildbot_stats",
             f"{ov_ours * 1e6:.1f} µs",
             f"≤ {OVERHEAD_GOAL_US:.0f} µs  {_mark(goals['overhead'])}",
+        ),
+        (
+            "same, all values in one yieldMetricsValues",
+            f"{ov_batch * 1e6:.1f} µs",
+            f"≤ {OVERHEAD_GOAL_US:.0f} µs  {_mark(goals['overhead_batch'])}",
         ),
         ("build-time overhead per value, buildbot.statistics", f"{ov_old * 1e6:,.0f} µs", "(anchor ~5.9 ms)"),
         (
@@ -578,7 +678,26 @@ def report(results: dict[str, Any]) -> str:
             f"{ratio * 100:.0f} %",
             f"≥ {THROUGHPUT_GOAL * 100:.0f} %     {_mark(goals['throughput'])}",
         ),
-        ("  ratio backlog drain / raw", f"{drain_ratio * 100:.0f} %", "(info)"),
+        (
+            "  ratio backlog drain / raw",
+            f"{drain_ratio * 100:.0f} %",
+            f"≥ {THROUGHPUT_GOAL * 100:.0f} %     {_mark(goals['drain_throughput'])}",
+        ),
+        (
+            f"master RSS, idle -> {drain['points']:,} pending",
+            f"{drain['rss_idle_mb']:.0f} -> {drain['rss_pending_mb']:.0f} MB",
+            "",
+        ),
+        (
+            "  RSS growth (pending, or peak during the drain)",
+            f"{rss_growth:.0f} MB",
+            f"≤ {RSS_GOAL_MB:.0f} MB    {_mark(goals['rss'])}",
+        ),
+        (
+            "worst reactor delay during the drain (10 ms timer)",
+            f"{delay * 1e3:.1f} ms",
+            f"≤ {REACTOR_DELAY_GOAL_S * 1e3:.0f} ms     {_mark(goals['reactor_delay'])}",
+        ),
         (
             "every point stored (masters, pipeline, drain)",
             "yes" if goals["complete"] else "NO",
@@ -589,17 +708,26 @@ def report(results: dict[str, Any]) -> str:
         out.append(f"  {name:<50} {value:>16}  {goal}")
     out.append("")
     out.append(
-        f"pipeline: {pipe['cpu_us_per_point']:.1f} µs of CPU per point, of which store() "
-        f"{pipe['feed_us_per_point']:.1f} µs in the reactor; "
+        f"pipeline: {pipe['cpu_us_per_point']:.1f} µs of CPU per point (all threads), "
+        f"{pipe['reactor_cpu_us_per_point']:.1f} µs of it in the reactor thread; store() loop "
+        f"{pipe['feed_us_per_point']:.1f} µs of wall time per point; "
         f"all fed after {pipe['fed_after_seconds']:.2f} s, all written after {pipe['seconds']:.2f} s; "
         f"raw runs: " + ", ".join(f"{r['points_per_second']:,.0f}" for r in results["raw_runs"]) + " pts/s"
     )
     out.append(
-        f"backlog drain: {drain['cpu_us_per_point']:.1f} µs of CPU per point; "
+        f"spooling the backlog: {drain['spool_cpu_us_per_point']:.1f} µs of CPU per point, "
+        f"{drain['spool_bytes_per_point']:.0f} bytes of spool file per point"
+    )
+    out.append(
+        f"backlog drain: {drain['cpu_us_per_point']:.1f} µs of CPU per point "
+        f"({drain['reactor_cpu_us_per_point']:.1f} in the reactor); "
         f"{drain['spooled_first']:,} points spooled by a first service that could not reach InfluxDB; "
         f"a second one started in {drain['started_after_seconds']:.2f} s (reading the spool) "
         f"and had written all after {drain['seconds']:.2f} s"
     )
+    load = env.get("load_average")
+    if load:
+        out.append(f"machine load (1/5/15 min) at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     return "\n".join(line.rstrip() for line in out)
 
 
@@ -625,6 +753,9 @@ def main(argv: list[str] | None = None) -> int:
         "--values", type=int, default=500, help="yieldMetricsValue calls per build (default 500)"
     )
     parser.add_argument("--points", type=int, default=None, help="points for the pipeline (default 200000)")
+    parser.add_argument(
+        "--drain-points", type=int, default=None, help="points of the backlog drain (default 1000000)"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured changes first (default 1)")
     parser.add_argument("--quick", action="store_true", help="6 builds, 50000 pipeline points")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-' for stdout)")
@@ -637,6 +768,9 @@ def main(argv: list[str] | None = None) -> int:
     builds = args.builds if args.builds is not None else (6 if args.quick else 20)
     builds = max(len(BUILDERS), builds + builds % len(BUILDERS))  # one build per builder per change
     points = args.points if args.points is not None else (50_000 if args.quick else 200_000)
+    drain_points = args.drain_points
+    if drain_points is None:
+        drain_points = 100_000 if args.quick else 1_000_000
     values = max(1, args.values)
 
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -659,6 +793,9 @@ def main(argv: list[str] | None = None) -> int:
         print("real masters:", flush=True)
         warm = max(0, args.warmup)
         results["ours"] = run_master(workdir, "ours-values", True, values, builds, influx, "bench_ours", warm)
+        results["ours_batch"] = run_master(
+            workdir, "ours-batch", True, values, builds, influx, "bench_batch", warm, batch=True
+        )
         results["ours_zero"] = run_master(workdir, "ours-zero", True, 0, builds, influx, "bench_zero", warm)
         results["old"] = run_master(
             workdir, "buildbot-statistics", False, values, builds, influx, "bench_old", warm
@@ -667,11 +804,13 @@ def main(argv: list[str] | None = None) -> int:
         bodies = raw_bodies(points, values)
         raw_runs = [raw_ingest(influx, "bench_raw_1", bodies, points)]
         results["pipeline"] = run_pipeline(influx, "bench_pipeline", points, values, workdir)
-        results["drain"] = run_pipeline(influx, "bench_drain", points, values, workdir, drain=True)
+        print(f"backlog drain, {drain_points:,} points ...", flush=True)
+        results["drain"] = run_pipeline(influx, "bench_drain", drain_points, values, workdir, drain=True)
         raw_runs.append(raw_ingest(influx, "bench_raw_2", bodies, points))
         results["raw_runs"] = raw_runs
         results["raw"] = max(raw_runs, key=lambda r: r["points_per_second"])
         results["total_seconds"] = time.monotonic() - t_start
+        results["environment"]["load_average"] = os.getloadavg()
         print()
         print(report(results))
         print(f"\ntotal run time {results['total_seconds']:.0f} s")

@@ -1,23 +1,28 @@
-"""Getting points from a capture to one backend: a backlog, group commit, retries.
+"""Getting points from a capture to one backend: the spool is the backlog; group commit; retries.
 
-One :class:`DeliveryQueue` serves one backend.  Its :class:`Backlog` holds
-what the backend has not accepted yet and keeps the durable copy in the spool;
-the queue itself is the writer: whenever no write is in flight, everything
-pending (up to ``batch_size``) goes to the backend in one thread call.  Points
-that arrive during a write form the next batch, so a quiet master writes each
-point at once and a busy one writes large batches.  Spool writes batch the
-same way: each one writes the points added since the last one as segments of
-up to ``batch_size`` points (see :mod:`buildbot_stats.spool`); a segment
-leaves the spool once all of its points were accepted (or dropped).
+Captures hand their results to the service as tuples (:data:`Record`); the
+reactor does nothing more with them.  :class:`SpoolWriter` (group commit)
+hands everything recorded since the last spool write to the spool thread in
+one call: there the records become points, each backend's points are encoded
+once (line protocol for InfluxDB, see ``thd_encode``; a compact columnar
+record for others) and written as segments in one transaction, and the
+Deferreds of the callers fire.  So a Deferred of ``store()`` (and of
+``yieldMetricsValue``) fires once its point is in the spool.
+
+One :class:`DeliveryQueue` serves one backend.  Its pending points are not in
+memory: they are in the spool, and :class:`Backlog` only mirrors the spool's
+counts.  The queue, the writer, takes the oldest segments (up to
+``batch_size`` points) from the spool thread, posts them in one thread call,
+keeps them for retries and releases them (the spool deletes them) once the
+backend accepted them; it reads the next batch while one is being posted.
+Memory for delivery is thus a few batches per backend, whatever the backlog.
 """
 
 from __future__ import annotations
 
-from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
-from itertools import repeat
-from typing import Any, Literal, overload
+from typing import Any
 
 from twisted.internet import defer, threads
 from twisted.python import log
@@ -25,14 +30,15 @@ from twisted.python.failure import Failure
 
 from buildbot_stats.errors import PartialDeliveryError, RefusedWriteError, SplitBatchError
 from buildbot_stats.options import DeliveryPolicy
-from buildbot_stats.point import Point, PointProblem
-from buildbot_stats.spool import SpoolSegment
+from buildbot_stats.point import Point, PointProblem, to_ns
+from buildbot_stats.spool import COLUMNS, NewSegment, SpoolState, TakenSegment, encode_segment
 from buildbot_stats.spool_thread import SpoolThread
 from buildbot_stats.storage_backends.base import WriteReport, post_points
 
-__all__ = ["Backlog", "Counters", "DeliveryQueue", "points_phrase"]
+__all__ = ["Backlog", "Counters", "DeliveryQueue", "Record", "SpoolWriter", "points_phrase"]
 
-Item = tuple[int, Point]  # a point and its id (ids order the spool and tell its segments apart)
+#: what ``store()`` records, in the reactor: (backends, series, post_data, context, time)
+Record = tuple[Sequence[Any], Any, Any, Any, Any]
 
 
 def points_phrase(n: int) -> str:
@@ -40,16 +46,12 @@ def points_phrase(n: int) -> str:
     return f"{n} point" if n == 1 else f"{n} points"
 
 
-def _consume(iterator: Iterable[Any]) -> None:
-    deque(iterator, maxlen=0)
-
-
 @dataclass
 class Counters:
     """What happened to the points of one backend since the master started."""
 
     captured: int = 0  # handed to the queue by a capture
-    spooled: int = 0  # written to the durable spool
+    spooled: int = 0  # written to the durable spool file
     written: int = 0  # accepted by the backend
     retried: int = 0  # points in batches that had to be sent again
     dropped: int = 0  # lost on purpose: rejected by the backend or pushed out of a full spool
@@ -63,197 +65,305 @@ class Counters:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-class _SegmentTally:
-    """A spooled segment: its id and how many of its points are still pending."""
-
-    __slots__ = ("id", "remaining")
-
-    def __init__(self, sid: int, remaining: int) -> None:
-        self.id = sid
-        self.remaining = remaining
+# -- the spool thread's side of a spool write -----------------------------------------
 
 
-class Backlog:
-    """The points one backend has not accepted yet, in order, with their durable copy in the spool.
+@dataclass
+class Route:
+    """Where the points of one backend go: its queue key, encoder and segment size."""
 
-    Points are added, taken in batches for a write, put back when the write
-    failed, and released once accepted or dropped; a segment of the spool is
-    removed when all its points were released.  Beyond ``max_spool_points``
-    the oldest waiting points are dropped (counted, one log line per burst).
+    spool_key: str
+    encoder: Callable[[list[Point]], Any] | None
+    batch_size: int
+
+
+@dataclass
+class SpoolResult:
+    """What one spool write did, by spool key (in the reactor afterwards)."""
+
+    states: dict[str, SpoolState]
+    captured: dict[str, int]
+    problems: dict[str, list[PointProblem]]
+    rejected: dict[str, int]
+    errors: list[str]
+    lost: dict[str, int]  # points that could not be spooled at all (an unexpected error)
+
+
+def _point(record: Record) -> Point:
+    _, series, post_data, context, t = record
+    return Point(
+        series if type(series) is str else str(series),
+        post_data
+        if type(post_data) is dict
+        else dict(post_data)
+        if isinstance(post_data, dict)
+        else {"value": post_data},
+        context if type(context) is dict else dict(context) if context else {},
+        t if type(t) is int and t >= 10**12 else to_ns(t),  # ns already (the clock), else convert
+    )
+
+
+def thd_spool_records(
+    spool: Any,
+    records: list[Record],
+    routes: dict[int, Route],
+    routes_by_name: dict[str, Route],
+    bounds: dict[str, tuple[int, int | None]],
+) -> SpoolResult:
+    """Make points of ``records``, encode them once per backend, write them in one transaction.
+
+    Runs on the spool thread: the reactor only appended the records.
+    """
+    by_key: dict[str, list[Point]] = {}
+    route_of: dict[str, Route] = {}
+    errors: list[str] = []
+    for record in records:
+        try:
+            point = _point(record)
+        except Exception as e:
+            errors.append(f"a value of series {record[1]!r} was not stored: {type(e).__name__}: {e}")
+            continue
+        for backend in record[0]:
+            route = routes.get(id(backend))
+            if route is None:
+                route = routes_by_name.get(getattr(backend, "name", None) or type(backend).__name__)
+                if route is None:
+                    continue
+            points = by_key.get(route.spool_key)
+            if points is None:
+                points = by_key[route.spool_key] = []
+                route_of[route.spool_key] = route
+            points.append(point)
+    segments: list[NewSegment] = []
+    captured: dict[str, int] = {}
+    problems: dict[str, list[PointProblem]] = {}
+    rejected: dict[str, int] = {}
+    lost: dict[str, int] = {}
+    for key, points in by_key.items():
+        route = route_of[key]
+        captured[key] = len(points)
+        size = route.batch_size
+        for start in range(0, len(points), size):
+            chunk = points[start : start + size]
+            try:
+                segment, report = encode_segment(key, chunk, route.encoder)
+            except Exception as e:
+                errors.append(f"points of backend {key!r} could not be encoded: {type(e).__name__}: {e}")
+                lost[key] = lost.get(key, 0) + len(chunk)
+                continue
+            if report is not None:
+                problems.setdefault(key, []).extend(report.problems)
+                if report.rejected_points:
+                    rejected[key] = rejected.get(key, 0) + report.rejected_points
+            if segment is not None:
+                segments.append(segment)
+    states: dict[str, SpoolState] = {}
+    try:
+        states = spool.thd_write(segments, bounds)
+    except Exception as e:
+        errors.append(f"the spool could not be written: {type(e).__name__}: {e}")
+        for seg in segments:
+            lost[seg.queue_key] = lost.get(seg.queue_key, 0) + seg.n
+    return SpoolResult(states, captured, problems, rejected, errors, lost)
+
+
+class SpoolWriter:
+    """Group commit of the spool: everything recorded while a spool write runs is the next write.
+
+    A quiet master spools each value at once; a busy one writes everything
+    posted meanwhile, by all callers, in one transaction.
     """
 
-    def __init__(
-        self,
-        key: str,
-        spool: SpoolThread,
-        spool_key: str,
-        policy: DeliveryPolicy,
-        counters: Counters,
-        next_id: Callable[[], int],
-    ) -> None:
-        self.key = key
-        self.spool_key = spool_key
-        self.policy = policy
-        self.counters = counters
-        self._spool = spool
-        self._next_id = next_id
-        self._waiting: deque[Item] = deque()
-        self._in_flight = 0
-        self._to_spool: dict[int, Point] = {}  # added, not yet handed to the spool
-        self._tally_of: dict[int, _SegmentTally] = {}  # spooled, not yet released
-        self._spool_write: defer.Deferred | None = None  # the spool write running, if any
-        self._spooled: defer.Deferred | None = None  # fires when _to_spool is spooled
-        self._idle_waiters: list[defer.Deferred] = []
-        #: points dropped since the backend last accepted a write (for one log line)
-        self.dropped_in_burst = 0
+    def __init__(self, spool: SpoolThread, deliver: Callable[[SpoolResult], None]) -> None:
+        self.spool = spool
+        self._deliver = deliver
+        self.records: list[Record] = []
+        self._waiter: defer.Deferred | None = None  # fires when ``records`` are spooled
+        self._writing = False
+        self._idle: list[defer.Deferred] = []
+        self.routes: dict[int, Route] = {}
+        self.routes_by_name: dict[str, Route] = {}
+        self.bounds: dict[str, tuple[int, int | None]] = {}
+        #: incremented by every record (so a caller can tell whether its call recorded any)
+        self.recorded = 0
 
-    def __len__(self) -> int:
-        """Pending points: waiting and in flight."""
-        return len(self._waiting) + self._in_flight
+    def add(self, record: Record) -> defer.Deferred:
+        """Record one capture result; the Deferred fires once it is spooled.
 
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
-
-    def add(self, points: list[Point], wait: bool) -> defer.Deferred | None:
-        """Add ``points``; with ``wait``, a Deferred that fires once they are spooled."""
-        waiting = self._waiting
-        to_spool = self._to_spool
-        next_id = self._next_id
-        for point in points:
-            pid = next_id()
-            waiting.append((pid, point))
-            to_spool[pid] = point
-        self.counters.captured += len(points)
-        if len(self) > self.policy.max_spool_points:
-            self._enforce_bound()
-        d = None
-        if wait:
-            d = self._spooled
-            if d is None:
-                d = self._spooled = defer.Deferred()
-        if self._spool_write is None:
-            self._write_spool()
+        The Deferred is shared by the records of one spool write: it fires with
+        None, and callbacks added to it must return their argument.
+        """
+        self.records.append(record)
+        self.recorded += 1
+        d = self._waiter
+        if d is None:
+            d = self._waiter = defer.Deferred()
+        if not self._writing:
+            self._write()
         return d
 
-    def restore(self, segments: list[SpoolSegment]) -> int:
-        """Put back the segments found in the spool at start-up, ahead of new points."""
-        items: list[Item] = []
-        for sid, ids, points in segments:
-            self._tally_of.update(dict.fromkeys(ids, _SegmentTally(sid, len(ids))))
-            items.extend(zip(ids, points))
-        self._waiting.extendleft(reversed(items))
-        self._enforce_bound()
-        return len(items)
+    def add_many(self, records: list[Record]) -> defer.Deferred:
+        """Record several results for one spool write (if none runs); fires once all are spooled."""
+        if not records:
+            return self.waiter()
+        self.records.extend(records[:-1])
+        self.recorded += len(records) - 1
+        self.add(records[-1])
+        return self.waiter()
 
-    def take(self, n: int) -> list[Item]:
-        """The oldest ``n`` waiting points, now in flight."""
-        n = min(n, len(self._waiting))
-        popleft = self._waiting.popleft
-        batch = [popleft() for _ in range(n)]
-        self._in_flight += n
-        return batch
+    def waiter(self) -> defer.Deferred:
+        """A Deferred of its own that fires once everything recorded so far is spooled."""
+        d: defer.Deferred = defer.Deferred()
+        if self._waiter is not None:
 
-    def put_back(self, batch: list[Item]) -> None:
-        """A batch whose write failed: first in line again."""
-        self._in_flight -= len(batch)
-        self._waiting.extendleft(reversed(batch))
+            def fire(result: Any) -> Any:
+                d.callback(None)
+                return result
 
-    def done(self, batch: list[Item]) -> None:
-        """A batch that left for good (accepted or dropped)."""
-        self._in_flight -= len(batch)
-        self._release([pid for pid, _ in batch])
+            self._waiter.addBoth(fire)
+        elif self._writing:
+            self._idle.append(d)
+        else:
+            d.callback(None)
+        return d
 
-    def _enforce_bound(self) -> None:
-        excess = len(self) - self.policy.max_spool_points
-        count = min(excess, len(self._waiting))  # points in flight cannot be taken back
-        if count <= 0:
+    def _write(self) -> None:
+        records, self.records = self.records, []
+        waiter, self._waiter = self._waiter, None
+        if not records:
+            idle, self._idle = self._idle, []
+            for w in idle:
+                w.callback(None)
+            if waiter is not None:
+                waiter.callback(None)
             return
-        popleft = self._waiting.popleft
-        self._release([popleft()[0] for _ in range(count)])
-        self.counters.dropped += count
-        if not self.dropped_in_burst:
-            log.msg(
-                f"buildbot_stats: spool of backend {self.key!r} is full "
-                f"({self.policy.max_spool_points} points): dropping the oldest points "
-                f"until the backend accepts writes again"
-            )
-        self.dropped_in_burst += count
+        self._writing = True
+        idle, self._idle = self._idle, []
+        d = self.spool.call(thd_spool_records, records, self.routes, self.routes_by_name, self.bounds)
 
-    def _release(self, ids: list[int]) -> None:
-        if not ids:
-            return
-        if self._to_spool:
-            _consume(map(self._to_spool.pop, ids, repeat(None)))
-        if not self._tally_of:
-            return
-        finished = []
-        for tally, n in Counter(map(self._tally_of.pop, ids, repeat(None))).items():
-            if tally is not None:
-                tally.remaining -= n
-                if tally.remaining <= 0:
-                    finished.append(tally.id)
-        if finished:
-            self._spool.release(self.spool_key, finished).addErrback(self._log_spool_error)
-
-    # -- the durable copy ----------------------------------------------------
-
-    def _write_spool(self) -> None:
-        if not self._to_spool:
-            # everything added was spooled, or accepted/dropped before it was
-            waiter, self._spooled = self._spooled, None
-            idle, self._idle_waiters = self._idle_waiters, []
+        def done(result: Any) -> None:
+            if isinstance(result, Failure):
+                log.msg(f"buildbot_stats: could not write the spool: {result.getErrorMessage()}")
+            else:
+                try:
+                    self._deliver(result)
+                except Exception:
+                    log.err(None, "buildbot_stats: internal error after a spool write")
+            # Callers resume while this write still counts as running, so that what
+            # they all post next is one write, not one write for the first of them.
             if waiter is not None:
                 waiter.callback(None)
             for w in idle:
                 w.callback(None)
-            return
-        batch = self._to_spool
-        self._to_spool = {}
-        waiter, self._spooled = self._spooled, None
-        durable = self._spool.durable
-        segments: list[SpoolSegment] = []
-        if durable:
-            ids = list(batch)
-            points = list(batch.values())
-            size = self.policy.batch_size
-            tally_of = self._tally_of
-            for start in range(0, len(ids), size):
-                seg_ids = ids[start : start + size]
-                tally_of.update(dict.fromkeys(seg_ids, _SegmentTally(seg_ids[0], len(seg_ids))))
-                segments.append((seg_ids[0], seg_ids, points[start : start + size]))
-        count = len(batch)
+            self._writing = False
+            if self.records or self._idle:
+                self._write()
 
-        def written(result: Any) -> None:
-            if not isinstance(result, Failure) and durable:
-                self.counters.spooled += count
-            self._spool_write = None
-            if waiter is not None:
-                waiter.callback(None)
-            self._write_spool()
-
-        d = self._spool_write = self._spool.append(self.spool_key, segments)
-        d.addErrback(self._log_spool_error)
-        d.addBoth(written)
-
-    def _log_spool_error(self, failure: Failure) -> None:
-        log.msg(
-            f"buildbot_stats: could not write the spool for backend {self.key!r} "
-            f"({failure.getErrorMessage()}); points stay in memory"
-        )
+        d.addBoth(done)
 
     def wait_spooled(self) -> defer.Deferred:
-        """Fires when everything added so far has reached the spool."""
-        d: defer.Deferred = defer.Deferred()
-        if self._spool_write is None and not self._to_spool:
-            d.callback(None)
+        """Fires when everything recorded so far has been spooled."""
+        return self.waiter()
+
+
+# -- one backend's queue -----------------------------------------------------------
+
+
+class Backlog:
+    """The points one backend has not accepted yet: counts only, the points are in the spool.
+
+    It mirrors the spool's counts (``pending``: in the spool; ``untaken``: not
+    yet taken for a write) as of the last spool call, and counts points
+    dropped by the bounds (one log line per burst).
+    """
+
+    def __init__(self, key: str, spool_key: str, policy: DeliveryPolicy, counters: Counters) -> None:
+        self.key = key
+        self.spool_key = spool_key
+        self.policy = policy
+        self.counters = counters
+        self.pending = 0
+        self.untaken = 0
+        #: points dropped since the backend last accepted a write (for one log line)
+        self.dropped_in_burst = 0
+
+    def __len__(self) -> int:
+        return self.pending
+
+    def update(self, state: SpoolState) -> None:
+        self.pending = state.pending
+        self.untaken = state.untaken
+        self.counters.spooled += state.spooled
+        if state.dropped:
+            self.counters.dropped += state.dropped
+            if not self.dropped_in_burst:
+                bound = f"{self.policy.max_spool_points} points"
+                if self.policy.max_spool_bytes is not None:
+                    bound += f" or {self.policy.max_spool_bytes} bytes"
+                log.msg(
+                    f"buildbot_stats: spool of backend {self.key!r} is full ({bound}): dropping the "
+                    "oldest points until the backend accepts writes again"
+                )
+            self.dropped_in_burst += state.dropped
+        if state.quarantined:
+            self.counters.dropped += state.quarantined
+            log.msg(
+                f"buildbot_stats: {points_phrase(state.quarantined)} of backend {self.key!r} could not be "
+                "read from the spool; their segments were moved to the table buildbot_stats_unreadable"
+            )
+
+
+class _Batch:
+    """Segments taken from the spool for one write, kept (with their encoding) until accepted."""
+
+    __slots__ = ("ids", "n", "encoding", "points", "data", "lines", "offset")
+
+    def __init__(self, segments: list[TakenSegment]) -> None:
+        self.ids = [s[0] for s in segments]
+        self.encoding = segments[0][2]
+        self.points: list[Point] | None = None
+        self.data: bytes | None = None
+        self.lines: list[bytes] | None = None
+        if self.encoding == COLUMNS:
+            self.points = [p for s in segments for p in s[3]]
+            self.n = len(self.points)
         else:
-            self._idle_waiters.append(d)
-        return d
+            parts = [s[3] for s in segments]
+            self.data = parts[0] if len(parts) == 1 else b"\n".join(parts)
+            self.n = sum(s[1] for s in segments)
+        self.offset = 0  # points before it were accepted (or dropped)
+
+    def series_at(self, i: int) -> str:
+        if self.points is not None:
+            return self.points[i].series
+        return "?"
+
+
+class _NotForThisBackendError(Exception):
+    """Encoded points that the backend of their queue cannot take (it was replaced by another kind)."""
+
+
+def thd_post_batch(backend: Any, batch: _Batch, offset: int, limit: int) -> WriteReport | None:
+    """Post ``limit`` points of ``batch`` from ``offset``: points, or the bytes encoded once.
+
+    Runs in a thread.
+    """
+    if batch.points is not None:
+        return post_points(backend, batch.points[offset : offset + limit])
+    post = getattr(backend, "thd_post_encoded", None)
+    if post is None:
+        raise _NotForThisBackendError(f"it cannot take points encoded as {batch.encoding!r}")
+    if offset == 0 and limit >= batch.n:
+        data = batch.data
+    else:
+        if batch.lines is None:
+            batch.lines = (batch.data or b"").split(b"\n")
+        data = b"\n".join(batch.lines[offset : offset + limit])
+    return post(data, batch.encoding)
 
 
 class DeliveryQueue:
-    """Writes the backlog of one backend to it, in order, at least once, retrying with backoff.
+    """Writes the spooled points of one backend to it, in order, at least once, retrying with backoff.
 
     A backend with a ``prepare(master)`` method (which may return a Deferred)
     gets it called in the reactor before its first write, and again after a
@@ -269,7 +379,6 @@ class DeliveryQueue:
         spool: SpoolThread,
         reactor: Any,
         policy: DeliveryPolicy,
-        next_id: Callable[[], int],
         spool_key: str | None = None,
         master: Any = None,
     ) -> None:
@@ -279,10 +388,14 @@ class DeliveryQueue:
         self._needs_prepare = True
         self._preparing = False
         self.counters = Counters()
-        self.backlog = Backlog(key, spool, spool_key or key, policy, self.counters, next_id)
+        self.backlog = Backlog(key, spool_key or key, policy, self.counters)
         self._spool = spool
         self._reactor = reactor
-        self._in_flight: list[Item] | None = None
+        self._batch: _Batch | None = None  # being written (or waiting for a retry)
+        self._next: _Batch | None = None  # read ahead while the batch is written
+        self._taking = False
+        self._generation = 0  # incremented when taken batches are given back to the spool
+        self._posting: tuple[int, int] | None = None  # (offset, limit) of the write in flight
         self._retry_call: Any = None
         self._attempt = 0
         self._batch_limit = policy.batch_size
@@ -316,34 +429,29 @@ class DeliveryQueue:
 
     @property
     def pending(self) -> int:
-        return len(self.backlog)
+        return self.backlog.pending
 
     def current_counters(self) -> Counters:
         """The counters, with ``pending`` as of now."""
         return replace(self.counters, pending=self.pending)
 
-    # -- putting points in -------------------------------------------------
+    # -- points coming in (from the spool writer) ---------------------------------
 
-    @overload
-    def put(self, points: list[Point], wait: Literal[False] = False) -> None: ...
+    def spooled(self, state: SpoolState, captured: int, problems: list[PointProblem], rejected: int) -> None:
+        """A spool write added points of this queue (or dropped some to respect the bounds)."""
+        self.counters.captured += captured
+        self.counters.dropped += rejected
+        if problems:
+            self._log_problems(problems)
+        self.backlog.update(state)
+        self._write_next()
 
-    @overload
-    def put(self, points: list[Point], wait: Literal[True]) -> defer.Deferred: ...
-
-    def put(self, points: list[Point], wait: bool = False) -> defer.Deferred | None:
-        """Queue ``points``; with ``wait``, return a Deferred that fires once they are spooled.
-
-        That Deferred is shared by all points of the same spool write: it fires
-        with None, and callbacks added to it must return their argument.
-        """
-        d = self.backlog.add(points, wait)
-        if self._in_flight is None and self._retry_call is None:
-            self._write_next()
-        return d
-
-    def restore(self, segments: list[SpoolSegment]) -> None:
-        """Put back the segments found in the spool at start-up, ahead of new points."""
-        found = self.backlog.restore(segments)
+    @defer.inlineCallbacks
+    def start(self) -> Any:
+        """Start with the oldest segment in the spool (points found at start-up go first)."""
+        state = yield self._spool.reset(self.spool_key)
+        self.backlog.update(state)
+        found = state.pending
         if found:
             self._restored = found
             log.msg(
@@ -351,31 +459,31 @@ class DeliveryQueue:
             )
         self._write_next()
 
-    def wait_spooled(self) -> defer.Deferred:
-        """Fires when everything put so far has reached the spool."""
-        return self.backlog.wait_spooled()
-
     # -- writing -------------------------------------------------------------
 
     def _write_next(self) -> None:
         if self._stopping and self._drained is None:
             return  # stopped: a late write must not start the next one
-        if self._preparing:
+        if self._posting is not None or self._retry_call is not None or self._preparing:
             return
-        if self._needs_prepare and self._in_flight is None and self._retry_call is None:
+        if self._needs_prepare:
             prepare = getattr(self.backend, "prepare", None)
             if prepare is not None:
                 self._prepare(prepare)
                 return
             self._needs_prepare = False
-        if self._in_flight is not None or self._retry_call is not None or not self.backlog.waiting:
-            if self._drained is not None and self.pending == 0:
-                self._fire_drained()
-            return
-        batch = self._in_flight = self.backlog.take(self._batch_limit)
-        d = threads.deferToThread(post_points, self.backend, [p for _, p in batch])
-        d.addCallbacks(self._written, self._write_failed)
-        d.addErrback(log.err, "buildbot_stats: internal error in delivery")
+        if self._batch is None:
+            if self._next is not None:
+                self._batch, self._next = self._next, None
+            else:
+                if self.backlog.untaken > 0:
+                    self._take()
+                elif self._drained is not None and not self._taking:
+                    self._fire_drained()
+                return
+        self._post()
+        if self._posting is not None:
+            self._take()  # read the next batch while this one is written
 
     def _prepare(self, prepare: Callable[[Any], Any]) -> None:
         """Call the backend's ``prepare(master)``; on failure keep the points and try again later."""
@@ -408,17 +516,82 @@ class DeliveryQueue:
         d.addBoth(done)
         d.addErrback(log.err, "buildbot_stats: internal error in delivery")
 
+    def _take(self) -> None:
+        if (
+            self._taking
+            or self._next is not None
+            or self.backlog.untaken <= 0
+            or self._retry_call is not None
+        ):
+            return
+        self._taking = True
+        d = self._spool.take(self.spool_key, self.policy.batch_size)
+        d.addCallbacks(self._taken, self._take_failed, callbackArgs=(self._generation,))
+        d.addErrback(log.err, "buildbot_stats: internal error in delivery")
+
+    def _taken(self, result: tuple[list[TakenSegment], SpoolState], generation: int) -> None:
+        self._taking = False
+        if generation != self._generation:
+            return  # given back meanwhile
+        segments, state = result
+        self.backlog.update(state)
+        if segments:
+            batch = _Batch(segments)
+            if self._batch is None:
+                self._batch = batch
+            else:
+                self._next = batch
+        elif self.backlog.untaken > 0:
+            self.backlog.untaken = 0  # nothing to take after all: do not ask again
+        self._write_next()
+
+    def _take_failed(self, failure: Failure) -> None:
+        self._taking = False
+        log.msg(
+            f"buildbot_stats: could not read the spool for backend {self.key!r} "
+            f"({failure.getErrorMessage()}); retrying"
+        )
+        self._retry_call = self._reactor.callLater(self.policy.max_retry_delay, self._retry)
+
+    def _post(self) -> None:
+        batch = self._batch
+        assert batch is not None
+        offset, limit = batch.offset, min(self._batch_limit, batch.n - batch.offset)
+        self._posting = (offset, limit)
+        d = threads.deferToThread(thd_post_batch, self.backend, batch, offset, limit)
+        d.addCallbacks(self._written, self._write_failed)
+        d.addErrback(log.err, "buildbot_stats: internal error in delivery")
+
+    def _advance(self, count: int) -> None:
+        """``count`` more points of the batch left for good (accepted or dropped)."""
+        batch = self._batch
+        if batch is None:
+            return
+        batch.offset += count
+        if batch.offset >= batch.n:
+            self._batch = None
+            d = self._spool.release(self.spool_key, batch.ids)
+            d.addCallbacks(self._released, self._log_spool_error)
+
+    def _released(self, state: SpoolState | None) -> None:
+        if state is not None:
+            self.backlog.update(state)
+        self._write_next()
+
+    def _log_spool_error(self, failure: Failure) -> None:
+        log.msg(f"buildbot_stats: spool error for backend {self.key!r}: {failure.getErrorMessage()}")
+
     def _written(self, report: WriteReport | None) -> None:
-        batch = self._in_flight or []
-        self._in_flight = None
+        _, sent = self._posting or (0, 0)
+        self._posting = None
         self._attempt = 0
         self._batch_limit = self.policy.batch_size
         rejected = report.rejected_points if report else 0
-        self.counters.written += len(batch) - rejected
+        self.counters.written += sent - rejected
         self.counters.dropped += rejected
         if report and report.problems:
             self._log_problems(report.problems)
-        self.backlog.done(batch)
+        self._advance(sent)
         if self._failure_logged is not None:
             log.msg(
                 f"buildbot_stats: backend {self.key!r} accepts writes again; "
@@ -432,7 +605,7 @@ class DeliveryQueue:
             )
             self.backlog.dropped_in_burst = 0
         if self._restored:
-            self._restored = max(0, self._restored - len(batch))
+            self._restored = max(0, self._restored - sent)
             if not self._restored:
                 log.msg(f"buildbot_stats: the points found in the spool reached backend {self.key!r}")
         self._write_next()
@@ -450,35 +623,42 @@ class DeliveryQueue:
             )
 
     def _write_failed(self, failure: Failure) -> None:
-        batch = self._in_flight or []
-        self._in_flight = None
+        offset, sent = self._posting or (0, 0)
+        self._posting = None
+        batch = self._batch
         error = failure.value
         if isinstance(error, PartialDeliveryError):
-            accepted, batch = batch[: error.delivered], batch[error.delivered :]
-            self.counters.written += len(accepted)
-            self.backlog.done(accepted)
+            self.counters.written += error.delivered
+            self._advance(error.delivered)
+            sent -= error.delivered
             error = error.cause
+        if isinstance(error, _NotForThisBackendError):
+            self.counters.dropped += sent
+            log.msg(f"buildbot_stats: {points_phrase(sent)} of backend {self.key!r} were dropped: {error}")
+            self._advance(sent)
+            self._write_next()
+            return
         if isinstance(error, SplitBatchError):
-            if len(batch) > 1:
-                self.backlog.put_back(batch)
-                self._batch_limit = max(1, len(batch) // 2)
+            if sent > 1:
+                self._batch_limit = max(1, sent // 2)
             else:
-                self.counters.dropped += len(batch)
-                self.backlog.done(batch)
-                series = batch[0][1].series if batch else "?"
+                self.counters.dropped += sent
+                series = batch.series_at(batch.offset) if batch is not None else "?"
+                self._advance(sent)
                 self._log_problems([PointProblem(series, "*", f"refused by the backend: {error}")])
             self._write_next()
             return
-        self.backlog.put_back(batch)
         self._attempt += 1
-        self.counters.retried += len(batch)
+        self.counters.retried += sent
+        if batch is not None and batch.offset == 0:
+            self._give_back()
         needs_fixing = isinstance(error, RefusedWriteError)
         if needs_fixing:
             self._needs_prepare = True  # e.g. render the password again: it may have been fixed
         message = f"{type(error).__name__}: {error}"
         if self._failure_logged != message:
             log.msg(
-                f"buildbot_stats: writing {points_phrase(len(batch))} to backend {self.key!r} failed "
+                f"buildbot_stats: writing {points_phrase(sent)} to backend {self.key!r} failed "
                 f"({message}); {points_phrase(self.pending)} kept and retried"
                 + (f" every {self.policy.max_retry_delay:.0f}s until fixed" if needs_fixing else "")
             )
@@ -491,6 +671,16 @@ class DeliveryQueue:
         if retry_after is not None and retry_after > delay:
             delay = float(retry_after)  # the server asked for at least that long
         self._retry_call = self._reactor.callLater(delay, self._retry)
+
+    def _give_back(self) -> None:
+        """Return the taken batches to the spool while the backend fails, so the bounds can drop them.
+
+        They are read again (their encoding is in the spool) for the retry.
+        """
+        self._batch = self._next = None
+        self._generation += 1
+        d = self._spool.reset(self.spool_key)
+        d.addCallbacks(self.backlog.update, self._log_spool_error)
 
     def _retry(self) -> None:
         self._retry_call = None
@@ -509,6 +699,9 @@ class DeliveryQueue:
         self._drained = defer.Deferred()
         self._write_next()
         if self._drained is None:
+            return True
+        if self._posting is None and not self._taking and self._batch is None and not self.backlog.untaken:
+            self._fire_drained()
             return True
         waiting: defer.Deferred = defer.Deferred()
         self._drained.chainDeferred(waiting)
@@ -537,10 +730,10 @@ class DeliveryQueue:
                     f"buildbot_stats: backend {self.key!r} did not take all points within "
                     f"{timeout}s at shutdown"
                 )
-        elif self._in_flight is not None:
+        elif self._posting is not None:
             # a write is running in a thread: give it the time, then leave
             yield self._wait_drained(timeout)
-        yield self.backlog.wait_spooled()
+        self._next = None
         if self.pending and self._spool.durable:
             log.msg(
                 f"buildbot_stats: {points_phrase(self.pending)} of backend {self.key!r} stay in the spool "

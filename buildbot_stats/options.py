@@ -27,7 +27,10 @@ class DeliveryPolicy:
     """How a queue batches and retries, and how long it may take to stop."""
 
     batch_size: int = 5000
-    max_spool_points: int = 200_000
+    #: per backend; pending points live in the spool, not in memory (about 100 bytes each on disk)
+    max_spool_points: int = 5_000_000
+    #: per backend, bytes of spooled data (None: no bound but the points)
+    max_spool_bytes: int | None = 1_000_000_000
     min_retry_delay: float = 0.5
     max_retry_delay: float = 60.0
     flush_timeout: float = 10.0
@@ -50,6 +53,7 @@ class ServiceOptions:
     spool_path: str | None = DEFAULT_SPOOL_PATH
     batch_size: int = _POLICY.batch_size
     max_spool_points: int = _POLICY.max_spool_points
+    max_spool_bytes: int | None = _POLICY.max_spool_bytes
     max_retry_delay: float = _POLICY.max_retry_delay
     flush_timeout: float = _POLICY.flush_timeout
     #: tags added to the property, build-time and data captures (opt-in: more series)
@@ -69,6 +73,9 @@ class ServiceOptions:
             count = getattr(opts, name)
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 found.append(f"{name} must be an integer >= 1, not {count!r}")
+        size = opts.max_spool_bytes
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            found.append(f"max_spool_bytes must be an integer >= 1 or None, not {size!r}")
         # NaN stops retries with a traceback, inf never retries, 0 spins a core,
         # and a flush_timeout of NaN or inf keeps a stopping master from exiting
         for name, least in (("max_retry_delay", MIN_RETRY_DELAY_CAP), ("flush_timeout", 0)):
@@ -95,6 +102,7 @@ class ServiceOptions:
         return DeliveryPolicy(
             batch_size=self.batch_size,
             max_spool_points=self.max_spool_points,
+            max_spool_bytes=self.max_spool_bytes,
             min_retry_delay=min(_POLICY.min_retry_delay, max_delay),
             max_retry_delay=max_delay,
             flush_timeout=float(self.flush_timeout),

@@ -9,16 +9,14 @@ stay spooled until a backend of that name comes back.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import defer
 from twisted.python import log
 
-from buildbot_stats.delivery import Counters, DeliveryQueue
+from buildbot_stats.delivery import Counters, DeliveryQueue, Record, Route, SpoolResult, SpoolWriter
 from buildbot_stats.options import DeliveryPolicy
-from buildbot_stats.point import Point
 from buildbot_stats.spool_thread import SpoolThread
 
 __all__ = ["QueueSet", "backend_keys", "backend_name"]
@@ -42,63 +40,59 @@ def backend_keys(backends: Sequence[Any]) -> list[str]:
 
 
 class QueueSet:
-    """Routes points to the queue of each backend and keeps the queues in step with the config."""
+    """Routes records to the queue of each backend and keeps the queues in step with the config."""
 
-    def __init__(
-        self, service_name: str, spool: SpoolThread, first_id: int, reactor: Any, master: Any = None
-    ) -> None:
+    def __init__(self, service_name: str, spool: SpoolThread, reactor: Any, master: Any = None) -> None:
         self.service_name = service_name
         self.master = master  # handed to backends' prepare(master), e.g. to render secrets
         self.spool = spool
         self.reactor = reactor
         self.queues: dict[str, DeliveryQueue] = {}
-        self._by_backend: dict[int, DeliveryQueue] = {}
-        self._ids = itertools.count(first_id + 1)
+        self.writer = SpoolWriter(spool, self._spooled)
+        self._by_spool_key: dict[str, DeliveryQueue] = {}
         self._retired = Counters()  # counters of queues removed by a reconfig
         self._orphans_logged: set[str] = set()
-        self._unconfigured_logged: set[int] = set()
-
-    def _next_id(self) -> int:
-        return next(self._ids)
+        self._degraded_logged: str | None = None
 
     @defer.inlineCallbacks
     def configure(self, backends: Sequence[Any], policy: DeliveryPolicy) -> Any:
         """Make the queues match ``backends``, keeping pending points of backends that stay."""
         old = self.queues
         self.queues = {}
-        self._by_backend = {}
+        routes: dict[int, Route] = {}
+        by_name: dict[str, Route] = {}
+        new_queues = []
         for key, backend in zip(backend_keys(backends), backends):
             queue = old.pop(key, None)
             if queue is None:
-                queue = yield self._new_queue(key, backend, policy)
+                spool_key = f"{self.service_name}/{key}"
+                queue = DeliveryQueue(
+                    key, backend, self.spool, self.reactor, policy, spool_key, master=self.master
+                )
+                new_queues.append(queue)
             else:
                 queue.use(backend, policy)
             self.queues[key] = queue
-            self._by_backend[id(backend)] = queue
+            encode = getattr(backend, "thd_encode", None)
+            routes[id(backend)] = by_name[key] = Route(queue.spool_key, encode, policy.batch_size)
+        # spool writes made from now on use the new routes; a capture still holding a
+        # replaced backend object finds its queue by name
+        self.writer.routes = routes
+        self.writer.routes_by_name = by_name
+        self.writer.bounds = {
+            q.spool_key: (q.policy.max_spool_points, q.policy.max_spool_bytes) for q in self.queues.values()
+        }
+        self._by_spool_key = {q.spool_key: q for q in self.queues.values()}
         for queue in old.values():
             yield queue.stop()
             self._retired.add(queue.counters)
+        for queue in new_queues:
+            try:
+                yield queue.start()
+            except Exception as e:
+                # statistics must never keep the master from starting
+                log.msg(f"buildbot_stats: cannot read the spool for backend {queue.key!r}: {e}")
         yield self._log_orphans()
-
-    @defer.inlineCallbacks
-    def _new_queue(self, key: str, backend: Any, policy: DeliveryPolicy) -> Any:
-        spool_key = f"{self.service_name}/{key}"
-        queue = DeliveryQueue(
-            key, backend, self.spool, self.reactor, policy, self._next_id, spool_key, master=self.master
-        )
-        try:
-            segments, unreadable = yield self.spool.read_pending(spool_key)
-        except Exception as e:
-            # statistics must never keep the master from starting
-            log.msg(f"buildbot_stats: cannot read the spool for backend {key!r}: {e}")
-            segments, unreadable = [], 0
-        if unreadable:
-            log.msg(
-                f"buildbot_stats: {unreadable} unreadable spool segment(s) of backend {key!r} "
-                "were moved to the table buildbot_stats_unreadable"
-            )
-        queue.restore(segments)
-        return queue
 
     @defer.inlineCallbacks
     def _log_orphans(self) -> Any:
@@ -117,35 +111,44 @@ class QueueSet:
                     "configured; they are sent if a backend of that name is configured again"
                 )
 
-    def put(self, points: list[Point], backends: Sequence[Any]) -> defer.Deferred:
-        """Queue ``points`` for each of ``backends``; fires once they are spooled."""
-        if len(backends) == 1:
-            queue = self._by_backend.get(id(backends[0]))
-            if queue is not None:
-                return queue.put(points, True)
-        waits = []
-        for backend in backends:
-            queue = self._by_backend.get(id(backend)) or self._queue_by_name(backend)
+    def put(self, record: Record) -> defer.Deferred:
+        """Record one capture result for its backends; fires once it is spooled."""
+        return self.writer.add(record)
+
+    def _spooled(self, result: SpoolResult) -> None:
+        """A spool write is done: tell each queue, and say so once when the file cannot be written."""
+        for message in result.errors:
+            log.msg(f"buildbot_stats: {message}")
+        degraded = self.spool.degraded
+        if degraded != self._degraded_logged:
+            if degraded is not None:
+                log.msg(
+                    f"buildbot_stats: cannot write the spool {self.spool.path} ({degraded}); new points "
+                    "are kept in memory, within the same bounds, until it can be written again"
+                )
+            else:
+                log.msg(
+                    f"buildbot_stats: the spool {self.spool.path} can be written again; "
+                    "the points kept in memory moved to it"
+                )
+            self._degraded_logged = degraded
+        for key, lost in result.lost.items():
+            queue = self._by_spool_key.get(key)
+            counters = queue.counters if queue is not None else self._retired
+            counters.dropped += lost
+        keys = set(result.states) | set(result.captured)
+        for key in keys:
+            queue = self._by_spool_key.get(key)
+            state = result.states.get(key)
             if queue is None:
-                if id(backend) not in self._unconfigured_logged:
-                    self._unconfigured_logged.add(id(backend))
-                    log.msg(
-                        f"buildbot_stats: backend {backend!r} is not configured; its points are not stored"
-                    )
-                self._retired.dropped += len(points)
+                self._retired.captured += result.captured.get(key, 0)
                 continue
-            waits.append(queue.put(points, True))
-        if len(waits) == 1:
-            return waits[0]
-        return defer.gatherResults(waits, consumeErrors=True)
-
-    def _queue_by_name(self, backend: Any) -> DeliveryQueue | None:
-        """The queue of a backend replaced by a reconfig while its capture was busy.
-
-        A capture that was waiting for data when ``buildbot reconfig`` ran still
-        holds the old backend object; its points go to the queue of the same name.
-        """
-        return self.queues.get(backend_name(backend))
+            if state is None:
+                queue.counters.captured += result.captured.get(key, 0)
+                continue
+            queue.spooled(
+                state, result.captured.get(key, 0), result.problems.get(key, []), result.rejected.get(key, 0)
+            )
 
     def totals(self) -> dict[str, int]:
         """Counters summed over all backends, removed ones included."""
@@ -158,10 +161,15 @@ class QueueSet:
     def per_backend(self) -> dict[str, dict[str, int]]:
         return {key: queue.current_counters().as_dict() for key, queue in self.queues.items()}
 
+    def wait_spooled(self) -> defer.Deferred:
+        """Fires once everything recorded so far is spooled."""
+        return self.writer.waiter()
+
     @defer.inlineCallbacks
     def stop(self) -> Any:
-        """Stop every queue (each flushes within its policy's ``flush_timeout``)."""
+        """Spool what was recorded, then stop every queue (each within its ``flush_timeout``)."""
+        yield self.writer.waiter()
         for queue in self.queues.values():
             yield queue.stop()
         self.queues = {}
-        self._by_backend = {}
+        self._by_spool_key = {}

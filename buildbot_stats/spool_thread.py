@@ -18,7 +18,7 @@ from typing import Any
 from twisted.internet import defer, threads
 from twisted.python import log, threadpool
 
-from buildbot_stats.spool import ForeignSpoolFileError, MemorySpool, SpoolSegment, SQLiteSpool
+from buildbot_stats.spool import ForeignSpoolFileError, MemorySpool, NewSegment, SQLiteSpool
 
 __all__ = ["SpoolThread", "open_spool", "spool_file"]
 
@@ -57,7 +57,7 @@ class SpoolThread:
 
     @property
     def running(self) -> bool:
-        """Whether the spool's own thread runs (a memory spool has none)."""
+        """Whether the spool's own thread runs."""
         return self._pool is not None
 
     def _run(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
@@ -67,25 +67,37 @@ class SpoolThread:
             return defer.maybeDeferred(f, *args)
         return threads.deferToThreadPool(self._reactor, self._pool, f, *args)
 
+    @property
+    def degraded(self) -> str | None:
+        """Why the spool file cannot be written now (points are kept in memory), if so."""
+        return getattr(self._spool, "degraded", None)
+
     def open(self) -> defer.Deferred:
         return self._run(self._spool.thd_open)
 
-    def append(self, queue_key: str, segments: list[SpoolSegment]) -> defer.Deferred:
-        return self._run(self._spool.thd_append, queue_key, segments)
+    def call(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """Run ``f(spool, *args)`` on the spool's thread (encoding and writing in one go)."""
+        return self._run(f, self._spool, *args)
 
-    def read_pending(self, queue_key: str) -> defer.Deferred:
-        return self._run(self._spool.thd_read_pending, queue_key)
+    def write(self, segments: list[NewSegment], bounds: dict[str, tuple[int, int | None]]) -> defer.Deferred:
+        return self._run(self._spool.thd_write, segments, bounds)
+
+    def take(self, queue_key: str, max_points: int) -> defer.Deferred:
+        return self._run(self._spool.thd_take, queue_key, max_points)
+
+    def reset(self, queue_key: str) -> defer.Deferred:
+        return self._run(self._spool.thd_reset, queue_key)
 
     def release(self, queue_key: str, segment_ids: Iterable[int]) -> defer.Deferred:
-        if self._closed or not self._spool.durable:
+        if self._closed:
             return defer.succeed(None)
         return self._run(self._spool.thd_release, queue_key, list(segment_ids))
 
     def pending_counts(self) -> defer.Deferred:
         return self._run(self._spool.thd_pending_counts)
 
-    def last_id(self) -> defer.Deferred:
-        return self._run(self._spool.thd_last_id)
+    def info(self) -> defer.Deferred:
+        return self._run(self._spool.thd_info)
 
     def idle(self) -> defer.Deferred:
         """Fires once everything submitted so far has run."""
@@ -123,20 +135,35 @@ def spool_file(spool_path: str | None, basedir: str | None) -> str | None:
     return os.path.join(basedir or "", os.path.expanduser(spool_path))
 
 
+def _pool(name: str) -> threadpool.ThreadPool:
+    pool = threadpool.ThreadPool(minthreads=1, maxthreads=1, name=name)
+    pool.start()
+    return pool
+
+
+@defer.inlineCallbacks
+def _memory_spool(reactor: Any) -> Any:
+    spool = SpoolThread(MemorySpool(), reactor, _pool("buildbot_stats-spool-memory"))
+    yield spool.open()
+    return spool
+
+
 @defer.inlineCallbacks
 def open_spool(spool_path: str | None, basedir: str | None, reactor: Any) -> Any:
-    """Open the spool for ``spool_path``; fires with ``(SpoolThread, last point id)``."""
+    """Open the spool for ``spool_path``; fires with a :class:`SpoolThread`.
+
+    Pending points live in the spool (read back a batch at a time), so even a
+    memory-only spool runs on a thread of its own, off the reactor.
+    """
     path = spool_file(spool_path, basedir)
     if path is None:
         if spool_path is not None:
             log.msg("buildbot_stats: no master basedir; pending points are kept in memory only")
-        return SpoolThread(MemorySpool(), reactor), 0
-    pool = threadpool.ThreadPool(minthreads=1, maxthreads=1, name="buildbot_stats-spool")
-    pool.start()
-    spool = SpoolThread(SQLiteSpool(path), reactor, pool)
+        spool = yield _memory_spool(reactor)
+        return spool
+    spool = SpoolThread(SQLiteSpool(path), reactor, _pool("buildbot_stats-spool"))
     try:
         yield spool.open()
-        last_id = yield spool.last_id()
     except ForeignSpoolFileError:
         yield spool.close()
         raise  # somebody else's file: a configuration error, not a reason to fall back
@@ -146,10 +173,9 @@ def open_spool(spool_path: str | None, basedir: str | None, reactor: Any) -> Any
             f"buildbot_stats: cannot open the spool {path} ({type(e).__name__}: {e}); "
             "pending points are kept in memory only"
         )
-        return SpoolThread(MemorySpool(), reactor), 0
-    if spool.set_aside:
-        log.msg(
-            f"buildbot_stats: the spool {path} could not be read; it was moved to "
-            f"{spool.set_aside} and a new one started"
-        )
-    return spool, last_id
+        spool = yield _memory_spool(reactor)
+        return spool
+    notice = getattr(spool._spool, "notice", None)
+    if notice:
+        log.msg(f"buildbot_stats: {notice}")
+    return spool

@@ -28,7 +28,7 @@ from buildbot_stats.errors import CaptureCallbackError, StorageBackendTypeError
 from buildbot_stats.lookups import BuildLookups
 from buildbot_stats.multimaster import MasterFilter, with_datetimes
 from buildbot_stats.options import DEFAULT_SPOOL_PATH, ServiceOptions
-from buildbot_stats.point import Clock, Point, to_ns
+from buildbot_stats.point import Clock
 from buildbot_stats.queues import QueueSet, backend_name
 from buildbot_stats.spool import ForeignSpoolFileError, foreign_file_problem
 from buildbot_stats.spool_thread import open_spool, spool_file
@@ -70,6 +70,7 @@ class StatsService(service.BuildbotService):
         self._capture_log: BurstLog | None = None
         #: skips messages of other masters' builds (a cluster's WAMP MQ only)
         self._master_filter: MasterFilter | None = None
+        self._call_waits: list[defer.Deferred] | None = None
 
     def checkConfig(self, storage_backends: Sequence[Any] = (), **options: Any) -> None:  # type: ignore[override]
         if not isinstance(storage_backends, (list, tuple)):
@@ -170,13 +171,13 @@ class StatsService(service.BuildbotService):
         if self._queues is None:
             basedir = getattr(self.master, "basedir", None) if self.master else None
             try:
-                spool, last_id = yield open_spool(opts.spool_path, basedir, self.master.reactor)
+                spool = yield open_spool(opts.spool_path, basedir, self.master.reactor)
             except ForeignSpoolFileError as e:
                 # checkConfig says so already when it knows the basedir; this is the backstop
                 raise config.ConfigErrors(
                     [f"StatsService: spool_path {opts.spool_path!r}: {e} (choose another spool_path)"]
                 ) from None
-            self._queues = QueueSet(self.name, spool, last_id, self.master.reactor, self.master)
+            self._queues = QueueSet(self.name, spool, self.master.reactor, self.master)
             self._spool_path = opts.spool_path
         elif opts.spool_path != self._spool_path:
             log.msg("buildbot_stats: spool_path changed; the new path is used after a master restart")
@@ -196,21 +197,32 @@ class StatsService(service.BuildbotService):
     def store(
         self, capture: Any, post_data: Any, series_name: str, context: Any, time: Any = None
     ) -> defer.Deferred:
-        """Turn one capture result into a point for each of the capture's backends.
+        """Hand one capture result to the capture's backends.
 
-        The Deferred fires (with None) once the point is spooled.  It is shared
-        by the points of one spool write: a callback added to it must return
-        its argument (as ``await``, ``yield`` and ``gatherResults`` do).
+        The reactor only appends a tuple: the point is made, checked, encoded
+        and spooled on the spool thread.  The Deferred fires (with None) once
+        the point is in the spool.  It is shared by the points of one spool
+        write: a callback added to it must return its argument (as ``await``,
+        ``yield`` and ``gatherResults`` do).
         """
-        point = Point(
-            series_name if type(series_name) is str else str(series_name),
-            dict(post_data) if isinstance(post_data, dict) else {"value": post_data},
-            dict(context) if context else {},
-            self.clock.now_ns() if time is None else to_ns(time),
-        )
-        if self._queues is None:
+        queues = self._queues
+        if queues is None:
             return defer.fail(RuntimeError(f"StatsService {self.name!r} is not running"))
-        return self._queues.put([point], capture.parent_svcs)
+        return queues.writer.add(
+            (
+                capture.parent_svcs,
+                series_name,
+                post_data,
+                context,
+                self.clock.now_ns() if time is None else time,
+            )
+        )
+
+    def wait_spooled(self) -> defer.Deferred:
+        """Fires once every value stored so far is in the spool."""
+        if self._queues is None:
+            return defer.succeed(None)
+        return self._queues.wait_spooled()
 
     @property
     def queues(self) -> dict[str, Any]:
@@ -259,6 +271,10 @@ class StatsService(service.BuildbotService):
         def consume(routingKey: tuple, msg: dict[str, Any]) -> defer.Deferred:
             d = defer.maybeDeferred(cap.consume, routingKey, msg)
             d.addErrback(self._capture_failed, cap)
+            waits = self._call_waits
+            if waits is not None and not d.called:
+                # still working (a first lookup): yieldMetricsValue waits for it too
+                waits.append(d)
             return d
 
         master_filter = self._master_filter
@@ -350,17 +366,18 @@ class StatsService(service.BuildbotService):
     def yieldMetricsValue(self, data_name: str, post_data: Any, buildid: int) -> defer.Deferred:
         """Post ``post_data`` (a dict of field values) for build ``buildid`` as ``data_name``.
 
-        Captured by :class:`~buildbot_stats.capture.CaptureData` captures of that name.
+        Captured by :class:`~buildbot_stats.capture.CaptureData` captures of
+        that name.  The Deferred fires once the points the captures made of it
+        are in the spool (see :doc:`delivery`: acknowledged means kept).
         """
         build_data = self.lookups.known_build(buildid) if self.lookups is not None else None
         if build_data is None:
-            return self._yield_after_lookup(data_name, post_data, buildid)
+            return self._yield_after_lookup(data_name, [post_data], buildid)
         # the usual case, a build posting many values: no generator, no lookup
         try:
-            self._produce(data_name, post_data, build_data)
+            return self._produce_kept(data_name, (post_data,), build_data)
         except Exception:
             return defer.fail()
-        return defer.succeed(None)
 
     def _produce(self, data_name: str, post_data: Any, build_data: dict[str, Any]) -> None:
         """The documented ``stats-yield-data`` message, consumed by CaptureData.
@@ -380,18 +397,52 @@ class StatsService(service.BuildbotService):
             },
         )
 
-    @defer.inlineCallbacks
-    def _yield_after_lookup(self, data_name: str, post_data: Any, buildid: int) -> Any:
-        if self.lookups is None:
-            raise RuntimeError(f"StatsService {self.name!r} is not configured")
-        build_data = yield self.lookups.build(buildid)
-        self._produce(data_name, post_data, build_data)
+    def _produce_kept(
+        self, data_name: str, values: Sequence[Any], build_data: dict[str, Any]
+    ) -> defer.Deferred:
+        """Produce one message per value; a Deferred that fires once what the captures stored is spooled.
+
+        With Buildbot's MQ, ``produce`` calls the consumers at once: the points
+        they store meanwhile are recorded before it returns, and a consumer
+        still waiting (a first builder lookup) is waited for.
+        """
+        queues = self._queues
+        waits: list[defer.Deferred] = []
+        self._call_waits = waits
+        before = queues.writer.recorded if queues is not None else 0
+        try:
+            for post_data in values:
+                self._produce(data_name, post_data, build_data)
+        finally:
+            self._call_waits = None
+        if queues is not None and queues.writer.recorded != before:
+            waits.append(queues.writer.waiter())
+        if not waits:
+            return defer.succeed(None)
+        if len(waits) == 1:
+            return waits[0]
+        d = defer.gatherResults(waits, consumeErrors=True)
+        d.addCallback(lambda _: None)
+        return d
 
     @defer.inlineCallbacks
-    def yieldMetricsValues(self, data_name: str, post_data_list: Sequence[Any], buildid: int) -> Any:
-        """Post many values at once: one build lookup, one message per value."""
+    def _yield_after_lookup(self, data_name: str, values: Sequence[Any], buildid: int) -> Any:
         if self.lookups is None:
             raise RuntimeError(f"StatsService {self.name!r} is not configured")
         build_data = yield self.lookups.build(buildid)
-        for post_data in post_data_list:
-            self._produce(data_name, post_data, build_data)
+        yield self._produce_kept(data_name, values, build_data)
+
+    def yieldMetricsValues(
+        self, data_name: str, post_data_list: Sequence[Any], buildid: int
+    ) -> defer.Deferred:
+        """Post many values at once: one build lookup, one message per value, one spool write.
+
+        The Deferred fires once all of them are in the spool.
+        """
+        build_data = self.lookups.known_build(buildid) if self.lookups is not None else None
+        if build_data is None:
+            return self._yield_after_lookup(data_name, list(post_data_list), buildid)
+        try:
+            return self._produce_kept(data_name, post_data_list, build_data)
+        except Exception:
+            return defer.fail()

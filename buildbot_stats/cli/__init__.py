@@ -58,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the table shows the N slowest steps (by p95; default 10, 0 for all); JSON and HTML have all",
     )
 
+    spool = commands.add_parser(
+        "spool",
+        help="show what a delivery spool holds",
+        description="Per backend: pending points, oldest and newest timestamp, bytes. Read-only.",
+    )
+    spool.add_argument("path", metavar="PATH", help="the spool file (e.g. <basedir>/stats-spool.sqlite)")
+    spool.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     demo = commands.add_parser(
         "demo",
         help="run a real Buildbot master with two local workers, run builds, and summarise their statistics",
@@ -149,6 +157,17 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spool(args: argparse.Namespace) -> int:
+    from buildbot_stats.cli.spool_info import NotASpoolError, format_table, read_spool_info, to_json
+
+    try:
+        info = read_spool_info(args.path)
+    except NotASpoolError as e:
+        return _error(str(e))
+    sys.stdout.write(to_json(info) + "\n" if args.json else format_table(info))
+    return 0
+
+
 def _exception_class(module: Any, name: str) -> tuple[type[BaseException], ...]:
     """``(module.name,)`` if that is an exception class, else ``()`` (``except ():`` catches nothing)."""
     cls = getattr(module, name, None)
@@ -210,6 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "summary":
             return _summary(args)
+        if args.command == "spool":
+            return _spool(args)
         if args.command == "demo":
             return _demo(args)
         if args.command == "backfill":

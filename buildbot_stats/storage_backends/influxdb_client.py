@@ -45,6 +45,7 @@ __all__ = ["InfluxStorageService"]
 # InfluxDB 1.x: 'partial write: field type conflict: input field "value" on
 # measurement "b-x" is type string, already exists as type float dropped=1'
 # (names are not escaped). Parse errors say "unable to parse" and dropped=0.
+_ENCODING = "influx-lp/"  # + precision: line protocol made by thd_encode
 _FIELD_IN_ERROR = re.compile(
     r'input field "(?P<field>.*)" on measurement "(?P<series>.*)" is (?:type|invalid)'
 )
@@ -187,12 +188,40 @@ class InfluxStorageService(StatsStorageBase):
         """Write a batch in one request; raise a classified error on failure."""
         body, problems, skipped = encode_points(points, self.time_precision)
         report = WriteReport(problems=problems, rejected_points=skipped)
-        if not body:
-            return report
-        params = {"db": self.db, "precision": self.time_precision}
+        if body:
+            self._post_body(body.encode("utf-8"), self.time_precision, report, len(points) - skipped)
+        return report
+
+    def thd_encode(self, points: list[Point]) -> tuple[str, bytes, WriteReport]:
+        """Encode points once, for the spool: ``(encoding, line protocol, report)``.
+
+        The delivery queue keeps these bytes for every attempt and hands them
+        to :meth:`thd_post_encoded`; the encoding names the precision, so a
+        reconfig that changes it does not misread points already spooled.
+        The bytes carry no credentials.
+        """
+        body, problems, skipped = encode_points(points, self.time_precision)
+        return f"{_ENCODING}{self.time_precision}", body.encode("utf-8"), WriteReport(problems, skipped)
+
+    def thd_post_encoded(self, data: bytes, encoding: str) -> WriteReport:
+        """Write line protocol made by :meth:`thd_encode` (one point per line)."""
+        if not encoding.startswith(_ENCODING) or encoding[len(_ENCODING) :] not in PRECISIONS:
+            raise ValueError(f"cannot write points encoded as {encoding!r}")
+        report = WriteReport()
+        if data:
+            self._post_body(data, encoding[len(_ENCODING) :], report, data.count(b"\n") + 1)
+        return report
+
+    def _post_body(self, data: bytes, precision: str, report: WriteReport, sent: int) -> None:
+        if not self._inited:
+            raise RefusedWriteError(f"InfluxStorageService {self.name!r} is not configured")
+        if self._secret_pending:
+            raise RefusedWriteError(
+                f"InfluxStorageService {self.name!r}: the password secret is not rendered yet"
+            )
+        params = {"db": self.db, "precision": precision}
         if self.retention_policy:
             params["rp"] = self.retention_policy
-        data = body.encode("utf-8")
         headers = {"Content-Type": "application/octet-stream"}
         if self.gzip:
             data = gzip_module.compress(data, compresslevel=5)
@@ -204,12 +233,11 @@ class InfluxStorageService(StatsStorageBase):
         except InfluxDBServerError as e:
             raise TransientWriteError(f"InfluxDB server error: {_text(e.args[0] if e.args else e)}") from None
         except InfluxDBClientError as e:
-            self._classify_client_error(e, report, len(points) - skipped)
+            self._classify_client_error(e, report, sent)
         except requests.exceptions.SSLError as e:
             raise RefusedWriteError(tls_failure(self._where, e)) from None
         except requests.exceptions.RequestException as e:
             raise TransientWriteError(f"cannot reach InfluxDB at {self._where}: {type(e).__name__}") from None
-        return report
 
     def _classify_client_error(self, e: Any, report: WriteReport, sent: int) -> None:
         message = _text(e.content)

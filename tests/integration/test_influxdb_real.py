@@ -115,7 +115,10 @@ class InfluxServiceTestCase(StatsTestCase, LoggingMixin):
 
     def put_batch(self, points: list[Point]) -> None:
         """Hand many points to the backend's queue at once, so that they form one batch."""
-        self.stats.queues["influx"].put(points)
+        backends = self.stats.registeredStorageServices
+        self.stats._queues.writer.add_many(
+            [(backends, p.series, p.fields, p.tags, p.time_ns) for p in points]
+        )
 
     def data_point(self, n: int, fields: dict[str, Any]) -> Point:
         return Point("builder1-m", fields, dict(TAGS), BASE_NS + n * TICK_NS)

@@ -303,17 +303,24 @@ class SegmentTests(DataTestCase):
     spool_path = SpoolTests.spool_path
     replace_service = SpoolTests.replace_service
 
-    def spool_rows(self, path, table="buildbot_stats_segments"):
+    def spool_rows(self, path, what="COUNT(*)"):
         import sqlite3
 
         conn = sqlite3.connect(path)
         try:
-            return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+            return conn.execute(f"SELECT {what} FROM buildbot_stats_segments").fetchone()[0] or 0
         finally:
             conn.close()
 
+    def put(self, points):
+        """Record ``points`` as a capture does; fires once they are spooled."""
+        backends = self.stats.registeredStorageServices
+        return self.stats._queues.writer.add_many(
+            [(backends, p.series, p.fields, p.tags, p.time_ns) for p in points]
+        )
+
     def points(self, start, n):
-        return [Point("builder1-m", {"i": i}, {"t": "x"}, 1000 + i) for i in range(start, start + n)]
+        return [Point("builder1-m", {"i": i}, {"t": "x"}, 10**18 + i) for i in range(start, start + n)]
 
     @defer.inlineCallbacks
     def test_partly_accepted_segment_is_sent_again_after_a_restart(self):
@@ -336,12 +343,11 @@ class SegmentTests(DataTestCase):
         path = self.spool_path()
         first = AcceptsThree(captures=[capture.CaptureData("m", "builder1")], name="influx")
         yield self.replace_service(first, spool_path=path, flush_timeout=0, batch_size=10)
-        queue = self.stats.queues["influx"]
-        yield queue.put(self.points(0, 10), wait=True)
+        yield self.put(self.points(0, 10))
         self.assertEqual(self.values(first), [0, 1, 2])
         self.assertEqual(self.stats.counters["written"], 3)
         self.assertEqual(self.spool_rows(path), 1)  # one segment of 10 points
-        self.assertEqual(self.spool_rows(path, "buildbot_stats_spool"), 10)
+        self.assertEqual(self.spool_rows(path, "SUM(n)"), 10)
         yield self.stats.disownServiceParent()
 
         # the whole segment comes back: the 3 accepted points again (same
@@ -349,7 +355,7 @@ class SegmentTests(DataTestCase):
         up = RecordingStorage(captures=[capture.CaptureData("m", "builder1")], name="influx")
         yield self.replace_service(up, spool_path=path, batch_size=4)
         self.assertEqual(self.values(up), list(range(10)))
-        self.assertEqual([p.time_ns for p in up.points], [1000 + i for i in range(10)])
+        self.assertEqual([p.time_ns for p in up.points], [10**18 + i for i in range(10)])
         yield self.stats.disownServiceParent()
         self.assertEqual(self.spool_rows(path), 0)
 
@@ -360,7 +366,7 @@ class SegmentTests(DataTestCase):
         backend.fail_next(1)
         yield self.replace_service(backend, spool_path=path, batch_size=8, max_retry_delay=10)
         queue = self.stats.queues["influx"]
-        yield queue.put(self.points(0, 8), wait=True)  # one segment; its write fails
+        yield self.put(self.points(0, 8))  # one segment; its write fails
         self.assertEqual(self.spool_rows(path), 1)
         queue._batch_limit = 3  # as after a "batch too large": the segment goes in parts
         threads_ = ControlledThreads(self)
@@ -384,9 +390,9 @@ class SegmentTests(DataTestCase):
         down = RecordingStorage(captures=[capture.CaptureData("m", "builder1")], name="influx")
         down.fail_next(1000)
         yield self.replace_service(down, spool_path=path, flush_timeout=0, batch_size=4)
-        yield self.stats.queues["influx"].put(self.points(0, 10), wait=True)
+        yield self.put(self.points(0, 10))
         self.assertEqual(self.spool_rows(path), 3)  # 4 + 4 + 2
-        self.assertEqual(self.spool_rows(path, "buildbot_stats_spool"), 10)
+        self.assertEqual(self.spool_rows(path, "SUM(n)"), 10)
         yield self.stats.disownServiceParent()
         up = RecordingStorage(captures=[capture.CaptureData("m", "builder1")], name="influx")
         yield self.replace_service(up, spool_path=path)
@@ -466,13 +472,15 @@ class SpoolRobustnessTests(DataTestCase):
         yield self.spool_some(path)
         conn = sqlite3.connect(path)
         first = conn.execute("SELECT MIN(id) FROM buildbot_stats_segments").fetchone()[0]
-        conn.execute("UPDATE buildbot_stats_segments SET points = x'00112233' WHERE id = ?", (first,))
+        conn.execute("UPDATE buildbot_stats_segments SET data = x'00112233' WHERE id = ?", (first,))
         conn.commit()
         conn.close()
         up = self.recorder()
         yield self.replace_service(up, spool_path=path)
         self.assertEqual(self.values(up), [1, 2, 3, 4, 5])
-        self.assertLogged("1 unreadable spool segment.* of backend 'influx' were moved to the table")
+        self.assertLogged(
+            "1 point of backend 'influx' could not be read from the spool; .* moved to the table"
+        )
         conn = sqlite3.connect(path)
         self.assertEqual(conn.execute("SELECT COUNT(*) FROM buildbot_stats_unreadable").fetchone()[0], 1)
         conn.close()
@@ -490,7 +498,7 @@ class SpoolRobustnessTests(DataTestCase):
             f.write(b"this is not an SQLite database, it is garbage" * 100)
         up = self.recorder()
         yield self.replace_service(up, spool_path=path)
-        self.assertLogged("could not be read; it was moved to .*unreadable-")
+        self.assertLogged("could not be read .*; it was moved to .*unreadable-")
         self.assertTrue(self.stats.spool.durable)
         self.post(2)
         self.assertEqual(self.values(up), [0, 1])

@@ -1,80 +1,379 @@
-"""The spool file: its interface, and a spool of the previous schema read and migrated."""
+"""The spool as the backlog: formats, migrations, damaged files, full disks, acknowledgements."""
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
+import tempfile
 
+from buildbot.test.util.logging import LoggingMixin
+from twisted.internet import defer
+
+from buildbot_stats import capture, spool_thread
+from buildbot_stats.cli import main as cli_main
+from buildbot_stats.errors import SplitBatchError
 from buildbot_stats.point import Point
-from buildbot_stats.spool import MemorySpool, Spool, SQLiteSpool, dump_points
-
-SCHEMA_2 = """
-CREATE TABLE buildbot_stats_segments (
-    backend TEXT NOT NULL, id INTEGER NOT NULL, last_id INTEGER NOT NULL,
-    ids TEXT NOT NULL, points BLOB NOT NULL, PRIMARY KEY (backend, id));
-CREATE TABLE buildbot_stats_unreadable (
-    backend TEXT NOT NULL, id INTEGER NOT NULL, ids TEXT NOT NULL, points BLOB NOT NULL, error TEXT NOT NULL);
-CREATE VIEW buildbot_stats_spool (id, backend) AS
-    SELECT j.value, s.backend FROM buildbot_stats_segments AS s, json_each(s.ids) AS j;
-PRAGMA user_version = 2;
-"""
+from buildbot_stats.spool import SQLiteSpool, dump_points
+from buildbot_stats.spool_thread import SpoolThread
+from buildbot_stats.stats_service import StatsService
+from buildbot_stats.storage_backends.base import WriteReport
+from buildbot_stats.testing import RecordingStorage
+from tests.fakes import YIELD_KEY, StatsTestCase
 
 
-def points(n: int, first: int = 0) -> list[Point]:
-    return [Point("b-data", {"v": i}, {"builder_name": "b"}, 10**18 + i) for i in range(first, first + n)]
+class EncodingStorage(RecordingStorage):
+    """A backend that encodes once (one point per line) and is given the bytes back."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.posted: list[bytes] = []
+        self.split_on: str | None = None
+
+    def thd_encode(self, points):
+        lines = [json.dumps([p.series, p.fields, p.tags, p.time_ns]) for p in points]
+        return "test-json", "\n".join(lines).encode(), WriteReport()
+
+    def thd_post_encoded(self, data, encoding):
+        assert encoding == "test-json"
+        self._maybe_fail()
+        if self.split_on is not None and self.split_on.encode() in data:
+            raise SplitBatchError("bad point somewhere")
+        self.posted.append(data)
+        for line in data.split(b"\n"):
+            series, fields, tags, t = json.loads(line)
+            self.points.append(Point(series, fields, tags, t))
+        self.batches.append(data.count(b"\n") + 1)
+        return WriteReport()
 
 
-def test_both_spools_implement_the_interface():
-    for spool in (MemorySpool(), SQLiteSpool(":memory:")):
+class SpoolCase(StatsTestCase, LoggingMixin):
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield super().setUp()
+        self.setUpLogging()
+        yield self.add_build()
+        self.build_data = yield self.master.data.get(("builds", 1))
+        self.dir = tempfile.mkdtemp(prefix="bbstats-spool-")
+        self.addCleanup(lambda: [os.remove(os.path.join(self.dir, f)) for f in os.listdir(self.dir)])
+        self.path = os.path.join(self.dir, "spool.sqlite")
+
+    def post(self, n, start=0):
+        for i in range(start, start + n):
+            self.master.mq.callConsumer(
+                YIELD_KEY, {"data_name": "m", "post_data": {"i": i}, "build_data": self.build_data}
+            )
+
+    def recorder(self, down=False, cls=RecordingStorage):
+        backend = cls(captures=[capture.CaptureData("m", "builder1")], name="influx")
+        if down:
+            backend.fail_next(10_000)
+        return backend
+
+    @defer.inlineCallbacks
+    def replace_service(self, backend, **kwargs):
+        if self.stats.parent is not None:
+            yield self.stats.disownServiceParent()
+        self.stats = StatsService(storage_backends=[backend], name="StatsService", **kwargs)
+        yield self.stats.setServiceParent(self.master)
+
+    def values(self, backend):
+        return [p.fields["i"] for p in backend.points]
+
+    def rows(self, sql, path=None):
+        conn = sqlite3.connect(path or self.path)
+        try:
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+
+
+class EncodeOnceTests(SpoolCase):
+    @defer.inlineCallbacks
+    def test_backend_gets_the_bytes_it_encoded_once_for_every_attempt(self):
+        backend = self.recorder(cls=EncodingStorage)
+        backend.fail_next(2)
+        yield self.replace_service(backend, spool_path=self.path, max_retry_delay=5)
+        self.post(3)
+        self.assertEqual(self.rows("SELECT DISTINCT encoding FROM buildbot_stats_segments"), [("test-json",)])
+        for _ in range(5):
+            self.reactor.advance(5)
+        self.assertEqual(self.values(backend), [0, 1, 2])
+        self.assertEqual(self.stats.counters["pending"], 0)
+        self.assertEqual(self.rows("SELECT COUNT(*) FROM buildbot_stats_segments"), [(0,)])
+
+    @defer.inlineCallbacks
+    def test_unnamed_bad_point_among_encoded_lines_is_found_by_splitting(self):
+        backend = self.recorder(cls=EncodingStorage, down=True)
+        yield self.replace_service(backend, spool_path=self.path, flush_timeout=0)
+        self.post(8)
+        yield self.stats.disownServiceParent()
+        up = self.recorder(cls=EncodingStorage)
+        up.split_on = '{"i": 5}'
+        yield self.replace_service(up, spool_path=self.path)
+        self.assertEqual(self.values(up), [0, 1, 2, 3, 4, 6, 7])
+        self.assertEqual(self.stats.counters["dropped"], 1)
+        self.assertLogged("refused by the backend")
+
+
+class MigrationTests(SpoolCase):
+    def write_old_spool(self, version):
+        key_column = "backend" if version == 2 else "queue_key"
+        conn = sqlite3.connect(self.path)
+        conn.execute(
+            f"CREATE TABLE buildbot_stats_segments ({key_column} TEXT NOT NULL, id INTEGER NOT NULL, "
+            "last_id INTEGER NOT NULL, ids TEXT NOT NULL, points BLOB NOT NULL, PRIMARY KEY "
+            f"({key_column}, id))"
+        )
+        points = [Point("builder1-m", {"i": i}, {"t": "x"}, 1000 + i) for i in range(5)]
+        conn.execute(
+            "INSERT INTO buildbot_stats_segments VALUES (?,?,?,?,?)",
+            ("StatsService/influx", 1, 3, "[1,2,3]", dump_points(points[:3])),
+        )
+        conn.execute(
+            "INSERT INTO buildbot_stats_segments VALUES (?,?,?,?,?)",
+            ("StatsService/influx", 4, 5, "[4,5]", dump_points(points[3:])),
+        )
+        conn.execute(f"PRAGMA user_version = {version}")
+        conn.commit()
+        conn.close()
+
+    @defer.inlineCallbacks
+    def check_migrated(self, version):
+        self.write_old_spool(version)
+        self.assertEqual(cli_main(["spool", self.path]), 0)  # an old spool can be inspected as it is
+        up = self.recorder()
+        yield self.replace_service(up, spool_path=self.path)
+        self.assertEqual(self.values(up), [0, 1, 2, 3, 4])
+        self.assertEqual([p.time_ns for p in up.points], [1000 + i for i in range(5)])
+        self.assertEqual(self.rows("PRAGMA user_version"), [(4,)])
+        self.assertEqual(self.rows("SELECT COUNT(*) FROM buildbot_stats_segments"), [(0,)])
+
+    def test_schema_3_spool_is_migrated_and_sent(self):
+        return self.check_migrated(3)
+
+    def test_schema_2_spool_is_migrated_and_sent(self):
+        return self.check_migrated(2)
+
+
+class DamagedSpoolTests(SpoolCase):
+    @defer.inlineCallbacks
+    def spool_some(self, n=300):
+        yield self.replace_service(self.recorder(down=True), spool_path=self.path, flush_timeout=0)
+        self.post(n)
+        yield self.stats.disownServiceParent()
+
+    @defer.inlineCallbacks
+    def test_spool_damaged_past_its_header_is_set_aside_and_a_fresh_one_used(self):
+        yield self.spool_some()
+        size = os.path.getsize(self.path)
+        with open(self.path, "r+b") as f:  # keep the 100-byte header and the first page
+            f.seek(4096)
+            f.write(b"\xa5" * (size - 4096))
+        up = self.recorder()
+        yield self.replace_service(up, spool_path=self.path)
+        self.assertLogged("could not be read .*; it was moved to .*spool.sqlite.unreadable-")
+        self.assertTrue(self.stats.spool.durable)
+        self.post(2, start=1000)
+        self.assertEqual(self.values(up), [1000, 1001])
+        aside = [f for f in os.listdir(self.dir) if ".unreadable-" in f and not f.endswith(("-wal", "-shm"))]
+        self.assertEqual(len(aside), 1)
+
+    @defer.inlineCallbacks
+    def test_empty_spool_file_is_logged(self):
+        open(self.path, "wb").close()
+        up = self.recorder()
+        yield self.replace_service(up, spool_path=self.path)
+        self.assertLogged("the spool .*spool.sqlite was an empty file \\(0 bytes\\)")
+        self.post(1)
+        self.assertEqual(self.values(up), [0])
+
+    @defer.inlineCallbacks
+    def test_spool_of_another_schema_version_is_kept_aside_with_its_version_in_the_name(self):
+        conn = sqlite3.connect(self.path)
+        conn.execute("CREATE TABLE buildbot_stats_segments (x)")
+        conn.execute("PRAGMA user_version = 9")
+        conn.commit()
+        conn.close()
+        up = self.recorder()
+        yield self.replace_service(up, spool_path=self.path)
+        self.assertLogged("has schema version 9, which this version of buildbot_stats cannot read")
+        aside = [f for f in os.listdir(self.dir) if ".schema-9-" in f]
+        self.assertEqual(len(aside), 1)
+        conn = sqlite3.connect(os.path.join(self.dir, aside[0]))
+        self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], 9)  # kept as it was
+        conn.close()
+        self.post(1)
+        self.assertEqual(self.values(up), [0])
+
+
+class FullDisk(SQLiteSpool):
+    """A spool whose file refuses writes while ``full`` is set (as a full disk does)."""
+
+    full = False
+    fail_deletes = 0
+
+    def _insert(self, db, table, rows):
+        if table == "main" and FullDisk.full:
+            raise sqlite3.OperationalError("database or disk is full")
+        return super()._insert(db, table, rows)
+
+    def _try_resume(self, spooled):
+        if FullDisk.full:
+            return False
+        return super()._try_resume(spooled)
+
+    def _execute_storage(self, db, sql, params):
+        if sql.startswith("DELETE") and FullDisk.fail_deletes:
+            FullDisk.fail_deletes -= 1
+            return False
+        return super()._execute_storage(db, sql, params)
+
+
+class FullDiskTests(SpoolCase):
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield super().setUp()
+        self.patch(spool_thread, "SQLiteSpool", FullDisk)
+        FullDisk.full = False
+        FullDisk.fail_deletes = 0
+
+    @defer.inlineCallbacks
+    def test_full_disk_keeps_points_in_memory_within_the_bound_and_resumes(self):
+        down = self.recorder(down=True)
+        yield self.replace_service(down, spool_path=self.path, max_spool_points=5, max_retry_delay=10)
+        self.post(2)
+        self.assertEqual(self.stats.counters["spooled"], 2)
+        FullDisk.full = True
+        self.post(6, start=2)  # no exception into the MQ
+        self.assertEqual(self.stats.counters["spooled"], 2)  # not in the file: not counted
+        self.assertEqual(self.stats.counters["pending"], 5)
+        self.assertLogged("cannot write the spool .*database or disk is full.*kept in memory")
+        # the bound dropped the 3 oldest, the two in the file among them; the rest is in memory
+        self.assertEqual(self.stats.counters["dropped"], 3)
+        self.assertEqual(self.rows("SELECT COUNT(*) FROM buildbot_stats_segments"), [(0,)])
+        FullDisk.full = False
+        self.post(1, start=8)
+        self.assertLogged("can be written again")
+        self.assertEqual(self.rows("SELECT SUM(n) FROM buildbot_stats_segments"), [(5,)])
+        yield self.stats.disownServiceParent()
+        up = self.recorder()
+        yield self.replace_service(up, spool_path=self.path)
+        self.assertEqual(self.values(up), [4, 5, 6, 7, 8])
+
+    @defer.inlineCallbacks
+    def test_failed_segment_deletions_are_retried(self):
+        backend = self.recorder()
+        yield self.replace_service(backend, spool_path=self.path)
+        FullDisk.fail_deletes = 1
+        self.post(1)
+        self.assertEqual(self.rows("SELECT COUNT(*) FROM buildbot_stats_segments"), [(1,)])
+        self.post(1, start=1)  # the next release retries the first
+        self.assertEqual(self.rows("SELECT COUNT(*) FROM buildbot_stats_segments"), [(0,)])
+        yield self.stats.disownServiceParent()
+        again = self.recorder()
+        yield self.replace_service(again, spool_path=self.path)
+        self.assertEqual(again.points, [])
+
+
+class HeldThread(SpoolThread):
+    """Spool calls wait until the test runs them."""
+
+    held: list = []
+
+    def _run(self, f, *args):
+        d = defer.Deferred()
+        HeldThread.held.append((d, f, args))
+        return d
+
+    @staticmethod
+    def run_all():
+        while HeldThread.held:
+            d, f, args = HeldThread.held.pop(0)
+            d.callback(f(*args))
+
+
+class AcknowledgedMeansKeptTests(SpoolCase):
+    @defer.inlineCallbacks
+    def test_yield_metrics_value_fires_once_the_value_is_spooled(self):
+        yield self.replace_service(self.recorder(down=True), spool_path=self.path, flush_timeout=0)
+        self.patch(self.stats._queues.writer, "spool", HeldThread(self.stats.spool._spool, self.reactor))
+        HeldThread.held = []
+
+        def produce(data_name, post_data, build_data):  # Buildbot's MQ calls consumers at once
+            msg = {"data_name": data_name, "post_data": post_data, "build_data": build_data}
+            self.master.mq.callConsumer(YIELD_KEY, msg)
+
+        self.patch(self.stats, "_produce", produce)
+        d1 = self.stats.yieldMetricsValue("m", {"i": 1}, 1)
+        d2 = self.stats.yieldMetricsValues("m", [{"i": 2}, {"i": 3}], 1)
+        self.assertFalse(d1.called)
+        self.assertFalse(d2.called)
+        HeldThread.run_all()
+        self.assertTrue(d1.called)
+        self.assertTrue(d2.called)
+        self.assertEqual(self.rows("SELECT SUM(n) FROM buildbot_stats_segments"), [(3,)])
+        # 1 alone, then 2 and 3 together (group commit)
+        self.assertEqual(self.rows("SELECT n FROM buildbot_stats_segments ORDER BY id"), [(1,), (2,)])
+
+    @defer.inlineCallbacks
+    def test_memory_only_spool_is_bounded_too(self):
+        down = self.recorder(down=True)
+        yield self.replace_service(down, spool_path=None, max_spool_points=3)
+        self.post(10)
+        self.assertEqual(self.stats.counters["pending"], 3)
+        self.assertEqual(self.stats.counters["dropped"], 7)
+
+
+class SpoolCommandTests(SpoolCase):
+    @defer.inlineCallbacks
+    def test_spool_command_shows_pending_points_per_backend(self):
+        yield self.replace_service(self.recorder(down=True), spool_path=self.path, flush_timeout=0)
+        self.post(4)
+        yield self.stats.disownServiceParent()
+        from buildbot_stats.cli.spool_info import read_spool_info
+
+        info = read_spool_info(self.path)
+        self.assertEqual(info["schema"], 4)
+        [backend] = info["backends"]
+        self.assertEqual((backend["queue_key"], backend["points"]), ("StatsService/influx", 4))
+        self.assertLess(backend["oldest_ns"], backend["newest_ns"])
+        self.assertEqual(cli_main(["spool", self.path]), 0)
+
+    def test_spool_command_refuses_a_file_that_is_not_a_spool(self):
+        other = os.path.join(self.dir, "other.txt")
+        with open(other, "w") as f:
+            f.write("hello")
+        self.assertEqual(cli_main(["spool", other]), 2)
+        self.assertEqual(cli_main(["spool", os.path.join(self.dir, "missing")]), 2)
+
+
+class ByteBoundTests(SpoolCase):
+    @defer.inlineCallbacks
+    def test_spool_bounded_in_bytes_drops_the_oldest(self):
+        down = self.recorder(down=True)
+        yield self.replace_service(down, spool_path=self.path, max_spool_bytes=2000, max_retry_delay=10)
+        self.post(100)
+        size = self.rows("SELECT SUM(length(data)) FROM buildbot_stats_segments")[0][0]
+        self.assertLessEqual(size, 2000)
+        counters = self.stats.counters
+        self.assertEqual(counters["pending"] + counters["dropped"], 100)
+        self.assertGreater(counters["dropped"], 0)
+        self.assertLogged("spool of backend 'influx' is full \\(5000000 points or 2000 bytes\\)")
+
+    def test_max_spool_bytes_is_checked(self):
+        from buildbot_stats.options import ServiceOptions
+
+        self.assertEqual(ServiceOptions.problems({"max_spool_bytes": None}), [])
+        self.assertEqual(
+            ServiceOptions.problems({"max_spool_bytes": 0}),
+            ["max_spool_bytes must be an integer >= 1 or None, not 0"],
+        )
+
+
+def test_both_spools_implement_the_declared_interface(tmp_path):
+    from buildbot_stats.spool import MemorySpool, Spool, SQLiteSpool
+
+    for spool in (MemorySpool(), SQLiteSpool(str(tmp_path / "s.sqlite"))):
         assert isinstance(spool, Spool)
-        assert isinstance(spool.durable, bool)
     assert not isinstance(object(), Spool)
-
-
-def test_schema_2_spool_is_migrated_with_its_points(tmp_path):
-    path = str(tmp_path / "stats-spool.sqlite")
-    db = sqlite3.connect(path)
-    db.executescript(SCHEMA_2)
-    db.execute(
-        "INSERT INTO buildbot_stats_segments VALUES (?,?,?,?,?)",
-        ("StatsService/influx", 1, 3, "[1,2,3]", dump_points(points(3))),
-    )
-    db.execute(
-        "INSERT INTO buildbot_stats_segments VALUES (?,?,?,?,?)",
-        ("StatsService/other", 4, 4, "[4]", dump_points(points(1, 3))),
-    )
-    db.commit()
-    db.close()
-
-    spool = SQLiteSpool(path)
-    spool.thd_open()
-    try:
-        assert spool.set_aside is None  # migrated, not set aside
-        assert spool.thd_last_id() == 4
-        assert spool.thd_pending_counts() == {"StatsService/influx": 3, "StatsService/other": 1}
-        segments, unreadable = spool.thd_read_pending("StatsService/influx")
-        assert unreadable == 0
-        assert segments == [(1, [1, 2, 3], points(3))]
-        spool.thd_release("StatsService/influx", [1])
-        assert spool.thd_pending_counts() == {"StatsService/other": 1}
-    finally:
-        spool.thd_close()
-    db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
-    assert db.execute(
-        "SELECT queue_key, COUNT(*) FROM buildbot_stats_spool GROUP BY queue_key"
-    ).fetchall() == [("StatsService/other", 1)]
-    db.close()
-
-
-def test_segments_round_trip_and_release(tmp_path):
-    spool = SQLiteSpool(str(tmp_path / "s.sqlite"))
-    spool.thd_open()
-    try:
-        spool.thd_append("svc/a", [(1, [1, 2], points(2)), (3, [3], points(1, 2))])
-        spool.thd_append("svc/b", [(4, [4], points(1, 3))])
-        assert spool.thd_read_pending("svc/a") == ([(1, [1, 2], points(2)), (3, [3], points(1, 2))], 0)
-        spool.thd_release("svc/a", [1, 3])
-        assert spool.thd_read_pending("svc/a") == ([], 0)
-        assert spool.thd_pending_counts() == {"svc/b": 1}
-    finally:
-        spool.thd_close()

@@ -1,0 +1,102 @@
+"""``buildbot-stats spool PATH``: what a spool file holds, per backend.
+
+Opens the file read-only (a running master may be writing it: WAL mode lets
+both happen) and never changes it, not even to migrate an older schema.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sqlite3
+from typing import Any
+
+from buildbot_stats.spool import spool_info
+
+__all__ = ["NotASpoolError", "format_table", "read_spool_info"]
+
+
+class NotASpoolError(Exception):
+    """The file is missing, not SQLite, or has no spool table."""
+
+
+def read_spool_info(path: str) -> dict[str, Any]:
+    """``{"path", "schema", "backends": [...]}`` for the spool at ``path``."""
+    if not os.path.isfile(path):
+        raise NotASpoolError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise NotASpoolError(f"{path}: an empty file (0 bytes), not a spool")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as e:
+        raise NotASpoolError(f"{path}: cannot open it: {e}") from None
+    try:
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as e:
+            raise NotASpoolError(f"{path}: not a buildbot_stats spool ({e})") from None
+        if "buildbot_stats_segments" not in tables:
+            raise NotASpoolError(f"{path}: not a buildbot_stats spool (no table buildbot_stats_segments)")
+        if version != 4:
+            rows = db.execute(
+                "SELECT queue_key, COUNT(*), SUM(LENGTH(ids) - LENGTH(REPLACE(ids, ',', '')) + 1), "
+                "SUM(LENGTH(points)) FROM buildbot_stats_segments GROUP BY queue_key"
+                if version == 3
+                else "SELECT 1 WHERE 0"
+            ).fetchall()
+            backends = [
+                {"queue_key": k, "segments": s, "points": n, "bytes": b, "oldest_ns": None, "newest_ns": None}
+                for k, s, n, b in rows
+            ]
+        else:
+            backends = spool_info(db, ("main",))
+        quarantined = 0
+        if "buildbot_stats_unreadable" in tables:
+            quarantined = db.execute("SELECT COUNT(*) FROM buildbot_stats_unreadable").fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        raise NotASpoolError(f"{path}: cannot read it ({e})") from None
+    finally:
+        db.close()
+    return {"path": path, "schema": version, "backends": backends, "unreadable_segments": quarantined}
+
+
+def _when(ns: int | None) -> str:
+    if ns is None:
+        return "-"
+    t = datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.timezone.utc)
+    return t.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_table(info: dict[str, Any]) -> str:
+    """Aligned text: one line per backend."""
+    lines = [f"spool {info['path']} (schema {info['schema']})"]
+    rows = [("backend", "pending points", "oldest (UTC)", "newest (UTC)", "bytes")]
+    for b in info["backends"]:
+        rows.append(
+            (
+                b["queue_key"],
+                f"{b['points']:,}",
+                _when(b["oldest_ns"]),
+                _when(b["newest_ns"]),
+                f"{b['bytes']:,}",
+            )
+        )
+    if len(rows) == 1:
+        lines.append("no pending points")
+    else:
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        for r in rows:
+            lines.append(
+                "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+            )
+    if info.get("unreadable_segments"):
+        lines.append(
+            f"{info['unreadable_segments']} unreadable segment(s) in table buildbot_stats_unreadable"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def to_json(info: dict[str, Any]) -> str:
+    return json.dumps(info, indent=2, sort_keys=True)
