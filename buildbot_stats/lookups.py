@@ -79,48 +79,28 @@ class BuildLookups:
 
     def __init__(self, master: Any, build_cache_size: int = BUILD_CACHE_SIZE) -> None:
         self.master = master
-        self._builders: dict[Any, dict[str, Any]] = {}
-        self._builder_waiters: dict[Any, list[defer.Deferred]] = {}
-        self._builds: OrderedDict[Any, dict[str, Any]] = OrderedDict()
-        self._build_cache_size = build_cache_size
+        self._builders = _Memo(master, "builders", None)
+        # cached as first seen: only what never changes during a build (number,
+        # builder, worker, build request, master, start time) may be read from it
+        self._builds = _Memo(master, "builds", build_cache_size)
         self._workers = _Memo(master, "workers", None)
         self._buildrequests = _Memo(master, "buildrequests", build_cache_size)
         self._finished_steps: OrderedDict[Any, dict[str, Any]] = OrderedDict()
 
     def known_builder(self, builderid: Any) -> dict[str, Any] | None:
         """The builder's data if already looked up, else None (no Deferred)."""
-        return self._builders.get(builderid)
+        return self._builders.known(builderid)
 
     def builder(self, builderid: Any) -> defer.Deferred:
-        """The builder's data (None for an unknown id).
-
-        Lookups made while the first query for that builder runs wait for it:
-        a step posting many values at once makes one query, not one each.
-        """
-        info = self._builders.get(builderid)
-        if info is not None:
-            return defer.succeed(info)
-        d: defer.Deferred = defer.Deferred()
-        waiters = self._builder_waiters.get(builderid)
-        if waiters is not None:
-            waiters.append(d)
-            return d
-        self._builder_waiters[builderid] = [d]
-
-        def done(result: Any) -> None:
-            for waiter in self._builder_waiters.pop(builderid, []):
-                if isinstance(result, Failure):
-                    waiter.errback(result)
-                else:
-                    if result is not None:
-                        self._builders[builderid] = result
-                    waiter.callback(result)
-
-        defer.maybeDeferred(self.master.data.get, ("builders", builderid)).addBoth(done)
-        return d
+        """The builder's data (None for an unknown id); one query however many ask meanwhile."""
+        return self._builders.get(builderid)
 
     def known_build(self, buildid: Any) -> dict[str, Any] | None:
         """The build's data if cached, else None (no Deferred)."""
+        return self._builds.known(buildid)
+
+    def find_build(self, buildid: Any) -> defer.Deferred:
+        """The build's data, None for an unknown id."""
         return self._builds.get(buildid)
 
     @defer.inlineCallbacks
@@ -129,23 +109,6 @@ class BuildLookups:
         build = yield self.find_build(buildid)
         if build is None:
             raise CaptureCallbackError(f"yieldMetricsValue: no build with id {buildid!r}")
-        return build
-
-    @defer.inlineCallbacks
-    def find_build(self, buildid: Any) -> Any:
-        """The build's data, None for an unknown id.
-
-        Cached as first seen: only what never changes during a build (number,
-        builder, worker, build request, start time) may be read from it.
-        """
-        build = self._builds.get(buildid)
-        if build is None:
-            build = yield self.master.data.get(("builds", buildid))
-            if build is None:
-                return None
-            self._builds[buildid] = build
-            if len(self._builds) > self._build_cache_size:
-                self._builds.popitem(last=False)
         return build
 
     def known_worker(self, workerid: Any) -> dict[str, Any] | None:

@@ -42,7 +42,6 @@ class MasterFilter:
     def __init__(self, master: Any, lookups: Any) -> None:
         self.master = master
         self.lookups = lookups
-        self._waiting: dict[Any, list[defer.Deferred]] = {}
 
     @staticmethod
     def needed(master: Any) -> bool:
@@ -76,25 +75,16 @@ class MasterFilter:
         if build is not None:
             owner = build.get("masterid")
             return owner is not None and owner != own
-        return self._lookup(buildid).addCallback(lambda owner: owner is not None and owner != own)
-
-    def _lookup(self, buildid: Any) -> defer.Deferred:
-        """The build's masterid (None if unknown); messages arriving meanwhile wait for the one query."""
-        d: defer.Deferred = defer.Deferred()
-        waiters = self._waiting.get(buildid)
-        if waiters is not None:
-            waiters.append(d)
-            return d
-        waiters = self._waiting[buildid] = [d]
-
-        def done(result: Any) -> None:
-            del self._waiting[buildid]
-            owner = result.get("masterid") if isinstance(result, dict) else None
-            for waiter in waiters:
-                waiter.callback(owner)
-
-        self.lookups.build(buildid).addBoth(done)
+        # one query per build, however many of its messages arrive meanwhile (lookups coalesce);
+        # a failed lookup lets the capture see the message and report its own error
+        d = self.lookups.find_build(buildid)
+        d.addCallbacks(lambda build: _owned_elsewhere(build, own), lambda _: False)
         return d
+
+
+def _owned_elsewhere(build: Any, own: Any) -> bool:
+    owner = build.get("masterid") if isinstance(build, dict) else None
+    return owner is not None and owner != own
 
 
 def with_datetimes(msg: Any) -> Any:
