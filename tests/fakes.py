@@ -41,6 +41,16 @@ class StatsTestCase(TestReactorMixin, unittest.TestCase):
         self.addCleanup(self.master.stopService)
         self.master.mq.verifyMessages = False
 
+    def put_points(self, points):
+        """Record ``points`` for every configured backend as a capture would (one spool write).
+
+        Fires once they are in the spool.
+        """
+        backends = self.stats.registeredStorageServices
+        return self.stats._queues.writer.add_many(
+            [(backends, p.series, p.fields, p.tags, p.time_ns) for p in points]
+        )
+
     @defer.inlineCallbacks
     def use(self, *captures, **kwargs):
         """Reconfigure with one RecordingStorage holding ``captures``."""

@@ -68,7 +68,7 @@ def spooled(m: RealMaster) -> int:
 
     conn = sqlite3.connect(f"{(m.basedir / 'stats-spool.sqlite').as_uri()}?mode=ro", uri=True, timeout=10)
     try:
-        return int(conn.execute("SELECT COUNT(*) FROM buildbot_stats_spool").fetchone()[0])
+        return int(conn.execute("SELECT COALESCE(SUM(n), 0) FROM buildbot_stats_segments").fetchone()[0])
     finally:
         conn.close()
 

@@ -121,7 +121,7 @@ class TLSTests(InfluxServiceTestCase):
         self.stats.clock = self.clock
         yield self.stats.setServiceParent(self.master)
         self.post([{"i": i} for i in range(3)])
-        yield self.stats.queues["influx"].wait_spooled()
+        yield self.stats.wait_spooled()
         self.reactor.advance(2)
         self.assertCounters(written=0, dropped=0, pending=3, spooled=3)
         (line,) = log_lines(self, "TLS certificate")

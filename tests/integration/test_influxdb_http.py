@@ -136,7 +136,7 @@ class InfluxDB2Tests(EndpointTestCase):
             Point("builder1-m", {"v": "text"}, TAGS, BASE_NS + 11),
             Point("builder1-m", {"v": 4}, TAGS, BASE_NS + 12),
         ]
-        self.stats.queues["influx"].put(batch)
+        self.put_points(batch)
         self.assertEqual(
             self.stored(),
             [(TAGS, {"v": 1}, BASE_NS + 1), (TAGS, {"v": 2}, BASE_NS + 10), (TAGS, {"v": 4}, BASE_NS + 12)],
@@ -151,7 +151,7 @@ class InfluxDB2Tests(EndpointTestCase):
         yield self.use_backend(capture.CaptureData("m", "builder1"))
         # the server names line 2 as malformed (nothing written): only that point is lost
         self.endpoint.fail_next(400, {"code": "invalid", "message": "unable to parse line 2: bad", "line": 2})
-        self.stats.queues["influx"].put([Point("builder1-m", {"v": i}, TAGS, BASE_NS + i) for i in range(3)])
+        self.put_points([Point("builder1-m", {"v": i}, TAGS, BASE_NS + i) for i in range(3)])
         self.assertEqual(self.stored(), [(TAGS, {"v": 0}, BASE_NS), (TAGS, {"v": 2}, BASE_NS + 2)])
         self.assertCounters(written=2, dropped=1, pending=0)
         self.assertEqual(len(self.endpoint.requests), 2)
@@ -214,7 +214,7 @@ class InfluxDB2Tests(EndpointTestCase):
         yield self.use_backend(capture.CaptureData("m", "builder1"), gzip=False)
         batch = [Point("builder1-m", {"v": i, "pad": "x" * 100}, TAGS, BASE_NS + i) for i in range(8)]
         self.endpoint.max_body_size = 400  # about 2 points
-        self.stats.queues["influx"].put(batch)
+        self.put_points(batch)
         self.assertEqual(self.stored(), [(TAGS, {"v": i, "pad": "x" * 100}, BASE_NS + i) for i in range(8)])
         self.assertCounters(written=8, dropped=0, pending=0)
         self.assertIn(413, [r.status for r in self.endpoint.requests])
@@ -318,7 +318,7 @@ class InfluxDB3Tests(EndpointTestCase):
             Point("builder1-m", {"v": "text"}, TAGS, BASE_NS + 11),
             Point("builder1-m", {"v": 4.5}, TAGS, BASE_NS + 12),
         ]
-        self.stats.queues["influx"].put(batch)
+        self.put_points(batch)
         self.assertEqual(
             self.stored(),
             [
@@ -343,7 +343,7 @@ class InfluxDB3Tests(EndpointTestCase):
                 "data": {"original_line": "?", "line_number": 2, "error_message": "bad value"},
             },
         )
-        self.stats.queues["influx"].put([Point("builder1-m", {"v": i}, TAGS, BASE_NS + i) for i in range(3)])
+        self.put_points([Point("builder1-m", {"v": i}, TAGS, BASE_NS + i) for i in range(3)])
         self.assertEqual(self.stored(), [(TAGS, {"v": 0}, BASE_NS), (TAGS, {"v": 2}, BASE_NS + 2)])
         self.assertCounters(written=2, dropped=1, pending=0)
         (line,) = self.log_lines("rejected field")
