@@ -9,6 +9,7 @@ from buildbot.process.properties import Interpolate, Secret
 from buildbot.test.fake import fakemaster, fakestats
 from buildbot.test.reactor import TestReactorMixin
 from buildbot.test.util.logging import LoggingMixin
+from influxdb.exceptions import InfluxDBClientError, InfluxDBServerError
 from twisted.internet import defer
 from twisted.python import log
 from twisted.trial import unittest
@@ -19,54 +20,64 @@ from buildbot_stats.storage_backends import influx_common, influxdb_client
 from buildbot_stats.storage_backends.influxdb_client import InfluxStorageService
 
 
-class PerPointApiTests(LoggingMixin, unittest.TestCase):
-    def setUp(self):
-        self.patch(influxdb_client, "InfluxDBClient", fakestats.FakeInfluxDBClient)
+@pytest.fixture
+def fake_client(monkeypatch):
+    """The InfluxDB client of Buildbot's own statistics tests, recording what it is given."""
+    monkeypatch.setattr(influxdb_client, "InfluxDBClient", fakestats.FakeInfluxDBClient)
 
-    def test_post_value_writes_the_documented_dict(self):
-        svc = InfluxStorageService("localhost", 8086, "u", "p", "db", [])
-        svc.thd_postStatsValue({"name": "test", "value": "test"}, "series", {"x": "y"})
-        svc.thd_postStatsValue({"v": 1}, "series2")
-        self.assertEqual(
-            svc.client.points,
-            [
-                {"measurement": "series", "fields": {"name": "test", "value": "test"}, "tags": {"x": "y"}},
-                {"measurement": "series2", "fields": {"v": 1}},
-            ],
-        )
 
-    def test_not_initialised_logs(self):
-        self.setUpLogging()
-        svc = InfluxStorageService("localhost", 8086, "u", "p", "db", [])
-        svc._inited = False
-        svc.thd_postStatsValue("test", "test", "test")
-        self.assertLogged("Service.*not initialized")
-        self.flushLoggedErrors()
+@pytest.fixture
+def log_lines():
+    lines: list[str] = []
 
-    def test_repr_and_log_never_show_the_password(self):
-        svc = InfluxStorageService("http://127.0.0.1", 8086, "admin", "s3cret-pw", "db", [], name="i")
-        self.assertNotIn("s3cret-pw", repr(svc))
-        self.assertNotIn("s3cret-pw", str(svc))
-        self.assertIn("admin", repr(svc))
+    def observe(event):
+        lines.append(log.textFromEventDict(event) or "")
 
-    def test_credentials_in_the_url_stay_out_of_repr_and_errors(self):
-        self.patch(influxdb_client, "InfluxDBClient", _RecordingClient)
-        svc = InfluxStorageService("http://bob:pw123@127.0.0.1", 8086, "u", "s3cret", "db", [])
-        self.assertNotIn("pw123", repr(svc))
-        import requests
+    log.addObserver(observe)
+    yield lines
+    log.removeObserver(observe)
 
-        svc.client.error = requests.exceptions.ConnectionError("refused")
-        with self.assertRaises(TransientWriteError) as cm:
-            svc.thd_postStatsValues([Point("s", {"v": 1}, {}, 1)])
-        self.assertNotIn("pw123", str(cm.exception))
-        self.assertIn("127.0.0.1:8086", str(cm.exception))
 
-    def test_default_name_and_url_with_scheme(self):
-        self.patch(influxdb_client, "InfluxDBClient", _RecordingClient)
-        svc = InfluxStorageService("https://stats.example:9999", 8086, "u", "p", "db", [], name=None)
-        self.assertEqual(svc.name, "InfluxStorageService")
-        self.assertEqual(svc.client.args[0], "stats.example")
-        self.assertTrue(svc.client.kwargs["ssl"])
+def test_post_value_writes_the_documented_dict(fake_client):
+    svc = InfluxStorageService("localhost", 8086, "u", "p", "db", [])
+    svc.thd_postStatsValue({"name": "test", "value": "test"}, "series", {"x": "y"})
+    svc.thd_postStatsValue({"v": 1}, "series2")
+    assert svc.client.points == [
+        {"measurement": "series", "fields": {"name": "test", "value": "test"}, "tags": {"x": "y"}},
+        {"measurement": "series2", "fields": {"v": 1}},
+    ]
+
+
+def test_not_initialised_logs(fake_client, log_lines):
+    svc = InfluxStorageService("localhost", 8086, "u", "p", "db", [])
+    svc._inited = False
+    svc.thd_postStatsValue("test", "test", "test")
+    assert any("Service" in line and "not initialized" in line for line in log_lines), log_lines
+
+
+def test_repr_and_log_never_show_the_password():
+    svc = InfluxStorageService("http://127.0.0.1", 8086, "admin", "s3cret-pw", "db", [], name="i")
+    assert "s3cret-pw" not in repr(svc) and "s3cret-pw" not in str(svc)
+    assert "admin" in repr(svc)
+
+
+def test_credentials_in_the_url_stay_out_of_repr_and_errors(monkeypatch):
+    monkeypatch.setattr(influxdb_client, "InfluxDBClient", _RecordingClient)
+    svc = InfluxStorageService("http://bob:pw123@127.0.0.1", 8086, "u", "s3cret", "db", [])
+    assert "pw123" not in repr(svc)
+    svc.client.error = requests.exceptions.ConnectionError("refused")
+    with pytest.raises(TransientWriteError) as info:
+        svc.thd_postStatsValues([Point("s", {"v": 1}, {}, 1)])
+    assert "pw123" not in str(info.value)
+    assert "127.0.0.1:8086" in str(info.value)
+
+
+def test_default_name_and_url_with_scheme(monkeypatch):
+    monkeypatch.setattr(influxdb_client, "InfluxDBClient", _RecordingClient)
+    svc = InfluxStorageService("https://stats.example:9999", 8086, "u", "p", "db", [], name=None)
+    assert svc.name == "InfluxStorageService"
+    assert svc.client.args[0] == "stats.example"
+    assert svc.client.kwargs["ssl"]
 
 
 class _RecordingClient:
@@ -79,48 +90,47 @@ class _RecordingClient:
             raise self.error
 
 
-class ErrorClassificationTests(unittest.TestCase):
-    def setUp(self):
-        self.patch(influxdb_client, "InfluxDBClient", _RecordingClient)
-        self.svc = InfluxStorageService("127.0.0.1", 8086, "bob", "hunter2", "stats", [])
-        self.points = [Point("s", {"v": 1}, {}, 1)]
+@pytest.fixture
+def classified(monkeypatch):
+    """A backend whose client raises the given error: returns the backend's answer to one point."""
+    monkeypatch.setattr(influxdb_client, "InfluxDBClient", _RecordingClient)
+    svc = InfluxStorageService("127.0.0.1", 8086, "bob", "hunter2", "stats", [])
 
-    def fail_with(self, error):
-        self.svc.client.error = error
-        return self.svc.thd_postStatsValues(self.points)
+    def fail_with(error):
+        svc.client.error = error
+        return svc.thd_postStatsValues([Point("s", {"v": 1}, {}, 1)])
 
-    def test_classification(self):
-        import requests
-        from influxdb.exceptions import InfluxDBClientError, InfluxDBServerError
+    return fail_with
 
-        for error, expected in (
-            (requests.exceptions.ConnectionError("refused"), TransientWriteError),
-            (requests.exceptions.ReadTimeout("slow"), TransientWriteError),
-            (InfluxDBServerError(b'{"error":"internal"}'), TransientWriteError),
-            (InfluxDBClientError('{"error":"request throttled"}', 503), TransientWriteError),
-            (InfluxDBClientError('{"error":"authorization failed"}', 401), RefusedWriteError),
-            (InfluxDBClientError('{"error":"forbidden"}', 403), RefusedWriteError),
-            (
-                InfluxDBClientError('{"error":"database not found: \\"stats\\""}', 404),
-                RefusedWriteError,
-            ),
-            (InfluxDBClientError('{"error":"Request Entity Too Large"}', 413), BatchTooLargeError),
-        ):
-            with self.assertRaises(expected, msg=repr(error)) as cm:
-                self.fail_with(error)
-            self.assertNotIn("hunter2", str(cm.exception))
 
-    def test_partial_write_reports_series_and_field(self):
-        from influxdb.exceptions import InfluxDBClientError
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (requests.exceptions.ConnectionError("refused"), TransientWriteError),
+        (requests.exceptions.ReadTimeout("slow"), TransientWriteError),
+        (InfluxDBServerError(b'{"error":"internal"}'), TransientWriteError),
+        (InfluxDBClientError('{"error":"request throttled"}', 503), TransientWriteError),
+        (InfluxDBClientError('{"error":"authorization failed"}', 401), RefusedWriteError),
+        (InfluxDBClientError('{"error":"forbidden"}', 403), RefusedWriteError),
+        (InfluxDBClientError('{"error":"database not found: \\"stats\\""}', 404), RefusedWriteError),
+        (InfluxDBClientError('{"error":"Request Entity Too Large"}', 413), BatchTooLargeError),
+    ],
+)
+def test_classification(classified, error, expected):
+    with pytest.raises(expected) as info:
+        classified(error)
+    assert "hunter2" not in str(info.value)
 
-        message = (
-            '{"error":"partial write: field type conflict: input field \\"value\\" on measurement '
-            '\\"b1-prop\\" is type string, already exists as type float dropped=2"}'
-        )
-        report = self.fail_with(InfluxDBClientError(message, 400))
-        self.assertEqual(report.rejected_points, 2)
-        self.assertEqual((report.problems[0].series, report.problems[0].field), ("b1-prop", "value"))
-        self.assertIn("field type conflict", report.problems[0].reason)
+
+def test_partial_write_reports_series_and_field(classified):
+    message = (
+        '{"error":"partial write: field type conflict: input field \\"value\\" on measurement '
+        '\\"b1-prop\\" is type string, already exists as type float dropped=2"}'
+    )
+    report = classified(InfluxDBClientError(message, 400))
+    assert report.rejected_points == 2
+    assert (report.problems[0].series, report.problems[0].field) == ("b1-prop", "value")
+    assert "field type conflict" in report.problems[0].reason
 
 
 # --------------------------------------------------------------------------
