@@ -28,6 +28,7 @@ from twisted.internet import defer, threads
 from twisted.python import log
 from twisted.python.failure import Failure
 
+from buildbot_stats.burst_log import BurstLog
 from buildbot_stats.errors import PartialDeliveryError, RefusedWriteError, SplitBatchError
 from buildbot_stats.options import DeliveryPolicy
 from buildbot_stats.point import Point, PointProblem, to_ns
@@ -403,6 +404,9 @@ class DeliveryQueue:
         self._stopping = False
         self._drained: defer.Deferred | None = None
         self._restored = 0  # points found in the spool at start, not yet delivered
+        # a value rejected on every build of a quiet master (one point per write)
+        # is one line per burst, not one per write
+        self._problem_log = BurstLog(reactor)
 
     def __repr__(self) -> str:
         return f"<DeliveryQueue {self.key!r} pending={self.pending}>"
@@ -617,9 +621,9 @@ class DeliveryQueue:
         for p, n in counts.items():
             what = "rejected" if p.rejected else "converted"
             times = f" ({n} values)" if n > 1 else ""
-            log.msg(
-                f"buildbot_stats: backend {self.key!r} {what} field {p.field!r} "
-                f"of series {p.series!r}: {p.reason}{times}"
+            self._problem_log.failed(
+                (what, p.series, p.field, p.reason),
+                f"backend {self.key!r} {what} field {p.field!r} of series {p.series!r}: {p.reason}{times}",
             )
 
     def _write_failed(self, failure: Failure) -> None:
@@ -744,3 +748,4 @@ class DeliveryQueue:
                 f"buildbot_stats: {points_phrase(self.pending)} of backend {self.key!r} are lost: "
                 "there is no spool file (spool_path=None or unusable)"
             )
+        self._problem_log.flush()

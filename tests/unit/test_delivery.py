@@ -8,6 +8,7 @@ import tempfile
 
 from buildbot.test.util.logging import LoggingMixin
 from twisted.internet import defer, threads
+from twisted.python import log
 
 from buildbot_stats import capture
 from buildbot_stats.errors import BatchTooLargeError, RefusedWriteError
@@ -614,3 +615,28 @@ class PrepareHookTests(DataTestCase):
         self.assertEqual(backend.points, [])
         self.reactor.advance(1)
         self.assertEqual(self.values(backend), [0])
+
+
+class ProblemBurstTests(DataTestCase):
+    @defer.inlineCallbacks
+    def test_a_value_rejected_in_every_write_is_one_line_per_burst(self):
+        class Rejecting(RecordingStorage):
+            def thd_postStatsValues(self, points):
+                problems = [PointProblem(p.series, "i", "NaN cannot be stored") for p in points]
+                return WriteReport(problems=problems, rejected_points=len(points))
+
+        backend = Rejecting(captures=[capture.CaptureData("m", "builder1")])
+        yield self.stats.reconfigService([backend], spool_path=None)
+        for i in range(5):  # a quiet master: each value is a write of its own
+            self.post(1, start=i)
+            yield self.stats.wait_spooled()
+        self.assertEqual(self.stats.counters["dropped"], 5)
+        rejected = [m for m in self.logged_messages() if "rejected field 'i'" in m]
+        self.assertEqual(len(rejected), 1, rejected)
+        self.reactor.advance(60)  # the burst's window: one summary of the repeats
+        summaries = [m for m in self.logged_messages() if "more failure(s) like this" in m]
+        self.assertEqual(len(summaries), 1, summaries)
+        self.assertIn("rejected field 'i' of series 'builder1-m'", summaries[0])
+
+    def logged_messages(self):
+        return [log.textFromEventDict(e) or "" for e in self._logEvents]
