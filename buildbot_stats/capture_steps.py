@@ -91,6 +91,9 @@ class CaptureStepDuration(_OneBuilder, _BuildOfStep):
         self._builder_name = builder_name
         self._step_name = step_name
         self._pattern: re.Pattern[str] | None = None
+        if step_name is not None and not isinstance(step_name, str):
+            config.error(f"{type(self).__name__}: step_name must be a string or None, not {step_name!r}")
+            step_name = self._step_name = None
         if regex and step_name is not None:
             try:
                 self._pattern = re.compile(step_name)

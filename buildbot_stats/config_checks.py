@@ -13,7 +13,7 @@ from typing import Any
 
 from buildbot import config
 
-from buildbot_stats.capture import Capture
+from buildbot_stats.capture import Capture, _AllBuilders, _OneBuilder
 from buildbot_stats.config_paths import loading_basedir, resolve
 from buildbot_stats.errors import StorageBackendTypeError
 from buildbot_stats.options import DEFAULT_SPOOL_PATH, ServiceOptions
@@ -70,11 +70,25 @@ def _check_captures(name: str, captures: Any) -> None:
                 f"StatsService: captures of backend {name!r}: {cap.__name__} is a class; "
                 f"write {cap.__name__}(...) to make a capture"
             )
+        elif _one_builder_without_name(cap):
+            kind = type(cap).__name__
+            config.error(
+                f"StatsService: captures of backend {name!r}: {kind} needs a builder name (a string), "
+                f"not {cap._builder_name!r}; {kind}AllBuilders captures every builder"
+            )
         elif not (isinstance(cap, Capture) or callable(getattr(cap, "consume", None))):
             config.error(
                 f"StatsService: captures of backend {name!r} must be Capture objects, "
                 f"not {type(cap).__name__}"
             )
+
+
+def _one_builder_without_name(cap: Any) -> bool:
+    """A capture of one builder (not its AllBuilders twin) given no usable builder name."""
+    if not isinstance(cap, _OneBuilder) or isinstance(cap, _AllBuilders):
+        return False
+    name = getattr(cap, "_builder_name", None)
+    return not (isinstance(name, str) and name.strip())
 
 
 def _check_spool_path(spool_path: Any) -> None:

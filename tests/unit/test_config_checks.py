@@ -132,3 +132,26 @@ def test_good_captures_have_no_error() -> None:
         capture.CaptureProperty("b", "p.*", regex=True)
 
     assert config_errors(makes) == []
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: capture.CaptureProperty(None, "x"),
+        lambda: capture.CaptureBuildDuration(5),
+        lambda: capture.CaptureData("m", ""),
+        lambda: capture.CaptureTestResults(None),
+        lambda: capture.CaptureStepDuration(None),
+    ],
+)
+def test_a_one_builder_capture_without_a_builder_name_is_one_error(make: Any) -> None:
+    one_error(service(RecordingStorage(captures=[make()])), "needs a builder name (a string)")
+
+
+def test_all_builders_captures_need_no_name() -> None:
+    captures = [capture.CapturePropertyAllBuilders("x"), capture.CaptureStepDurationAllBuilders()]
+    assert config_errors(service(RecordingStorage(captures=captures))) == []
+
+
+def test_step_name_must_be_a_string() -> None:
+    one_error(lambda: capture.CaptureStepDuration("b", step_name=5), "step_name must be a string or None")
