@@ -28,3 +28,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         if folder in TIERS:
             item.add_marker(getattr(pytest.mark, folder))
+
+
+# -- the stores of the summary, report and command-line tests (tests/summary_data.py) --
+
+
+@pytest.fixture
+def store(tmp_path):
+    """An SQLite store holding ``make_points()``: the figures the tests compute by hand."""
+    from tests.summary_data import make_points, write_store
+
+    return write_store(tmp_path / "stats.sqlite", make_points())
+
+
+@pytest.fixture
+def full_store(tmp_path):
+    """An SQLite store with steps, queue times and test results too (``make_full_points()``)."""
+    from tests.summary_data import make_full_points, write_store
+
+    return write_store(tmp_path / "full.sqlite", make_full_points())

@@ -284,3 +284,12 @@ class DomCollector(html.parser.HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         self.elements.append((tag, dict(attrs)))
+
+
+def run_cli(capsys, *argv):
+    """Run ``buildbot-stats`` in process: (exit status, stdout, stderr)."""
+    from buildbot_stats import cli
+
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err

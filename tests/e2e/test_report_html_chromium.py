@@ -11,7 +11,6 @@ import zlib
 
 import pytest
 
-from buildbot_stats import cli
 from buildbot_stats.cli.report_html import (
     BAR_COLOR,
     QUEUE_P50_COLOR,
@@ -28,6 +27,7 @@ from tests.summary_data import (
     SUCCESS,
     DomCollector,
     make_full_points,
+    run_cli,
     write_store,
 )
 
@@ -35,12 +35,6 @@ from tests.summary_data import (
 @pytest.fixture
 def store(tmp_path):
     return write_store(tmp_path / "full.sqlite", make_full_points())
-
-
-def run(capsys, *argv):
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def chromium_binary():
@@ -163,7 +157,7 @@ def blobs(png, color):
 
 def test_html_renders_in_chromium(store, tmp_path, capsys):
     target = tmp_path / "report.html"
-    assert run(capsys, "summary", store, "--html", str(target))[0] == 0
+    assert run_cli(capsys, "summary", store, "--html", str(target))[0] == 0
     url = target.resolve().as_uri()
     netlog = tmp_path / "net.json"
     dom = chromium(tmp_path, url, "--dump-dom", f"--log-net-log={netlog}")
@@ -225,7 +219,7 @@ def assert_areas(found, expected):
 
 def test_html_charts_are_painted(store, tmp_path, capsys):
     target = tmp_path / "report.html"
-    assert run(capsys, "summary", store, "--html", str(target))[0] == 0
+    assert run_cli(capsys, "summary", store, "--html", str(target))[0] == 0
     shot = tmp_path / "shot.png"
     chromium(tmp_path, target.resolve().as_uri(), f"--screenshot={shot}", "--window-size=1200,3200")
     png = decode_png(shot.read_bytes())

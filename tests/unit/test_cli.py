@@ -21,18 +21,7 @@ import pytest
 
 from buildbot_stats import cli
 from buildbot_stats.point import Point
-from tests.summary_data import BUILDER_ROWS, TOTAL_POINTS, make_points, table_section, write_store
-
-
-@pytest.fixture
-def store(tmp_path):
-    return write_store(tmp_path / "stats.sqlite", make_points())
-
-
-def run(capsys, *argv):
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.summary_data import BUILDER_ROWS, TOTAL_POINTS, make_points, run_cli, table_section, write_store
 
 
 def test_console_script_and_module(store):
@@ -61,18 +50,18 @@ def assert_one_error(code, out, err, pattern):
 
 def test_missing_file(tmp_path, capsys):
     path = tmp_path / "nope.sqlite"
-    assert_one_error(*run(capsys, "summary", str(path)), rf"{re.escape(str(path))}: no such file$")
+    assert_one_error(*run_cli(capsys, "summary", str(path)), rf"{re.escape(str(path))}: no such file$")
 
 
 def test_directory(tmp_path, capsys):
-    assert_one_error(*run(capsys, "summary", str(tmp_path)), "is a directory, not a buildbot_stats store")
+    assert_one_error(*run_cli(capsys, "summary", str(tmp_path)), "is a directory, not a buildbot_stats store")
 
 
 def test_text_file(tmp_path, capsys):
     path = tmp_path / "notes.txt"
     path.write_text("these are not statistics\n" * 50)
     message = r"notes.txt: not a buildbot_stats store \(not an SQLite database\)"
-    assert_one_error(*run(capsys, "summary", str(path)), message)
+    assert_one_error(*run_cli(capsys, "summary", str(path)), message)
 
 
 def test_sqlite_without_meta(tmp_path, capsys):
@@ -82,7 +71,7 @@ def test_sqlite_without_meta(tmp_path, capsys):
     db.commit()
     db.close()
     assert_one_error(
-        *run(capsys, "summary", str(path)),
+        *run_cli(capsys, "summary", str(path)),
         r"state.sqlite: not a buildbot_stats store \(an SQLite database without its meta table\)",
     )
 
@@ -90,7 +79,7 @@ def test_sqlite_without_meta(tmp_path, capsys):
 def test_empty_file(tmp_path, capsys):
     path = tmp_path / "empty.sqlite"
     path.write_bytes(b"")
-    assert_one_error(*run(capsys, "summary", str(path)), "not a buildbot_stats store")
+    assert_one_error(*run_cli(capsys, "summary", str(path)), "not a buildbot_stats store")
 
 
 def test_corrupt_store(store, capsys):
@@ -98,13 +87,13 @@ def test_corrupt_store(store, capsys):
         size = f.seek(0, os.SEEK_END)
         f.seek(4096)
         f.write(b"\xa5" * (size - 4096))  # every page but the first
-    assert_one_error(*run(capsys, "summary", store), r"stats.sqlite: cannot read the store \(.*malformed")
+    assert_one_error(*run_cli(capsys, "summary", store), r"stats.sqlite: cannot read the store \(.*malformed")
 
 
 def test_truncated_header(store, capsys):
     with open(store, "r+b") as f:
         f.write(b"garbage!" * 4)
-    assert_one_error(*run(capsys, "summary", store), "not an SQLite database")
+    assert_one_error(*run_cli(capsys, "summary", store), "not an SQLite database")
 
 
 @pytest.mark.parametrize("target", ["/proc/x.html", "dir", "missing/dir/x.html"])
@@ -115,17 +104,17 @@ def test_unwritable_html(store, tmp_path, capsys, target):
     elif not os.path.isdir("/proc"):
         pytest.skip("no /proc")
     message = rf"cannot write {re.escape(target)}: \w"
-    assert_one_error(*run(capsys, "summary", store, "--html", target), message)
+    assert_one_error(*run_cli(capsys, "summary", store, "--html", target), message)
 
 
 def test_usage_errors(capsys):
-    code, out, err = run(capsys, "summary")
+    code, out, err = run_cli(capsys, "summary")
     assert code == 2 and "buildbot-stats: error: the following arguments are required: PATH" in err
-    code, out, err = run(capsys)
+    code, out, err = run_cli(capsys)
     assert code == 2 and "summary" in err
-    code, out, err = run(capsys, "demo", "--builds", "zero")
+    code, out, err = run_cli(capsys, "demo", "--builds", "zero")
     assert code == 2 and "buildbot-stats: error: argument --builds: not a number: 'zero'" in err
-    code, out, _ = run(capsys, "--help")
+    code, out, _ = run_cli(capsys, "--help")
     assert code == 0 and "demo" in out
 
 
@@ -155,12 +144,12 @@ def test_demo_user_error_is_one_line(monkeypatch, capsys):
     module = types.ModuleType("buildbot_stats.cli.demo")
     module.DemoError, module.run_demo = DemoError, run_demo  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "buildbot_stats.cli.demo", module)
-    assert_one_error(*run(capsys, "demo"), "^buildbot-stats: error: port 8010 is in use$")
+    assert_one_error(*run_cli(capsys, "demo"), "^buildbot-stats: error: port 8010 is in use$")
 
 
 def test_demo_missing(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "buildbot_stats.cli.demo", None)  # import raises ModuleNotFoundError
-    code, out, err = run(capsys, "demo")
+    code, out, err = run_cli(capsys, "demo")
     assert_one_error(code, out, err, "the demo is not available")
 
 
@@ -181,7 +170,7 @@ def test_fifo_is_refused_without_blocking(tmp_path):
 
 
 def test_device_is_refused(capsys):
-    assert_one_error(*run(capsys, "summary", os.devnull), r"/dev/null: not a regular file")
+    assert_one_error(*run_cli(capsys, "summary", os.devnull), r"/dev/null: not a regular file")
 
 
 def hand_made_store(path, rows):
@@ -248,8 +237,8 @@ DEEP = "[" * 200_000 + "]" * 200_000
 def test_hand_made_store_is_one_line(tmp_path, capsys, row, message):
     good = ("b-build-times", 10**18, GOOD_TAGS, '{"duration":2.5}')
     path = hand_made_store(tmp_path / "odd.sqlite", [good, row])
-    assert_one_error(*run(capsys, "summary", path), message)
-    assert_one_error(*run(capsys, "summary", path, "--json"), message)
+    assert_one_error(*run_cli(capsys, "summary", path), message)
+    assert_one_error(*run_cli(capsys, "summary", path, "--json"), message)
 
 
 def test_times_out_of_range_are_shown_as_unknown(tmp_path, capsys):
@@ -259,7 +248,7 @@ def test_times_out_of_range_are_shown_as_unknown(tmp_path, capsys):
         tmp_path / "odd.sqlite",
         [("b-build-times", 2**63 - 1, tags, '{"duration":2.5,"end-time":1e300}')],
     )
-    code, out, err = run(capsys, "summary", path)
+    code, out, err = run_cli(capsys, "summary", path)
     assert (code, err) == (0, "")
     assert table_section(out, "Builders")[1] == [
         ["b", "1", "0", "-", "2.5", "2.5", "2.5", "2262-04-11T23:47:16Z"]
@@ -274,13 +263,13 @@ def test_control_characters_do_not_reach_the_terminal(tmp_path, capsys):
         Point(f"{evil}-step-times", {"duration": 1.0}, {"builder_name": evil, "step_name": evil}, 10**18),
     ]
     path = write_store(tmp_path / "evil.sqlite", points)
-    code, out, err = run(capsys, "summary", path)
+    code, out, err = run_cli(capsys, "summary", path)
     assert (code, err) == (0, "")
     bad = [c for c in out if (ord(c) < 32 and c != "\n") or 0x7F <= ord(c) < 0xA0 or c in "\u202e\u2066"]
     assert bad == []
     assert "ci\\x1b]0;pwned\\x07\\x1b[2J\\x00\\u202egnp.exe\\u2066" in out
     # the JSON keeps the names as they are (escaped by JSON itself)
-    code, out, _ = run(capsys, "summary", path, "--json")
+    code, out, _ = run_cli(capsys, "summary", path, "--json")
     assert json.loads(out)["builders"][0]["builder"] == evil
     assert "\x1b" not in out
 
@@ -299,12 +288,12 @@ def test_very_long_names_are_cut(tmp_path, capsys):
         for i in range(10)
     ]
     path = write_store(tmp_path / "long.sqlite", points)
-    code, out, err = run(capsys, "summary", path)
+    code, out, err = run_cli(capsys, "summary", path)
     assert (code, err) == (0, "")
     assert len(out) < 2000, len(out)
     assert max(len(line) for line in out.splitlines()[1:]) < 200
     assert "n" * 59 + "\u2026" in out
-    assert json.loads(run(capsys, "summary", path, "--json")[1])["builders"][0]["builder"] == name
+    assert json.loads(run_cli(capsys, "summary", path, "--json")[1])["builders"][0]["builder"] == name
 
 
 def _run_as_nobody(argv):

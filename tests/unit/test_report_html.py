@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
-from buildbot_stats import cli
 from buildbot_stats.cli.report_html import RESULT_COLORS, render_html
 from buildbot_stats.cli.summary import Summary, summarize_path, summarize_points
 from buildbot_stats.point import Point
@@ -17,27 +14,9 @@ from tests.summary_data import (
     DomCollector,
     build,
     check_static,
-    make_full_points,
-    make_points,
+    run_cli,
     table_section,
-    write_store,
 )
-
-
-@pytest.fixture
-def store(tmp_path):
-    return write_store(tmp_path / "stats.sqlite", make_points())
-
-
-@pytest.fixture
-def full_store(tmp_path):
-    return write_store(tmp_path / "full.sqlite", make_full_points())
-
-
-def run(capsys, *argv):
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def elements(page):
@@ -48,7 +27,7 @@ def elements(page):
 
 def test_html_is_self_contained_and_escaped(store, tmp_path, capsys):
     target = tmp_path / "report.html"
-    code, out, err = run(capsys, "summary", store, "--html", str(target))
+    code, out, err = run_cli(capsys, "summary", store, "--html", str(target))
     assert code == 0
     assert table_section(out, "Builders")[1] == BUILDER_ROWS  # stdout still has the table
     assert "HTML report written to" in err

@@ -10,9 +10,6 @@ import json
 import re
 import sqlite3
 
-import pytest
-
-from buildbot_stats import cli
 from buildbot_stats.cli.report_html import render_html
 from buildbot_stats.cli.summary import (
     format_table,
@@ -34,28 +31,10 @@ from tests.summary_data import (
     STEPS,
     TEST_ROWS,
     TOTAL_POINTS,
-    make_full_points,
     make_points,
+    run_cli,
     table_section,
-    write_store,
 )
-
-
-@pytest.fixture
-def store(tmp_path):
-    return write_store(tmp_path / "stats.sqlite", make_points())
-
-
-@pytest.fixture
-def full_store(tmp_path):
-    return write_store(tmp_path / "full.sqlite", make_full_points())
-
-
-def run(capsys, *argv):
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 # -- a store as before issue 9: the output it always had ------------------------
 
@@ -71,7 +50,7 @@ def test_nearest_rank():
 
 
 def test_table_figures_match_hand_computation(store, capsys):
-    code, out, err = run(capsys, "summary", store)
+    code, out, err = run_cli(capsys, "summary", store)
     assert (code, err) == (0, "")
     assert out.splitlines()[0] == f"Store: {store} ({TOTAL_POINTS} points)"
     header, rows = table_section(out, "Builders")
@@ -84,7 +63,7 @@ def test_table_figures_match_hand_computation(store, capsys):
 
 
 def test_table_columns_are_aligned(store, capsys):
-    _, out, _ = run(capsys, "summary", store)
+    _, out, _ = run_cli(capsys, "summary", store)
     lines = out.splitlines()
     start = lines.index("Builders")
     block = lines[start + 1 : start + 3 + len(BUILDER_ROWS)]
@@ -96,7 +75,7 @@ def test_table_columns_are_aligned(store, capsys):
 
 
 def test_json_matches_hand_computation_and_table(store, capsys):
-    code, out, err = run(capsys, "summary", store, "--json")
+    code, out, err = run_cli(capsys, "summary", store, "--json")
     assert (code, err) == (0, "")
     doc = json.loads(out)
     assert doc["store"] == store
@@ -134,7 +113,7 @@ def test_json_matches_hand_computation_and_table(store, capsys):
     assert series["mac-notes"] == {"series": "mac-notes", "count": 1, "fields": {}}
 
     # the JSON says what the table says
-    _, table, _ = run(capsys, "summary", store)
+    _, table, _ = run_cli(capsys, "summary", store)
     _, builder_rows = table_section(table, "Builders")
     _, series_rows = table_section(table, "Data series")
 
@@ -161,23 +140,23 @@ def test_empty_store(tmp_path, capsys):
     backend = SQLiteStorageService(path, [])
     backend.thd_postStatsValues([Point("x-prop", {"name": "x", "value": 1}, {}, 1)])
     backend.close()
-    code, out, _ = run(capsys, "summary", path)
+    code, out, _ = run_cli(capsys, "summary", path)
     assert code == 0
     assert "(no build data)" in out and "(no data series)" in out
-    code, out, _ = run(capsys, "summary", path, "--json")
+    code, out, _ = run_cli(capsys, "summary", path, "--json")
     assert json.loads(out) == {"store": path, "points": 1, "builders": [], "series": []}
     page = render_html(summarize_points([]))
     assert "No build data." in page and "<svg" not in page
 
 
 def test_store_without_new_series_has_no_new_tables_or_keys(store, capsys):
-    _, out, _ = run(capsys, "summary", store)
+    _, out, _ = run_cli(capsys, "summary", store)
     assert [line for line in out.splitlines() if line and not line[0].isspace() and "  " not in line] == [
         f"Store: {store} ({TOTAL_POINTS} points)",
         "Builders",
         "Data series",
     ]
-    doc = json.loads(run(capsys, "summary", store, "--json")[1])
+    doc = json.loads(run_cli(capsys, "summary", store, "--json")[1])
     assert set(doc) == {"store", "points", "builders", "series"}
     assert "queue_p50" not in doc["builders"][0]
 
@@ -193,7 +172,7 @@ def test_summarize_points_matches_the_store(store):
 
 
 def test_full_table_matches_hand_computation(full_store, capsys):
-    code, out, err = run(capsys, "summary", full_store)
+    code, out, err = run_cli(capsys, "summary", full_store)
     assert (code, err) == (0, "")
     assert out.splitlines()[0] == f"Store: {full_store} ({FULL_TOTAL_POINTS} points)"
     header, rows = table_section(out, "Builders")
@@ -210,19 +189,19 @@ def test_full_table_matches_hand_computation(full_store, capsys):
 
 
 def test_steps_option(full_store, capsys):
-    _, out, _ = run(capsys, "summary", full_store, "--steps", "0")
+    _, out, _ = run_cli(capsys, "summary", full_store, "--steps", "0")
     assert (
         table_section(out, f"Slowest steps (by p95; {len(STEPS) + 1} of {len(STEPS) + 1})")[1]
         == STEP_ROWS_ALL
     )
-    _, out, _ = run(capsys, "summary", full_store, "--steps", "3")
+    _, out, _ = run_cli(capsys, "summary", full_store, "--steps", "3")
     assert table_section(out, f"Slowest steps (by p95; 3 of {len(STEPS) + 1})")[1] == STEP_ROWS_ALL[:3]
-    code, _, err = run(capsys, "summary", full_store, "--steps", "-1")
+    code, _, err = run_cli(capsys, "summary", full_store, "--steps", "-1")
     assert code == 2 and "argument --steps: must be 0 or more, not -1" in err
 
 
 def test_full_json_matches_hand_computation(full_store, capsys):
-    code, out, err = run(capsys, "summary", full_store, "--json")
+    code, out, err = run_cli(capsys, "summary", full_store, "--json")
     assert (code, err) == (0, "")
     doc = json.loads(out)
     assert doc["points"] == FULL_TOTAL_POINTS
