@@ -363,6 +363,103 @@ def thd_post_batch(backend: Any, batch: _Batch, offset: int, limit: int) -> Writ
     return post(data, batch.encoding)
 
 
+class BatchReader:
+    """The batches of one queue, read from the spool: the one being written and the next, read ahead.
+
+    A batch keeps its segments (and their encoding) until the backend accepted
+    all its points; then they are released (deleted from the spool).  While the
+    backend fails, the batches are given back to the spool, so that its bounds
+    can drop their points, and read again for the retry.
+    """
+
+    def __init__(
+        self,
+        spool: SpoolThread,
+        backlog: Backlog,
+        ready: Callable[[], None],
+        read_failed: Callable[[Failure], None],
+    ) -> None:
+        self._spool = spool
+        self._backlog = backlog
+        self._ready = ready  # a read or a release finished: the writer may go on
+        self._read_failed = read_failed
+        #: the batch being written (or waiting for a retry)
+        self.current: _Batch | None = None
+        self._ahead: _Batch | None = None
+        #: a read from the spool is running
+        self.reading = False
+        self._generation = 0  # incremented when the batches are given back
+
+    @property
+    def idle(self) -> bool:
+        """Nothing taken, nothing being read, nothing left to take."""
+        return self.current is None and not self.reading and not self._backlog.untaken
+
+    def promote(self) -> bool:
+        """Make the batch read ahead the current one if there is none; True if there is one now."""
+        if self.current is None and self._ahead is not None:
+            self.current, self._ahead = self._ahead, None
+        return self.current is not None
+
+    def read(self, max_points: int) -> None:
+        """Read the next batch (current if there is none, else ahead), unless one is read already."""
+        if self.reading or self._ahead is not None or self._backlog.untaken <= 0:
+            return
+        self.reading = True
+        d = self._spool.take(self._backlog.spool_key, max_points)
+        d.addCallbacks(self._read, self._failed, callbackArgs=(self._generation,))
+        d.addErrback(log.err, "buildbot_stats: internal error in delivery")
+
+    def _read(self, result: tuple[list[TakenSegment], SpoolState], generation: int) -> None:
+        self.reading = False
+        if generation != self._generation:
+            return  # given back meanwhile
+        segments, state = result
+        self._backlog.update(state)
+        if segments:
+            batch = _Batch(segments)
+            if self.current is None:
+                self.current = batch
+            else:
+                self._ahead = batch
+        elif self._backlog.untaken > 0:
+            self._backlog.untaken = 0  # nothing to take after all: do not ask again
+        self._ready()
+
+    def _failed(self, failure: Failure) -> None:
+        self.reading = False
+        self._read_failed(failure)
+
+    def advance(self, count: int) -> None:
+        """``count`` more points of the current batch left for good (accepted or dropped)."""
+        batch = self.current
+        if batch is None:
+            return
+        batch.offset += count
+        if batch.offset >= batch.n:
+            self.current = None
+            d = self._spool.release(self._backlog.spool_key, batch.ids)
+            d.addCallbacks(self._released, self._log_error)
+
+    def _released(self, state: SpoolState | None) -> None:
+        if state is not None:
+            self._backlog.update(state)
+        self._ready()
+
+    def give_back(self) -> None:
+        """Return the batches to the spool (the backend fails); they are read again for the retry."""
+        self.current = self._ahead = None
+        self._generation += 1
+        d = self._spool.reset(self._backlog.spool_key)
+        d.addCallbacks(self._backlog.update, self._log_error)
+
+    def drop_read_ahead(self) -> None:
+        self._ahead = None
+
+    def _log_error(self, failure: Failure) -> None:
+        log.msg(f"buildbot_stats: spool error for backend {self._backlog.key!r}: {failure.getErrorMessage()}")
+
+
 class DeliveryQueue:
     """Writes the spooled points of one backend to it, in order, at least once, retrying with backoff.
 
@@ -392,10 +489,7 @@ class DeliveryQueue:
         self.backlog = Backlog(key, spool_key or key, policy, self.counters)
         self._spool = spool
         self._reactor = reactor
-        self._batch: _Batch | None = None  # being written (or waiting for a retry)
-        self._next: _Batch | None = None  # read ahead while the batch is written
-        self._taking = False
-        self._generation = 0  # incremented when taken batches are given back to the spool
+        self._reader = BatchReader(spool, self.backlog, self._write_next, self._read_failed)
         self._posting: tuple[int, int] | None = None  # (offset, limit) of the write in flight
         self._retry_call: Any = None
         self._attempt = 0
@@ -476,18 +570,15 @@ class DeliveryQueue:
                 self._prepare(prepare)
                 return
             self._needs_prepare = False
-        if self._batch is None:
-            if self._next is not None:
-                self._batch, self._next = self._next, None
-            else:
-                if self.backlog.untaken > 0:
-                    self._take()
-                elif self._drained is not None and not self._taking:
-                    self._fire_drained()
-                return
+        if not self._reader.promote():
+            if self.backlog.untaken > 0:
+                self._read()
+            elif self._drained is not None and not self._reader.reading:
+                self._fire_drained()
+            return
         self._post()
         if self._posting is not None:
-            self._take()  # read the next batch while this one is written
+            self._read()  # read the next batch while this one is written
 
     def _prepare(self, prepare: Callable[[Any], Any]) -> None:
         """Call the backend's ``prepare(master)``; on failure keep the points and try again later."""
@@ -520,37 +611,11 @@ class DeliveryQueue:
         d.addBoth(done)
         d.addErrback(log.err, "buildbot_stats: internal error in delivery")
 
-    def _take(self) -> None:
-        if (
-            self._taking
-            or self._next is not None
-            or self.backlog.untaken <= 0
-            or self._retry_call is not None
-        ):
-            return
-        self._taking = True
-        d = self._spool.take(self.spool_key, self.policy.batch_size)
-        d.addCallbacks(self._taken, self._take_failed, callbackArgs=(self._generation,))
-        d.addErrback(log.err, "buildbot_stats: internal error in delivery")
+    def _read(self) -> None:
+        if self._retry_call is None:  # not while waiting to retry
+            self._reader.read(self.policy.batch_size)
 
-    def _taken(self, result: tuple[list[TakenSegment], SpoolState], generation: int) -> None:
-        self._taking = False
-        if generation != self._generation:
-            return  # given back meanwhile
-        segments, state = result
-        self.backlog.update(state)
-        if segments:
-            batch = _Batch(segments)
-            if self._batch is None:
-                self._batch = batch
-            else:
-                self._next = batch
-        elif self.backlog.untaken > 0:
-            self.backlog.untaken = 0  # nothing to take after all: do not ask again
-        self._write_next()
-
-    def _take_failed(self, failure: Failure) -> None:
-        self._taking = False
+    def _read_failed(self, failure: Failure) -> None:
         log.msg(
             f"buildbot_stats: could not read the spool for backend {self.key!r} "
             f"({failure.getErrorMessage()}); retrying"
@@ -558,32 +623,13 @@ class DeliveryQueue:
         self._retry_call = self._reactor.callLater(self.policy.max_retry_delay, self._retry)
 
     def _post(self) -> None:
-        batch = self._batch
+        batch = self._reader.current
         assert batch is not None
         offset, limit = batch.offset, min(self._batch_limit, batch.n - batch.offset)
         self._posting = (offset, limit)
         d = threads.deferToThread(thd_post_batch, self.backend, batch, offset, limit)
         d.addCallbacks(self._written, self._write_failed)
         d.addErrback(log.err, "buildbot_stats: internal error in delivery")
-
-    def _advance(self, count: int) -> None:
-        """``count`` more points of the batch left for good (accepted or dropped)."""
-        batch = self._batch
-        if batch is None:
-            return
-        batch.offset += count
-        if batch.offset >= batch.n:
-            self._batch = None
-            d = self._spool.release(self.spool_key, batch.ids)
-            d.addCallbacks(self._released, self._log_spool_error)
-
-    def _released(self, state: SpoolState | None) -> None:
-        if state is not None:
-            self.backlog.update(state)
-        self._write_next()
-
-    def _log_spool_error(self, failure: Failure) -> None:
-        log.msg(f"buildbot_stats: spool error for backend {self.key!r}: {failure.getErrorMessage()}")
 
     def _written(self, report: WriteReport | None) -> None:
         _, sent = self._posting or (0, 0)
@@ -595,7 +641,7 @@ class DeliveryQueue:
         self.counters.dropped += rejected
         if report and report.problems:
             self._log_problems(report.problems)
-        self._advance(sent)
+        self._reader.advance(sent)
         if self._failure_logged is not None:
             log.msg(
                 f"buildbot_stats: backend {self.key!r} accepts writes again; "
@@ -629,17 +675,17 @@ class DeliveryQueue:
     def _write_failed(self, failure: Failure) -> None:
         offset, sent = self._posting or (0, 0)
         self._posting = None
-        batch = self._batch
+        batch = self._reader.current
         error = failure.value
         if isinstance(error, PartialDeliveryError):
             self.counters.written += error.delivered
-            self._advance(error.delivered)
+            self._reader.advance(error.delivered)
             sent -= error.delivered
             error = error.cause
         if isinstance(error, _NotForThisBackendError):
             self.counters.dropped += sent
             log.msg(f"buildbot_stats: {points_phrase(sent)} of backend {self.key!r} were dropped: {error}")
-            self._advance(sent)
+            self._reader.advance(sent)
             self._write_next()
             return
         if isinstance(error, SplitBatchError):
@@ -648,14 +694,15 @@ class DeliveryQueue:
             else:
                 self.counters.dropped += sent
                 series = batch.series_at(batch.offset) if batch is not None else "?"
-                self._advance(sent)
+                self._reader.advance(sent)
                 self._log_problems([PointProblem(series, "*", f"refused by the backend: {error}")])
             self._write_next()
             return
         self._attempt += 1
         self.counters.retried += sent
         if batch is not None and batch.offset == 0:
-            self._give_back()
+            # return the batches to the spool while the backend fails, so the bounds can drop them
+            self._reader.give_back()
         needs_fixing = isinstance(error, RefusedWriteError)
         if needs_fixing:
             self._needs_prepare = True  # e.g. render the password again: it may have been fixed
@@ -676,16 +723,6 @@ class DeliveryQueue:
             delay = float(retry_after)  # the server asked for at least that long
         self._retry_call = self._reactor.callLater(delay, self._retry)
 
-    def _give_back(self) -> None:
-        """Return the taken batches to the spool while the backend fails, so the bounds can drop them.
-
-        They are read again (their encoding is in the spool) for the retry.
-        """
-        self._batch = self._next = None
-        self._generation += 1
-        d = self._spool.reset(self.spool_key)
-        d.addCallbacks(self.backlog.update, self._log_spool_error)
-
     def _retry(self) -> None:
         self._retry_call = None
         self._write_next()
@@ -704,7 +741,7 @@ class DeliveryQueue:
         self._write_next()
         if self._drained is None:
             return True
-        if self._posting is None and not self._taking and self._batch is None and not self.backlog.untaken:
+        if self._posting is None and self._reader.idle:
             self._fire_drained()
             return True
         waiting: defer.Deferred = defer.Deferred()
@@ -737,7 +774,7 @@ class DeliveryQueue:
         elif self._posting is not None:
             # a write is running in a thread: give it the time, then leave
             yield self._wait_drained(timeout)
-        self._next = None
+        self._reader.drop_read_ahead()
         if self.pending and self._spool.durable:
             log.msg(
                 f"buildbot_stats: {points_phrase(self.pending)} of backend {self.key!r} stay in the spool "
