@@ -55,8 +55,10 @@ from buildbot_stats.cli.summary import (
     FieldSummary,
     SeriesSummary,
     Summary,
+    nearest_rank,
     summarize_path,
 )
+from buildbot_stats.cli.summary import _is_number as _is_number  # the same value rule, before and after
 from buildbot_stats.point import Point, to_ns
 from buildbot_stats.storage_backends.sqlite import open_store
 
@@ -79,23 +81,6 @@ class _Build:
     duration_time: int = -1
     results: Any = None
     results_time: int = -1
-
-
-def _is_number(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int beyond the float range
-        return False
-
-
-def nearest_rank(sorted_values: list[float], p: int) -> float | None:
-    """The ``p``-th percentile (0 < p <= 100) of sorted values by the nearest-rank method."""
-    if not sorted_values:
-        return None
-    rank = max(1, -(-p * len(sorted_values) // 100))
-    return sorted_values[rank - 1]
 
 
 def _end_ns(value: Any) -> int | None:
