@@ -207,6 +207,13 @@ def run_master(
         header=HEADER,
         services=SERVICES.format(port=influx.port),
         db_url=SQLITE_URL,
+        # Builds of one builder run one after the other: Buildbot 4.3's test_names table has
+        # no unique index, so on PostgreSQL two builds of one builder adding the same new test
+        # names at once can both insert them, and every later addTestResults of those names
+        # then fails inside Buildbot (KeyError in db/test_results.py) -- a Buildbot race,
+        # not the plugin's.
+        workers={f"local-worker-{i}": {"max_builds": 1} for i in range(1, len(BUILDERS) + 1)},
+        builder_workers={b: [f"local-worker-{i}"] for i, b in enumerate(BUILDERS, 1)},
     )
     if db_url == SQLITE_URL:
         m = RealMaster(tmp_path / "master", cfg)
