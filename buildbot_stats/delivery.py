@@ -38,7 +38,7 @@ from buildbot_stats.storage_backends.base import WriteReport, post_points
 
 __all__ = ["Backlog", "Counters", "DeliveryQueue", "Record", "SpoolWriter", "points_phrase"]
 
-#: what ``store()`` records, in the reactor: (backends, series, post_data, context, time)
+#: what ``store()`` records, in the reactor: (backend keys, series, post_data, context, time)
 Record = tuple[Sequence[Any], Any, Any, Any, Any]
 
 
@@ -90,8 +90,7 @@ class SpoolResult:
     lost: dict[str, int]  # points that could not be spooled at all (an unexpected error)
 
 
-def _point(record: Record) -> Point:
-    _, series, post_data, context, t = record
+def _point(series: Any, post_data: Any, context: Any, t: Any) -> Point:
     return Point(
         series if type(series) is str else str(series),
         post_data
@@ -104,68 +103,124 @@ def _point(record: Record) -> Point:
     )
 
 
+#: Points are made and encoded this many at a time, then dropped: a Point that
+#: lives through a whole spool write (tens of thousands of records when the
+#: master is busy) reaches Python's oldest GC generation and makes the
+#: collector walk the master's whole heap far more often.
+ENCODE_CHUNK = 256
+
+
+class _SegmentMaker:
+    """The segments of one backend in one spool write: points encoded a chunk at a time.
+
+    Encoded data is one point per line, so the chunks of a segment are joined
+    with newlines; points for backends without ``thd_encode`` (columns) are
+    kept up to a segment.
+    """
+
+    def __init__(self, key: str, route: Route, result: SpoolResult, segments: list[NewSegment]) -> None:
+        self.key = key
+        self.route = route
+        self.result = result
+        self.segments = segments
+        self.points: list[Point] = []  # made, not encoded yet
+        self.parts: list[bytes] = []  # encoded chunks of the segment being made
+        self.encoding: str | None = None
+        self.n = 0
+        self.first: int | None = None
+        self.last: int | None = None
+        self.chunk = min(ENCODE_CHUNK, route.batch_size) if route.encoder is not None else route.batch_size
+
+    def add(self, point: Point) -> None:
+        self.points.append(point)
+        if len(self.points) >= self.chunk:
+            self._encode()
+
+    def finish(self) -> None:
+        if self.points:
+            self._encode()
+        self._close_segment()
+
+    def _encode(self) -> None:
+        points, self.points = self.points, []
+        result = self.result
+        try:
+            segment, report = encode_segment(self.key, points, self.route.encoder)
+        except Exception as e:
+            result.errors.append(
+                f"points of backend {self.key!r} could not be encoded: {type(e).__name__}: {e}"
+            )
+            result.lost[self.key] = result.lost.get(self.key, 0) + len(points)
+            return
+        if report is not None:
+            if report.problems:
+                result.problems.setdefault(self.key, []).extend(report.problems)
+            if report.rejected_points:
+                result.rejected[self.key] = result.rejected.get(self.key, 0) + report.rejected_points
+        if segment is None:
+            return
+        if segment.encoding == COLUMNS:
+            self.segments.append(segment)
+            return
+        if self.encoding is not None and (
+            segment.encoding != self.encoding or self.n + segment.n > self.route.batch_size
+        ):
+            self._close_segment()
+        self.encoding = segment.encoding
+        self.parts.append(segment.data)
+        self.n += segment.n
+        first, last = segment.first_ns, segment.last_ns  # a segment made of points has both
+        self.first = first if self.first is None or first is None else min(self.first, first)
+        self.last = last if self.last is None or last is None else max(self.last, last)
+
+    def _close_segment(self) -> None:
+        if self.parts and self.encoding is not None:
+            data = self.parts[0] if len(self.parts) == 1 else b"\n".join(self.parts)
+            self.segments.append(NewSegment(self.key, self.n, self.first, self.last, self.encoding, data))
+        self.parts, self.encoding, self.n, self.first, self.last = [], None, 0, None, None
+
+
 def thd_spool_records(
     spool: Any,
-    records: list[Record],
-    routes: dict[int, Route],
-    routes_by_name: dict[str, Route],
+    records: list[Any],
+    routes: dict[str, Route],
     bounds: dict[str, tuple[int, int | None]],
 ) -> SpoolResult:
     """Make points of ``records``, encode them once per backend, write them in one transaction.
 
-    Runs on the spool thread: the reactor only appended the records.
+    Runs on the spool thread: the reactor only appended the records, flat
+    (see :class:`SpoolWriter`; a record's first item names its backends by
+    queue key).
     """
-    by_key: dict[str, list[Point]] = {}
-    route_of: dict[str, Route] = {}
-    errors: list[str] = []
-    for record in records:
+    result = SpoolResult({}, {}, {}, {}, [], {})
+    segments: list[NewSegment] = []
+    makers: dict[str, _SegmentMaker] = {}
+    captured = result.captured
+    items = iter(records)
+    for keys, series, post_data, context, t in zip(items, items, items, items, items):
         try:
-            point = _point(record)
+            point = _point(series, post_data, context, t)
         except Exception as e:
-            errors.append(f"a value of series {record[1]!r} was not stored: {type(e).__name__}: {e}")
+            result.errors.append(f"a value of series {series!r} was not stored: {type(e).__name__}: {e}")
             continue
-        for backend in record[0]:
-            route = routes.get(id(backend))
-            if route is None:
-                route = routes_by_name.get(getattr(backend, "name", None) or type(backend).__name__)
+        for key in keys:
+            maker = makers.get(key)
+            if maker is None:
+                route = routes.get(key)
                 if route is None:
                     continue
-            points = by_key.get(route.spool_key)
-            if points is None:
-                points = by_key[route.spool_key] = []
-                route_of[route.spool_key] = route
-            points.append(point)
-    segments: list[NewSegment] = []
-    captured: dict[str, int] = {}
-    problems: dict[str, list[PointProblem]] = {}
-    rejected: dict[str, int] = {}
-    lost: dict[str, int] = {}
-    for key, points in by_key.items():
-        route = route_of[key]
-        captured[key] = len(points)
-        size = route.batch_size
-        for start in range(0, len(points), size):
-            chunk = points[start : start + size]
-            try:
-                segment, report = encode_segment(key, chunk, route.encoder)
-            except Exception as e:
-                errors.append(f"points of backend {key!r} could not be encoded: {type(e).__name__}: {e}")
-                lost[key] = lost.get(key, 0) + len(chunk)
-                continue
-            if report is not None:
-                problems.setdefault(key, []).extend(report.problems)
-                if report.rejected_points:
-                    rejected[key] = rejected.get(key, 0) + report.rejected_points
-            if segment is not None:
-                segments.append(segment)
-    states: dict[str, SpoolState] = {}
+                maker = makers[key] = _SegmentMaker(route.spool_key, route, result, segments)
+            captured[maker.key] = captured.get(maker.key, 0) + 1
+            maker.add(point)
+    for maker in makers.values():
+        maker.finish()
     try:
-        states = spool.thd_write(segments, bounds)
+        result.states.update(spool.thd_write(segments, bounds))
     except Exception as e:
-        errors.append(f"the spool could not be written: {type(e).__name__}: {e}")
+        result.errors.append(f"the spool could not be written: {type(e).__name__}: {e}")
         for seg in segments:
-            lost[seg.queue_key] = lost.get(seg.queue_key, 0) + seg.n
-    return SpoolResult(states, captured, problems, rejected, errors, lost)
+            result.lost[seg.queue_key] = result.lost.get(seg.queue_key, 0) + seg.n
+    return result
 
 
 class SpoolWriter:
@@ -178,12 +233,16 @@ class SpoolWriter:
     def __init__(self, spool: SpoolThread, deliver: Callable[[SpoolResult], None]) -> None:
         self.spool = spool
         self._deliver = deliver
-        self.records: list[Record] = []
+        #: the records since the last write, flat (5 items each): waiting records
+        #: then leave no object per point to Python's garbage collector, which would
+        #: otherwise move thousands of them to its oldest generation on a busy master
+        #: and walk the whole heap more often
+        self.records: list[Any] = []
         self._waiter: defer.Deferred | None = None  # fires when ``records`` are spooled
         self._writing = False
         self._idle: list[defer.Deferred] = []
-        self.routes: dict[int, Route] = {}
-        self.routes_by_name: dict[str, Route] = {}
+        #: by queue key (what a record names its backends by)
+        self.routes: dict[str, Route] = {}
         self.bounds: dict[str, tuple[int, int | None]] = {}
         #: incremented by every record (so a caller can tell whether its call recorded any)
         self.recorded = 0
@@ -194,7 +253,7 @@ class SpoolWriter:
         The Deferred is shared by the records of one spool write: it fires with
         None, and callbacks added to it must return their argument.
         """
-        self.records.append(record)
+        self.records += record
         self.recorded += 1
         d = self._waiter
         if d is None:
@@ -207,7 +266,8 @@ class SpoolWriter:
         """Record several results for one spool write (if none runs); fires once all are spooled."""
         if not records:
             return self.waiter()
-        self.records.extend(records[:-1])
+        for record in records[:-1]:
+            self.records += record
         self.recorded += len(records) - 1
         self.add(records[-1])
         return self.waiter()
@@ -240,7 +300,7 @@ class SpoolWriter:
             return
         self._writing = True
         idle, self._idle = self._idle, []
-        d = self.spool.call(thd_spool_records, records, self.routes, self.routes_by_name, self.bounds)
+        d = self.spool.call(thd_spool_records, records, self.routes, self.bounds)
 
         def done(result: Any) -> None:
             if isinstance(result, Failure):

@@ -53,14 +53,17 @@ class QueueSet:
         self._retired = Counters()  # counters of queues removed by a reconfig
         self._orphans_logged: set[str] = set()
         self._degraded_logged: str | None = None
+        self._key_by_backend: dict[int, str] = {}
+        #: id(capture) -> (its parent_svcs, their number, their queue keys)
+        self._capture_keys: dict[int, tuple[list[Any], int, tuple[str, ...]]] = {}
 
     @defer.inlineCallbacks
     def configure(self, backends: Sequence[Any], policy: DeliveryPolicy) -> Any:
         """Make the queues match ``backends``, keeping pending points of backends that stay."""
         old = self.queues
         self.queues = {}
-        routes: dict[int, Route] = {}
-        by_name: dict[str, Route] = {}
+        routes: dict[str, Route] = {}
+        key_by_backend: dict[int, str] = {}
         new_queues = []
         for key, backend in zip(backend_keys(backends), backends):
             queue = old.pop(key, None)
@@ -74,11 +77,13 @@ class QueueSet:
                 queue.use(backend, policy)
             self.queues[key] = queue
             encode = getattr(backend, "thd_encode", None)
-            routes[id(backend)] = by_name[key] = Route(queue.spool_key, encode, policy.batch_size)
+            routes[key] = Route(queue.spool_key, encode, policy.batch_size)
+            key_by_backend[id(backend)] = key
         # spool writes made from now on use the new routes; a capture still holding a
-        # replaced backend object finds its queue by name
+        # replaced backend object finds its queue by the backend's name
         self.writer.routes = routes
-        self.writer.routes_by_name = by_name
+        self._key_by_backend = key_by_backend
+        self._capture_keys = {}
         self.writer.bounds = {
             q.spool_key: (q.policy.max_spool_points, q.policy.max_spool_bytes) for q in self.queues.values()
         }
@@ -110,6 +115,20 @@ class QueueSet:
                     f"buildbot_stats: the spool holds {n} point(s) of backend {key!r}, which is not "
                     "configured; they are sent if a backend of that name is configured again"
                 )
+
+    def route_keys(self, capture: Any) -> tuple[str, ...]:
+        """The queue keys of the backends ``capture`` belongs to (what its records name).
+
+        Worked out once per capture and config; a capture whose ``parent_svcs``
+        changed since (or holding a replaced backend) is worked out again.
+        """
+        svcs = capture.parent_svcs
+        hit = self._capture_keys.get(id(capture))
+        if hit is not None and hit[0] is svcs and hit[1] == len(svcs):
+            return hit[2]
+        keys = tuple(self._key_by_backend.get(id(b)) or backend_name(b) for b in svcs)
+        self._capture_keys[id(capture)] = (svcs, len(svcs), keys)
+        return keys
 
     def put(self, record: Record) -> defer.Deferred:
         """Record one capture result for its backends; fires once it is spooled."""

@@ -130,7 +130,7 @@ class StatsService(service.BuildbotService):
             return defer.fail(RuntimeError(f"StatsService {self.name!r} is not running"))
         return queues.writer.add(
             (
-                capture.parent_svcs,
+                queues.route_keys(capture),
                 series_name,
                 post_data,
                 context,

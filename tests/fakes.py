@@ -11,6 +11,7 @@ from buildbot.test.reactor import TestReactorMixin
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from buildbot_stats.queues import backend_keys
 from buildbot_stats.stats_service import StatsService
 from buildbot_stats.testing import RecordingStorage
 
@@ -19,6 +20,15 @@ STARTED = datetime.datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
 COMPLETE = datetime.datetime(2026, 11, 1, 12, 1, 30, tzinfo=UTC)
 FINISHED_KEY = ("builders", "1", "builds", "1", "finished")
 YIELD_KEY = ("stats-yieldMetricsValue", "stats-yield-data")
+
+
+def put_points(stats: StatsService, points: list[Any]) -> defer.Deferred:
+    """Record ``points`` for every backend of ``stats`` as a capture would (one spool write).
+
+    Fires once they are in the spool.
+    """
+    keys = tuple(backend_keys(stats.registeredStorageServices))
+    return stats._queues.writer.add_many([(keys, p.series, p.fields, p.tags, p.time_ns) for p in points])
 
 
 class StatsTestCase(TestReactorMixin, unittest.TestCase):
@@ -42,14 +52,8 @@ class StatsTestCase(TestReactorMixin, unittest.TestCase):
         self.master.mq.verifyMessages = False
 
     def put_points(self, points):
-        """Record ``points`` for every configured backend as a capture would (one spool write).
-
-        Fires once they are in the spool.
-        """
-        backends = self.stats.registeredStorageServices
-        return self.stats._queues.writer.add_many(
-            [(backends, p.series, p.fields, p.tags, p.time_ns) for p in points]
-        )
+        """Record ``points`` for every configured backend as a capture would (one spool write)."""
+        return put_points(self.stats, points)
 
     @defer.inlineCallbacks
     def use(self, *captures, **kwargs):

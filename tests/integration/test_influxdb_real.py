@@ -40,7 +40,7 @@ from twisted.python import log
 from buildbot_stats import capture
 from buildbot_stats.point import Point, to_ns
 from buildbot_stats.storage_backends.influxdb_client import InfluxStorageService
-from tests.fakes import COMPLETE, STARTED, YIELD_KEY, StatsTestCase
+from tests.fakes import COMPLETE, STARTED, YIELD_KEY, StatsTestCase, put_points
 from tests.support.faultproxy import FaultProxy
 from tests.support.influxd import (
     InfluxServer,
@@ -115,10 +115,7 @@ class InfluxServiceTestCase(StatsTestCase, LoggingMixin):
 
     def put_batch(self, points: list[Point]) -> None:
         """Hand many points to the backend's queue at once, so that they form one batch."""
-        backends = self.stats.registeredStorageServices
-        self.stats._queues.writer.add_many(
-            [(backends, p.series, p.fields, p.tags, p.time_ns) for p in points]
-        )
+        put_points(self.stats, points)
 
     def data_point(self, n: int, fields: dict[str, Any]) -> Point:
         return Point("builder1-m", fields, dict(TAGS), BASE_NS + n * TICK_NS)

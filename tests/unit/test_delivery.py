@@ -313,13 +313,6 @@ class SegmentTests(DataTestCase):
         finally:
             conn.close()
 
-    def put(self, points):
-        """Record ``points`` as a capture does; fires once they are spooled."""
-        backends = self.stats.registeredStorageServices
-        return self.stats._queues.writer.add_many(
-            [(backends, p.series, p.fields, p.tags, p.time_ns) for p in points]
-        )
-
     def points(self, start, n):
         return [Point("builder1-m", {"i": i}, {"t": "x"}, 10**18 + i) for i in range(start, start + n)]
 
@@ -344,7 +337,7 @@ class SegmentTests(DataTestCase):
         path = self.spool_path()
         first = AcceptsThree(captures=[capture.CaptureData("m", "builder1")], name="influx")
         yield self.replace_service(first, spool_path=path, flush_timeout=0, batch_size=10)
-        yield self.put(self.points(0, 10))
+        yield self.put_points(self.points(0, 10))
         self.assertEqual(self.values(first), [0, 1, 2])
         self.assertEqual(self.stats.counters["written"], 3)
         self.assertEqual(self.spool_rows(path), 1)  # one segment of 10 points
@@ -367,7 +360,7 @@ class SegmentTests(DataTestCase):
         backend.fail_next(1)
         yield self.replace_service(backend, spool_path=path, batch_size=8, max_retry_delay=10)
         queue = self.stats.queues["influx"]
-        yield self.put(self.points(0, 8))  # one segment; its write fails
+        yield self.put_points(self.points(0, 8))  # one segment; its write fails
         self.assertEqual(self.spool_rows(path), 1)
         queue._batch_limit = 3  # as after a "batch too large": the segment goes in parts
         threads_ = ControlledThreads(self)
@@ -391,7 +384,7 @@ class SegmentTests(DataTestCase):
         down = RecordingStorage(captures=[capture.CaptureData("m", "builder1")], name="influx")
         down.fail_next(1000)
         yield self.replace_service(down, spool_path=path, flush_timeout=0, batch_size=4)
-        yield self.put(self.points(0, 10))
+        yield self.put_points(self.points(0, 10))
         self.assertEqual(self.spool_rows(path), 3)  # 4 + 4 + 2
         self.assertEqual(self.spool_rows(path, "SUM(n)"), 10)
         yield self.stats.disownServiceParent()

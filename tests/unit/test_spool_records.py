@@ -1,0 +1,86 @@
+"""The spool thread's side of a write: records become points, encoded a chunk at a time, in segments.
+
+Points are made and encoded ENCODE_CHUNK at a time (so that none lives
+through a whole write), and the chunks of one backend join into segments of
+at most its batch size; the points of backends without ``thd_encode`` are
+spooled as columns, a segment per batch.
+"""
+
+from __future__ import annotations
+
+from buildbot_stats.delivery import ENCODE_CHUNK, Route, thd_spool_records
+from buildbot_stats.point import Point
+from buildbot_stats.spool import COLUMNS, MemorySpool
+from buildbot_stats.storage_backends.influxdb_client import InfluxStorageService
+
+BASE = 1_700_000_000_000_000_000
+
+
+def flat(keys, n, start=0):
+    out = []
+    for i in range(start, start + n):
+        out += (keys, "b-m", {"i": i}, {"builder": "b"}, BASE + i)
+    return out
+
+
+def spooled(spool, key):
+    taken, _ = spool.thd_take(key, 10**9)
+    return taken
+
+
+def influx_route(batch_size):
+    backend = InfluxStorageService("127.0.0.1", 8086, "u", "p", "db", captures=[], name="influx")
+    return Route("svc/influx", backend.thd_encode, batch_size)
+
+
+def test_chunks_of_one_backend_join_into_segments_of_its_batch_size():
+    spool = MemorySpool()
+    spool.thd_open()
+    n = 2 * ENCODE_CHUNK + 10  # three chunks
+    routes = {"influx": influx_route(batch_size=2 * ENCODE_CHUNK + 5)}
+    result = thd_spool_records(spool, flat(("influx",), n), routes, {"svc/influx": (10**9, None)})
+    assert result.errors == [] and result.captured == {"svc/influx": n}
+    segments = spooled(spool, "svc/influx")
+    # two chunks fit in a batch; a chunk is never split, so the third starts a segment
+    assert [s[1] for s in segments] == [2 * ENCODE_CHUNK, 10]
+    lines = b"\n".join(s[3] for s in segments).split(b"\n")
+    assert lines == [f"b-m,builder=b i={i}i {BASE + i}".encode() for i in range(n)]
+
+
+def test_backend_without_encoder_gets_columns_per_batch_and_shares_the_records():
+    spool = MemorySpool()
+    spool.thd_open()
+    routes = {
+        "influx": influx_route(batch_size=5000),
+        "plain": Route("svc/plain", None, 300),
+    }
+    bounds = {"svc/influx": (10**9, None), "svc/plain": (10**9, None)}
+    result = thd_spool_records(spool, flat(("influx", "plain"), 700), routes, bounds)
+    assert result.captured == {"svc/influx": 700, "svc/plain": 700}
+    plain = spooled(spool, "svc/plain")
+    assert [(s[1], s[2]) for s in plain] == [(300, COLUMNS), (300, COLUMNS), (100, COLUMNS)]
+    assert [p for s in plain for p in s[3]] == [
+        Point("b-m", {"i": i}, {"builder": "b"}, BASE + i) for i in range(700)
+    ]
+    assert [s[1] for s in spooled(spool, "svc/influx")] == [700]
+
+
+def test_no_segment_is_larger_than_a_small_batch_size():
+    spool = MemorySpool()
+    spool.thd_open()
+    routes = {"influx": influx_route(batch_size=10)}
+    thd_spool_records(spool, flat(("influx",), 25), routes, {"svc/influx": (10**9, None)})
+    assert [s[1] for s in spooled(spool, "svc/influx")] == [10, 10, 5]
+
+
+def test_a_bad_record_is_one_error_line_and_the_others_are_kept():
+    spool = MemorySpool()
+    spool.thd_open()
+    records = flat(("influx",), 3)
+    records[4 * 5 - 1 - 10] = object()  # the time of the second record: not a timestamp
+    result = thd_spool_records(spool, records, {"influx": influx_route(5000)}, {"svc/influx": (10**9, None)})
+    assert len(result.errors) == 1 and "series 'b-m'" in result.errors[0]
+    assert result.captured == {"svc/influx": 2}
+    assert spooled(spool, "svc/influx")[0][3].split(b"\n") == [
+        f"b-m,builder=b i={i}i {BASE + i}".encode() for i in (0, 2)
+    ]
