@@ -20,6 +20,7 @@ Memory for delivery is thus a few batches per backend, whatever the backlog.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -102,6 +103,11 @@ def _point(series: Any, post_data: Any, context: Any, t: Any) -> Point:
         t if type(t) is int and t >= 10**12 else to_ns(t),  # ns already (the clock), else convert
     )
 
+
+#: At most this many records go to the spool thread in one write (about 10 ms of
+#: its time): a master posting faster than that gets several writes in a row,
+#: and the deliveries' reads and releases run between them.
+MAX_RECORDS_PER_WRITE = 4096
 
 #: Points are made and encoded this many at a time, then dropped: a Point that
 #: lives through a whole spool write (tens of thousands of records when the
@@ -238,6 +244,8 @@ class SpoolWriter:
         #: otherwise move thousands of them to its oldest generation on a busy master
         #: and walk the whole heap more often
         self.records: list[Any] = []
+        #: earlier record lists that reached a write's size, oldest first
+        self._full: deque[list[Any]] = deque()
         self._waiter: defer.Deferred | None = None  # fires when ``records`` are spooled
         self._writing = False
         self._idle: list[defer.Deferred] = []
@@ -253,7 +261,11 @@ class SpoolWriter:
         The Deferred is shared by the records of one spool write: it fires with
         None, and callbacks added to it must return their argument.
         """
-        self.records += record
+        records = self.records
+        records += record
+        if len(records) >= MAX_RECORDS_PER_WRITE * 5:  # five items per record
+            self._full.append(records)
+            self.records = []
         self.recorded += 1
         d = self._waiter
         if d is None:
@@ -267,7 +279,11 @@ class SpoolWriter:
         if not records:
             return self.waiter()
         for record in records[:-1]:
-            self.records += record
+            current = self.records
+            current += record
+            if len(current) >= MAX_RECORDS_PER_WRITE * 5:
+                self._full.append(current)
+                self.records = []
         self.recorded += len(records) - 1
         self.add(records[-1])
         return self.waiter()
@@ -289,8 +305,18 @@ class SpoolWriter:
         return d
 
     def _write(self) -> None:
-        records, self.records = self.records, []
-        waiter, self._waiter = self._waiter, None
+        if self._full:
+            # A long write would hold the spool thread, and with it the delivery's
+            # reads and releases: what was recorded after the first
+            # MAX_RECORDS_PER_WRITE is the next write, and the callers' Deferred
+            # fires with the last of them.
+            records = self._full.popleft()
+            waiter = None
+            if not self._full and not self.records:
+                waiter, self._waiter = self._waiter, None
+        else:
+            records, self.records = self.records, []
+            waiter, self._waiter = self._waiter, None
         if not records:
             idle, self._idle = self._idle, []
             for w in idle:
@@ -317,7 +343,7 @@ class SpoolWriter:
             for w in idle:
                 w.callback(None)
             self._writing = False
-            if self.records or self._idle:
+            if self.records or self._full or self._idle:
                 self._write()
 
         d.addBoth(done)

@@ -63,9 +63,10 @@ class _Encoder:
         # prefix and field keys are made once, with the problems found then.
         self._prefixes: _Cache = {}
         self._field_keys: _Cache = {}
-        # (series, *field keys) -> True when every key is a non-empty str that
-        # stays as it is (no escaping, no conversion): the fast path of line()
-        self._plain_keys: dict[Any, bool] = {}
+        # shape of a point (series, number of tags, tag keys, tag values, field
+        # keys) -> (escaped prefix, its problems) for the fast path of line(),
+        # or False for the general path
+        self._shapes: dict[Any, Any] = {}
 
     def _problem(self, series: str, field: str, reason: str, rejected: bool) -> None:
         self.problems.append(PointProblem(series, field, reason, rejected))
@@ -160,42 +161,64 @@ class _Encoder:
             self.problems.extend(hit[1])
         return hit[0]
 
-    def _plain_field_keys(self, series: str, fields: dict[Any, Any], ck: Any) -> bool:
-        plain = True
+    def _shape(self, shape_key: Any, series: Any, tags: dict[Any, Any], fields: dict[Any, Any]) -> Any:
+        """The cached prefix (with its problems) of a fast-path shape, or False for the general path.
+
+        A shape is fast when the series, the tag keys and values and the field
+        keys are all non-empty-where-needed ``str`` and the field keys need no
+        escaping or conversion.  Only such shapes are cached as fast: a
+        str never equals a non-str, so a later point matching the key has the
+        same texts (``1``, ``1.0`` and ``True`` are equal keys but differ as
+        text: they are never fast).
+        """
+        fast = type(series) is str and bool(series)
+        if fast:
+            for k, v in tags.items():
+                if type(k) is not str or type(v) is not str:
+                    fast = False
+                    break
+        if fast:
+            start = len(self.problems)
+            for key in fields:
+                if type(key) is not str or not key or self.key(series, key) != key:
+                    fast = False
+                    break
+            fast = fast and len(self.problems) == start
+            del self.problems[start:]
+        if not fast:
+            self._shapes[shape_key] = False
+            return False
         start = len(self.problems)
-        for key in fields:
-            if type(key) is not str or not key or self.key(series, key) != key:
-                plain = False
-                break
-        plain = plain and len(self.problems) == start
+        prefix = self.prefix(series, tags)
+        shape = self._shapes[shape_key] = (prefix, self.problems[start:])
         del self.problems[start:]
-        self._plain_keys[ck] = plain
-        return plain
+        return shape
 
     def line(self, point: Point, divisor: int) -> str | None:
         """One line, or None when the point has no field left.
 
         The usual point (str names and tags that need no escaping, int,
-        float, bool and str fields) takes a fast path; the rules are those of
-        :meth:`line_general`, which any other point takes.
+        float, bool and str fields) takes a fast path: one lookup of its shape
+        (series, tag keys and values, field keys) gives the escaped prefix;
+        the rules are those of :meth:`line_general`, which any other point takes.
         """
         series = point.series
         tags = point.tags
         fields = point.fields
-        if type(series) is not str or not series:
+        shape_key = (series, len(tags), *tags, *tags.values(), *fields)
+        try:
+            shape = self._shapes.get(shape_key)
+        except TypeError:  # an unhashable tag value
             return self.line_general(point, divisor)
-        for k, v in tags.items():
-            if type(k) is not str or type(v) is not str:
-                return self.line_general(point, divisor)
-        ck = (series, *fields)
-        plain = self._plain_keys.get(ck)
-        if plain is None:
-            plain = self._plain_field_keys(series, fields, ck)
-        if not plain:
+        if shape is None:
+            shape = self._shape(shape_key, series, tags, fields)
+        if shape is False:
             return self.line_general(point, divisor)
+        prefix, prefix_problems = shape
         problems = self.problems
         start = len(problems)
-        prefix = self._cached(self._prefixes, (series, *tags, *tags.values()), self.prefix, series, tags)
+        if prefix_problems:
+            problems.extend(prefix_problems)
         parts = []
         for key, value in fields.items():
             kind = type(value)

@@ -633,3 +633,29 @@ class ProblemBurstTests(DataTestCase):
 
     def logged_messages(self):
         return [log.textFromEventDict(e) or "" for e in self._logEvents]
+
+
+def test_a_burst_is_spooled_in_writes_of_bounded_size_and_acknowledged_with_the_last(monkeypatch):
+    from buildbot_stats import delivery
+
+    monkeypatch.setattr(delivery, "MAX_RECORDS_PER_WRITE", 3)
+    writes = []
+
+    class InFlight:
+        """A spool thread whose writes finish when the test says so."""
+
+        def call(self, f, records, *args):
+            d = defer.Deferred()
+            writes.append((d, [fields["i"] for fields in records[2::5]]))
+            return d
+
+    writer = delivery.SpoolWriter(InFlight(), lambda result: None)
+    first = writer.add(((), "s", {"i": 0}, {}, 10**18))  # written at once
+    burst = [writer.add(((), "s", {"i": i}, {}, 10**18 + i)) for i in range(1, 9)]
+    assert [w[1] for w in writes] == [[0]]
+    writes[0][0].callback(None)
+    assert first.called and not any(d.called for d in burst)
+    while not burst[-1].called:
+        writes[-1][0].callback(None)
+    assert [w[1] for w in writes] == [[0], [1, 2, 3], [4, 5, 6], [7, 8]]
+    assert all(d.called for d in burst)
