@@ -24,6 +24,7 @@ from typing import Any
 from buildbot import config
 from twisted.internet import defer, threads
 
+from buildbot_stats.arguments import check_init_arguments
 from buildbot_stats.errors import CaptureCallbackError
 from buildbot_stats.point import as_datetime
 
@@ -63,6 +64,10 @@ class Capture(abc.ABC):
     ``_retValParams`` are the names of ``buildbot.statistics``'s captures,
     kept (camelCase included) so that custom captures written for it work.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        check_init_arguments(cls)  # a misspelt keyword in master.cfg is a config.error line
 
     def __init__(self, routingKey: tuple, callback: Callable[..., Any]) -> None:
         if callback is not None and not callable(callback):  # custom captures may pass None

@@ -12,6 +12,8 @@ import random
 from dataclasses import dataclass, fields
 from typing import Any
 
+from buildbot_stats.arguments import unknown_argument
+
 __all__ = ["DEFAULT_SPOOL_PATH", "EXTRA_TAGS", "DeliveryPolicy", "ServiceOptions"]
 
 DEFAULT_SPOOL_PATH = "stats-spool.sqlite"
@@ -62,8 +64,12 @@ class ServiceOptions:
     @classmethod
     def problems(cls, options: dict[str, Any]) -> list[str]:
         """What is wrong with ``options``, one message each (for ``config.error``)."""
-        known = {f.name for f in fields(cls)}
-        found = [f"unknown argument {name!r}" for name in options if name not in known]
+        known = [f.name for f in fields(cls)]
+        found = [
+            unknown_argument(name, [*known, "storage_backends", "name"])
+            for name in options
+            if name not in known
+        ]
         opts = cls(**{k: v for k, v in options.items() if k in known})
         if opts.spool_path is not None and (
             not isinstance(opts.spool_path, str) or not opts.spool_path.strip()

@@ -11,6 +11,7 @@ from twisted.internet import defer
 from twisted.python import log
 from zope.interface import Attribute, Interface, implementer
 
+from buildbot_stats.arguments import check_init_arguments
 from buildbot_stats.errors import PartialDeliveryError
 from buildbot_stats.point import Point, PointProblem
 
@@ -70,6 +71,10 @@ class StatsStorageBase(abc.ABC):
 
     name: str | None = None
     captures: Sequence[Any] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        check_init_arguments(cls)  # a misspelt keyword in master.cfg is a config.error line
 
     @abc.abstractmethod
     def thd_postStatsValue(

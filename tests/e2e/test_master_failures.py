@@ -141,7 +141,8 @@ def test_checkconfig_reports_each_bad_argument_in_one_line(make_master: Any) -> 
     services = stats_service(
         captures="statistics.CaptureBuildDurationAllBuilders, statistics.CaptureData(123, 'b'),"
         " statistics.CaptureProperty('b', 42), statistics.CaptureBuildDuration('b', report_in=['hours']),"
-        " statistics.CaptureBuildEndTime('b', callback='x')",
+        " statistics.CaptureBuildEndTime('b', callback='x'),"
+        " statistics.CaptureBuildResults('b', calback=None)",
         max_retry_delay="0",
         flush_timeout="float('nan')",
         spool_path="''",
@@ -156,6 +157,7 @@ def test_checkconfig_reports_each_bad_argument_in_one_line(make_master: Any) -> 
         "property_name must be a string, not 42",
         "`report_in` parameter must be one of 'seconds', 'minutes' or 'hours', not ['hours']",
         "callback must be callable, not 'x'",
+        "CaptureBuildResults: unknown argument 'calback' (did you mean 'callback'?)",
         "max_retry_delay must be a number of seconds >= 0.1, not 0",
         "flush_timeout must be a number of seconds >= 0, not nan",
         "spool_path must be a file path or None, not ''",
