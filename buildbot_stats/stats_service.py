@@ -13,15 +13,18 @@ The camelCase names (``registerConsumers``, ``removeConsumers``,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import CoroutineType
 from typing import Any
 
 from buildbot import config
-from buildbot.util import service
+from buildbot.mq.simple import SimpleMQ
+from buildbot.util import service, tuplematch
 from twisted.internet import defer
 from twisted.python import log
+from twisted.python.failure import Failure
 
 from buildbot_stats.burst_log import BurstLog
-from buildbot_stats.capture import YIELD_DATA
+from buildbot_stats.capture import YIELD_DATA, CaptureDataBase
 from buildbot_stats.config_checks import check_service_config
 from buildbot_stats.errors import CaptureCallbackError
 from buildbot_stats.lookups import BuildLookups
@@ -34,6 +37,28 @@ from buildbot_stats.spool_thread import open_spool
 from buildbot_stats.storage_backends.base import start_backends, stop_backends
 
 __all__ = ["DEFAULT_SPOOL_PATH", "StatsService"]
+
+
+def _sender(produce: Any, count: int) -> Any:
+    """``produce``, or for many messages with Buildbot's simple MQ, its loop with the consumers found once.
+
+    ``SimpleMQ.produce`` matches the routing key against every consumer of the
+    master for every message; the consumers of ``stats-yield-data`` are the
+    same for all the values of one call.  Each of them is still invoked once
+    per message, in the same order and the same way (``invokeQref``).  Any
+    other MQ (WAMP, a test's fake, ``debug`` on) gets ``produce``.
+    """
+    mq: Any = getattr(produce, "__self__", None)
+    if count < 2 or getattr(produce, "__func__", None) is not SimpleMQ.produce or mq.debug:
+        return produce
+    qrefs = [qref for qref in mq.qrefs if tuplematch.matchTuple(YIELD_DATA, qref.filter)]
+    invoke = mq.invokeQref
+
+    def send(routingKey: tuple, msg: dict[str, Any]) -> None:
+        for qref in qrefs:
+            invoke(qref, routingKey, msg)
+
+    return send
 
 
 class StatsService(service.BuildbotService):
@@ -188,11 +213,35 @@ class StatsService(service.BuildbotService):
                 self.consumers.append(consumer)
 
     def _consumer(self, cap: Any) -> Any:
-        def consume(routingKey: tuple, msg: dict[str, Any]) -> defer.Deferred:
-            d = defer.maybeDeferred(cap.consume, routingKey, msg)
-            d.addErrback(self._capture_failed, cap)
+        # Called for every message: thousands per build for CaptureData.  A capture
+        # that is done at once returns None here, so that Buildbot's MQ neither adds
+        # an errback to a Deferred nor tracks it (QueueRef.invoke, DeferWaiter).
+        call = cap.consume
+        if type(cap).consume is CaptureDataBase.consume:
+            # not overridden: its inner form returns None when the point is recorded
+            call = cap._consume_at_once
+        capture_failed = self._capture_failed
+
+        def consume(routingKey: tuple, msg: dict[str, Any]) -> defer.Deferred | None:
+            try:
+                d = call(routingKey, msg)
+            except Exception:
+                capture_failed(Failure(), cap)
+                return None
+            if d is None:
+                return None
+            if not isinstance(d, defer.Deferred):
+                if isinstance(d, Failure):
+                    capture_failed(d, cap)
+                    return None
+                if type(d) is not CoroutineType:
+                    return None  # a plain value, as maybeDeferred took it
+                d = defer.Deferred.fromCoroutine(d)
+            d.addErrback(capture_failed, cap)
+            if d.called and not d.paused:
+                return None  # done (a failure was logged just now)
             waits = self._call_waits
-            if waits is not None and not d.called:
+            if waits is not None:
                 # still working (a first lookup): yieldMetricsValue waits for it too
                 waits.append(d)
             return d
@@ -299,40 +348,40 @@ class StatsService(service.BuildbotService):
         except Exception:
             return defer.fail()
 
-    def _produce(self, data_name: str, post_data: Any, build_data: dict[str, Any]) -> None:
-        """The documented ``stats-yield-data`` message, consumed by CaptureData.
-
-        Beside the documented keys it carries the time of the call
-        (``time_ns``, the point's timestamp wherever it is consumed) and the
-        producing master (``masterid``: in a cluster, only that master stores it).
-        """
-        self.master.mq.produce(
-            YIELD_DATA,
-            {
-                "data_name": data_name,
-                "post_data": post_data,
-                "build_data": build_data,
-                "time_ns": self.clock.now_ns(),
-                "masterid": getattr(self.master, "masterid", None),
-            },
-        )
-
     def _produce_kept(
         self, data_name: str, values: Sequence[Any], build_data: dict[str, Any]
     ) -> defer.Deferred:
-        """Produce one message per value; a Deferred that fires once what the captures stored is spooled.
+        """Produce one ``stats-yield-data`` message per value; a Deferred that fires once what
+        the captures stored is spooled.
 
-        With Buildbot's MQ, ``produce`` calls the consumers at once: the points
-        they store meanwhile are recorded before it returns, and a consumer
-        still waiting (a first builder lookup) is waited for.
+        The message is the documented one, consumed by CaptureData, and carries
+        besides the time of the call (``time_ns``, the point's timestamp
+        wherever it is consumed) and the producing master (``masterid``: in a
+        cluster, only that master stores it).  With Buildbot's MQ, ``produce``
+        calls the consumers at once: the points they store meanwhile are
+        recorded before it returns, and a consumer still waiting (a first
+        builder lookup) is waited for.
         """
         queues = self._queues
         waits: list[defer.Deferred] = []
         self._call_waits = waits
         before = queues.writer.recorded if queues is not None else 0
+        # once per value: no attribute lookup in the loop
+        send = _sender(self.master.mq.produce, len(values))
+        now_ns = self.clock.now_ns
+        masterid = getattr(self.master, "masterid", None)
         try:
             for post_data in values:
-                self._produce(data_name, post_data, build_data)
+                send(
+                    YIELD_DATA,
+                    {
+                        "data_name": data_name,
+                        "post_data": post_data,
+                        "build_data": build_data,
+                        "time_ns": now_ns(),
+                        "masterid": masterid,
+                    },
+                )
         finally:
             self._call_waits = None
         if queues is not None and queues.writer.recorded != before:
