@@ -38,6 +38,9 @@ from buildbot_stats.storage_backends.base import start_backends, stop_backends
 
 __all__ = ["DEFAULT_SPOOL_PATH", "StatsService"]
 
+#: the message of a build that starts (after its properties are set, before its steps run)
+BUILD_NEW = ("builds", None, "new")
+
 
 def _sender(produce: Any, count: int) -> Any:
     """``produce``, or for many messages with Buildbot's simple MQ, its loop with the consumers found once.
@@ -203,14 +206,33 @@ class StatsService(service.BuildbotService):
             for cap in backend.captures:
                 captures.setdefault(id(cap), cap)
                 owners.setdefault(id(cap), []).append(backend)
+        posted_values = False
         for key, cap in captures.items():
             cap.parent_svcs = owners[key]
             cap.master = self.master
             cap._stats_service = self
             # a capture may listen to several kinds of message (``routingKeys``)
             for key in getattr(cap, "routingKeys", None) or [cap.routingKey]:
+                posted_values = posted_values or tuple(key) == YIELD_DATA
                 consumer = yield self.master.mq.startConsuming(self._consumer(cap), key)
                 self.consumers.append(consumer)
+        if posted_values:
+            # yieldMetricsValue needs the build's data: take it from the build's
+            # start message rather than asking the database during the build
+            consumer = yield self.master.mq.startConsuming(self._build_started, BUILD_NEW)
+            self.consumers.append(consumer)
+
+    def _build_started(self, routingKey: tuple, msg: dict[str, Any]) -> None:
+        """Remember a build of this master as it starts (see :meth:`BuildLookups.remember_build`)."""
+        lookups = self.lookups
+        if lookups is None or not isinstance(msg, dict) or "buildid" not in msg:
+            return
+        if self._master_filter is not None:
+            # a cluster: other masters' builds are not posted to here; WAMP times are numbers
+            if msg.get("masterid") != getattr(self.master, "masterid", None):
+                return
+            msg = with_datetimes(msg)
+        lookups.remember_build(msg)
 
     def _consumer(self, cap: Any) -> Any:
         # Called for every message: thousands per build for CaptureData.  A capture

@@ -335,3 +335,22 @@ class BuildbotSimpleMQTests(StatsTestCase, LoggingMixin):
         self.assertEqual(backend.stored_data, [({"i": 1}, "coro", {})])
         self.assertLogged("Plain could not handle a message: ValueError: late")
         self.assertLogged("Plain could not handle a message: KeyError: 'k'")
+
+    @defer.inlineCallbacks
+    def test_values_of_a_started_build_need_no_build_query(self):
+        backend = yield self.use(capture.CaptureDataAllBuilders("m"))
+        yield self.stats.yieldMetricsValue("m", {"i": 0}, 1)  # builder 1 is known from now on
+        yield self.add_build(buildid=2, number=2)
+        build = yield self.master.data.get(("builds", 2))
+        self.mq.produce(("builds", "2", "new"), build)  # as Buildbot does before the build's steps run
+        asked = []
+        real_get = self.master.data.get
+        self.patch(
+            self.master.data, "get", lambda path, *a, **kw: asked.append(path) or real_get(path, *a, **kw)
+        )
+        yield self.stats.yieldMetricsValues("m", [{"i": 1}, {"i": 2}], 2)
+        self.assertEqual(asked, [])
+        self.assertEqual(
+            backend.stored_data[1:],
+            [({"i": i}, "builder1-m", {"build_number": "2", "builder_name": "builder1"}) for i in (1, 2)],
+        )
