@@ -42,26 +42,43 @@ __all__ = ["DEFAULT_SPOOL_PATH", "StatsService"]
 BUILD_NEW = ("builds", None, "new")
 
 
-def _sender(produce: Any, count: int) -> Any:
-    """``produce``, or for many messages with Buildbot's simple MQ, its loop with the consumers found once.
+class _YieldConsumers:
+    """The consumers of ``stats-yield-data`` on Buildbot's simple MQ, found once while they stay the same.
 
     ``SimpleMQ.produce`` matches the routing key against every consumer of the
-    master for every message; the consumers of ``stats-yield-data`` are the
-    same for all the values of one call.  Each of them is still invoked once
-    per message, in the same order and the same way (``invokeQref``).  Any
-    other MQ (WAMP, a test's fake, ``debug`` on) gets ``produce``.
+    master (dozens) for every message.  The ones matching ``stats-yield-data``
+    are remembered with a copy of the MQ's list of consumers; as long as that
+    list is the same (compared element by element, by identity: C speed), they
+    are invoked directly, each once per message, in the same order and the same
+    way as ``produce`` does (``invokeQref``).  Any other MQ (WAMP, a test's
+    fake, ``debug`` on) gets ``produce`` itself.
     """
-    mq: Any = getattr(produce, "__self__", None)
-    if count < 2 or getattr(produce, "__func__", None) is not SimpleMQ.produce or mq.debug:
-        return produce
-    qrefs = [qref for qref in mq.qrefs if tuplematch.matchTuple(YIELD_DATA, qref.filter)]
-    invoke = mq.invokeQref
 
-    def send(routingKey: tuple, msg: dict[str, Any]) -> None:
-        for qref in qrefs:
-            invoke(qref, routingKey, msg)
+    def __init__(self) -> None:
+        self._mq: Any = None
+        self._seen: list[Any] = []
+        self._matching: list[Any] = []
 
-    return send
+    def sender(self, produce: Any) -> Any:
+        """A callable like ``produce(routingKey, msg)`` for the messages of one call."""
+        mq: Any = getattr(produce, "__self__", None)
+        if getattr(produce, "__func__", None) is not SimpleMQ.produce or mq.debug:
+            return produce
+        qrefs = mq.qrefs
+        if mq is not self._mq or qrefs != self._seen:
+            self._mq, self._seen = mq, list(qrefs)
+            self._matching = [q for q in qrefs if tuplematch.matchTuple(YIELD_DATA, q.filter)]
+        matching = self._matching
+        invoke = mq.invokeQref
+        if len(matching) == 1:
+            (qref,) = matching
+            return lambda routingKey, msg: invoke(qref, routingKey, msg)
+
+        def send(routingKey: tuple, msg: dict[str, Any]) -> None:
+            for qref in matching:
+                invoke(qref, routingKey, msg)
+
+        return send
 
 
 class StatsService(service.BuildbotService):
@@ -97,6 +114,7 @@ class StatsService(service.BuildbotService):
         #: skips messages of other masters' builds (a cluster's WAMP MQ only)
         self._master_filter: MasterFilter | None = None
         self._call_waits: list[defer.Deferred] | None = None
+        self._yield_consumers = _YieldConsumers()
 
     def checkConfig(self, storage_backends: Sequence[Any] = (), **options: Any) -> None:  # type: ignore[override]
         # every master.cfg mistake is one config.error line (see config_checks.py)
@@ -389,7 +407,7 @@ class StatsService(service.BuildbotService):
         self._call_waits = waits
         before = queues.writer.recorded if queues is not None else 0
         # once per value: no attribute lookup in the loop
-        send = _sender(self.master.mq.produce, len(values))
+        send = self._yield_consumers.sender(self.master.mq.produce)
         now_ns = self.clock.now_ns
         masterid = getattr(self.master, "masterid", None)
         try:
