@@ -354,3 +354,16 @@ class BuildbotSimpleMQTests(StatsTestCase, LoggingMixin):
             backend.stored_data[1:],
             [({"i": i}, "builder1-m", {"build_number": "2", "builder_name": "builder1"}) for i in (1, 2)],
         )
+
+    @defer.inlineCallbacks
+    def test_consumers_that_start_or_stop_between_posts(self):
+        backend = yield self.use(capture.CaptureDataAllBuilders("m"))
+        seen = []
+        yield self.stats.yieldMetricsValues("m", [{"i": 0}, {"i": 1}], 1)
+        late = yield self.mq.startConsuming(lambda key, msg: seen.append(msg["post_data"]["i"]), YIELD_KEY)
+        yield self.stats.yieldMetricsValue("m", {"i": 2}, 1)
+        yield self.stats.yieldMetricsValues("m", [{"i": 3}, {"i": 4}], 1)
+        yield late.stopConsuming()
+        yield self.stats.yieldMetricsValues("m", [{"i": 5}, {"i": 6}], 1)
+        self.assertEqual(seen, [2, 3, 4])
+        self.assertEqual([p.fields["i"] for p in backend.points], list(range(7)))
