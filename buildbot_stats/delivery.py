@@ -602,7 +602,9 @@ class DeliveryQueue:
     def _held(self) -> bool:
         """Whether the spool writer holds delivery back (less than a batch waits; it calls :meth:`send`)."""
         hold = self.hold
-        return hold is not None and hold() and self.backlog.untaken < self.policy.batch_size
+        if hold is None or self._stopping:  # stopping: send what can be sent now
+            return False
+        return hold() and self.backlog.untaken < self.policy.batch_size
 
     @defer.inlineCallbacks
     def start(self) -> Any:

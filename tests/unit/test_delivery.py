@@ -711,3 +711,17 @@ class DeliveryHoldTests(DataTestCase):
         self.threads.run_all()
         self.assertEqual(self.values(self.backend), list(range(10)))
         self.assertEqual(self.backend.batches, [4, 6])
+
+    @defer.inlineCallbacks
+    def test_stopping_during_a_stream_of_writes_sends_what_is_spooled(self):
+        self.awaited_loop(3)
+        self.spool.run_next()
+        self.spool.run_next()  # delivery is held: the third write runs
+        stopped = self.stats.disownServiceParent()
+        while self.spool.calls or self.threads.calls:
+            if self.spool.calls:
+                self.spool.run_next()
+            else:
+                self.threads.run_next()
+        yield stopped
+        self.assertEqual(self.values(self.backend), [0, 1, 2])
