@@ -4,7 +4,7 @@
 Run from the repository root (needs ``influxd`` and ``buildbot-worker``)::
 
     python -m benchmarks.bench_delivery [--builds 20] [--values 500] [--points 200000]
-                                        [--warmup 1] [--quick] [--json FILE] [--keep]
+                                        [--warmup 1] [--quick] [--json FILE] [--keep] [--only masters]
 
 One run starts ONE private ``influxd`` on 127.0.0.1 and measures, in order:
 
