@@ -4,7 +4,7 @@
 Run from the repository root (needs ``influxd`` and ``buildbot-worker``)::
 
     python -m benchmarks.bench_delivery [--builds 20] [--values 500] [--points 200000]
-                                        [--warmup 1] [--quick] [--json FILE] [--keep]
+                                        [--warmup 1] [--quick] [--json FILE] [--keep] [--only masters]
 
 One run starts ONE private ``influxd`` on 127.0.0.1 and measures, in order:
 
@@ -731,7 +731,59 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(line.rstrip() for line in out)
 
 
+def report_masters(results: dict[str, Any]) -> str:
+    """The real masters' part of :func:`report` alone (``--only masters``)."""
+    ours, base, old, batch = results["ours"], results["ours_zero"], results["old"], results["ours_batch"]
+    values = ours["values_per_build"]
+
+    def per_value(run: dict[str, Any], key: str = "step_seconds_mean") -> float:
+        return (run[key] - base[key]) / values * 1e6
+
+    ov_ours, ov_batch, ov_old = per_value(ours), per_value(batch), per_value(old)
+    goals = {
+        "overhead": ov_ours <= OVERHEAD_GOAL_US,
+        "overhead_batch": ov_batch <= OVERHEAD_GOAL_US,
+        "complete": all(r["stored_points"] == r["expected_points"] for r in (ours, batch, base, old)),
+    }
+    results["goals_met"] = goals
+    results["figures"] = {
+        "overhead_per_value_us": ov_ours,
+        "overhead_per_value_batch_us": ov_batch,
+        "overhead_per_value_old_us": ov_old,
+        "overhead_per_value_median_us": per_value(ours, "step_seconds_median"),
+        "overhead_per_value_batch_median_us": per_value(batch, "step_seconds_median"),
+    }
+    out = [f"real masters only: {ours['builds']} builds per master, {values} values per build"]
+    for run, name in (
+        (ours, "buildbot_stats, awaited loop"),
+        (batch, "buildbot_stats, yieldMetricsValues"),
+        (base, "buildbot_stats, 0 values"),
+        (old, "buildbot.statistics"),
+    ):
+        gc_ms = sum(run["step_gc_seconds"]) / max(1, len(run["step_gc_seconds"])) * 1e3
+        out.append(
+            f"  {name:<36} step ms mean {run['step_seconds_mean'] * 1e3:9.2f}  median "
+            f"{run['step_seconds_median'] * 1e3:9.2f}  gc ms {gc_ms:6.2f}  "
+            f"points {run['stored_points']}/{run['expected_points']}  tracebacks {run['tracebacks']}"
+        )
+    for name, value, mark in (
+        ("awaited loop", ov_ours, _mark(goals["overhead"])),
+        ("yieldMetricsValues", ov_batch, _mark(goals["overhead_batch"])),
+        ("buildbot.statistics", ov_old, ""),
+    ):
+        out.append(f"  overhead per value, {name:<20} {value:9.1f} µs  {mark}")
+    return "\n".join(out)
+
+
 # -- main -------------------------------------------------------------------------
+
+
+def _write_json(where: str, results: dict[str, Any]) -> None:
+    text = json.dumps(results, indent=2, sort_keys=True)
+    if where == "-":
+        print(text)
+    else:
+        Path(where).write_text(text + "\n")
 
 
 def _influx_version() -> str:
@@ -760,6 +812,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="6 builds, 50000 pipeline points")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-' for stdout)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--only",
+        choices=("masters",),
+        help="run only this part: 'masters' (the build-time overhead per value, no pipeline or drain)",
+    )
     parser.add_argument("--pipeline-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.pipeline_child:
@@ -800,6 +857,14 @@ def main(argv: list[str] | None = None) -> int:
         results["old"] = run_master(
             workdir, "buildbot-statistics", False, values, builds, influx, "bench_old", warm
         )
+        if args.only == "masters":
+            results["total_seconds"] = time.monotonic() - t_start
+            print()
+            print(report_masters(results))
+            print(f"\ntotal run time {results['total_seconds']:.0f} s")
+            if args.json:
+                _write_json(args.json, results)
+            return 0 if all(results["goals_met"].values()) else 1
         print(f"pipeline and raw ingest, {points:,} points ...", flush=True)
         bodies = raw_bodies(points, values)
         raw_runs = [raw_ingest(influx, "bench_raw_1", bodies, points)]
@@ -815,11 +880,7 @@ def main(argv: list[str] | None = None) -> int:
         print(report(results))
         print(f"\ntotal run time {results['total_seconds']:.0f} s")
         if args.json:
-            text = json.dumps(results, indent=2, sort_keys=True)
-            if args.json == "-":
-                print(text)
-            else:
-                Path(args.json).write_text(text + "\n")
+            _write_json(args.json, results)
         return 0 if all(results["goals_met"].values()) else 1
     except KeyboardInterrupt:
         print("\ninterrupted; cleaning up", file=sys.stderr)

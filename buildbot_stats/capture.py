@@ -438,10 +438,23 @@ class CaptureDataBase(Capture):
         super().__init__(YIELD_DATA, callback or identity)
 
     def consume(self, routingKey: tuple, msg: dict[str, Any]) -> defer.Deferred:
-        # No inlineCallbacks and, once the builder is known, no callbacks at
-        # all: this runs once per posted value, thousands of times per build.
+        """Store the value of a ``stats-yield-data`` message; the Deferred fires once that is done."""
+        try:
+            d = self._consume_at_once(routingKey, msg)
+        except Exception:
+            return defer.fail()
+        return defer.succeed(None) if d is None else d
+
+    def _consume_at_once(self, routingKey: tuple, msg: dict[str, Any]) -> defer.Deferred | None:
+        """:meth:`consume` without a Deferred when none is needed: None once the point is recorded.
+
+        The StatsService's MQ consumer calls this (unless a subclass overrides
+        :meth:`consume`): it runs once per posted value, thousands of times per
+        build, so once the builder is known there is no Deferred, no callback
+        and no generator; errors are raised.
+        """
         if msg["data_name"] != self._data_name:
-            return defer.succeed(None)
+            return None
         build_data = msg["build_data"]
         builderid = build_data["builderid"]
         service = self._stats_service
@@ -459,10 +472,7 @@ class CaptureDataBase(Capture):
                 )
         if known is None:
             return self._builder_info(builderid).addCallback(self._consume_data_async, build_data, msg)
-        try:
-            return defer.succeed(self._consume_data(known, build_data, msg, context))
-        except Exception:
-            return defer.fail()
+        return self._consume_data(known, build_data, msg, context)
 
     @defer.inlineCallbacks
     def _consume_data_async(self, builder_info: Any, build_data: dict[str, Any], msg: dict[str, Any]) -> Any:

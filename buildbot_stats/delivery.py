@@ -20,6 +20,7 @@ Memory for delivery is thus a few batches per backend, whatever the backlog.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
@@ -229,16 +230,35 @@ def thd_spool_records(
     return result
 
 
+#: the longest a spool writer kept busy by a stream of values holds back delivery (seconds)
+DELIVERY_HOLD_S = 0.1
+
+
 class SpoolWriter:
     """Group commit of the spool: everything recorded while a spool write runs is the next write.
 
     A quiet master spools each value at once; a busy one writes everything
     posted meanwhile, by all callers, in one transaction.
+
+    After a spool write, ``deliver`` gets its result at once (counters), but the
+    queues are told to send (``start_delivery``) only once no spool write
+    follows right away, or every :data:`DELIVERY_HOLD_S` seconds of a stream of
+    writes: a build awaiting its values one by one then does not have each of
+    them read back from the spool and posted on its own, in threads competing
+    with it for the GIL.
     """
 
-    def __init__(self, spool: SpoolThread, deliver: Callable[[SpoolResult], None]) -> None:
+    def __init__(
+        self,
+        spool: SpoolThread,
+        deliver: Callable[[SpoolResult], None],
+        start_delivery: Callable[[], None] | None = None,
+    ) -> None:
         self.spool = spool
         self._deliver = deliver
+        self._start_delivery = start_delivery
+        self._held_since: float | None = None  # delivery held back since (``clock()``)
+        self.clock: Callable[[], float] = time.monotonic
         #: the records since the last write, flat (5 items each): waiting records
         #: then leave no object per point to Python's garbage collector, which would
         #: otherwise move thousands of them to its oldest generation on a busy master
@@ -345,8 +365,31 @@ class SpoolWriter:
             self._writing = False
             if self.records or self._full or self._idle:
                 self._write()
+            self._maybe_start_delivery()
 
         d.addBoth(done)
+
+    def holding(self) -> bool:
+        """True while delivery is held back: a call of ``start_delivery`` follows."""
+        return self._held_since is not None
+
+    def _maybe_start_delivery(self) -> None:
+        """Let the queues send, unless the next spool write already runs (for a while at most)."""
+        start = self._start_delivery
+        if start is None:
+            return
+        if self._writing:
+            now = self.clock()
+            if self._held_since is None:
+                self._held_since = now
+                return
+            if now - self._held_since < DELIVERY_HOLD_S:
+                return
+        self._held_since = None
+        try:
+            start()
+        except Exception:
+            log.err(None, "buildbot_stats: internal error after a spool write")
 
     def wait_spooled(self) -> defer.Deferred:
         """Fires when everything recorded so far has been spooled."""
@@ -584,6 +627,8 @@ class DeliveryQueue:
         self._stopping = False
         self._drained: defer.Deferred | None = None
         self._restored = 0  # points found in the spool at start, not yet delivered
+        #: set by the queue set: true while the spool writer holds delivery back (see SpoolWriter)
+        self.hold: Callable[[], bool] | None = None
         # a value rejected on every build of a quiet master (one point per write)
         # is one line per burst, not one per write
         self._problem_log = BurstLog(reactor)
@@ -621,14 +666,31 @@ class DeliveryQueue:
 
     # -- points coming in (from the spool writer) ---------------------------------
 
-    def spooled(self, state: SpoolState, captured: int, problems: list[PointProblem], rejected: int) -> None:
-        """A spool write added points of this queue (or dropped some to respect the bounds)."""
+    def spooled(
+        self, state: SpoolState, captured: int, problems: list[PointProblem], rejected: int, send: bool = True
+    ) -> None:
+        """A spool write added points of this queue (or dropped some to respect the bounds).
+
+        ``send``: start sending them now (else at the next :meth:`send`).
+        """
         self.counters.captured += captured
         self.counters.dropped += rejected
         if problems:
             self._log_problems(problems)
         self.backlog.update(state)
+        if send:
+            self._write_next()
+
+    def send(self) -> None:
+        """Send what is pending, unless a write runs or waits for its retry."""
         self._write_next()
+
+    def _held(self) -> bool:
+        """Whether the spool writer holds delivery back (less than a batch waits; it calls :meth:`send`)."""
+        hold = self.hold
+        if hold is None or self._stopping:  # stopping: send what can be sent now
+            return False
+        return hold() and self.backlog.untaken < self.policy.batch_size
 
     @defer.inlineCallbacks
     def start(self) -> Any:
@@ -658,7 +720,8 @@ class DeliveryQueue:
             self._needs_prepare = False
         if not self._reader.promote():
             if self.backlog.untaken > 0:
-                self._read()
+                if not self._held():
+                    self._read()
             elif self._drained is not None and not self._reader.reading:
                 self._fire_drained()
             return

@@ -111,6 +111,14 @@ class BuildLookups:
             raise CaptureCallbackError(f"yieldMetricsValue: no build with id {buildid!r}")
         return build
 
+    def remember_build(self, build: dict[str, Any]) -> None:
+        """Keep the data of a build that starts (its ``new`` message), as a lookup would have.
+
+        The message is what the data API answered for the build a moment
+        before, so the build's values posted later need no query.
+        """
+        self._builds.put(build["buildid"], dict(build))
+
     def known_worker(self, workerid: Any) -> dict[str, Any] | None:
         """The worker's data if already looked up, else None (no Deferred)."""
         return self._workers.known(workerid)

@@ -48,7 +48,7 @@ class QueueSet:
         self.spool = spool
         self.reactor = reactor
         self.queues: dict[str, DeliveryQueue] = {}
-        self.writer = SpoolWriter(spool, self._spooled)
+        self.writer = SpoolWriter(spool, self._spooled, self._send)
         self._by_spool_key: dict[str, DeliveryQueue] = {}
         self._retired = Counters()  # counters of queues removed by a reconfig
         self._orphans_logged: set[str] = set()
@@ -76,6 +76,7 @@ class QueueSet:
             else:
                 queue.use(backend, policy)
             self.queues[key] = queue
+            queue.hold = self.writer.holding
             encode = getattr(backend, "thd_encode", None)
             routes[key] = Route(queue.spool_key, encode, policy.batch_size)
             key_by_backend[id(backend)] = key
@@ -166,8 +167,17 @@ class QueueSet:
                 queue.counters.captured += result.captured.get(key, 0)
                 continue
             queue.spooled(
-                state, result.captured.get(key, 0), result.problems.get(key, []), result.rejected.get(key, 0)
+                state,
+                result.captured.get(key, 0),
+                result.problems.get(key, []),
+                result.rejected.get(key, 0),
+                send=False,  # the writer says when (see SpoolWriter)
             )
+
+    def _send(self) -> None:
+        """The spool writer is done for now: every queue sends what it has."""
+        for queue in list(self.queues.values()):
+            queue.send()
 
     def totals(self) -> dict[str, int]:
         """Counters summed over all backends, removed ones included."""

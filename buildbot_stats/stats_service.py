@@ -13,15 +13,18 @@ The camelCase names (``registerConsumers``, ``removeConsumers``,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import CoroutineType
 from typing import Any
 
 from buildbot import config
-from buildbot.util import service
+from buildbot.mq.simple import SimpleMQ
+from buildbot.util import service, tuplematch
 from twisted.internet import defer
 from twisted.python import log
+from twisted.python.failure import Failure
 
 from buildbot_stats.burst_log import BurstLog
-from buildbot_stats.capture import YIELD_DATA
+from buildbot_stats.capture import YIELD_DATA, CaptureDataBase
 from buildbot_stats.config_checks import check_service_config
 from buildbot_stats.errors import CaptureCallbackError
 from buildbot_stats.lookups import BuildLookups
@@ -34,6 +37,51 @@ from buildbot_stats.spool_thread import open_spool
 from buildbot_stats.storage_backends.base import start_backends, stop_backends
 
 __all__ = ["DEFAULT_SPOOL_PATH", "StatsService"]
+
+#: the message of a build that starts (after its properties are set, before its steps run)
+BUILD_NEW = ("builds", None, "new")
+
+
+class _YieldConsumers:
+    """The consumers of ``stats-yield-data`` on Buildbot's simple MQ, found once while they stay the same.
+
+    ``SimpleMQ.produce`` matches the routing key against every consumer of the
+    master (dozens) for every message.  The ones matching ``stats-yield-data``
+    are remembered with a copy of the MQ's list of consumers; as long as that
+    list is the same (compared element by element, by identity: C speed), they
+    are invoked directly, each once per message, in the same order and the same
+    way as ``produce`` does (``invokeQref``).  Any other MQ (WAMP, a test's
+    fake, ``debug`` on) gets ``produce`` itself.
+    """
+
+    def __init__(self) -> None:
+        self._mq: Any = None
+        self._seen: list[Any] = []
+        self._matching: list[Any] = []
+
+    def sender(self, produce: Any) -> Any:
+        """A callable like ``produce(routingKey, msg)`` for the messages of one call."""
+        mq: Any = getattr(produce, "__self__", None)
+        try:
+            if getattr(produce, "__func__", None) is not SimpleMQ.produce or mq.debug:
+                return produce
+            qrefs = mq.qrefs
+            if mq is not self._mq or qrefs != self._seen:
+                self._mq, self._seen = mq, list(qrefs)
+                self._matching = [q for q in qrefs if tuplematch.matchTuple(YIELD_DATA, q.filter)]
+            matching = self._matching
+            invoke = mq.invokeQref
+        except AttributeError:  # a Buildbot whose SimpleMQ is built otherwise: its own produce
+            return produce
+        if len(matching) == 1:
+            (qref,) = matching
+            return lambda routingKey, msg: invoke(qref, routingKey, msg)
+
+        def send(routingKey: tuple, msg: dict[str, Any]) -> None:
+            for qref in matching:
+                invoke(qref, routingKey, msg)
+
+        return send
 
 
 class StatsService(service.BuildbotService):
@@ -69,6 +117,7 @@ class StatsService(service.BuildbotService):
         #: skips messages of other masters' builds (a cluster's WAMP MQ only)
         self._master_filter: MasterFilter | None = None
         self._call_waits: list[defer.Deferred] | None = None
+        self._yield_consumers = _YieldConsumers()
 
     def checkConfig(self, storage_backends: Sequence[Any] = (), **options: Any) -> None:  # type: ignore[override]
         # every master.cfg mistake is one config.error line (see config_checks.py)
@@ -178,21 +227,64 @@ class StatsService(service.BuildbotService):
             for cap in backend.captures:
                 captures.setdefault(id(cap), cap)
                 owners.setdefault(id(cap), []).append(backend)
+        posted_values = False
         for key, cap in captures.items():
             cap.parent_svcs = owners[key]
             cap.master = self.master
             cap._stats_service = self
             # a capture may listen to several kinds of message (``routingKeys``)
             for key in getattr(cap, "routingKeys", None) or [cap.routingKey]:
+                posted_values = posted_values or tuple(key) == YIELD_DATA
                 consumer = yield self.master.mq.startConsuming(self._consumer(cap), key)
                 self.consumers.append(consumer)
+        if posted_values:
+            # yieldMetricsValue needs the build's data: take it from the build's
+            # start message rather than asking the database during the build
+            consumer = yield self.master.mq.startConsuming(self._build_started, BUILD_NEW)
+            self.consumers.append(consumer)
+
+    def _build_started(self, routingKey: tuple, msg: dict[str, Any]) -> None:
+        """Remember a build of this master as it starts (see :meth:`BuildLookups.remember_build`)."""
+        lookups = self.lookups
+        if lookups is None or not isinstance(msg, dict) or "buildid" not in msg:
+            return
+        if self._master_filter is not None:
+            # a cluster: other masters' builds are not posted to here; WAMP times are numbers
+            if msg.get("masterid") != getattr(self.master, "masterid", None):
+                return
+            msg = with_datetimes(msg)
+        lookups.remember_build(msg)
 
     def _consumer(self, cap: Any) -> Any:
-        def consume(routingKey: tuple, msg: dict[str, Any]) -> defer.Deferred:
-            d = defer.maybeDeferred(cap.consume, routingKey, msg)
-            d.addErrback(self._capture_failed, cap)
+        # Called for every message: thousands per build for CaptureData.  A capture
+        # that is done at once returns None here, so that Buildbot's MQ neither adds
+        # an errback to a Deferred nor tracks it (QueueRef.invoke, DeferWaiter).
+        call = cap.consume
+        if type(cap).consume is CaptureDataBase.consume:
+            # not overridden: its inner form returns None when the point is recorded
+            call = cap._consume_at_once
+        capture_failed = self._capture_failed
+
+        def consume(routingKey: tuple, msg: dict[str, Any]) -> defer.Deferred | None:
+            try:
+                d = call(routingKey, msg)
+            except Exception:
+                capture_failed(Failure(), cap)
+                return None
+            if d is None:
+                return None
+            if not isinstance(d, defer.Deferred):
+                if isinstance(d, Failure):
+                    capture_failed(d, cap)
+                    return None
+                if type(d) is not CoroutineType:
+                    return None  # a plain value, as maybeDeferred took it
+                d = defer.Deferred.fromCoroutine(d)
+            d.addErrback(capture_failed, cap)
+            if d.called and not d.paused:
+                return None  # done (a failure was logged just now)
             waits = self._call_waits
-            if waits is not None and not d.called:
+            if waits is not None:
                 # still working (a first lookup): yieldMetricsValue waits for it too
                 waits.append(d)
             return d
@@ -299,40 +391,40 @@ class StatsService(service.BuildbotService):
         except Exception:
             return defer.fail()
 
-    def _produce(self, data_name: str, post_data: Any, build_data: dict[str, Any]) -> None:
-        """The documented ``stats-yield-data`` message, consumed by CaptureData.
-
-        Beside the documented keys it carries the time of the call
-        (``time_ns``, the point's timestamp wherever it is consumed) and the
-        producing master (``masterid``: in a cluster, only that master stores it).
-        """
-        self.master.mq.produce(
-            YIELD_DATA,
-            {
-                "data_name": data_name,
-                "post_data": post_data,
-                "build_data": build_data,
-                "time_ns": self.clock.now_ns(),
-                "masterid": getattr(self.master, "masterid", None),
-            },
-        )
-
     def _produce_kept(
         self, data_name: str, values: Sequence[Any], build_data: dict[str, Any]
     ) -> defer.Deferred:
-        """Produce one message per value; a Deferred that fires once what the captures stored is spooled.
+        """Produce one ``stats-yield-data`` message per value; a Deferred that fires once what
+        the captures stored is spooled.
 
-        With Buildbot's MQ, ``produce`` calls the consumers at once: the points
-        they store meanwhile are recorded before it returns, and a consumer
-        still waiting (a first builder lookup) is waited for.
+        The message is the documented one, consumed by CaptureData, and carries
+        besides the time of the call (``time_ns``, the point's timestamp
+        wherever it is consumed) and the producing master (``masterid``: in a
+        cluster, only that master stores it).  With Buildbot's MQ, ``produce``
+        calls the consumers at once: the points they store meanwhile are
+        recorded before it returns, and a consumer still waiting (a first
+        builder lookup) is waited for.
         """
         queues = self._queues
         waits: list[defer.Deferred] = []
         self._call_waits = waits
         before = queues.writer.recorded if queues is not None else 0
+        # once per value: no attribute lookup in the loop
+        send = self._yield_consumers.sender(self.master.mq.produce)
+        now_ns = self.clock.now_ns
+        masterid = getattr(self.master, "masterid", None)
         try:
             for post_data in values:
-                self._produce(data_name, post_data, build_data)
+                send(
+                    YIELD_DATA,
+                    {
+                        "data_name": data_name,
+                        "post_data": post_data,
+                        "build_data": build_data,
+                        "time_ns": now_ns(),
+                        "masterid": masterid,
+                    },
+                )
         finally:
             self._call_waits = None
         if queues is not None and queues.writer.recorded != before:

@@ -635,6 +635,91 @@ class ProblemBurstTests(DataTestCase):
         return [log.textFromEventDict(e) or "" for e in self._logEvents]
 
 
+class HeldSpoolCalls:
+    """The spool writer's calls wait until the test runs them (a spool write in flight)."""
+
+    def __init__(self, testcase, writer):
+        self.real = writer.spool
+        self.calls = []
+        testcase.patch(writer, "spool", self)
+
+    def call(self, f, *args):
+        d = defer.Deferred()
+        self.calls.append((d, f, args))
+        return d
+
+    def run_next(self):
+        d, f, args = self.calls.pop(0)
+        self.real.call(f, *args).chainDeferred(d)
+
+
+class DeliveryHoldTests(DataTestCase):
+    """Values awaited one by one: each is spooled at once, and sent with the others."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield super().setUp()
+        self.threads = ControlledThreads(self)
+        self.backend = yield self.use(capture.CaptureData("m", "builder1"))
+        self.patch(self.master.mq, "produce", self.master.mq.callConsumer)  # calls consumers at once
+        self.writer = self.stats._queues.writer
+        self.spool = HeldSpoolCalls(self, self.writer)
+        self.now = 0.0
+        self.writer.clock = lambda: self.now
+        self.acknowledged = []
+
+    def awaited_loop(self, n, i=0):
+        """Post value i; once it is acknowledged (spooled), the next: as ``await`` in a loop does."""
+        if i < n:
+            d = self.stats.yieldMetricsValue("m", {"i": i}, 1)
+            d.addCallback(lambda _: self.acknowledged.append(i))
+            d.addCallback(lambda _: self.awaited_loop(n, i + 1))
+
+    def test_values_awaited_one_by_one_are_sent_together_once_the_writer_is_quiet(self):
+        self.awaited_loop(5)
+        for i in range(5):
+            self.assertEqual(len(self.spool.calls), 1)
+            self.assertEqual(self.threads.calls, [])  # nothing read back or sent meanwhile
+            self.spool.run_next()
+            self.assertEqual(self.acknowledged, list(range(i + 1)))  # spooled: acknowledged at once
+        self.assertEqual(self.spool.calls, [])
+        self.threads.run_all()
+        self.assertEqual(self.backend.batches, [5])
+        self.assertEqual(self.values(self.backend), list(range(5)))
+        self.assertEqual(self.stats.counters["written"], 5)
+
+    def test_a_long_stream_of_writes_is_sent_every_hold_period(self):
+        self.awaited_loop(10)
+        for _ in range(3):
+            self.spool.run_next()
+            self.now += 0.04
+        self.assertEqual(self.threads.calls, [])
+        self.spool.run_next()  # 0.12 s after the hold began, and the next write runs
+        self.assertEqual(len(self.spool.calls), 1)
+        self.assertEqual(len(self.threads.calls), 1)
+        self.threads.run_all()
+        self.assertEqual(self.values(self.backend), list(range(4)))
+        for _ in range(6):
+            self.spool.run_next()
+        self.threads.run_all()
+        self.assertEqual(self.values(self.backend), list(range(10)))
+        self.assertEqual(self.backend.batches, [4, 6])
+
+    @defer.inlineCallbacks
+    def test_stopping_during_a_stream_of_writes_sends_what_is_spooled(self):
+        self.awaited_loop(3)
+        self.spool.run_next()
+        self.spool.run_next()  # delivery is held: the third write runs
+        stopped = self.stats.disownServiceParent()
+        while self.spool.calls or self.threads.calls:
+            if self.spool.calls:
+                self.spool.run_next()
+            else:
+                self.threads.run_next()
+        yield stopped
+        self.assertEqual(self.values(self.backend), [0, 1, 2])
+
+
 def test_a_burst_is_spooled_in_writes_of_bounded_size_and_acknowledged_with_the_last(monkeypatch):
     from buildbot_stats import delivery
 

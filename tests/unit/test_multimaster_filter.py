@@ -197,6 +197,18 @@ class YieldDataTests(ClusterTestCase):
         yield self.stats.spool.idle()
         self.assertEqual([p.time_ns for p in backend.points], [1_790_000_000_000_000_002])
 
+    @defer.inlineCallbacks
+    def test_only_own_started_builds_are_remembered_with_datetimes(self):
+        yield self.use(capture.CaptureDataAllBuilders("timings"))
+        own, other = (yield self.build_data(1)), (yield self.build_data(2))
+        for build in (own, other):  # as they arrive through crossbar: epoch-number times
+            wamp = {**build, "started_at": int(build["started_at"].timestamp())}
+            self.master.mq.callConsumer(("builds", str(build["buildid"]), "new"), wamp)
+        self.assertEqual(self.stats.lookups.known_build(1), own)
+        self.assertIsNone(self.stats.lookups.known_build(2))
+        yield self.stats.yieldMetricsValue("timings", {"s": 1.5}, 1)
+        self.assertEqual(self.queries, [])
+
 
 class BuildOfMessageTests(ClusterTestCase):
     """Steps and test result sets name only their build: looked up once per build."""

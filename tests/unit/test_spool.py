@@ -300,11 +300,8 @@ class AcknowledgedMeansKeptTests(SpoolCase):
         self.patch(self.stats._queues.writer, "spool", HeldThread(self.stats.spool._spool, self.reactor))
         HeldThread.held = []
 
-        def produce(data_name, post_data, build_data):  # Buildbot's MQ calls consumers at once
-            msg = {"data_name": data_name, "post_data": post_data, "build_data": build_data}
-            self.master.mq.callConsumer(YIELD_KEY, msg)
-
-        self.patch(self.stats, "_produce", produce)
+        # Buildbot's MQ calls consumers at once (the fake one only records messages)
+        self.patch(self.master.mq, "produce", self.master.mq.callConsumer)
         d1 = self.stats.yieldMetricsValue("m", {"i": 1}, 1)
         d2 = self.stats.yieldMetricsValues("m", [{"i": 2}, {"i": 3}], 1)
         self.assertFalse(d1.called)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from unittest import mock
 
 from buildbot import config
+from buildbot.mq.simple import SimpleMQ
 from buildbot.test.fake import fakestats
+from buildbot.test.util.logging import LoggingMixin
 from twisted.internet import defer
 from zope.interface import implementer
 
@@ -15,7 +17,7 @@ from buildbot_stats.stats_service import StatsService
 from buildbot_stats.steps import StatsStepMixin, get_stats_service
 from buildbot_stats.storage_backends.base import IStatsStorage, StatsStorageBase
 from buildbot_stats.testing import RecordingStorage
-from tests.fakes import StatsTestCase
+from tests.fakes import YIELD_KEY, StatsTestCase
 
 CONTEXT = {"build_number": "1", "builder_name": "builder1"}
 
@@ -243,3 +245,142 @@ class CountersTests(StatsTestCase):
         self.assertEqual([m["post_data"] for _, m in self.master.mq.productions], [{"x": 1}])
         self.assertIn(get_stats_service(self.master), (self.stats, second))
         yield second.disownServiceParent()
+
+
+class BuildbotSimpleMQTests(StatsTestCase, LoggingMixin):
+    """Posted values through Buildbot's real SimpleMQ (the fake MQ only records messages)."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        yield super().setUp()
+        self.mq = SimpleMQ()
+        self.patch(self.master.mq, "produce", self.mq.produce)
+        self.patch(self.master.mq, "startConsuming", self.mq.startConsuming)
+        yield self.add_build()
+
+    def yield_consumers(self):
+        return [q for q in self.mq.qrefs if q.filter == YIELD_KEY and q.callback is not None]
+
+    @defer.inlineCallbacks
+    def test_values_posted_together_reach_every_consumer_once_each_in_order(self):
+        backend = yield self.use(capture.CaptureDataAllBuilders("m"))
+        seen, other = [], []
+        yield self.mq.startConsuming(
+            lambda key, msg: seen.append(msg["post_data"]["i"]), (YIELD_KEY[0], None)
+        )
+        yield self.mq.startConsuming(lambda key, msg: other.append(msg), ("builds", None, "new"))
+        yield self.stats.yieldMetricsValues("m", [{"i": i} for i in range(3)], 1)
+        yield self.stats.yieldMetricsValue("m", {"i": 3}, 1)
+        self.assertEqual(seen, [0, 1, 2, 3])
+        self.assertEqual(other, [])
+        self.assertEqual(backend.stored_data, [({"i": i}, "builder1-m", CONTEXT) for i in range(4)])
+
+    @defer.inlineCallbacks
+    def test_capture_data_consumer_returns_no_deferred_once_the_point_is_recorded(self):
+        # Buildbot's MQ adds an errback to a returned Deferred and tracks it: per value, most of the cost
+        backend = yield self.use(capture.CaptureDataAllBuilders("m"))
+        yield self.stats.yieldMetricsValue("m", {"i": 0}, 1)  # the first builder lookup
+        build_data = yield self.master.data.get(("builds", 1))
+        (consumer,) = self.yield_consumers()
+        msg = {"data_name": "m", "post_data": {"i": 1}, "build_data": build_data, "time_ns": 10**18}
+        self.assertIsNone(consumer.callback(YIELD_KEY, msg))
+        yield self.stats.wait_spooled()
+        self.assertEqual([p.fields for p in backend.points], [{"i": 0}, {"i": 1}])
+
+    @defer.inlineCallbacks
+    def test_custom_capture_overriding_consume_is_called_and_waited_for(self):
+        later = defer.Deferred()
+        calls = []
+
+        class LaterData(capture.CaptureDataAllBuilders):
+            def consume(self, routingKey, msg):
+                calls.append(msg["post_data"])
+                return later.addCallback(lambda _: super(LaterData, self).consume(routingKey, msg))
+
+        backend = yield self.use(LaterData("m"))
+        d = self.stats.yieldMetricsValues("m", [{"i": 1}, {"i": 2}], 1)
+        self.assertEqual(calls, [{"i": 1}, {"i": 2}])
+        self.assertFalse(d.called)  # the capture is still working
+        later.callback(None)
+        yield d
+        self.assertEqual([p.fields for p in backend.points], [{"i": 1}, {"i": 2}])
+
+    @defer.inlineCallbacks
+    def test_custom_capture_results_and_errors(self):
+        self.setUpLogging()
+
+        class Plain(capture.Capture):
+            def __init__(self, result):
+                super().__init__(YIELD_KEY, None)
+                self.result = result
+
+            def consume(self, routingKey, msg):
+                if isinstance(self.result, Exception):
+                    raise self.result
+                if self.result == "coroutine":
+                    return self.coroutine(msg)
+                return self.result
+
+            async def coroutine(self, msg):
+                await self._store(msg["post_data"], "coro", {})
+
+        backend = yield self.use(
+            Plain(None),
+            Plain(5),
+            Plain(defer.fail(ValueError("late"))),
+            Plain(KeyError("k")),
+            Plain("coroutine"),
+        )
+        yield self.stats.yieldMetricsValue("m", {"i": 1}, 1)
+        self.assertEqual(backend.stored_data, [({"i": 1}, "coro", {})])
+        self.assertLogged("Plain could not handle a message: ValueError: late")
+        self.assertLogged("Plain could not handle a message: KeyError: 'k'")
+
+    @defer.inlineCallbacks
+    def test_values_of_a_started_build_need_no_build_query(self):
+        backend = yield self.use(capture.CaptureDataAllBuilders("m"))
+        yield self.stats.yieldMetricsValue("m", {"i": 0}, 1)  # builder 1 is known from now on
+        yield self.add_build(buildid=2, number=2)
+        build = yield self.master.data.get(("builds", 2))
+        self.mq.produce(("builds", "2", "new"), build)  # as Buildbot does before the build's steps run
+        asked = []
+        real_get = self.master.data.get
+        self.patch(
+            self.master.data, "get", lambda path, *a, **kw: asked.append(path) or real_get(path, *a, **kw)
+        )
+        yield self.stats.yieldMetricsValues("m", [{"i": 1}, {"i": 2}], 2)
+        self.assertEqual(asked, [])
+        self.assertEqual(
+            backend.stored_data[1:],
+            [({"i": i}, "builder1-m", {"build_number": "2", "builder_name": "builder1"}) for i in (1, 2)],
+        )
+
+    @defer.inlineCallbacks
+    def test_consumers_that_start_or_stop_between_posts(self):
+        backend = yield self.use(capture.CaptureDataAllBuilders("m"))
+        seen = []
+        yield self.stats.yieldMetricsValues("m", [{"i": 0}, {"i": 1}], 1)
+        late = yield self.mq.startConsuming(lambda key, msg: seen.append(msg["post_data"]["i"]), YIELD_KEY)
+        yield self.stats.yieldMetricsValue("m", {"i": 2}, 1)
+        yield self.stats.yieldMetricsValues("m", [{"i": 3}, {"i": 4}], 1)
+        yield late.stopConsuming()
+        yield self.stats.yieldMetricsValues("m", [{"i": 5}, {"i": 6}], 1)
+        self.assertEqual(seen, [2, 3, 4])
+        self.assertEqual([p.fields["i"] for p in backend.points], list(range(7)))
+
+
+def test_posted_values_go_through_produce_when_the_simple_mq_is_built_otherwise():
+    """Only a SimpleMQ as Buildbot 4.3 builds it is short-cut; anything else gets its own produce."""
+    from buildbot.mq.simple import SimpleMQ
+
+    from buildbot_stats.stats_service import _YieldConsumers
+
+    class OtherSimpleMQ(SimpleMQ):
+        def __init__(self):
+            super().__init__()
+            del self.qrefs  # e.g. a later Buildbot keeping its consumers elsewhere
+
+    mq = OtherSimpleMQ()
+    assert _YieldConsumers().sender(mq.produce) == mq.produce
+    plain = SimpleMQ()
+    assert _YieldConsumers().sender(plain.produce) != plain.produce
