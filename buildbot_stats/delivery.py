@@ -116,6 +116,21 @@ MAX_RECORDS_PER_WRITE = 4096
 ENCODE_CHUNK = 256
 
 
+def _failing_part(point: Point, encoder: Callable[[list[Point]], Any] | None) -> str:
+    """``", field 'x'"`` (or a tag) for a point that cannot be encoded, if one part alone fails."""
+    for key, value in point.fields.items():
+        try:
+            encode_segment("", [Point(point.series, {key: value}, {}, point.time_ns)], encoder)
+        except Exception:
+            return f", field {key!r}"
+    for key, value in point.tags.items():
+        try:
+            encode_segment("", [Point(point.series, {"_": 0}, {key: value}, point.time_ns)], encoder)
+        except Exception:
+            return f", tag {key!r}"
+    return ""
+
+
 class _SegmentMaker:
     """The segments of one backend in one spool write: points encoded a chunk at a time.
 
@@ -136,6 +151,8 @@ class _SegmentMaker:
         self.first: int | None = None
         self.last: int | None = None
         self.chunk = min(ENCODE_CHUNK, route.batch_size) if route.encoder is not None else route.batch_size
+        self.failed = 0  # points dropped because they could not be encoded
+        self.failure: str | None = None  # the first of them, for the log line
 
     def add(self, point: Point) -> None:
         self.points.append(point)
@@ -146,18 +163,55 @@ class _SegmentMaker:
         if self.points:
             self._encode()
         self._close_segment()
+        if self.failed:
+            self.result.errors.append(
+                f"dropped {points_phrase(self.failed)} of backend {self.key!r} that could not be "
+                f"encoded ({self.failure})"
+            )
+            self.result.lost[self.key] = self.result.lost.get(self.key, 0) + self.failed
 
     def _encode(self) -> None:
         points, self.points = self.points, []
-        result = self.result
         try:
             segment, report = encode_segment(self.key, points, self.route.encoder)
-        except Exception as e:
-            result.errors.append(
-                f"points of backend {self.key!r} could not be encoded: {type(e).__name__}: {e}"
-            )
-            result.lost[self.key] = result.lost.get(self.key, 0) + len(points)
+        except Exception:
+            self._encode_apart(points)
             return
+        self._add(segment, report)
+
+    def _encode_apart(self, points: list[Point]) -> None:
+        """A chunk failed to encode: drop only the points that fail on their own.
+
+        A value whose ``str()`` or pickling raises (a bug in what posted it)
+        must not cost the other points of its chunk; the first failure, with
+        its series and field, is said once for the write (see :meth:`finish`).
+        """
+        encoder = self.route.encoder
+        good = []
+        for point in points:
+            try:
+                encode_segment(self.key, [point], encoder)
+            except Exception as e:
+                self.failed += 1
+                if self.failure is None:
+                    self.failure = (
+                        f"series {point.series!r}{_failing_part(point, encoder)}: {type(e).__name__}: {e}"
+                    )
+                continue
+            good.append(point)
+        if not good:
+            return
+        try:
+            segment, report = encode_segment(self.key, good, encoder)
+        except Exception as e:  # each encodes alone but not together: drop them all
+            self.failed += len(good)
+            if self.failure is None:
+                self.failure = f"series {good[0].series!r}: {type(e).__name__}: {e}"
+            return
+        self._add(segment, report)
+
+    def _add(self, segment: NewSegment | None, report: Any) -> None:
+        result = self.result
         if report is not None:
             if report.problems:
                 result.problems.setdefault(self.key, []).extend(report.problems)
