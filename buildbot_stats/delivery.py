@@ -302,6 +302,7 @@ class SpoolWriter:
         self._full: deque[list[Any]] = deque()
         self._waiter: defer.Deferred | None = None  # fires when ``records`` are spooled
         self._writing = False
+        self._looping = False  # in _write's loop: a write that finishes at once does not recurse
         self._idle: list[defer.Deferred] = []
         #: by queue key (what a record names its backends by)
         self.routes: dict[str, Route] = {}
@@ -359,6 +360,18 @@ class SpoolWriter:
         return d
 
     def _write(self) -> None:
+        # Writes follow each other in this loop when one finishes at once (Buildbot's
+        # test reactor runs thread calls at once; a stopped spool thread fails at
+        # once): a burst of many writes must not nest one call per write.
+        looping, self._looping = self._looping, True
+        try:
+            while self._write_one():
+                pass
+        finally:
+            self._looping = looping
+
+    def _write_one(self) -> bool:
+        """Start the next write; True when it finished at once and more is waiting."""
         if self._full:
             # A long write would hold the spool thread, and with it the delivery's
             # reads and releases: what was recorded after the first
@@ -377,12 +390,14 @@ class SpoolWriter:
                 w.callback(None)
             if waiter is not None:
                 waiter.callback(None)
-            return
+            return False
         self._writing = True
         idle, self._idle = self._idle, []
         d = self.spool.call(thd_spool_records, records, self.routes, self.bounds)
+        finished_at_once = False
 
         def done(result: Any) -> None:
+            nonlocal finished_at_once
             if isinstance(result, Failure):
                 log.msg(f"buildbot_stats: could not write the spool: {result.getErrorMessage()}")
             else:
@@ -397,10 +412,13 @@ class SpoolWriter:
             for w in idle:
                 w.callback(None)
             self._writing = False
-            if self.records or self._full or self._idle:
+            if self._looping:
+                finished_at_once = True  # the loop in _write goes on
+            elif self.records or self._full or self._idle:
                 self._write()
 
         d.addBoth(done)
+        return finished_at_once and bool(self.records or self._full or self._idle)
 
     def wait_spooled(self) -> defer.Deferred:
         """Fires when everything recorded so far has been spooled."""

@@ -81,6 +81,21 @@ class GroupCommitTests(DataTestCase):
         self.assertEqual(self.values(backend), list(range(10)))
 
 
+class SplitWriteTests(StatsTestCase):
+    @defer.inlineCallbacks
+    def test_a_burst_of_many_writes_finishing_at_once_is_spooled_without_recursion(self):
+        # Buildbot's test reactor runs the spool thread's calls at once (so does a
+        # stopped spool thread, failing): the writes of a burst must follow each
+        # other in a loop, not each from the end of the one before.
+        from buildbot_stats import delivery
+
+        self.patch(delivery, "MAX_RECORDS_PER_WRITE", 1)
+        n = 1500  # more writes than Python's recursion limit allows frames
+        yield self.put_points([Point("s", {"i": i}, {}, 10**18 + i) for i in range(n)])
+        yield self.stats.reconfigService([])  # stops the queue: it delivers what it holds
+        self.assertEqual([p.fields["i"] for p in self.backend.points], list(range(n)))
+
+
 class RetryTests(DataTestCase):
     @defer.inlineCallbacks
     def test_transient_failure_is_retried_with_backoff_and_stored_once(self):
