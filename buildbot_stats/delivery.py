@@ -174,19 +174,28 @@ class _SegmentMaker:
         points, self.points = self.points, []
         try:
             segment, report = encode_segment(self.key, points, self.route.encoder)
-        except Exception:
-            self._encode_apart(points)
+        except Exception as e:
+            self._encode_apart(points, e)
             return
         self._add(segment, report)
 
-    def _encode_apart(self, points: list[Point]) -> None:
+    def _encode_apart(self, points: list[Point], error: Exception) -> None:
         """A chunk failed to encode: drop only the points that fail on their own.
 
         A value whose ``str()`` or pickling raises (a bug in what posted it)
         must not cost the other points of its chunk; the first failure, with
         its series and field, is said once for the write (see :meth:`finish`).
+        An encoder that fails even for a plain point fails the chunk, as is.
         """
         encoder = self.route.encoder
+        probe = points[0]
+        try:
+            encode_segment(self.key, [Point(probe.series, {"_": 0}, {}, probe.time_ns)], encoder)
+        except Exception:
+            self.failed += len(points)
+            if self.failure is None:
+                self.failure = f"{type(error).__name__}: {error}"
+            return
         good = []
         for point in points:
             try:

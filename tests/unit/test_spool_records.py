@@ -118,3 +118,23 @@ def test_a_value_no_backend_can_encode_costs_only_its_point_with_one_line_per_ba
         f"b-m,builder=b i={i}i {BASE + i}".encode() for i in kept
     ]
     assert [p.fields["i"] for s in spooled(spool, "svc/plain") for p in s[3]] == kept
+
+
+def test_an_encoder_that_always_fails_loses_its_points_in_one_line_that_blames_no_value():
+    spool = MemorySpool()
+    spool.thd_open()
+    calls = []
+
+    def broken(points):
+        calls.append(len(points))
+        raise RuntimeError("encoder not ready")
+
+    routes = {"influx": Route("svc/influx", broken, 5000)}
+    n = 2 * ENCODE_CHUNK
+    result = thd_spool_records(spool, flat(("influx",), n), routes, {"svc/influx": (10**9, None)})
+    assert result.lost == {"svc/influx": n}
+    assert result.errors == [
+        f"dropped {n} points of backend 'svc/influx' that could not be encoded "
+        "(RuntimeError: encoder not ready)"
+    ]
+    assert len(calls) == 4  # each chunk, then one plain point: not each point on its own
