@@ -116,18 +116,34 @@ MAX_RECORDS_PER_WRITE = 4096
 ENCODE_CHUNK = 256
 
 
+def _shown(value: Any) -> str:
+    """``repr(value)`` for a log line, even when the value's own repr raises."""
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__} that cannot be shown>"
+
+
+def _failure_text(e: BaseException) -> str:
+    """``"TypeName: message"``, even when the exception's message cannot be made."""
+    try:
+        return f"{type(e).__name__}: {e}"
+    except Exception:
+        return type(e).__name__
+
+
 def _failing_part(point: Point, encoder: Callable[[list[Point]], Any] | None) -> str:
     """``", field 'x'"`` (or a tag) for a point that cannot be encoded, if one part alone fails."""
     for key, value in point.fields.items():
         try:
             encode_segment("", [Point(point.series, {key: value}, {}, point.time_ns)], encoder)
         except Exception:
-            return f", field {key!r}"
+            return f", field {_shown(key)}"
     for key, value in point.tags.items():
         try:
             encode_segment("", [Point(point.series, {"_": 0}, {key: value}, point.time_ns)], encoder)
         except Exception:
-            return f", tag {key!r}"
+            return f", tag {_shown(key)}"
     return ""
 
 
@@ -194,7 +210,7 @@ class _SegmentMaker:
         except Exception:
             self.failed += len(points)
             if self.failure is None:
-                self.failure = f"{type(error).__name__}: {error}"
+                self.failure = _failure_text(error)
             return
         good = []
         for point in points:
@@ -204,7 +220,7 @@ class _SegmentMaker:
                 self.failed += 1
                 if self.failure is None:
                     self.failure = (
-                        f"series {point.series!r}{_failing_part(point, encoder)}: {type(e).__name__}: {e}"
+                        f"series {_shown(point.series)}{_failing_part(point, encoder)}: {_failure_text(e)}"
                     )
                 continue
             good.append(point)
@@ -215,7 +231,7 @@ class _SegmentMaker:
         except Exception as e:  # each encodes alone but not together: drop them all
             self.failed += len(good)
             if self.failure is None:
-                self.failure = f"series {good[0].series!r}: {type(e).__name__}: {e}"
+                self.failure = f"series {_shown(good[0].series)}: {_failure_text(e)}"
             return
         self._add(segment, report)
 
@@ -270,7 +286,7 @@ def thd_spool_records(
         try:
             point = _point(series, post_data, context, t)
         except Exception as e:
-            result.errors.append(f"a value of series {series!r} was not stored: {type(e).__name__}: {e}")
+            result.errors.append(f"a value of series {_shown(series)} was not stored: {_failure_text(e)}")
             continue
         for key in keys:
             maker = makers.get(key)

@@ -138,3 +138,26 @@ def test_an_encoder_that_always_fails_loses_its_points_in_one_line_that_blames_n
         "(RuntimeError: encoder not ready)"
     ]
     assert len(calls) == 4  # each chunk, then one plain point: not each point on its own
+
+
+class _Unprintable:
+    """Neither str() nor repr() works: whatever posted it is broken, the other points are not."""
+
+    def __str__(self) -> str:
+        raise ValueError("no text")
+
+    def __repr__(self) -> str:
+        raise ValueError("no repr")
+
+
+def test_a_series_name_that_cannot_even_be_shown_costs_only_its_own_record():
+    spool = MemorySpool()
+    spool.thd_open()
+    records = flat(("influx",), 3)
+    records[5 + 1] = _Unprintable()  # the series of the second record
+    result = thd_spool_records(spool, records, {"influx": influx_route(5000)}, {"svc/influx": (10**9, None)})
+    assert len(result.errors) == 1 and "_Unprintable" in result.errors[0]
+    assert result.captured == {"svc/influx": 2}
+    assert spooled(spool, "svc/influx")[0][3].split(b"\n") == [
+        f"b-m,builder=b i={i}i {BASE + i}".encode() for i in (0, 2)
+    ]
