@@ -328,6 +328,7 @@ class SpoolWriter:
         self._waiter: defer.Deferred | None = None  # fires when ``records`` are spooled
         self._writing = False
         self._looping = False  # in _write's loop: a write that finishes at once does not recurse
+        #: waiters for the write under way (nothing else was waiting when they came)
         self._idle: list[defer.Deferred] = []
         #: by queue key (what a record names its backends by)
         self.routes: dict[str, Route] = {}
@@ -379,6 +380,8 @@ class SpoolWriter:
 
             self._waiter.addBoth(fire)
         elif self._writing:
+            # nothing waits to be written (else there would be a _waiter): all that
+            # was recorded is in the write under way, or written
             self._idle.append(d)
         else:
             d.callback(None)
@@ -417,7 +420,6 @@ class SpoolWriter:
                 waiter.callback(None)
             return False
         self._writing = True
-        idle, self._idle = self._idle, []
         d = self.spool.call(thd_spool_records, records, self.routes, self.bounds)
         finished_at_once = False
 
@@ -432,6 +434,8 @@ class SpoolWriter:
                     log.err(None, "buildbot_stats: internal error after a spool write")
             # Callers resume while this write still counts as running, so that what
             # they all post next is one write, not one write for the first of them.
+            # The waiters that came while it ran (see waiter()) were waiting for it.
+            idle, self._idle = self._idle, []
             if waiter is not None:
                 waiter.callback(None)
             for w in idle:
