@@ -117,6 +117,37 @@ MAX_RECORDS_PER_WRITE = 4096
 ENCODE_CHUNK = 256
 
 
+def _shown(value: Any) -> str:
+    """``repr(value)`` for a log line, even when the value's own repr raises."""
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__} that cannot be shown>"
+
+
+def _failure_text(e: BaseException) -> str:
+    """``"TypeName: message"``, even when the exception's message cannot be made."""
+    try:
+        return f"{type(e).__name__}: {e}"
+    except Exception:
+        return type(e).__name__
+
+
+def _failing_part(point: Point, encoder: Callable[[list[Point]], Any] | None) -> str:
+    """``", field 'x'"`` (or a tag) for a point that cannot be encoded, if one part alone fails."""
+    for key, value in point.fields.items():
+        try:
+            encode_segment("", [Point(point.series, {key: value}, {}, point.time_ns)], encoder)
+        except Exception:
+            return f", field {_shown(key)}"
+    for key, value in point.tags.items():
+        try:
+            encode_segment("", [Point(point.series, {"_": 0}, {key: value}, point.time_ns)], encoder)
+        except Exception:
+            return f", tag {_shown(key)}"
+    return ""
+
+
 class _SegmentMaker:
     """The segments of one backend in one spool write: points encoded a chunk at a time.
 
@@ -137,6 +168,8 @@ class _SegmentMaker:
         self.first: int | None = None
         self.last: int | None = None
         self.chunk = min(ENCODE_CHUNK, route.batch_size) if route.encoder is not None else route.batch_size
+        self.failed = 0  # points dropped because they could not be encoded
+        self.failure: str | None = None  # the first of them, for the log line
 
     def add(self, point: Point) -> None:
         self.points.append(point)
@@ -147,18 +180,64 @@ class _SegmentMaker:
         if self.points:
             self._encode()
         self._close_segment()
+        if self.failed:
+            self.result.errors.append(
+                f"dropped {points_phrase(self.failed)} of backend {self.key!r} that could not be "
+                f"encoded ({self.failure})"
+            )
+            self.result.lost[self.key] = self.result.lost.get(self.key, 0) + self.failed
 
     def _encode(self) -> None:
         points, self.points = self.points, []
-        result = self.result
         try:
             segment, report = encode_segment(self.key, points, self.route.encoder)
         except Exception as e:
-            result.errors.append(
-                f"points of backend {self.key!r} could not be encoded: {type(e).__name__}: {e}"
-            )
-            result.lost[self.key] = result.lost.get(self.key, 0) + len(points)
+            self._encode_apart(points, e)
             return
+        self._add(segment, report)
+
+    def _encode_apart(self, points: list[Point], error: Exception) -> None:
+        """A chunk failed to encode: drop only the points that fail on their own.
+
+        A value whose ``str()`` or pickling raises (a bug in what posted it)
+        must not cost the other points of its chunk; the first failure, with
+        its series and field, is said once for the write (see :meth:`finish`).
+        An encoder that fails even for a plain point fails the chunk, as is.
+        """
+        encoder = self.route.encoder
+        probe = points[0]
+        try:
+            encode_segment(self.key, [Point(probe.series, {"_": 0}, {}, probe.time_ns)], encoder)
+        except Exception:
+            self.failed += len(points)
+            if self.failure is None:
+                self.failure = _failure_text(error)
+            return
+        good = []
+        for point in points:
+            try:
+                encode_segment(self.key, [point], encoder)
+            except Exception as e:
+                self.failed += 1
+                if self.failure is None:
+                    self.failure = (
+                        f"series {_shown(point.series)}{_failing_part(point, encoder)}: {_failure_text(e)}"
+                    )
+                continue
+            good.append(point)
+        if not good:
+            return
+        try:
+            segment, report = encode_segment(self.key, good, encoder)
+        except Exception as e:  # each encodes alone but not together: drop them all
+            self.failed += len(good)
+            if self.failure is None:
+                self.failure = f"series {_shown(good[0].series)}: {_failure_text(e)}"
+            return
+        self._add(segment, report)
+
+    def _add(self, segment: NewSegment | None, report: Any) -> None:
+        result = self.result
         if report is not None:
             if report.problems:
                 result.problems.setdefault(self.key, []).extend(report.problems)
@@ -208,7 +287,7 @@ def thd_spool_records(
         try:
             point = _point(series, post_data, context, t)
         except Exception as e:
-            result.errors.append(f"a value of series {series!r} was not stored: {type(e).__name__}: {e}")
+            result.errors.append(f"a value of series {_shown(series)} was not stored: {_failure_text(e)}")
             continue
         for key in keys:
             maker = makers.get(key)
@@ -268,6 +347,8 @@ class SpoolWriter:
         self._full: deque[list[Any]] = deque()
         self._waiter: defer.Deferred | None = None  # fires when ``records`` are spooled
         self._writing = False
+        self._looping = False  # in _write's loop: a write that finishes at once does not recurse
+        #: waiters for the write under way (nothing else was waiting when they came)
         self._idle: list[defer.Deferred] = []
         #: by queue key (what a record names its backends by)
         self.routes: dict[str, Route] = {}
@@ -319,12 +400,26 @@ class SpoolWriter:
 
             self._waiter.addBoth(fire)
         elif self._writing:
+            # nothing waits to be written (else there would be a _waiter): all that
+            # was recorded is in the write under way, or written
             self._idle.append(d)
         else:
             d.callback(None)
         return d
 
     def _write(self) -> None:
+        # Writes follow each other in this loop when one finishes at once (Buildbot's
+        # test reactor runs thread calls at once; a stopped spool thread fails at
+        # once): a burst of many writes must not nest one call per write.
+        looping, self._looping = self._looping, True
+        try:
+            while self._write_one():
+                pass
+        finally:
+            self._looping = looping
+
+    def _write_one(self) -> bool:
+        """Start the next write; True when it finished at once and more is waiting."""
         if self._full:
             # A long write would hold the spool thread, and with it the delivery's
             # reads and releases: what was recorded after the first
@@ -343,12 +438,13 @@ class SpoolWriter:
                 w.callback(None)
             if waiter is not None:
                 waiter.callback(None)
-            return
+            return False
         self._writing = True
-        idle, self._idle = self._idle, []
         d = self.spool.call(thd_spool_records, records, self.routes, self.bounds)
+        finished_at_once = False
 
         def done(result: Any) -> None:
+            nonlocal finished_at_once
             if isinstance(result, Failure):
                 log.msg(f"buildbot_stats: could not write the spool: {result.getErrorMessage()}")
             else:
@@ -358,16 +454,21 @@ class SpoolWriter:
                     log.err(None, "buildbot_stats: internal error after a spool write")
             # Callers resume while this write still counts as running, so that what
             # they all post next is one write, not one write for the first of them.
+            # The waiters that came while it ran (see waiter()) were waiting for it.
+            idle, self._idle = self._idle, []
             if waiter is not None:
                 waiter.callback(None)
             for w in idle:
                 w.callback(None)
             self._writing = False
-            if self.records or self._full or self._idle:
+            if self._looping:
+                finished_at_once = True  # the loop in _write goes on
+            elif self.records or self._full or self._idle:
                 self._write()
             self._maybe_start_delivery()
 
         d.addBoth(done)
+        return finished_at_once and bool(self.records or self._full or self._idle)
 
     def holding(self) -> bool:
         """True while delivery is held back: a call of ``start_delivery`` follows."""

@@ -166,10 +166,11 @@ class _Encoder:
 
         A shape is fast when the series, the tag keys and values and the field
         keys are all non-empty-where-needed ``str`` and the field keys need no
-        escaping or conversion.  Only such shapes are cached as fast: a
-        str never equals a non-str, so a later point matching the key has the
-        same texts (``1``, ``1.0`` and ``True`` are equal keys but differ as
-        text: they are never fast).
+        escaping or conversion.  Only such shapes are cached as fast, and
+        :meth:`line` lets only points whose names and tags are exact ``str``
+        match one: ``1``, ``1.0`` and ``True`` are equal keys but differ as
+        text, and a str subclass equals its value but is written as its
+        ``str()``.
         """
         fast = type(series) is str and bool(series)
         if fast:
@@ -205,10 +206,18 @@ class _Encoder:
         series = point.series
         tags = point.tags
         fields = point.fields
+        # A str subclass equals (and hashes as) its plain value but may be
+        # written otherwise (its str(), escaped): only exact str names and tags
+        # may match a fast shape, which was cached for exact str only.
+        if type(series) is not str:
+            return self.line_general(point, divisor)
+        for k, v in tags.items():
+            if type(k) is not str or type(v) is not str:
+                return self.line_general(point, divisor)
         shape_key = (series, len(tags), *tags, *tags.values(), *fields)
         try:
             shape = self._shapes.get(shape_key)
-        except TypeError:  # an unhashable tag value
+        except Exception:  # a field key whose hash or == fails (tags are str by now)
             return self.line_general(point, divisor)
         if shape is None:
             shape = self._shape(shape_key, series, tags, fields)
@@ -221,6 +230,9 @@ class _Encoder:
             problems.extend(prefix_problems)
         parts = []
         for key, value in fields.items():
+            if type(key) is not str:  # equal to a plain key of the shape (see above)
+                del problems[start:]
+                return self.line_general(point, divisor)
             kind = type(value)
             if kind is int:
                 if INT64_MIN <= value <= INT64_MAX:

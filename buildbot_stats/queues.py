@@ -54,6 +54,9 @@ class QueueSet:
         self._orphans_logged: set[str] = set()
         self._degraded_logged: str | None = None
         self._key_by_backend: dict[int, str] = {}
+        #: the same for the backends of the previous config: its captures may still
+        #: store (one busy when the master reconfigured), holding those objects
+        self._previous_key_by_backend: dict[int, str] = {}
         #: id(capture) -> (its parent_svcs, their number, their queue keys)
         self._capture_keys: dict[int, tuple[list[Any], int, tuple[str, ...]]] = {}
 
@@ -81,9 +84,9 @@ class QueueSet:
             routes[key] = Route(queue.spool_key, encode, policy.batch_size)
             key_by_backend[id(backend)] = key
         # spool writes made from now on use the new routes; a capture still holding a
-        # replaced backend object finds its queue by the backend's name
+        # replaced backend object finds its queue by the backend's key (see route_keys)
         self.writer.routes = routes
-        self._key_by_backend = key_by_backend
+        self._previous_key_by_backend, self._key_by_backend = self._key_by_backend, key_by_backend
         self._capture_keys = {}
         self.writer.bounds = {
             q.spool_key: (q.policy.max_spool_points, q.policy.max_spool_bytes) for q in self.queues.values()
@@ -127,7 +130,10 @@ class QueueSet:
         hit = self._capture_keys.get(id(capture))
         if hit is not None and hit[0] is svcs and hit[1] == len(svcs):
             return hit[2]
-        keys = tuple(self._key_by_backend.get(id(b)) or backend_name(b) for b in svcs)
+        current, previous = self._key_by_backend, self._previous_key_by_backend
+        # an old backend object: its queue is the one of its key (unnamed backends of
+        # one class are "Name", "Name#2"), else the one of its name
+        keys = tuple(current.get(id(b)) or previous.get(id(b)) or backend_name(b) for b in svcs)
         self._capture_keys[id(capture)] = (svcs, len(svcs), keys)
         return keys
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import tempfile
 
 from buildbot.test.util.logging import LoggingMixin
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, threads
 from twisted.python import log
 
@@ -79,6 +82,21 @@ class GroupCommitTests(DataTestCase):
         threads_.run_all()
         self.assertEqual(backend.batches, [1, 4, 4, 1])
         self.assertEqual(self.values(backend), list(range(10)))
+
+
+class SplitWriteTests(StatsTestCase):
+    @defer.inlineCallbacks
+    def test_a_burst_of_many_writes_finishing_at_once_is_spooled_without_recursion(self):
+        # Buildbot's test reactor runs the spool thread's calls at once (so does a
+        # stopped spool thread, failing): the writes of a burst must follow each
+        # other in a loop, not each from the end of the one before.
+        from buildbot_stats import delivery
+
+        self.patch(delivery, "MAX_RECORDS_PER_WRITE", 1)
+        n = 1500  # more writes than Python's recursion limit allows frames
+        yield self.put_points([Point("s", {"i": i}, {}, 10**18 + i) for i in range(n)])
+        yield self.stats.reconfigService([])  # stops the queue: it delivers what it holds
+        self.assertEqual([p.fields["i"] for p in self.backend.points], list(range(n)))
 
 
 class RetryTests(DataTestCase):
@@ -744,3 +762,70 @@ def test_a_burst_is_spooled_in_writes_of_bounded_size_and_acknowledged_with_the_
         writes[-1][0].callback(None)
     assert [w[1] for w in writes] == [[0], [1, 2, 3], [4, 5, 6], [7, 8]]
     assert all(d.called for d in burst)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(min_value=0, max_value=2**32))
+def test_split_writes_keep_every_record_once_in_order_and_acknowledge_only_what_is_spooled(seed):
+    """A model check of SpoolWriter: any mix of posts, waits and writes finishing at once or later.
+
+    Callbacks on an acknowledgement post again (as a step awaiting each value does).
+    """
+    from buildbot_stats import delivery
+
+    rnd = random.Random(seed)  # not hypothesis' own Random: callbacks may outlive a failing example
+    in_flight, written, waits = [], [], []
+    posted = [0]
+
+    class Spool:
+        def call(self, f, records, *args):
+            ids = [fields["i"] for fields in records[2::5]]
+            assert 0 < len(ids) <= delivery.MAX_RECORDS_PER_WRITE
+            if rnd.random() < 0.5:
+                written.extend(ids)
+                return defer.succeed(None)
+            d = defer.Deferred()
+            in_flight.append((d, ids))
+            return d
+
+    def post(n, depth=0):
+        start = posted[0]
+        posted[0] += n
+        records = [((), "s", {"i": start + j}, {}, 10**18) for j in range(n)]
+        d = writer.add(records[0]) if n == 1 else writer.add_many(records)
+        waits.append((d, posted[0]))
+        if depth < 2 and rnd.random() < 0.3:
+
+            def again(result):
+                post(rnd.randint(1, 4), depth + 1)
+                return result
+
+            d.addCallback(again)
+
+    def finish_one():
+        d, ids = in_flight.pop(0)
+        written.extend(ids)
+        d.callback(None)
+
+    original = delivery.MAX_RECORDS_PER_WRITE
+    delivery.MAX_RECORDS_PER_WRITE = 2
+    try:
+        writer = delivery.SpoolWriter(Spool(), lambda result: None)
+        for _ in range(40):
+            op = rnd.random()
+            if op < 0.5:
+                post(rnd.randint(1, 6))
+            elif op < 0.6:
+                waits.append((writer.wait_spooled(), posted[0]))
+            elif in_flight:
+                finish_one()
+            for d, upto in waits:
+                assert not d.called or len(written) >= upto  # acknowledged means kept
+        for _ in range(10_000):
+            if not in_flight:
+                break
+            finish_one()
+    finally:
+        delivery.MAX_RECORDS_PER_WRITE = original
+    assert written == list(range(posted[0]))
+    assert all(d.called for d, _ in waits)

@@ -8,8 +8,10 @@ the same problems, so the shortcut can never drift from the rules.
 
 from __future__ import annotations
 
+import enum
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,7 +21,14 @@ from buildbot_stats.point import Point
 # names that mostly take the fast path, with the characters that force the general one
 _plain_names = st.text(alphabet="abcxyz_-.0123", min_size=1, max_size=8)
 _odd_names = st.text(alphabet='ab ,="\\\n\t#é\ud800', min_size=0, max_size=6)
-names = st.one_of(_plain_names, _plain_names, _odd_names, st.sampled_from(["time", "#x", "a\\"]))
+names = st.one_of(
+    _plain_names,
+    _plain_names,
+    _odd_names,
+    st.sampled_from(["time", "#x", "a\\"]),
+    # equal to the plain "a" but written otherwise (see the classes below)
+    st.deferred(lambda: st.sampled_from([_Kind.A, _Shown("a")])),
+)
 values = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=True, allow_infinity=True),
@@ -58,3 +67,51 @@ def test_fast_path_equals_general_path_across_a_batch(batch: list[Point]) -> Non
     fast, general = _Encoder(), _Encoder()
     assert [fast.line(p, 1) for p in batch] == [general.line_general(p, 1) for p in batch]
     assert fast.problems == general.problems
+
+
+class _Kind(str, enum.Enum):
+    """A str enum, as a capture's callback may put in a context: str() is ``_Kind.A``."""
+
+    A = "a"
+
+
+class _Shown(str):
+    """A str subclass whose text (``str()``) differs from its value and needs escaping."""
+
+    def __str__(self) -> str:
+        return "shown as, this"
+
+
+class _Unhashable:
+    """A tag value whose hash raises something else than TypeError."""
+
+    def __hash__(self) -> int:
+        raise ValueError("no hash")
+
+    def __str__(self) -> str:
+        return "u"
+
+
+def _points_naming(name: object) -> list[Point]:
+    """Points using ``name`` as, in turn, series, tag key, tag value and field key."""
+    return [
+        Point(name, {"f": 1}, {"k": "x"}, 5),  # type: ignore[arg-type]
+        Point("s", {"f": 1}, {name: "x"}, 5),  # type: ignore[dict-item]
+        Point("s", {"f": 1}, {"k": name}, 5),
+        Point("s", {name: 1}, {"k": "x"}, 5),  # type: ignore[dict-item]
+    ]
+
+
+@pytest.mark.parametrize("odd", [_Kind.A, _Shown("a")], ids=["str-enum", "str-subclass"])
+def test_a_str_subclass_equal_to_an_earlier_plain_name_is_encoded_by_its_own_text(odd: object) -> None:
+    # the plain point before it ("a" == odd) must not lend it its cached prefix or keys
+    for plain, point in zip(_points_naming("a"), _points_naming(odd)):
+        encoder = _Encoder()
+        encoder.line(plain, 1)
+        assert encoder.line(point, 1) == _Encoder().line_general(point, 1)
+        assert encoder.line(point, 1) == _Encoder().line(point, 1)
+
+
+def test_a_tag_value_whose_hash_fails_takes_the_general_path() -> None:
+    point = Point("s", {"f": 1}, {"k": _Unhashable()}, 5)
+    assert _Encoder().line(point, 1) == "s,k=u f=1i 5"

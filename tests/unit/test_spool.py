@@ -314,6 +314,40 @@ class AcknowledgedMeansKeptTests(SpoolCase):
         self.assertEqual(self.rows("SELECT n FROM buildbot_stats_segments ORDER BY id"), [(1,), (2,)])
 
     @defer.inlineCallbacks
+    def test_a_burst_split_in_writes_is_acknowledged_with_its_last_write_and_survives_a_stop(self):
+        # (a value whose write was under way is acknowledged with that write, though a
+        # burst was posted meanwhile)
+        from buildbot_stats import delivery
+
+        self.patch(delivery, "MAX_RECORDS_PER_WRITE", 7)
+        yield self.replace_service(self.recorder(down=True), spool_path=self.path, flush_timeout=0)
+        self.patch(self.stats._queues.writer, "spool", HeldThread(self.stats.spool._spool, self.reactor))
+        HeldThread.held = []
+
+        # Buildbot's MQ calls the consumers at once
+        self.patch(self.master.mq, "produce", self.master.mq.callConsumer)
+        first = self.stats.yieldMetricsValue("m", {"i": 0}, 1)  # a write of its own, held
+        burst = self.stats.yieldMetricsValues("m", [{"i": i} for i in range(1, 51)], 1)
+        writes = 0
+        while not burst.called:
+            d, f, args = HeldThread.held.pop(0)
+            d.callback(f(*args))
+            writes += 1
+            self.assertTrue(first.called)  # with its own write, not the next one
+            spooled = self.rows("SELECT SUM(n) FROM buildbot_stats_segments")[0][0]
+            self.assertEqual(burst.called, spooled == 51)  # acknowledged with the last write only
+        self.assertEqual(writes, 1 + 8)  # 50 = 7 writes of 7, then 1
+        # a stop while a burst is still being spooled waits for all of it
+        self.post(20, start=51)
+        stopped = self.stats.disownServiceParent()
+        self.assertFalse(stopped.called)
+        HeldThread.run_all()
+        yield stopped
+        up = self.recorder()
+        yield self.replace_service(up, spool_path=self.path)
+        self.assertEqual(self.values(up), list(range(71)))
+
+    @defer.inlineCallbacks
     def test_memory_only_spool_is_bounded_too(self):
         down = self.recorder(down=True)
         yield self.replace_service(down, spool_path=None, max_spool_points=3)

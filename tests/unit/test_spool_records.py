@@ -84,3 +84,80 @@ def test_a_bad_record_is_one_error_line_and_the_others_are_kept():
     assert spooled(spool, "svc/influx")[0][3].split(b"\n") == [
         f"b-m,builder=b i={i}i {BASE + i}".encode() for i in (0, 2)
     ]
+
+
+class _NoText:
+    """A value that cannot be made text (or pickled): a bug in whatever posted it."""
+
+    def __str__(self) -> str:
+        raise ValueError("no text")
+
+    def __reduce__(self):
+        raise ValueError("no pickle")
+
+
+def test_a_value_no_backend_can_encode_costs_only_its_point_with_one_line_per_backend():
+    spool = MemorySpool()
+    spool.thd_open()
+    routes = {"influx": influx_route(batch_size=5000), "plain": Route("svc/plain", None, 5000)}
+    bounds = {"svc/influx": (10**9, None), "svc/plain": (10**9, None)}
+    n = ENCODE_CHUNK + 10  # two chunks for influx, one for plain
+    records = flat(("influx", "plain"), n)
+    bad = {3, ENCODE_CHUNK + 5}  # one in each influx chunk
+    for i in bad:
+        records[5 * i + 2] = {"i": _NoText()}
+    result = thd_spool_records(spool, records, routes, bounds)
+    assert result.captured == {"svc/influx": n, "svc/plain": n}
+    assert result.lost == {"svc/influx": 2, "svc/plain": 2}
+    assert len(result.errors) == 2  # one line per backend, naming the series and the field
+    for line in result.errors:
+        assert "2 points" in line and "series 'b-m'" in line and "field 'i'" in line and "no text" in line
+    kept = [i for i in range(n) if i not in bad]
+    influx = spooled(spool, "svc/influx")
+    assert b"\n".join(s[3] for s in influx).split(b"\n") == [
+        f"b-m,builder=b i={i}i {BASE + i}".encode() for i in kept
+    ]
+    assert [p.fields["i"] for s in spooled(spool, "svc/plain") for p in s[3]] == kept
+
+
+def test_an_encoder_that_always_fails_loses_its_points_in_one_line_that_blames_no_value():
+    spool = MemorySpool()
+    spool.thd_open()
+    calls = []
+
+    def broken(points):
+        calls.append(len(points))
+        raise RuntimeError("encoder not ready")
+
+    routes = {"influx": Route("svc/influx", broken, 5000)}
+    n = 2 * ENCODE_CHUNK
+    result = thd_spool_records(spool, flat(("influx",), n), routes, {"svc/influx": (10**9, None)})
+    assert result.lost == {"svc/influx": n}
+    assert result.errors == [
+        f"dropped {n} points of backend 'svc/influx' that could not be encoded "
+        "(RuntimeError: encoder not ready)"
+    ]
+    assert len(calls) == 4  # each chunk, then one plain point: not each point on its own
+
+
+class _Unprintable:
+    """Neither str() nor repr() works: whatever posted it is broken, the other points are not."""
+
+    def __str__(self) -> str:
+        raise ValueError("no text")
+
+    def __repr__(self) -> str:
+        raise ValueError("no repr")
+
+
+def test_a_series_name_that_cannot_even_be_shown_costs_only_its_own_record():
+    spool = MemorySpool()
+    spool.thd_open()
+    records = flat(("influx",), 3)
+    records[5 + 1] = _Unprintable()  # the series of the second record
+    result = thd_spool_records(spool, records, {"influx": influx_route(5000)}, {"svc/influx": (10**9, None)})
+    assert len(result.errors) == 1 and "_Unprintable" in result.errors[0]
+    assert result.captured == {"svc/influx": 2}
+    assert spooled(spool, "svc/influx")[0][3].split(b"\n") == [
+        f"b-m,builder=b i={i}i {BASE + i}".encode() for i in (0, 2)
+    ]

@@ -150,6 +150,26 @@ class ConfigTests(StatsTestCase):
         self.assertEqual(list(self.stats.queues), ["RecordingStorage", "RecordingStorage#2"])
 
     @defer.inlineCallbacks
+    def test_a_capture_of_the_previous_config_stores_into_its_own_unnamed_backends_queue(self):
+        # A capture still busy when the master reconfigures (a first builder lookup)
+        # stores afterwards, holding the backend objects of the old config: the
+        # second of two unnamed backends of one class is "RecordingStorage#2", not
+        # "RecordingStorage" (its name).
+        def config():
+            caps = [capture.CaptureProperty("builder1", "p"), capture.CaptureProperty("builder1", "q")]
+            return [RecordingStorage(captures=[caps[0]]), RecordingStorage(captures=[caps[1]])]
+
+        old = config()
+        yield self.stats.reconfigService(old)
+        old_second_capture = old[1].captures[0]
+        new = config()
+        yield self.stats.reconfigService(new)
+        yield old_second_capture._store({"value": 1}, "builder1-q", {})
+        yield self.stats.reconfigService([])  # stops the queues: they deliver what they hold
+        self.assertEqual([p.series for p in new[0].points], [])
+        self.assertEqual([p.series for p in new[1].points], ["builder1-q"])
+
+    @defer.inlineCallbacks
     def test_buildbot_statistics_backend_works_unchanged(self):
         backend = fakestats.FakeStatsStorageService()
         self.assertIsInstance(backend, StatsStorageBase)
