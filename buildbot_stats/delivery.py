@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 
 from buildbot_stats.burst_log import BurstLog
 from buildbot_stats.errors import PartialDeliveryError, RefusedWriteError, SplitBatchError
+from buildbot_stats.lineprotocol import split_lines
 from buildbot_stats.options import DeliveryPolicy
 from buildbot_stats.point import Point, PointProblem, to_ns
 from buildbot_stats.spool import COLUMNS, NewSegment, SpoolState, TakenSegment, encode_segment
@@ -588,7 +589,7 @@ def thd_post_batch(backend: Any, batch: _Batch, offset: int, limit: int) -> Writ
         data = batch.data
     else:
         if batch.lines is None:
-            batch.lines = (batch.data or b"").split(b"\n")
+            batch.lines = split_lines(batch.data or b"", batch.encoding)
         data = b"\n".join(batch.lines[offset : offset + limit])
     return post(data, batch.encoding)
 

@@ -38,7 +38,14 @@ from typing import Any
 
 from buildbot_stats.point import Point, PointProblem, to_plain
 
-__all__ = ["MAX_STRING_BYTES", "encode_lines", "encode_points", "PRECISIONS"]
+__all__ = [
+    "MAX_STRING_BYTES",
+    "encode_lines",
+    "encode_points",
+    "PRECISIONS",
+    "LINE_PROTOCOL_ENCODINGS",
+    "split_lines",
+]
 
 MAX_STRING_BYTES = 64 * 1024 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -332,3 +339,67 @@ def encode_points(points: list[Point], precision: str = "n") -> tuple[str, list[
         else:
             lines.append(line)
     return "\n".join(lines), encoder.problems, skipped
+
+
+#: encodings (``thd_encode``) whose data is this module's line protocol
+LINE_PROTOCOL_ENCODINGS = ("influx-lp/",)
+
+
+def split_lines(data: bytes, encoding: str = LINE_PROTOCOL_ENCODINGS[0]) -> list[bytes]:
+    """The points of encoded data: one per line.
+
+    In this module's line protocol a newline inside a string field value is
+    kept (InfluxDB reads it as part of the string), so it does not end a
+    point; every other newline does.  Other encodings are split at every
+    newline, as their backends promise (one point per line).
+    """
+    pieces = data.split(b"\n")
+    if not encoding.startswith(LINE_PROTOCOL_ENCODINGS) or b'"' not in data:
+        return pieces
+    lines: list[bytes] = []
+    pending: bytes | None = None  # a point cut at a newline inside one of its strings
+    for piece in pieces:
+        text = piece if pending is None else pending + b"\n" + piece
+        if _ends_inside_a_string(text):
+            pending = text
+        else:
+            lines.append(text)
+            pending = None
+    if pending is not None:
+        lines.append(pending)
+    return lines
+
+
+def _unescaped(line: bytes, char: bytes, start: int) -> int:
+    """Index of the first ``char`` from ``start`` not escaped by a backslash, or -1."""
+    i = line.find(char, start)
+    while i > 0:
+        k = i
+        while k > start and line[k - 1] == 0x5C:  # backslashes before it
+            k -= 1
+        if (i - k) % 2 == 0:
+            return i
+        i = line.find(char, i + 1)
+    return i
+
+
+def _ends_inside_a_string(line: bytes) -> bool:
+    """Whether ``line`` (a start of a point) stops inside a string field value."""
+    i = _unescaped(line, b" ", 0)  # the end of the series and tags
+    if i < 0:
+        return False
+    while True:
+        equals = _unescaped(line, b"=", i + 1)  # a field key ends (keys escape "=")
+        if equals < 0:
+            return False
+        i = equals + 1
+        if line[i : i + 1] == b'"':
+            i = _unescaped(line, b'"', i + 1)  # the string's end (values escape '"')
+            if i < 0:
+                return True
+            i += 1
+        else:
+            ends = [j for j in (line.find(b",", i), line.find(b" ", i)) if j >= 0]
+            i = min(ends) if ends else len(line)
+        if line[i : i + 1] != b",":
+            return False  # the timestamp follows, or the line ends

@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from buildbot_stats.lineprotocol import split_lines
 from buildbot_stats.point import Point, is_flat_plain, to_plain
 from buildbot_stats.spool_lock import SpoolLock
 from buildbot_stats.sqlite_wal import SQLITE_MAGIC, connect_wal, existing_sqlite_file, other_tables
@@ -754,7 +755,7 @@ def _drop_first(encoding: str, data: bytes, count: int) -> bytes:
     """``data`` without its first ``count`` points."""
     if encoding == COLUMNS:
         return dump_points(load_points(data)[count:])
-    return b"\n".join(bytes(data).split(b"\n")[count:])
+    return b"\n".join(split_lines(bytes(data), encoding)[count:])
 
 
 def _migrate_from_2(db: sqlite3.Connection) -> None:

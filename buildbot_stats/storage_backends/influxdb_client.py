@@ -17,7 +17,7 @@ from buildbot_stats.errors import (
     SplitBatchError,
     TransientWriteError,
 )
-from buildbot_stats.lineprotocol import PRECISIONS, encode_points
+from buildbot_stats.lineprotocol import LINE_PROTOCOL_ENCODINGS, PRECISIONS, encode_points, split_lines
 from buildbot_stats.point import Point, PointProblem
 from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
 from buildbot_stats.storage_backends.influx_common import (
@@ -45,7 +45,7 @@ __all__ = ["InfluxStorageService"]
 # InfluxDB 1.x: 'partial write: field type conflict: input field "value" on
 # measurement "b-x" is type string, already exists as type float dropped=1'
 # (names are not escaped). Parse errors say "unable to parse" and dropped=0.
-_ENCODING = "influx-lp/"  # + precision: line protocol made by thd_encode
+_ENCODING = LINE_PROTOCOL_ENCODINGS[0]  # + precision: line protocol made by thd_encode
 _FIELD_IN_ERROR = re.compile(
     r'input field "(?P<field>.*)" on measurement "(?P<series>.*)" is (?:type|invalid)'
 )
@@ -209,10 +209,11 @@ class InfluxStorageService(StatsStorageBase):
             raise ValueError(f"cannot write points encoded as {encoding!r}")
         report = WriteReport()
         if data:
-            self._post_body(data, encoding[len(_ENCODING) :], report, data.count(b"\n") + 1)
+            self._post_body(data, encoding[len(_ENCODING) :], report, None)
         return report
 
-    def _post_body(self, data: bytes, precision: str, report: WriteReport, sent: int) -> None:
+    def _post_body(self, data: bytes, precision: str, report: WriteReport, sent: int | None) -> None:
+        """POST line protocol; ``sent`` is its number of points (None: counted if an error needs it)."""
         if not self._inited:
             raise RefusedWriteError(f"InfluxStorageService {self.name!r} is not configured")
         if self._secret_pending:
@@ -233,7 +234,7 @@ class InfluxStorageService(StatsStorageBase):
         except InfluxDBServerError as e:
             raise TransientWriteError(f"InfluxDB server error: {_text(e.args[0] if e.args else e)}") from None
         except InfluxDBClientError as e:
-            self._classify_client_error(e, report, sent)
+            self._classify_client_error(e, report, len(split_lines(data)) if sent is None else sent)
         except requests.exceptions.SSLError as e:
             raise RefusedWriteError(tls_failure(self._where, e)) from None
         except requests.exceptions.RequestException as e:

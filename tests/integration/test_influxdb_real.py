@@ -394,6 +394,27 @@ class TypeConflictTests(InfluxServiceTestCase):
         self.assertIn("series 'builder1-m'", lines[0])
         self.assertIn("field type conflict", lines[0])
 
+    @defer.inlineCallbacks
+    def test_points_whose_strings_hold_newlines_survive_the_split_whole(self):
+        # the spooled line protocol is cut into points when a batch is halved: a newline
+        # inside a string value must not cut its point in two
+        server = shared_server()
+        db = self.fresh_db(server)  # no shard yet: InfluxDB refuses the whole first batch
+        yield self.use_influx(server.port, db, capture.CaptureData("m", "builder1"))
+        n, bad = 9, 4
+        logs = {k: f'step {k} said:\n  "ok"\n\tdone \\ {k}' for k in range(n)}
+        batch = [self.data_point(k, {"v": "oops" if k == bad else k + 0.5, "log": logs[k]}) for k in range(n)]
+        self.put_batch(batch)
+        self.assertEqual(
+            select(server, db, "builder1-m"),
+            [
+                {"time": BASE_NS + k * TICK_NS, **TAGS, "v": k + 0.5, "log": logs[k]}
+                for k in range(n)
+                if k != bad
+            ],
+        )
+        self.assertCounters(captured=n, dropped=1, pending=0)
+
 
 class DatabaseErrorTests(InfluxServiceTestCase):
     @defer.inlineCallbacks
