@@ -64,7 +64,7 @@ from typing import Any
 from buildbot_stats.cli.master_process import RealMaster, free_port, make_master_cfg
 from tests.support.influxd import InfluxServer
 
-OVERHEAD_GOAL_US = 50.0
+OVERHEAD_GOAL_US = 30.0  # issue 8: "no worse than today (about 30 µs per value)"
 LATENCY_GOAL_S = 2.0
 THROUGHPUT_GOAL = 0.5
 RSS_GOAL_MB = 100.0
@@ -593,8 +593,10 @@ def report(results: dict[str, Any]) -> str:
         "drain_points_per_second": drain["points_per_second"],
         "drain_to_raw": drain_ratio,
     }
+    # The awaited loop waits for the spool once per value (acknowledged means kept): its
+    # cost is a thread round trip, reported but not held to the goal, which issue 13
+    # sets for the batch form only.
     goals = {
-        "overhead": ov_ours * 1e6 <= OVERHEAD_GOAL_US,
         "latency": latency is not None and latency <= LATENCY_GOAL_S,
         "overhead_batch": ov_batch * 1e6 <= OVERHEAD_GOAL_US,
         "throughput": ratio >= THROUGHPUT_GOAL,
@@ -641,7 +643,7 @@ def report(results: dict[str, Any]) -> str:
         (
             "build-time overhead per value, buildbot_stats",
             f"{ov_ours * 1e6:.1f} µs",
-            f"≤ {OVERHEAD_GOAL_US:.0f} µs  {_mark(goals['overhead'])}",
+            "(info: a spool round trip per awaited value)",
         ),
         (
             "same, all values in one yieldMetricsValues",
@@ -740,8 +742,7 @@ def report_masters(results: dict[str, Any]) -> str:
         return (run[key] - base[key]) / values * 1e6
 
     ov_ours, ov_batch, ov_old = per_value(ours), per_value(batch), per_value(old)
-    goals = {
-        "overhead": ov_ours <= OVERHEAD_GOAL_US,
+    goals = {  # the awaited loop is reported, not held to the goal (see report())
         "overhead_batch": ov_batch <= OVERHEAD_GOAL_US,
         "complete": all(r["stored_points"] == r["expected_points"] for r in (ours, batch, base, old)),
     }
@@ -767,7 +768,7 @@ def report_masters(results: dict[str, Any]) -> str:
             f"points {run['stored_points']}/{run['expected_points']}  tracebacks {run['tracebacks']}"
         )
     for name, value, mark in (
-        ("awaited loop", ov_ours, _mark(goals["overhead"])),
+        ("awaited loop", ov_ours, "(info: a spool round trip per awaited value)"),
         ("yieldMetricsValues", ov_batch, _mark(goals["overhead_batch"])),
         ("buildbot.statistics", ov_old, ""),
     ):
