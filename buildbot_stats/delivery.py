@@ -169,13 +169,9 @@ class _SegmentMaker:
         self.first: int | None = None
         self.last: int | None = None
         self.chunk = min(ENCODE_CHUNK, route.batch_size) if route.encoder is not None else route.batch_size
+        self.added = 0  # points handed to it (the backend's ``captured``)
         self.failed = 0  # points dropped because they could not be encoded
         self.failure: str | None = None  # the first of them, for the log line
-
-    def add(self, point: Point) -> None:
-        self.points.append(point)
-        if len(self.points) >= self.chunk:
-            self._encode()
 
     def finish(self) -> None:
         if self.points:
@@ -190,6 +186,7 @@ class _SegmentMaker:
 
     def _encode(self) -> None:
         points, self.points = self.points, []
+        self.added += len(points)
         try:
             segment, report = encode_segment(self.key, points, self.route.encoder)
         except Exception as e:
@@ -285,11 +282,14 @@ def thd_spool_records(
     captured = result.captured
     items = iter(records)
     for keys, series, post_data, context, t in zip(items, items, items, items, items):
-        try:
-            point = _point(series, post_data, context, t)
-        except Exception as e:
-            result.errors.append(f"a value of series {_shown(series)} was not stored: {_failure_text(e)}")
-            continue
+        if type(series) is str and type(post_data) is dict and type(context) is dict and type(t) is int:
+            point = Point(series, post_data, context, t if t >= 10**12 else to_ns(t))
+        else:
+            try:
+                point = _point(series, post_data, context, t)
+            except Exception as e:
+                result.errors.append(f"a value of series {_shown(series)} was not stored: {_failure_text(e)}")
+                continue
         for key in keys:
             maker = makers.get(key)
             if maker is None:
@@ -297,10 +297,14 @@ def thd_spool_records(
                 if route is None:
                     continue
                 maker = makers[key] = _SegmentMaker(route.spool_key, route, result, segments)
-            captured[maker.key] = captured.get(maker.key, 0) + 1
-            maker.add(point)
+            # (SegmentMaker.add, inlined: this runs once per point and backend)
+            waiting = maker.points
+            waiting.append(point)
+            if len(waiting) >= maker.chunk:
+                maker._encode()
     for maker in makers.values():
         maker.finish()
+        captured[maker.key] = captured.get(maker.key, 0) + maker.added
     try:
         result.states.update(spool.thd_write(segments, bounds))
     except Exception as e:
