@@ -777,14 +777,15 @@ class DeliveryQueue:
     ) -> None:
         """A spool write added points of this queue (or dropped some to respect the bounds).
 
-        ``send``: start sending them now (else at the next :meth:`send`).
+        ``send``: start sending them now (else at the next :meth:`send`, unless a
+        batch is waiting already: a burst is sent while it is still being spooled).
         """
         self.counters.captured += captured
         self.counters.dropped += rejected
         if problems:
             self._log_problems(problems)
         self.backlog.update(state)
-        if send:
+        if send or self.backlog.untaken >= self.policy.batch_size:
             self._write_next()
 
     def send(self) -> None:

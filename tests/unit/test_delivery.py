@@ -706,6 +706,23 @@ class DeliveryHoldTests(DataTestCase):
         self.assertEqual(self.values(self.backend), list(range(5)))
         self.assertEqual(self.stats.counters["written"], 5)
 
+    @defer.inlineCallbacks
+    def test_a_burst_is_sent_while_it_is_still_being_spooled(self):
+        from buildbot_stats import delivery
+
+        self.patch(delivery, "MAX_RECORDS_PER_WRITE", 3)
+        backend = yield self.use(capture.CaptureData("m", "builder1"), batch_size=4)
+        self.assertEqual((self.spool.calls, self.threads.calls), ([], []))
+        self.stats.yieldMetricsValues("m", [{"i": i} for i in range(12)], 1)
+        self.spool.run_next()  # 3 spooled, the next 3 being written: held (less than a batch)
+        self.assertEqual(self.threads.calls, [])
+        self.spool.run_next()  # 6 spooled, more being written: a batch waits, so it is sent now
+        self.assertEqual(len(self.spool.calls), 1)
+        self.assertEqual(len(self.threads.calls), 1)
+        while self.spool.calls or self.threads.calls:
+            (self.spool.run_next if self.spool.calls else self.threads.run_next)()
+        self.assertEqual(self.values(backend), list(range(12)))
+
     def test_a_long_stream_of_writes_is_sent_every_hold_period(self):
         self.awaited_loop(10)
         for _ in range(3):
