@@ -15,9 +15,10 @@ from typing import Any
 from twisted.internet import defer
 from twisted.python import log
 
-from buildbot_stats.delivery import Counters, DeliveryQueue, Record, Route, SpoolResult, SpoolWriter
+from buildbot_stats.delivery import Counters, DeliveryQueue
 from buildbot_stats.options import DeliveryPolicy
 from buildbot_stats.spool_thread import SpoolThread
+from buildbot_stats.spool_writer import Record, Route, SpoolResult, SpoolWriter
 
 __all__ = ["QueueSet", "backend_keys", "backend_name"]
 

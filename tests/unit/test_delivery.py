@@ -90,9 +90,9 @@ class SplitWriteTests(StatsTestCase):
         # Buildbot's test reactor runs the spool thread's calls at once (so does a
         # stopped spool thread, failing): the writes of a burst must follow each
         # other in a loop, not each from the end of the one before.
-        from buildbot_stats import delivery
+        from buildbot_stats import spool_writer
 
-        self.patch(delivery, "MAX_RECORDS_PER_WRITE", 1)
+        self.patch(spool_writer, "MAX_RECORDS_PER_WRITE", 1)
         n = 1500  # more writes than Python's recursion limit allows frames
         yield self.put_points([Point("s", {"i": i}, {}, 10**18 + i) for i in range(n)])
         yield self.stats.reconfigService([])  # stops the queue: it delivers what it holds
@@ -708,9 +708,9 @@ class DeliveryHoldTests(DataTestCase):
 
     @defer.inlineCallbacks
     def test_a_burst_is_sent_while_it_is_still_being_spooled(self):
-        from buildbot_stats import delivery
+        from buildbot_stats import spool_writer
 
-        self.patch(delivery, "MAX_RECORDS_PER_WRITE", 3)
+        self.patch(spool_writer, "MAX_RECORDS_PER_WRITE", 3)
         backend = yield self.use(capture.CaptureData("m", "builder1"), batch_size=4)
         self.assertEqual((self.spool.calls, self.threads.calls), ([], []))
         self.stats.yieldMetricsValues("m", [{"i": i} for i in range(12)], 1)
@@ -756,9 +756,9 @@ class DeliveryHoldTests(DataTestCase):
 
 
 def test_a_burst_is_spooled_in_writes_of_bounded_size_and_acknowledged_with_the_last(monkeypatch):
-    from buildbot_stats import delivery
+    from buildbot_stats import spool_writer
 
-    monkeypatch.setattr(delivery, "MAX_RECORDS_PER_WRITE", 3)
+    monkeypatch.setattr(spool_writer, "MAX_RECORDS_PER_WRITE", 3)
     writes = []
 
     class InFlight:
@@ -769,7 +769,7 @@ def test_a_burst_is_spooled_in_writes_of_bounded_size_and_acknowledged_with_the_
             writes.append((d, [fields["i"] for fields in records[2::5]]))
             return d
 
-    writer = delivery.SpoolWriter(InFlight(), lambda result: None)
+    writer = spool_writer.SpoolWriter(InFlight(), lambda result: None)
     first = writer.add(((), "s", {"i": 0}, {}, 10**18))  # written at once
     burst = [writer.add(((), "s", {"i": i}, {}, 10**18 + i)) for i in range(1, 9)]
     assert [w[1] for w in writes] == [[0]]
@@ -788,7 +788,7 @@ def test_split_writes_keep_every_record_once_in_order_and_acknowledge_only_what_
 
     Callbacks on an acknowledgement post again (as a step awaiting each value does).
     """
-    from buildbot_stats import delivery
+    from buildbot_stats import spool_writer
 
     rnd = random.Random(seed)  # not hypothesis' own Random: callbacks may outlive a failing example
     in_flight, written, waits = [], [], []
@@ -797,7 +797,7 @@ def test_split_writes_keep_every_record_once_in_order_and_acknowledge_only_what_
     class Spool:
         def call(self, f, records, *args):
             ids = [fields["i"] for fields in records[2::5]]
-            assert 0 < len(ids) <= delivery.MAX_RECORDS_PER_WRITE
+            assert 0 < len(ids) <= spool_writer.MAX_RECORDS_PER_WRITE
             if rnd.random() < 0.5:
                 written.extend(ids)
                 return defer.succeed(None)
@@ -824,10 +824,10 @@ def test_split_writes_keep_every_record_once_in_order_and_acknowledge_only_what_
         written.extend(ids)
         d.callback(None)
 
-    original = delivery.MAX_RECORDS_PER_WRITE
-    delivery.MAX_RECORDS_PER_WRITE = 2
+    original = spool_writer.MAX_RECORDS_PER_WRITE
+    spool_writer.MAX_RECORDS_PER_WRITE = 2
     try:
-        writer = delivery.SpoolWriter(Spool(), lambda result: None)
+        writer = spool_writer.SpoolWriter(Spool(), lambda result: None)
         for _ in range(40):
             op = rnd.random()
             if op < 0.5:
@@ -843,6 +843,6 @@ def test_split_writes_keep_every_record_once_in_order_and_acknowledge_only_what_
                 break
             finish_one()
     finally:
-        delivery.MAX_RECORDS_PER_WRITE = original
+        spool_writer.MAX_RECORDS_PER_WRITE = original
     assert written == list(range(posted[0]))
     assert all(d.called for d, _ in waits)

@@ -317,9 +317,9 @@ class AcknowledgedMeansKeptTests(SpoolCase):
     def test_a_burst_split_in_writes_is_acknowledged_with_its_last_write_and_survives_a_stop(self):
         # (a value whose write was under way is acknowledged with that write, though a
         # burst was posted meanwhile)
-        from buildbot_stats import delivery
+        from buildbot_stats import spool_writer
 
-        self.patch(delivery, "MAX_RECORDS_PER_WRITE", 7)
+        self.patch(spool_writer, "MAX_RECORDS_PER_WRITE", 7)
         yield self.replace_service(self.recorder(down=True), spool_path=self.path, flush_timeout=0)
         self.patch(self.stats._queues.writer, "spool", HeldThread(self.stats.spool._spool, self.reactor))
         HeldThread.held = []

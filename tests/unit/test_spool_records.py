@@ -8,9 +8,9 @@ spooled as columns, a segment per batch.
 
 from __future__ import annotations
 
-from buildbot_stats.delivery import ENCODE_CHUNK, Route, thd_spool_records
 from buildbot_stats.point import Point
 from buildbot_stats.spool import COLUMNS, MemorySpool
+from buildbot_stats.spool_writer import ENCODE_CHUNK, Route, thd_spool_records
 from buildbot_stats.storage_backends.influxdb_client import InfluxStorageService
 
 BASE = 1_700_000_000_000_000_000
