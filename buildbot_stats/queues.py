@@ -15,6 +15,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.python import log
 
+from buildbot_stats.burst_log import BurstLog
 from buildbot_stats.delivery import Counters, DeliveryQueue
 from buildbot_stats.options import DeliveryPolicy
 from buildbot_stats.spool_thread import SpoolThread
@@ -54,6 +55,8 @@ class QueueSet:
         self._retired = Counters()  # counters of queues removed by a reconfig
         self._orphans_logged: set[str] = set()
         self._degraded_logged: str | None = None
+        #: values that could not become points (a custom capture's bad time, say): one line per burst
+        self._unstored_log = BurstLog(reactor)
         self._key_by_backend: dict[int, str] = {}
         #: the same for the backends of the previous config: its captures may still
         #: store (one busy when the master reconfigured), holding those objects
@@ -146,6 +149,9 @@ class QueueSet:
         """A spool write is done: tell each queue, and say so once when the file cannot be written."""
         for message in result.errors:
             log.msg(f"buildbot_stats: {message}")
+        for (series, why), n in result.unstored.items():
+            for _ in range(n):
+                self._unstored_log.failed((series, why), f"a value of series {series} was not stored: {why}")
         degraded = self.spool.degraded
         if degraded != self._degraded_logged:
             if degraded is not None:
@@ -205,6 +211,7 @@ class QueueSet:
     def stop(self) -> Any:
         """Spool what was recorded, then stop every queue (each within its ``flush_timeout``)."""
         yield self.writer.waiter()
+        self._unstored_log.flush()
         for queue in self.queues.values():
             yield queue.stop()
         self.queues = {}

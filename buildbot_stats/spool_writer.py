@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer
@@ -67,6 +67,8 @@ class SpoolResult:
     rejected: dict[str, int]
     errors: list[str]
     lost: dict[str, int]  # points that could not be spooled at all (an unexpected error)
+    #: values that could not become points, by (series as shown, why): one log line per burst
+    unstored: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 def _point(series: Any, post_data: Any, context: Any, t: Any) -> Point:
@@ -264,7 +266,8 @@ def thd_spool_records(
             try:
                 point = _point(series, post_data, context, t)
             except Exception as e:
-                result.errors.append(f"a value of series {_shown(series)} was not stored: {_failure_text(e)}")
+                why = (_shown(series), _failure_text(e))
+                result.unstored[why] = result.unstored.get(why, 0) + 1
                 continue
         for key in keys:
             maker = makers.get(key)

@@ -846,3 +846,28 @@ def test_split_writes_keep_every_record_once_in_order_and_acknowledge_only_what_
         spool_writer.MAX_RECORDS_PER_WRITE = original
     assert written == list(range(posted[0]))
     assert all(d.called for d, _ in waits)
+
+
+class UnstoredValueTests(DataTestCase):
+    @defer.inlineCallbacks
+    def test_values_that_cannot_become_points_are_one_line_per_burst_and_the_others_are_kept(self):
+        cap = capture.CaptureData("m", "builder1")
+        backend = yield self.use(cap)
+        for i in range(50):  # e.g. a custom capture passing a time that is no time
+            cap._store({"i": i}, "builder1-m", {}, object())
+        yield cap._store({"i": 99}, "builder1-m", {})
+        messages = [log.textFromEventDict(e) or "" for e in self._logEvents]
+        lines = [m for m in messages if "was not stored" in m]
+        self.assertEqual(
+            lines,
+            [
+                "buildbot_stats: a value of series 'builder1-m' was not stored: "
+                "TypeError: cannot use object as a timestamp"
+            ],
+        )
+        yield self.stats.disownServiceParent()
+        messages = [log.textFromEventDict(e) or "" for e in self._logEvents]
+        summaries = [m for m in messages if "more failure(s) like this" in m]
+        self.assertEqual(len(summaries), 1, summaries)
+        self.assertIn("49 more failure(s)", summaries[0])
+        self.assertEqual(self.values(backend), [99])
