@@ -19,7 +19,7 @@ from buildbot_stats.burst_log import BurstLog
 from buildbot_stats.delivery import Counters, DeliveryQueue
 from buildbot_stats.options import DeliveryPolicy
 from buildbot_stats.spool_thread import SpoolThread
-from buildbot_stats.spool_writer import Record, Route, SpoolResult, SpoolWriter
+from buildbot_stats.spool_writer import Record, Route, SpoolResult, SpoolWriter, points_phrase
 
 __all__ = ["QueueSet", "backend_keys", "backend_name"]
 
@@ -51,6 +51,7 @@ class QueueSet:
         self.reactor = reactor
         self.queues: dict[str, DeliveryQueue] = {}
         self.writer = SpoolWriter(spool, self._spooled, self._send)
+        self.writer.orphan_prefix = f"{service_name}/"
         self._by_spool_key: dict[str, DeliveryQueue] = {}
         self._retired = Counters()  # counters of queues removed by a reconfig
         self._orphans_logged: set[str] = set()
@@ -174,7 +175,9 @@ class QueueSet:
             queue = self._by_spool_key.get(key)
             state = result.states.get(key)
             if queue is None:
-                self._retired.captured += result.captured.get(key, 0)
+                captured = result.captured.get(key, 0)
+                self._retired.captured += captured
+                self._log_orphaned(key, captured)
                 continue
             if state is None:
                 queue.counters.captured += result.captured.get(key, 0)
@@ -186,6 +189,19 @@ class QueueSet:
                 result.rejected.get(key, 0),
                 send=False,  # the writer says when (see SpoolWriter)
             )
+
+    def _log_orphaned(self, spool_key: str, n: int) -> None:
+        """Say once that points of a backend removed while they waited were kept in the spool."""
+        mine = f"{self.service_name}/"
+        key = spool_key[len(mine) :]
+        if not n or not spool_key.startswith(mine) or key in self._orphans_logged:
+            return
+        self._orphans_logged.add(key)
+        log.msg(
+            f"buildbot_stats: backend {key!r} is no longer configured: its points that were on their "
+            f"way to the spool ({points_phrase(n)} so far) are kept there, and sent if a backend of "
+            "that name is configured again"
+        )
 
     def _send(self) -> None:
         """The spool writer is done for now: every queue sends what it has."""

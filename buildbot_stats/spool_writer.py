@@ -95,6 +95,9 @@ MAX_RECORDS_PER_WRITE = 4096
 #: collector walk the master's whole heap far more often.
 ENCODE_CHUNK = 256
 
+#: segment size for the points of a backend removed while they waited (see thd_spool_records)
+ORPHAN_SEGMENT_POINTS = 5000
+
 
 def _shown(value: Any) -> str:
     """``repr(value)`` for a log line, even when the value's own repr raises."""
@@ -247,12 +250,15 @@ def thd_spool_records(
     records: list[Any],
     routes: dict[str, Route],
     bounds: dict[str, tuple[int, int | None]],
+    orphan_prefix: str | None = None,
 ) -> SpoolResult:
     """Make points of ``records``, encode them once per backend, write them in one transaction.
 
     Runs on the spool thread: the reactor only appended the records, flat
     (see :class:`SpoolWriter`; a record's first item names its backends by
-    queue key).
+    queue key).  Points for a backend that a reconfig removed while they
+    waited are spooled under ``orphan_prefix + key`` (as columns), like the
+    points such a backend left in the spool: sent if it is configured again.
     """
     result = SpoolResult({}, {}, {}, {}, [], {})
     segments: list[NewSegment] = []
@@ -274,7 +280,9 @@ def thd_spool_records(
             if maker is None:
                 route = routes.get(key)
                 if route is None:
-                    continue
+                    if orphan_prefix is None:
+                        continue
+                    route = Route(f"{orphan_prefix}{key}", None, ORPHAN_SEGMENT_POINTS)
                 maker = makers[key] = _SegmentMaker(route.spool_key, route, result, segments)
             # (SegmentMaker.add, inlined: this runs once per point and backend)
             waiting = maker.points
@@ -336,6 +344,8 @@ class SpoolWriter:
         self._idle: list[defer.Deferred] = []
         #: by queue key (what a record names its backends by)
         self.routes: dict[str, Route] = {}
+        #: spool-key prefix of the points of backends no longer configured (see thd_spool_records)
+        self.orphan_prefix: str | None = None
         self.bounds: dict[str, tuple[int, int | None]] = {}
         #: incremented by every record (so a caller can tell whether its call recorded any)
         self.recorded = 0
@@ -424,7 +434,7 @@ class SpoolWriter:
                 waiter.callback(None)
             return False
         self._writing = True
-        d = self.spool.call(thd_spool_records, records, self.routes, self.bounds)
+        d = self.spool.call(thd_spool_records, records, self.routes, self.bounds, self.orphan_prefix)
         finished_at_once = False
 
         def done(result: Any) -> None:

@@ -539,6 +539,26 @@ class SpoolRobustnessTests(DataTestCase):
         yield b2.disownServiceParent()
 
     @defer.inlineCallbacks
+    def test_points_waiting_when_their_backend_is_removed_stay_spooled_until_it_returns(self):
+        path = self.spool_path()
+        yield self.replace_service(self.recorder(down=True), spool_path=path, flush_timeout=0)
+        writer = self.stats._queues.writer
+        held = HeldSpoolCalls(self, writer)
+        self.post(1)  # a spool write in flight ...
+        self.post(2, start=1)  # ... and two values waiting for the next
+        self.assertEqual(len(held.calls), 1)
+        # a reconfig removes the backend meanwhile
+        reconfigured = self.stats.reconfigService([self.recorder(name="other")], spool_path=path)
+        while held.calls:
+            held.run_next()
+        yield reconfigured
+        self.assertLogged("backend 'influx' is no longer configured: its points that were on their way")
+        yield self.stats.disownServiceParent()
+        up = self.recorder()
+        yield self.replace_service(up, spool_path=path)
+        self.assertEqual(self.values(up), [0, 1, 2])
+
+    @defer.inlineCallbacks
     def test_points_of_a_removed_backend_are_announced_at_start(self):
         path = self.spool_path()
         yield self.spool_some(path, n=2)
