@@ -800,10 +800,19 @@ def encode_segment(
     if encoder is None:
         return NewSegment(queue_key, len(points), first, last, COLUMNS, dump_points(points)), None
     encoding, data, report = encoder(points)
-    n = len(points) - (report.rejected_points if report is not None else 0)
+    # a backend's own thd_encode that breaks its contract fails here, for its points only
+    if not isinstance(encoding, str) or not isinstance(data, (bytes, bytearray)):
+        raise TypeError(
+            f"thd_encode must return (encoding str, data bytes, report), not "
+            f"({type(encoding).__name__}, {type(data).__name__}, ...)"
+        )
+    rejected = getattr(report, "rejected_points", 0) if report is not None else 0
+    if not isinstance(rejected, int) or not isinstance(getattr(report, "problems", []), list):
+        raise TypeError("thd_encode must return a WriteReport (or None) as its report")
+    n = len(points) - rejected
     if n <= 0 or not data:
         return None, report
-    return NewSegment(queue_key, n, first, last, encoding, data), report
+    return NewSegment(queue_key, n, first, last, encoding, bytes(data)), report
 
 
 class ForeignSpoolFileError(Exception):

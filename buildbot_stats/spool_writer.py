@@ -217,11 +217,13 @@ class _SegmentMaker:
 
     def _add(self, segment: NewSegment | None, report: Any) -> None:
         result = self.result
-        if report is not None:
-            if report.problems:
-                result.problems.setdefault(self.key, []).extend(report.problems)
-            if report.rejected_points:
-                result.rejected[self.key] = result.rejected.get(self.key, 0) + report.rejected_points
+        if report is not None:  # (a WriteReport; a backend's own may leave either part out)
+            problems = getattr(report, "problems", None)
+            if problems:
+                result.problems.setdefault(self.key, []).extend(problems)
+            rejected = getattr(report, "rejected_points", 0)
+            if rejected:
+                result.rejected[self.key] = result.rejected.get(self.key, 0) + rejected
         if segment is None:
             return
         if segment.encoding == COLUMNS:

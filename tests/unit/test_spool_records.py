@@ -164,3 +164,22 @@ def test_a_series_name_that_cannot_even_be_shown_costs_only_its_own_record():
     assert spooled(spool, "svc/influx")[0][3].split(b"\n") == [
         f"b-m,builder=b i={i}i {BASE + i}".encode() for i in (0, 2)
     ]
+
+
+def test_a_thd_encode_breaking_its_contract_costs_only_its_own_backends_points():
+    # a backend's own thd_encode returning text instead of bytes: its points are dropped
+    # (counted, one line naming the backend), the other backend's are spooled
+    spool = MemorySpool()
+    spool.thd_open()
+
+    def text_encoder(points):
+        return "mine/1", "\n".join(p.series for p in points), None
+
+    routes = {"mine": Route("svc/mine", text_encoder, 5000), "influx": influx_route(5000)}
+    bounds = {"svc/mine": (10**9, None), "svc/influx": (10**9, None)}
+    result = thd_spool_records(spool, flat(("mine", "influx"), 300), routes, bounds)
+    assert result.lost == {"svc/mine": 300}
+    assert len(result.errors) == 1 and "backend 'svc/mine'" in result.errors[0]
+    assert "thd_encode must return" in result.errors[0]
+    assert spooled(spool, "svc/mine") == []
+    assert sum(s[1] for s in spooled(spool, "svc/influx")) == 300
