@@ -418,15 +418,12 @@ class Backfill:
             self.services.append(svc)
 
     def _count(self, svc: Any, capture: Any) -> None:
-        from buildbot_stats.queues import backend_keys
-
-        backends = list(capture.parent_svcs)
+        keys = svc._queues.route_keys(capture)  # the queue keys its records name, cached per capture
         builder = self._current_builder
-        self.tally.points[builder] = self.tally.points.get(builder, 0) + len(backends)
-        keys = dict(zip(map(id, svc.registeredStorageServices), backend_keys(svc.registeredStorageServices)))
-        for backend in backends:
-            key = f"{svc.name}/{keys.get(id(backend), getattr(backend, 'name', '?'))}"
-            self.tally.per_backend[key] = self.tally.per_backend.get(key, 0) + 1
+        self.tally.points[builder] = self.tally.points.get(builder, 0) + len(keys)
+        for key in keys:
+            spool_key = f"{svc.name}/{key}"
+            self.tally.per_backend[spool_key] = self.tally.per_backend.get(spool_key, 0) + 1
 
     def backends(self, svc: Any) -> list[tuple[str, str]]:
         """(key, target) of each backend of ``svc``."""
