@@ -19,7 +19,7 @@ from buildbot_stats.burst_log import BurstLog
 from buildbot_stats.delivery import Counters, DeliveryQueue
 from buildbot_stats.options import DeliveryPolicy
 from buildbot_stats.spool_thread import SpoolThread
-from buildbot_stats.spool_writer import Record, Route, SpoolResult, SpoolWriter, points_phrase
+from buildbot_stats.spool_writer import Route, SpoolResult, SpoolWriter, points_phrase
 
 __all__ = ["QueueSet", "backend_keys", "backend_name"]
 
@@ -141,10 +141,6 @@ class QueueSet:
         keys = tuple(current.get(id(b)) or previous.get(id(b)) or backend_name(b) for b in svcs)
         self._capture_keys[id(capture)] = (svcs, len(svcs), keys)
         return keys
-
-    def put(self, record: Record) -> defer.Deferred:
-        """Record one capture result for its backends; fires once it is spooled."""
-        return self.writer.add(record)
 
     def _spooled(self, result: SpoolResult) -> None:
         """A spool write is done: tell each queue, and say so once when the file cannot be written."""
