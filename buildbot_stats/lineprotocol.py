@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from typing import Any
 
@@ -40,6 +41,7 @@ from buildbot_stats.point import Point, PointProblem, to_plain
 
 __all__ = [
     "MAX_STRING_BYTES",
+    "encode_body",
     "encode_lines",
     "encode_points",
     "PRECISIONS",
@@ -62,6 +64,10 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # encoded text and the problems found making it
 _Cache = dict[Any, tuple[str, list[PointProblem]]]
 
+#: the shapes of points (see _Encoder._shape) kept between batches, at most
+MAX_SHAPES = 10_000
+_SHAPES: dict[Any, Any] = {}
+
 
 class _Encoder:
     def __init__(self) -> None:
@@ -72,8 +78,9 @@ class _Encoder:
         self._field_keys: _Cache = {}
         # shape of a point (series, number of tags, tag keys, tag values, field
         # keys) -> (escaped prefix, its problems) for the fast path of line(),
-        # or False for the general path
-        self._shapes: dict[Any, Any] = {}
+        # or False for the general path: shared by all encoders (a shape's entry
+        # depends on the shape alone), so a build's points find theirs made
+        self._shapes = _SHAPES
 
     def _problem(self, series: str, field: str, reason: str, rejected: bool) -> None:
         self.problems.append(PointProblem(series, field, reason, rejected))
@@ -193,6 +200,8 @@ class _Encoder:
                     break
             fast = fast and len(self.problems) == start
             del self.problems[start:]
+        if len(self._shapes) >= MAX_SHAPES:
+            self._shapes.clear()  # a master that posts ever new tags keeps the last ones
         if not fast:
             self._shapes[shape_key] = False
             return False
@@ -307,6 +316,31 @@ class _Encoder:
         return f"{prefix} {','.join(fields)} {point.time_ns // divisor}"
 
 
+def _accelerator() -> Any:
+    """The compiled fast path (``buildbot_stats._lineprotocol``), or None.
+
+    It is built when the package is installed with a C compiler at hand and
+    writes the usual point's line itself, calling :meth:`_Encoder.line` for
+    every other point: the output is the same with or without it.  Set
+    ``BUILDBOT_STATS_PURE_PYTHON=1`` to leave it out.
+    """
+    if os.environ.get("BUILDBOT_STATS_PURE_PYTHON"):
+        return None
+    try:
+        from buildbot_stats import _lineprotocol
+    except ImportError:
+        return None
+    return _lineprotocol
+
+
+def _as_list(points: Any) -> list[Point]:
+    return points if type(points) is list else list(points)
+
+
+#: the compiled fast path, or None (pure Python); see :func:`_accelerator`
+accelerator = _accelerator()
+
+
 def encode_lines(
     points: list[Point], precision: str = "n"
 ) -> tuple[list[str], list[int], list[PointProblem]]:
@@ -316,18 +350,38 @@ def encode_lines(
     """
     encoder = _Encoder()
     divisor = PRECISIONS[precision]
+    if accelerator is not None:
+        encoded = accelerator.encode(_as_list(points), encoder._shapes, divisor, encoder.line, True)
+    else:
+        encoded = [encoder.line(point, divisor) for point in points]
     lines: list[str] = []
     origins: list[int] = []
-    for index, point in enumerate(points):
-        line = encoder.line(point, divisor)
+    for index, line in enumerate(encoded):
         if line is not None:
             lines.append(line)
             origins.append(index)
     return lines, origins, encoder.problems
 
 
+def encode_body(points: list[Point], precision: str = "n") -> tuple[bytes, list[PointProblem], int]:
+    """Return (line protocol body as UTF-8, problems, number of points left out).
+
+    What a backend posts: :func:`encode_points`, without making a str first.
+    """
+    if accelerator is None:
+        text, problems, skipped = encode_points(points, precision)
+        return text.encode("utf-8"), problems, skipped
+    encoder = _Encoder()
+    divisor = PRECISIONS[precision]
+    body, skipped = accelerator.encode(_as_list(points), encoder._shapes, divisor, encoder.line, False)
+    return body, encoder.problems, skipped
+
+
 def encode_points(points: list[Point], precision: str = "n") -> tuple[str, list[PointProblem], int]:
     """Return (line protocol body, problems, number of points left out)."""
+    if accelerator is not None:
+        body, problems, skipped = encode_body(points, precision)
+        return body.decode("utf-8"), problems, skipped
     encoder = _Encoder()
     divisor = PRECISIONS[precision]
     lines = []

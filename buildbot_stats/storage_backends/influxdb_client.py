@@ -17,7 +17,7 @@ from buildbot_stats.errors import (
     SplitBatchError,
     TransientWriteError,
 )
-from buildbot_stats.lineprotocol import LINE_PROTOCOL_ENCODINGS, PRECISIONS, encode_points, split_lines
+from buildbot_stats.lineprotocol import LINE_PROTOCOL_ENCODINGS, PRECISIONS, encode_body, split_lines
 from buildbot_stats.point import Point, PointProblem
 from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
 from buildbot_stats.storage_backends.influx_common import (
@@ -186,10 +186,10 @@ class InfluxStorageService(StatsStorageBase):
 
     def thd_postStatsValues(self, points: list[Point]) -> WriteReport:
         """Write a batch in one request; raise a classified error on failure."""
-        body, problems, skipped = encode_points(points, self.time_precision)
+        body, problems, skipped = encode_body(points, self.time_precision)
         report = WriteReport(problems=problems, rejected_points=skipped)
         if body:
-            self._post_body(body.encode("utf-8"), self.time_precision, report, len(points) - skipped)
+            self._post_body(body, self.time_precision, report, len(points) - skipped)
         return report
 
     def thd_encode(self, points: list[Point]) -> tuple[str, bytes, WriteReport]:
@@ -200,8 +200,8 @@ class InfluxStorageService(StatsStorageBase):
         reconfig that changes it does not misread points already spooled.
         The bytes carry no credentials.
         """
-        body, problems, skipped = encode_points(points, self.time_precision)
-        return f"{_ENCODING}{self.time_precision}", body.encode("utf-8"), WriteReport(problems, skipped)
+        body, problems, skipped = encode_body(points, self.time_precision)
+        return f"{_ENCODING}{self.time_precision}", body, WriteReport(problems, skipped)
 
     def thd_post_encoded(self, data: bytes, encoding: str) -> WriteReport:
         """Write line protocol made by :meth:`thd_encode` (one point per line)."""
