@@ -23,7 +23,8 @@ from tests.unit.test_lineprotocol_fastpath import _plain_names, names, points, v
 compiled = lineprotocol.accelerator
 needs_compiled = pytest.mark.skipif(
     compiled is None,
-    reason="the compiled encoder is not in use (pip install -e . builds it; BUILDBOT_STATS_PURE_PYTHON leaves it out)",
+    reason="the compiled encoder is not in use "
+    "(pip install -e . builds it; BUILDBOT_STATS_PURE_PYTHON leaves it out)",
 )
 
 # points of a few shapes, mostly plain, so that most of a batch takes the compiled path
