@@ -64,10 +64,6 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # encoded text and the problems found making it
 _Cache = dict[Any, tuple[str, list[PointProblem]]]
 
-#: the shapes of points (see _Encoder._shape) kept between batches, at most
-MAX_SHAPES = 10_000
-_SHAPES: dict[Any, Any] = {}
-
 
 class _Encoder:
     def __init__(self) -> None:
@@ -78,9 +74,11 @@ class _Encoder:
         self._field_keys: _Cache = {}
         # shape of a point (series, number of tags, tag keys, tag values, field
         # keys) -> (escaped prefix, its problems) for the fast path of line(),
-        # or False for the general path: shared by all encoders (a shape's entry
-        # depends on the shape alone), so a build's points find theirs made
-        self._shapes = _SHAPES
+        # or False for the general path.  Per batch on purpose: a cache kept
+        # longer holds on to the captures' strings, each pinning a block of the
+        # memory a burst of values took, and a master that spooled a million
+        # values kept some 600 MB more (measured).
+        self._shapes: dict[Any, Any] = {}
 
     def _problem(self, series: str, field: str, reason: str, rejected: bool) -> None:
         self.problems.append(PointProblem(series, field, reason, rejected))
@@ -200,8 +198,6 @@ class _Encoder:
                     break
             fast = fast and len(self.problems) == start
             del self.problems[start:]
-        if len(self._shapes) >= MAX_SHAPES:
-            self._shapes.clear()  # a master that posts ever new tags keeps the last ones
         if not fast:
             self._shapes[shape_key] = False
             return False
