@@ -8,6 +8,15 @@ counts.  The queue, the writer, takes the oldest segments (up to
 keeps them for retries and releases them (the spool deletes them) once the
 backend accepted them; it reads the next batch while one is being posted.
 Memory for delivery is thus a few batches per backend, whatever the backlog.
+
+A backend whose ``concurrent_writes`` is 2 (InfluxDB 1.x: its server parses
+two writes at once) gets the batch read ahead posted beside the one in
+flight, when its points are all later (at the precision they were encoded
+with) than that one's: two points that share series, tags and time then
+cannot be in both, so the order in which the two writes land cannot change
+what the server keeps.  Results are applied in order, as if the writes had
+been one after the other; on any failure the queue writes one at a time
+again until a write succeeds.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from twisted.python.failure import Failure
 
 from buildbot_stats.burst_log import BurstLog
 from buildbot_stats.errors import PartialDeliveryError, RefusedWriteError, SplitBatchError
-from buildbot_stats.lineprotocol import split_lines
+from buildbot_stats.lineprotocol import LINE_PROTOCOL_ENCODINGS, PRECISIONS, split_lines
 from buildbot_stats.options import DeliveryPolicy
 from buildbot_stats.point import Point, PointProblem
 from buildbot_stats.spool import COLUMNS, SpoolState, TakenSegment
@@ -102,11 +111,15 @@ class Backlog:
 class _Batch:
     """Segments taken from the spool for one write, kept (with their encoding) until accepted."""
 
-    __slots__ = ("ids", "n", "encoding", "points", "data", "lines", "offset")
+    __slots__ = ("ids", "n", "encoding", "points", "data", "lines", "offset", "first_ns", "last_ns")
 
     def __init__(self, segments: list[TakenSegment]) -> None:
         self.ids = [s[0] for s in segments]
         self.encoding = segments[0][2]
+        firsts = [s[4] for s in segments]
+        lasts = [s[5] for s in segments]
+        self.first_ns = None if None in firsts else min(firsts)  # type: ignore[type-var]
+        self.last_ns = None if None in lasts else max(lasts)  # type: ignore[type-var]
         self.points: list[Point] | None = None
         self.data: bytes | None = None
         self.lines: list[bytes] | None = None
@@ -123,6 +136,21 @@ class _Batch:
         if self.points is not None:
             return self.points[i].series
         return "?"
+
+    def after(self, other: _Batch) -> bool:
+        """True when every point of this batch is later than every point of ``other``.
+
+        At the precision of the encoded line protocol: then no point of one
+        can have the series, tags and time of a point of the other.
+        """
+        encoding = self.encoding
+        if self.points is not None or other.encoding != encoding:
+            return False
+        prefix = LINE_PROTOCOL_ENCODINGS[0]
+        divisor = PRECISIONS.get(encoding[len(prefix) :]) if encoding.startswith(prefix) else None
+        if divisor is None or self.first_ns is None or other.last_ns is None:
+            return False
+        return self.first_ns // divisor > other.last_ns // divisor
 
 
 class _NotForThisBackendError(Exception):
@@ -241,8 +269,42 @@ class BatchReader:
     def drop_read_ahead(self) -> None:
         self._ahead = None
 
+    @property
+    def ahead(self) -> _Batch | None:
+        """The batch read ahead, if any."""
+        return self._ahead
+
+    def release_ahead(self, batch: _Batch) -> None:
+        """The batch read ahead was accepted (written beside the current one, which failed): release it.
+
+        The writer is told nothing when that is done: it is handling the failure.
+        """
+        if self._ahead is batch:
+            self._ahead = None
+        d = self._spool.release(self._backlog.spool_key, batch.ids)
+        d.addCallbacks(self._update, self._log_error)
+
+    def _update(self, state: SpoolState | None) -> None:
+        if state is not None:
+            self._backlog.update(state)
+
     def _log_error(self, failure: Failure) -> None:
         log.msg(f"buildbot_stats: spool error for backend {self._backlog.key!r}: {failure.getErrorMessage()}")
+
+
+_RUNNING = object()
+
+
+class _Flight:
+    """The batch read ahead, written beside the current one (see the module's docstring)."""
+
+    __slots__ = ("batch", "result", "adopted")
+
+    def __init__(self, batch: _Batch) -> None:
+        self.batch = batch
+        self.result: Any = _RUNNING  # then its WriteReport (or None), or a Failure
+        #: it became the current write (the one before it succeeded) while it ran
+        self.adopted = False
 
 
 class DeliveryQueue:
@@ -276,6 +338,8 @@ class DeliveryQueue:
         self._reactor = reactor
         self._reader = BatchReader(spool, self.backlog, self._write_next, self._read_failed)
         self._posting: tuple[int, int] | None = None  # (offset, limit) of the write in flight
+        self._second: _Flight | None = None  # the batch ahead, written beside it
+        self._head_failure: Failure | None = None  # the current write failed: waits for the second
         self._retry_call: Any = None
         self._attempt = 0
         self._batch_limit = policy.batch_size
@@ -367,7 +431,13 @@ class DeliveryQueue:
     def _write_next(self) -> None:
         if self._stopping and self._drained is None:
             return  # stopped: a late write must not start the next one
-        if self._posting is not None or self._retry_call is not None or self._preparing:
+        if self._posting is not None:
+            if self._reader.ahead is not None:
+                self._post_second()
+            elif self._concurrent() and self.backlog.untaken >= self.policy.batch_size:
+                self._read()  # a whole batch came while one is written: read it to write beside it
+            return
+        if self._retry_call is not None or self._preparing:
             return
         if self._needs_prepare:
             prepare = getattr(self.backend, "prepare", None)
@@ -382,7 +452,18 @@ class DeliveryQueue:
             elif self._drained is not None and not self._reader.reading:
                 self._fire_drained()
             return
-        self._post()
+        second = self._second
+        if second is not None and self._reader.current is second.batch:
+            # the one before it succeeded: the batch written beside it is the current write
+            self._second = None
+            self._posting = (0, second.batch.n)
+            if second.result is _RUNNING:
+                second.adopted = True
+            else:
+                self._finish(second.result)
+                return
+        else:
+            self._post()
         if self._posting is not None:
             self._read()  # read the next batch while this one is written
 
@@ -437,16 +518,69 @@ class DeliveryQueue:
         d.addCallbacks(self._written, self._write_failed)
         d.addErrback(log.err, "buildbot_stats: internal error in delivery")
 
-    def _written(self, report: WriteReport | None) -> None:
-        _, sent = self._posting or (0, 0)
-        self._posting = None
-        self._attempt = 0
-        self._batch_limit = self.policy.batch_size
+    def _concurrent(self) -> bool:
+        """Whether a second write may start now (the backend takes two; no failure since the last success)."""
+        if self._second is not None or self._stopping or self._attempt or self._failure_logged is not None:
+            return False
+        return getattr(self.backend, "concurrent_writes", 1) >= 2
+
+    def _post_second(self) -> None:
+        """Write the batch read ahead beside the current write, if the backend and the batches allow."""
+        if not self._concurrent():
+            return
+        current, ahead = self._reader.current, self._reader.ahead
+        if current is None or ahead is None or self._posting != (0, current.n):
+            return
+        if ahead.n > self._batch_limit or not ahead.after(current):
+            return
+        flight = self._second = _Flight(ahead)
+        d = threads.deferToThread(thd_post_batch, self.backend, ahead, 0, ahead.n)
+        d.addBoth(self._second_done, flight)
+        d.addErrback(log.err, "buildbot_stats: internal error in delivery")
+
+    def _second_done(self, result: Any, flight: _Flight) -> None:
+        flight.result = result
+        if flight.adopted:  # it is the current write now
+            self._finish(result)
+            return
+        failure, self._head_failure = self._head_failure, None
+        if failure is not None:  # the write before it failed and waited for this one
+            self._write_failed(failure)
+
+    def _finish(self, result: Any) -> None:
+        if isinstance(result, Failure):
+            self._write_failed(result)
+        else:
+            self._written(result)
+
+    def _settle_second(self) -> None:
+        """The current write failed and the one beside it ended: keep what it delivered."""
+        second, self._second = self._second, None
+        assert second is not None
+        if isinstance(second.result, Failure):
+            # given back to the spool with the current batch, written again after it
+            self.counters.retried += second.batch.n
+            return
+        self._count_written(second.result, second.batch.n)
+        self._reader.release_ahead(second.batch)
+
+    def _count_written(self, report: WriteReport | None, sent: int) -> None:
         rejected = report.rejected_points if report else 0
         self.counters.written += sent - rejected
         self.counters.dropped += rejected
         if report and report.problems:
             self._log_problems(report.problems)
+        if self._restored:
+            self._restored = max(0, self._restored - sent)
+            if not self._restored:
+                log.msg(f"buildbot_stats: the points found in the spool reached backend {self.key!r}")
+
+    def _written(self, report: WriteReport | None) -> None:
+        _, sent = self._posting or (0, 0)
+        self._posting = None
+        self._attempt = 0
+        self._batch_limit = self.policy.batch_size
+        self._count_written(report, sent)
         self._reader.advance(sent)
         if self._failure_logged is not None:
             log.msg(
@@ -460,10 +594,6 @@ class DeliveryQueue:
                 "were dropped: spool full"
             )
             self.backlog.dropped_in_burst = 0
-        if self._restored:
-            self._restored = max(0, self._restored - sent)
-            if not self._restored:
-                log.msg(f"buildbot_stats: the points found in the spool reached backend {self.key!r}")
         self._write_next()
 
     def _log_problems(self, problems: list[PointProblem]) -> None:
@@ -479,6 +609,11 @@ class DeliveryQueue:
             )
 
     def _write_failed(self, failure: Failure) -> None:
+        if self._second is not None:
+            if self._second.result is _RUNNING:
+                self._head_failure = failure  # handled once the write beside it ended
+                return
+            self._settle_second()
         offset, sent = self._posting or (0, 0)
         self._posting = None
         batch = self._reader.current

@@ -43,7 +43,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Optional, Protocol, runtime_checkable
 
 from buildbot_stats.lineprotocol import split_lines
 from buildbot_stats.point import Point, is_flat_plain, to_plain
@@ -189,9 +189,10 @@ class NewSegment:
     data: bytes
 
 
-# (segment id, number of points, encoding, payload): a list of Points for
-# COLUMNS, else the encoded bytes
-TakenSegment = tuple[int, int, str, Any]
+# (segment id, number of points, encoding, payload, first_ns, last_ns): the
+# payload is a list of Points for COLUMNS, else the encoded bytes; first_ns and
+# last_ns are the earliest and latest time of its points (None if unknown)
+TakenSegment = tuple[int, int, str, Any, Optional[int], Optional[int]]
 
 
 @dataclass
@@ -610,11 +611,11 @@ class SQLiteSpool:
         tables = ("main", "mem") if self._mem_rows else ("main",)
         for table in tables:
             rows = db.execute(
-                f"SELECT id, n, encoding, data FROM {table}.{_TABLE} "
+                f"SELECT id, n, encoding, data, first_ns, last_ns FROM {table}.{_TABLE} "
                 "WHERE queue_key = ? AND id > ? ORDER BY id",
                 (queue_key, q.cursor),
             )
-            for sid, n, enc, data in rows:
+            for sid, n, enc, data, first_ns, last_ns in rows:
                 if sid in q.unreleased:
                     q.cursor = sid  # dropped, its delete still to be retried
                     continue
@@ -630,7 +631,7 @@ class SQLiteSpool:
                 else:
                     payload = bytes(data)
                 encoding = enc
-                taken.append((sid, n, enc, payload))
+                taken.append((sid, n, enc, payload, first_ns, last_ns))
                 q.taken[sid] = (n, len(data))
                 count += n
             else:

@@ -64,6 +64,11 @@ class InfluxStorageService(StatsStorageBase):
     ``verify_ssl=False`` turns that off (logged as a warning).
     """
 
+    # influxd parses two writes at once (on two cores: 1.5x the points per
+    # second of one connection, measured), and the client's requests Session
+    # is safe to share between two threads
+    concurrent_writes = 2
+
     def __init__(
         self,
         url: str,

@@ -891,3 +891,170 @@ class UnstoredValueTests(DataTestCase):
         self.assertEqual(len(summaries), 1, summaries)
         self.assertIn("49 more failure(s)", summaries[0])
         self.assertEqual(self.values(backend), [99])
+
+
+class LineProtocolRecorder(RecordingStorage):
+    """Records line protocol as InfluxStorageService makes it: encoded once, two writes at once."""
+
+    concurrent_writes = 2
+
+    def __init__(self, captures, precision="n"):
+        super().__init__(captures=captures)
+        self.precision = precision
+        self.lines: list[bytes] = []
+
+    def thd_encode(self, points):
+        from buildbot_stats.lineprotocol import encode_body
+
+        body, problems, skipped = encode_body(points, self.precision)
+        return f"influx-lp/{self.precision}", body, WriteReport(problems, skipped)
+
+    def thd_post_encoded(self, data, encoding):
+        self._maybe_fail()
+        with self._lock:
+            self.lines.extend(data.split(b"\n"))
+            self.batches.append(data.count(b"\n") + 1)
+        return WriteReport()
+
+
+class ConcurrentWriteTests(DataTestCase):
+    """A backend with ``concurrent_writes = 2`` gets the batch read ahead written beside the current one."""
+
+    @defer.inlineCallbacks
+    def start_two(self, precision="n", backend_class=LineProtocolRecorder):
+        """One write in flight (1 point), 20 points spooled behind it: returns (threads, backend).
+
+        The points are 1 ns apart: distinct at precision "n", one second at "s".
+        """
+        threads_ = ControlledThreads(self)
+        backend = backend_class([capture.CaptureData("m", "builder1")], precision)
+        yield self.stats.reconfigService([backend], spool_path=None, batch_size=5, max_retry_delay=1)
+        points = [Point("m", {"i": i}, {"builder": "b"}, 10**18 + i) for i in range(21)]
+        yield self.put_points(points[:1])
+        yield self.put_points(points[1:])
+        return threads_, backend
+
+    def values(self, backend):
+        return [int(line.split(b" ")[1].split(b",")[0][2:-1]) for line in backend.lines]
+
+    def assert_each_once(self, backend):
+        self.assertEqual(sorted(self.values(backend)), list(range(21)))
+        counters = self.stats.counters
+        self.assertEqual((counters["written"], counters["pending"], counters["dropped"]), (21, 0, 0))
+
+    @defer.inlineCallbacks
+    def test_the_batch_ahead_is_written_beside_the_current_one_and_results_apply_in_order(self):
+        threads_, backend = yield self.start_two()
+        self.assertEqual(len(threads_.calls), 2)  # 1 point, and the next 5 beside it
+        threads_.run_next()
+        threads_.run_next()
+        self.assertEqual(len(threads_.calls), 2)  # the next two
+        self.assertEqual(self.stats.counters["written"], 6)
+        threads_.run_all()
+        self.assertEqual(self.values(backend), list(range(21)))
+        self.assertEqual(backend.batches, [1, 5, 5, 5, 5])
+        self.assert_each_once(backend)
+
+    @defer.inlineCallbacks
+    def test_a_second_write_that_ends_first_waits_for_the_one_before_it(self):
+        threads_, backend = yield self.start_two()
+        first, second = threads_.calls
+        threads_.calls[:] = [second]
+        threads_.run_next()  # the second ends first: nothing applied yet
+        self.assertEqual(self.stats.counters["written"], 0)
+        threads_.calls.insert(0, first)
+        threads_.run_next()  # now both, in order
+        self.assertEqual(self.stats.counters["written"], 6)
+        threads_.run_all()
+        self.assert_each_once(backend)
+
+    @defer.inlineCallbacks
+    def test_the_first_write_failing_keeps_what_the_second_delivered_and_retries_only_its_own(self):
+        threads_, backend = yield self.start_two()
+        first, second = threads_.calls
+        threads_.calls[:] = [second]
+        threads_.run_next()  # the second is written
+        backend.fail_next(1)
+        threads_.calls.insert(0, first)
+        threads_.run_next()  # the first fails
+        self.assertLogged("writing 1 point to backend 'RecordingStorage' failed")
+        self.assertEqual(self.stats.counters["written"], 5)
+        self.reactor.advance(2)  # the retry
+        threads_.run_all(between=lambda: self.reactor.advance(2))
+        self.assert_each_once(backend)
+        self.assertEqual(self.values(backend)[:6], [1, 2, 3, 4, 5, 0])
+
+    @defer.inlineCallbacks
+    def test_the_first_write_failing_while_the_second_runs_waits_for_it(self):
+        threads_, backend = yield self.start_two()
+        backend.fail_next(1)
+        threads_.run_next()  # the first fails while the second is in flight
+        self.assertEqual(len(threads_.calls), 1)  # nothing else starts, no retry yet
+        self.assertEqual(self.stats.counters["written"], 0)
+        threads_.run_next()  # the second is written; then the first is retried
+        self.assertEqual(self.stats.counters["written"], 5)
+        self.reactor.advance(2)
+        threads_.run_all(between=lambda: self.reactor.advance(2))
+        self.assert_each_once(backend)
+
+    @defer.inlineCallbacks
+    def test_the_second_write_failing_is_retried_after_the_first(self):
+        threads_, backend = yield self.start_two()
+        threads_.run_next()  # the first is written; the second is the current write, a third beside it
+        self.assertEqual(len(threads_.calls), 2)
+        backend.fail_next(1)
+        threads_.run_next()  # the second fails while the third runs
+        self.assertEqual(self.stats.counters["written"], 1)
+        threads_.run_next()  # the third is written, kept; the second is retried
+        self.assertEqual(self.stats.counters["written"], 6)
+        self.reactor.advance(2)
+        threads_.run_all(between=lambda: self.reactor.advance(2))
+        self.assert_each_once(backend)
+
+    @defer.inlineCallbacks
+    def test_both_writes_failing_are_retried_in_order(self):
+        threads_, backend = yield self.start_two()
+        backend.fail_next(2)
+        threads_.run_next()
+        threads_.run_next()
+        self.assertEqual(self.stats.counters["written"], 0)
+        self.assertGreaterEqual(self.stats.counters["retried"], 6)
+        self.reactor.advance(2)
+        self.assertEqual(len(threads_.calls), 1)  # one at a time until a write succeeds
+        threads_.run_all(between=lambda: self.reactor.advance(2))
+        self.assertEqual(self.values(backend), list(range(21)))
+        self.assert_each_once(backend)
+
+    @defer.inlineCallbacks
+    def test_batches_whose_times_overlap_at_the_precision_are_written_one_at_a_time(self):
+        # to the second, all these points share their time: the order of writes decides
+        # which one InfluxDB keeps, so they must land in order
+        threads_, backend = yield self.start_two(precision="s")
+        most = 0
+        while threads_.calls:
+            most = max(most, len(threads_.calls))
+            threads_.run_next()
+        self.assertEqual(most, 1)
+        self.assertEqual(self.values(backend), list(range(21)))
+        self.assert_each_once(backend)
+
+    @defer.inlineCallbacks
+    def test_a_backend_without_concurrent_writes_gets_one_at_a_time(self):
+        class OneAtATime(LineProtocolRecorder):
+            concurrent_writes = 1
+
+        threads_, backend = yield self.start_two(backend_class=OneAtATime)
+        most = 0
+        while threads_.calls:
+            most = max(most, len(threads_.calls))
+            threads_.run_next()
+        self.assertEqual(most, 1)
+        self.assert_each_once(backend)
+
+    @defer.inlineCallbacks
+    def test_stopping_waits_for_both_writes_and_sends_the_rest(self):
+        threads_, backend = yield self.start_two()
+        stopped = self.stats.disownServiceParent()
+        threads_.run_all()
+        yield stopped
+        self.assertEqual(self.values(backend), list(range(21)))
