@@ -553,16 +553,29 @@ class DeliveryQueue:
         else:
             self._written(result)
 
-    def _settle_second(self) -> None:
-        """The current write failed and the one beside it ended: keep what it delivered."""
+    def _settle_second(self) -> bool:
+        """The current write failed and the one beside it ended: keep what it delivered.
+
+        False when the batches must stay taken: the second delivered the first
+        points of its batch before failing, and given back they would all be
+        written again.
+        """
         second, self._second = self._second, None
         assert second is not None
-        if isinstance(second.result, Failure):
-            # given back to the spool with the current batch, written again after it
-            self.counters.retried += second.batch.n
-            return
-        self._count_written(second.result, second.batch.n)
-        self._reader.release_ahead(second.batch)
+        batch, result = second.batch, second.result
+        if isinstance(result, Failure):
+            error = result.value
+            delivered = min(error.delivered, batch.n) if isinstance(error, PartialDeliveryError) else 0
+            if delivered < batch.n:
+                # written again after the current batch: from where it stopped, or whole
+                self.counters.written += delivered
+                self.counters.retried += batch.n - delivered
+                batch.offset = delivered
+                return not delivered
+            result = None
+        self._count_written(result, batch.n)
+        self._reader.release_ahead(batch)
+        return True
 
     def _count_written(self, report: WriteReport | None, sent: int) -> None:
         rejected = report.rejected_points if report else 0
@@ -609,11 +622,12 @@ class DeliveryQueue:
             )
 
     def _write_failed(self, failure: Failure) -> None:
+        may_give_back = True
         if self._second is not None:
             if self._second.result is _RUNNING:
                 self._head_failure = failure  # handled once the write beside it ended
                 return
-            self._settle_second()
+            may_give_back = self._settle_second()
         offset, sent = self._posting or (0, 0)
         self._posting = None
         batch = self._reader.current
@@ -641,7 +655,7 @@ class DeliveryQueue:
             return
         self._attempt += 1
         self.counters.retried += sent
-        if batch is not None and batch.offset == 0:
+        if batch is not None and batch.offset == 0 and may_give_back:
             # return the batches to the spool while the backend fails, so the bounds can drop them
             self._reader.give_back()
         needs_fixing = isinstance(error, RefusedWriteError)

@@ -14,7 +14,7 @@ from twisted.internet import defer, threads
 from twisted.python import log
 
 from buildbot_stats import capture
-from buildbot_stats.errors import BatchTooLargeError, RefusedWriteError
+from buildbot_stats.errors import BatchTooLargeError, PartialDeliveryError, RefusedWriteError, TransientWriteError
 from buildbot_stats.point import Point, PointProblem
 from buildbot_stats.stats_service import StatsService
 from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
@@ -1058,3 +1058,27 @@ class ConcurrentWriteTests(DataTestCase):
         threads_.run_all()
         yield stopped
         self.assertEqual(self.values(backend), list(range(21)))
+
+    @defer.inlineCallbacks
+    def test_what_the_second_write_delivered_before_failing_is_kept_when_the_first_fails(self):
+        class Partial(LineProtocolRecorder):
+            partial = 0
+
+            def thd_post_encoded(self, data, encoding):
+                if self.partial:
+                    lines, self.partial = data.split(b"\n")[: self.partial], 0
+                    self.lines.extend(lines)
+                    raise PartialDeliveryError(len(lines), TransientWriteError("connection lost"))
+                return super().thd_post_encoded(data, encoding)
+
+        threads_, backend = yield self.start_two(backend_class=Partial)
+        first, second = threads_.calls
+        threads_.calls[:] = [second]
+        backend.partial = 2
+        threads_.run_next()  # the second delivers 2 of its 5 points, then fails
+        backend.fail_next(1)
+        threads_.calls.insert(0, first)
+        threads_.run_next()  # the first fails
+        self.reactor.advance(2)
+        threads_.run_all(between=lambda: self.reactor.advance(2))
+        self.assert_each_once(backend)
