@@ -519,8 +519,13 @@ class DeliveryQueue:
         d.addErrback(log.err, "buildbot_stats: internal error in delivery")
 
     def _concurrent(self) -> bool:
-        """Whether a second write may start now (the backend takes two; no failure since the last success)."""
+        """Whether a second write may start now (the backend takes two; no failure since the last success).
+
+        Not before the backend's ``prepare``: a reconfig may have replaced it while a write runs.
+        """
         if self._second is not None or self._stopping or self._attempt or self._failure_logged is not None:
+            return False
+        if self._needs_prepare or self._preparing:
             return False
         return getattr(self.backend, "concurrent_writes", 1) >= 2
 

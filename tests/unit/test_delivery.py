@@ -1082,3 +1082,35 @@ class ConcurrentWriteTests(DataTestCase):
         self.reactor.advance(2)
         threads_.run_all(between=lambda: self.reactor.advance(2))
         self.assert_each_once(backend)
+
+    @defer.inlineCallbacks
+    def test_a_backend_replaced_while_a_write_runs_is_prepared_before_a_write_beside_it(self):
+        threads_ = ControlledThreads(self)
+        old = LineProtocolRecorder([capture.CaptureData("m", "builder1")])
+        yield self.stats.reconfigService([old], spool_path=None, batch_size=5, max_retry_delay=1)
+        points = [Point("m", {"i": i}, {"builder": "b"}, 10**18 + i) for i in range(21)]
+        yield self.put_points(points[:1])
+        self.assertEqual(len(threads_.calls), 1)  # the first write runs (old backend)
+
+        preparing = defer.Deferred()
+
+        class Prepared(LineProtocolRecorder):
+            prepared = False
+
+            def prepare(self, master):
+                def done(_):
+                    self.prepared = True
+
+                return preparing.addCallback(done)
+
+            def thd_post_encoded(self, data, encoding):
+                assert self.prepared, "written before prepare()"
+                return super().thd_post_encoded(data, encoding)
+
+        new = Prepared([capture.CaptureData("m", "builder1")])
+        yield self.stats.reconfigService([new], spool_path=None, batch_size=5, max_retry_delay=1)
+        yield self.put_points(points[1:])
+        self.assertEqual(len(threads_.calls), 1)  # nothing for the new backend before prepare()
+        preparing.callback(None)
+        threads_.run_all()
+        self.assertEqual(sorted(self.values(old) + self.values(new)), list(range(21)))
