@@ -270,6 +270,11 @@ class BatchReader:
         self._ahead = None
 
     @property
+    def whole(self) -> bool:
+        """No point of the batch read ahead was delivered (a write beside the current one may have begun it)."""
+        return self._ahead is None or self._ahead.offset == 0
+
+    @property
     def ahead(self) -> _Batch | None:
         """The batch read ahead, if any."""
         return self._ahead
@@ -558,13 +563,8 @@ class DeliveryQueue:
         else:
             self._written(result)
 
-    def _settle_second(self) -> bool:
-        """The current write failed and the one beside it ended: keep what it delivered.
-
-        False when the batches must stay taken: the second delivered the first
-        points of its batch before failing, and given back they would all be
-        written again.
-        """
+    def _settle_second(self) -> None:
+        """The current write failed and the one beside it ended: keep what it delivered."""
         second, self._second = self._second, None
         assert second is not None
         batch, result = second.batch, second.result
@@ -576,11 +576,10 @@ class DeliveryQueue:
                 self.counters.written += delivered
                 self.counters.retried += batch.n - delivered
                 batch.offset = delivered
-                return not delivered
+                return
             result = None
         self._count_written(result, batch.n)
         self._reader.release_ahead(batch)
-        return True
 
     def _count_written(self, report: WriteReport | None, sent: int) -> None:
         rejected = report.rejected_points if report else 0
@@ -627,12 +626,11 @@ class DeliveryQueue:
             )
 
     def _write_failed(self, failure: Failure) -> None:
-        may_give_back = True
         if self._second is not None:
             if self._second.result is _RUNNING:
                 self._head_failure = failure  # handled once the write beside it ended
                 return
-            may_give_back = self._settle_second()
+            self._settle_second()
         offset, sent = self._posting or (0, 0)
         self._posting = None
         batch = self._reader.current
@@ -660,8 +658,9 @@ class DeliveryQueue:
             return
         self._attempt += 1
         self.counters.retried += sent
-        if batch is not None and batch.offset == 0 and may_give_back:
+        if batch is not None and batch.offset == 0 and self._reader.whole:
             # return the batches to the spool while the backend fails, so the bounds can drop them
+            # (not one written in part: it would be read, and written, whole again)
             self._reader.give_back()
         needs_fixing = isinstance(error, RefusedWriteError)
         if needs_fixing:

@@ -917,6 +917,19 @@ class LineProtocolRecorder(RecordingStorage):
         return WriteReport()
 
 
+class PartialRecorder(LineProtocolRecorder):
+    """Stores the first ``partial`` points of its next write, then fails (PartialDeliveryError)."""
+
+    partial = 0
+
+    def thd_post_encoded(self, data, encoding):
+        if self.partial:
+            lines, self.partial = data.split(b"\n")[: self.partial], 0
+            self.lines.extend(lines)
+            raise PartialDeliveryError(len(lines), TransientWriteError("connection lost"))
+        return super().thd_post_encoded(data, encoding)
+
+
 class ConcurrentWriteTests(DataTestCase):
     """A backend with ``concurrent_writes = 2`` gets the batch read ahead written beside the current one."""
 
@@ -1061,17 +1074,7 @@ class ConcurrentWriteTests(DataTestCase):
 
     @defer.inlineCallbacks
     def test_what_the_second_write_delivered_before_failing_is_kept_when_the_first_fails(self):
-        class Partial(LineProtocolRecorder):
-            partial = 0
-
-            def thd_post_encoded(self, data, encoding):
-                if self.partial:
-                    lines, self.partial = data.split(b"\n")[: self.partial], 0
-                    self.lines.extend(lines)
-                    raise PartialDeliveryError(len(lines), TransientWriteError("connection lost"))
-                return super().thd_post_encoded(data, encoding)
-
-        threads_, backend = yield self.start_two(backend_class=Partial)
+        threads_, backend = yield self.start_two(backend_class=PartialRecorder)
         first, second = threads_.calls
         threads_.calls[:] = [second]
         backend.partial = 2
@@ -1079,6 +1082,22 @@ class ConcurrentWriteTests(DataTestCase):
         backend.fail_next(1)
         threads_.calls.insert(0, first)
         threads_.run_next()  # the first fails
+        self.reactor.advance(2)
+        threads_.run_all(between=lambda: self.reactor.advance(2))
+        self.assert_each_once(backend)
+
+    @defer.inlineCallbacks
+    def test_what_the_second_write_delivered_is_kept_when_the_first_fails_again(self):
+        threads_, backend = yield self.start_two(backend_class=PartialRecorder)
+        first, second = threads_.calls
+        threads_.calls[:] = [second]
+        backend.partial = 2
+        threads_.run_next()  # the second delivers 2 of its 5 points, then fails
+        backend.fail_next(2)
+        threads_.calls.insert(0, first)
+        threads_.run_next()  # the first fails
+        self.reactor.advance(2)
+        threads_.run_next()  # and fails again: the batches must not be given back, read whole again
         self.reactor.advance(2)
         threads_.run_all(between=lambda: self.reactor.advance(2))
         self.assert_each_once(backend)
