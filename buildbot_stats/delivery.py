@@ -271,7 +271,7 @@ class BatchReader:
 
     @property
     def whole(self) -> bool:
-        """No point of the batch read ahead was delivered (a write beside the current one may have begun it)."""
+        """No point of the batch read ahead was delivered (a write beside the current one may begin it)."""
         return self._ahead is None or self._ahead.offset == 0
 
     @property

@@ -14,7 +14,12 @@ from twisted.internet import defer, threads
 from twisted.python import log
 
 from buildbot_stats import capture
-from buildbot_stats.errors import BatchTooLargeError, PartialDeliveryError, RefusedWriteError, TransientWriteError
+from buildbot_stats.errors import (
+    BatchTooLargeError,
+    PartialDeliveryError,
+    RefusedWriteError,
+    TransientWriteError,
+)
 from buildbot_stats.point import Point, PointProblem
 from buildbot_stats.stats_service import StatsService
 from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
