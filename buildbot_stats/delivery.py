@@ -700,7 +700,8 @@ class DeliveryQueue:
         self._write_next()
         if self._drained is None:
             return True
-        if self._posting is None and self._reader.idle:
+        if self._posting is None and self._second is None and self._reader.idle:
+            # (a write beside the one before may still run: it ends the drain when applied)
             self._fire_drained()
             return True
         waiting: defer.Deferred = defer.Deferred()
@@ -730,7 +731,7 @@ class DeliveryQueue:
                     f"buildbot_stats: backend {self.key!r} did not take all points within "
                     f"{timeout}s at shutdown"
                 )
-        elif self._posting is not None:
+        elif self._posting is not None or self._second is not None:
             # a write is running in a thread: give it the time, then leave
             yield self._wait_drained(timeout)
         self._reader.drop_read_ahead()

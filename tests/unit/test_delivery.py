@@ -1138,3 +1138,30 @@ class ConcurrentWriteTests(DataTestCase):
         preparing.callback(None)
         threads_.run_all()
         self.assertEqual(sorted(self.values(old) + self.values(new)), list(range(21)))
+
+    @defer.inlineCallbacks
+    def test_stopping_while_a_replacing_backend_is_prepared_waits_for_the_write_beside(self):
+        threads_ = ControlledThreads(self)
+        old = LineProtocolRecorder([capture.CaptureData("m", "builder1")])
+        yield self.stats.reconfigService([old], spool_path=None, batch_size=5, max_retry_delay=1)
+        points = [Point("m", {"i": i}, {"builder": "b"}, 10**18 + i) for i in range(6)]
+        yield self.put_points(points[:1])
+        yield self.put_points(points[1:])
+        self.assertEqual(len(threads_.calls), 2)  # the last 5 points beside the first
+        preparing = defer.Deferred()
+
+        class Prepared(LineProtocolRecorder):
+            def prepare(self, master):
+                return preparing
+
+        new = Prepared([capture.CaptureData("m", "builder1")])
+        yield self.stats.reconfigService([new], spool_path=None, batch_size=5, max_retry_delay=1)
+        threads_.run_next()  # the first is written; the new backend is prepared, the second still runs
+        (queue,) = self.stats._queues.queues.values()
+        stopped = self.stats.disownServiceParent()
+        self.assertNoResult(stopped)  # the second write is still running
+        preparing.callback(None)
+        threads_.run_all()
+        yield stopped
+        self.assertEqual(self.values(old), list(range(6)))
+        self.assertEqual((queue.counters.written, queue.pending), (6, 0))  # the second's points released
