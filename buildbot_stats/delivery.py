@@ -541,7 +541,8 @@ class DeliveryQueue:
         current, ahead = self._reader.current, self._reader.ahead
         if current is None or ahead is None or self._posting != (0, current.n):
             return
-        if ahead.n > self._batch_limit or not ahead.after(current):
+        if ahead.offset or ahead.n > self._batch_limit or not ahead.after(current):
+            # (begun by an earlier write beside: it goes on from there, after the current one)
             return
         flight = self._second = _Flight(ahead)
         d = threads.deferToThread(thd_post_batch, self.backend, ahead, 0, ahead.n)
