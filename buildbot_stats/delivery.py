@@ -270,6 +270,11 @@ class BatchReader:
         self._ahead = None
 
     @property
+    def whole(self) -> bool:
+        """No point of the batch read ahead was delivered (a write beside the current one may begin it)."""
+        return self._ahead is None or self._ahead.offset == 0
+
+    @property
     def ahead(self) -> _Batch | None:
         """The batch read ahead, if any."""
         return self._ahead
@@ -519,8 +524,13 @@ class DeliveryQueue:
         d.addErrback(log.err, "buildbot_stats: internal error in delivery")
 
     def _concurrent(self) -> bool:
-        """Whether a second write may start now (the backend takes two; no failure since the last success)."""
+        """Whether a second write may start now (the backend takes two; no failure since the last success).
+
+        Not before the backend's ``prepare``: a reconfig may have replaced it while a write runs.
+        """
         if self._second is not None or self._stopping or self._attempt or self._failure_logged is not None:
+            return False
+        if self._needs_prepare or self._preparing:
             return False
         return getattr(self.backend, "concurrent_writes", 1) >= 2
 
@@ -531,7 +541,8 @@ class DeliveryQueue:
         current, ahead = self._reader.current, self._reader.ahead
         if current is None or ahead is None or self._posting != (0, current.n):
             return
-        if ahead.n > self._batch_limit or not ahead.after(current):
+        if ahead.offset or ahead.n > self._batch_limit or not ahead.after(current):
+            # (begun by an earlier write beside: it goes on from there, after the current one)
             return
         flight = self._second = _Flight(ahead)
         d = threads.deferToThread(thd_post_batch, self.backend, ahead, 0, ahead.n)
@@ -557,12 +568,19 @@ class DeliveryQueue:
         """The current write failed and the one beside it ended: keep what it delivered."""
         second, self._second = self._second, None
         assert second is not None
-        if isinstance(second.result, Failure):
-            # given back to the spool with the current batch, written again after it
-            self.counters.retried += second.batch.n
-            return
-        self._count_written(second.result, second.batch.n)
-        self._reader.release_ahead(second.batch)
+        batch, result = second.batch, second.result
+        if isinstance(result, Failure):
+            error = result.value
+            delivered = min(error.delivered, batch.n) if isinstance(error, PartialDeliveryError) else 0
+            if delivered < batch.n:
+                # written again after the current batch: from where it stopped, or whole
+                self.counters.written += delivered
+                self.counters.retried += batch.n - delivered
+                batch.offset = delivered
+                return
+            result = None
+        self._count_written(result, batch.n)
+        self._reader.release_ahead(batch)
 
     def _count_written(self, report: WriteReport | None, sent: int) -> None:
         rejected = report.rejected_points if report else 0
@@ -641,8 +659,9 @@ class DeliveryQueue:
             return
         self._attempt += 1
         self.counters.retried += sent
-        if batch is not None and batch.offset == 0:
+        if batch is not None and batch.offset == 0 and self._reader.whole:
             # return the batches to the spool while the backend fails, so the bounds can drop them
+            # (not one written in part: it would be read, and written, whole again)
             self._reader.give_back()
         needs_fixing = isinstance(error, RefusedWriteError)
         if needs_fixing:
@@ -682,7 +701,8 @@ class DeliveryQueue:
         self._write_next()
         if self._drained is None:
             return True
-        if self._posting is None and self._reader.idle:
+        if self._posting is None and self._second is None and self._reader.idle:
+            # (a write beside the one before may still run: it ends the drain when applied)
             self._fire_drained()
             return True
         waiting: defer.Deferred = defer.Deferred()
@@ -712,7 +732,7 @@ class DeliveryQueue:
                     f"buildbot_stats: backend {self.key!r} did not take all points within "
                     f"{timeout}s at shutdown"
                 )
-        elif self._posting is not None:
+        elif self._posting is not None or self._second is not None:
             # a write is running in a thread: give it the time, then leave
             yield self._wait_drained(timeout)
         self._reader.drop_read_ahead()

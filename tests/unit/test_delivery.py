@@ -14,7 +14,12 @@ from twisted.internet import defer, threads
 from twisted.python import log
 
 from buildbot_stats import capture
-from buildbot_stats.errors import BatchTooLargeError, RefusedWriteError
+from buildbot_stats.errors import (
+    BatchTooLargeError,
+    PartialDeliveryError,
+    RefusedWriteError,
+    TransientWriteError,
+)
 from buildbot_stats.point import Point, PointProblem
 from buildbot_stats.stats_service import StatsService
 from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
@@ -917,6 +922,19 @@ class LineProtocolRecorder(RecordingStorage):
         return WriteReport()
 
 
+class PartialRecorder(LineProtocolRecorder):
+    """Stores the first ``partial`` points of its next write, then fails (PartialDeliveryError)."""
+
+    partial = 0
+
+    def thd_post_encoded(self, data, encoding):
+        if self.partial:
+            lines, self.partial = data.split(b"\n")[: self.partial], 0
+            self.lines.extend(lines)
+            raise PartialDeliveryError(len(lines), TransientWriteError("connection lost"))
+        return super().thd_post_encoded(data, encoding)
+
+
 class ConcurrentWriteTests(DataTestCase):
     """A backend with ``concurrent_writes = 2`` gets the batch read ahead written beside the current one."""
 
@@ -1058,3 +1076,92 @@ class ConcurrentWriteTests(DataTestCase):
         threads_.run_all()
         yield stopped
         self.assertEqual(self.values(backend), list(range(21)))
+
+    @defer.inlineCallbacks
+    def test_what_the_second_write_delivered_before_failing_is_kept_when_the_first_fails(self):
+        threads_, backend = yield self.start_two(backend_class=PartialRecorder)
+        first, second = threads_.calls
+        threads_.calls[:] = [second]
+        backend.partial = 2
+        threads_.run_next()  # the second delivers 2 of its 5 points, then fails
+        backend.fail_next(1)
+        threads_.calls.insert(0, first)
+        threads_.run_next()  # the first fails
+        self.reactor.advance(2)
+        threads_.run_all(between=lambda: self.reactor.advance(2))
+        self.assert_each_once(backend)
+
+    @defer.inlineCallbacks
+    def test_what_the_second_write_delivered_is_kept_when_the_first_fails_again(self):
+        threads_, backend = yield self.start_two(backend_class=PartialRecorder)
+        first, second = threads_.calls
+        threads_.calls[:] = [second]
+        backend.partial = 2
+        threads_.run_next()  # the second delivers 2 of its 5 points, then fails
+        backend.fail_next(2)
+        threads_.calls.insert(0, first)
+        threads_.run_next()  # the first fails
+        self.reactor.advance(2)
+        threads_.run_next()  # and fails again: the batches must not be given back, read whole again
+        self.reactor.advance(2)
+        threads_.run_all(between=lambda: self.reactor.advance(2))
+        self.assert_each_once(backend)
+
+    @defer.inlineCallbacks
+    def test_a_backend_replaced_while_a_write_runs_is_prepared_before_a_write_beside_it(self):
+        threads_ = ControlledThreads(self)
+        old = LineProtocolRecorder([capture.CaptureData("m", "builder1")])
+        yield self.stats.reconfigService([old], spool_path=None, batch_size=5, max_retry_delay=1)
+        points = [Point("m", {"i": i}, {"builder": "b"}, 10**18 + i) for i in range(21)]
+        yield self.put_points(points[:1])
+        self.assertEqual(len(threads_.calls), 1)  # the first write runs (old backend)
+
+        preparing = defer.Deferred()
+
+        class Prepared(LineProtocolRecorder):
+            prepared = False
+
+            def prepare(self, master):
+                def done(_):
+                    self.prepared = True
+
+                return preparing.addCallback(done)
+
+            def thd_post_encoded(self, data, encoding):
+                assert self.prepared, "written before prepare()"
+                return super().thd_post_encoded(data, encoding)
+
+        new = Prepared([capture.CaptureData("m", "builder1")])
+        yield self.stats.reconfigService([new], spool_path=None, batch_size=5, max_retry_delay=1)
+        yield self.put_points(points[1:])
+        self.assertEqual(len(threads_.calls), 1)  # nothing for the new backend before prepare()
+        preparing.callback(None)
+        threads_.run_all()
+        self.assertEqual(sorted(self.values(old) + self.values(new)), list(range(21)))
+
+    @defer.inlineCallbacks
+    def test_stopping_while_a_replacing_backend_is_prepared_waits_for_the_write_beside(self):
+        threads_ = ControlledThreads(self)
+        old = LineProtocolRecorder([capture.CaptureData("m", "builder1")])
+        yield self.stats.reconfigService([old], spool_path=None, batch_size=5, max_retry_delay=1)
+        points = [Point("m", {"i": i}, {"builder": "b"}, 10**18 + i) for i in range(6)]
+        yield self.put_points(points[:1])
+        yield self.put_points(points[1:])
+        self.assertEqual(len(threads_.calls), 2)  # the last 5 points beside the first
+        preparing = defer.Deferred()
+
+        class Prepared(LineProtocolRecorder):
+            def prepare(self, master):
+                return preparing
+
+        new = Prepared([capture.CaptureData("m", "builder1")])
+        yield self.stats.reconfigService([new], spool_path=None, batch_size=5, max_retry_delay=1)
+        threads_.run_next()  # the first is written; the new backend is prepared, the second still runs
+        (queue,) = self.stats._queues.queues.values()
+        stopped = self.stats.disownServiceParent()
+        self.assertNoResult(stopped)  # the second write is still running
+        preparing.callback(None)
+        threads_.run_all()
+        yield stopped
+        self.assertEqual(self.values(old), list(range(6)))
+        self.assertEqual((queue.counters.written, queue.pending), (6, 0))  # the second's points released
