@@ -234,11 +234,15 @@ class _SegmentMaker:
         ):
             self._close_segment()
         self.encoding = segment.encoding
+        first, last = segment.first_ns, segment.last_ns  # a segment made of points has both
+        if not self.parts:
+            self.first, self.last = first, last
+        else:
+            # an unknown time stays unknown: delivery compares segments' times (_Batch.after)
+            self.first = None if self.first is None or first is None else min(self.first, first)
+            self.last = None if self.last is None or last is None else max(self.last, last)
         self.parts.append(segment.data)
         self.n += segment.n
-        first, last = segment.first_ns, segment.last_ns  # a segment made of points has both
-        self.first = first if self.first is None or first is None else min(self.first, first)
-        self.last = last if self.last is None or last is None else max(self.last, last)
 
     def _close_segment(self) -> None:
         if self.parts and self.encoding is not None:

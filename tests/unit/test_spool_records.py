@@ -183,3 +183,23 @@ def test_a_thd_encode_breaking_its_contract_costs_only_its_own_backends_points()
     assert "thd_encode must return" in result.errors[0]
     assert spooled(spool, "svc/mine") == []
     assert sum(s[1] for s in spooled(spool, "svc/influx")) == 300
+
+
+def test_a_segment_joined_from_chunks_keeps_an_unknown_time_unknown() -> None:
+    # delivery writes two batches at once only when their times are known not to collide
+    from buildbot_stats.spool import NewSegment
+    from buildbot_stats.spool_writer import Route, SpoolResult, _SegmentMaker
+
+    for chunks in (((None, None), (5, 6)), ((5, 6), (None, None))):
+        segments: list[NewSegment] = []
+        maker = _SegmentMaker("k", Route("k", None, 100), SpoolResult({}, {}, {}, {}, [], {}), segments)
+        for first, last in chunks:
+            maker._add(NewSegment("k", 1, first, last, "influx-lp/n", b"s f=1i 5"), None)
+        maker._close_segment()
+        assert [(s.n, s.first_ns, s.last_ns) for s in segments] == [(2, None, None)]
+    segments = []
+    maker = _SegmentMaker("k", Route("k", None, 100), SpoolResult({}, {}, {}, {}, [], {}), segments)
+    for first, last in ((7, 9), (5, 6)):
+        maker._add(NewSegment("k", 1, first, last, "influx-lp/n", b"s f=1i 5"), None)
+    maker._close_segment()
+    assert [(s.first_ns, s.last_ns) for s in segments] == [(5, 9)]
