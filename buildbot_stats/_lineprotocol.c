@@ -195,8 +195,12 @@ put_line(Buf *b, PyObject *point, PyObject *shapes, long long divisor)
         goto done;
     PyObject *shape = PyDict_GetItemWithError(shapes, key); /* borrowed */
     if (shape == NULL) {
-        PyErr_Clear(); /* (the Python encoder says what failed, if anything did) */
-        goto done;     /* a new shape: the Python encoder makes and caches it */
+        if (PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception))
+                goto error; /* KeyboardInterrupt, SystemExit: they go on up */
+            PyErr_Clear();  /* the Python encoder says what failed */
+        }
+        goto done; /* a new shape: the Python encoder makes and caches it */
     }
     /* (prefix, its problems), or False for the general path */
     if (!PyTuple_CheckExact(shape) || PyTuple_GET_SIZE(shape) != 2)
