@@ -822,6 +822,16 @@ def _write_json(where: str, results: dict[str, Any]) -> None:
         Path(where).write_text(text + "\n")
 
 
+def _show(results: dict[str, Any], text: str, json_path: str | None) -> int:
+    """Print the report (and write the JSON); the exit status: 0 when every goal is met."""
+    print()
+    print(text)
+    print(f"\ntotal run time {results['total_seconds']:.0f} s")
+    if json_path:
+        _write_json(json_path, results)
+    return 0 if all(results["goals_met"].values()) else 1
+
+
 def _influx_version() -> str:
     try:
         out = subprocess.run(["influxd", "version"], capture_output=True, text=True, timeout=10).stdout
@@ -895,12 +905,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.only == "masters":
             results["total_seconds"] = time.monotonic() - t_start
-            print()
-            print(report_masters(results))
-            print(f"\ntotal run time {results['total_seconds']:.0f} s")
-            if args.json:
-                _write_json(args.json, results)
-            return 0 if all(results["goals_met"].values()) else 1
+            return _show(results, report_masters(results), args.json)
         print(f"pipeline and raw ingest, {points:,} points ...", flush=True)
         bodies = raw_bodies(points, values)
         raw_runs = [raw_ingest(influx, "bench_raw_1", bodies, points)]
@@ -914,12 +919,7 @@ def main(argv: list[str] | None = None) -> int:
         results["raw_two"] = raw_ingest(influx, "bench_raw_two", bodies, points, connections=2)
         results["total_seconds"] = time.monotonic() - t_start
         results["environment"]["load_average"] = os.getloadavg()
-        print()
-        print(report(results))
-        print(f"\ntotal run time {results['total_seconds']:.0f} s")
-        if args.json:
-            _write_json(args.json, results)
-        return 0 if all(results["goals_met"].values()) else 1
+        return _show(results, report(results), args.json)
     except KeyboardInterrupt:
         print("\ninterrupted; cleaning up", file=sys.stderr)
         return 130

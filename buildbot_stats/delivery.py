@@ -255,8 +255,7 @@ class BatchReader:
             d.addCallbacks(self._released, self._log_error)
 
     def _released(self, state: SpoolState | None) -> None:
-        if state is not None:
-            self._backlog.update(state)
+        self._update(state)
         self._ready()
 
     def give_back(self) -> None:

@@ -39,8 +39,9 @@ class ControlledThreads:
         self.calls.append((d, f, args))
         return d
 
-    def run_next(self):
-        d, f, args = self.calls.pop(0)
+    def run_next(self, index=0):
+        """Run the oldest call waiting (or the one at ``index``: a later one ends first)."""
+        d, f, args = self.calls.pop(index)
         try:
             result = f(*args)
         except Exception as e:
@@ -691,8 +692,9 @@ class HeldSpoolCalls:
         self.calls.append((d, f, args))
         return d
 
-    def run_next(self):
-        d, f, args = self.calls.pop(0)
+    def run_next(self, index=0):
+        """Run the oldest call waiting (or the one at ``index``: a later one ends first)."""
+        d, f, args = self.calls.pop(index)
         self.real.call(f, *args).chainDeferred(d)
 
 
@@ -976,11 +978,8 @@ class ConcurrentWriteTests(DataTestCase):
     @defer.inlineCallbacks
     def test_a_second_write_that_ends_first_waits_for_the_one_before_it(self):
         threads_, backend = yield self.start_two()
-        first, second = threads_.calls
-        threads_.calls[:] = [second]
-        threads_.run_next()  # the second ends first: nothing applied yet
+        threads_.run_next(1)  # the second ends first: nothing applied yet
         self.assertEqual(self.stats.counters["written"], 0)
-        threads_.calls.insert(0, first)
         threads_.run_next()  # now both, in order
         self.assertEqual(self.stats.counters["written"], 6)
         threads_.run_all()
@@ -989,11 +988,8 @@ class ConcurrentWriteTests(DataTestCase):
     @defer.inlineCallbacks
     def test_the_first_write_failing_keeps_what_the_second_delivered_and_retries_only_its_own(self):
         threads_, backend = yield self.start_two()
-        first, second = threads_.calls
-        threads_.calls[:] = [second]
-        threads_.run_next()  # the second is written
+        threads_.run_next(1)  # the second is written
         backend.fail_next(1)
-        threads_.calls.insert(0, first)
         threads_.run_next()  # the first fails
         self.assertLogged("writing 1 point to backend 'RecordingStorage' failed")
         self.assertEqual(self.stats.counters["written"], 5)
@@ -1078,30 +1074,25 @@ class ConcurrentWriteTests(DataTestCase):
         self.assertEqual(self.values(backend), list(range(21)))
 
     @defer.inlineCallbacks
-    def test_what_the_second_write_delivered_before_failing_is_kept_when_the_first_fails(self):
+    def second_delivers_part_then_first_fails(self, failures):
+        """The second write stores 2 of its 5 points and fails; then the first fails ``failures`` times."""
         threads_, backend = yield self.start_two(backend_class=PartialRecorder)
-        first, second = threads_.calls
-        threads_.calls[:] = [second]
         backend.partial = 2
-        threads_.run_next()  # the second delivers 2 of its 5 points, then fails
-        backend.fail_next(1)
-        threads_.calls.insert(0, first)
+        threads_.run_next(1)  # the second delivers 2 of its 5 points, then fails
+        backend.fail_next(failures)
         threads_.run_next()  # the first fails
         self.reactor.advance(2)
+        return threads_, backend
+
+    @defer.inlineCallbacks
+    def test_what_the_second_write_delivered_before_failing_is_kept_when_the_first_fails(self):
+        threads_, backend = yield self.second_delivers_part_then_first_fails(1)
         threads_.run_all(between=lambda: self.reactor.advance(2))
         self.assert_each_once(backend)
 
     @defer.inlineCallbacks
     def test_what_the_second_write_delivered_is_kept_when_the_first_fails_again(self):
-        threads_, backend = yield self.start_two(backend_class=PartialRecorder)
-        first, second = threads_.calls
-        threads_.calls[:] = [second]
-        backend.partial = 2
-        threads_.run_next()  # the second delivers 2 of its 5 points, then fails
-        backend.fail_next(2)
-        threads_.calls.insert(0, first)
-        threads_.run_next()  # the first fails
-        self.reactor.advance(2)
+        threads_, backend = yield self.second_delivers_part_then_first_fails(2)
         threads_.run_next()  # and fails again: the batches must not be given back, read whole again
         self.reactor.advance(2)
         threads_.run_all(between=lambda: self.reactor.advance(2))
