@@ -957,6 +957,20 @@ class ConcurrentWriteTests(DataTestCase):
     def values(self, backend):
         return [int(line.split(b" ")[1].split(b",")[0][2:-1]) for line in backend.lines]
 
+    def retry_until_done(self, threads_, backend):
+        """Let the retries run (2 s apart) until every write is done; each value is then stored once."""
+        self.reactor.advance(2)
+        threads_.run_all(between=lambda: self.reactor.advance(2))
+        self.assert_each_once(backend)
+
+    def most_in_flight(self, threads_):
+        """Run every write; how many were in flight at once, at most."""
+        most = 0
+        while threads_.calls:
+            most = max(most, len(threads_.calls))
+            threads_.run_next()
+        return most
+
     def assert_each_once(self, backend):
         self.assertEqual(sorted(self.values(backend)), list(range(21)))
         counters = self.stats.counters
@@ -1007,9 +1021,7 @@ class ConcurrentWriteTests(DataTestCase):
         self.assertEqual(self.stats.counters["written"], 0)
         threads_.run_next()  # the second is written; then the first is retried
         self.assertEqual(self.stats.counters["written"], 5)
-        self.reactor.advance(2)
-        threads_.run_all(between=lambda: self.reactor.advance(2))
-        self.assert_each_once(backend)
+        self.retry_until_done(threads_, backend)
 
     @defer.inlineCallbacks
     def test_the_second_write_failing_is_retried_after_the_first(self):
@@ -1021,9 +1033,7 @@ class ConcurrentWriteTests(DataTestCase):
         self.assertEqual(self.stats.counters["written"], 1)
         threads_.run_next()  # the third is written, kept; the second is retried
         self.assertEqual(self.stats.counters["written"], 6)
-        self.reactor.advance(2)
-        threads_.run_all(between=lambda: self.reactor.advance(2))
-        self.assert_each_once(backend)
+        self.retry_until_done(threads_, backend)
 
     @defer.inlineCallbacks
     def test_both_writes_failing_are_retried_in_order(self):
@@ -1044,11 +1054,7 @@ class ConcurrentWriteTests(DataTestCase):
         # to the second, all these points share their time: the order of writes decides
         # which one InfluxDB keeps, so they must land in order
         threads_, backend = yield self.start_two(precision="s")
-        most = 0
-        while threads_.calls:
-            most = max(most, len(threads_.calls))
-            threads_.run_next()
-        self.assertEqual(most, 1)
+        self.assertEqual(self.most_in_flight(threads_), 1)
         self.assertEqual(self.values(backend), list(range(21)))
         self.assert_each_once(backend)
 
@@ -1058,11 +1064,7 @@ class ConcurrentWriteTests(DataTestCase):
             concurrent_writes = 1
 
         threads_, backend = yield self.start_two(backend_class=OneAtATime)
-        most = 0
-        while threads_.calls:
-            most = max(most, len(threads_.calls))
-            threads_.run_next()
-        self.assertEqual(most, 1)
+        self.assertEqual(self.most_in_flight(threads_), 1)
         self.assert_each_once(backend)
 
     @defer.inlineCallbacks
@@ -1094,9 +1096,7 @@ class ConcurrentWriteTests(DataTestCase):
     def test_what_the_second_write_delivered_is_kept_when_the_first_fails_again(self):
         threads_, backend = yield self.second_delivers_part_then_first_fails(2)
         threads_.run_next()  # and fails again: the batches must not be given back, read whole again
-        self.reactor.advance(2)
-        threads_.run_all(between=lambda: self.reactor.advance(2))
-        self.assert_each_once(backend)
+        self.retry_until_done(threads_, backend)
 
     @defer.inlineCallbacks
     def test_a_backend_replaced_while_a_write_runs_is_prepared_before_a_write_beside_it(self):
