@@ -162,7 +162,7 @@ def stored_points(influx: InfluxServer, db: str) -> int:
     total = 0
     for res in result.get("results", []):
         for series in res.get("series", []):
-            total += sum(int(row[1]) for row in series.get("values", []))
+            total += sum(int(row[1] or 0) for row in series.get("values", []))  # null: none yet
     return total
 
 
@@ -337,7 +337,7 @@ def raw_ingest(
 def _count_values(influx: InfluxServer, db: str) -> int:
     result = influx.query('SELECT count("value") FROM /-bench$/', db)
     return sum(
-        int(row[1])
+        int(row[1] or 0)
         for res in result.get("results", [])
         for series in res.get("series", [])
         for row in series.get("values", [])

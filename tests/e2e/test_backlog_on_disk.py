@@ -140,12 +140,16 @@ def spooled(m: RealMaster) -> int:
 
 
 def stored(influx: InfluxServer, series: str) -> tuple[int, int]:
-    """(distinct points, sum of their i) in ``series``."""
+    """(distinct points, sum of their i) in ``series``.
+
+    While the first writes of a drain land, InfluxDB 1.6 may already list the
+    series and answer null for both (seen with two writes at once): none yet.
+    """
     result = influx.query(f'SELECT COUNT(i), SUM(i) FROM "{series}"', DB)
     for res in result.get("results", []):
         for s in res.get("series", []):
             row = s["values"][0]
-            return int(row[1]), int(row[2])
+            return int(row[1] or 0), int(row[2] or 0)
     return 0, 0
 
 
