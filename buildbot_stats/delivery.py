@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 
 from buildbot_stats.burst_log import BurstLog
 from buildbot_stats.errors import PartialDeliveryError, RefusedWriteError, SplitBatchError
-from buildbot_stats.lineprotocol import LINE_PROTOCOL_ENCODINGS, PRECISIONS, split_lines
+from buildbot_stats.lineprotocol import PRECISIONS, encoding_precision, split_lines
 from buildbot_stats.options import DeliveryPolicy
 from buildbot_stats.point import Point, PointProblem
 from buildbot_stats.spool import COLUMNS, SpoolState, TakenSegment
@@ -146,10 +146,10 @@ class _Batch:
         encoding = self.encoding
         if self.points is not None or other.encoding != encoding:
             return False
-        prefix = LINE_PROTOCOL_ENCODINGS[0]
-        divisor = PRECISIONS.get(encoding[len(prefix) :]) if encoding.startswith(prefix) else None
-        if divisor is None or self.first_ns is None or other.last_ns is None:
+        precision = encoding_precision(encoding)
+        if precision is None or self.first_ns is None or other.last_ns is None:
             return False
+        divisor = PRECISIONS[precision]
         return self.first_ns // divisor > other.last_ns // divisor
 
 

@@ -46,6 +46,8 @@ __all__ = [
     "encode_points",
     "PRECISIONS",
     "LINE_PROTOCOL_ENCODINGS",
+    "encoding_precision",
+    "line_protocol_encoding",
     "split_lines",
 ]
 
@@ -393,6 +395,18 @@ def encode_points(points: list[Point], precision: str = "n") -> tuple[str, list[
 
 #: encodings (``thd_encode``) whose data is this module's line protocol
 LINE_PROTOCOL_ENCODINGS = ("influx-lp/",)
+
+
+def line_protocol_encoding(precision: str) -> str:
+    """The name of this module's line protocol with ``precision`` timestamps, as spooled."""
+    return f"{LINE_PROTOCOL_ENCODINGS[0]}{precision}"
+
+
+def encoding_precision(encoding: str) -> str | None:
+    """The timestamp precision of :func:`line_protocol_encoding`'s ``encoding``; None if not one."""
+    prefix = LINE_PROTOCOL_ENCODINGS[0]
+    precision = encoding[len(prefix) :] if encoding.startswith(prefix) else None
+    return precision if precision in PRECISIONS else None
 
 
 def split_lines(data: bytes, encoding: str = LINE_PROTOCOL_ENCODINGS[0]) -> list[bytes]:

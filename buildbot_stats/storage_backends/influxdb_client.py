@@ -17,7 +17,13 @@ from buildbot_stats.errors import (
     SplitBatchError,
     TransientWriteError,
 )
-from buildbot_stats.lineprotocol import LINE_PROTOCOL_ENCODINGS, PRECISIONS, encode_body, split_lines
+from buildbot_stats.lineprotocol import (
+    PRECISIONS,
+    encode_body,
+    encoding_precision,
+    line_protocol_encoding,
+    split_lines,
+)
 from buildbot_stats.point import Point, PointProblem
 from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
 from buildbot_stats.storage_backends.influx_common import (
@@ -45,7 +51,6 @@ __all__ = ["InfluxStorageService"]
 # InfluxDB 1.x: 'partial write: field type conflict: input field "value" on
 # measurement "b-x" is type string, already exists as type float dropped=1'
 # (names are not escaped). Parse errors say "unable to parse" and dropped=0.
-_ENCODING = LINE_PROTOCOL_ENCODINGS[0]  # + precision: line protocol made by thd_encode
 _FIELD_IN_ERROR = re.compile(
     r'input field "(?P<field>.*)" on measurement "(?P<series>.*)" is (?:type|invalid)'
 )
@@ -206,15 +211,16 @@ class InfluxStorageService(StatsStorageBase):
         The bytes carry no credentials.
         """
         body, problems, skipped = encode_body(points, self.time_precision)
-        return f"{_ENCODING}{self.time_precision}", body, WriteReport(problems, skipped)
+        return line_protocol_encoding(self.time_precision), body, WriteReport(problems, skipped)
 
     def thd_post_encoded(self, data: bytes, encoding: str) -> WriteReport:
         """Write line protocol made by :meth:`thd_encode` (one point per line)."""
-        if not encoding.startswith(_ENCODING) or encoding[len(_ENCODING) :] not in PRECISIONS:
+        precision = encoding_precision(encoding)
+        if precision is None:
             raise ValueError(f"cannot write points encoded as {encoding!r}")
         report = WriteReport()
         if data:
-            self._post_body(data, encoding[len(_ENCODING) :], report, None)
+            self._post_body(data, precision, report, None)
         return report
 
     def _post_body(self, data: bytes, precision: str, report: WriteReport, sent: int | None) -> None:
