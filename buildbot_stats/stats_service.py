@@ -1,9 +1,9 @@
 """The StatsService: registers captures on the MQ and hands their points to the delivery queues.
 
 What it delegates: option defaults and checks to :mod:`buildbot_stats.options`,
-opening the spool to :mod:`buildbot_stats.spool_thread`, the queues and their
-reconciliation on reconfig to :mod:`buildbot_stats.queues`, builder and build
-lookups to :mod:`buildbot_stats.lookups`.
+opening the spool to :mod:`buildbot_stats.delivery.spool_thread`, the queues and their
+reconciliation on reconfig to :mod:`buildbot_stats.delivery.queues`, builder and build
+lookups to :mod:`buildbot_stats.capture.lookups`.
 
 The camelCase names (``registerConsumers``, ``removeConsumers``,
 ``yieldMetricsValue``, ``registeredStorageServices``) are the public surface of
@@ -24,16 +24,17 @@ from twisted.python import log
 from twisted.python.failure import Failure
 
 from buildbot_stats.burst_log import BurstLog
-from buildbot_stats.capture import YIELD_DATA, CaptureDataBase
+from buildbot_stats.capture.base import YIELD_DATA
+from buildbot_stats.capture.builds import CaptureDataBase
+from buildbot_stats.capture.lookups import BuildLookups
+from buildbot_stats.capture.multimaster import MasterFilter, with_datetimes
 from buildbot_stats.config_checks import check_service_config
+from buildbot_stats.delivery.queues import QueueSet
+from buildbot_stats.delivery.spool import ForeignSpoolFileError
+from buildbot_stats.delivery.spool_thread import open_spool
 from buildbot_stats.errors import CaptureCallbackError
-from buildbot_stats.lookups import BuildLookups
-from buildbot_stats.multimaster import MasterFilter, with_datetimes
 from buildbot_stats.options import DEFAULT_SPOOL_PATH, ServiceOptions
 from buildbot_stats.point import Clock
-from buildbot_stats.queues import QueueSet
-from buildbot_stats.spool import ForeignSpoolFileError
-from buildbot_stats.spool_thread import open_spool
 from buildbot_stats.storage_backends.base import start_backends, stop_backends
 
 __all__ = ["DEFAULT_SPOOL_PATH", "StatsService"]
@@ -200,7 +201,7 @@ class StatsService(service.BuildbotService):
 
     @property
     def spool(self) -> Any:
-        """The spool (a :class:`~buildbot_stats.spool_thread.SpoolThread`), None when stopped."""
+        """The spool (a :class:`~buildbot_stats.delivery.spool_thread.SpoolThread`), None when stopped."""
         return self._queues.spool if self._queues is not None else None
 
     @property

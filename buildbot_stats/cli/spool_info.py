@@ -12,7 +12,7 @@ import os
 import sqlite3
 from typing import Any
 
-from buildbot_stats.spool import spool_info
+from buildbot_stats.delivery.spool import spool_info
 
 __all__ = ["NotASpoolError", "format_table", "read_spool_info"]
 

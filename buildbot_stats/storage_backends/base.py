@@ -73,7 +73,7 @@ class StatsStorageBase(abc.ABC):
     captures: Sequence[Any] = ()
     #: how many writes of encoded points (``thd_post_encoded``) may run at once:
     #: 2 when the backend's writes are thread-safe and its server takes two
-    #: in parallel (see :mod:`buildbot_stats.delivery` for when it does so)
+    #: in parallel (see :mod:`buildbot_stats.delivery.queue` for when it does so)
     concurrent_writes: int = 1
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

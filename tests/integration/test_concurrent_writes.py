@@ -40,7 +40,8 @@ def child(spec: dict[str, Any]) -> None:
     from buildbot.util import service
     from twisted.internet import defer, reactor, task
 
-    from buildbot_stats import delivery, statistics
+    from buildbot_stats import statistics
+    from buildbot_stats.delivery import queue as delivery
 
     in_flight = [0, 0]  # now, most
     lock = threading.Lock()

@@ -10,7 +10,7 @@ from buildbot.test.util.logging import LoggingMixin
 from twisted.internet import defer
 
 from buildbot_stats import capture, statistics
-from buildbot_stats.point import to_ns
+from buildbot_stats.point import as_datetime, to_ns
 from tests.fakes import COMPLETE, STARTED, StatsTestCase
 
 UTC = datetime.timezone.utc
@@ -423,7 +423,7 @@ class TestResultsTests(_Base):
 
     @defer.inlineCallbacks
     def test_step_that_never_finishes_keeps_its_sets_bounded(self):
-        from buildbot_stats import capture_steps
+        from buildbot_stats.capture import steps as capture_steps
 
         backend = yield self.use(statistics.CaptureTestResultsAllBuilders())
         yield self.add_build()
@@ -553,9 +553,7 @@ class EpochTimeTests(_Base):
         self.assertEqual(backend.points[0].time_ns, to_ns(COMPLETE))
 
     def test_float_epoch_gives_the_iso_string_of_the_datetime(self):
-        self.assertEqual(
-            capture.as_datetime(STARTED.timestamp() + 0.25), STARTED + datetime.timedelta(seconds=0.25)
-        )
-        self.assertIs(capture.as_datetime(STARTED), STARTED)
+        self.assertEqual(as_datetime(STARTED.timestamp() + 0.25), STARTED + datetime.timedelta(seconds=0.25))
+        self.assertIs(as_datetime(STARTED), STARTED)
         with self.assertRaises(TypeError):
-            capture.as_datetime("2026-11-01")
+            as_datetime("2026-11-01")

@@ -96,7 +96,7 @@ class SplitWriteTests(StatsTestCase):
         # Buildbot's test reactor runs the spool thread's calls at once (so does a
         # stopped spool thread, failing): the writes of a burst must follow each
         # other in a loop, not each from the end of the one before.
-        from buildbot_stats import spool_writer
+        from buildbot_stats.delivery import writer as spool_writer
 
         self.patch(spool_writer, "MAX_RECORDS_PER_WRITE", 1)
         n = 1500  # more writes than Python's recursion limit allows frames
@@ -304,7 +304,7 @@ class SpoolTests(DataTestCase):
         self.assertTrue(os.path.exists(self.stats.spool.path))
 
     def test_spool_round_trips_awkward_values(self):
-        from buildbot_stats.spool import dump_points, load_points
+        from buildbot_stats.delivery.spool import dump_points, load_points
 
         point = Point(
             "s,é x",
@@ -420,8 +420,8 @@ class SegmentTests(DataTestCase):
         import datetime
         import enum
 
+        from buildbot_stats.delivery.spool import dump_points, load_points
         from buildbot_stats.point import from_json_value, to_json_value
-        from buildbot_stats.spool import dump_points, load_points
 
         def via_json(p):
             return Point(
@@ -457,7 +457,7 @@ class SegmentTests(DataTestCase):
     def test_spool_refuses_pickled_objects(self):
         import pickle
 
-        from buildbot_stats.spool import load_points
+        from buildbot_stats.delivery.spool import load_points
 
         with self.assertRaises(pickle.UnpicklingError):
             load_points(pickle.dumps(("columns-1", ["s"], [{"x": os.getcwd}], [{}], [1])))
@@ -505,7 +505,7 @@ class SpoolRobustnessTests(DataTestCase):
 
     @defer.inlineCallbacks
     def test_unreadable_spool_file_is_renamed_and_a_new_one_used(self):
-        from buildbot_stats.spool import SQLiteSpool
+        from buildbot_stats.delivery.spool import SQLiteSpool
 
         path = self.spool_path()
         spool = SQLiteSpool(path)  # a spool of ours, then damaged after its header
@@ -735,7 +735,7 @@ class DeliveryHoldTests(DataTestCase):
 
     @defer.inlineCallbacks
     def test_a_burst_is_sent_while_it_is_still_being_spooled(self):
-        from buildbot_stats import spool_writer
+        from buildbot_stats.delivery import writer as spool_writer
 
         self.patch(spool_writer, "MAX_RECORDS_PER_WRITE", 3)
         backend = yield self.use(capture.CaptureData("m", "builder1"), batch_size=4)
@@ -783,7 +783,7 @@ class DeliveryHoldTests(DataTestCase):
 
 
 def test_a_burst_is_spooled_in_writes_of_bounded_size_and_acknowledged_with_the_last(monkeypatch):
-    from buildbot_stats import spool_writer
+    from buildbot_stats.delivery import writer as spool_writer
 
     monkeypatch.setattr(spool_writer, "MAX_RECORDS_PER_WRITE", 3)
     writes = []
@@ -815,7 +815,7 @@ def test_split_writes_keep_every_record_once_in_order_and_acknowledge_only_what_
 
     Callbacks on an acknowledgement post again (as a step awaiting each value does).
     """
-    from buildbot_stats import spool_writer
+    from buildbot_stats.delivery import writer as spool_writer
 
     rnd = random.Random(seed)  # not hypothesis' own Random: callbacks may outlive a failing example
     in_flight, written, waits = [], [], []

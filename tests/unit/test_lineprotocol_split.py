@@ -11,9 +11,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from buildbot_stats.delivery.spool import _drop_first
 from buildbot_stats.lineprotocol import encode_lines, split_lines
 from buildbot_stats.point import Point
-from buildbot_stats.spool import _drop_first
 from tests.unit.test_lineprotocol_fastpath import points
 
 _with_newlines = st.builds(

@@ -16,7 +16,7 @@ from buildbot.test import fakedb
 from twisted.internet import defer
 
 from buildbot_stats import capture
-from buildbot_stats.multimaster import MasterFilter, with_datetimes
+from buildbot_stats.capture.multimaster import MasterFilter, with_datetimes
 from buildbot_stats.point import to_ns
 from tests.fakes import COMPLETE, STARTED, YIELD_KEY, StatsTestCase
 

@@ -10,12 +10,13 @@ import tempfile
 from buildbot.test.util.logging import LoggingMixin
 from twisted.internet import defer
 
-from buildbot_stats import capture, spool_thread
+from buildbot_stats import capture
 from buildbot_stats.cli import main as cli_main
+from buildbot_stats.delivery import spool_thread
+from buildbot_stats.delivery.spool import SQLiteSpool, dump_points
+from buildbot_stats.delivery.spool_thread import SpoolThread
 from buildbot_stats.errors import SplitBatchError
 from buildbot_stats.point import Point
-from buildbot_stats.spool import SQLiteSpool, dump_points
-from buildbot_stats.spool_thread import SpoolThread
 from buildbot_stats.stats_service import StatsService
 from buildbot_stats.storage_backends.base import WriteReport
 from buildbot_stats.testing import RecordingStorage
@@ -317,7 +318,7 @@ class AcknowledgedMeansKeptTests(SpoolCase):
     def test_a_burst_split_in_writes_is_acknowledged_with_its_last_write_and_survives_a_stop(self):
         # (a value whose write was under way is acknowledged with that write, though a
         # burst was posted meanwhile)
-        from buildbot_stats import spool_writer
+        from buildbot_stats.delivery import writer as spool_writer
 
         self.patch(spool_writer, "MAX_RECORDS_PER_WRITE", 7)
         yield self.replace_service(self.recorder(down=True), spool_path=self.path, flush_timeout=0)
@@ -403,7 +404,7 @@ class ByteBoundTests(SpoolCase):
 
 
 def test_both_spools_implement_the_declared_interface(tmp_path):
-    from buildbot_stats.spool import MemorySpool, Spool, SQLiteSpool
+    from buildbot_stats.delivery.spool import MemorySpool, Spool, SQLiteSpool
 
     for spool in (MemorySpool(), SQLiteSpool(str(tmp_path / "s.sqlite"))):
         assert isinstance(spool, Spool)

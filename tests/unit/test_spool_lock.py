@@ -20,15 +20,15 @@ from typing import Any
 import pytest
 from twisted.python import log
 
+from buildbot_stats.delivery.spool import SQLiteSpool, encode_segment
+from buildbot_stats.delivery.spool_lock import SpoolLockedError
+from buildbot_stats.delivery.spool_thread import open_spool
 from buildbot_stats.point import Point
-from buildbot_stats.spool import SQLiteSpool, encode_segment
-from buildbot_stats.spool_lock import SpoolLockedError
-from buildbot_stats.spool_thread import open_spool
 
 _HOLDER = """
 import sys
 from buildbot_stats.point import Point
-from buildbot_stats.spool import SQLiteSpool, encode_segment
+from buildbot_stats.delivery.spool import SQLiteSpool, encode_segment
 spool = SQLiteSpool(sys.argv[1])
 spool.thd_open()
 segment, _ = encode_segment("svc/b", [Point("s", {"v": 1}, {}, 10**18)], None)

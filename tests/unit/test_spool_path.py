@@ -20,7 +20,12 @@ from buildbot.config.errors import capture_config_errors
 from buildbot.config.master import loadConfigDict
 from twisted.internet import defer
 
-from buildbot_stats.spool import APPLICATION_ID, ForeignSpoolFileError, SQLiteSpool, foreign_file_problem
+from buildbot_stats.delivery.spool import (
+    APPLICATION_ID,
+    ForeignSpoolFileError,
+    SQLiteSpool,
+    foreign_file_problem,
+)
 from buildbot_stats.stats_service import StatsService
 from buildbot_stats.testing import RecordingStorage
 from tests.fakes import StatsTestCase

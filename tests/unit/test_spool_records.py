@@ -8,9 +8,9 @@ spooled as columns, a segment per batch.
 
 from __future__ import annotations
 
+from buildbot_stats.delivery.spool import COLUMNS, MemorySpool
+from buildbot_stats.delivery.writer import ENCODE_CHUNK, Route, thd_spool_records
 from buildbot_stats.point import Point
-from buildbot_stats.spool import COLUMNS, MemorySpool
-from buildbot_stats.spool_writer import ENCODE_CHUNK, Route, thd_spool_records
 from buildbot_stats.storage_backends.influxdb_client import InfluxStorageService
 
 BASE = 1_700_000_000_000_000_000
@@ -187,8 +187,8 @@ def test_a_thd_encode_breaking_its_contract_costs_only_its_own_backends_points()
 
 def test_a_segment_joined_from_chunks_keeps_an_unknown_time_unknown() -> None:
     # delivery writes two batches at once only when their times are known not to collide
-    from buildbot_stats.spool import NewSegment
-    from buildbot_stats.spool_writer import Route, SpoolResult, _SegmentMaker
+    from buildbot_stats.delivery.spool import NewSegment
+    from buildbot_stats.delivery.writer import Route, SpoolResult, _SegmentMaker
 
     for chunks in (((None, None), (5, 6)), ((5, 6), (None, None))):
         segments: list[NewSegment] = []

@@ -13,6 +13,7 @@ from zope.interface import implementer
 
 from buildbot_stats import capture, statistics
 from buildbot_stats.errors import StorageBackendTypeError
+from buildbot_stats.point import as_datetime
 from buildbot_stats.stats_service import StatsService
 from buildbot_stats.steps import StatsStepMixin, get_stats_service
 from buildbot_stats.storage_backends.base import IStatsStorage, StatsStorageBase
@@ -127,7 +128,7 @@ class ConfigTests(StatsTestCase):
             cap._err_msg({"number": 7}, "b"), "CaptureBuildDuration failed on build 7 on builder b."
         )
         # epoch seconds (WAMP MQ) reach callbacks as the datetimes the simple MQ gives
-        one, two = capture.as_datetime(1), capture.as_datetime(2)
+        one, two = as_datetime(1), as_datetime(2)
         self.assertEqual(cap._retValParams({"started_at": 1, "complete_at": 2}), [one, two])
         self.assertEqual(capture.CaptureBuildStartTime("b")._retValParams({"started_at": 1}), [one])
         self.assertEqual(capture.CaptureBuildEndTime("b")._retValParams({"complete_at": 2}), [two])

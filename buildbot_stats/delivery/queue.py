@@ -30,13 +30,13 @@ from twisted.python import log
 from twisted.python.failure import Failure
 
 from buildbot_stats.burst_log import BurstLog
+from buildbot_stats.delivery.spool import COLUMNS, SpoolState, TakenSegment
+from buildbot_stats.delivery.spool_thread import SpoolThread
+from buildbot_stats.delivery.writer import points_phrase
 from buildbot_stats.errors import PartialDeliveryError, RefusedWriteError, SplitBatchError
 from buildbot_stats.lineprotocol import PRECISIONS, encoding_precision, split_lines
 from buildbot_stats.options import DeliveryPolicy
 from buildbot_stats.point import Point, PointProblem
-from buildbot_stats.spool import COLUMNS, SpoolState, TakenSegment
-from buildbot_stats.spool_thread import SpoolThread
-from buildbot_stats.spool_writer import points_phrase
 from buildbot_stats.storage_backends.base import WriteReport, post_points
 
 __all__ = ["Backlog", "Counters", "DeliveryQueue"]

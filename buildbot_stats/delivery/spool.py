@@ -31,7 +31,7 @@ being written (the last one cut to size).  When the file cannot be written
 bounds and move into the file as soon as it can be written again.
 
 All ``thd_*`` methods are blocking and are called from one dedicated thread
-(:mod:`buildbot_stats.spool_thread`).
+(:mod:`buildbot_stats.delivery.spool_thread`).
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol, runtime_checkable
 
+from buildbot_stats.delivery.spool_lock import SpoolLock
 from buildbot_stats.lineprotocol import split_lines
 from buildbot_stats.point import Point, is_flat_plain, to_plain
-from buildbot_stats.spool_lock import SpoolLock
 from buildbot_stats.sqlite_wal import SQLITE_MAGIC, connect_wal, existing_sqlite_file, other_tables
 
 __all__ = [
@@ -252,7 +252,7 @@ class Spool(Protocol):
     """Where the points a backend has not accepted yet wait: the backlog itself.
 
     Blocking methods, called in submission order from one thread (see
-    :class:`~buildbot_stats.spool_thread.SpoolThread`).  Points are written in
+    :class:`~buildbot_stats.delivery.spool_thread.SpoolThread`).  Points are written in
     segments under a queue key, taken a batch at a time for a write, and
     released (deleted) once the backend accepted them.
     """

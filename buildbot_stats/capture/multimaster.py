@@ -11,7 +11,7 @@ build apart, cheaply, so that each point is stored once in the cluster:
   ``yieldMetricsValue`` was called (older producers: ``build_data``'s);
 - build request messages carry ``claimed_by_masterid`` once claimed;
 - step and test result set messages carry only ``buildid``: the build is
-  looked up once (cached in :class:`~buildbot_stats.lookups.BuildLookups`).
+  looked up once (cached in :class:`~buildbot_stats.capture.lookups.BuildLookups`).
 
 A message with none of these (or a master without an id yet) is local: on
 the simple MQ, every message is.  The filter never raises: a failed lookup

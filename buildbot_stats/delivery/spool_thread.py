@@ -4,7 +4,7 @@
 master's basedir, or memory only) and falls back to memory, with one log
 line, when the file cannot be used: statistics never keep a master from
 starting -- unless ``spool_path`` names a file that is not a spool
-(:class:`~buildbot_stats.spool.ForeignSpoolFileError`, a configuration error:
+(:class:`~buildbot_stats.delivery.spool.ForeignSpoolFileError`, a configuration error:
 that file is left untouched).  :class:`SpoolThread` runs the spool's ``thd_*`` methods in
 submission order on a thread of its own and stops that thread on close.
 """
@@ -18,7 +18,7 @@ from typing import Any
 from twisted.internet import defer, threads
 from twisted.python import log, threadpool
 
-from buildbot_stats.spool import ForeignSpoolFileError, MemorySpool, NewSegment, SQLiteSpool
+from buildbot_stats.delivery.spool import ForeignSpoolFileError, MemorySpool, NewSegment, SQLiteSpool
 
 __all__ = ["SpoolThread", "open_spool", "spool_file"]
 

@@ -24,9 +24,9 @@ from twisted.internet import defer
 from twisted.python import log
 from twisted.python.failure import Failure
 
+from buildbot_stats.delivery.spool import COLUMNS, NewSegment, SpoolState, encode_segment
+from buildbot_stats.delivery.spool_thread import SpoolThread
 from buildbot_stats.point import Point, PointProblem, to_ns
-from buildbot_stats.spool import COLUMNS, NewSegment, SpoolState, encode_segment
-from buildbot_stats.spool_thread import SpoolThread
 
 __all__ = [
     "ENCODE_CHUNK",

@@ -12,7 +12,7 @@
 Every point carries a time that the master's database holds (``steps`` and
 ``builds`` tables), so a tool replaying the database produces the same point.
 Builders, builds, workers and build requests are looked up once per build
-through :class:`~buildbot_stats.lookups.BuildLookups`.  Import these classes
+through :class:`~buildbot_stats.capture.lookups.BuildLookups`.  Import these classes
 from :mod:`buildbot_stats.capture` (or the ``statistics`` facade).
 """
 
@@ -27,15 +27,15 @@ from buildbot import config
 from twisted.internet import defer
 from twisted.python import log
 
-from buildbot_stats.capture import (
+from buildbot_stats.capture.base import (
     Capture,
-    CaptureBuildTimes,
     _AllBuilders,
     _OneBuilder,
     _with_worker,
     interval_callback,
     report_in_divisor,
 )
+from buildbot_stats.capture.builds import CaptureBuildTimes
 from buildbot_stats.errors import CaptureCallbackError
 from buildbot_stats.point import as_datetime
 

@@ -1,16 +1,8 @@
-"""Capture classes: which data becomes a statistic, and in which series.
+"""Captures of buildbot.statistics: build properties, build times and results, posted data.
 
-Each capture listens to one kind of MQ message (its ``routingKey``) and turns
-the messages it is interested in into points through :meth:`Capture._store`.
 Series names, fields and context are the ones of ``buildbot.statistics``, so
 dashboards built on it keep working.  Build captures stamp their points with
 the build's own time, so that sending a point again overwrites it.
-
-Times arrive as ``datetime`` objects under Buildbot's simple MQ and as epoch
-seconds under its WAMP MQ (multi-master); :func:`~buildbot_stats.point.as_datetime` makes them one.
-
-The step, queue-time and test-result captures live in
-:mod:`buildbot_stats.capture_steps` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -22,14 +14,22 @@ from collections.abc import Callable
 from typing import Any
 
 from buildbot import config
-from twisted.internet import defer, threads
+from twisted.internet import defer
 
-from buildbot_stats.arguments import check_init_arguments
+from buildbot_stats.capture.base import (
+    BUILD_FINISHED,
+    YIELD_DATA,
+    Capture,
+    _AllBuilders,
+    _OneBuilder,
+    _with_worker,
+    interval_callback,
+    report_in_divisor,
+)
 from buildbot_stats.errors import CaptureCallbackError
 from buildbot_stats.point import as_datetime
 
 __all__ = [
-    "Capture",
     "CaptureBuildDuration",
     "CaptureBuildDurationAllBuilders",
     "CaptureBuildEndTime",
@@ -45,129 +45,7 @@ __all__ = [
     "CaptureProperty",
     "CapturePropertyAllBuilders",
     "CapturePropertyBase",
-    "CaptureBuildQueueTime",
-    "CaptureBuildQueueTimeAllBuilders",
-    "CaptureStepDuration",
-    "CaptureStepDurationAllBuilders",
-    "CaptureTestResults",
-    "CaptureTestResultsAllBuilders",
 ]
-
-BUILD_FINISHED = ("builders", None, "builds", None, "finished")
-YIELD_DATA = ("stats-yieldMetricsValue", "stats-yield-data")
-
-
-class Capture(abc.ABC):
-    """Base class of all captures; subclasses implement :meth:`consume`.
-
-    ``routingKey``, ``parent_svcs``, ``master``, ``_defaultContext`` and
-    ``_retValParams`` are the names of ``buildbot.statistics``'s captures,
-    kept (camelCase included) so that custom captures written for it work.
-    """
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        check_init_arguments(cls)  # a misspelt keyword in master.cfg is a config.error line
-
-    def __init__(self, routingKey: tuple, callback: Callable[..., Any]) -> None:
-        if callback is not None and not callable(callback):  # custom captures may pass None
-            config.error(f"{type(self).__name__}: callback must be callable, not {callback!r}")
-        self.routingKey = routingKey
-        self._callback = callback
-        # set by StatsService when it registers this capture
-        self.parent_svcs: list[Any] = []
-        self.master: Any = None
-        self._stats_service: Any = None
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.routingKey!r}>"
-
-    def _defaultContext(self, msg: dict[str, Any], builder_name: str) -> dict[str, str]:
-        return {"build_number": str(msg["number"]), "builder_name": builder_name}
-
-    @property
-    def _lookups(self) -> Any:
-        """The service's cached lookups (a private cache when used without a StatsService)."""
-        service = self._stats_service
-        if service is not None and service.lookups is not None:
-            return service.lookups
-        own = self.__dict__.get("_own_lookups")
-        if own is None or own.master is not self.master:
-            from buildbot_stats.lookups import BuildLookups
-
-            own = self.__dict__["_own_lookups"] = BuildLookups(self.master)
-        return own
-
-    def _extra_tags(self) -> tuple[str, ...]:
-        return tuple(getattr(self._stats_service, "extra_tags", ()) or ())
-
-    def _build_context(
-        self, build: dict[str, Any], builder_name: str, worker: bool | None = None
-    ) -> defer.Deferred:
-        """The context of a build's point: build number, builder name and, if
-        ``worker`` (default: as ``extra_tags`` says), the worker's name."""
-        context = self._defaultContext(build, builder_name)
-        if worker is None:
-            worker = "worker" in self._extra_tags()
-        if not worker:
-            return defer.succeed(context)
-        return self._lookups.worker_name(build.get("workerid")).addCallback(_with_worker, context)
-
-    @abc.abstractmethod
-    def consume(self, routingKey: tuple, msg: dict[str, Any]) -> Any:
-        """Called by the MQ layer with each message matching ``routingKey``."""
-
-    def _store(
-        self, post_data: Any, series_name: str, context: dict[str, Any] | None, time: Any = None
-    ) -> defer.Deferred:
-        """Hand one point to every backend this capture belongs to.
-
-        ``time`` is the point's timestamp (datetime, epoch seconds or ns); the
-        default is the call time.  The Deferred fires once the point is spooled.
-        """
-        service = self._stats_service
-        if service is None:
-            # Used without a StatsService (as buildbot.statistics did): post directly.
-            return defer.gatherResults(
-                [
-                    threads.deferToThread(svc.thd_postStatsValue, post_data, series_name, context)
-                    for svc in self.parent_svcs
-                ],
-                consumeErrors=True,
-            )
-        return service.store(self, post_data, series_name, context, time)
-
-    def _builder_info(self, builderid: Any) -> defer.Deferred:
-        service = self._stats_service
-        if service is not None:
-            d = service.lookups.builder(builderid)
-        else:
-            d = defer.maybeDeferred(self.master.data.get, ("builders", builderid))
-        return d.addCallback(self._known_builder, builderid)
-
-    def _known_builder(self, info: Any, builderid: Any) -> Any:
-        if info is None:
-            raise CaptureCallbackError(f"{type(self).__name__}: unknown builder id {builderid!r}")
-        return info
-
-
-def _with_worker(name: Any, context: dict[str, str]) -> dict[str, str]:
-    # a build without a (known) worker gets no tag: InfluxDB drops empty tags anyway
-    if name is not None:
-        context["worker"] = str(name)
-    return context
-
-
-class _OneBuilder:
-    _builder_name: str | None
-
-    def _builder_name_matches(self, builder_info: dict[str, Any]) -> bool:
-        return self._builder_name == builder_info["name"]
-
-
-class _AllBuilders:
-    def _builder_name_matches(self, builder_info: dict[str, Any]) -> bool:
-        return True
 
 
 class CapturePropertyBase(Capture):
@@ -332,35 +210,6 @@ class CaptureBuildEndTimeAllBuilders(_AllBuilders, CaptureBuildEndTime):
 
     def __init__(self, callback: Callable[..., Any] | None = None) -> None:
         super().__init__(None, callback)
-
-
-REPORT_IN_DIVISORS = {"seconds": 1, "minutes": 60, "hours": 3600}
-
-
-def report_in_divisor(cls_name: str, report_in: Any) -> float:
-    """Seconds per ``report_in`` unit; anything but a known unit name is a config error.
-
-    The one home of the ``report_in`` rule of every capture that has one (the
-    message is buildbot.statistics's); after an error, seconds.
-    """
-    if not isinstance(report_in, str) or report_in not in REPORT_IN_DIVISORS:
-        config.error(
-            f"Error during initialization of class {cls_name}. "
-            "`report_in` parameter must be one of 'seconds', 'minutes' or 'hours', "
-            f"not {report_in!r}"
-        )
-        return 1
-    return REPORT_IN_DIVISORS[report_in]
-
-
-def interval_callback(divisor: float) -> Callable[[datetime.datetime, datetime.datetime], float]:
-    """The default callback of the duration captures: ``end - start`` in units of
-    ``divisor`` seconds, 0 if the clock went backwards."""
-
-    def interval(start: datetime.datetime, end: datetime.datetime) -> float:
-        return max(end - start, datetime.timedelta(0)).total_seconds() / divisor
-
-    return interval
 
 
 class CaptureBuildDuration(_OneBuilder, CaptureBuildTimes):
@@ -530,15 +379,3 @@ class CaptureData(_OneBuilder, CaptureDataBase):
 
 class CaptureDataAllBuilders(_AllBuilders, CaptureDataBase):
     """Captures ``yieldMetricsValue`` data on every builder."""
-
-
-# The captures added for issue 9, where master.cfg files find them (they need
-# the classes above, hence the import at the end).
-from buildbot_stats.capture_steps import (  # noqa: E402
-    CaptureBuildQueueTime,
-    CaptureBuildQueueTimeAllBuilders,
-    CaptureStepDuration,
-    CaptureStepDurationAllBuilders,
-    CaptureTestResults,
-    CaptureTestResultsAllBuilders,
-)

@@ -16,10 +16,10 @@ from twisted.internet import defer
 from twisted.python import log
 
 from buildbot_stats.burst_log import BurstLog
-from buildbot_stats.delivery import Counters, DeliveryQueue
+from buildbot_stats.delivery.queue import Counters, DeliveryQueue
+from buildbot_stats.delivery.spool_thread import SpoolThread
+from buildbot_stats.delivery.writer import Route, SpoolResult, SpoolWriter, points_phrase
 from buildbot_stats.options import DeliveryPolicy
-from buildbot_stats.spool_thread import SpoolThread
-from buildbot_stats.spool_writer import Route, SpoolResult, SpoolWriter, points_phrase
 
 __all__ = ["QueueSet", "backend_keys", "backend_name"]
 
