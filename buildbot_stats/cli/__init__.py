@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from buildbot_stats.cli import argtypes
+from buildbot_stats.cli.output import visible
 
 PROG = "buildbot-stats"
 
@@ -121,15 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _error(message: str) -> int:
-    from buildbot_stats.cli.summary import visible
-
     print(f"{PROG}: error: {visible(message, 1000)}", file=sys.stderr)
     return 2
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from buildbot_stats.cli.report_html import render_html
-    from buildbot_stats.cli.summary import format_table, summarize_path, to_json, visible
+    from buildbot_stats.cli.summary import format_table, summarize_path, to_json
     from buildbot_stats.storage_backends.sqlite import StoreError
 
     try:
@@ -145,6 +143,8 @@ def _summary(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if args.html:
+        from buildbot_stats.cli.report_html import render_html  # Jinja2: only when asked
+
         page = render_html(summary)
         try:
             with open(args.html, "w", encoding="utf-8") as f:

@@ -45,6 +45,7 @@ from buildbot.mq.simple import SimpleMQ
 from twisted.internet import defer, task
 
 from buildbot_stats.cli import argtypes
+from buildbot_stats.cli.output import Progress, Table, table_lines
 
 __all__ = [
     "DEFAULT_RATE",
@@ -66,6 +67,8 @@ CHUNK_BUILDS = 200
 CHECKPOINT_SECONDS = 2.0
 POLL_SECONDS = 0.05
 WAIT_NOTICE_SECONDS = 5.0
+#: seconds between two progress lines when stderr is not a terminal
+PROGRESS_SECONDS = 10.0
 
 
 class BackfillError(Exception):
@@ -241,71 +244,6 @@ class StateFile:
 def backend_target(backend: Any) -> str:
     """What identifies where a backend writes: its repr, without an object address."""
     return re.sub(r" at 0x[0-9a-fA-F]+>$", ">", repr(backend))
-
-
-# -- progress ----------------------------------------------------------------------
-
-
-class Progress:
-    """A progress bar on a terminal (builds done / total, rate, ETA); plain lines otherwise."""
-
-    BAR = 30
-    LINE_EVERY = 10.0  # seconds between plain lines
-
-    def __init__(self, total: int, stream: IO[str], label: str) -> None:
-        self.total = total
-        self.stream = stream
-        self.label = label
-        self.tty = bool(getattr(stream, "isatty", lambda: False)())
-        self.start = time.monotonic()
-        self.done = 0
-        self._last_line = self.start
-        self._drawn = False
-
-    def _text(self) -> str:
-        elapsed = max(time.monotonic() - self.start, 1e-9)
-        rate = self.done / elapsed
-        left = (self.total - self.done) / rate if rate > 0 else None
-        eta = "--:--" if left is None else _clock(left)
-        return f"{self.done}/{self.total} builds  {rate:.1f} builds/s  ETA {eta}"
-
-    def update(self, done: int, force: bool = False) -> None:
-        self.done = done
-        if self.tty:
-            filled = self.BAR * done // self.total if self.total else self.BAR
-            bar = "#" * filled + "." * (self.BAR - filled)
-            self.stream.write(f"\r{self.label} [{bar}] {self._text()}\x1b[K")
-            self.stream.flush()
-            self._drawn = True
-            return
-        now = time.monotonic()
-        if force or now - self._last_line >= self.LINE_EVERY:
-            self._last_line = now
-            self.stream.write(f"{self.label}: {self._text()}\n")
-            self.stream.flush()
-
-    def message(self, text: str) -> None:
-        """A line of its own, above the bar."""
-        if self.tty and self._drawn:
-            self.stream.write("\r\x1b[K")
-        self.stream.write(text + "\n")
-        if self.tty and self._drawn:
-            self.update(self.done)
-        self.stream.flush()
-
-    def finish(self) -> None:
-        if self.tty and self._drawn:
-            self.stream.write("\n")
-        elif not self.tty and self.done:
-            self.update(self.done, force=True)
-        self.stream.flush()
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(seconds + 0.5)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 # -- the replay ----------------------------------------------------------------------
@@ -539,7 +477,7 @@ class Backfill:
 
     def _say(self, text: str) -> None:
         if self.progress is not None:
-            self.progress.message(text)
+            self.progress.say(text)
         else:
             self.err.write(text + "\n")
             self.err.flush()
@@ -566,7 +504,8 @@ class Backfill:
             if after and not self.args.dry_run:
                 self.err.write(f"continuing after build id {after} ({STATE_FILE}; --restart starts over)\n")
             written_before = self._written()
-            self.progress = Progress(len(buildids), self.err, "dry run" if self.args.dry_run else "backfill")
+            label = "dry run" if self.args.dry_run else "backfill"
+            self.progress = Progress(len(buildids), self.err, label, every=PROGRESS_SECONDS)
             interval = 1.0 / self.args.rate
             start = time.monotonic()
             last_checkpoint = start
@@ -633,13 +572,12 @@ class Backfill:
         builds = sum(self.tally.builds.values())
         points = sum(self.tally.points.values())
         self.out.write(f"dry run: {builds} builds, {points} points would be written (nothing was written)\n")
-        names = sorted(self.tally.builds)
-        width = max([len("builder"), *map(len, names)])
-        self.out.write(f"  {'builder':<{width}}  {'builds':>8}  {'points':>8}\n")
-        for name in names:
-            self.out.write(
-                f"  {name:<{width}}  {self.tally.builds[name]:>8}  {self.tally.points.get(name, 0):>8}\n"
-            )
+        rows = [
+            [name, str(n), str(self.tally.points.get(name, 0))]
+            for name, n in sorted(self.tally.builds.items())
+        ]
+        for line in table_lines(Table(["builder", "builds", "points"], rows)):
+            self.out.write(f"  {line}\n")
         for key in sorted(self.tally.per_backend):
             self.out.write(f"  backend {key}: {self.tally.per_backend[key]} points\n")
 

@@ -37,6 +37,7 @@ from typing import Any, NamedTuple, NoReturn, Optional, TextIO, Union
 
 from buildbot_stats.cli import procfs
 from buildbot_stats.cli.master_process import RealMaster, RealMasterError, free_port, make_master_cfg
+from buildbot_stats.cli.output import Progress
 
 __all__ = ["DEMO_BUILDERS", "DemoError", "DemoInterrupted", "InfluxTarget", "demo_master_cfg", "run_demo"]
 
@@ -303,35 +304,6 @@ def _influx_builds(influx: InfluxTarget) -> int:
     )
 
 
-class _Progress:
-    """``builds done N/TOTAL, Ts elapsed``: rewritten in place on a terminal, else a line per change."""
-
-    def __init__(self, total: int, out: TextIO) -> None:
-        self.total, self.out = total, out
-        self.start = time.monotonic()
-        self.last = -1
-        self.tty = out.isatty()
-        self.open_line = False
-
-    def show(self, done: int, final: bool = False) -> None:
-        if done == self.last and not self.tty:
-            return
-        self.last = done
-        text = f"builds done {done}/{self.total}, {time.monotonic() - self.start:.1f}s elapsed"
-        if self.tty:
-            self.out.write("\r" + text + ("\n" if final else ""))
-            self.open_line = not final
-        else:
-            self.out.write(text + "\n")
-        self.out.flush()
-
-    def say(self, text: str) -> None:
-        """Print a line of its own (ending a progress line still being rewritten)."""
-        self.out.write(("\n" if self.open_line else "") + text + "\n")
-        self.out.flush()
-        self.open_line = False
-
-
 def _wait(what: str, count: Callable[[], int], target: int, timeout: float) -> None:
     """Poll ``count()`` until it reaches ``target``; a DemoError after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -416,7 +388,7 @@ def _builds_per_builder(builds: int) -> list[int]:
 
 
 def _run_builds(
-    master: RealMaster, builds: int, store: Path, influx: InfluxTarget | None, progress: _Progress
+    master: RealMaster, builds: int, store: Path, influx: InfluxTarget | None, progress: Progress
 ) -> None:
     """Start the master, run the builds, wait until their statistics are stored, stop it."""
     log = master.basedir / "twistd.log"
@@ -429,7 +401,7 @@ def _run_builds(
     deadline = time.monotonic() + 60 + 10 * builds
     while True:
         done = sum(1 for b in master.builds() if b["complete_at"] is not None)
-        progress.show(done)
+        progress.update(done)
         if done >= builds:
             break
         if not master.is_running():
@@ -437,7 +409,7 @@ def _run_builds(
         if time.monotonic() > deadline:
             raise DemoError(f"builds did not finish in time; see {log}")
         time.sleep(0.2)
-    progress.show(builds, final=True)
+    progress.finish()
     _wait(f"statistics in {store} (see {log})", lambda: _stored_builds(store), builds, 30)
     if influx is not None:
         _wait(f"statistics in InfluxDB (see {log})", lambda: _influx_builds(influx), builds, 60)
@@ -482,7 +454,7 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     basedir = workdir / "master"
     store = workdir / STORE_NAME
     master = RealMaster(basedir, demo_master_cfg(port, str(store), influx), change_auth=CHANGE_AUTH)
-    progress = _Progress(builds, out)
+    progress = Progress(builds, out)
     progress.say(f"buildbot-stats demo: {builds} builds on a real master in {basedir}")
     ignore = {signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}
     with _signal_handlers({signal.SIGTERM: _raise_terminated}):
@@ -491,10 +463,12 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         except RealMasterError as e:
             raise _master_failed(e, master, port) from None
         except (KeyboardInterrupt, _Terminated) as e:
+            progress.finish()
             progress.say("interrupted: stopping the demo master ...")
             signum = e.signum if isinstance(e, _Terminated) else signal.SIGINT
             raise DemoInterrupted(signum, workdir) from None
         finally:
+            progress.finish()  # a DemoError's line goes below the progress line
             with _signal_handlers(ignore):  # a second Ctrl-C must not cut the clean-up short
                 master.close()
                 _kill_leftovers(workdir, basedir)

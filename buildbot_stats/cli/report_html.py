@@ -29,24 +29,17 @@ and bidi characters escaped) and HTML-escaped.
 
 from __future__ import annotations
 
-import datetime
 import html
 import math
 
+from buildbot_stats.cli.output import Table, format_number, format_rate, format_time, visible
 from buildbot_stats.cli.summary import (
-    SERIES_HEADERS,
-    STEP_HEADERS,
-    TEST_HEADERS,
     DurationSample,
     Summary,
-    builder_headers,
-    builder_rows,
-    format_number,
-    format_rate,
-    series_rows,
-    step_rows,
-    test_rows,
-    visible,
+    builder_table,
+    series_table,
+    step_table,
+    test_table,
 )
 
 __all__ = ["CSP", "RESULT_COLORS", "render_html"]
@@ -130,10 +123,7 @@ def _nice_max(value: float) -> float:
 
 
 def _short_time(ns: int) -> str:
-    moment = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc) + datetime.timedelta(
-        seconds=ns // 1_000_000_000
-    )
-    return moment.strftime("%Y-%m-%d %H:%M")
+    return format_time(ns, "%Y-%m-%d %H:%M") or "-"
 
 
 def _line(cls: str, x1: float, y1: float, x2: float, y2: float) -> str:
@@ -322,13 +312,15 @@ def tests_chart(summary: Summary) -> str:
     return _bars("tests-chart", "test pass rate per builder", rows, 1.0)
 
 
-def _table(headers: list[str], rows: list[list[str]], text_columns: set[int]) -> str:
+def _table(table: Table) -> str:
     def cell(tag: str, i: int, value: str) -> str:
-        cls = ' class="text"' if i in text_columns else ""
+        cls = ' class="text"' if i in table.left else ""
         return f"<{tag}{cls}>{_v(value)}</{tag}>"
 
-    head = "".join(cell("th", i, h) for i, h in enumerate(headers))
-    body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>" for row in rows)
+    head = "".join(cell("th", i, h) for i, h in enumerate(table.headers))
+    body = "".join(
+        "<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>" for row in table.rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -350,21 +342,21 @@ def render_html(summary: Summary, title: str | None = None) -> str:
         sections.append(_section("durations", "Build duration over time", legend + "".join(figures)))
         if any(b.queue_p50 is not None for b in summary.builders):
             sections.append(_section("queue", "Queue time per builder (s)", queue_chart(summary)))
-        table = _table(builder_headers(summary), builder_rows(summary), {0})
+        table = _table(builder_table(summary))
         sections.append(_section("builders", "Builders", table))
     else:
         sections.append(_section("builders", "Builders", '<p class="empty">No build data.</p>'))
     if summary.has_steps:
         if summary.steps:
-            content = steps_chart(summary) + _table(STEP_HEADERS, step_rows(summary), {0, 1})
+            content = steps_chart(summary) + _table(step_table(summary))
         else:
             content = '<p class="empty">No step data.</p>'
         sections.append(_section("steps", "Slowest steps (by p95, s)", content))
     if summary.has_tests:
-        content = tests_chart(summary) + _table(TEST_HEADERS, test_rows(summary), {0})
+        content = tests_chart(summary) + _table(test_table(summary))
         sections.append(_section("tests", "Tests", content))
     if summary.series:
-        table = _table(SERIES_HEADERS, series_rows(summary), {0, 2})
+        table = _table(series_table(summary))
     else:
         table = '<p class="empty">No data series.</p>'
     sections.append(_section("series", "Data series", table))

@@ -6,15 +6,17 @@ both happen) and never changes it, not even to migrate an older schema.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import sqlite3
 from typing import Any
 
+from buildbot_stats.cli.output import Table, format_time, table_lines, visible
 from buildbot_stats.delivery.spool import spool_info
 
 __all__ = ["NotASpoolError", "format_table", "read_spool_info"]
+
+_TIME = "%Y-%m-%d %H:%M:%S"
 
 
 class NotASpoolError(Exception):
@@ -62,35 +64,25 @@ def read_spool_info(path: str) -> dict[str, Any]:
     return {"path": path, "schema": version, "backends": backends, "unreadable_segments": quarantined}
 
 
-def _when(ns: int | None) -> str:
-    if ns is None:
-        return "-"
-    t = datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.timezone.utc)
-    return t.strftime("%Y-%m-%d %H:%M:%S")
-
-
 def format_table(info: dict[str, Any]) -> str:
     """Aligned text: one line per backend."""
-    lines = [f"spool {info['path']} (schema {info['schema']})"]
-    rows = [("backend", "pending points", "oldest (UTC)", "newest (UTC)", "bytes")]
-    for b in info["backends"]:
-        rows.append(
-            (
-                b["queue_key"],
-                f"{b['points']:,}",
-                _when(b["oldest_ns"]),
-                _when(b["newest_ns"]),
-                f"{b['bytes']:,}",
-            )
+    lines = [f"spool {visible(info['path'])} (schema {info['schema']})"]
+    rows = [
+        [
+            b["queue_key"],
+            f"{b['points']:,}",
+            format_time(b["oldest_ns"], _TIME) or "-",
+            format_time(b["newest_ns"], _TIME) or "-",
+            f"{b['bytes']:,}",
+        ]
+        for b in info["backends"]
+    ]
+    if rows:
+        lines += table_lines(
+            Table(["backend", "pending points", "oldest (UTC)", "newest (UTC)", "bytes"], rows)
         )
-    if len(rows) == 1:
-        lines.append("no pending points")
     else:
-        widths = [max(len(r[i]) for r in rows) for i in range(5)]
-        for r in rows:
-            lines.append(
-                "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-            )
+        lines.append("no pending points")
     if info.get("unreadable_segments"):
         lines.append(
             f"{info['unreadable_segments']} unreadable segment(s) in table buildbot_stats_unreadable"

@@ -60,11 +60,20 @@ import datetime
 import json
 import math
 import sqlite3
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from buildbot_stats.cli.output import (
+    MAX_NS,
+    MIN_NS,
+    Table,
+    format_number,
+    format_rate,
+    format_time,
+    table_lines,
+    visible,
+)
 from buildbot_stats.point import Point, to_ns
 from buildbot_stats.storage_backends.sqlite import (
     _SCHEMA,
@@ -89,20 +98,16 @@ __all__ = [
     "StoreError",
     "Summary",
     "TestSummary",
-    "builder_rows",
-    "format_number",
-    "format_rate",
+    "builder_table",
     "format_table",
-    "format_time",
     "nearest_rank",
-    "series_rows",
-    "step_rows",
+    "series_table",
+    "step_table",
     "summarize",
     "summarize_path",
     "summarize_points",
-    "test_rows",
+    "test_table",
     "to_json",
-    "visible",
 ]
 
 BUILD_TIMES_SUFFIX = "-build-times"
@@ -112,8 +117,6 @@ TEST_RESULTS_SUFFIX = "-test-results"
 PROPERTY_FIELDS = frozenset({"name", "value"})
 #: the text table shows this many of the slowest steps (the JSON and HTML all)
 TABLE_STEPS = 10
-#: the longest cell of the text table; longer names are cut with an ellipsis
-MAX_CELL = 60
 #: the duration chart of a builder shows its latest builds, at most this many
 CHART_BUILDS = 2000
 
@@ -266,11 +269,6 @@ def nearest_rank(sorted_values: list[float], p: int) -> float | None:
     return sorted_values[rank - 1]
 
 
-# datetime can show years 1..9999
-_MIN_NS = to_ns(datetime.datetime(1, 1, 2, tzinfo=datetime.timezone.utc))
-_MAX_NS = to_ns(datetime.datetime(9999, 12, 30, tzinfo=datetime.timezone.utc))
-
-
 def _end_ns(kind: str | None, value: Any) -> int | None:
     try:
         if kind == "text":
@@ -284,20 +282,7 @@ def _end_ns(kind: str | None, value: Any) -> int | None:
             return None
     except (ValueError, TypeError, OverflowError):
         return None
-    return ns if _MIN_NS <= ns <= _MAX_NS else None
-
-
-def format_time(ns: int | None) -> str | None:
-    """Nanoseconds since the epoch as ISO-8601 UTC to the second (``2024-05-01T12:00:00Z``).
-
-    None for None and for times outside the years 1..9999.
-    """
-    if ns is None or not _MIN_NS <= ns <= _MAX_NS:
-        return None
-    moment = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc) + datetime.timedelta(
-        seconds=ns // 1_000_000_000
-    )
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return ns if MIN_NS <= ns <= MAX_NS else None
 
 
 def _tag_text(kind: str | None, value: str | None) -> str | None:
@@ -655,71 +640,16 @@ def summarize_path(path: str, charts: bool = True) -> Summary:
 # -- output ------------------------------------------------------------------
 
 
-def format_number(value: Any) -> str:
-    """A number for people: ints as is, floats to 3 decimals without trailing zeros; None as '-'."""
-    if value is None:
-        return "-"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float):
-        if value != 0 and abs(value) < 0.001:
-            return f"{value:.3g}"
-        text = f"{value:.3f}".rstrip("0").rstrip(".")
-        return "0" if text == "-0" else text
-    return str(value)
-
-
-def format_rate(rate: float | None) -> str:
-    """A success rate (0..1) as a percentage with one decimal."""
-    return "-" if rate is None else f"{rate * 100:.1f}%"
-
-
-# Unicode bidi controls reorder the text around them on a terminal (and in HTML)
-_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
-def visible(text: str, limit: int | None = None) -> str:
-    """``text`` safe to print: control characters, bidi controls, line separators and lone
-    surrogates as ``\\xNN``/``\\uNNNN`` escapes (no terminal escape sequence gets through);
-    cut to ``limit`` characters with an ellipsis."""
-    if text.isprintable() and not _BIDI.intersection(text):
-        out = text
-    else:
-        parts = []
-        for ch in text:
-            if (ch.isprintable() or unicodedata.category(ch) == "Zs") and ch not in _BIDI:
-                parts.append(ch)
-            else:
-                code = ord(ch)
-                parts.append(
-                    f"\\x{code:02x}"
-                    if code < 0x100
-                    else f"\\u{code:04x}"
-                    if code < 0x10000
-                    else f"\\U{code:08x}"
-                )
-        out = "".join(parts)
-    if limit is not None and len(out) > limit:
-        out = out[: limit - 1] + "\u2026"
-    return out
-
-
 BUILDER_HEADERS = ["builder", "builds", "results", "success", "dur p50", "dur p95", "dur max", "last build"]
 QUEUE_HEADERS = ["queue p50 (s)", "queue p95 (s)"]
-STEP_HEADERS = ["builder", "step", "steps", "dur p50 (s)", "dur p95 (s)", "dur max (s)"]
-TEST_HEADERS = ["builder", "result sets", "tests", "passed", "failed", "pass rate"]
-SERIES_HEADERS = ["series", "points", "field", "n", "min", "mean", "max"]
 
 
-def builder_headers(summary: Summary) -> list[str]:
-    """The builders table's headers: with queue times, their columns come before ``last build``."""
+def builder_table(summary: Summary) -> Table:
+    """The builders table (also in the HTML report); with queue times, their columns come before
+    ``last build``."""
+    headers = list(BUILDER_HEADERS)
     if summary.has_queue:
-        return [*BUILDER_HEADERS[:-1], *QUEUE_HEADERS, BUILDER_HEADERS[-1]]
-    return list(BUILDER_HEADERS)
-
-
-def builder_rows(summary: Summary) -> list[list[str]]:
-    """The builders table, as text cells (also used by the HTML report)."""
+        headers[-1:-1] = QUEUE_HEADERS
     rows = []
     for b in summary.builders:
         row = [
@@ -734,13 +664,13 @@ def builder_rows(summary: Summary) -> list[list[str]]:
         if summary.has_queue:
             row += [format_number(b.queue_p50), format_number(b.queue_p95)]
         rows.append([*row, b.last_build or "-"])
-    return rows
+    return Table(headers, rows)
 
 
-def step_rows(summary: Summary, limit: int | None = None) -> list[list[str]]:
+def step_table(summary: Summary, limit: int | None = None) -> Table:
     """The steps table, slowest first (by p95, then max), the first ``limit`` rows."""
     steps = summary.steps if limit is None else summary.steps[:limit]
-    return [
+    rows = [
         [
             s.builder,
             s.step,
@@ -751,11 +681,12 @@ def step_rows(summary: Summary, limit: int | None = None) -> list[list[str]]:
         ]
         for s in steps
     ]
+    return Table(["builder", "step", "steps", "dur p50 (s)", "dur p95 (s)", "dur max (s)"], rows, (0, 1))
 
 
-def test_rows(summary: Summary) -> list[list[str]]:
+def test_table(summary: Summary) -> Table:
     """The tests table, per builder."""
-    return [
+    rows = [
         [
             t.builder,
             str(t.result_sets),
@@ -766,12 +697,13 @@ def test_rows(summary: Summary) -> list[list[str]]:
         ]
         for t in summary.tests
     ]
+    return Table(["builder", "result sets", "tests", "passed", "failed", "pass rate"], rows)
 
 
-test_rows.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
+test_table.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 
 
-def series_rows(summary: Summary) -> list[list[str]]:
+def series_table(summary: Summary) -> Table:
     """The data series table, one row per numeric field (a row with '-' if none)."""
     rows = []
     for s in summary.series:
@@ -789,44 +721,28 @@ def series_rows(summary: Summary) -> list[list[str]]:
                     format_number(f.max),
                 ]
             )
-    return rows
-
-
-def _aligned(headers: list[str], rows: list[list[str]], left: set[int]) -> list[str]:
-    """Columns whose index is in ``left`` are left-aligned text, the others right-aligned.
-
-    Every cell goes through :func:`visible`, cut at :data:`MAX_CELL` characters.
-    """
-    rows = [[visible(c, MAX_CELL) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-
-    def line(cells: list[str]) -> str:
-        parts = [c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
-        return "  ".join(parts).rstrip()
-
-    return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+    return Table(["series", "points", "field", "n", "min", "mean", "max"], rows, (0, 2))
 
 
 def format_table(summary: Summary, steps: int = TABLE_STEPS) -> str:
     """The summary as aligned text tables (the ``steps`` slowest steps; 0 for all)."""
     out = [f"Store: {visible(summary.path)} ({summary.points} points)", "", "Builders"]
     if summary.builders:
-        out += _aligned(builder_headers(summary), builder_rows(summary), left={0})
+        out += table_lines(builder_table(summary))
     else:
         out.append("(no build data)")
     if summary.has_steps:
         shown = len(summary.steps) if steps <= 0 else min(steps, len(summary.steps))
         out += ["", f"Slowest steps (by p95; {shown} of {len(summary.steps)})"]
         if summary.steps:
-            out += _aligned(STEP_HEADERS, step_rows(summary, shown), left={0, 1})
+            out += table_lines(step_table(summary, shown))
         else:
             out.append("(no step data)")
     if summary.has_tests:
-        out += ["", "Tests"]
-        out += _aligned(TEST_HEADERS, test_rows(summary), left={0})
+        out += ["", "Tests", *table_lines(test_table(summary))]
     out += ["", "Data series"]
     if summary.series:
-        out += _aligned(SERIES_HEADERS, series_rows(summary), left={0, 2})
+        out += table_lines(series_table(summary))
     else:
         out.append("(no data series)")
     return "\n".join(out) + "\n"

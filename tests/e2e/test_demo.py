@@ -43,7 +43,9 @@ N_BUILDS = 5
 PER_BUILDER = {"unit-tests": 2, "integration": 2, "docs": 1}  # builds are dealt out in that order
 TIMINGS_PER_BUILD = 5
 DEMO_TIMEOUT = 180
-PROGRESS = re.compile(r"^builds done (\d+)/(\d+), (\d+\.\d)s elapsed$")
+PROGRESS = re.compile(
+    r"^builds done (\d+)/(\d+), (\d+\.\d)s elapsed, \d+\.\d builds/s, ETA (--:--|(\d+:)?\d+:\d\d)$"
+)
 
 
 # --------------------------------------------------------------------------

@@ -251,8 +251,9 @@ class ReplayTest(TestReactorMixin, unittest.TestCase):
         b._print_dry_run()
         assert self.out.getvalue().splitlines() == [
             "dry run: 2 builds, 6 points would be written (nothing was written)",
-            "  builder    builds    points",
-            "  b1              2         6",
+            "  builder  builds  points",
+            "  -------  ------  ------",
+            "  b1            2       6",
             "  backend stats/RecordingStorage: 6 points",
         ]
 

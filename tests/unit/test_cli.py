@@ -379,3 +379,31 @@ def test_store_being_written_in_a_directory_without_write_access(readonly_dir):
         writer.close()
     assert (code, err) == (0, "")
     assert table_section(out, "Builders")[1] == BUILDER_ROWS
+
+
+def test_spool_table_is_laid_out_like_every_table():
+    from buildbot_stats.cli.spool_info import format_table
+
+    backend = {"queue_key": "StatsService/influx\x1b[2J", "points": 12345, "bytes": 1104221}
+    times = {"oldest_ns": 1_714_557_600 * 10**9, "newest_ns": 1_714_557_600 * 10**9 + 61 * 10**9}
+    info = {"path": "/srv/spool.sqlite", "schema": 4, "unreadable_segments": 2}
+    text = format_table(
+        {
+            **info,
+            "backends": [
+                {**backend, **times},
+                {**backend, "queue_key": "old/b", "points": 3, "oldest_ns": None, "newest_ns": None},
+            ],
+        }
+    )
+    assert text.splitlines() == [
+        "spool /srv/spool.sqlite (schema 4)",
+        "backend                     pending points         oldest (UTC)         newest (UTC)      bytes",
+        "--------------------------  --------------  -------------------  -------------------  ---------",
+        "StatsService/influx\\x1b[2J          12,345  2024-05-01 10:00:00  2024-05-01 10:01:01  1,104,221",
+        "old/b                                    3                    -                    -  1,104,221",
+        "2 unreadable segment(s) in table buildbot_stats_unreadable",
+    ]
+    assert format_table({**info, "backends": [], "unreadable_segments": 0}).splitlines()[1:] == [
+        "no pending points"
+    ]

@@ -16,7 +16,6 @@ from buildbot_stats.cli.summary import (
     nearest_rank,
     summarize_path,
     summarize_points,
-    visible,
 )
 from buildbot_stats.point import Point
 from buildbot_stats.storage_backends.sqlite import SQLiteStorageService
@@ -290,15 +289,6 @@ def test_step_percentiles_of_many_points(tmp_path):
     values = sorted(durations)
     assert (step.count, step.durations) == (1000, 1000)
     assert (step.duration_p50, step.duration_p95, step.duration_max) == (values[499], values[949], values[-1])
-
-
-def test_visible():
-    assert visible("plain name") == "plain name"
-    assert visible("\x1b]0;owned\x07x\x00") == "\\x1b]0;owned\\x07x\\x00"
-    assert visible("a\u202eb\u2066c") == "a\\u202eb\\u2066c"
-    assert visible("caf\u00e9 \u65e5\u672c") == "caf\u00e9 \u65e5\u672c"
-    assert visible("\ud800") == "\\ud800"
-    assert visible("x" * 100, 60) == "x" * 59 + "\u2026"
 
 
 def test_html_page_of_the_full_store(full_store):

@@ -1,0 +1,194 @@
+"""How every ``buildbot-stats`` command shows things to people: names, numbers, times, tables, progress.
+
+One place for each, so that the commands look alike: a name read from a store
+or a database never reaches a terminal with its control characters, a table is
+always a header, a rule and aligned rows, and progress is one line redrawn on
+a terminal or a plain line now and then elsewhere.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import time
+import unicodedata
+from collections.abc import Collection, Sequence
+from typing import IO, Any, NamedTuple
+
+from buildbot_stats.point import to_ns
+
+__all__ = [
+    "MAX_CELL",
+    "MAX_NS",
+    "MIN_NS",
+    "Progress",
+    "Table",
+    "format_number",
+    "format_rate",
+    "format_time",
+    "table_lines",
+    "visible",
+]
+
+#: the longest cell of a text table; longer names are cut with an ellipsis
+MAX_CELL = 60
+
+# Unicode bidi controls reorder the text around them on a terminal (and in HTML)
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def visible(text: str, limit: int | None = None) -> str:
+    """``text`` safe to print: control characters, bidi controls, line separators and lone
+    surrogates as ``\\xNN``/``\\uNNNN`` escapes (no terminal escape sequence gets through);
+    cut to ``limit`` characters with an ellipsis."""
+    if text.isprintable() and not _BIDI.intersection(text):
+        out = text
+    else:
+        parts = []
+        for ch in text:
+            if (ch.isprintable() or unicodedata.category(ch) == "Zs") and ch not in _BIDI:
+                parts.append(ch)
+            else:
+                code = ord(ch)
+                parts.append(
+                    f"\\x{code:02x}"
+                    if code < 0x100
+                    else f"\\u{code:04x}"
+                    if code < 0x10000
+                    else f"\\U{code:08x}"
+                )
+        out = "".join(parts)
+    if limit is not None and len(out) > limit:
+        out = out[: limit - 1] + "\u2026"
+    return out
+
+
+def format_number(value: Any) -> str:
+    """A number for people: ints as is, floats to 3 decimals without trailing zeros; None as '-'."""
+    if value is None:
+        return "-"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if value != 0 and abs(value) < 0.001:
+            return f"{value:.3g}"
+        text = f"{value:.3f}".rstrip("0").rstrip(".")
+        return "0" if text == "-0" else text
+    return str(value)
+
+
+def format_rate(rate: float | None) -> str:
+    """A rate (0..1) as a percentage with one decimal; None as '-'."""
+    return "-" if rate is None else f"{rate * 100:.1f}%"
+
+
+#: the times (ns since the epoch) that datetime can show: the years 1..9999
+MIN_NS = to_ns(datetime.datetime(1, 1, 2, tzinfo=datetime.timezone.utc))
+MAX_NS = to_ns(datetime.datetime(9999, 12, 30, tzinfo=datetime.timezone.utc))
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def format_time(ns: int | None, pattern: str = "%Y-%m-%dT%H:%M:%SZ") -> str | None:
+    """Nanoseconds since the epoch as UTC text (ISO-8601 to the second by default).
+
+    None for None and for times outside the years 1..9999.
+    """
+    if ns is None or not MIN_NS <= ns <= MAX_NS:
+        return None
+    return (_EPOCH + datetime.timedelta(seconds=ns // 1_000_000_000)).strftime(pattern)
+
+
+class Table(NamedTuple):
+    """Rows of text cells under headers; the columns in ``left`` are text, the others numbers."""
+
+    headers: Sequence[str]
+    rows: Sequence[Sequence[str]]
+    left: Collection[int] = (0,)
+
+
+def table_lines(table: Table) -> list[str]:
+    """The header, a rule of dashes and the rows, in columns two spaces apart.
+
+    Text columns are left-aligned, numbers right-aligned; every cell goes
+    through :func:`visible`, cut at :data:`MAX_CELL` characters.
+    """
+    rows = [[visible(c, MAX_CELL) for c in r] for r in table.rows]
+    headers = list(table.headers)
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: list[str]) -> str:
+        parts = [c.ljust(w) if i in table.left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        return "  ".join(parts).rstrip()
+
+    return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds + 0.5)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class Progress:
+    """Builds done of ``total``, shown on ``stream``.
+
+    On a terminal: one line redrawn in place (a bar, the time elapsed, the rate
+    and the time left), with :meth:`say`'s lines above it.  Elsewhere (a pipe,
+    a log): a plain line when the count changed, at most one every ``every``
+    seconds, and the last count at :meth:`finish`, so that a log stays short.
+    """
+
+    BAR = 30
+
+    def __init__(self, total: int, stream: IO[str], label: str = "", every: float = 0.0) -> None:
+        self.total = total
+        self.stream = stream
+        self.label = label
+        self.every = every
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.start = time.monotonic()
+        self.done = 0
+        self._printed: int | None = None  # the count of the last plain line
+        self._printed_at = -math.inf
+        self._drawn = False  # a terminal line is open
+
+    def text(self) -> str:
+        """``builds done 3/10, 4.2s elapsed, 0.7 builds/s, ETA 0:10``."""
+        elapsed = time.monotonic() - self.start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        eta = _clock((self.total - self.done) / rate) if rate > 0 else "--:--"
+        return f"builds done {self.done}/{self.total}, {elapsed:.1f}s elapsed, {rate:.1f} builds/s, ETA {eta}"
+
+    def update(self, done: int) -> None:
+        self.done = done
+        if self.tty:
+            filled = self.BAR * done // self.total if self.total else self.BAR
+            label = f"{self.label} " if self.label else ""
+            self.stream.write(f"\r{label}[{'#' * filled}{'.' * (self.BAR - filled)}] {self.text()}\x1b[K")
+            self._drawn = True
+        elif done != self._printed and time.monotonic() - self._printed_at >= self.every:
+            self._print()
+        self.stream.flush()
+
+    def _print(self) -> None:
+        self.stream.write(f"{self.label}: {self.text()}\n" if self.label else f"{self.text()}\n")
+        self._printed, self._printed_at = self.done, time.monotonic()
+
+    def say(self, text: str) -> None:
+        """A line of its own (above the progress line on a terminal)."""
+        if self._drawn:
+            self.stream.write("\r\x1b[K")
+        self.stream.write(text + "\n")
+        if self._drawn:
+            self.update(self.done)
+        self.stream.flush()
+
+    def finish(self) -> None:
+        """End the line drawn on a terminal; elsewhere print the last count if it was not."""
+        if self._drawn:
+            self.stream.write("\n")
+            self._drawn = False
+        elif not self.tty and self.done and self._printed != self.done:
+            self._print()
+        self.stream.flush()
