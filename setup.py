@@ -31,8 +31,11 @@ setup(
     long_description_content_type="text/x-rst",
     license="GPL-2.0-only",
     packages=find_packages(include=["buildbot_stats", "buildbot_stats.*"]),
-    # the Grafana dashboard printed by `buildbot-stats dashboard`
-    package_data={"buildbot_stats": ["_lineprotocol.pyi"], "buildbot_stats.cli": ["dashboards/*.json"]},
+    # the Grafana dashboard printed by `buildbot-stats dashboard`; the template of `summary --html`
+    package_data={
+        "buildbot_stats": ["_lineprotocol.pyi"],
+        "buildbot_stats.cli": ["dashboards/*.json", "templates/*.j2"],
+    },
     ext_modules=[ACCELERATOR],
     python_requires=">=3.9",
     install_requires=[
@@ -45,6 +48,7 @@ setup(
         # the InfluxDB 2.x/3 backends (already required by influxdb)
         "requests",
         "zope.interface",
+        "Jinja2",  # the HTML report of `buildbot-stats summary --html` (already required by buildbot)
     ],
     extras_require={
         # LocalWorkers of `buildbot-stats demo`

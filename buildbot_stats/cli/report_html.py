@@ -1,9 +1,12 @@
 """A self-contained HTML page for a :class:`~buildbot_stats.cli.summary.Summary`.
 
-Everything is inline: CSS in a ``<style>`` element, charts as inline SVG, no
-script, no font, no image, no link.  A Content-Security-Policy meta element
-forbids every network load anyway.  Chart elements carry their data so that
-tests (and people reading the source) can check them:
+The page is the Jinja2 template ``templates/report.html.j2``, rendered with
+autoescape on; this module gives it the figures (bars, scales, colours) and
+the filters it formats them with.  Everything is inline: CSS in a ``<style>``
+element, charts as inline SVG, no script, no font, no image, no link.  A
+Content-Security-Policy meta element forbids every network load anyway.
+Chart elements carry their data so that tests (and people reading the source)
+can check them:
 
 * per builder, a duration-over-time chart (``svg.duration-chart``) with one
   ``<circle class="point" data-builder=... data-build=... data-time=... data-value=...
@@ -23,16 +26,19 @@ tests (and people reading the source) can check them:
   ``<rect class="tests-bar" data-builder=... data-value=...>`` per builder that
   has a pass rate (the fraction 0..1).
 
-Names are shown through :func:`~buildbot_stats.cli.summary.visible` (control
-and bidi characters escaped) and HTML-escaped.
+Names are shown through :func:`~buildbot_stats.cli.output.visible` (control
+and bidi characters escaped) and HTML-escaped by Jinja2.
 """
 
 from __future__ import annotations
 
-import html
 import math
+from typing import NamedTuple
 
-from buildbot_stats.cli.output import Table, format_number, format_rate, format_time, visible
+import jinja2
+from markupsafe import Markup
+
+from buildbot_stats.cli.output import format_number, format_rate, format_time, visible
 from buildbot_stats.cli.summary import (
     DurationSample,
     Summary,
@@ -64,50 +70,16 @@ RESULT_COLORS: dict[int | None, tuple[str, str]] = {
     6: ("cancelled", "#8c564b"),
     None: ("unknown", "#17becf"),
 }
-#: the colour of the dots before they were coloured by result (a failed build's)
-POINT_COLOR = RESULT_COLORS[2][1]
 STEPS_CHARTED = 10
-
-_CSS = """
-body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; background: #fff; }
-h1 { font-size: 22px; margin: 0 0 4px; }
-h2 { font-size: 17px; margin: 28px 0 8px; }
-p.meta { color: #666; margin: 0; }
-table { border-collapse: collapse; margin: 4px 0; }
-th, td { padding: 3px 10px; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }
-th { background: #f4f4f4; }
-td.text, th.text { text-align: left; }
-figure { display: inline-block; margin: 0 16px 16px 0; vertical-align: top; }
-figcaption { font-weight: 600; margin-bottom: 2px; }
-svg text { font: 11px system-ui, sans-serif; fill: #444; }
-.axis { stroke: #999; stroke-width: 1; }
-.grid { stroke: #eee; stroke-width: 1; }
-.track { fill: #eee; }
-p.empty { color: #666; font-style: italic; }
-p.legend { margin: 0 0 8px; }
-.legend-item { margin-right: 12px; }
-"""
-
-
-def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _v(text: object, limit: int | None = 200) -> str:
-    """A name from the store, with control and bidi characters escaped, cut, and HTML-escaped."""
-    return _e(visible(str(text), limit))
-
-
-def _d(text: object) -> str:
-    """A name for a data attribute: escaped like :func:`_v`, cut at 1000 characters only."""
-    return _v(text, 1000)
 
 
 def _result(code: int | None) -> tuple[str, str]:
+    """(name, colour) of a Buildbot result code."""
     return RESULT_COLORS.get(code, RESULT_COLORS[None])
 
 
 def _num(value: float) -> str:
+    """A coordinate: at most two decimals."""
     return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
@@ -122,258 +94,181 @@ def _nice_max(value: float) -> float:
     return 10 * power  # pragma: no cover
 
 
-def _short_time(ns: int) -> str:
-    return format_time(ns, "%Y-%m-%d %H:%M") or "-"
+class DurationChart:
+    """One builder's build durations over time: the scales the template draws it with."""
+
+    WIDTH, HEIGHT = 560, 220
+    LEFT, RIGHT, TOP, BOTTOM = 56, 20, 12, 40
+    PLOT_W, PLOT_H = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    BASE = TOP + PLOT_H  # the y of the time axis
+
+    def __init__(self, builder: str, samples: list[DurationSample]) -> None:
+        self.builder = builder
+        self.samples = samples
+        self.y_max = _nice_max(max(s.duration for s in samples))
+        self.t0, self.t1 = samples[0].time_ns, samples[-1].time_ns
+
+    def x(self, t: int) -> float:
+        if self.t1 == self.t0:
+            return self.LEFT + self.PLOT_W / 2
+        return self.LEFT + (t - self.t0) / (self.t1 - self.t0) * self.PLOT_W
+
+    def y(self, v: float) -> float:
+        return self.TOP + self.PLOT_H - v / self.y_max * self.PLOT_H
+
+    def grid(self) -> list[float]:
+        """The values of the five horizontal grid lines, 0 to the top."""
+        return [self.y_max * i / 4 for i in range(5)]
 
 
-def _line(cls: str, x1: float, y1: float, x2: float, y2: float) -> str:
-    return f'<line class="{cls}" x1="{_num(x1)}" y1="{_num(y1)}" x2="{_num(x2)}" y2="{_num(y2)}"/>'
+class Bar(NamedTuple):
+    cls: str
+    value: float
+    fraction: float  # of the track, 0..1
+    color: str
+    data: dict[str, str]  # data-* attributes
+    title: str  # the value in the tooltip
 
 
-def _text(x: float, y: float, text: str, anchor: str = "start") -> str:
-    return f'<text x="{_num(x)}" y="{_num(y)}" text-anchor="{anchor}">{_e(text)}</text>'
+class BarRow(NamedTuple):
+    name: str
+    bars: list[Bar]  # drawn over each other from the left
+    text: str  # right of the track; inside it when the row has no bar
 
 
-def duration_chart(builder: str, samples: list[DurationSample]) -> str:
-    """An SVG scatter/line chart of one builder's build durations over time."""
-    width, height = 560, 220
-    left, right, top, bottom = 56, 20, 12, 40
-    plot_w, plot_h = width - left - right, height - top - bottom
-    y_max = _nice_max(max(s.duration for s in samples))
-    t0, t1 = samples[0].time_ns, samples[-1].time_ns
-
-    def x(t: int) -> float:
-        return left + (plot_w / 2 if t1 == t0 else (t - t0) / (t1 - t0) * plot_w)
-
-    def y(v: float) -> float:
-        return top + plot_h - v / y_max * plot_h
-
-    parts = [
-        f'<svg class="chart duration-chart" data-builder="{_d(builder)}" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="build duration of {_v(builder)}">'
-    ]
-    for i in range(5):
-        value = y_max * i / 4
-        parts.append(_line("grid", left, y(value), width - right, y(value)))
-        parts.append(_text(left - 6, y(value) + 4, format_number(value), "end"))
-    parts.append(_line("axis", left, top, left, top + plot_h))
-    parts.append(_line("axis", left, top + plot_h, width - right, top + plot_h))
-    parts.append(_text(left, height - 20, _short_time(t0), "start"))
-    parts.append(_text(width - right, height - 20, _short_time(t1), "end"))
-    parts.append(_text(left + plot_w / 2, height - 4, "build end (UTC)", "middle"))
-    if len(samples) > 1:
-        coords = " ".join(f"{_num(x(s.time_ns))},{_num(y(s.duration))}" for s in samples)
-        parts.append(
-            f'<polyline class="line" points="{coords}" fill="none" stroke="{LINE_COLOR}" stroke-width="1.5"/>'
-        )
-    for s in samples:
-        when = _short_time(s.time_ns)
-        name, color = _result(s.results)
-        parts.append(
-            f'<circle class="point" data-builder="{_d(builder)}" data-build="{_d(s.build_number)}" '
-            f'data-time="{s.time_ns}" data-value="{s.duration!r}" data-result="{name}" '
-            f'cx="{_num(x(s.time_ns))}" cy="{_num(y(s.duration))}" r="4" fill="{color}">'
-            f"<title>build {_v(s.build_number)}: {_e(format_number(s.duration))} at {_e(when)}, "
-            f"{name}</title>"
-            "</circle>"
-        )
-    parts.append("</svg>")
-    return "".join(parts)
+class BarChart(NamedTuple):
+    cls: str
+    label: str
+    rows: list[BarRow]
+    value_width: int = 200  # room for the text right of the track
 
 
-def _label(text: str, limit: int = 28) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+def _bar(cls: str, value: float, scale: float, color: str, data: dict[str, str]) -> Bar:
+    fraction = 0.0 if scale <= 0 else min(1.0, max(0.0, value / scale))
+    return Bar(cls, value, fraction, color, data, format_number(value))
 
 
-def success_chart(summary: Summary) -> str:
-    """An SVG horizontal bar chart of the success rate per builder."""
-    label_w, track_w, value_w, row_h = 210, 420, 130, 26
-    width, height = label_w + track_w + value_w, row_h * len(summary.builders) + 8
-    parts = [
-        f'<svg class="chart success-chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-        'role="img" aria-label="success rate per builder">'
-    ]
-    for i, b in enumerate(summary.builders):
-        y = 4 + i * row_h
-        parts.append(
-            f'<text x="{label_w - 8}" y="{y + 16}" text-anchor="end"><title>{_v(b.builder)}</title>'
-            f"{_e(_label(visible(b.builder)))}</text>"
-            f'<rect class="track" x="{label_w}" y="{y + 3}" width="{track_w}" height="{row_h - 8}"/>'
-        )
-        if b.success_rate is None:
-            parts.append(f'<text x="{label_w + 6}" y="{y + 16}">no results</text>')
-            continue
-        parts.append(
-            f'<rect class="bar" data-builder="{_d(b.builder)}" data-value="{b.success_rate!r}" x="{label_w}" '
-            f'y="{y + 3}" width="{_num(b.success_rate * track_w)}" height="{row_h - 8}" fill="{BAR_COLOR}">'
-            f"<title>{_v(b.builder)}: {_e(format_rate(b.success_rate))}</title></rect>"
-            f'<text x="{label_w + track_w + 6}" y="{y + 16}">'
-            f"{_e(format_rate(b.success_rate))} ({b.successes}/{b.results_known})</text>"
-        )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _legend(samples: list[DurationSample]) -> str:
-    """One swatch per result that the dots show (an HTML paragraph, not part of any chart)."""
-    shown = {_result(s.results)[0] for s in samples}
-    items = [
-        f'<span class="legend-item" data-result="{name}"><svg width="10" height="10" aria-hidden="true">'
-        f'<rect class="swatch" width="10" height="10" fill="{color}"/></svg> {name}</span>'
-        for name, color in RESULT_COLORS.values()
-        if name in shown
-    ]
-    return f'<p class="legend">Dots by build result: {" ".join(items)}</p>' if items else ""
-
-
-def _bars(
-    cls: str,
-    label: str,
-    rows: list[tuple[str, list[tuple[str, float, str, dict[str, str]]], str]],
-    scale: float,
-    thickness: int = 18,
-) -> str:
-    """A horizontal bar chart: per row a label, bars drawn over each other from the left, a text.
-
-    Each bar is (class, value, colour, data attributes); lengths are ``value / scale`` of the track.
-    """
-    label_w, track_w, value_w, row_h = 210, 420, 200, thickness + 8
-    width, height = label_w + track_w + value_w, row_h * len(rows) + 8
-    parts = [
-        f'<svg class="chart {cls}" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-        f'role="img" aria-label="{_e(label)}">'
-    ]
-    for i, (name, bars, text) in enumerate(rows):
-        y = 4 + i * row_h
-        parts.append(
-            f'<text x="{label_w - 8}" y="{y + 16}" text-anchor="end"><title>{_v(name)}</title>'
-            f"{_e(_label(visible(name)))}</text>"
-            f'<rect class="track" x="{label_w}" y="{y + 3}" width="{track_w}" height="{thickness}"/>'
-        )
-        for bar_cls, value, color, data in bars:
-            attrs = "".join(f' data-{k}="{_d(v)}"' for k, v in data.items())
-            length = 0.0 if scale <= 0 else min(1.0, max(0.0, value / scale)) * track_w
-            parts.append(
-                f'<rect class="{bar_cls}"{attrs} data-value="{value!r}" x="{label_w}" y="{y + 3}" '
-                f'width="{_num(length)}" height="{thickness}" fill="{color}"><title>{_v(name)}: '
-                f"{_e(format_number(value))}</title></rect>"
-            )
-        parts.append(f'<text x="{label_w + track_w + 6}" y="{y + 16}">{_e(text)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def queue_chart(summary: Summary) -> str:
-    """Queue time p50 (light) over p95 (dark) per builder that has queue times, in seconds."""
+def success_chart(summary: Summary) -> BarChart:
+    """The success rate per builder ("no results" for a builder without)."""
     rows = []
     for b in summary.builders:
-        if b.queue_p50 is None or b.queue_p95 is None:
+        rate = b.success_rate
+        if rate is None:
+            rows.append(BarRow(b.builder, [], "no results"))
             continue
-        data = {"builder": b.builder}
-        bars = [
-            ("queue-bar", b.queue_p95, QUEUE_P95_COLOR, {**data, "percentile": "95"}),
-            ("queue-bar", b.queue_p50, QUEUE_P50_COLOR, {**data, "percentile": "50"}),
-        ]
-        rows.append(
-            (b.builder, bars, f"p50 {format_number(b.queue_p50)} s, p95 {format_number(b.queue_p95)} s")
-        )
-    scale = _nice_max(max((b[1][0][1] for b in rows), default=0.0))
-    return _bars("queue-chart", "queue time per builder", rows, scale)
+        bar = Bar("bar", rate, rate, BAR_COLOR, {"builder": b.builder}, format_rate(rate))
+        rows.append(BarRow(b.builder, [bar], f"{format_rate(rate)} ({b.successes}/{b.results_known})"))
+    return BarChart("success-chart", "success rate per builder", rows, value_width=130)
 
 
-def steps_chart(summary: Summary) -> str:
-    """The slowest steps: p50 (light) over p95 (dark) duration, in seconds."""
+#: a bar of a p50-over-p95 chart: class, colour, data attributes
+_BarStyle = tuple[str, str, dict[str, str]]
+
+
+def _p50_over_p95(
+    cls: str, label: str, items: list[tuple[str, float | None, float | None, _BarStyle, _BarStyle]]
+) -> BarChart:
+    """Per item that has both, p50 (light) drawn over p95 (dark), in seconds, on a common scale."""
+    known = []
+    for name, p50, p95, p95_style, p50_style in items:
+        if p50 is not None and p95 is not None:
+            known.append((name, p50, p95, p95_style, p50_style))
+    scale = _nice_max(max((p95 for _, _, p95, _, _ in known), default=0.0))
     rows = []
-    for st in summary.steps[:STEPS_CHARTED]:
-        if st.duration_p50 is None or st.duration_p95 is None:
-            continue
-        data = {"builder": st.builder, "step": st.step}
-        bars = [
-            ("step-p95", st.duration_p95, STEP_P95_COLOR, data),
-            ("step-p50", st.duration_p50, STEP_P50_COLOR, data),
-        ]
-        text = f"p50 {format_number(st.duration_p50)} s, p95 {format_number(st.duration_p95)} s"
-        rows.append((f"{st.builder} / {st.step}", bars, text))
-    scale = _nice_max(max((r[1][0][1] for r in rows), default=0.0))
-    return _bars("steps-chart", "slowest steps", rows, scale)
+    for name, p50, p95, (cls95, color95, data95), (cls50, color50, data50) in known:
+        bars = [_bar(cls95, p95, scale, color95, data95), _bar(cls50, p50, scale, color50, data50)]
+        rows.append(BarRow(name, bars, f"p50 {format_number(p50)} s, p95 {format_number(p95)} s"))
+    return BarChart(cls, label, rows)
 
 
-def tests_chart(summary: Summary) -> str:
+def queue_chart(summary: Summary) -> BarChart:
+    """Queue time per builder that has queue times."""
+    items = [
+        (
+            b.builder,
+            b.queue_p50,
+            b.queue_p95,
+            ("queue-bar", QUEUE_P95_COLOR, {"builder": b.builder, "percentile": "95"}),
+            ("queue-bar", QUEUE_P50_COLOR, {"builder": b.builder, "percentile": "50"}),
+        )
+        for b in summary.builders
+    ]
+    return _p50_over_p95("queue-chart", "queue time per builder", items)
+
+
+def steps_chart(summary: Summary) -> BarChart:
+    """The durations of the slowest steps."""
+    items = [
+        (
+            f"{s.builder} / {s.step}",
+            s.duration_p50,
+            s.duration_p95,
+            ("step-p95", STEP_P95_COLOR, {"builder": s.builder, "step": s.step}),
+            ("step-p50", STEP_P50_COLOR, {"builder": s.builder, "step": s.step}),
+        )
+        for s in summary.steps[:STEPS_CHARTED]
+    ]
+    return _p50_over_p95("steps-chart", "slowest steps", items)
+
+
+def tests_chart(summary: Summary) -> BarChart:
     """The test pass rate per builder that has one."""
     rows = [
-        (
+        BarRow(
             t.builder,
-            [("tests-bar", t.pass_rate, TESTS_COLOR, {"builder": t.builder})],
+            [_bar("tests-bar", t.pass_rate, 1.0, TESTS_COLOR, {"builder": t.builder})],
             f"{format_rate(t.pass_rate)} ({format_number(t.tests_passed)}/{format_number(t.tests_total)})",
         )
         for t in summary.tests
         if t.pass_rate is not None
     ]
-    return _bars("tests-chart", "test pass rate per builder", rows, 1.0)
+    return BarChart("tests-chart", "test pass rate per builder", rows)
 
 
-def _table(table: Table) -> str:
-    def cell(tag: str, i: int, value: str) -> str:
-        cls = ' class="text"' if i in table.left else ""
-        return f"<{tag}{cls}>{_v(value)}</{tag}>"
-
-    head = "".join(cell("th", i, h) for i, h in enumerate(table.headers))
-    body = "".join(
-        "<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>" for row in table.rows
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("buildbot_stats.cli", "templates"),
+        autoescape=True,  # every value, whatever the template's name
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    env.filters.update(
+        visible=visible,
+        num=_num,
+        number=format_number,
+        result=_result,
+        minute=lambda ns: format_time(ns, "%Y-%m-%d %H:%M"),
+    )
+    return env
+
+
+_TEMPLATE = _environment().get_template("report.html.j2")
 
 
 def render_html(summary: Summary, title: str | None = None) -> str:
     """The whole page, as text (UTF-8 when written)."""
-    title = title or f"buildbot-stats: {summary.path}"
-    sections = []
-    if summary.builders:
-        sections.append(_section("success", "Success rate per builder", success_chart(summary)))
-        figures = []
-        for b in summary.builders:
-            samples = summary.durations.get(b.builder, [])
-            if samples:
-                chart = duration_chart(b.builder, samples)
-                figures.append(f"<figure><figcaption>{_v(b.builder)}</figcaption>{chart}</figure>")
-            else:
-                figures.append(f'<p class="empty">{_v(b.builder)}: no build durations recorded.</p>')
-        legend = _legend([s for samples in summary.durations.values() for s in samples])
-        sections.append(_section("durations", "Build duration over time", legend + "".join(figures)))
-        if any(b.queue_p50 is not None for b in summary.builders):
-            sections.append(_section("queue", "Queue time per builder (s)", queue_chart(summary)))
-        table = _table(builder_table(summary))
-        sections.append(_section("builders", "Builders", table))
-    else:
-        sections.append(_section("builders", "Builders", '<p class="empty">No build data.</p>'))
-    if summary.has_steps:
-        if summary.steps:
-            content = steps_chart(summary) + _table(step_table(summary))
-        else:
-            content = '<p class="empty">No step data.</p>'
-        sections.append(_section("steps", "Slowest steps (by p95, s)", content))
-    if summary.has_tests:
-        content = tests_chart(summary) + _table(test_table(summary))
-        sections.append(_section("tests", "Tests", content))
-    if summary.series:
-        table = _table(series_table(summary))
-    else:
-        table = '<p class="empty">No data series.</p>'
-    sections.append(_section("series", "Data series", table))
-    head = (
-        '<meta charset="utf-8">'
-        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-        '<meta name="referrer" content="no-referrer">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_d(title)}</title><style>{_CSS}</style>"
+    samples = [s for found in summary.durations.values() for s in found]
+    shown = {_result(s.results)[0] for s in samples}
+    return _TEMPLATE.render(
+        summary=summary,
+        title=title or f"buildbot-stats: {summary.path}",
+        csp=Markup(CSP),  # ours, and quoted as it is
+        line_color=LINE_COLOR,
+        legend=[(name, color) for name, color in RESULT_COLORS.values() if name in shown],
+        durations=[
+            (
+                b.builder,
+                DurationChart(b.builder, found) if (found := summary.durations.get(b.builder)) else None,
+            )
+            for b in summary.builders
+        ],
+        success=success_chart(summary),
+        queue=queue_chart(summary),
+        steps=steps_chart(summary),
+        tests=tests_chart(summary),
+        builder_table=builder_table(summary),
+        step_table=step_table(summary),
+        test_table=test_table(summary),
+        series_table=series_table(summary),
     )
-    intro = (
-        "<h1>Build statistics</h1>"
-        f'<p class="meta">Store {_d(summary.path)} \u00b7 {summary.points} points</p>'
-    )
-    body = "\n".join([intro, *sections])
-    return f'<!DOCTYPE html>\n<html lang="en"><head>{head}</head>\n<body>{body}\n</body></html>\n'
-
-
-def _section(ident: str, heading: str, content: str) -> str:
-    return f'<section id="{ident}"><h2>{_e(heading)}</h2>{content}</section>'

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html.parser
+
 from buildbot_stats.cli.report_html import RESULT_COLORS, render_html
 from buildbot_stats.cli.summary import Summary, summarize_path, summarize_points
 from buildbot_stats.point import Point
@@ -112,3 +114,54 @@ def test_very_long_names_are_cut_in_the_page():
     check_static(page)
     assert len(page) < 40_000, len(page)
     assert "n" * 199 + "\u2026" in page
+
+
+class _Texts(html.parser.HTMLParser):
+    """The text of every element, by tag (entities decoded, as a browser shows it)."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.open: list[str] = []
+        self.texts: dict[str, list[str]] = {}
+
+    def handle_starttag(self, tag, attrs):
+        self.open.append(tag)
+
+    def handle_endtag(self, tag):
+        self.open.pop()
+
+    def handle_startendtag(self, tag, attrs):
+        pass
+
+    def handle_data(self, data):
+        if self.open:
+            self.texts.setdefault(self.open[-1], []).append(data)
+
+
+def test_hostile_builder_step_and_field_names_are_text_not_markup():
+    """Markup, quotes and ``&`` in names come back from the page as the names themselves."""
+    evil = "<script>alert(\"x\")</script> & 'q' <b>"
+    tags = {"builder_name": evil, "build_number": evil}
+    points = [
+        Point(f"{evil}-build-times", {"duration": 2.0, "queue-time": 1.0}, tags, 10**18),
+        Point(f"{evil}-build-results", {"results": 0}, tags, 10**18),
+        Point(f"{evil}-step-times", {"duration": 1.0}, {"builder_name": evil, "step_name": evil}, 10**18),
+        Point(f"{evil}-test-results", {"tests_total": 2, "tests_passed": 1}, {"builder_name": evil}, 10**18),
+        Point(f"data {evil}", {evil: 1.5}, {}, 10**18),
+    ]
+    page = render_html(summarize_points(points, path=evil))
+    check_static(page)  # among others: no <script anywhere
+    assert "<b>" not in page and "& '" not in page
+    found = elements(page)
+    assert not [tag for tag, _ in found if tag in ("script", "b")]
+    # attributes: a quote in a name would end the attribute early
+    for attribute in ("data-builder", "data-build", "data-step"):
+        values = {a[attribute] for _, a in found if attribute in a}
+        assert values == {evil}, attribute
+    texts = _Texts()
+    texts.feed(page)
+    assert texts.texts["title"][0] == f"buildbot-stats: {evil}"
+    cells = texts.texts["td"]
+    assert cells.count(evil) == 1 + 2 + 1 + 1  # builders; steps (builder, step); tests; the series' field
+    assert f"data {evil}" in cells
+    assert f"build {evil}: 2 at 2001-09-09 01:46, success" in texts.texts["title"]
