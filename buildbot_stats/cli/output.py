@@ -154,11 +154,12 @@ class Progress:
         self._drawn = False  # a terminal line is open
 
     def text(self) -> str:
-        """``builds done 3/10, 4.2s elapsed, 0.7 builds/s, ETA 0:10``."""
+        """``builds done 3/10, 4.2s elapsed, 0.71 builds/s, ETA 0:10``."""
         elapsed = time.monotonic() - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0
         eta = _clock((self.total - self.done) / rate) if rate > 0 else "--:--"
-        return f"builds done {self.done}/{self.total}, {elapsed:.1f}s elapsed, {rate:.1f} builds/s, ETA {eta}"
+        shown = f"{rate:.1f}" if rate >= 1 else f"{rate:.2f}"  # a slow demo: 0.05, not 0.0
+        return f"builds done {self.done}/{self.total}, {elapsed:.1f}s elapsed, {shown} builds/s, ETA {eta}"
 
     def update(self, done: int) -> None:
         self.done = done

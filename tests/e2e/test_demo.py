@@ -44,7 +44,7 @@ PER_BUILDER = {"unit-tests": 2, "integration": 2, "docs": 1}  # builds are dealt
 TIMINGS_PER_BUILD = 5
 DEMO_TIMEOUT = 180
 PROGRESS = re.compile(
-    r"^builds done (\d+)/(\d+), (\d+\.\d)s elapsed, \d+\.\d builds/s, ETA (--:--|(\d+:)?\d+:\d\d)$"
+    r"^builds done (\d+)/(\d+), (\d+\.\d)s elapsed, \d+\.\d\d? builds/s, ETA (--:--|(\d+:)?\d+:\d\d)$"
 )
 
 

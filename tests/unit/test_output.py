@@ -76,10 +76,10 @@ def test_progress_in_a_log_is_a_line_per_count(clock):
     progress.finish()
     assert out.getvalue().splitlines() == [
         "starting",
-        "builds done 0/4, 1.0s elapsed, 0.0 builds/s, ETA --:--",
-        "builds done 1/4, 2.0s elapsed, 0.5 builds/s, ETA 0:06",
-        "builds done 3/4, 4.0s elapsed, 0.8 builds/s, ETA 0:01",
-        "builds done 4/4, 5.0s elapsed, 0.8 builds/s, ETA 0:00",
+        "builds done 0/4, 1.0s elapsed, 0.00 builds/s, ETA --:--",
+        "builds done 1/4, 2.0s elapsed, 0.50 builds/s, ETA 0:06",
+        "builds done 3/4, 4.0s elapsed, 0.75 builds/s, ETA 0:01",
+        "builds done 4/4, 5.0s elapsed, 0.80 builds/s, ETA 0:00",
     ]
 
 
