@@ -10,12 +10,10 @@ only ever sees the plain value.
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import gzip as gzip_module
 import json
 import os
 import re
-import time
 from collections.abc import Iterator
 from typing import Any, ClassVar, NoReturn
 from urllib.parse import SplitResult, urlsplit
@@ -26,6 +24,8 @@ from buildbot.interfaces import IRenderable
 from buildbot.process.properties import Properties
 from twisted.internet import defer
 from twisted.python import log
+from urllib3.exceptions import InvalidHeader
+from urllib3.util.retry import Retry
 
 from buildbot_stats.errors import BatchTooLargeError, RefusedWriteError, TransientWriteError
 from buildbot_stats.point import PointProblem
@@ -217,18 +217,9 @@ def read_answer(content: Any) -> tuple[dict[str, Any], str]:
     return answer, str(answer.get("message") or answer.get("error") or text)
 
 
-def retry_after_seconds(header: str | None, now: float | None = None) -> float | None:
-    """Seconds of an HTTP ``Retry-After`` (a number or a date), None if absent or unreadable."""
-    if not header:
-        return None
+def retry_after_seconds(header: str | None) -> float | None:
+    """Seconds of an HTTP ``Retry-After`` (a number or a date; a day at most), None if unreadable."""
     try:
-        seconds = float(header)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(header.strip())
-        except (TypeError, ValueError, IndexError):
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if seconds != seconds:  # NaN
+        return min(Retry().parse_retry_after(header), 24 * 3600.0) if header else None
+    except InvalidHeader:
         return None
-    return max(0.0, min(seconds, 24 * 3600.0))

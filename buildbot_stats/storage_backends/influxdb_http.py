@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import requests
@@ -41,9 +41,11 @@ class _InfluxHTTPStorage(InfluxBackend):
 
     secret_attribute = "token"
     write_path: ClassVar[str]
+    _params: Callable[[], dict[str, str]]
+    #: (status, answer, message, lines, points, origins, report) of a 400 or 422 -> the lines to leave out
+    _rejected: Callable[[int, dict[str, Any], str, list[str], list[Point], list[int], WriteReport], set[int]]
 
-    def _setup(self, url: Any, token: Any, captures: Any, name: Any, names: dict[str, Any], precision: Any,
-               timeout: Any, verify_ssl: Any, ca_bundle: Any, gzip: Any) -> None:  # fmt: skip
+    def _setup(self, url, token, captures, name, names, precision, timeout, verify_ssl, ca_bundle, gzip):
         self.name = name or type(self).__name__
         self.captures = captures
         #: as configured: a string or a renderable (a secret); never logged
@@ -68,9 +70,6 @@ class _InfluxHTTPStorage(InfluxBackend):
 
     def _write_url(self) -> str:
         return self.url.rstrip("/") + self.write_path
-
-    def _params(self) -> dict[str, str]:
-        raise NotImplementedError
 
     def thd_postStatsValue(
         self, post_data: dict[str, Any], series_name: str, context: dict[str, Any] | None = None
@@ -126,18 +125,6 @@ class _InfluxHTTPStorage(InfluxBackend):
         return self._rejected(
             status, answer, message[:500] or f"HTTP {status}", lines, points, origins, report
         )
-
-    def _rejected(
-        self,
-        status: int,
-        answer: dict[str, Any],
-        message: str,
-        lines: list[str],
-        points: list[Point],
-        origins: list[int],
-        report: WriteReport,
-    ) -> set[int]:
-        raise NotImplementedError
 
     def _blame(
         self, index: int, points: list[Point], origins: list[int], report: WriteReport, reason: str
@@ -199,7 +186,7 @@ class InfluxDB2StorageService(_InfluxHTTPStorage):
     def _params(self) -> dict[str, str]:
         return {"org": self.org, "bucket": self.bucket, "precision": self.precision}
 
-    def _rejected(self, status, answer, message, lines, points, origins, report):  # type: ignore[no-untyped-def]
+    def _rejected(self, status, answer, message, lines, points, origins, report):
         if status == 422:  # some points rejected (type conflict, retention...), the others written
             self._partial_write(message, report, most=len(lines))
             return set()
@@ -271,7 +258,7 @@ class InfluxDB3StorageService(_InfluxHTTPStorage):
             adjusted[index] = Point(point.series, fields, point.tags, point.time_ns)
         return adjusted
 
-    def _rejected(self, status, answer, message, lines, points, origins, report):  # type: ignore[no-untyped-def]
+    def _rejected(self, status, answer, message, lines, points, origins, report):
         data = answer.get("data")
         entries = data if isinstance(data, list) else [data]
         bad: set[int] = set()

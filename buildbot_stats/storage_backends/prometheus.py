@@ -68,13 +68,7 @@ class _MetricsPage(resource.Resource):
         self._endpoint = endpoint
 
     def render_GET(self, request: Any) -> bytes:
-        try:
-            body = self._endpoint.exposition()
-        except Exception as e:
-            log.msg(f"buildbot_stats: Prometheus exposition failed: {type(e).__name__}: {e}")
-            request.setResponseCode(500)
-            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-            return b"exposition failed\n"
+        body = self._endpoint.exposition()
         request.setHeader(b"Content-Type", CONTENT_TYPE)
         return body
 
@@ -287,33 +281,28 @@ class PrometheusStorageService(StatsStorageBase):
         self.captures = captures
         self.port = port
         self.interface = interface
-        self.buckets: tuple[float, ...] = DEFAULT_BUCKETS
         self._endpoint: _Endpoint | None = None
-        ok = True
+        problems = []
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-            config.error(f"{self.name}: port must be an integer from 1 to 65535 (or 0), not {port!r}")
-            ok = False
+            problems.append(f"port must be an integer from 1 to 65535 (or 0), not {port!r}")
         if not isinstance(interface, str) or not _valid_interface(interface):
-            config.error(
-                f"{self.name}: interface must be an IP address such as '127.0.0.1', '::1' or "
-                f"'0.0.0.0' (or 'localhost'), not {interface!r}"
+            problems.append(
+                "interface must be an IP address such as '127.0.0.1', '::1' or '0.0.0.0' (or 'localhost'), "
+                f"not {interface!r}"
             )
-            ok = False
-        if buckets is not None:
-            checked = _checked_buckets(buckets)
-            if checked is None:
-                config.error(
-                    f"{self.name}: buckets must be a non-empty list of increasing numbers of "
-                    f"seconds, not {buckets!r}"
-                )
-                ok = False
-            else:
-                self.buckets = checked
+        checked = DEFAULT_BUCKETS if buckets is None else _checked_buckets(buckets)
+        if checked is None:
+            problems.append(
+                f"buckets must be a non-empty list of increasing numbers of seconds, not {buckets!r}"
+            )
+        for problem in problems:
+            config.error(f"{self.name}: {problem}")
+        self.buckets: tuple[float, ...] = checked or DEFAULT_BUCKETS
+        self._inited = not problems
         self._results_for = _units_of(captures, "CaptureBuildResults")
         self._duration_units = _units_of(captures, "CaptureBuildDuration")
         self._queue_units = _units_of(captures, "CaptureBuildQueueTime")
         self._step_units = _units_of(captures, "CaptureStepDuration")
-        self._inited = ok
 
     def __repr__(self) -> str:
         return f"<PrometheusStorageService {self.name!r} {self.interface}:{self.port}>"
