@@ -52,6 +52,7 @@ class InfluxBackend(StatsStorageBase):
     #: the attribute holding the password or token as configured (maybe a secret; never logged)
     secret_attribute: ClassVar[str]
     _inited = False
+    _secret_pending = False
     _where = "?"
 
     def _owner(self) -> str:
@@ -111,7 +112,13 @@ class InfluxBackend(StatsStorageBase):
 
     @contextlib.contextmanager
     def _sending(self, body: bytes, headers: dict[str, str]) -> Iterator[bytes]:
-        """The body to send (gzipped if asked); failures to connect become write errors."""
+        """The body to send (gzipped if asked) once configured; failures to connect become write errors."""
+        if not self._inited:
+            raise RefusedWriteError(f"{self._owner()} is not configured")
+        if self._secret_pending:
+            raise RefusedWriteError(
+                f"{self._owner()}: the {self.secret_attribute} secret is not rendered yet"
+            )
         if self.gzip:
             body = gzip_module.compress(body, compresslevel=5)
             headers["Content-Encoding"] = "gzip"

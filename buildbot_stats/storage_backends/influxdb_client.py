@@ -141,11 +141,8 @@ class InfluxStorageService(InfluxBackend):
 
     def thd_postStatsValues(self, points: list[Point]) -> WriteReport:
         """Write a batch in one request; raise a classified error on failure."""
-        body, problems, skipped = encode_body(points, self.time_precision)
-        report = WriteReport(problems=problems, rejected_points=skipped)
-        if body:
-            self._post_body(body, self.time_precision, report, len(points) - skipped)
-        return report
+        _, body, report = self.thd_encode(points)
+        return self._post(body, self.time_precision, report)
 
     def thd_encode(self, points: list[Point]) -> tuple[str, bytes, WriteReport]:
         """Encode points once, for the spool; the encoding names the precision (a reconfig may change it)."""
@@ -157,17 +154,11 @@ class InfluxStorageService(InfluxBackend):
         precision = encoding_precision(encoding)
         if precision is None:
             raise ValueError(f"cannot write points encoded as {encoding!r}")
-        report = WriteReport()
-        if data:
-            self._post_body(data, precision, report, None)
-        return report
+        return self._post(data, precision, WriteReport())
 
-    def _post_body(self, data: bytes, precision: str, report: WriteReport, sent: int | None) -> None:
-        """POST line protocol; ``sent`` is its number of points (None: counted if an error needs it)."""
-        if not self._inited:
-            raise RefusedWriteError(f"{self._owner()} is not configured")
-        if self._secret_pending:
-            raise RefusedWriteError(f"{self._owner()}: the password secret is not rendered yet")
+    def _post(self, data: bytes, precision: str, report: WriteReport) -> WriteReport:
+        if not data:
+            return report
         params = {"db": self.db, "precision": precision}
         if self.retention_policy:
             params["rp"] = self.retention_policy
@@ -186,10 +177,8 @@ class InfluxStorageService(InfluxBackend):
                 raise RefusedWriteError(f"InfluxDB: {message} (database {self.db!r})") from None
             if e.code != 400:
                 self._fail(e.code, message, f"user {self.user!r} on database {self.db!r}")
-            if (
-                not message.startswith("partial write")
-                and (len(split_lines(data)) if sent is None else sent) > 1
-            ):
+            if not message.startswith("partial write") and len(split_lines(data)) > 1:
                 # nothing was stored and the bad point is not named: find it by halving
                 raise SplitBatchError(message) from None
             self._partial_write(message, report)  # InfluxDB stored the valid points of the body
+        return report

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import requests
 
-from buildbot_stats.errors import RefusedWriteError, SplitBatchError
+from buildbot_stats.errors import SplitBatchError
 from buildbot_stats.lineprotocol import encode_lines
 from buildbot_stats.point import Point, PointProblem
 from buildbot_stats.storage_backends.base import WriteReport
@@ -51,6 +51,7 @@ class _InfluxHTTPStorage(InfluxBackend):
         #: as configured: a string or a renderable (a secret); never logged
         self.url, self.token, self.precision = url, token, precision
         self._token: str | None = token if isinstance(token, str) else None
+        self._secret_pending = self._token is None
         owner = self._owner()
         problems, parts = check_url(owner, url)
         for what, value in names.items():
@@ -66,7 +67,7 @@ class _InfluxHTTPStorage(InfluxBackend):
         self._inited = True
 
     def _use_secret(self, value: str) -> None:
-        self._token = value
+        self._token, self._secret_pending = value, False
 
     def _write_url(self) -> str:
         return self.url.rstrip("/") + self.write_path
@@ -83,10 +84,6 @@ class _InfluxHTTPStorage(InfluxBackend):
 
     def thd_postStatsValues(self, points: list[Point]) -> WriteReport:
         """Write a batch in one request (more only when a malformed line must be left out)."""
-        if not self._inited:
-            raise RefusedWriteError(f"{self._owner()} is not configured")
-        if self._token is None:
-            raise RefusedWriteError("the token secret is not rendered yet")
         problems: list[PointProblem] = []
         points = self._adjust(points, problems)
         lines, origins, encode_problems = encode_lines(points, _PRECISIONS[self.precision])

@@ -457,11 +457,9 @@ def _series_kind(series: str, tags: dict[str, Any]) -> tuple[str, str] | None:
     """(builder, kind) for the series this backend turns into named metrics."""
     builder = tags.get("builder_name")
     for kind in _SERIES_KINDS:
-        suffix = "-" + kind
-        if isinstance(builder, str) and builder and series == builder + suffix:
-            return builder, kind
-        if builder is None and series.endswith(suffix) and len(series) > len(suffix):
-            return series[: -len(suffix)], kind
+        name = series[: -len(kind) - 1] if series.endswith("-" + kind) else ""
+        if name and (builder is None or builder == name):
+            return name, kind
     return None
 
 
