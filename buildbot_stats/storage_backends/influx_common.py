@@ -225,8 +225,8 @@ def read_answer(content: Any) -> tuple[dict[str, Any], str]:
 
 
 def retry_after_seconds(header: str | None) -> float | None:
-    """Seconds of an HTTP ``Retry-After`` (a number or a date; a day at most), None if unreadable."""
+    """Seconds of an HTTP ``Retry-After`` (a number or a date; 6 hours at most), None if unreadable."""
     try:
-        return min(Retry().parse_retry_after(header), 24 * 3600.0) if header else None
+        return min(Retry().parse_retry_after(header), 6 * 3600.0) if header else None
     except InvalidHeader:
         return None

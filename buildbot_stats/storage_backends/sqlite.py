@@ -203,10 +203,6 @@ def foreign_store_problem(path: str) -> str | None:
     return other_tables(tables)
 
 
-def _no_op() -> int:
-    return 0
-
-
 class StatsStore:
     """A read-only view of a store; see :func:`open_store`."""
 
@@ -220,7 +216,7 @@ class StatsStore:
         self._db = db
         # Python runs signal handlers when SQLite calls back: Ctrl-C then aborts a long
         # statement ("interrupted") at once instead of at its end.
-        db.set_progress_handler(_no_op, 100_000)
+        db.set_progress_handler(lambda: 0, 100_000)
 
     def __enter__(self) -> StatsStore:
         return self

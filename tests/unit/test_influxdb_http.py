@@ -119,4 +119,4 @@ def test_retry_after():
     assert retry_after_seconds("soon") is None
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0
     assert 25 < retry_after_seconds(email.utils.formatdate(time.time() + 30, usegmt=True)) <= 30
-    assert 6 * 3600 <= retry_after_seconds("999999") <= 24 * 3600  # bounded: a wrong header must not stall
+    assert retry_after_seconds("999999") == 6 * 3600  # bounded: a wrong header must not stall delivery
