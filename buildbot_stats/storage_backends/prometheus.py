@@ -1,16 +1,9 @@
 """Prometheus backend: points become metrics served at ``http://interface:port/metrics``.
 
 Prometheus pulls: this backend counts points into a ``prometheus_client``
-registry and the master's reactor serves it (docs/backends.rst lists the
-metrics).  A build's duration waits (at most :data:`JOIN_WAIT` seconds, for at
-most :data:`JOIN_MAX` builds) for its result, which comes from another capture,
-when this backend has a build-results capture for the builder; else it is
-observed with ``result="unknown"``.
-
-One registry and listener per ``(interface, port)`` in the process, so a
-reconfig that makes a new backend object on the same port keeps the counts.
-A batch is counted only after every point of it was understood, and nothing
-after that raises: a retried batch is never counted twice by one process.
+registry, one per ``(interface, port)`` in the process, which the master's
+reactor serves.  docs/backends.rst says which metrics, how a build's duration
+waits for its result, and why a batch is never counted twice.
 """
 
 from __future__ import annotations
