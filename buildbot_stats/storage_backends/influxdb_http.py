@@ -42,8 +42,11 @@ class _InfluxHTTPStorage(InfluxBackend):
     secret_attribute = "token"
     write_path: ClassVar[str]
     _params: Callable[[], dict[str, str]]
-    #: (status, answer, message, lines, points, origins, report) of a 400 or 422 -> the lines to leave out
-    _rejected: Callable[[int, dict[str, Any], str, list[str], list[Point], list[int], WriteReport], set[int]]
+    #: (status, answer, message, lines, points, origins, report) of a 400 or 422 -> the lines to
+    #: leave out (none: the others were written), None if the server named none
+    _rejected: Callable[
+        [int, dict[str, Any], str, list[str], list[Point], list[int], WriteReport], set[int] | None
+    ]
 
     def _setup(self, url, token, captures, name, names, precision, timeout, verify_ssl, ca_bundle, gzip):
         self.name = name or type(self).__name__
@@ -119,9 +122,14 @@ class _InfluxHTTPStorage(InfluxBackend):
         answer, message = read_answer(response.text)
         if status not in (400, 422):
             self._fail(status, message, "the token", retry_after_seconds(response.headers.get("Retry-After")))
-        return self._rejected(
-            status, answer, message[:500] or f"HTTP {status}", lines, points, origins, report
-        )
+        message = message[:500] or f"HTTP {status}"
+        bad = self._rejected(status, answer, message, lines, points, origins, report)
+        if bad is None:  # no line named: find the bad one by halving
+            if len(lines) > 1:
+                raise SplitBatchError(message)
+            self._blame(0, points, origins, report, message)
+            return {0}
+        return bad
 
     def _blame(
         self, index: int, points: list[Point], origins: list[int], report: WriteReport, reason: str
@@ -190,9 +198,7 @@ class InfluxDB2StorageService(_InfluxHTTPStorage):
         # 400: malformed, nothing written; the first bad line is named
         index = _line_of(answer.get("line"), None, lines)
         if index is None:
-            if len(lines) > 1:
-                raise SplitBatchError(message)
-            index = 0
+            return None
         self._blame(index, points, origins, report, message)
         return {index}
 
@@ -267,10 +273,7 @@ class InfluxDB3StorageService(_InfluxHTTPStorage):
                 bad.add(index)
                 self._blame(index, points, origins, report, str(entry.get("error_message") or message))
         if not bad:
-            if len(lines) > 1:
-                raise SplitBatchError(message)
-            self._blame(0, points, origins, report, message)
-            return {0}
+            return None
         if "partial write" in str(answer.get("error", "")):
             report.rejected_points += len(bad)  # accept_partial: the other lines were written
             return set()
