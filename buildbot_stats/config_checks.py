@@ -1,8 +1,6 @@
 """The checks of a StatsService's master.cfg arguments: each mistake is one ``config.error`` line.
 
-Run by ``StatsService.checkConfig`` (so ``buildbot checkconfig`` shows them)
-and again at every (re)configuration.  A relative ``spool_path`` or store path
-is resolved against the basedir of the master.cfg being loaded.
+Run by ``StatsService.checkConfig`` (so ``buildbot checkconfig`` shows them) and at every reconfig.
 """
 
 from __future__ import annotations
@@ -55,65 +53,46 @@ def check_service_config(storage_backends: Any, options: dict[str, Any]) -> None
         _check_captures(name, getattr(backend, "captures", None))
     for message in ServiceOptions.problems(options):
         config.error(f"StatsService: {message}")
-    spool_path = options.get("spool_path", DEFAULT_SPOOL_PATH)
-    _check_spool_path(spool_path)
-    _check_store_paths(storage_backends, spool_path)
+    _check_files(storage_backends, options.get("spool_path", DEFAULT_SPOOL_PATH))
 
 
 def _check_captures(name: str, captures: Any) -> None:
+    where = f"StatsService: captures of backend {name!r}"
     if not isinstance(captures, (list, tuple)):
-        config.error(f"StatsService: captures of backend {name!r} must be a list of Capture objects")
+        config.error(f"{where} must be a list of Capture objects")
         return
     for cap in captures:
+        kind = type(cap).__name__
+        builder = getattr(cap, "_builder_name", None)
+        named = isinstance(builder, str) and builder.strip()
         if isinstance(cap, type):
+            config.error(f"{where}: {cap.__name__} is a class; write {cap.__name__}(...) to make a capture")
+        elif isinstance(cap, _OneBuilder) and not isinstance(cap, _AllBuilders) and not named:
             config.error(
-                f"StatsService: captures of backend {name!r}: {cap.__name__} is a class; "
-                f"write {cap.__name__}(...) to make a capture"
-            )
-        elif _one_builder_without_name(cap):
-            kind = type(cap).__name__
-            config.error(
-                f"StatsService: captures of backend {name!r}: {kind} needs a builder name (a string), "
-                f"not {cap._builder_name!r}; {kind}AllBuilders captures every builder"
+                f"{where}: {kind} needs a builder name (a string), not {builder!r}; "
+                f"{kind}AllBuilders captures every builder"
             )
         elif not (isinstance(cap, Capture) or callable(getattr(cap, "consume", None))):
-            config.error(
-                f"StatsService: captures of backend {name!r} must be Capture objects, "
-                f"not {type(cap).__name__}"
-            )
+            config.error(f"{where} must be Capture objects, not {kind}")
 
 
-def _one_builder_without_name(cap: Any) -> bool:
-    """A capture of one builder (not its AllBuilders twin) given no usable builder name."""
-    if not isinstance(cap, _OneBuilder) or isinstance(cap, _AllBuilders):
-        return False
-    name = getattr(cap, "_builder_name", None)
-    return not (isinstance(name, str) and name.strip())
-
-
-def _check_spool_path(spool_path: Any) -> None:
-    """An existing file at ``spool_path`` must be a spool of ours (see ``foreign_file_problem``)."""
+def _check_files(backends: Sequence[Any], spool_path: Any) -> None:
+    """An existing spool file must be a spool of ours, and no SQLite store may share its file."""
     if not isinstance(spool_path, str) or not spool_path.strip():
-        return  # reported by ServiceOptions.problems
-    path = spool_file(spool_path, loading_basedir())
+        return  # in memory, or reported by ServiceOptions.problems
+    basedir = loading_basedir()
+    path = spool_file(spool_path, basedir)
     problem = foreign_file_problem(path) if path is not None else None
     if problem is not None:
         config.error(
             f"StatsService: spool_path {spool_path!r}: {path} is not a buildbot_stats spool: it "
             f"{problem}; it is left untouched (choose another spool_path)"
         )
-
-
-def _check_store_paths(backends: Sequence[Any], spool_path: Any) -> None:
-    """The spool and an SQLite store in one file would each refuse the other's tables."""
-    if not isinstance(spool_path, str) or not spool_path.strip():
-        return
-    basedir = loading_basedir() or os.getcwd()
-    spool = spool_file(spool_path, basedir)
+    here = basedir or os.getcwd()
+    spool = os.path.abspath(spool_file(spool_path, here) or "")
     for backend in backends:
         if isinstance(backend, SQLiteStorageService) and backend.path:
-            store = resolve(backend.path, basedir)
-            if spool is not None and store is not None and os.path.abspath(store) == os.path.abspath(spool):
+            if os.path.abspath(resolve(backend.path, here) or "") == spool:
                 config.error(
                     f"StatsService: backend {backend.name!r} writes its store into the spool file "
                     f"{spool_path!r}; give the store (or spool_path) another file"

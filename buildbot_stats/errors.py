@@ -1,8 +1,7 @@
 """Exceptions: the ones users see in master.cfg, and the ones backends raise.
 
-Backends tell the delivery queue what kind of failure happened by raising one of
-the ``*WriteError`` classes below; anything else a backend raises is treated as
-transient and retried.
+A backend tells the delivery queue how a write failed by raising one of the
+``*WriteError`` or ``SplitBatchError`` classes; anything else is retried.
 """
 
 from __future__ import annotations
@@ -25,8 +24,7 @@ __all__ = [
 class StorageBackendTypeError(ConfigErrors, TypeError):
     """A ``storage_backends`` entry is not a storage backend.
 
-    A :class:`TypeError` as the spec documents, and a
-    :class:`~buildbot.config.errors.ConfigErrors` so that ``buildbot
+    A TypeError, as the spec says, and a ConfigErrors, so that ``buildbot
     checkconfig`` prints the message instead of a traceback.
     """
 
@@ -38,11 +36,7 @@ class StorageBackendTypeError(ConfigErrors, TypeError):
 
 
 class TransientWriteError(Exception):
-    """The write failed but may succeed later (server down, timeout, 5xx, 503).
-
-    ``retry_after`` (seconds) is the least time the server asked to wait (an
-    HTTP ``Retry-After``); the delivery queue waits at least that long.
-    """
+    """The write failed but may succeed later; the queue waits at least ``retry_after`` seconds."""
 
     def __init__(self, message: str = "", retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -50,25 +44,18 @@ class TransientWriteError(Exception):
 
 
 class RefusedWriteError(TransientWriteError):
-    """The backend refused the write for a reason a person must fix (auth, missing database).
-
-    Nothing is dropped: the points are retried every ``max_retry_delay``, so
-    once the password is fixed or the database created they are delivered
-    without a master restart.
-    """
+    """Refused for a reason a person must fix (auth, missing database): retried every ``max_retry_delay``."""
 
 
-#: The name this error had in 0.1 (it is a write failure, not a master.cfg mistake);
-#: kept so that backends written against 0.1 keep working.
+#: The name of RefusedWriteError in 0.1, kept for backends written against it.
 BackendConfigurationError = RefusedWriteError
 
 
 class SplitBatchError(Exception):
-    """The backend refused the batch as a whole; the queue halves it and retries.
+    """The backend refused the batch as a whole: the queue halves it; a single point is dropped and logged.
 
-    Raised for a batch too large, or for one bad point that the backend does not
-    name (InfluxDB 1.x rejects a whole batch written into a new shard for one
-    field type conflict).  A single point refused this way is dropped and logged.
+    For a batch too large, or one bad point the backend does not name (InfluxDB
+    1.x refuses a whole batch written into a new shard for one type conflict).
     """
 
 

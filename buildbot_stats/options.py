@@ -1,8 +1,6 @@
-"""The delivery options of :class:`~buildbot_stats.stats_service.StatsService`: one home for their defaults.
+"""The delivery options of the StatsService: the one home of their defaults.
 
-:class:`ServiceOptions` is what master.cfg passes (validated for
-``config.error``); :class:`DeliveryPolicy` is the part a delivery queue reads
-while it runs.  Every default lives here and only here.
+:class:`ServiceOptions` is what master.cfg passes; :class:`DeliveryPolicy` the part a queue reads.
 """
 
 from __future__ import annotations
@@ -65,22 +63,15 @@ class ServiceOptions:
     def problems(cls, options: dict[str, Any]) -> list[str]:
         """What is wrong with ``options``, one message each (for ``config.error``)."""
         known = [f.name for f in fields(cls)]
-        found = [
-            unknown_argument(name, [*known, "storage_backends", "name"])
-            for name in options
-            if name not in known
-        ]
+        found = [unknown_argument(k, [*known, "storage_backends", "name"]) for k in options if k not in known]
         opts = cls(**{k: v for k, v in options.items() if k in known})
-        if opts.spool_path is not None and (
-            not isinstance(opts.spool_path, str) or not opts.spool_path.strip()
-        ):
-            found.append(f"spool_path must be a file path or None, not {opts.spool_path!r}")
+        path, size, tags = opts.spool_path, opts.max_spool_bytes, opts.extra_tags
+        if path is not None and (not isinstance(path, str) or not path.strip()):
+            found.append(f"spool_path must be a file path or None, not {path!r}")
         for name in ("batch_size", "max_spool_points"):
-            count = getattr(opts, name)
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                found.append(f"{name} must be an integer >= 1, not {count!r}")
-        size = opts.max_spool_bytes
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            if not _is_int(getattr(opts, name), 1):
+                found.append(f"{name} must be an integer >= 1, not {getattr(opts, name)!r}")
+        if size is not None and not _is_int(size, 1):
             found.append(f"max_spool_bytes must be an integer >= 1 or None, not {size!r}")
         # NaN stops retries with a traceback, inf never retries, 0 spins a core,
         # and a flush_timeout of NaN or inf keeps a stopping master from exiting
@@ -89,17 +80,17 @@ class ServiceOptions:
             if (
                 isinstance(seconds, bool)
                 or not isinstance(seconds, (int, float))
-                or not math.isfinite(seconds)
-                or seconds < least
+                or not least <= seconds < math.inf
             ):
                 found.append(f"{name} must be a number of seconds >= {least}, not {seconds!r}")
-        tags = opts.extra_tags
         if isinstance(tags, str) or not isinstance(tags, (list, tuple)):
             found.append(f"extra_tags must be a list of tag names from {list(EXTRA_TAGS)}, not {tags!r}")
         else:
-            for tag in tags:
-                if tag not in EXTRA_TAGS:
-                    found.append(f"extra_tags: unknown tag {tag!r} (known: {', '.join(EXTRA_TAGS)})")
+            found += [
+                f"extra_tags: unknown tag {t!r} (known: {', '.join(EXTRA_TAGS)})"
+                for t in tags
+                if t not in EXTRA_TAGS
+            ]
         return found
 
     def policy(self) -> DeliveryPolicy:
@@ -113,3 +104,7 @@ class ServiceOptions:
             max_retry_delay=max_delay,
             flush_timeout=float(self.flush_timeout),
         )
+
+
+def _is_int(value: Any, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least

@@ -1,10 +1,4 @@
-"""The unit of data that flows from a capture to a storage backend.
-
-A :class:`Point` is what a capture produces and what a backend stores: a series
-name, a dict of fields, a dict of tags (the capture's *context*) and a timestamp
-in nanoseconds since the epoch.  Points are plain data so that they can be
-spooled to disk and sent again after a restart.
-"""
+"""The unit of data that flows from a capture to a storage backend, and its value conversions."""
 
 from __future__ import annotations
 
@@ -30,12 +24,9 @@ __all__ = [
 
 @dataclass
 class Point:
-    """One statistic: ``fields`` of ``series`` at ``time_ns``, described by ``tags``.
-
-    ``fields`` is the capture's ``post_data`` and ``tags`` its ``context``, kept
-    as the capture gave them; each backend applies its own storage rules when
-    it writes them (see :mod:`buildbot_stats.lineprotocol` for InfluxDB's).
-    """
+    """One statistic: ``fields`` (a capture's ``post_data``) of ``series`` at ``time_ns``
+    (nanoseconds since the epoch), described by ``tags`` (its ``context``); as given, each
+    backend applies its own storage rules."""
 
     series: str
     fields: dict[str, Any]
@@ -57,12 +48,8 @@ _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 
 def as_datetime(value: Any) -> Any:
-    """A Buildbot time as a timezone-aware datetime (None stays None).
-
-    The simple MQ hands out datetimes (kept as they are, so stored values do
-    not change); the WAMP MQ epoch seconds (int or float), which become the
-    UTC datetime the simple MQ would have given.
-    """
+    """A Buildbot time as a datetime (None stays None): the WAMP MQ's epoch seconds become
+    the UTC datetime the simple MQ would have given."""
     if value is None or isinstance(value, datetime.datetime):
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -75,13 +62,11 @@ def to_ns(value: Any) -> int:
     if isinstance(value, datetime.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=datetime.timezone.utc)
-        delta = value - _EPOCH
-        return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+        return (value - _EPOCH) // datetime.timedelta(microseconds=1) * 1000
     if isinstance(value, bool):
         raise TypeError("a bool is not a timestamp")
     if isinstance(value, int):
-        # Heuristic that matches what Buildbot hands out: epoch seconds are far
-        # below 10**12, nanosecond stamps far above.
+        # Buildbot's epoch seconds are far below 10**12, nanosecond stamps far above
         return value if abs(value) >= 10**12 else value * 1_000_000_000
     if isinstance(value, float):
         return int(round(value * 1_000_000_000))
@@ -89,11 +74,8 @@ def to_ns(value: Any) -> int:
 
 
 class Clock:
-    """Strictly increasing nanosecond timestamps for values stamped at call time.
-
-    Two values posted in the same nanosecond into the same series would
-    otherwise share series, tags and time, and InfluxDB would keep only one.
-    """
+    """Strictly increasing nanosecond timestamps: two values of one series posted in the same
+    nanosecond would otherwise share series, tags and time, and InfluxDB would keep one."""
 
     def __init__(self) -> None:
         self._last = 0
@@ -109,11 +91,8 @@ class Clock:
 
 
 def to_plain(value: Any) -> Any:
-    """Reduce a value to None, bool, int, float, str, list or dict (for the spool).
-
-    bytes are decoded as UTF-8 (undecodable bytes replaced), datetimes become
-    ISO-8601 strings, tuples and sets become lists, anything else its ``str()``.
-    """
+    """Reduce a value to None, bool, int, float, str, list or dict (for the spool): bytes decoded as
+    UTF-8 (replacing errors), datetimes as ISO-8601, tuples and sets as lists, anything else ``str()``."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -127,20 +106,11 @@ def to_plain(value: Any) -> Any:
     return str(value)
 
 
-def _float_token(value: float) -> Any:
-    # JSON has no NaN/Infinity; keep them distinguishable from strings.
-    if math.isnan(value):
-        return {"$float": "nan"}
-    if math.isinf(value):
-        return {"$float": "inf" if value > 0 else "-inf"}
-    return value
-
-
 def to_json_value(value: Any) -> Any:
     """``to_plain``, with NaN and ±Inf as ``{"$float": ...}`` so JSON can hold them."""
     value = to_plain(value)
-    if isinstance(value, float):
-        return _float_token(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"$float": str(value)}  # JSON has no NaN or Infinity: 'nan', 'inf', '-inf'
     if isinstance(value, dict):
         return {k: to_json_value(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -160,10 +130,7 @@ def from_json_value(value: Any) -> Any:
 
 
 def is_flat_plain(values: Any, nan: bool = False) -> bool:
-    """True for a dict of str keys to str, int, bool, None or floats (the usual fields).
-
-    Floats must be finite unless ``nan`` is true.
-    """
+    """True for a dict of str keys to str, int, bool, None or floats (finite unless ``nan``)."""
     if type(values) is not dict:
         return False
     for key, value in values.items():
@@ -176,6 +143,3 @@ def is_flat_plain(values: Any, nan: bool = False) -> bool:
         elif kind is not str and kind is not int and kind is not bool and value is not None:
             return False
     return True
-
-
-_is_flat_plain = is_flat_plain

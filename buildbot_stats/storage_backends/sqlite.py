@@ -1,34 +1,9 @@
 """Embedded SQLite storage: the zero-setup default backend, and the reader the CLI uses.
 
-Schema (``schema_version`` 1)::
-
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-        -- ('format', 'buildbot_stats'), ('schema_version', '1')
-    CREATE TABLE points (
-        id      INTEGER PRIMARY KEY,
-        series  TEXT    NOT NULL,
-        time_ns INTEGER NOT NULL,      -- nanoseconds since the epoch, UTC
-        tags    TEXT    NOT NULL,      -- JSON object, keys sorted (the capture's context)
-        fields  TEXT    NOT NULL,      -- JSON object (the capture's post_data)
-        UNIQUE (series, tags, time_ns)
-    );
-    CREATE INDEX points_series_time ON points (series, time_ns);
-
-A point sent again with the same series, tags and time is merged into its row,
-the way InfluxDB merges fields of one point: the new fields replace fields of
-the same name, the others are kept.  So the start-time, end-time and duration
-points of one build end up as one row with three fields, and a re-sent point
-never makes a duplicate row.
-
-Values: fields and tags go through :func:`buildbot_stats.point.to_plain`
-(bytes decoded as UTF-8, datetimes as ISO-8601 text, tuples and sets as lists,
-other objects as their ``str()``) and are stored as JSON.  Nothing is lost or
-rejected: ``None`` is JSON null, integers of any size stay exact, and NaN/±Inf
-follow the spool's encoding of :mod:`buildbot_stats.point` (``{"$float": "nan"}``)
-and read back as floats.  Only a point with an empty series name is rejected.
-
-The file is in WAL mode, so readers (``buildbot-stats summary``) can read while
-the master writes; a second master run appends to the same file.
+docs/cli.rst ("The store") describes the file: a ``meta`` and a ``points``
+table; fields and tags as JSON (:func:`buildbot_stats.point.to_json_value`);
+a point sent again with the same series, tags and time is merged into its row,
+the way InfluxDB merges the fields of one point.
 """
 
 from __future__ import annotations
@@ -51,12 +26,7 @@ from buildbot_stats.point import Clock, Point, PointProblem, from_json_value, to
 from buildbot_stats.sqlite_wal import connect_wal, existing_sqlite_file, other_tables
 from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
 
-__all__ = [
-    "SQLiteStorageService",
-    "StatsStore",
-    "StoreError",
-    "open_store",
-]
+__all__ = ["SQLiteStorageService", "StatsStore", "StoreError", "open_store"]
 
 FORMAT = "buildbot_stats"
 SCHEMA_VERSION = 1
@@ -84,18 +54,13 @@ class StoreError(Exception):
     """The file is missing, unreadable, not SQLite, or not a buildbot_stats store."""
 
 
-# -- values ------------------------------------------------------------------
-
-
 def _dumps(obj: dict[str, Any], sort_keys: bool = False) -> str:
     # ensure_ascii: lone surrogates in a str survive as \\udxxx escapes
     return json.dumps(obj, allow_nan=False, sort_keys=sort_keys, separators=(",", ":"))
 
 
 def _merge_fields(old: str, new: str) -> str:
-    merged = json.loads(old)
-    merged.update(json.loads(new))
-    return _dumps(merged)
+    return _dumps({**json.loads(old), **json.loads(new)})
 
 
 def _point_row(point: Point, problems: list[PointProblem]) -> tuple[str, int, str, str] | None:
@@ -111,16 +76,22 @@ def _point_row(point: Point, problems: list[PointProblem]) -> tuple[str, int, st
     return series, int(point.time_ns), _dumps(tags, sort_keys=True), _dumps(to_json_value(fields))
 
 
-# -- writer ------------------------------------------------------------------
+def _tables_and_meta(db: sqlite3.Connection) -> tuple[set[str], dict[str, str]]:
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    try:
+        meta = (
+            {str(k): str(v) for k, v in db.execute("SELECT key, value FROM meta")} if "meta" in tables else {}
+        )
+    except sqlite3.OperationalError:  # a 'meta' table of some other application
+        meta = {}
+    return tables, meta
 
 
 class SQLiteStorageService(StatsStorageBase):
-    """Stores statistics in an SQLite file (see the module docstring for the schema).
+    """Stores statistics in an SQLite file, created (with its directory) on the first write.
 
-    ``path`` is relative to the process's working directory (a master's
-    basedir).  The file and its directory are created on the first write; the
-    connection is opened then, in the writing thread, and shared (under a lock)
-    by the threads that write later.
+    ``path`` is relative to the master's basedir.  The connection is opened in
+    the writing thread and shared, under a lock, by the threads that write later.
     """
 
     def __init__(
@@ -155,9 +126,8 @@ class SQLiteStorageService(StatsStorageBase):
     def _connect(self) -> sqlite3.Connection:
         if self._db is not None:
             return self._db
-        directory = os.path.dirname(os.path.abspath(self.path))
         try:
-            os.makedirs(directory, exist_ok=True)
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             db = connect_wal(self.path, self.busy_timeout)
         except (OSError, sqlite3.OperationalError) as e:
             raise RefusedWriteError(f"{self.name}: cannot open {self.path}: {e}") from None
@@ -165,58 +135,46 @@ class SQLiteStorageService(StatsStorageBase):
             raise RefusedWriteError(f"{self.name}: {self.path} is not usable: {e}") from None
         try:
             db.create_function("bbs_merge_fields", 2, _merge_fields, deterministic=True)
-            self._init_schema(db)
-        except sqlite3.DatabaseError as e:
-            db.close()
-            raise RefusedWriteError(f"{self.name}: {self.path} is not usable: {e}") from None
-        except BaseException:
-            db.close()
-            raise
-        self._db = db
-        return db
-
-    def _init_schema(self, db: sqlite3.Connection) -> None:
-        with db:
-            db.execute("BEGIN IMMEDIATE")
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if tables:
-                meta = _read_meta(db) if "meta" in tables else {}
-                if meta.get("format") != FORMAT:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                tables, meta = _tables_and_meta(db)
+                if tables and meta.get("format") != FORMAT:
                     raise RefusedWriteError(
                         f"{self.name}: {self.path} is an SQLite database but not a buildbot_stats store; "
                         "refusing to write into it"
                     )
-                if meta.get("schema_version") != str(SCHEMA_VERSION):
+                if tables and meta.get("schema_version") != str(SCHEMA_VERSION):
                     raise RefusedWriteError(
                         f"{self.name}: {self.path} has schema version {meta.get('schema_version')!r}; "
                         f"this version of buildbot_stats writes {SCHEMA_VERSION}"
                     )
-            for statement in _SCHEMA:
-                db.execute(statement)
-            db.executemany(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
-                [("format", FORMAT), ("schema_version", str(SCHEMA_VERSION))],
-            )
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                db.executemany(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                    [("format", FORMAT), ("schema_version", str(SCHEMA_VERSION))],
+                )
+        except BaseException as e:
+            db.close()
+            if isinstance(e, sqlite3.DatabaseError):
+                raise RefusedWriteError(f"{self.name}: {self.path} is not usable: {e}") from None
+            raise
+        self._db = db
+        return db
 
     def thd_postStatsValues(self, points: list[Point]) -> WriteReport:
         """Store a batch in one transaction; return what was converted or rejected."""
-        report = WriteReport()
         if not self._inited:
             raise RefusedWriteError(f"{self.name} is not configured")
-        rows = []
-        for point in points:
-            row = _point_row(point, report.problems)
-            if row is None:
-                report.rejected_points += 1
-            else:
-                rows.append(row)
-        if not rows:
-            return report
-        with self._lock:
-            db = self._connect()
-            with db:
-                db.execute("BEGIN IMMEDIATE")
-                db.executemany(_UPSERT, rows)
+        report = WriteReport()
+        rows = [row for row in (_point_row(p, report.problems) for p in points) if row is not None]
+        report.rejected_points = len(points) - len(rows)
+        if rows:
+            with self._lock:
+                db = self._connect()
+                with db:
+                    db.execute("BEGIN IMMEDIATE")
+                    db.executemany(_UPSERT, rows)
         return report
 
     def thd_postStatsValue(
@@ -224,8 +182,7 @@ class SQLiteStorageService(StatsStorageBase):
     ) -> None:
         """Store one point stamped with the current time."""
         point = Point(series_name, post_data, context or {}, self._clock.now_ns())
-        report = self.thd_postStatsValues([point])
-        for p in report.problems:
+        for p in self.thd_postStatsValues([point]).problems:
             log.msg(f"{self.name}: {p.series} {p.field}: {p.reason}")
 
     def close(self) -> None:
@@ -236,33 +193,14 @@ class SQLiteStorageService(StatsStorageBase):
                 self._db = None
 
 
-# -- reader ------------------------------------------------------------------
-
-
 def foreign_store_problem(path: str) -> str | None:
-    """Why the file at ``path`` must not be written as a store, or None if it may be.
-
-    A store is written into a file that does not exist yet, an empty file or
-    SQLite database, or a store of ours; anything else (Buildbot's
-    ``state.sqlite``, the spool, ``master.cfg``) is somebody else's.
-    """
+    """Why the file at ``path`` must not be written as a store (somebody else's), or None if it may be."""
     problem, _, tables = existing_sqlite_file(path)
     if problem is not None:
         return problem
     if not tables or "meta" in tables and "points" in tables:
         return None
     return other_tables(tables)
-
-
-def _read_meta(db: sqlite3.Connection) -> dict[str, str]:
-    try:
-        return {str(k): str(v) for k, v in db.execute("SELECT key, value FROM meta")}
-    except sqlite3.OperationalError:  # a 'meta' table of some other application
-        return {}
-
-
-def _no_op() -> int:
-    return 0
 
 
 class StatsStore:
@@ -276,10 +214,9 @@ class StatsStore:
         #: True when the file could only be opened as ``immutable`` (see :func:`open_store`)
         self.immutable = immutable
         self._db = db
-        # SQLite calls back into Python every so many steps of a statement: Python runs its
-        # signal handlers then, and a KeyboardInterrupt raised there aborts the statement
-        # ("interrupted"), so Ctrl-C stops a long summary at once instead of at its end.
-        db.set_progress_handler(_no_op, 100_000)
+        # Python runs signal handlers when SQLite calls back: Ctrl-C then aborts a long
+        # statement ("interrupted") at once instead of at its end.
+        db.set_progress_handler(lambda: 0, 100_000)
 
     def __enter__(self) -> StatsStore:
         return self
@@ -290,25 +227,22 @@ class StatsStore:
     def close(self) -> None:
         self._db.close()
 
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Iterator[tuple[Any, ...]]:
+        """Rows of a read-only SQL statement (temporary tables allowed); errors as :class:`StoreError`."""
         try:
             yield from self._db.execute(sql, params)
         except sqlite3.Error as e:
-            if str(e) == "interrupted":  # Ctrl-C, through _progress
+            if str(e) == "interrupted":  # Ctrl-C, through the progress handler
                 raise KeyboardInterrupt from None
             raise StoreError(f"{self.path}: cannot read the store ({e})") from None
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
-        """Rows of a read-only SQL statement (temporary tables allowed); errors as :class:`StoreError`."""
-        return self._query(sql, params)
-
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        """Run one statement to its end (e.g. to fill a temporary table); errors as :class:`StoreError`."""
-        for _ in self._query(sql, params):
+        """Run one statement to its end (e.g. to fill a temporary table)."""
+        for _ in self.query(sql, params):
             pass
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        """Run one statement for each row (e.g. to fill a temporary table); errors as :class:`StoreError`."""
+        """Run one statement for each row (e.g. to fill a temporary table)."""
         try:
             self._db.executemany(sql, rows)
         except sqlite3.Error as e:
@@ -316,26 +250,22 @@ class StatsStore:
 
     def series(self) -> list[str]:
         """The distinct series names, sorted."""
-        return [r[0] for r in self._query("SELECT DISTINCT series FROM points ORDER BY series")]
+        return [r[0] for r in self.query("SELECT DISTINCT series FROM points ORDER BY series")]
 
     def count(self) -> int:
         """The number of stored points (rows)."""
-        return next(self._query("SELECT COUNT(*) FROM points"))[0]
+        return next(self.query("SELECT COUNT(*) FROM points"))[0]
 
     def points(self, prefix: str = "", suffix: str = "") -> Iterator[Point]:
         """Points whose series starts with ``prefix`` and ends with ``suffix``, by series then time."""
-        sql = "SELECT series, time_ns, tags, fields FROM points"
-        where, params = [], []
+        sql = "SELECT series, time_ns, tags, fields FROM points WHERE 1"
         if prefix:
-            where.append("substr(series, 1, length(?)) = ?")
-            params += [prefix, prefix]
+            sql += " AND substr(series, 1, length(:prefix)) = :prefix"
         if suffix:
-            where.append("length(series) >= length(?) AND substr(series, -length(?)) = ?")
-            params += [suffix, suffix, suffix]
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY series, time_ns, id"
-        for series, time_ns, tags, fields in self._query(sql, params):
+            sql += " AND length(series) >= length(:suffix) AND substr(series, -length(:suffix)) = :suffix"
+        for series, time_ns, tags, fields in self.query(
+            sql + " ORDER BY series, time_ns, id", {"prefix": prefix, "suffix": suffix}
+        ):
             try:
                 yield Point(
                     series, from_json_value(json.loads(fields)), from_json_value(json.loads(tags)), time_ns
@@ -344,29 +274,13 @@ class StatsStore:
                 raise StoreError(f"{self.path}: a point of series {series!r} is corrupt ({e})") from None
 
 
-def _connect_ro(path: str, immutable: bool) -> sqlite3.Connection:
-    uri = "file:" + quote(os.path.abspath(path)) + ("?immutable=1" if immutable else "?mode=ro")
-    return sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None, check_same_thread=False)
-
-
-def _check_store(path: str, db: sqlite3.Connection) -> dict[str, str]:
-    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    meta = _read_meta(db) if "meta" in tables else {}
-    if meta.get("format") == FORMAT:
-        db.execute("SELECT series, time_ns, tags, fields FROM points LIMIT 0")
-    return meta
-
-
 def open_store(path: str | os.PathLike[str]) -> StatsStore:
     """Open a store read-only; raise :class:`StoreError` if it is not one.
 
-    Only a regular file is opened (a FIFO or a device would block or never
-    end).  The file is opened with ``mode=ro``, which never writes the store
-    but, in WAL mode, needs to create or write its ``-shm`` file; when that is
-    refused (a directory or ``-shm`` the user cannot write) it is opened again
-    with ``immutable=1`` and :attr:`StatsStore.immutable` is set: then points
-    a running master has not yet checkpointed from its ``-wal`` file are not
-    seen.
+    Only a regular file is opened (a FIFO would block).  ``mode=ro`` needs to
+    write the ``-shm`` file of a WAL database; when that is refused the file is
+    opened ``immutable=1`` (:attr:`StatsStore.immutable`), which does not see
+    points a running master has not yet checkpointed.
     """
     path = os.fspath(path)
     try:
@@ -381,21 +295,22 @@ def open_store(path: str | os.PathLike[str]) -> StatsStore:
         raise StoreError(f"{path}: not a regular file, not a buildbot_stats store")
     if not os.access(path, os.R_OK):
         raise StoreError(f"{path}: cannot open: permission denied")
-    immutable = False
-    while True:
+    for immutable in (False, True):
+        uri = "file:" + quote(os.path.abspath(path)) + ("?immutable=1" if immutable else "?mode=ro")
         try:
-            db = _connect_ro(path, immutable)
+            db = sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
             raise StoreError(f"{path}: cannot open: {e}") from None
         try:
-            meta = _check_store(path, db)
+            meta = _tables_and_meta(db)[1]
+            if meta.get("format") == FORMAT:
+                db.execute("SELECT series, time_ns, tags, fields FROM points LIMIT 0")
             break
         except sqlite3.Error as e:
             db.close()
             code = getattr(e, "sqlite_errorcode", 0) & 0xFF
             if not immutable and code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN):
-                immutable = True  # the -shm file cannot be created or written
-                continue
+                continue  # the -shm file cannot be created or written
             if str(e) == "file is not a database":
                 raise StoreError(f"{path}: not a buildbot_stats store (not an SQLite database)") from None
             raise StoreError(f"{path}: cannot read the store (corrupt or unreadable: {e})") from None
