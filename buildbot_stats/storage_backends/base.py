@@ -11,7 +11,7 @@ from twisted.internet import defer
 from twisted.python import log
 from zope.interface import Attribute, Interface, implementer
 
-from buildbot_stats.arguments import check_init_arguments
+from buildbot_stats.arguments import ChecksArguments
 from buildbot_stats.errors import PartialDeliveryError
 from buildbot_stats.point import Point, PointProblem
 
@@ -62,7 +62,7 @@ class WriteReport:
 
 
 @implementer(IStatsStorage)
-class StatsStorageBase(abc.ABC):
+class StatsStorageBase(metaclass=ChecksArguments):
     """Base class for storage backends.
 
     Subclasses implement :meth:`thd_postStatsValue`; a backend that can store
@@ -75,10 +75,6 @@ class StatsStorageBase(abc.ABC):
     #: 2 when the backend's writes are thread-safe and its server takes two
     #: in parallel (see :mod:`buildbot_stats.delivery.queue` for when it does so)
     concurrent_writes: int = 1
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        check_init_arguments(cls)  # a misspelt keyword in master.cfg is a config.error line
 
     @abc.abstractmethod
     def thd_postStatsValue(
