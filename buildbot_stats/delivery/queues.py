@@ -20,6 +20,7 @@ from buildbot_stats.delivery.queue import Counters, DeliveryQueue
 from buildbot_stats.delivery.spool_thread import SpoolThread
 from buildbot_stats.delivery.writer import Route, SpoolResult, SpoolWriter, points_phrase
 from buildbot_stats.options import DeliveryPolicy
+from buildbot_stats.storage_backends.base import IEncodedWrites, provides, warn_deprecated_attributes
 
 __all__ = ["QueueSet", "backend_keys", "backend_name"]
 
@@ -74,6 +75,7 @@ class QueueSet:
         key_by_backend: dict[int, str] = {}
         new_queues = []
         for key, backend in zip(backend_keys(backends), backends):
+            warn_deprecated_attributes(backend)
             queue = old.pop(key, None)
             if queue is None:
                 spool_key = f"{self.service_name}/{key}"
@@ -85,7 +87,7 @@ class QueueSet:
                 queue.use(backend, policy)
             self.queues[key] = queue
             queue.hold = self.writer.holding
-            encode = getattr(backend, "thd_encode", None)
+            encode = backend.thd_encode if provides(backend, IEncodedWrites) else None
             routes[key] = Route(queue.spool_key, encode, policy.batch_size)
             key_by_backend[id(backend)] = key
         # spool writes made from now on use the new routes; a capture still holding a

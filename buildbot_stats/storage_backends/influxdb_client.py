@@ -10,6 +10,7 @@ from typing import Any
 from buildbot import config
 from twisted.internet import defer
 from twisted.python import log
+from zope.interface import implementer
 
 from buildbot_stats.errors import (
     BatchTooLargeError,
@@ -25,7 +26,12 @@ from buildbot_stats.lineprotocol import (
     split_lines,
 )
 from buildbot_stats.point import Point, PointProblem
-from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
+from buildbot_stats.storage_backends.base import (
+    IEncodedWrites,
+    IPreparedWrites,
+    StatsStorageBase,
+    WriteReport,
+)
 from buildbot_stats.storage_backends.influx_common import (
     check_base_url,
     check_name,
@@ -57,6 +63,7 @@ _FIELD_IN_ERROR = re.compile(
 _DROPPED = re.compile(r"dropped=(\d+)")
 
 
+@implementer(IEncodedWrites, IPreparedWrites)
 class InfluxStorageService(StatsStorageBase):
     """Stores statistics in an InfluxDB 1.x database.
 
@@ -68,11 +75,6 @@ class InfluxStorageService(StatsStorageBase):
     server's certificate, against ``ca_bundle`` (a PEM file) when given;
     ``verify_ssl=False`` turns that off (logged as a warning).
     """
-
-    # influxd parses two writes at once (on two cores: 1.5x the points per
-    # second of one connection, measured), and the client's requests Session
-    # is safe to share between two threads
-    concurrent_writes = 2
 
     def __init__(
         self,

@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 import requests
 from buildbot import config
 from twisted.internet import defer
+from zope.interface import implementer
 
 from buildbot_stats.errors import (
     BatchTooLargeError,
@@ -44,7 +45,7 @@ from buildbot_stats.errors import (
 )
 from buildbot_stats.lineprotocol import encode_lines
 from buildbot_stats.point import Point, PointProblem
-from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
+from buildbot_stats.storage_backends.base import IPreparedWrites, StatsStorageBase, WriteReport
 from buildbot_stats.storage_backends.influx_common import (
     check_base_url,
     check_name,
@@ -69,6 +70,7 @@ _FIELD_IN_ERROR = re.compile(
 _DROPPED = re.compile(r"dropped=(\d+)")
 
 
+@implementer(IPreparedWrites)
 class _InfluxHTTPStorage(StatsStorageBase):
     """What the 2.x and 3.x backends share; subclasses say where and how to write."""
 
