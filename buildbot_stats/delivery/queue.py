@@ -61,21 +61,24 @@ class Counters:
 
 
 class Backlog:
-    """The points one backend has not accepted yet: counts only, the points are in the spool.
+    """The counts of one backend's points, and their log lines; the points themselves are in the spool.
 
-    It mirrors the spool's counts as of the last spool call (``pending``: in
-    the spool; ``untaken``: not yet taken for a write), and says once per burst
-    that the spool's bounds drop points.
+    ``pending`` (in the spool) and ``untaken`` (not yet taken for a write)
+    mirror the spool as of the last spool call.
     """
 
-    def __init__(self, key: str, spool_key: str, policy: DeliveryPolicy, counters: Counters) -> None:
+    def __init__(self, key: str, spool_key: str, policy: DeliveryPolicy, reactor: Any) -> None:
         self.key = key
         self.spool_key = spool_key
         self.policy = policy
-        self.counters = counters
+        self.counters = Counters()
         self.pending = 0
         self.untaken = 0
-        self.dropped_in_burst = 0  # since the backend last accepted a write (for one log line)
+        self.dropped_in_burst = 0  # by the spool's bounds, since the backend last accepted a write
+        self.restored = 0  # points found in the spool at start, not yet delivered
+        self.failure: str | None = None  # the failure last logged, until a write succeeds
+        # a value rejected on every build of a quiet master (one point per write) is one line per burst
+        self.problem_log = BurstLog(reactor)
 
     def update(self, state: SpoolState | None) -> None:
         if state is None:
@@ -98,6 +101,86 @@ class Backlog:
             log.msg(
                 f"buildbot_stats: {points_phrase(state.quarantined)} of backend {self.key!r} could not be "
                 "read from the spool; their segments were moved to the table buildbot_stats_unreadable"
+            )
+
+    def spooled(self, state: SpoolState, captured: int, problems: list[PointProblem], rejected: int) -> None:
+        """A spool write added points of this backend (or dropped some to respect the bounds)."""
+        self.counters.captured += captured
+        self.counters.dropped += rejected
+        if problems:
+            self.log_problems(problems)
+        self.update(state)
+
+    def found(self, state: SpoolState) -> None:
+        """The spool's counts at start: say how many points a previous run left."""
+        self.update(state)
+        self.restored = state.pending
+        if state.pending:
+            found = points_phrase(state.pending)
+            log.msg(f"buildbot_stats: {found} found in the spool to send to backend {self.key!r}")
+
+    def failed(self, error: Any, what: str, then: str) -> None:
+        """Log "``what`` (the error); N points kept``then``", unless that failure was the last one logged."""
+        message = f"{type(error).__name__}: {error}"
+        if self.failure != message:
+            log.msg(f"buildbot_stats: {what} ({message}); {points_phrase(self.pending)} kept{then}")
+            self.failure = message
+
+    def dropped(self, sent: int, error: BaseException, series: str | None) -> None:
+        """``sent`` points the backend will never take: the one it refused alone, or another kind's."""
+        self.counters.dropped += sent
+        if series is not None:
+            self.log_problems([PointProblem(series, "*", f"refused by the backend: {error}")])
+        else:
+            log.msg(f"buildbot_stats: {points_phrase(sent)} of backend {self.key!r} were dropped: {error}")
+
+    def stopped(self, durable: bool) -> None:
+        if self.pending:
+            log.msg(
+                f"buildbot_stats: {points_phrase(self.pending)} of backend {self.key!r} "
+                + (
+                    "stay in the spool and are sent after the next start"
+                    if durable
+                    else "are lost: there is no spool file (spool_path=None or unusable)"
+                )
+            )
+        self.problem_log.flush()
+
+    def accepted(self, report: WriteReport | None, sent: int) -> None:
+        """The backend took ``sent`` points (less those its report says it rejected)."""
+        rejected = report.rejected_points if report else 0
+        self.counters.written += sent - rejected
+        self.counters.dropped += rejected
+        if report and report.problems:
+            self.log_problems(report.problems)
+        if self.restored:
+            self.restored = max(0, self.restored - sent)
+            if not self.restored:
+                log.msg(f"buildbot_stats: the points found in the spool reached backend {self.key!r}")
+        if self.failure is not None:
+            log.msg(
+                f"buildbot_stats: backend {self.key!r} accepts writes again; {points_phrase(self.pending)} "
+                f"still pending; counters {replace(self.counters, pending=self.pending).as_dict()}"
+            )
+            self.failure = None
+        if self.dropped_in_burst:
+            log.msg(
+                f"buildbot_stats: {points_phrase(self.dropped_in_burst)} of backend {self.key!r} "
+                "were dropped: spool full"
+            )
+            self.dropped_in_burst = 0
+
+    def log_problems(self, problems: list[PointProblem]) -> None:
+        """One line per series, field and problem (and burst): the values converted or rejected."""
+        counts: dict[PointProblem, int] = {}
+        for p in problems:
+            counts[p] = counts.get(p, 0) + 1
+        for p, n in counts.items():
+            what = "rejected" if p.rejected else "converted"
+            times = f" ({n} values)" if n > 1 else ""
+            self.problem_log.failed(
+                (what, p.series, p.field, p.reason),
+                f"backend {self.key!r} {what} field {p.field!r} of series {p.series!r}: {p.reason}{times}",
             )
 
 
@@ -271,15 +354,15 @@ class DeliveryQueue:
         spool: SpoolThread,
         reactor: Any,
         policy: DeliveryPolicy,
-        spool_key: str | None = None,
-        master: Any = None,
+        spool_key: str,
+        master: Any,
     ) -> None:
-        self.key = key
+        self.key, self.spool_key = key, spool_key
         self.backend = backend
         self.master = master
         self.state = State.IDLE
-        self.counters = Counters()
-        self.backlog = Backlog(key, spool_key or key, policy, self.counters)
+        self.backlog = Backlog(key, spool_key, policy, reactor)
+        self.counters = self.backlog.counters
         self._spool = spool
         self._reactor = reactor
         self._reader = BatchReader(spool, self.backlog, self._write_next)
@@ -287,14 +370,10 @@ class DeliveryQueue:
         self._retry_call: Any = None  # the delayed call of the retry (WAITING)
         self._attempt = 0  # failed writes in a row
         self._batch_limit = policy.batch_size  # halved while the backend asks for smaller batches
-        self._failure_logged: str | None = None  # the failure last logged, until a write succeeds
         self._stopping = False
         self._drained: defer.Deferred | None = None  # stop() waits: fires once nothing is left to do
-        self._restored = 0  # points found in the spool at start, not yet delivered
         #: set by the queue set: true while the spool writer holds delivery back (see SpoolWriter)
         self.hold: Callable[[], bool] | None = None
-        # a value rejected on every build of a quiet master (one point per write) is one line per burst
-        self._problem_log = BurstLog(reactor)
 
     def __repr__(self) -> str:
         return f"<DeliveryQueue {self.key!r} {self.state.value} pending={self.pending}>"
@@ -306,10 +385,6 @@ class DeliveryQueue:
     @property
     def policy(self) -> DeliveryPolicy:
         return self.backlog.policy
-
-    @property
-    def spool_key(self) -> str:
-        return self.backlog.spool_key
 
     @property
     def pending(self) -> int:
@@ -328,16 +403,11 @@ class DeliveryQueue:
     def spooled(
         self, state: SpoolState, captured: int, problems: list[PointProblem], rejected: int, send: bool = True
     ) -> None:
-        """A spool write added points of this queue (or dropped some to respect the bounds).
+        """A spool write added points of this queue; ``send``: send them now (else at :meth:`send`).
 
-        ``send``: start sending them now (else at the next :meth:`send`, unless a
-        batch is waiting already: a burst is sent while it is still being spooled).
+        A whole batch waiting is sent at once: a burst is sent while it is still being spooled.
         """
-        self.counters.captured += captured
-        self.counters.dropped += rejected
-        if problems:
-            self._log_problems(problems)
-        self.backlog.update(state)
+        self.backlog.spooled(state, captured, problems, rejected)
         if send or self.backlog.untaken >= self.policy.batch_size:
             self._write_next()
 
@@ -348,27 +418,17 @@ class DeliveryQueue:
     @defer.inlineCallbacks
     def start(self) -> Any:
         """Start with the oldest segment in the spool (points found at start-up go first)."""
-        state = yield self._spool.reset(self.spool_key)
-        self.backlog.update(state)
-        if state.pending:
-            self._restored = state.pending
-            log.msg(
-                f"buildbot_stats: {points_phrase(state.pending)} found in the spool to send to backend {self.key!r}"
-            )
+        self.backlog.found((yield self._spool.reset(self.spool_key)))
         self._write_next()
-
-    # -- writing -------------------------------------------------------------
 
     def _write_next(self) -> None:
         """In IDLE: prepare the backend, or write the next batch, or read it; else nothing."""
         if self.state is not State.IDLE:
             return
-        if self._reader.read_failure is not None:
-            failure, self._reader.read_failure = self._reader.read_failure, None
-            log.msg(
-                f"buildbot_stats: could not read the spool for backend {self.key!r} "
-                f"({failure.getErrorMessage()}); retrying"
-            )
+        failure, self._reader.read_failure = self._reader.read_failure, None
+        if failure is not None:
+            why = failure.getErrorMessage()
+            log.msg(f"buildbot_stats: could not read the spool for backend {self.key!r} ({why}); retrying")
             self._wait(self.policy.max_retry_delay)
             return
         if self._prepared is not self.backend:
@@ -400,73 +460,34 @@ class DeliveryQueue:
     def _prepare(self) -> None:
         """Call the backend's ``prepare(master)``; on failure keep the points and try again later."""
         self._to(State.PREPARING)
-        backend = self.backend
-        d = defer.maybeDeferred(backend.prepare, self.master)
-        d.addBoth(self._prepared_or_not, backend)
+        d = defer.maybeDeferred(self.backend.prepare, self.master)
+        d.addBoth(self._prepared_or_not, self.backend)
         d.addErrback(log.err, "buildbot_stats: internal error in delivery")
 
     def _prepared_or_not(self, result: Any, backend: Any) -> None:
         if self.state is State.STOPPED:
             return
-        if backend is self.backend and not isinstance(result, Failure):
-            self._prepared = backend
-        elif backend is self.backend:
-            message = f"{type(result.value).__name__}: {result.getErrorMessage()}"
-            if self._failure_logged != message:
-                log.msg(
-                    f"buildbot_stats: backend {self.key!r} is not ready ({message}); "
-                    f"{points_phrase(self.pending)} kept; tried again every {self.policy.max_retry_delay:.0f}s"
-                )
-                self._failure_logged = message
-            self._failed_now(self.policy.max_retry_delay)
+        if backend is self.backend and isinstance(result, Failure):
+            delay = self.policy.max_retry_delay
+            self.backlog.failed(
+                result.value, f"backend {self.key!r} is not ready", f"; tried again every {delay:.0f}s"
+            )
+            self._failed(delay)
             return
+        if backend is self.backend:
+            self._prepared = backend
         self._to(State.IDLE)  # prepared, or replaced meanwhile (then the new one is prepared)
         self._write_next()
 
     def _written(self, report: WriteReport | None, sent: int) -> None:
-        self._count_written(report, sent)
+        self.backlog.accepted(report, sent)
         self._reader.advance(sent)
         if self.state is State.STOPPED:
             return
         self._attempt = 0
         self._batch_limit = self.policy.batch_size
-        if self._failure_logged is not None:
-            log.msg(
-                f"buildbot_stats: backend {self.key!r} accepts writes again; "
-                f"{points_phrase(self.pending)} still pending; counters {self.current_counters().as_dict()}"
-            )
-            self._failure_logged = None
-        if self.backlog.dropped_in_burst:
-            log.msg(
-                f"buildbot_stats: {points_phrase(self.backlog.dropped_in_burst)} of backend {self.key!r} "
-                "were dropped: spool full"
-            )
-            self.backlog.dropped_in_burst = 0
         self._to(State.IDLE)
         self._write_next()
-
-    def _count_written(self, report: WriteReport | None, sent: int) -> None:
-        rejected = report.rejected_points if report else 0
-        self.counters.written += sent - rejected
-        self.counters.dropped += rejected
-        if report and report.problems:
-            self._log_problems(report.problems)
-        if self._restored:
-            self._restored = max(0, self._restored - sent)
-            if not self._restored:
-                log.msg(f"buildbot_stats: the points found in the spool reached backend {self.key!r}")
-
-    def _log_problems(self, problems: list[PointProblem]) -> None:
-        counts: dict[PointProblem, int] = {}
-        for p in problems:
-            counts[p] = counts.get(p, 0) + 1
-        for p, n in counts.items():
-            what = "rejected" if p.rejected else "converted"
-            times = f" ({n} values)" if n > 1 else ""
-            self._problem_log.failed(
-                (what, p.series, p.field, p.reason),
-                f"backend {self.key!r} {what} field {p.field!r} of series {p.series!r}: {p.reason}{times}",
-            )
 
     def _write_failed(self, failure: Failure, sent: int) -> None:
         batch = self._reader.current
@@ -476,26 +497,23 @@ class DeliveryQueue:
             self._reader.advance(error.delivered)
             sent -= error.delivered
             error = error.cause
-        if isinstance(error, (_NotForThisBackendError, SplitBatchError)) and self.state is not State.STOPPED:
+        if self.state is State.STOPPED:
+            self.counters.retried += sent  # (they stay in the spool)
+            return
+        if isinstance(error, (SplitBatchError, _NotForThisBackendError)):
             if isinstance(error, SplitBatchError) and sent > 1:
-                self._batch_limit = max(1, sent // 2)
-            else:
-                self.counters.dropped += sent
+                self._batch_limit = max(1, sent // 2)  # then the halves, and so on
+            else:  # one point refused alone is the bad one; points of another kind of backend
+                series = (
+                    batch.series_at(batch.offset) if isinstance(error, SplitBatchError) and batch else None
+                )
+                self.backlog.dropped(sent, error, series)
                 self._reader.advance(sent)
-                if isinstance(error, SplitBatchError):
-                    series = batch.series_at(batch.offset - sent) if batch is not None else "?"
-                    self._log_problems([PointProblem(series, "*", f"refused by the backend: {error}")])
-                else:
-                    log.msg(
-                        f"buildbot_stats: {points_phrase(sent)} of backend {self.key!r} were dropped: {error}"
-                    )
             self._to(State.IDLE)
             self._write_next()
             return
         self._attempt += 1
         self.counters.retried += sent
-        if self.state is State.STOPPED:
-            return
         if batch is not None and batch.offset == 0:
             # return the batches to the spool while the backend fails, so the bounds can drop them
             # (not one written in part: it would be read, and written, whole again)
@@ -503,19 +521,13 @@ class DeliveryQueue:
         refused = isinstance(error, RefusedWriteError)
         if refused:
             self._prepared = None  # e.g. render the password again: it may have been fixed
-        message = f"{type(error).__name__}: {error}"
-        if self._failure_logged != message:
-            log.msg(
-                f"buildbot_stats: writing {points_phrase(sent)} to backend {self.key!r} failed "
-                f"({message}); {points_phrase(self.pending)} kept and retried"
-                + (f" every {self.policy.max_retry_delay:.0f}s until fixed" if refused else "")
-            )
-            self._failure_logged = message
-        delay = self.policy.retry_delay(self._attempt, refused)
+        until_fixed = f" every {self.policy.max_retry_delay:.0f}s until fixed" if refused else ""
+        what = f"writing {points_phrase(sent)} to backend {self.key!r} failed"
+        self.backlog.failed(error, what, f" and retried{until_fixed}")
         retry_after = getattr(error, "retry_after", None)  # a TransientWriteError's (Retry-After)
-        self._failed_now(max(delay, float(retry_after or 0)))
+        self._failed(max(self.policy.retry_delay(self._attempt, refused), float(retry_after or 0)))
 
-    def _failed_now(self, delay: float) -> None:
+    def _failed(self, delay: float) -> None:
         """A write or prepare failed: retry after ``delay`` seconds, or, when stopping, give up."""
         if self._stopping:
             self._to(State.IDLE)
@@ -532,8 +544,6 @@ class DeliveryQueue:
         self._to(State.IDLE)
         self._write_next()
 
-    # -- stopping ----------------------------------------------------------
-
     def _fire_drained(self) -> None:
         d, self._drained = self._drained, None
         if d is not None:
@@ -542,18 +552,12 @@ class DeliveryQueue:
     @defer.inlineCallbacks
     def _wait_drained(self, timeout: float) -> Any:
         """Wait until the write in flight (and, if started, the drain) ends; True if it did in time."""
-        self._drained = defer.Deferred()
+        drained = self._drained = defer.Deferred()
         self._write_next()
-        if self._drained is None:
-            return True
-        if self.state is State.IDLE and self._reader.idle:
+        if self._drained is not None and self.state is State.IDLE and self._reader.idle:
             self._fire_drained()
-            return True
-        waiting: defer.Deferred = defer.Deferred()
-        self._drained.chainDeferred(waiting)
-        waiting.addTimeout(timeout, self._reactor)
         try:
-            yield waiting
+            yield drained.addTimeout(timeout, self._reactor)
         except defer.TimeoutError:
             return False
         finally:
@@ -569,26 +573,13 @@ class DeliveryQueue:
             self._retry_call.cancel()
             self._retry_call = None
             self._to(State.IDLE)
-        if self.pending and self._failure_logged is None:
+        if self.pending and self.backlog.failure is None:
             # one last drain, unless the backend was failing: then do not wait for it
-            in_time = yield self._wait_drained(timeout)
-            if not in_time:
-                log.msg(
-                    f"buildbot_stats: backend {self.key!r} did not take all points within {timeout}s at shutdown"
-                )
+            if not (yield self._wait_drained(timeout)):
+                late = f"did not take all points within {timeout}s at shutdown"
+                log.msg(f"buildbot_stats: backend {self.key!r} {late}")
         elif self.state is not State.IDLE:
-            # a write (or prepare) is running: give it the time, then leave
-            yield self._wait_drained(timeout)
+            yield self._wait_drained(timeout)  # a write (or prepare) runs: give it the time, then leave
         self._to(State.STOPPED)
         self._reader.drop_read_ahead()
-        if self.pending and self._spool.durable:
-            log.msg(
-                f"buildbot_stats: {points_phrase(self.pending)} of backend {self.key!r} stay in the spool "
-                f"and are sent after the next start"
-            )
-        elif self.pending:
-            log.msg(
-                f"buildbot_stats: {points_phrase(self.pending)} of backend {self.key!r} are lost: "
-                "there is no spool file (spool_path=None or unusable)"
-            )
-        self._problem_log.flush()
+        self.backlog.stopped(self._spool.durable)

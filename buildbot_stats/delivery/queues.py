@@ -79,9 +79,7 @@ class QueueSet:
             queue = old.pop(key, None)
             if queue is None:
                 spool_key = f"{self.service_name}/{key}"
-                queue = DeliveryQueue(
-                    key, backend, self.spool, self.reactor, policy, spool_key, master=self.master
-                )
+                queue = DeliveryQueue(key, backend, self.spool, self.reactor, policy, spool_key, self.master)
                 new_queues.append(queue)
             else:
                 queue.use(backend, policy)
