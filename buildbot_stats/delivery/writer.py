@@ -77,12 +77,13 @@ class SpoolResult:
 
 
 def _point(series: Any, post_data: Any, context: Any, t: Any) -> Point:
-    if not isinstance(post_data, dict):
-        post_data = {"value": post_data}
+    """The point of a record: the values as the capture gave them (a plain value is ``value``)."""
+    if type(post_data) is not dict:
+        post_data = dict(post_data) if isinstance(post_data, dict) else {"value": post_data}
     return Point(
         series if type(series) is str else str(series),
-        post_data if type(post_data) is dict else dict(post_data),
-        context if type(context) is dict else dict(context) if context else {},
+        post_data,
+        context if type(context) is dict else dict(context or {}),
         t if type(t) is int and t >= 10**12 else to_ns(t),  # ns already (the clock), else convert
     )
 
@@ -241,15 +242,12 @@ def thd_spool_records(
     makers: dict[str, _SegmentMaker] = {}
     items = iter(records)
     for keys, series, post_data, context, t in zip(items, items, items, items, items):
-        if type(series) is str and type(post_data) is dict and type(context) is dict and type(t) is int:
-            point = Point(series, post_data, context, t if t >= 10**12 else to_ns(t))
-        else:
-            try:
-                point = _point(series, post_data, context, t)
-            except Exception as e:
-                why = (_shown(series), _failure_text(e))
-                result.unstored[why] = result.unstored.get(why, 0) + 1
-                continue
+        try:
+            point = _point(series, post_data, context, t)
+        except Exception as e:
+            why = (_shown(series), _failure_text(e))
+            result.unstored[why] = result.unstored.get(why, 0) + 1
+            continue
         for key in keys:
             maker = makers.get(key)
             if maker is None:
