@@ -198,14 +198,14 @@ class Batch:
 
     @classmethod
     def of(cls, segments: list[TakenSegment]) -> Batch:
-        ids = [s[0] for s in segments]  # (id, n, encoding, payload, first_ns, last_ns)
-        encoding = segments[0][2]
+        """One batch of the segments the spool gave (all of one encoding, as they were spooled)."""
+        ids, counts, encodings, payloads, _first_ns, _last_ns = zip(*segments)
+        encoding = encodings[0]
         if encoding == COLUMNS:
-            points = [p for s in segments for p in s[3]]
-            return cls(ids, encoding, len(points), points, None)
-        parts = [s[3] for s in segments]
-        data = parts[0] if len(parts) == 1 else b"\n".join(parts)
-        return cls(ids, encoding, sum(s[1] for s in segments), None, data)
+            points = [p for payload in payloads for p in payload]
+            return cls(list(ids), encoding, len(points), points, None)
+        data = payloads[0] if len(payloads) == 1 else b"\n".join(payloads)
+        return cls(list(ids), encoding, sum(counts), None, data)
 
     def series_at(self, i: int) -> str:
         return self.points[i].series if self.points is not None else "?"
