@@ -567,6 +567,8 @@ class DeliveryQueue:
     @defer.inlineCallbacks
     def stop(self) -> Any:
         """Deliver what can be delivered within ``flush_timeout`` seconds; the rest stays spooled."""
+        if self._stopping:
+            return
         self._stopping = True
         timeout = self.policy.flush_timeout
         if self._retry_call is not None:

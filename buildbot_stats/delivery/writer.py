@@ -242,12 +242,15 @@ def thd_spool_records(
     makers: dict[str, _SegmentMaker] = {}
     items = iter(records)
     for keys, series, post_data, context, t in zip(items, items, items, items, items):
-        try:
-            point = _point(series, post_data, context, t)
-        except Exception as e:
-            why = (_shown(series), _failure_text(e))
-            result.unstored[why] = result.unstored.get(why, 0) + 1
-            continue
+        if type(series) is str and type(post_data) is dict and type(context) is dict and type(t) is int:
+            point = Point(series, post_data, context, t if t >= 10**12 else to_ns(t))  # the usual record
+        else:
+            try:
+                point = _point(series, post_data, context, t)
+            except Exception as e:
+                why = (_shown(series), _failure_text(e))
+                result.unstored[why] = result.unstored.get(why, 0) + 1
+                continue
         for key in keys:
             maker = makers.get(key)
             if maker is None:
