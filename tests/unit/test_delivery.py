@@ -782,7 +782,7 @@ class DeliveryHoldTests(DataTestCase):
         self.assertEqual(self.values(self.backend), [0, 1, 2])
 
 
-def test_a_burst_is_spooled_in_writes_of_bounded_size_and_acknowledged_with_the_last(monkeypatch):
+def test_a_burst_is_spooled_in_writes_of_bounded_size_each_acknowledged_once_spooled(monkeypatch):
     from buildbot_stats.delivery import writer as spool_writer
 
     monkeypatch.setattr(spool_writer, "MAX_RECORDS_PER_WRITE", 3)
@@ -802,6 +802,8 @@ def test_a_burst_is_spooled_in_writes_of_bounded_size_and_acknowledged_with_the_
     assert [w[1] for w in writes] == [[0]]
     writes[0][0].callback(None)
     assert first.called and not any(d.called for d in burst)
+    writes[1][0].callback(None)
+    assert [d.called for d in burst] == [True] * 3 + [False] * 5  # 1, 2 and 3 are in the spool
     while not burst[-1].called:
         writes[-1][0].callback(None)
     assert [w[1] for w in writes] == [[0], [1, 2, 3], [4, 5, 6], [7, 8]]
