@@ -1,9 +1,4 @@
-from setuptools import Extension, find_packages, setup
-
-# The compiled fast path of the line-protocol encoder (buildbot_stats/_lineprotocol.c).
-# Optional: without a C compiler the package installs and works in pure Python,
-# with the same output (lineprotocol.accelerator is then None).
-ACCELERATOR = Extension("buildbot_stats._lineprotocol", ["buildbot_stats/_lineprotocol.c"], optional=True)
+from setuptools import find_packages, setup
 
 with open("README.rst", encoding="utf-8") as f:
     long_description = f.read()
@@ -32,11 +27,7 @@ setup(
     license="GPL-2.0-only",
     packages=find_packages(include=["buildbot_stats", "buildbot_stats.*"]),
     # the Grafana dashboard printed by `buildbot-stats dashboard`; the template of `summary --html`
-    package_data={
-        "buildbot_stats": ["_lineprotocol.pyi"],
-        "buildbot_stats.cli": ["dashboards/*.json", "templates/*.j2"],
-    },
-    ext_modules=[ACCELERATOR],
+    package_data={"buildbot_stats.cli": ["dashboards/*.json", "templates/*.j2"]},
     python_requires=">=3.9",
     install_requires=[
         "twisted",

@@ -11,14 +11,14 @@ still checked; an argument that is missing, or one too many, stops loading.
 
 from __future__ import annotations
 
+import abc
 import difflib
-import functools
 import inspect
 from typing import Any
 
 from buildbot import config
 
-__all__ = ["check_init_arguments", "unknown_argument"]
+__all__ = ["ChecksArguments", "checked_arguments", "unknown_argument"]
 
 
 def unknown_argument(name: str, known: list[str]) -> str:
@@ -27,46 +27,31 @@ def unknown_argument(name: str, known: list[str]) -> str:
     return f"unknown argument {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
-def check_init_arguments(cls: type) -> None:
-    """Make the ``__init__`` defined by ``cls`` itself report wrong arguments through ``config.error``.
+def checked_arguments(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` for ``cls(*args, ...)`` without the keywords its ``__init__`` does not take.
 
-    Called from ``__init_subclass__`` of the base classes, so that every
-    capture and backend, a user's own included, gets it.
+    Each left-out keyword is a ``config.error`` line naming the class and the
+    closest known keyword; a missing or extra argument is one that stops loading.
     """
-    init = cls.__dict__.get("__init__")
-    if init is None or getattr(init, "_reports_wrong_arguments", False):
-        return
     try:
-        signature = inspect.signature(init)
+        signature = inspect.signature(cls.__init__)  # type: ignore[misc]
     except (TypeError, ValueError):
-        return
-    params = signature.parameters
-    takes_any_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    keywords = [
-        name
-        for name, p in params.items()
-        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    ][1:]  # not self
+        return kwargs
+    params = signature.parameters.values()
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        keywords = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)][1:]
+        for key in [k for k in kwargs if k not in keywords]:
+            config.error(f"{cls.__name__}: {unknown_argument(key, keywords)}")
+        kwargs = {k: v for k, v in kwargs.items() if k in keywords}
+    try:
+        signature.bind(None, *args, **kwargs)
+    except TypeError as e:
+        config.error(f"{cls.__name__}: {e}", always_raise=True)
+    return kwargs
 
-    def wrong_arguments(self: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
-        try:
-            signature.bind(self, *args, **kwargs)
-        except TypeError as e:
-            return str(e)
-        return None
 
-    @functools.wraps(init)
-    def checked_init(self: Any, *args: Any, **kwargs: Any) -> None:
-        problem = wrong_arguments(self, args, kwargs)
-        if problem is not None:
-            if not takes_any_keyword:
-                for key in [k for k in kwargs if k not in keywords]:
-                    config.error(f"{type(self).__name__}: {unknown_argument(key, keywords)}")
-                    del kwargs[key]  # and check the rest of master.cfg
-                problem = wrong_arguments(self, args, kwargs)
-            if problem is not None:
-                config.error(f"{type(self).__name__}: {problem}", always_raise=True)
-        init(self, *args, **kwargs)
+class ChecksArguments(abc.ABCMeta):
+    """The metaclass of captures and backends: ``cls(...)`` checks its arguments first (see above)."""
 
-    checked_init._reports_wrong_arguments = True  # type: ignore[attr-defined]
-    cls.__init__ = checked_init  # type: ignore[misc]
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        return super().__call__(*args, **checked_arguments(cls, args, kwargs))

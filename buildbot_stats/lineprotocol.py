@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from typing import Any
 
@@ -63,17 +62,10 @@ _NAME_SPACES = str.maketrans({"\n": " ", "\r": " ", "\t": " "})
 _ESCAPING_BACKSLASH = re.compile(r'\\(?=[,= "]|\Z)')
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
-# encoded text and the problems found making it
-_Cache = dict[Any, tuple[str, list[PointProblem]]]
-
 
 class _Encoder:
     def __init__(self) -> None:
         self.problems: list[PointProblem] = []
-        # Points of one batch mostly share series and tags: their encoded
-        # prefix and field keys are made once, with the problems found then.
-        self._prefixes: _Cache = {}
-        self._field_keys: _Cache = {}
         # shape of a point (series, number of tags, tag keys, tag values, field
         # keys) -> (escaped prefix, its problems) for the fast path of line(),
         # or False for the general path.  Per batch on purpose: a cache kept
@@ -166,47 +158,26 @@ class _Encoder:
             parts.append(f"{key}={self.name(series, str(tag_key), text, _KEY_ESCAPES)}")
         return ",".join(parts)
 
-    def _cached(self, cache: _Cache, ck: Any, make: Any, *args: Any) -> str:
-        hit = cache.get(ck)
-        if hit is None:
-            start = len(self.problems)
-            hit = cache[ck] = (make(*args), self.problems[start:])
-        elif hit[1]:
-            self.problems.extend(hit[1])
-        return hit[0]
-
     def _shape(self, shape_key: Any, series: Any, tags: dict[Any, Any], fields: dict[Any, Any]) -> Any:
         """The cached prefix (with its problems) of a fast-path shape, or False for the general path.
 
-        A shape is fast when the series, the tag keys and values and the field
-        keys are all non-empty-where-needed ``str`` and the field keys need no
+        A shape is fast when the series is a non-empty ``str``, the tags are
+        ``str`` (see :meth:`line`) and the field keys are ``str`` that need no
         escaping or conversion.  Only such shapes are cached as fast, and
         :meth:`line` lets only points whose names and tags are exact ``str``
         match one: ``1``, ``1.0`` and ``True`` are equal keys but differ as
         text, and a str subclass equals its value but is written as its
         ``str()``.
         """
-        fast = type(series) is str and bool(series)
-        if fast:
-            for k, v in tags.items():
-                if type(k) is not str or type(v) is not str:
-                    fast = False
-                    break
-        if fast:
-            start = len(self.problems)
-            for key in fields:
-                if type(key) is not str or not key or self.key(series, key) != key:
-                    fast = False
-                    break
-            fast = fast and len(self.problems) == start
-            del self.problems[start:]
-        if not fast:
-            self._shapes[shape_key] = False
-            return False
         start = len(self.problems)
-        prefix = self.prefix(series, tags)
-        shape = self._shapes[shape_key] = (prefix, self.problems[start:])
+        fast = bool(series) and all(type(k) is str and k and self.key(series, k) == k for k in fields)
+        shape = (
+            (self.prefix(series, tags), self.problems[start:])
+            if fast and len(self.problems) == start
+            else False
+        )
         del self.problems[start:]
+        self._shapes[shape_key] = shape
         return shape
 
     def line(self, point: Point, divisor: int) -> str | None:
@@ -273,14 +244,7 @@ class _Encoder:
         if not series:
             self._problem(series, "*", "empty series name", True)
             return None
-        tags = point.tags
-        # only plain str tags are cached: 1, 1.0 and True are equal keys but differ as text
-        for k, v in tags.items():
-            if type(k) is not str or type(v) is not str:
-                prefix = self.prefix(series, tags)
-                break
-        else:
-            prefix = self._cached(self._prefixes, (series, *tags, *tags.values()), self.prefix, series, tags)
+        prefix = self.prefix(series, point.tags)
         fields = []
         keys: list[str] = []
         changed = False  # a key was escaped or converted: it may now equal another one
@@ -288,18 +252,9 @@ class _Encoder:
             if not str(field_key):
                 self._problem(series, "", "empty field name", True)
                 continue
-            kind = type(value)  # fast path for the usual numbers; field_value does the rest
-            if kind is int and INT64_MIN <= value <= INT64_MAX:
-                encoded: str | None = f"{value}i"
-            elif kind is float and math.isfinite(value):
-                encoded = repr(value)
-            else:
-                encoded = self.field_value(series, str(field_key), value)
+            encoded = self.field_value(series, str(field_key), value)
             if encoded is not None:
-                if type(field_key) is str:
-                    key = self._cached(self._field_keys, (series, field_key), self.key, series, field_key)
-                else:
-                    key = self.key(series, field_key)
+                key = self.key(series, field_key)
                 if changed or key != field_key:
                     changed = True
                     if key in keys:
@@ -314,29 +269,11 @@ class _Encoder:
         return f"{prefix} {','.join(fields)} {point.time_ns // divisor}"
 
 
-def _accelerator() -> Any:
-    """The compiled fast path (``buildbot_stats._lineprotocol``), or None.
-
-    It is built when the package is installed with a C compiler at hand and
-    writes the usual point's line itself, calling :meth:`_Encoder.line` for
-    every other point: the output is the same with or without it.  Set
-    ``BUILDBOT_STATS_PURE_PYTHON=1`` to leave it out.
-    """
-    if os.environ.get("BUILDBOT_STATS_PURE_PYTHON"):
-        return None
-    try:
-        from buildbot_stats import _lineprotocol
-    except ImportError:
-        return None
-    return _lineprotocol
-
-
-def _as_list(points: Any) -> list[Point]:
-    return points if type(points) is list else list(points)
-
-
-#: the compiled fast path, or None (pure Python); see :func:`_accelerator`
-accelerator = _accelerator()
+def _encode(points: list[Point], precision: str) -> tuple[list[str | None], list[PointProblem]]:
+    """One line per point (None when it has no field left) and the problems found."""
+    encoder = _Encoder()
+    divisor = PRECISIONS[precision]
+    return [encoder.line(point, divisor) for point in points], encoder.problems
 
 
 def encode_lines(
@@ -346,51 +283,22 @@ def encode_lines(
 
     For backends that must tell which point a line the server refused came from.
     """
-    encoder = _Encoder()
-    divisor = PRECISIONS[precision]
-    if accelerator is not None:
-        encoded = accelerator.encode(_as_list(points), encoder._shapes, divisor, encoder.line, True)
-    else:
-        encoded = [encoder.line(point, divisor) for point in points]
-    lines: list[str] = []
-    origins: list[int] = []
-    for index, line in enumerate(encoded):
-        if line is not None:
-            lines.append(line)
-            origins.append(index)
-    return lines, origins, encoder.problems
-
-
-def encode_body(points: list[Point], precision: str = "n") -> tuple[bytes, list[PointProblem], int]:
-    """Return (line protocol body as UTF-8, problems, number of points left out).
-
-    What a backend posts: :func:`encode_points`, without making a str first.
-    """
-    if accelerator is None:
-        text, problems, skipped = encode_points(points, precision)
-        return text.encode("utf-8"), problems, skipped
-    encoder = _Encoder()
-    divisor = PRECISIONS[precision]
-    body, skipped = accelerator.encode(_as_list(points), encoder._shapes, divisor, encoder.line, False)
-    return body, encoder.problems, skipped
+    encoded, problems = _encode(points, precision)
+    origins = [i for i, line in enumerate(encoded) if line is not None]
+    return [encoded[i] for i in origins], origins, problems  # type: ignore[misc]
 
 
 def encode_points(points: list[Point], precision: str = "n") -> tuple[str, list[PointProblem], int]:
     """Return (line protocol body, problems, number of points left out)."""
-    if accelerator is not None:
-        body, problems, skipped = encode_body(points, precision)
-        return body.decode("utf-8"), problems, skipped
-    encoder = _Encoder()
-    divisor = PRECISIONS[precision]
-    lines = []
-    skipped = 0
-    for point in points:
-        line = encoder.line(point, divisor)
-        if line is None:
-            skipped += 1
-        else:
-            lines.append(line)
-    return "\n".join(lines), encoder.problems, skipped
+    encoded, problems = _encode(points, precision)
+    lines = [line for line in encoded if line is not None]
+    return "\n".join(lines), problems, len(encoded) - len(lines)
+
+
+def encode_body(points: list[Point], precision: str = "n") -> tuple[bytes, list[PointProblem], int]:
+    """Return (line protocol body as UTF-8, problems, number of points left out): what a backend posts."""
+    text, problems, skipped = encode_points(points, precision)
+    return text.encode("utf-8"), problems, skipped
 
 
 #: encodings (``thd_encode``) whose data is this module's line protocol

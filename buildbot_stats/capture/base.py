@@ -14,24 +14,20 @@ from typing import Any
 from buildbot import config
 from twisted.internet import defer, threads
 
-from buildbot_stats.arguments import check_init_arguments
+from buildbot_stats.arguments import ChecksArguments
 from buildbot_stats.errors import CaptureCallbackError
 
 BUILD_FINISHED = ("builders", None, "builds", None, "finished")
 YIELD_DATA = ("stats-yieldMetricsValue", "stats-yield-data")
 
 
-class Capture(abc.ABC):
+class Capture(metaclass=ChecksArguments):
     """Base class of all captures; subclasses implement :meth:`consume`.
 
     ``routingKey``, ``parent_svcs``, ``master``, ``_defaultContext`` and
     ``_retValParams`` are the names of ``buildbot.statistics``'s captures,
     kept (camelCase included) so that custom captures written for it work.
     """
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        check_init_arguments(cls)  # a misspelt keyword in master.cfg is a config.error line
 
     def __init__(self, routingKey: tuple, callback: Callable[..., Any]) -> None:
         if callback is not None and not callable(callback):  # custom captures may pass None

@@ -20,6 +20,7 @@ from buildbot_stats.delivery.queue import Counters, DeliveryQueue
 from buildbot_stats.delivery.spool_thread import SpoolThread
 from buildbot_stats.delivery.writer import Route, SpoolResult, SpoolWriter, points_phrase
 from buildbot_stats.options import DeliveryPolicy
+from buildbot_stats.storage_backends.base import IEncodedWrites, provides, warn_deprecated_attributes
 
 __all__ = ["QueueSet", "backend_keys", "backend_name"]
 
@@ -74,18 +75,17 @@ class QueueSet:
         key_by_backend: dict[int, str] = {}
         new_queues = []
         for key, backend in zip(backend_keys(backends), backends):
+            warn_deprecated_attributes(backend)
             queue = old.pop(key, None)
             if queue is None:
                 spool_key = f"{self.service_name}/{key}"
-                queue = DeliveryQueue(
-                    key, backend, self.spool, self.reactor, policy, spool_key, master=self.master
-                )
+                queue = DeliveryQueue(key, backend, self.spool, self.reactor, policy, spool_key, self.master)
                 new_queues.append(queue)
             else:
                 queue.use(backend, policy)
             self.queues[key] = queue
             queue.hold = self.writer.holding
-            encode = getattr(backend, "thd_encode", None)
+            encode = backend.thd_encode if provides(backend, IEncodedWrites) else None
             routes[key] = Route(queue.spool_key, encode, policy.batch_size)
             key_by_backend[id(backend)] = key
         # spool writes made from now on use the new routes; a capture still holding a
@@ -115,11 +115,9 @@ class QueueSet:
             counts = yield self.spool.pending_counts()
         except Exception:
             return
-        mine = f"{self.service_name}/"
         for spool_key, n in sorted(counts.items()):
-            key = spool_key[len(mine) :]
-            if spool_key.startswith(mine) and key not in self.queues and key not in self._orphans_logged:
-                self._orphans_logged.add(key)
+            key = self._new_orphan(spool_key)
+            if key is not None:
                 log.msg(
                     f"buildbot_stats: the spool holds {n} point(s) of backend {key!r}, which is not "
                     "configured; they are sent if a backend of that name is configured again"
@@ -164,40 +162,37 @@ class QueueSet:
             self._degraded_logged = degraded
         for key, lost in result.lost.items():
             queue = self._by_spool_key.get(key)
-            counters = queue.counters if queue is not None else self._retired
-            counters.dropped += lost
-        keys = set(result.states) | set(result.captured)
-        for key in keys:
+            (queue.counters if queue is not None else self._retired).dropped += lost
+        for key in set(result.states) | set(result.captured):
             queue = self._by_spool_key.get(key)
-            state = result.states.get(key)
+            captured = result.captured.get(key, 0)
             if queue is None:
-                captured = result.captured.get(key, 0)
                 self._retired.captured += captured
                 self._log_orphaned(key, captured)
-                continue
-            if state is None:
-                queue.counters.captured += result.captured.get(key, 0)
-                continue
-            queue.spooled(
-                state,
-                result.captured.get(key, 0),
-                result.problems.get(key, []),
-                result.rejected.get(key, 0),
-                send=False,  # the writer says when (see SpoolWriter)
-            )
+            elif key in result.states:  # (the writer says when to send: see SpoolWriter)
+                problems, rejected = result.problems.get(key, []), result.rejected.get(key, 0)
+                queue.spooled(result.states[key], captured, problems, rejected, send=False)
+            else:
+                queue.counters.captured += captured
+
+    def _new_orphan(self, spool_key: str) -> str | None:
+        """The backend key of ``spool_key`` if it is one of this service's, not configured, not said yet."""
+        mine = f"{self.service_name}/"
+        key = spool_key[len(mine) :]
+        if not spool_key.startswith(mine) or key in self.queues or key in self._orphans_logged:
+            return None
+        self._orphans_logged.add(key)
+        return key
 
     def _log_orphaned(self, spool_key: str, n: int) -> None:
         """Say once that points of a backend removed while they waited were kept in the spool."""
-        mine = f"{self.service_name}/"
-        key = spool_key[len(mine) :]
-        if not n or not spool_key.startswith(mine) or key in self._orphans_logged:
-            return
-        self._orphans_logged.add(key)
-        log.msg(
-            f"buildbot_stats: backend {key!r} is no longer configured: its points that were on their "
-            f"way to the spool ({points_phrase(n)} so far) are kept there, and sent if a backend of "
-            "that name is configured again"
-        )
+        key = self._new_orphan(spool_key) if n else None
+        if key is not None:
+            log.msg(
+                f"buildbot_stats: backend {key!r} is no longer configured: its points that were on their "
+                f"way to the spool ({points_phrase(n)} so far) are kept there, and sent if a backend of "
+                "that name is configured again"
+            )
 
     def _send(self) -> None:
         """The spool writer is done for now: every queue sends what it has."""

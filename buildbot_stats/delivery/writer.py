@@ -1,15 +1,13 @@
 """The spool writer: what captures record becomes points, encoded once and spooled (group commit).
 
 Captures hand their results to the service as records (:data:`Record`); the
-reactor does nothing more with them than append them to one flat list.
-:class:`SpoolWriter` hands everything recorded since the last spool write (at
-most :data:`MAX_RECORDS_PER_WRITE` records) to the spool thread in one call:
-there :func:`thd_spool_records` makes the records points, encodes each
-backend's points once, :data:`ENCODE_CHUNK` at a time (line protocol for
-InfluxDB, see ``thd_encode``; a compact columnar record for others) and writes
-them as segments in one transaction; then the Deferreds of the callers fire.
-So a Deferred of ``store()`` (and of ``yieldMetricsValue``) fires once its
-point is in the spool.  What happens next, per backend, is :mod:`delivery`.
+reactor only appends them to a flat list.  :class:`SpoolWriter` hands what was
+recorded since the last spool write (at most :data:`MAX_RECORDS_PER_WRITE`
+records) to the spool thread in one call: there :func:`thd_spool_records`
+makes them points, encodes each backend's points once (``thd_encode``, else
+columns) and writes them as segments in one transaction; then the Deferreds of
+the callers fire.  So ``store()`` (and ``yieldMetricsValue``) fires once its
+point is in the spool.  What happens next, per backend, is :mod:`.queue`.
 """
 
 from __future__ import annotations
@@ -28,19 +26,26 @@ from buildbot_stats.delivery.spool import COLUMNS, NewSegment, SpoolState, encod
 from buildbot_stats.delivery.spool_thread import SpoolThread
 from buildbot_stats.point import Point, PointProblem, to_ns
 
-__all__ = [
-    "ENCODE_CHUNK",
-    "MAX_RECORDS_PER_WRITE",
-    "Record",
-    "Route",
-    "SpoolResult",
-    "SpoolWriter",
-    "points_phrase",
-    "thd_spool_records",
-]
+__all__ = ["ENCODE_CHUNK", "MAX_RECORDS_PER_WRITE", "Record", "Route", "SpoolResult", "SpoolWriter"]
+__all__ += ["points_phrase", "thd_spool_records"]
 
 #: what ``store()`` records, in the reactor: (backend keys, series, post_data, context, time)
 Record = tuple[Sequence[Any], Any, Any, Any, Any]
+
+#: At most this many records go to the spool thread in one write (about 10 ms of
+#: its time): the deliveries' reads and releases run between the writes of a burst.
+MAX_RECORDS_PER_WRITE = 4096
+
+#: Points are made and encoded this many at a time, then dropped: a Point that
+#: lives through a whole spool write reaches Python's oldest GC generation and
+#: makes the collector walk the master's whole heap far more often.
+ENCODE_CHUNK = 256
+
+#: segment size for the points of a backend removed while they waited (see thd_spool_records)
+ORPHAN_SEGMENT_POINTS = 5000
+
+#: the longest a spool writer kept busy by a stream of values holds back delivery (seconds)
+DELIVERY_HOLD_S = 0.1
 
 
 def points_phrase(n: int) -> str:
@@ -72,31 +77,15 @@ class SpoolResult:
 
 
 def _point(series: Any, post_data: Any, context: Any, t: Any) -> Point:
+    """The point of a record: the values as the capture gave them (a plain value is ``value``)."""
+    if type(post_data) is not dict:
+        post_data = dict(post_data) if isinstance(post_data, dict) else {"value": post_data}
     return Point(
         series if type(series) is str else str(series),
-        post_data
-        if type(post_data) is dict
-        else dict(post_data)
-        if isinstance(post_data, dict)
-        else {"value": post_data},
-        context if type(context) is dict else dict(context) if context else {},
+        post_data,
+        context if type(context) is dict else dict(context or {}),
         t if type(t) is int and t >= 10**12 else to_ns(t),  # ns already (the clock), else convert
     )
-
-
-#: At most this many records go to the spool thread in one write (about 10 ms of
-#: its time): a master posting faster than that gets several writes in a row,
-#: and the deliveries' reads and releases run between them.
-MAX_RECORDS_PER_WRITE = 4096
-
-#: Points are made and encoded this many at a time, then dropped: a Point that
-#: lives through a whole spool write (tens of thousands of records when the
-#: master is busy) reaches Python's oldest GC generation and makes the
-#: collector walk the master's whole heap far more often.
-ENCODE_CHUNK = 256
-
-#: segment size for the points of a backend removed while they waited (see thd_spool_records)
-ORPHAN_SEGMENT_POINTS = 5000
 
 
 def _shown(value: Any) -> str:
@@ -117,16 +106,13 @@ def _failure_text(e: BaseException) -> str:
 
 def _failing_part(point: Point, encoder: Callable[[list[Point]], Any] | None) -> str:
     """``", field 'x'"`` (or a tag) for a point that cannot be encoded, if one part alone fails."""
-    for key, value in point.fields.items():
+    parts = [("field", k, Point(point.series, {k: v}, {}, point.time_ns)) for k, v in point.fields.items()]
+    parts += [("tag", k, Point(point.series, {"_": 0}, {k: v}, point.time_ns)) for k, v in point.tags.items()]
+    for kind, key, alone in parts:
         try:
-            encode_segment("", [Point(point.series, {key: value}, {}, point.time_ns)], encoder)
+            encode_segment("", [alone], encoder)
         except Exception:
-            return f", field {_shown(key)}"
-    for key, value in point.tags.items():
-        try:
-            encode_segment("", [Point(point.series, {"_": 0}, {key: value}, point.time_ns)], encoder)
-        except Exception:
-            return f", tag {_shown(key)}"
+            return f", {kind} {_shown(key)}"
     return ""
 
 
@@ -134,30 +120,25 @@ class _SegmentMaker:
     """The segments of one backend in one spool write: points encoded a chunk at a time.
 
     Encoded data is one point per line, so the chunks of a segment are joined
-    with newlines; points for backends without ``thd_encode`` (columns) are
-    kept up to a segment.
+    with newlines (up to ``batch_size`` points); columns are one segment per chunk.
     """
 
-    def __init__(self, key: str, route: Route, result: SpoolResult, segments: list[NewSegment]) -> None:
-        self.key = key
+    def __init__(self, route: Route, result: SpoolResult, segments: list[NewSegment]) -> None:
+        self.key = route.spool_key
         self.route = route
         self.result = result
         self.segments = segments
         self.points: list[Point] = []  # made, not encoded yet
-        self.parts: list[bytes] = []  # encoded chunks of the segment being made
-        self.encoding: str | None = None
-        self.n = 0
-        self.first: int | None = None
-        self.last: int | None = None
         self.chunk = min(ENCODE_CHUNK, route.batch_size) if route.encoder is not None else route.batch_size
+        self.open: list[NewSegment] = []  # encoded chunks of the segment being made
         self.added = 0  # points handed to it (the backend's ``captured``)
         self.failed = 0  # points dropped because they could not be encoded
         self.failure: str | None = None  # the first of them, for the log line
 
     def finish(self) -> None:
         if self.points:
-            self._encode()
-        self._close_segment()
+            self.encode()
+        self._close()
         if self.failed:
             self.result.errors.append(
                 f"dropped {points_phrase(self.failed)} of backend {self.key!r} that could not be "
@@ -165,90 +146,81 @@ class _SegmentMaker:
             )
             self.result.lost[self.key] = self.result.lost.get(self.key, 0) + self.failed
 
-    def _encode(self) -> None:
+    def encode(self) -> None:
         points, self.points = self.points, []
         self.added += len(points)
         try:
             segment, report = encode_segment(self.key, points, self.route.encoder)
         except Exception as e:
             self._encode_apart(points, e)
-            return
-        self._add(segment, report)
+        else:
+            self._add(segment, report)
 
     def _encode_apart(self, points: list[Point], error: Exception) -> None:
-        """A chunk failed to encode: drop only the points that fail on their own.
+        """Drop only the points that fail on their own (a value whose str() or pickling raises).
 
-        A value whose ``str()`` or pickling raises (a bug in what posted it)
-        must not cost the other points of its chunk; the first failure, with
-        its series and field, is said once for the write (see :meth:`finish`).
-        An encoder that fails even for a plain point fails the chunk, as is.
+        Unless the encoder fails even for a plain point: then the whole chunk.
         """
         encoder = self.route.encoder
-        probe = points[0]
+        probe = Point(points[0].series, {"_": 0}, {}, points[0].time_ns)
+        failures: list[tuple[Point, Exception]] = []
         try:
-            encode_segment(self.key, [Point(probe.series, {"_": 0}, {}, probe.time_ns)], encoder)
+            encode_segment(self.key, [probe], encoder)
         except Exception:
-            self.failed += len(points)
-            if self.failure is None:
-                self.failure = _failure_text(error)
-            return
+            failures, points = [(p, error) for p in points], []
         good = []
         for point in points:
             try:
                 encode_segment(self.key, [point], encoder)
+                good.append(point)
             except Exception as e:
-                self.failed += 1
-                if self.failure is None:
-                    self.failure = (
-                        f"series {_shown(point.series)}{_failing_part(point, encoder)}: {_failure_text(e)}"
-                    )
-                continue
-            good.append(point)
-        if not good:
-            return
+                failures.append((point, e))
         try:
-            segment, report = encode_segment(self.key, good, encoder)
-        except Exception as e:  # each encodes alone but not together: drop them all
-            self.failed += len(good)
-            if self.failure is None:
-                self.failure = f"series {_shown(good[0].series)}: {_failure_text(e)}"
-            return
-        self._add(segment, report)
+            if good:
+                self._add(*encode_segment(self.key, good, encoder))
+        except Exception as together:  # each encodes alone but not together: drop them all
+            failures += [(p, together) for p in good]
+        if failures and self.failure is None:
+            point, first = failures[0]
+            where = f"series {_shown(point.series)}{_failing_part(point, encoder)}: " if points else ""
+            self.failure = where + _failure_text(first)
+        self.failed += len(failures)
 
     def _add(self, segment: NewSegment | None, report: Any) -> None:
         result = self.result
         if report is not None:  # (a WriteReport; a backend's own may leave either part out)
-            problems = getattr(report, "problems", None)
-            if problems:
-                result.problems.setdefault(self.key, []).extend(problems)
-            rejected = getattr(report, "rejected_points", 0)
-            if rejected:
-                result.rejected[self.key] = result.rejected.get(self.key, 0) + rejected
+            if getattr(report, "problems", None):
+                result.problems.setdefault(self.key, []).extend(report.problems)
+            if getattr(report, "rejected_points", 0):
+                result.rejected[self.key] = result.rejected.get(self.key, 0) + report.rejected_points
         if segment is None:
             return
         if segment.encoding == COLUMNS:
             self.segments.append(segment)
             return
-        if self.encoding is not None and (
-            segment.encoding != self.encoding or self.n + segment.n > self.route.batch_size
+        if self.open and (
+            segment.encoding != self.open[0].encoding
+            or sum(s.n for s in self.open) + segment.n > self.route.batch_size
         ):
-            self._close_segment()
-        self.encoding = segment.encoding
-        first, last = segment.first_ns, segment.last_ns  # a segment made of points has both
-        if not self.parts:
-            self.first, self.last = first, last
-        else:
-            # an unknown time stays unknown: delivery compares segments' times (_Batch.after)
-            self.first = None if self.first is None or first is None else min(self.first, first)
-            self.last = None if self.last is None or last is None else max(self.last, last)
-        self.parts.append(segment.data)
-        self.n += segment.n
+            self._close()
+        self.open.append(segment)
 
-    def _close_segment(self) -> None:
-        if self.parts and self.encoding is not None:
-            data = self.parts[0] if len(self.parts) == 1 else b"\n".join(self.parts)
-            self.segments.append(NewSegment(self.key, self.n, self.first, self.last, self.encoding, data))
-        self.parts, self.encoding, self.n, self.first, self.last = [], None, 0, None, None
+    def _close(self) -> None:
+        parts, self.open = self.open, []
+        if len(parts) == 1:
+            self.segments.append(parts[0])
+        elif parts:
+            firsts, lasts = [s.first_ns for s in parts], [s.last_ns for s in parts]
+            self.segments.append(
+                NewSegment(
+                    self.key,
+                    sum(s.n for s in parts),
+                    None if None in firsts else min(firsts),  # type: ignore[type-var]
+                    None if None in lasts else max(lasts),  # type: ignore[type-var]
+                    parts[0].encoding,
+                    b"\n".join(s.data for s in parts),
+                )
+            )
 
 
 def thd_spool_records(
@@ -260,8 +232,7 @@ def thd_spool_records(
 ) -> SpoolResult:
     """Make points of ``records``, encode them once per backend, write them in one transaction.
 
-    Runs on the spool thread: the reactor only appended the records, flat
-    (see :class:`SpoolWriter`; a record's first item names its backends by
+    Runs on the spool thread (a record's first item names its backends by
     queue key).  Points for a backend that a reconfig removed while they
     waited are spooled under ``orphan_prefix + key`` (as columns), like the
     points such a backend left in the spool: sent if it is configured again.
@@ -269,11 +240,10 @@ def thd_spool_records(
     result = SpoolResult({}, {}, {}, {}, [], {})
     segments: list[NewSegment] = []
     makers: dict[str, _SegmentMaker] = {}
-    captured = result.captured
     items = iter(records)
     for keys, series, post_data, context, t in zip(items, items, items, items, items):
         if type(series) is str and type(post_data) is dict and type(context) is dict and type(t) is int:
-            point = Point(series, post_data, context, t if t >= 10**12 else to_ns(t))
+            point = Point(series, post_data, context, t if t >= 10**12 else to_ns(t))  # the usual record
         else:
             try:
                 point = _point(series, post_data, context, t)
@@ -289,15 +259,13 @@ def thd_spool_records(
                     if orphan_prefix is None:
                         continue
                     route = Route(f"{orphan_prefix}{key}", None, ORPHAN_SEGMENT_POINTS)
-                maker = makers[key] = _SegmentMaker(route.spool_key, route, result, segments)
-            # (SegmentMaker.add, inlined: this runs once per point and backend)
-            waiting = maker.points
-            waiting.append(point)
-            if len(waiting) >= maker.chunk:
-                maker._encode()
+                maker = makers[key] = _SegmentMaker(route, result, segments)
+            maker.points.append(point)
+            if len(maker.points) >= maker.chunk:
+                maker.encode()
     for maker in makers.values():
         maker.finish()
-        captured[maker.key] = captured.get(maker.key, 0) + maker.added
+        result.captured[maker.key] = result.captured.get(maker.key, 0) + maker.added
     try:
         result.states.update(spool.thd_write(segments, bounds))
     except Exception as e:
@@ -307,22 +275,24 @@ def thd_spool_records(
     return result
 
 
-#: the longest a spool writer kept busy by a stream of values holds back delivery (seconds)
-DELIVERY_HOLD_S = 0.1
+@dataclass
+class _Write:
+    """Records for one spool write (flat: five items each) and the Deferred of their callers."""
+
+    records: list[Any]
+    done: defer.Deferred
 
 
 class SpoolWriter:
     """Group commit of the spool: everything recorded while a spool write runs is the next write.
 
     A quiet master spools each value at once; a busy one writes everything
-    posted meanwhile, by all callers, in one transaction.
-
-    After a spool write, ``deliver`` gets its result at once (counters), but the
-    queues are told to send (``start_delivery``) only once no spool write
-    follows right away, or every :data:`DELIVERY_HOLD_S` seconds of a stream of
-    writes: a build awaiting its values one by one then does not have each of
-    them read back from the spool and posted on its own, in threads competing
-    with it for the GIL.
+    posted meanwhile, by all callers, in one transaction.  After a spool write,
+    ``deliver`` gets its result at once (counters), but the queues are told to
+    send (``start_delivery``) only once no spool write follows right away, or
+    every :data:`DELIVERY_HOLD_S` seconds of a stream of writes: a build
+    awaiting its values one by one then does not have each of them read back
+    and posted on its own, in threads competing with it for the GIL.
     """
 
     def __init__(
@@ -336,25 +306,26 @@ class SpoolWriter:
         self._start_delivery = start_delivery
         self._held_since: float | None = None  # delivery held back since (``clock()``)
         self.clock: Callable[[], float] = time.monotonic
-        #: the records since the last write, flat (5 items each): waiting records
-        #: then leave no object per point to Python's garbage collector, which would
-        #: otherwise move thousands of them to its oldest generation on a busy master
-        #: and walk the whole heap more often
-        self.records: list[Any] = []
-        #: earlier record lists that reached a write's size, oldest first
-        self._full: deque[list[Any]] = deque()
-        self._waiter: defer.Deferred | None = None  # fires when ``records`` are spooled
-        self._writing = False
+        #: recorded, not written yet, oldest first; flat record lists leave no object per
+        #: point for the garbage collector to move to its oldest generation
+        self._waiting: deque[_Write] = deque()
+        self._writing: _Write | None = None
         self._looping = False  # in _write's loop: a write that finishes at once does not recurse
-        #: waiters for the write under way (nothing else was waiting when they came)
-        self._idle: list[defer.Deferred] = []
-        #: by queue key (what a record names its backends by)
-        self.routes: dict[str, Route] = {}
+        self.routes: dict[str, Route] = {}  # by queue key (what a record names its backends by)
         #: spool-key prefix of the points of backends no longer configured (see thd_spool_records)
         self.orphan_prefix: str | None = None
         self.bounds: dict[str, tuple[int, int | None]] = {}
         #: incremented by every record (so a caller can tell whether its call recorded any)
         self.recorded = 0
+
+    def _append(self, record: Record) -> _Write:
+        waiting = self._waiting
+        if not waiting or len(waiting[-1].records) >= MAX_RECORDS_PER_WRITE * 5:
+            waiting.append(_Write([], defer.Deferred()))
+        write = waiting[-1]
+        write.records += record
+        self.recorded += 1
+        return write
 
     def add(self, record: Record) -> defer.Deferred:
         """Record one capture result; the Deferred fires once it is spooled.
@@ -362,113 +333,64 @@ class SpoolWriter:
         The Deferred is shared by the records of one spool write: it fires with
         None, and callbacks added to it must return their argument.
         """
-        records = self.records
-        records += record
-        if len(records) >= MAX_RECORDS_PER_WRITE * 5:  # five items per record
-            self._full.append(records)
-            self.records = []
-        self.recorded += 1
-        d = self._waiter
-        if d is None:
-            d = self._waiter = defer.Deferred()
-        if not self._writing:
-            self._write()
-        return d
+        done = self._append(record).done
+        self._write()
+        return done
 
     def add_many(self, records: list[Record]) -> defer.Deferred:
-        """Record several results for one spool write (if none runs); fires once all are spooled."""
-        if not records:
-            return self.waiter()
-        for record in records[:-1]:
-            current = self.records
-            current += record
-            if len(current) >= MAX_RECORDS_PER_WRITE * 5:
-                self._full.append(current)
-                self.records = []
-        self.recorded += len(records) - 1
-        self.add(records[-1])
+        """Record several results; fires once all are spooled."""
+        for record in records:
+            self._append(record)
+        self._write()
         return self.waiter()
 
     def waiter(self) -> defer.Deferred:
         """A Deferred of its own that fires once everything recorded so far is spooled."""
         d: defer.Deferred = defer.Deferred()
-        if self._waiter is not None:
-
-            def fire(result: Any) -> Any:
-                d.callback(None)
-                return result
-
-            self._waiter.addBoth(fire)
-        elif self._writing:
-            # nothing waits to be written (else there would be a _waiter): all that
-            # was recorded is in the write under way, or written
-            self._idle.append(d)
-        else:
+        last = self._waiting[-1] if self._waiting else self._writing
+        if last is None:
             d.callback(None)
+            return d
+
+        def fire(result: Any) -> Any:
+            d.callback(None)
+            return result
+
+        last.done.addBoth(fire)
         return d
+
+    wait_spooled = waiter
 
     def _write(self) -> None:
         # Writes follow each other in this loop when one finishes at once (Buildbot's
-        # test reactor runs thread calls at once; a stopped spool thread fails at
-        # once): a burst of many writes must not nest one call per write.
-        looping, self._looping = self._looping, True
+        # test reactor runs thread calls at once): a burst must not nest one call per write.
+        if self._looping:
+            return
+        self._looping = True
         try:
-            while self._write_one():
-                pass
+            while self._writing is None and self._waiting:
+                write = self._writing = self._waiting.popleft()
+                d = self.spool.call(
+                    thd_spool_records, write.records, self.routes, self.bounds, self.orphan_prefix
+                )
+                d.addBoth(self._written, write)
         finally:
-            self._looping = looping
+            self._looping = False
 
-    def _write_one(self) -> bool:
-        """Start the next write; True when it finished at once and more is waiting."""
-        if self._full:
-            # A long write would hold the spool thread, and with it the delivery's
-            # reads and releases: what was recorded after the first
-            # MAX_RECORDS_PER_WRITE is the next write, and the callers' Deferred
-            # fires with the last of them.
-            records = self._full.popleft()
-            waiter = None
-            if not self._full and not self.records:
-                waiter, self._waiter = self._waiter, None
+    def _written(self, result: Any, write: _Write) -> None:
+        if isinstance(result, Failure):
+            log.msg(f"buildbot_stats: could not write the spool: {result.getErrorMessage()}")
         else:
-            records, self.records = self.records, []
-            waiter, self._waiter = self._waiter, None
-        if not records:
-            idle, self._idle = self._idle, []
-            for w in idle:
-                w.callback(None)
-            if waiter is not None:
-                waiter.callback(None)
-            return False
-        self._writing = True
-        d = self.spool.call(thd_spool_records, records, self.routes, self.bounds, self.orphan_prefix)
-        finished_at_once = False
-
-        def done(result: Any) -> None:
-            nonlocal finished_at_once
-            if isinstance(result, Failure):
-                log.msg(f"buildbot_stats: could not write the spool: {result.getErrorMessage()}")
-            else:
-                try:
-                    self._deliver(result)
-                except Exception:
-                    log.err(None, "buildbot_stats: internal error after a spool write")
-            # Callers resume while this write still counts as running, so that what
-            # they all post next is one write, not one write for the first of them.
-            # The waiters that came while it ran (see waiter()) were waiting for it.
-            idle, self._idle = self._idle, []
-            if waiter is not None:
-                waiter.callback(None)
-            for w in idle:
-                w.callback(None)
-            self._writing = False
-            if self._looping:
-                finished_at_once = True  # the loop in _write goes on
-            elif self.records or self._full or self._idle:
-                self._write()
-            self._maybe_start_delivery()
-
-        d.addBoth(done)
-        return finished_at_once and bool(self.records or self._full or self._idle)
+            try:
+                self._deliver(result)
+            except Exception:
+                log.err(None, "buildbot_stats: internal error after a spool write")
+        # Callers resume while this write still counts as running, so that what
+        # they all post next is one write, not one write for the first of them.
+        write.done.callback(None)
+        self._writing = None
+        self._write()
+        self._maybe_start_delivery()
 
     def holding(self) -> bool:
         """True while delivery is held back: a call of ``start_delivery`` follows."""
@@ -476,10 +398,9 @@ class SpoolWriter:
 
     def _maybe_start_delivery(self) -> None:
         """Let the queues send, unless the next spool write already runs (for a while at most)."""
-        start = self._start_delivery
-        if start is None:
+        if self._start_delivery is None:
             return
-        if self._writing:
+        if self._writing is not None:
             now = self.clock()
             if self._held_since is None:
                 self._held_since = now
@@ -488,10 +409,6 @@ class SpoolWriter:
                 return
         self._held_since = None
         try:
-            start()
+            self._start_delivery()
         except Exception:
             log.err(None, "buildbot_stats: internal error after a spool write")
-
-    def wait_spooled(self) -> defer.Deferred:
-        """Fires when everything recorded so far has been spooled."""
-        return self.waiter()

@@ -1,8 +1,10 @@
-"""What a storage backend is: the :class:`IStatsStorage` interface and its base class."""
+"""What a storage backend is: the :class:`IStatsStorage` interface, its optional hooks and its base class."""
 
 from __future__ import annotations
 
 import abc
+import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +13,7 @@ from twisted.internet import defer
 from twisted.python import log
 from zope.interface import Attribute, Interface, implementer
 
-from buildbot_stats.arguments import check_init_arguments
+from buildbot_stats.arguments import ChecksArguments
 from buildbot_stats.errors import PartialDeliveryError
 from buildbot_stats.point import Point, PointProblem
 
@@ -20,27 +22,25 @@ try:  # a backend written for Buildbot's own statistics module works unchanged
 except ImportError:  # pragma: no cover - Buildbot may drop the module one day
     _BuildbotStatsStorageBase = None
 
-__all__ = ["IStatsStorage", "StatsStorageBase", "WriteReport"]
+__all__ = [
+    "IBackendLifecycle",
+    "IBatchWrites",
+    "IEncodedWrites",
+    "IPreparedWrites",
+    "IStatsStorage",
+    "StatsStorageBase",
+    "WriteReport",
+    "provides",
+]
 
 
 class IStatsStorage(Interface):
     """A place where statistics are stored.
 
     Only ``thd_postStatsValue`` and ``captures`` are required.  Methods named
-    ``thd_*`` run in a thread, never in the reactor.
-
-    Optional lifecycle hooks, called in the reactor by the StatsService when
-    the backend has them (for a backend that owns a resource, such as a
-    listening socket):
-
-    - ``startBackend(service)``: the backend is (re)configured into ``service``;
-      called on every reconfig of the service, for each configured backend,
-      before its points are delivered and before the backends a reconfig
-      replaced are stopped.  Must be idempotent.  May return a Deferred.
-    - ``stopBackend()``: the backend left the configuration (replaced by a
-      reconfig) or the service stopped.  May return a Deferred.
-
-    Neither should raise: a failure is logged and does not stop the master.
+    ``thd_*`` run in a thread, never in the reactor.  The optional hooks are
+    the interfaces below; a backend declares those it has with
+    ``@implementer`` (see :func:`provides` for one written before them).
     """
 
     name = Attribute("A name, unique among the service's backends; it keys the spool.")
@@ -48,6 +48,75 @@ class IStatsStorage(Interface):
 
     def thd_postStatsValue(post_data, series_name, context=None):  # noqa: N805
         """Store one point (fields ``post_data`` of ``series_name``, tags ``context``)."""
+
+
+class IBatchWrites(Interface):
+    """A backend that stores many points in one request."""
+
+    def thd_postStatsValues(points):  # noqa: N805
+        """Store a batch of :class:`~buildbot_stats.point.Point`; may return a :class:`WriteReport`."""
+
+
+class IEncodedWrites(Interface):
+    """A backend whose wire format is made once, on the spool thread, and kept in the spool."""
+
+    def thd_encode(points):  # noqa: N805
+        """Return ``(encoding name, bytes with one point per line, WriteReport or None)``."""
+
+    def thd_post_encoded(data, encoding):  # noqa: N805
+        """Write such bytes (maybe only some of their lines); may return a :class:`WriteReport`."""
+
+
+class IPreparedWrites(Interface):
+    """A backend with work to do in the reactor before it writes (render its secrets)."""
+
+    def prepare(master):  # noqa: N805
+        """Called before the first write and after a refused one; may return a Deferred."""
+
+
+class IBackendLifecycle(Interface):
+    """A backend that owns a resource (a listening socket), called in the reactor.
+
+    ``startBackend(service)``: the backend is (re)configured into ``service``,
+    on every reconfig, before its points are delivered and before the backends
+    a reconfig replaced are stopped; must be idempotent.  ``stopBackend()``: it
+    left the configuration or the service stopped.  Both may return a
+    Deferred; a failure is logged and does not stop the master.
+    """
+
+    def startBackend(service):  # noqa: N802, N805
+        """The backend is configured into ``service``."""
+
+    def stopBackend():  # type: ignore[misc]  # noqa: N802
+        """The backend left the configuration, or the service stopped."""
+
+
+def provides(backend: Any, interface: Any, *names: str) -> bool:
+    """Whether ``backend`` has the hooks of ``interface``.
+
+    Declared with ``@implementer``, or, for a backend written before the
+    interfaces were, by having the methods ``names`` (default: all of them).
+    """
+    if interface.providedBy(backend):
+        return True
+    return all(callable(getattr(backend, name, None)) for name in names or interface.names())
+
+
+_warned_classes: weakref.WeakSet[type] = weakref.WeakSet()
+
+
+def warn_deprecated_attributes(backend: Any) -> None:
+    """A backend class that sets ``concurrent_writes`` gets one warning: it is ignored now."""
+    cls = type(backend)
+    if not hasattr(cls, "concurrent_writes") or cls in _warned_classes:
+        return
+    _warned_classes.add(cls)
+    message = (
+        f"{cls.__name__}.concurrent_writes is deprecated and ignored: buildbot_stats writes "
+        "one batch at a time to each backend"
+    )
+    warnings.warn(message, DeprecationWarning, stacklevel=2)
+    log.msg(f"buildbot_stats: {message}")
 
 
 @dataclass
@@ -61,8 +130,8 @@ class WriteReport:
     rejected_points: int = 0
 
 
-@implementer(IStatsStorage)
-class StatsStorageBase(abc.ABC):
+@implementer(IStatsStorage, IBatchWrites)
+class StatsStorageBase(metaclass=ChecksArguments):
     """Base class for storage backends.
 
     Subclasses implement :meth:`thd_postStatsValue`; a backend that can store
@@ -71,14 +140,6 @@ class StatsStorageBase(abc.ABC):
 
     name: str | None = None
     captures: Sequence[Any] = ()
-    #: how many writes of encoded points (``thd_post_encoded``) may run at once:
-    #: 2 when the backend's writes are thread-safe and its server takes two
-    #: in parallel (see :mod:`buildbot_stats.delivery.queue` for when it does so)
-    concurrent_writes: int = 1
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        check_init_arguments(cls)  # a misspelt keyword in master.cfg is a config.error line
 
     @abc.abstractmethod
     def thd_postStatsValue(
@@ -119,11 +180,10 @@ def is_storage_backend(obj: Any) -> bool:
 
 def post_points(backend: Any, points: list[Point]) -> WriteReport | None:
     """Write ``points`` to ``backend`` by its batch method if it has one.  Runs in a thread."""
-    batch = getattr(backend, "thd_postStatsValues", None)
-    if batch is None:
-        _post_one_by_one(backend, points)
-        return None
-    return batch(points)
+    if provides(backend, IBatchWrites):
+        return backend.thd_postStatsValues(points)  # type: ignore[no-any-return]
+    _post_one_by_one(backend, points)
+    return None
 
 
 @defer.inlineCallbacks
@@ -135,7 +195,8 @@ def start_backends(service: Any, backends: Sequence[Any], previous: Sequence[Any
     backend it replaces.  Failures are logged, never raised.
     """
     for backend in backends:
-        yield _call_hook(backend, "startBackend", service)
+        if provides(backend, IBackendLifecycle, "startBackend"):
+            yield _call_hook(backend, backend.startBackend, service)
     kept = {id(b) for b in backends}
     yield stop_backends([b for b in previous if id(b) not in kept])
 
@@ -144,15 +205,13 @@ def start_backends(service: Any, backends: Sequence[Any], previous: Sequence[Any
 def stop_backends(backends: Sequence[Any]) -> Any:
     """Call the optional ``stopBackend()`` of each backend; failures are logged."""
     for backend in backends:
-        yield _call_hook(backend, "stopBackend")
+        if provides(backend, IBackendLifecycle, "stopBackend"):
+            yield _call_hook(backend, backend.stopBackend)
 
 
 @defer.inlineCallbacks
-def _call_hook(backend: Any, name: str, *args: Any) -> Any:
-    hook = getattr(backend, name, None)
-    if hook is None:
-        return
+def _call_hook(backend: Any, hook: Any, *args: Any) -> Any:
     try:
         yield defer.maybeDeferred(hook, *args)
     except Exception as e:
-        log.msg(f"buildbot_stats: {name} of backend {backend!r} failed: {type(e).__name__}: {e}")
+        log.msg(f"buildbot_stats: {hook.__name__} of backend {backend!r} failed: {type(e).__name__}: {e}")

@@ -26,10 +26,11 @@ from twisted.internet import defer
 from twisted.python import log
 from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
+from zope.interface import implementer
 
 from buildbot_stats.errors import BatchTooLargeError, RefusedWriteError, TransientWriteError
 from buildbot_stats.point import PointProblem
-from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
+from buildbot_stats.storage_backends.base import IPreparedWrites, StatsStorageBase, WriteReport
 
 __all__: list[str] = []
 
@@ -45,6 +46,7 @@ _DROPPED = re.compile(r"dropped=(\d+)")
 _CERT_REASON = re.compile(r"certificate verify failed: ([^()'\"]+)")
 
 
+@implementer(IPreparedWrites)
 class InfluxBackend(StatsStorageBase):
     """The InfluxDB backends' argument checks, ``prepare``, repr and HTTP error handling."""
 

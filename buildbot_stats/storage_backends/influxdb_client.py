@@ -7,6 +7,7 @@ from typing import Any
 
 from buildbot import config
 from twisted.python import log
+from zope.interface import implementer
 
 from buildbot_stats.errors import RefusedWriteError, SplitBatchError, TransientWriteError
 from buildbot_stats.lineprotocol import (
@@ -17,7 +18,7 @@ from buildbot_stats.lineprotocol import (
     split_lines,
 )
 from buildbot_stats.point import Point
-from buildbot_stats.storage_backends.base import WriteReport
+from buildbot_stats.storage_backends.base import IEncodedWrites, WriteReport
 from buildbot_stats.storage_backends.influx_common import (
     InfluxBackend,
     check_name,
@@ -36,14 +37,11 @@ except ImportError:  # pragma: no cover - influxdb is a dependency
 __all__ = ["InfluxStorageService"]
 
 
+@implementer(IEncodedWrites)
 class InfluxStorageService(InfluxBackend):
     """Stores statistics in an InfluxDB 1.x database (see docs/backends.rst for the arguments)."""
 
     secret_attribute = "password"
-    # influxd parses two writes at once (on two cores: 1.5x the points per
-    # second of one connection, measured), and the client's requests Session
-    # is safe to share between two threads
-    concurrent_writes = 2
 
     def __init__(
         self,

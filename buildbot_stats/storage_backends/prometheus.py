@@ -25,10 +25,11 @@ from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.python import log
 from twisted.web import pages, resource, server
+from zope.interface import implementer
 
 from buildbot_stats.errors import BackendConfigurationError
 from buildbot_stats.point import Point, PointProblem
-from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
+from buildbot_stats.storage_backends.base import IBackendLifecycle, StatsStorageBase, WriteReport
 
 __all__ = ["DEFAULT_BUCKETS", "PrometheusStorageService"]
 
@@ -256,6 +257,7 @@ def _endpoint(key: Key, buckets: tuple[float, ...]) -> _Endpoint:
         return _ENDPOINTS[key]
 
 
+@implementer(IBackendLifecycle)
 class PrometheusStorageService(StatsStorageBase):
     """Serves the captured statistics as Prometheus metrics (see the module docstring).
 

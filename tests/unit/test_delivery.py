@@ -6,6 +6,7 @@ import json
 import os
 import random
 import tempfile
+import warnings
 
 from buildbot.test.util.logging import LoggingMixin
 from hypothesis import given, settings
@@ -14,6 +15,7 @@ from twisted.internet import defer, threads
 from twisted.python import log
 
 from buildbot_stats import capture
+from buildbot_stats.delivery.queue import State
 from buildbot_stats.errors import (
     BatchTooLargeError,
     PartialDeliveryError,
@@ -342,7 +344,6 @@ class SegmentTests(DataTestCase):
 
     @defer.inlineCallbacks
     def test_partly_accepted_segment_is_sent_again_after_a_restart(self):
-        from buildbot_stats.errors import PartialDeliveryError
 
         class AcceptsThree(RecordingStorage):
             """Stores the first 3 points of the first write, then the connection breaks."""
@@ -643,7 +644,6 @@ class PrepareHookTests(DataTestCase):
 
     @defer.inlineCallbacks
     def test_retry_after_is_waited_for_even_beyond_the_backoff(self):
-        from buildbot_stats.errors import TransientWriteError
 
         backend = yield self.use(capture.CaptureData("m", "builder1"), max_retry_delay=2)
         backend.fail_next(1, TransientWriteError("HTTP 429", retry_after=40))
@@ -782,7 +782,7 @@ class DeliveryHoldTests(DataTestCase):
         self.assertEqual(self.values(self.backend), [0, 1, 2])
 
 
-def test_a_burst_is_spooled_in_writes_of_bounded_size_and_acknowledged_with_the_last(monkeypatch):
+def test_a_burst_is_spooled_in_writes_of_bounded_size_each_acknowledged_once_spooled(monkeypatch):
     from buildbot_stats.delivery import writer as spool_writer
 
     monkeypatch.setattr(spool_writer, "MAX_RECORDS_PER_WRITE", 3)
@@ -802,6 +802,8 @@ def test_a_burst_is_spooled_in_writes_of_bounded_size_and_acknowledged_with_the_
     assert [w[1] for w in writes] == [[0]]
     writes[0][0].callback(None)
     assert first.called and not any(d.called for d in burst)
+    writes[1][0].callback(None)
+    assert [d.called for d in burst] == [True] * 3 + [False] * 5  # 1, 2 and 3 are in the spool
     while not burst[-1].called:
         writes[-1][0].callback(None)
     assert [w[1] for w in writes] == [[0], [1, 2, 3], [4, 5, 6], [7, 8]]
@@ -901,9 +903,7 @@ class UnstoredValueTests(DataTestCase):
 
 
 class LineProtocolRecorder(RecordingStorage):
-    """Records line protocol as InfluxStorageService makes it: encoded once, two writes at once."""
-
-    concurrent_writes = 2
+    """Records line protocol as InfluxStorageService makes it: encoded once, on the spool thread."""
 
     def __init__(self, captures, precision="n"):
         super().__init__(captures=captures)
@@ -924,189 +924,88 @@ class LineProtocolRecorder(RecordingStorage):
         return WriteReport()
 
 
-class PartialRecorder(LineProtocolRecorder):
-    """Stores the first ``partial`` points of its next write, then fails (PartialDeliveryError)."""
+class OneWriteInFlightTests(DataTestCase):
+    """One write at a time per backend, whatever the backend asks for."""
 
-    partial = 0
-
-    def thd_post_encoded(self, data, encoding):
-        if self.partial:
-            lines, self.partial = data.split(b"\n")[: self.partial], 0
-            self.lines.extend(lines)
-            raise PartialDeliveryError(len(lines), TransientWriteError("connection lost"))
-        return super().thd_post_encoded(data, encoding)
-
-
-class ConcurrentWriteTests(DataTestCase):
-    """A backend with ``concurrent_writes = 2`` gets the batch read ahead written beside the current one."""
+    def values(self, backend):
+        return [int(line.split(b" ")[1].split(b",")[0][2:-1]) for line in backend.lines]
 
     @defer.inlineCallbacks
-    def start_two(self, precision="n", backend_class=LineProtocolRecorder):
-        """One write in flight (1 point), 20 points spooled behind it: returns (threads, backend).
-
-        The points are 1 ns apart: distinct at precision "n", one second at "s".
-        """
+    def start(self, backend_class=LineProtocolRecorder):
+        """One write in flight (1 point), 20 points spooled behind it: returns (threads, backend)."""
         threads_ = ControlledThreads(self)
-        backend = backend_class([capture.CaptureData("m", "builder1")], precision)
+        backend = backend_class([capture.CaptureData("m", "builder1")])
         yield self.stats.reconfigService([backend], spool_path=None, batch_size=5, max_retry_delay=1)
         points = [Point("m", {"i": i}, {"builder": "b"}, 10**18 + i) for i in range(21)]
         yield self.put_points(points[:1])
         yield self.put_points(points[1:])
         return threads_, backend
 
-    def values(self, backend):
-        return [int(line.split(b" ")[1].split(b",")[0][2:-1]) for line in backend.lines]
-
-    def retry_until_done(self, threads_, backend):
-        """Let the retries run (2 s apart) until every write is done; each value is then stored once."""
-        self.reactor.advance(2)
-        threads_.run_all(between=lambda: self.reactor.advance(2))
-        self.assert_each_once(backend)
-
-    def most_in_flight(self, threads_):
-        """Run every write; how many were in flight at once, at most."""
+    def run_all(self, threads_):
+        """Run every write (and the retries, 2 s apart); how many were in flight at once, at most."""
         most = 0
         while threads_.calls:
             most = max(most, len(threads_.calls))
             threads_.run_next()
+            if not threads_.calls:
+                self.reactor.advance(2)
         return most
 
-    def assert_each_once(self, backend):
-        self.assertEqual(sorted(self.values(backend)), list(range(21)))
-        counters = self.stats.counters
-        self.assertEqual((counters["written"], counters["pending"], counters["dropped"]), (21, 0, 0))
-
     @defer.inlineCallbacks
-    def test_the_batch_ahead_is_written_beside_the_current_one_and_results_apply_in_order(self):
-        threads_, backend = yield self.start_two()
-        self.assertEqual(len(threads_.calls), 2)  # 1 point, and the next 5 beside it
-        threads_.run_next()
-        threads_.run_next()
-        self.assertEqual(len(threads_.calls), 2)  # the next two
-        self.assertEqual(self.stats.counters["written"], 6)
-        threads_.run_all()
+    def test_writes_run_one_at_a_time_in_order(self):
+        threads_, backend = yield self.start()
+        self.assertEqual(self.run_all(threads_), 1)
         self.assertEqual(self.values(backend), list(range(21)))
         self.assertEqual(backend.batches, [1, 5, 5, 5, 5])
-        self.assert_each_once(backend)
 
     @defer.inlineCallbacks
-    def test_a_second_write_that_ends_first_waits_for_the_one_before_it(self):
-        threads_, backend = yield self.start_two()
-        threads_.run_next(1)  # the second ends first: nothing applied yet
-        self.assertEqual(self.stats.counters["written"], 0)
-        threads_.run_next()  # now both, in order
-        self.assertEqual(self.stats.counters["written"], 6)
-        threads_.run_all()
-        self.assert_each_once(backend)
-
-    @defer.inlineCallbacks
-    def test_the_first_write_failing_keeps_what_the_second_delivered_and_retries_only_its_own(self):
-        threads_, backend = yield self.start_two()
-        threads_.run_next(1)  # the second is written
-        backend.fail_next(1)
-        threads_.run_next()  # the first fails
-        self.assertLogged("writing 1 point to backend 'RecordingStorage' failed")
-        self.assertEqual(self.stats.counters["written"], 5)
-        self.reactor.advance(2)  # the retry
-        threads_.run_all(between=lambda: self.reactor.advance(2))
-        self.assert_each_once(backend)
-        self.assertEqual(self.values(backend)[:6], [1, 2, 3, 4, 5, 0])
-
-    @defer.inlineCallbacks
-    def test_the_first_write_failing_while_the_second_runs_waits_for_it(self):
-        threads_, backend = yield self.start_two()
-        backend.fail_next(1)
-        threads_.run_next()  # the first fails while the second is in flight
-        self.assertEqual(len(threads_.calls), 1)  # nothing else starts, no retry yet
-        self.assertEqual(self.stats.counters["written"], 0)
-        threads_.run_next()  # the second is written; then the first is retried
-        self.assertEqual(self.stats.counters["written"], 5)
-        self.retry_until_done(threads_, backend)
-
-    @defer.inlineCallbacks
-    def test_the_second_write_failing_is_retried_after_the_first(self):
-        threads_, backend = yield self.start_two()
-        threads_.run_next()  # the first is written; the second is the current write, a third beside it
-        self.assertEqual(len(threads_.calls), 2)
-        backend.fail_next(1)
-        threads_.run_next()  # the second fails while the third runs
-        self.assertEqual(self.stats.counters["written"], 1)
-        threads_.run_next()  # the third is written, kept; the second is retried
-        self.assertEqual(self.stats.counters["written"], 6)
-        self.retry_until_done(threads_, backend)
-
-    @defer.inlineCallbacks
-    def test_both_writes_failing_are_retried_in_order(self):
-        threads_, backend = yield self.start_two()
+    def test_failures_are_retried_in_order_one_write_at_a_time(self):
+        threads_, backend = yield self.start()
         backend.fail_next(2)
-        threads_.run_next()
-        threads_.run_next()
-        self.assertEqual(self.stats.counters["written"], 0)
-        self.assertGreaterEqual(self.stats.counters["retried"], 6)
-        self.reactor.advance(2)
-        self.assertEqual(len(threads_.calls), 1)  # one at a time until a write succeeds
-        threads_.run_all(between=lambda: self.reactor.advance(2))
+        self.assertEqual(self.run_all(threads_), 1)
         self.assertEqual(self.values(backend), list(range(21)))
-        self.assert_each_once(backend)
+        counters = self.stats.counters
+        self.assertEqual((counters["written"], counters["pending"], counters["dropped"]), (21, 0, 0))
+        self.assertEqual(counters["retried"], 2)
 
     @defer.inlineCallbacks
-    def test_batches_whose_times_overlap_at_the_precision_are_written_one_at_a_time(self):
-        # to the second, all these points share their time: the order of writes decides
-        # which one InfluxDB keeps, so they must land in order
-        threads_, backend = yield self.start_two(precision="s")
-        self.assertEqual(self.most_in_flight(threads_), 1)
+    def test_a_backend_that_sets_concurrent_writes_is_warned_once_and_gets_one_write_at_a_time(self):
+        class TwoAtOnce(LineProtocolRecorder):
+            concurrent_writes = 2
+
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            threads_, backend = yield self.start(TwoAtOnce)
+        self.assertEqual([w.category for w in warned], [DeprecationWarning])
+        self.assertIn("TwoAtOnce.concurrent_writes is deprecated", str(warned[0].message))
+        self.assertLogged("TwoAtOnce.concurrent_writes is deprecated and ignored")
+        self.assertEqual(self.run_all(threads_), 1)
         self.assertEqual(self.values(backend), list(range(21)))
-        self.assert_each_once(backend)
+        # once per class: a reconfig with another object of the class says nothing more
+        self._logEvents.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            yield self.stats.reconfigService(
+                [TwoAtOnce([capture.CaptureData("m", "builder1")])], spool_path=None
+            )
+        self.assertNotLogged("is deprecated")
 
     @defer.inlineCallbacks
-    def test_a_backend_without_concurrent_writes_gets_one_at_a_time(self):
-        class OneAtATime(LineProtocolRecorder):
-            concurrent_writes = 1
-
-        threads_, backend = yield self.start_two(backend_class=OneAtATime)
-        self.assertEqual(self.most_in_flight(threads_), 1)
-        self.assert_each_once(backend)
-
-    @defer.inlineCallbacks
-    def test_stopping_waits_for_both_writes_and_sends_the_rest(self):
-        threads_, backend = yield self.start_two()
+    def test_stopping_waits_for_the_write_in_flight_and_sends_the_rest(self):
+        threads_, backend = yield self.start()
         stopped = self.stats.disownServiceParent()
         threads_.run_all()
         yield stopped
         self.assertEqual(self.values(backend), list(range(21)))
 
     @defer.inlineCallbacks
-    def second_delivers_part_then_first_fails(self, failures):
-        """The second write stores 2 of its 5 points and fails; then the first fails ``failures`` times."""
-        threads_, backend = yield self.start_two(backend_class=PartialRecorder)
-        backend.partial = 2
-        threads_.run_next(1)  # the second delivers 2 of its 5 points, then fails
-        backend.fail_next(failures)
-        threads_.run_next()  # the first fails
-        self.reactor.advance(2)
-        return threads_, backend
-
-    @defer.inlineCallbacks
-    def test_what_the_second_write_delivered_before_failing_is_kept_when_the_first_fails(self):
-        threads_, backend = yield self.second_delivers_part_then_first_fails(1)
-        threads_.run_all(between=lambda: self.reactor.advance(2))
-        self.assert_each_once(backend)
-
-    @defer.inlineCallbacks
-    def test_what_the_second_write_delivered_is_kept_when_the_first_fails_again(self):
-        threads_, backend = yield self.second_delivers_part_then_first_fails(2)
-        threads_.run_next()  # and fails again: the batches must not be given back, read whole again
-        self.retry_until_done(threads_, backend)
-
-    @defer.inlineCallbacks
-    def test_a_backend_replaced_while_a_write_runs_is_prepared_before_a_write_beside_it(self):
+    def test_a_backend_replaced_while_a_write_runs_is_prepared_before_its_first_write(self):
         threads_ = ControlledThreads(self)
         old = LineProtocolRecorder([capture.CaptureData("m", "builder1")])
         yield self.stats.reconfigService([old], spool_path=None, batch_size=5, max_retry_delay=1)
         points = [Point("m", {"i": i}, {"builder": "b"}, 10**18 + i) for i in range(21)]
         yield self.put_points(points[:1])
         self.assertEqual(len(threads_.calls), 1)  # the first write runs (old backend)
-
         preparing = defer.Deferred()
 
         class Prepared(LineProtocolRecorder):
@@ -1125,34 +1024,11 @@ class ConcurrentWriteTests(DataTestCase):
         new = Prepared([capture.CaptureData("m", "builder1")])
         yield self.stats.reconfigService([new], spool_path=None, batch_size=5, max_retry_delay=1)
         yield self.put_points(points[1:])
-        self.assertEqual(len(threads_.calls), 1)  # nothing for the new backend before prepare()
-        preparing.callback(None)
-        threads_.run_all()
-        self.assertEqual(sorted(self.values(old) + self.values(new)), list(range(21)))
-
-    @defer.inlineCallbacks
-    def test_stopping_while_a_replacing_backend_is_prepared_waits_for_the_write_beside(self):
-        threads_ = ControlledThreads(self)
-        old = LineProtocolRecorder([capture.CaptureData("m", "builder1")])
-        yield self.stats.reconfigService([old], spool_path=None, batch_size=5, max_retry_delay=1)
-        points = [Point("m", {"i": i}, {"builder": "b"}, 10**18 + i) for i in range(6)]
-        yield self.put_points(points[:1])
-        yield self.put_points(points[1:])
-        self.assertEqual(len(threads_.calls), 2)  # the last 5 points beside the first
-        preparing = defer.Deferred()
-
-        class Prepared(LineProtocolRecorder):
-            def prepare(self, master):
-                return preparing
-
-        new = Prepared([capture.CaptureData("m", "builder1")])
-        yield self.stats.reconfigService([new], spool_path=None, batch_size=5, max_retry_delay=1)
-        threads_.run_next()  # the first is written; the new backend is prepared, the second still runs
+        threads_.run_next()  # the old backend's write ends
+        self.assertEqual(threads_.calls, [])  # nothing for the new backend before prepare()
         (queue,) = self.stats._queues.queues.values()
-        stopped = self.stats.disownServiceParent()
-        self.assertNoResult(stopped)  # the second write is still running
+        self.assertEqual(queue.state, State.PREPARING)
         preparing.callback(None)
         threads_.run_all()
-        yield stopped
-        self.assertEqual(self.values(old), list(range(6)))
-        self.assertEqual((queue.counters.written, queue.pending), (6, 0))  # the second's points released
+        self.assertEqual(self.values(old) + self.values(new), list(range(21)))
+        self.assertEqual((queue.counters.written, queue.pending, queue.state), (21, 0, State.IDLE))

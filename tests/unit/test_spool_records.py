@@ -186,20 +186,18 @@ def test_a_thd_encode_breaking_its_contract_costs_only_its_own_backends_points()
 
 
 def test_a_segment_joined_from_chunks_keeps_an_unknown_time_unknown() -> None:
-    # delivery writes two batches at once only when their times are known not to collide
+    # the spool reports the time span of what it holds (``buildbot-stats spool``)
     from buildbot_stats.delivery.spool import NewSegment
     from buildbot_stats.delivery.writer import Route, SpoolResult, _SegmentMaker
 
-    for chunks in (((None, None), (5, 6)), ((5, 6), (None, None))):
+    def joined(chunks):
         segments: list[NewSegment] = []
-        maker = _SegmentMaker("k", Route("k", None, 100), SpoolResult({}, {}, {}, {}, [], {}), segments)
+        maker = _SegmentMaker(Route("k", None, 100), SpoolResult({}, {}, {}, {}, [], {}), segments)
         for first, last in chunks:
             maker._add(NewSegment("k", 1, first, last, "influx-lp/n", b"s f=1i 5"), None)
-        maker._close_segment()
-        assert [(s.n, s.first_ns, s.last_ns) for s in segments] == [(2, None, None)]
-    segments = []
-    maker = _SegmentMaker("k", Route("k", None, 100), SpoolResult({}, {}, {}, {}, [], {}), segments)
-    for first, last in ((7, 9), (5, 6)):
-        maker._add(NewSegment("k", 1, first, last, "influx-lp/n", b"s f=1i 5"), None)
-    maker._close_segment()
-    assert [(s.first_ns, s.last_ns) for s in segments] == [(5, 9)]
+        maker.finish()
+        return [(s.n, s.first_ns, s.last_ns, s.data) for s in segments]
+
+    for chunks in (((None, None), (5, 6)), ((5, 6), (None, None))):
+        assert joined(chunks) == [(2, None, None, b"s f=1i 5\ns f=1i 5")]
+    assert joined(((7, 9), (5, 6))) == [(2, 5, 9, b"s f=1i 5\ns f=1i 5")]

@@ -1,15 +1,14 @@
-"""Two writes at once, with real threads, while the server fails in every way it can.
+"""One write in flight per backend, with real threads, while the server fails in every way it can.
 
-The InfluxDB 1.x backend writes the next batch beside the one in flight.
-Buildbot's test reactor runs thread calls at once, so the unit tests order the
-two writes by hand; here a child process runs a ``StatsService`` on a real
-reactor with real threads, posting 60,000 values through ``store()`` into a
-real ``influxd`` behind a fault-injecting proxy.  Meanwhile the test restarts
-``influxd``, then makes the proxy answer 503 and drop connections.  Every
-value must be stored, none dropped, the counters must add up, the child must
-not hang, and it must have had two writes in flight at once.  (InfluxDB merges
-a point written twice, so a batch sent twice would not show here: the unit
-tests, ``ConcurrentWriteTests``, check that no batch is.)
+Buildbot's test reactor runs thread calls at once; here a child process runs a
+``StatsService`` on a real reactor with real threads (the next batch is read
+from the spool while one is posted), posting 60,000 values through ``store()``
+into a real ``influxd`` behind a fault-injecting proxy.  Meanwhile the test
+restarts ``influxd``, then makes the proxy answer 503 and drop connections.
+Every value must be stored, none dropped, the counters must add up, the child
+must not hang, and there must never have been two writes in flight at once.
+(InfluxDB merges a point written twice, so a batch sent twice would not show
+here: the unit tests, ``OneWriteInFlightTests``, check that no batch is.)
 
 influxd missing: skipped, or an error with ``CI=true`` (``require_influxd``).
 """
@@ -29,7 +28,7 @@ from tests.support.influxd import InfluxServer, require_influxd
 
 N = 60_000
 CHUNK = 500
-DB = "bbstats_concurrent"
+DB = "bbstats_one_in_flight"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -87,7 +86,7 @@ def child(spec: dict[str, Any]) -> None:
         await master.startService()
         for start in range(0, N, CHUNK):
             for i in range(start, start + CHUNK):
-                svc.store(capture, {"i": i}, "concurrent-bench", {"builder_name": "b"})
+                svc.store(capture, {"i": i}, "one-in-flight", {"builder_name": "b"})
             await task.deferLater(reactor, 0.005, lambda: None)  # a steady stream, for a while
         queue = svc.queues["influx"]
         deadline = time.monotonic() + 120
@@ -100,7 +99,7 @@ def child(spec: dict[str, Any]) -> None:
     task.react(lambda _reactor: defer.ensureDeferred(main()))
 
 
-def test_two_writes_at_once_through_restarts_503s_and_dropped_connections(tmp_path: Path) -> None:
+def test_one_write_in_flight_through_restarts_503s_and_dropped_connections(tmp_path: Path) -> None:
     require_influxd()
     server = InfluxServer(tmp_path / "influxd")
     server.start()
@@ -150,10 +149,10 @@ def test_two_writes_at_once_through_restarts_503s_and_dropped_connections(tmp_pa
         counters = result["counters"]
         assert (counters["written"], counters["dropped"], counters["pending"]) == (N, 0, 0), counters
         assert counters["retried"] > 0
-        assert result["most_in_flight"] == 2
+        assert result["most_in_flight"] == 1
         assert any(r.status == 503 and not r.forwarded for r in seen)
         assert any(r.status is None for r in seen)  # the dropped connections
-        rows = server.query_checked('SELECT COUNT("i"), SUM("i") FROM "concurrent-bench"', DB)
+        rows = server.query_checked('SELECT COUNT("i"), SUM("i") FROM "one-in-flight"', DB)
         assert rows[0]["series"][0]["values"][0][1:] == [N, N * (N - 1) // 2]
     finally:
         server.stop()
