@@ -45,6 +45,8 @@ setup(
         # the InfluxDB 2.x/3 backends (already required by influxdb)
         "requests",
         "zope.interface",
+        # the spool's codec (Buildbot requires it too; 1.0 for strict_map_key)
+        "msgpack>=1.0",
     ],
     extras_require={
         # LocalWorkers of `buildbot-stats demo`

@@ -13,7 +13,7 @@ from twisted.internet import defer
 from buildbot_stats import capture
 from buildbot_stats.cli import main as cli_main
 from buildbot_stats.delivery import spool_thread
-from buildbot_stats.delivery.spool import SQLiteSpool, dump_points
+from buildbot_stats.delivery.spool import SQLiteSpool
 from buildbot_stats.delivery.spool_thread import SpoolThread
 from buildbot_stats.errors import SplitBatchError
 from buildbot_stats.point import Point
@@ -117,46 +117,6 @@ class EncodeOnceTests(SpoolCase):
         self.assertLogged("refused by the backend")
 
 
-class MigrationTests(SpoolCase):
-    def write_old_spool(self, version):
-        key_column = "backend" if version == 2 else "queue_key"
-        conn = sqlite3.connect(self.path)
-        conn.execute(
-            f"CREATE TABLE buildbot_stats_segments ({key_column} TEXT NOT NULL, id INTEGER NOT NULL, "
-            "last_id INTEGER NOT NULL, ids TEXT NOT NULL, points BLOB NOT NULL, PRIMARY KEY "
-            f"({key_column}, id))"
-        )
-        points = [Point("builder1-m", {"i": i}, {"t": "x"}, 1000 + i) for i in range(5)]
-        conn.execute(
-            "INSERT INTO buildbot_stats_segments VALUES (?,?,?,?,?)",
-            ("StatsService/influx", 1, 3, "[1,2,3]", dump_points(points[:3])),
-        )
-        conn.execute(
-            "INSERT INTO buildbot_stats_segments VALUES (?,?,?,?,?)",
-            ("StatsService/influx", 4, 5, "[4,5]", dump_points(points[3:])),
-        )
-        conn.execute(f"PRAGMA user_version = {version}")
-        conn.commit()
-        conn.close()
-
-    @defer.inlineCallbacks
-    def check_migrated(self, version):
-        self.write_old_spool(version)
-        self.assertEqual(cli_main(["spool", self.path]), 0)  # an old spool can be inspected as it is
-        up = self.recorder()
-        yield self.replace_service(up, spool_path=self.path)
-        self.assertEqual(self.values(up), [0, 1, 2, 3, 4])
-        self.assertEqual([p.time_ns for p in up.points], [1000 + i for i in range(5)])
-        self.assertEqual(self.rows("PRAGMA user_version"), [(4,)])
-        self.assertEqual(self.rows("SELECT COUNT(*) FROM buildbot_stats_segments"), [(0,)])
-
-    def test_schema_3_spool_is_migrated_and_sent(self):
-        return self.check_migrated(3)
-
-    def test_schema_2_spool_is_migrated_and_sent(self):
-        return self.check_migrated(2)
-
-
 class DamagedSpoolTests(SpoolCase):
     @defer.inlineCallbacks
     def spool_some(self, n=300):
@@ -214,21 +174,14 @@ class FullDisk(SQLiteSpool):
     full = False
     fail_deletes = 0
 
-    def _insert(self, db, table, rows):
-        if table == "main" and FullDisk.full:
-            raise sqlite3.OperationalError("database or disk is full")
-        return super()._insert(db, table, rows)
-
-    def _try_resume(self, spooled):
-        if FullDisk.full:
-            return False
-        return super()._try_resume(spooled)
-
-    def _execute_storage(self, db, sql, params):
+    def _try(self, *statements):
+        sql = statements[0][0]
+        if FullDisk.full and "INTO main." in sql:
+            return "OperationalError: database or disk is full"
         if sql.startswith("DELETE") and FullDisk.fail_deletes:
             FullDisk.fail_deletes -= 1
-            return False
-        return super()._execute_storage(db, sql, params)
+            return "OperationalError: database or disk is full"
+        return super()._try(*statements)
 
 
 class FullDiskTests(SpoolCase):
@@ -366,7 +319,7 @@ class SpoolCommandTests(SpoolCase):
         from buildbot_stats.cli.spool_info import read_spool_info
 
         info = read_spool_info(self.path)
-        self.assertEqual(info["schema"], 4)
+        self.assertEqual(info["schema"], 5)
         [backend] = info["backends"]
         self.assertEqual((backend["queue_key"], backend["points"]), ("StatsService/influx", 4))
         self.assertLess(backend["oldest_ns"], backend["newest_ns"])
@@ -401,11 +354,3 @@ class ByteBoundTests(SpoolCase):
             ServiceOptions.problems({"max_spool_bytes": 0}),
             ["max_spool_bytes must be an integer >= 1 or None, not 0"],
         )
-
-
-def test_both_spools_implement_the_declared_interface(tmp_path):
-    from buildbot_stats.delivery.spool import MemorySpool, Spool, SQLiteSpool
-
-    for spool in (MemorySpool(), SQLiteSpool(str(tmp_path / "s.sqlite"))):
-        assert isinstance(spool, Spool)
-    assert not isinstance(object(), Spool)
