@@ -118,21 +118,31 @@ def load_pickled_points(data: bytes) -> list[Point]:
     """The points of a ``columns-1`` segment of schema 2 to 4, within the bounds (for :func:`migrate`)."""
     if len(data) > LEGACY_MAX_BYTES:
         raise ValueError(f"a pickled segment of {len(data):,} bytes (more than {LEGACY_MAX_BYTES:,})")
-    columns = _PlainUnpickler(io.BytesIO(data)).load()
-    left, todo = LEGACY_MAX_OBJECTS, [columns]
-    while todo:  # a pickle may use an object many times over, or hold itself
-        value = todo.pop()
-        left -= 1
+    form, series, fields, tags, times = _PlainUnpickler(io.BytesIO(data)).load()
+    if (
+        form != LEGACY_COLUMNS
+        or not all(type(s) is str for s in series)
+        or not all(type(t) is int for t in times)
+    ):
+        raise ValueError("not a spool segment of the format columns-1")
+    left, plain = LEGACY_MAX_OBJECTS, []
+    for value in (*fields, *tags):
+        if _flat(value):  # the usual point: no container inside
+            left -= 1 + 2 * len(value)
+            plain.append(value)
+            continue
+        todo = [value]
+        while todo and left >= 0:  # a pickle may use an object many times over, or hold itself
+            item = todo.pop()
+            left -= 1
+            if isinstance(item, dict):
+                todo.extend(item.items())
+            elif isinstance(item, (list, tuple, set, frozenset)):
+                todo.extend(item)
         if left < 0:
             raise ValueError(f"a pickled segment of more than {LEGACY_MAX_OBJECTS:,} objects")
-        if isinstance(value, dict):
-            todo.extend(value.items())
-        elif isinstance(value, (list, tuple, set, frozenset)):
-            todo.extend(value)
-    form, series, fields, tags, times = columns
-    if form != LEGACY_COLUMNS:
-        raise ValueError(f"unknown spool segment format {form!r}")
-    return _to_points(series, fields, tags, times)
+        plain.append(to_plain(value))
+    return list(map(Point, series, plain[: len(fields)], plain[len(fields) :], times))
 
 
 def _has(db: sqlite3.Connection, table: str) -> bool:
