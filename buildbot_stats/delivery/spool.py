@@ -5,7 +5,7 @@ stopped, or killed, sends them after it starts again; :class:`MemorySpool` in
 an in-memory database (``spool_path=None``), under the same bounds.  A
 delivery queue takes them back a batch at a time: they are not also kept in
 the master's memory.  The file's layout and codec are in
-:mod:`~buildbot_stats.delivery.spool_format`.
+:mod:`~buildbot_stats.delivery.spool_file`.
 
 A segment is deleted once the backend accepted (or dropped) all its points.
 After a crash every segment still in the file is sent again: at-least-once
@@ -43,14 +43,13 @@ from buildbot_stats.delivery.spool_lock import SpoolLock
 from buildbot_stats.lineprotocol import split_lines
 from buildbot_stats.point import Point
 
-# (COLUMNS, ForeignSpoolFileError, foreign_file_problem, dump_points and load_points are spool_file's)
-__all__ = ["COLUMNS", "ForeignSpoolFileError", "MemorySpool", "NewSegment", "SQLiteSpool", "SpoolState"]
-__all__ += [
+__all__ = [
+    "MemorySpool",
+    "NewSegment",
+    "SQLiteSpool",
+    "SpoolState",
     "TakenSegment",
-    "dump_points",
     "encode_segment",
-    "foreign_file_problem",
-    "load_points",
     "spool_info",
 ]
 
