@@ -1,23 +1,18 @@
 """Where points wait until their backend has accepted them: the spool *is* the backlog.
 
-:class:`SQLiteSpool` keeps them in a file (WAL mode) so that a master that is
-stopped, or killed, sends them after it starts again; :class:`MemorySpool` in
-an in-memory database (``spool_path=None``), under the same bounds.  A
-delivery queue takes them back a batch at a time: they are not also kept in
-the master's memory.  The file's layout and codec are in
-:mod:`~buildbot_stats.delivery.spool_file`.
+:class:`SQLiteSpool` keeps them in a file, so that a master that is stopped or
+killed sends them after it starts again (:class:`MemorySpool`: in memory,
+``spool_path=None``).  A delivery queue takes them a batch at a time, and
+releases a segment once the backend accepted (or dropped) all its points: after
+a crash, what is still in the file is sent again (at least once; InfluxDB
+overwrites a point it has).  Bounds (``max_spool_points``, ``max_spool_bytes``)
+drop the oldest segments not taken, the last one cut to size.  When the file
+cannot be written (disk full, read-only), new segments go to the in-memory table
+``mem``, under the same bounds, and into the file once it can be written again.
+The file's layout and codec: :mod:`~buildbot_stats.delivery.spool_file`.
 
-A segment is deleted once the backend accepted (or dropped) all its points.
-After a crash every segment still in the file is sent again: at-least-once
-delivery (a point keeps its series, tags and timestamp, so InfluxDB
-overwrites the copy it has).  Bounds (``max_spool_points``,
-``max_spool_bytes``) drop the oldest segments not taken for a write (the last
-one cut to size).  When the file cannot be written (disk full, read-only), new
-segments go to an in-memory table ``mem`` under the same bounds, and into the
-file as soon as it can be written again.
-
-The ``thd_*`` methods block; :mod:`~buildbot_stats.delivery.spool_thread` runs
-them on one thread of their own.
+The ``thd_*`` methods block; :class:`~buildbot_stats.delivery.spool_thread.SpoolThread`
+runs them on a thread of their own.
 """
 
 from __future__ import annotations
@@ -30,7 +25,6 @@ from typing import Any, NamedTuple
 
 from buildbot_stats.delivery.spool_file import (
     COLUMNS,
-    QUARANTINE,
     TABLE,
     ForeignSpoolFileError,
     dump_points,
@@ -38,20 +32,14 @@ from buildbot_stats.delivery.spool_file import (
     is_storage_error,
     load_points,
     open_spool_file,
+    quarantine,
 )
 from buildbot_stats.delivery.spool_lock import SpoolLock
 from buildbot_stats.lineprotocol import split_lines
 from buildbot_stats.point import Point
 
-__all__ = [
-    "MemorySpool",
-    "NewSegment",
-    "SQLiteSpool",
-    "SpoolState",
-    "TakenSegment",
-    "encode_segment",
-    "spool_info",
-]
+__all__ = ["MemorySpool", "NewSegment", "SQLiteSpool", "SpoolState", "TakenSegment", "encode_segment"]
+__all__ += ["spool_info"]
 
 _WHERE = "WHERE queue_key = ? AND id = ?"
 
@@ -140,14 +128,12 @@ class _Queue:
 
 
 class SQLiteSpool:
-    """A spool in an SQLite file (WAL mode, survives a SIGKILL of the master).
+    """A spool in an SQLite file (WAL mode: it survives a SIGKILL of the master).
 
-    A file that is not an SQLite database, or a spool damaged past its header,
-    is set aside and a fresh one created; so is a spool of a schema this
-    version cannot read (with the version in its name, for a later upgrade).
-    Older schemas are migrated in place.  A segment that cannot be read is
-    moved to the table ``buildbot_stats_unreadable``.  Either way the master
-    starts, and :attr:`notice` says what happened, for one log line.
+    Opening it never keeps the master from starting: a damaged file is set aside
+    and older schemas are migrated (:func:`open_spool_file`); :attr:`notice` says
+    what it found, for one log line.  An unreadable segment is moved to the table
+    ``buildbot_stats_unreadable`` when it is taken.
     """
 
     durable = True
@@ -186,8 +172,6 @@ class SQLiteSpool:
         if self._db is None:
             raise RuntimeError(f"spool {self.path} is not open")
         return self._db
-
-    # -- book-keeping and storage ------------------------------------------------
 
     def _tables(self) -> tuple[str, ...]:
         return ("main", "mem") if self._mem_rows else ("main",)
@@ -236,8 +220,6 @@ class SQLiteSpool:
             self._mem_rows = self._conn().execute(f"SELECT COUNT(*) FROM mem.{TABLE}").fetchone()[0]
         return not any(failed)
 
-    # -- the queue's calls -----------------------------------------------------------
-
     def thd_write(
         self, segments: list[NewSegment], bounds: dict[str, tuple[int, int | None]]
     ) -> dict[str, SpoolState]:
@@ -245,12 +227,11 @@ class SQLiteSpool:
         keys = {seg.queue_key for seg in segments}
         for key in keys:
             self._queue(key)  # counted before the insert
-        rows = []
-        for seg in segments:
-            rows.append(
-                (seg.queue_key, self._next_id, seg.n, seg.first_ns, seg.last_ns, seg.encoding, seg.data)
-            )
-            self._next_id += 1
+        rows = [
+            (seg.queue_key, self._next_id + i, seg.n, seg.first_ns, seg.last_ns, seg.encoding, seg.data)
+            for i, seg in enumerate(segments)
+        ]
+        self._next_id += len(rows)
         spooled = self._resume() if self.degraded else {}
         in_memory: dict[str, int] = {}
         if self.degraded is None:
@@ -324,7 +305,7 @@ class SQLiteSpool:
         """
         q = self._queue(queue_key)
         taken: list[TakenSegment] = []
-        bad: list[tuple[str, int, int, str, bytes, str]] = []
+        bad: list[tuple[str, int, int, str, bytes, Exception]] = []
         count = 0
         columns = "id, n, encoding, data, first_ns, last_ns"
         for table, sid, n, encoding, data, first_ns, last_ns in self._segments(queue_key, columns, q.cursor):
@@ -334,30 +315,20 @@ class SQLiteSpool:
                 try:
                     payload = load_points(data) if encoding == COLUMNS else bytes(data)
                 except Exception as e:
-                    bad.append((table, sid, n, encoding, data, f"{type(e).__name__}: {e}"))
+                    bad.append((table, sid, n, encoding, data, e))
                 else:
                     taken.append(TakenSegment(sid, n, encoding, payload, first_ns, last_ns))
                     q.taken[sid] = (n, len(data))
                     count += n
             q.cursor = sid
-        return taken, self._state(queue_key, quarantined=self._quarantine(queue_key, bad) if bad else 0)
-
-    def _quarantine(self, queue_key: str, bad: list[tuple[str, int, int, str, bytes, str]]) -> int:
-        q = self._queue(queue_key)
-        db = self._conn()
-        with db:
-            db.execute("BEGIN")
-            for table, sid, n, encoding, data, error in bad:
-                db.execute(
-                    f"INSERT INTO {QUARANTINE} VALUES (?,?,?,?,?)", (queue_key, sid, encoding, data, error)
-                )
-                db.execute(f"DELETE FROM {table}.{TABLE} {_WHERE}", (queue_key, sid))
-                q.points, q.bytes, self._mem_rows = (
-                    q.points - n,
-                    q.bytes - len(data),
-                    self._mem_rows - (table == "mem"),
-                )
-        return sum(n for _, _, n, *_ in bad)
+        if bad:
+            with self._conn() as db:
+                db.execute("BEGIN")
+                for table, sid, n, encoding, data, error in bad:
+                    quarantine(db, table, queue_key, sid, encoding, data, error)
+                    q.points, q.bytes = q.points - n, q.bytes - len(data)
+                    self._mem_rows -= table == "mem"
+        return taken, self._state(queue_key, quarantined=sum(n for _, _, n, *_ in bad))
 
     def thd_release(self, queue_key: str, segment_ids: Iterable[int]) -> SpoolState:
         """Delete segments whose points all left the queue (a failed delete is retried next time)."""

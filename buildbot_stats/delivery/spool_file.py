@@ -34,7 +34,7 @@ from buildbot_stats.point import Point, is_flat_plain, to_plain
 from buildbot_stats.sqlite_wal import SQLITE_MAGIC, connect_wal, existing_sqlite_file, other_tables
 
 __all__ = ["APPLICATION_ID", "COLUMNS", "ForeignSpoolFileError", "dump_points", "foreign_file_problem"]
-__all__ += ["load_points", "open_spool_file", "set_aside"]
+__all__ += ["load_points", "open_spool_file", "quarantine", "set_aside"]
 
 SCHEMA_VERSION = 5
 READABLE_VERSIONS = (2, 3, 4, 5)
@@ -187,11 +187,7 @@ def migrate(db: sqlite3.Connection, version: int) -> str:
                 dump_points(points),
             )
         except Exception as e:
-            error = f"{type(e).__name__}: {e}"
-            db.execute(
-                f"INSERT INTO {QUARANTINE} VALUES (?,?,?,?,?)", (key, sid, LEGACY_COLUMNS, data, error)
-            )
-            db.execute(f"DELETE FROM {TABLE} {where}", (key, sid))
+            quarantine(db, "main", key, sid, LEGACY_COLUMNS, data, e)
             unreadable += 1
             continue
         db.execute(
@@ -201,6 +197,17 @@ def migrate(db: sqlite3.Connection, version: int) -> str:
         converted += 1
     bad = f", {unreadable} unreadable moved to the table {QUARANTINE}" if unreadable else ""
     return f"was migrated from schema {version} to {SCHEMA_VERSION} ({converted} segment(s) converted{bad})"
+
+
+def quarantine(
+    db: sqlite3.Connection, table: str, key: str, sid: int, encoding: str, data: bytes, error: Exception
+) -> None:
+    """Move an unreadable segment to the table ``buildbot_stats_unreadable`` (in a transaction)."""
+    db.execute(
+        f"INSERT INTO {QUARANTINE} VALUES (?,?,?,?,?)",
+        (key, sid, encoding, data, f"{type(error).__name__}: {error}"),
+    )
+    db.execute(f"DELETE FROM {table}.{TABLE} WHERE queue_key = ? AND id = ?", (key, sid))
 
 
 class ForeignSpoolFileError(Exception):
