@@ -319,15 +319,13 @@ def _connect(path: str | None) -> tuple[sqlite3.Connection, str | None]:
             marked = db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         if not marked and path is not None:
-            db.execute(
-                "PRAGMA wal_checkpoint(TRUNCATE)"
-            )  # into the file's header, where foreign_file_problem reads it
+            # the mark goes into the file's own header, where foreign_file_problem reads it
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         check = db.execute("PRAGMA quick_check(1)").fetchone()[0]  # damaged past its header?
         if check != "ok":
             raise sqlite3.DatabaseError(f"database disk image is malformed: {check}")
-        db.execute(
-            "ATTACH DATABASE ':memory:' AS mem"
-        )  # segments kept in memory while the file is not writable
+        # the segments kept in memory while the file cannot be written
+        db.execute("ATTACH DATABASE ':memory:' AS mem")
         db.execute(_TABLE_SQL.format(db="mem"))
     except BaseException:
         db.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from twisted.internet import defer
 
+from buildbot_stats.cli.spool_info import read_spool_info
 from buildbot_stats.delivery import spool_file
 from buildbot_stats.delivery.spool import SQLiteSpool
 from buildbot_stats.delivery.spool_file import COLUMNS
@@ -66,6 +67,9 @@ class MigratedMasterTests(SpoolCase):
     @defer.inlineCallbacks
     def check(self, schema):
         path = old_spool(Path(self.dir), schema)
+        before = read_spool_info(path)  # shown as it is, not migrated
+        self.assertEqual((before["schema"], [b["points"] for b in before["backends"]][:1]), (schema, [6]))
+        self.assertEqual(rows(path, "PRAGMA user_version"), [(schema,)])
         up = self.recorder()
         yield self.replace_service(up, spool_path=path)
         self.assertLogged(f"the spool .*spool.sqlite was migrated from schema {schema} to 5 \\(2 segment")
