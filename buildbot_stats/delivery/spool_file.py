@@ -103,8 +103,9 @@ def _to_points(series: list[Any], fields: list[Any], tags: list[Any], times: lis
 
 def load_points(data: bytes) -> list[Point]:
     """The points of :func:`dump_points`, reduced to plain values as ``to_plain`` does."""
+    # arrays as tuples: a tuple can be a dict key (made a str by to_plain, as pickle's were)
     series, fields, tags, times = msgpack.unpackb(
-        data, ext_hook=_ext, strict_map_key=False, unicode_errors="surrogatepass"
+        data, ext_hook=_ext, strict_map_key=False, unicode_errors="surrogatepass", use_list=False
     )
     return _to_points(series, fields, tags, times)
 

@@ -354,3 +354,33 @@ class ByteBoundTests(SpoolCase):
             ServiceOptions.problems({"max_spool_bytes": 0}),
             ["max_spool_bytes must be an integer >= 1 or None, not 0"],
         )
+
+
+def test_msgpack_columns_keep_what_the_pickled_ones_kept():
+    """Values msgpack has no type for come back as ``to_plain`` makes them, as they did from pickle."""
+    from buildbot_stats.delivery.spool_file import dump_points, load_points
+
+    fields = {
+        "ints": [2**64 - 1, -(2**63), 2**64, -(2**200)],  # beyond 64 bits: the ext type
+        "floats": (float("inf"), float("-inf"), 0.1),
+        "text": "\udc80 not UTF-8 \u00e9",  # a lone surrogate (os.fsdecode) as it was
+        (1, 2): "a tuple key",
+        b"k": b"\xffbytes",
+        None: {frozenset([1])},
+    }
+    (back,) = load_points(dump_points([Point("s", fields, {"t": 1, 2: "x"}, 2**63 - 1)]))
+    assert back == Point(
+        "s",
+        {
+            "ints": [2**64 - 1, -(2**63), 2**64, -(2**200)],
+            "floats": [float("inf"), float("-inf"), 0.1],
+            "text": "\udc80 not UTF-8 \u00e9",
+            "(1, 2)": "a tuple key",
+            "b'k'": "\ufffdbytes",
+            "None": [[1]],
+        },
+        {"t": 1, "2": "x"},
+        2**63 - 1,
+    )
+    nan = load_points(dump_points([Point("s", {"v": float("nan")}, {}, 1)]))[0].fields["v"]
+    assert nan != nan
