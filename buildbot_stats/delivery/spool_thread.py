@@ -31,7 +31,9 @@ class SpoolThread:
         self._closed = self._stopped = False
         # The pool's thread is not a daemon: left running it keeps the process alive after its
         # reactor stopped (a failed start, a stop that never reached the service).
-        self._trigger: Any = pool and reactor.addSystemEventTrigger("during", "shutdown", self._stop_thread)
+        self._trigger: Any = None
+        if pool is not None:
+            self._trigger = reactor.addSystemEventTrigger("during", "shutdown", self._stop_thread)
 
     def __repr__(self) -> str:
         return f"<SpoolThread {self._spool!r}>"
