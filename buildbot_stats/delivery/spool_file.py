@@ -70,22 +70,22 @@ def _ext(code: int, data: bytes) -> Any:
     return int.from_bytes(data, "big", signed=True)
 
 
+def _pack(columns: list[Any]) -> bytes:
+    try:
+        return msgpack.packb(columns, default=_pack_default)
+    except UnicodeEncodeError:  # a lone surrogate (from os.fsdecode, say): kept as it is
+        return msgpack.packb(columns, default=_pack_default, unicode_errors="surrogatepass")
+
+
 def dump_points(points: list[Point]) -> bytes:
     """The points as :data:`COLUMNS`: one list per attribute, packed in one call."""
     series, times = [p.series for p in points], [p.time_ns for p in points]
     fields, tags = [p.fields for p in points], [p.tags for p in points]
     try:
-        return msgpack.packb(
-            [series, fields, tags, times], default=_pack_default, unicode_errors="surrogatepass"
-        )
+        return _pack([series, fields, tags, times])
     except (TypeError, ValueError):  # a value msgpack cannot hold (a set, a datetime): plain values
-        columns = [
-            list(map(str, series)),
-            list(map(to_plain, fields)),
-            list(map(to_plain, tags)),
-            list(map(int, times)),
-        ]
-        return msgpack.packb(columns, default=_pack_default, unicode_errors="surrogatepass")
+        plain = [list(map(str, series)), list(map(to_plain, fields)), list(map(to_plain, tags))]
+        return _pack([*plain, list(map(int, times))])
 
 
 def _flat(values: Any) -> bool:
