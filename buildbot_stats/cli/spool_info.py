@@ -39,6 +39,8 @@ def read_spool_info(path: str) -> dict[str, Any]:
             raise NotASpoolError(f"{path}: not a buildbot_stats spool ({e})") from None
         if "buildbot_stats_segments" not in tables:
             raise NotASpoolError(f"{path}: not a buildbot_stats spool (no table buildbot_stats_segments)")
+        if version not in (2, 3, 4, 5):
+            raise NotASpoolError(f"{path}: a spool of schema {version}, which this version cannot read")
         if version in (4, 5):  # the same table; 4 pickled the points, 5 packs them with msgpack
             backends = spool_info(db)
         else:  # 2 and 3 (migrated when a master opens them): one row per write, no times

@@ -332,6 +332,16 @@ class SpoolCommandTests(SpoolCase):
         self.assertEqual(cli_main(["spool", other]), 2)
         self.assertEqual(cli_main(["spool", os.path.join(self.dir, "missing")]), 2)
 
+    def test_spool_command_names_a_schema_it_cannot_read(self):
+        from buildbot_stats.cli.spool_info import NotASpoolError, read_spool_info
+
+        conn = sqlite3.connect(self.path)
+        conn.execute("CREATE TABLE buildbot_stats_segments (x)")
+        conn.execute("PRAGMA user_version = 6")
+        conn.close()
+        with self.assertRaisesRegex(NotASpoolError, "a spool of schema 6, which this version cannot read"):
+            read_spool_info(self.path)
+
 
 class ByteBoundTests(SpoolCase):
     @defer.inlineCallbacks
