@@ -40,6 +40,8 @@ setup(
         "requests",
         "zope.interface",
         "Jinja2",  # the HTML report of `buildbot-stats summary --html` (already required by buildbot)
+        # the spool's codec (Buildbot requires it too; 1.0 for strict_map_key)
+        "msgpack>=1.0",
     ],
     extras_require={
         # LocalWorkers of `buildbot-stats demo`

@@ -14,9 +14,8 @@ __all__ = ["SQLITE_MAGIC", "connect_wal", "existing_sqlite_file", "other_tables"
 def connect_wal(path: str, timeout: float) -> sqlite3.Connection:
     """Connect in autocommit mode with WAL journaling and ``synchronous=NORMAL``.
 
-    Two processes or threads opening a new file at once race for the switch to
-    WAL, which SQLite refuses at once ("database is locked") instead of waiting
-    for the busy timeout: it is retried here until ``timeout`` seconds passed.
+    The switch to WAL is retried for ``timeout`` seconds: when two openers race
+    for it SQLite refuses at once ("database is locked"), not after the busy timeout.
     """
     db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
     try:
@@ -29,8 +28,7 @@ def connect_wal(path: str, timeout: float) -> sqlite3.Connection:
                 if "locked" not in str(e) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.01)
-        # NORMAL: a commit survives a crash of the process (not of the OS)
-        # without an fsync per commit.
+        # NORMAL: a commit survives a crash of the process (not of the OS) without an fsync per commit
         db.execute("PRAGMA synchronous=NORMAL")
     except BaseException:
         db.close()

@@ -41,19 +41,20 @@ def read_spool_info(path: str) -> dict[str, Any]:
             raise NotASpoolError(f"{path}: not a buildbot_stats spool ({e})") from None
         if "buildbot_stats_segments" not in tables:
             raise NotASpoolError(f"{path}: not a buildbot_stats spool (no table buildbot_stats_segments)")
-        if version != 4:
+        if version not in (2, 3, 4, 5):
+            raise NotASpoolError(f"{path}: a spool of schema {version}, which this version cannot read")
+        if version in (4, 5):  # the same table; 4 pickled the points, 5 packs them with msgpack
+            backends = spool_info(db)
+        else:  # 2 and 3 (migrated when a master opens them): one row per write, no times
+            key = "backend" if version == 2 else "queue_key"
             rows = db.execute(
-                "SELECT queue_key, COUNT(*), SUM(LENGTH(ids) - LENGTH(REPLACE(ids, ',', '')) + 1), "
-                "SUM(LENGTH(points)) FROM buildbot_stats_segments GROUP BY queue_key"
-                if version == 3
-                else "SELECT 1 WHERE 0"
+                f"SELECT {key}, COUNT(*), SUM(LENGTH(ids) - LENGTH(REPLACE(ids, ',', '')) + 1), "
+                f"SUM(LENGTH(points)) FROM buildbot_stats_segments GROUP BY {key} ORDER BY {key}"
             ).fetchall()
             backends = [
                 {"queue_key": k, "segments": s, "points": n, "bytes": b, "oldest_ns": None, "newest_ns": None}
                 for k, s, n, b in rows
             ]
-        else:
-            backends = spool_info(db, ("main",))
         quarantined = 0
         if "buildbot_stats_unreadable" in tables:
             quarantined = db.execute("SELECT COUNT(*) FROM buildbot_stats_unreadable").fetchone()[0]

@@ -1,15 +1,10 @@
-"""One process per spool file: a lock held while the spool is open.
+"""One process per spool file: two masters on one file would send, and delete, each other's points.
 
-Two masters (or two processes) pointed by mistake at the same spool file
-would each send, and delete, the other's points: the second is refused with
-:class:`SpoolLockedError` (one line naming the file and the holder's pid).
-The lock is ``fcntl.flock`` on ``<spool>.lock``: the kernel releases it when
-the process exits, SIGKILL included, so a crashed master never leaves a
-stale lock.  The file itself stays (removing it would let two processes lock
-two different files of the same name).
-
-Several services of one master may share a spool file (their points are kept
-apart by queue key): within a process the lock is counted, not taken twice.
+The lock is ``fcntl.flock`` on ``<spool>.lock``, which the kernel releases when
+the process exits (SIGKILL included): a crashed master leaves no stale lock.
+The file stays (removing it would let two processes lock two files of one
+name).  Services of one master may share a spool file (their queue keys keep
+their points apart): within a process the lock is counted, not taken twice.
 """
 
 from __future__ import annotations
@@ -33,7 +28,7 @@ class SpoolLockedError(RuntimeError):
 
 
 class SpoolLock:
-    """The lock of one spool file; :meth:`acquire` raises :class:`SpoolLockedError` if taken."""
+    """The lock of one spool file; :meth:`acquire` raises :class:`SpoolLockedError` if it is taken."""
 
     def __init__(self, spool_path: str) -> None:
         self.spool_path = spool_path
@@ -50,11 +45,11 @@ class SpoolLock:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
-                    holder = _read_pid(fd)
+                    holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
                     os.close(fd)
                     raise SpoolLockedError(
                         f"{self.spool_path} is in use by another process"
-                        f"{f' (pid {holder})' if holder else ''}: each master needs a spool file "
+                        f"{f' (pid {holder})' if holder.isdigit() else ''}: each master needs a spool file "
                         "of its own (spool_path is relative to the master's basedir)"
                     ) from None
                 os.ftruncate(fd, 0)
@@ -72,11 +67,3 @@ class SpoolLock:
                 _held[self.path] = (fd, users - 1)
             else:
                 os.close(fd)  # closing the last descriptor releases the flock
-
-
-def _read_pid(fd: int) -> str:
-    try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-    except OSError:
-        return ""
-    return text if text.isdigit() else ""

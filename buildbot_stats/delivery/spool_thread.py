@@ -1,12 +1,10 @@
-"""The reactor's side of the spool: one thread that runs its blocking methods, and opening it.
+"""The reactor's side of the spool: opening it, and one thread that runs its blocking methods in order.
 
-:func:`open_spool` picks the spool for a ``spool_path`` (an SQLite file in the
-master's basedir, or memory only) and falls back to memory, with one log
-line, when the file cannot be used: statistics never keep a master from
-starting -- unless ``spool_path`` names a file that is not a spool
-(:class:`~buildbot_stats.delivery.spool.ForeignSpoolFileError`, a configuration error:
-that file is left untouched).  :class:`SpoolThread` runs the spool's ``thd_*`` methods in
-submission order on a thread of its own and stops that thread on close.
+:func:`open_spool` opens the spool for ``spool_path`` (a file in the master's
+basedir, or memory only) and falls back to memory, with one log line, when
+the file cannot be used: statistics never keep a master from starting --
+unless the path names somebody else's file (``ForeignSpoolFileError``, a
+configuration error; that file is left untouched).
 """
 
 from __future__ import annotations
@@ -24,21 +22,18 @@ __all__ = ["SpoolThread", "open_spool", "spool_file"]
 
 
 class SpoolThread:
-    """Runs one spool's blocking methods on one dedicated thread, in submission order."""
+    """Runs one spool's ``thd_*`` methods on a thread of its own, in submission order."""
 
     def __init__(self, spool: Any, reactor: Any, pool: threadpool.ThreadPool | None = None) -> None:
         self._spool = spool
         self._reactor = reactor
         self._pool = pool
-        self._closed = False
-        self._stopped = False
-        self._shutdown_trigger: Any = None
+        self._closed = self._stopped = False
+        # The pool's thread is not a daemon: left running it keeps the process alive after its
+        # reactor stopped (a failed start, a stop that never reached the service).
+        self._trigger: Any = None
         if pool is not None:
-            # The pool's thread is not a daemon: left running it keeps the master
-            # process alive after its reactor stopped (a failed start, a stop that
-            # never reached this service).  Whatever path leads out, the reactor's
-            # shutdown stops it.
-            self._shutdown_trigger = reactor.addSystemEventTrigger("during", "shutdown", self._stop_thread)
+            self._trigger = reactor.addSystemEventTrigger("during", "shutdown", self._stop_thread)
 
     def __repr__(self) -> str:
         return f"<SpoolThread {self._spool!r}>"
@@ -53,7 +48,13 @@ class SpoolThread:
 
     @property
     def set_aside(self) -> str | None:
+        """Where a file was moved at open, if it was."""
         return self._spool.set_aside
+
+    @property
+    def degraded(self) -> str | None:
+        """Why the spool file cannot be written now (points are kept in memory), if so."""
+        return self._spool.degraded
 
     @property
     def running(self) -> bool:
@@ -61,23 +62,18 @@ class SpoolThread:
         return self._pool is not None
 
     def _run(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
-        if self._pool is None:
-            if self._stopped:
-                return defer.fail(RuntimeError(f"the thread of {self._spool!r} was stopped"))
-            return defer.maybeDeferred(f, *args)
-        return threads.deferToThreadPool(self._reactor, self._pool, f, *args)
-
-    @property
-    def degraded(self) -> str | None:
-        """Why the spool file cannot be written now (points are kept in memory), if so."""
-        return getattr(self._spool, "degraded", None)
-
-    def open(self) -> defer.Deferred:
-        return self._run(self._spool.thd_open)
+        if self._pool is not None:
+            return threads.deferToThreadPool(self._reactor, self._pool, f, *args)
+        if self._stopped:
+            return defer.fail(RuntimeError(f"the thread of {self._spool!r} was stopped"))
+        return defer.maybeDeferred(f, *args)
 
     def call(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
         """Run ``f(spool, *args)`` on the spool's thread (encoding and writing in one go)."""
         return self._run(f, self._spool, *args)
+
+    def open(self) -> defer.Deferred:
+        return self._run(self._spool.thd_open)
 
     def write(self, segments: list[NewSegment], bounds: dict[str, tuple[int, int | None]]) -> defer.Deferred:
         return self._run(self._spool.thd_write, segments, bounds)
@@ -106,76 +102,62 @@ class SpoolThread:
     @defer.inlineCallbacks
     def close(self) -> Any:
         """Close the spool and stop its thread (also when closing fails)."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            yield self._run(self._spool.thd_close)
-        finally:
-            if self._shutdown_trigger is not None:
-                self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
-                self._shutdown_trigger = None
-            self._stop_thread()
+        if not self._closed:
+            self._closed = True
+            try:
+                yield self._run(self._spool.thd_close)
+            finally:
+                if self._trigger:
+                    self._reactor.removeSystemEventTrigger(self._trigger)
+                self._stop_thread()
 
     def _stop_thread(self) -> None:
         """Stop the thread (waiting for the job it runs); later calls fail instead of hanging."""
-        pool, self._pool = self._pool, None
+        pool, self._pool, self._trigger = self._pool, None, None
         if pool is not None:
             self._closed = self._stopped = True
-            self._shutdown_trigger = None
             pool.stop()
 
 
 def spool_file(spool_path: str | None, basedir: str | None) -> str | None:
     """The spool's file for ``spool_path`` (relative to the master's basedir), or None for memory."""
-    if spool_path is None:
-        return None
-    if basedir is None and not os.path.isabs(spool_path):
+    if spool_path is None or (basedir is None and not os.path.isabs(spool_path)):
         return None
     return os.path.join(basedir or "", os.path.expanduser(spool_path))
-
-
-def _pool(name: str) -> threadpool.ThreadPool:
-    pool = threadpool.ThreadPool(minthreads=1, maxthreads=1, name=name)
-    pool.start()
-    return pool
-
-
-@defer.inlineCallbacks
-def _memory_spool(reactor: Any) -> Any:
-    spool = SpoolThread(MemorySpool(), reactor, _pool("buildbot_stats-spool-memory"))
-    yield spool.open()
-    return spool
 
 
 @defer.inlineCallbacks
 def open_spool(spool_path: str | None, basedir: str | None, reactor: Any) -> Any:
     """Open the spool for ``spool_path``; fires with a :class:`SpoolThread`.
 
-    Pending points live in the spool (read back a batch at a time), so even a
-    memory-only spool runs on a thread of its own, off the reactor.
+    Even a memory-only spool runs on a thread of its own: it holds the backlog, off the reactor.
     """
     path = spool_file(spool_path, basedir)
-    if path is None:
-        if spool_path is not None:
-            log.msg("buildbot_stats: no master basedir; pending points are kept in memory only")
-        spool = yield _memory_spool(reactor)
-        return spool
-    spool = SpoolThread(SQLiteSpool(path), reactor, _pool("buildbot_stats-spool"))
-    try:
-        yield spool.open()
-    except ForeignSpoolFileError:
-        yield spool.close()
-        raise  # somebody else's file: a configuration error, not a reason to fall back
-    except Exception as e:
-        yield spool.close()
-        log.msg(
-            f"buildbot_stats: cannot open the spool {path} ({type(e).__name__}: {e}); "
-            "pending points are kept in memory only"
-        )
-        spool = yield _memory_spool(reactor)
-        return spool
-    notice = getattr(spool._spool, "notice", None)
-    if notice:
-        log.msg(f"buildbot_stats: {notice}")
+    if path is not None:
+        spool = SpoolThread(SQLiteSpool(path), reactor, _pool("buildbot_stats-spool"))
+        try:
+            yield spool.open()
+        except ForeignSpoolFileError:
+            yield spool.close()
+            raise  # somebody else's file: a configuration error, not a reason to fall back
+        except Exception as e:
+            yield spool.close()
+            log.msg(
+                f"buildbot_stats: cannot open the spool {path} ({type(e).__name__}: {e}); "
+                "pending points are kept in memory only"
+            )
+        else:
+            if spool._spool.notice:
+                log.msg(f"buildbot_stats: {spool._spool.notice}")
+            return spool
+    elif spool_path is not None:
+        log.msg("buildbot_stats: no master basedir; pending points are kept in memory only")
+    spool = SpoolThread(MemorySpool(), reactor, _pool("buildbot_stats-spool-memory"))
+    yield spool.open()
     return spool
+
+
+def _pool(name: str) -> threadpool.ThreadPool:
+    pool = threadpool.ThreadPool(minthreads=1, maxthreads=1, name=name)
+    pool.start()
+    return pool

@@ -459,9 +459,13 @@ class SegmentTests(DataTestCase):
         import pickle
 
         from buildbot_stats.delivery.spool import load_points
+        from buildbot_stats.delivery.spool_file import load_pickled_points
 
-        with self.assertRaises(pickle.UnpicklingError):
-            load_points(pickle.dumps(("columns-1", ["s"], [{"x": os.getcwd}], [{}], [1])))
+        data = pickle.dumps(("columns-1", ["s"], [{"x": os.getcwd}], [{}], [1]))
+        with self.assertRaises(pickle.UnpicklingError):  # (read only to migrate a spool of schema 2 to 4)
+            load_pickled_points(data)
+        with self.assertRaises(ValueError):  # the spool's own codec is msgpack
+            load_points(data)
 
 
 class SpoolRobustnessTests(DataTestCase):
