@@ -38,6 +38,7 @@ from tests.e2e.conftest import MakeMaster
 from tests.support.influxd import InfluxServer
 from tests.support.ports import free_port
 from tests.support.postgres import PostgresServer
+from tests.support.process import default_sigint
 
 SQLITE_URL = "sqlite:///state.sqlite"
 BUILDERS = ("b1", "b2")
@@ -338,6 +339,7 @@ def backfill_scenario(make_master: MakeMaster, influx: InfluxServer, db_url: str
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,  # as a person's Ctrl-C, also when the suite runs as a background job
     )
     try:
         deadline = time.monotonic() + 60

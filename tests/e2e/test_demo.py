@@ -38,6 +38,7 @@ from buildbot_stats.storage_backends.sqlite import open_store
 from tests.e2e.conftest import kill_processes_in, processes_in
 from tests.support.influxd import InfluxServer
 from tests.support.ports import free_port
+from tests.support.process import default_sigint
 
 REPO = Path(__file__).resolve().parents[2]
 BUILDERS = ("unit-tests", "integration", "docs")
@@ -413,6 +414,7 @@ def test_interrupt_stops_everything(demo_dir: Path, signum: signal.Signals) -> N
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,  # as a person's Ctrl-C, also when the suite runs as a background job
     )
     lines: queue.Queue[str | None] = queue.Queue()
 
