@@ -81,6 +81,7 @@ c['services'].append(
     statistics.StatsService(
         storage_backends=[
             statistics.InfluxStorageService('127.0.0.1', {port}, 'user', 'pw', {db!r}, captures),
+            {more_backends}
         ],
         name='StatsService',
         max_retry_delay=2,
@@ -124,8 +125,8 @@ def make_master(make_master: MakeMaster) -> Callable[[str], RealMaster]:
     return lambda services: make_master({b: STEPS for b in BUILDERS}, header=HEADER, services=services)
 
 
-def stats_services(port: int) -> str:
-    return SERVICES.format(port=port, db=DB)
+def stats_services(port: int, more_backends: str = "") -> str:
+    return SERVICES.format(port=port, db=DB, more_backends=more_backends)
 
 
 def influx_rows(server: InfluxServer) -> dict[str, list[dict[str, Any]]]:

@@ -42,6 +42,7 @@ from tests.e2e.test_master_end_to_end import (
     expected_row_counts,
     influx_rows,
     points_per_build,
+    stats_services,
     wait_for_points,
 )
 from tests.support.crossbar import CrossbarRouter, require_crossbar
@@ -86,26 +87,6 @@ c['workers'] = [
 if MASTER_INDEX != 1:
     c['change_source'] = []
     c['schedulers'] = []
-
-captures = [
-    statistics.CaptureBuildDurationAllBuilders(),
-    statistics.CaptureBuildStartTime('b1'),
-    statistics.CaptureBuildEndTimeAllBuilders(),
-    statistics.CaptureBuildResultsAllBuilders(),
-    statistics.CaptureProperty('b1', r'test_.*', regex=True),
-    statistics.CapturePropertyAllBuilders('workername'),
-    statistics.CaptureDataAllBuilders('timings'),
-]
-c['services'].append(
-    statistics.StatsService(
-        storage_backends=[
-            statistics.InfluxStorageService('127.0.0.1', {influx_port}, 'user', 'pw', {db!r}, captures),
-            Journal(captures),
-        ],
-        name='StatsService',
-        max_retry_delay=2,
-    )
-)
 """
 
 
@@ -143,11 +124,11 @@ def cluster_master(
     workers: int,
     header: str = "",
 ) -> RealMaster:
-    """Master ``index`` of the cluster: CLUSTER's services, the shared database and router."""
+    """Master ``index`` of the cluster: the one-master test's services plus the journal, on the shared
+    database and router."""
     influx, pg, router = servers
-    services = CLUSTER.format(
-        index=index, router_url=router.url, realm=router.realm, influx_port=influx.port, db=DB
-    )
+    services = CLUSTER.format(index=index, router_url=router.url, realm=router.realm)
+    services += stats_services(influx.port, more_backends="Journal(captures),")
     return make_master(
         builders,
         name=f"master{index}",
