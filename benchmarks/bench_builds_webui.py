@@ -29,8 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from buildbot_stats.cli.master_process import RealMaster, free_port, make_master_cfg
+from buildbot_stats.cli.master_process import RealMaster, make_master_cfg
 from tests.support.influxd import InfluxServer
+from tests.support.ports import free_port
 
 _HEADER = """
 from buildbot.process import buildstep

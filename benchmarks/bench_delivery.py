@@ -65,8 +65,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from buildbot_stats.cli.master_process import RealMaster, free_port, make_master_cfg
+from buildbot_stats.cli.master_process import RealMaster, make_master_cfg
 from tests.support.influxd import InfluxServer
+from tests.support.ports import free_port
 
 OVERHEAD_GOAL_US = 30.0  # issue 8: "no worse than today (about 30 µs per value)"
 LATENCY_GOAL_S = 2.0

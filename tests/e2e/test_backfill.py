@@ -30,14 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy
-import sqlalchemy.pool
 
 from buildbot_stats import statistics
-from buildbot_stats.cli.master_process import RealMaster, free_port, make_master_cfg
+from buildbot_stats.cli.master_process import RealMaster, make_master_cfg
 from buildbot_stats.storage_backends.sqlite import open_store
-from tests.support.influxd import InfluxServer, require_influxd
-from tests.support.postgres import PostgresServer, require_postgres
+from tests.e2e.conftest import MakeMaster
+from tests.support.influxd import InfluxServer
+from tests.support.ports import free_port
+from tests.support.postgres import PostgresServer
+from tests.support.process import default_sigint
 
 SQLITE_URL = "sqlite:///state.sqlite"
 BUILDERS = ("b1", "b2")
@@ -152,61 +153,30 @@ NOT_BACKFILLED = {"b1-timings", "b2-timings"}
 
 
 @pytest.fixture
-def influx(tmp_path: Path) -> Iterator[InfluxServer]:
-    require_influxd()
-    server = InfluxServer(tmp_path / "influxd")
-    try:
-        server.start()
-        for target in "abcd":
-            server.create_database(f"bbstats_{target}")
-        yield server
-    finally:
-        server.close()
+def influx(influx: InfluxServer) -> InfluxServer:
+    for target in "abcd":
+        influx.create_database(f"bbstats_{target}")
+    return influx
 
 
 @pytest.fixture
-def postgres(tmp_path: Path) -> Iterator[PostgresServer]:
-    require_postgres()
-    server = PostgresServer()
-    try:
-        server.start()
+def postgres() -> Iterator[PostgresServer]:
+    with PostgresServer() as server:
         yield server
-    finally:
-        server.close()
-
-
-class PostgresMaster(RealMaster):
-    """A RealMaster on a PostgreSQL database (RealMaster itself reads SQLite files only)."""
-
-    def __init__(self, basedir: Path, master_cfg: str, db_url: str) -> None:
-        super().__init__(basedir, master_cfg)  # a cfg naming sqlite, replaced below
-        self.db_url = db_url  # create-master --db=<it> makes the tables
-        self.master_cfg = master_cfg.replace(repr(SQLITE_URL), repr(db_url))
-        self._engine = sqlalchemy.create_engine(db_url, poolclass=sqlalchemy.pool.NullPool)
-
-    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        assert not params
-        with self._engine.connect() as conn:
-            return [dict(row._mapping) for row in conn.exec_driver_sql(sql)]
-
-    def close(self) -> None:
-        super().close()
-        self._engine.dispose()
 
 
 def run_master(
-    tmp_path: Path, influx: InfluxServer, db_url: str
+    make_master: MakeMaster, influx: InfluxServer, db_url: str
 ) -> tuple[RealMaster, subprocess.CompletedProcess[str]]:
     """A master that ran CHANGES builds per builder with the service writing live to target A; stopped.
 
     Before it stops, ``backfill`` into target D runs beside it (its result is returned).
     """
-    cfg = make_master_cfg(
+    m = make_master(
         {b: STEPS for b in BUILDERS},
-        pb_port=free_port(),
         header=HEADER,
         services=SERVICES.format(port=influx.port),
-        db_url=SQLITE_URL,
+        db_url=db_url,
         # Builds of one builder run one after the other: Buildbot 4.3's test_names table has
         # no unique index, so on PostgreSQL two builds of one builder adding the same new test
         # names at once can both insert them, and every later addTestResults of those names
@@ -215,11 +185,6 @@ def run_master(
         workers={f"local-worker-{i}": {"max_builds": 1} for i in range(1, len(BUILDERS) + 1)},
         builder_workers={b: [f"local-worker-{i}"] for i, b in enumerate(BUILDERS, 1)},
     )
-    if db_url == SQLITE_URL:
-        m = RealMaster(tmp_path / "master", cfg)
-    else:
-        m = PostgresMaster(tmp_path / "master", cfg, db_url)
-    m.create()
     m.start()
     m.sendchange(CHANGES)
     m.wait_for_builds(CHANGES * len(BUILDERS))
@@ -324,8 +289,8 @@ def check_live_series(live: dict[str, list[dict[str, Any]]]) -> None:
     assert all(r["start-time"] and r["duration"] is not None for r in live["b1-build-times"])
 
 
-def backfill_scenario(tmp_path: Path, influx: InfluxServer, db_url: str) -> None:
-    m, beside = run_master(tmp_path, influx, db_url)
+def backfill_scenario(make_master: MakeMaster, influx: InfluxServer, db_url: str) -> None:
+    m, beside = run_master(make_master, influx, db_url)
     basedir = m.basedir
     # the master really ran on the database given (no SQLite file when on PostgreSQL)
     assert (basedir / "state.sqlite").exists() == (db_url == SQLITE_URL)
@@ -374,6 +339,7 @@ def backfill_scenario(tmp_path: Path, influx: InfluxServer, db_url: str) -> None
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,  # as a person's Ctrl-C, also when the suite runs as a background job
     )
     try:
         deadline = time.monotonic() + 60
@@ -404,14 +370,14 @@ def backfill_scenario(tmp_path: Path, influx: InfluxServer, db_url: str) -> None
 # --------------------------------------------------------------------------
 
 
-def test_backfill_sqlite_master_equals_live_capture(tmp_path: Path, influx: InfluxServer) -> None:
-    backfill_scenario(tmp_path, influx, SQLITE_URL)
+def test_backfill_sqlite_master_equals_live_capture(influx: InfluxServer, make_master: MakeMaster) -> None:
+    backfill_scenario(make_master, influx, SQLITE_URL)
 
 
 def test_backfill_postgresql_master_equals_live_capture(
-    tmp_path: Path, influx: InfluxServer, postgres: PostgresServer
+    influx: InfluxServer, postgres: PostgresServer, make_master: MakeMaster
 ) -> None:
-    backfill_scenario(tmp_path, influx, postgres.create_database("bbmaster"))
+    backfill_scenario(make_master, influx, postgres.create_database("bbmaster"))
 
 
 # --------------------------------------------------------------------------
@@ -427,8 +393,8 @@ def master_dir(tmp_path: Path, db_url: str) -> Path:
         header="from buildbot_stats import statistics",
         services="c['services'].append(statistics.StatsService(storage_backends=["
         "statistics.SQLiteStorageService('stats.sqlite', [statistics.CaptureBuildDurationAllBuilders()])]))",
-        db_url=SQLITE_URL,
-    ).replace(repr(SQLITE_URL), repr(db_url))
+        db_url=db_url,
+    )
     basedir = tmp_path / "master"
     basedir.mkdir()
     (basedir / "master.cfg").write_text(cfg)

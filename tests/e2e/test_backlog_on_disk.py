@@ -14,16 +14,16 @@ one by one and checks that every value whose Deferred had fired arrived.
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from buildbot_stats.cli.master_process import RealMaster, free_port, make_master_cfg
-from tests.support.influxd import InfluxServer, require_influxd
+from buildbot_stats.cli.master_process import RealMaster
+from tests.e2e.conftest import MakeMaster, spooled, wait_spool_empty, wait_until
+from tests.support.influxd import InfluxServer
 
 DB = "bbstats_backlog"
 POINTS = int(os.environ.get("BBSTATS_BACKLOG_POINTS", "1000000"))
@@ -81,41 +81,21 @@ c['services'].append(
 
 
 @pytest.fixture
-def influx(tmp_path: Path) -> Iterator[InfluxServer]:
-    require_influxd()
-    server = InfluxServer(tmp_path / "influxd")
-    try:
-        server.start()
-        server.create_database(DB)
-        yield server
-    finally:
-        server.close()
+def influx(influx: InfluxServer) -> InfluxServer:
+    influx.create_database(DB)
+    return influx
 
 
 @pytest.fixture
-def make_master(tmp_path: Path) -> Iterator[Any]:
-    masters: list[RealMaster] = []
-
-    def make(steps: str) -> RealMaster:
-        cfg = make_master_cfg(
-            {"b1": steps},
-            pb_port=free_port(),
-            workers=1,
-            header=HEADER,
-            services=SERVICES.format(port=influx_port[0], db=DB),
-        )
-        m = RealMaster(tmp_path / "master", cfg, env={"ACKED_DIR": str(tmp_path)})
-        masters.append(m)
-        m.create()
-        return m
-
-    influx_port: list[int] = [0]
-    make.influx_port = influx_port  # type: ignore[attr-defined]
-    try:
-        yield make
-    finally:
-        for m in masters:
-            m.close()
+def make_master(make_master: MakeMaster, influx: InfluxServer, tmp_path: Path) -> Callable[[str], RealMaster]:
+    """The master of builder b1 running ``steps``, writing to influx."""
+    return lambda steps: make_master(
+        {"b1": steps},
+        workers=1,
+        header=HEADER,
+        services=SERVICES.format(port=influx.port, db=DB),
+        env={"ACKED_DIR": str(tmp_path)},
+    )
 
 
 def rss_mb(pid: int) -> float:
@@ -124,19 +104,6 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
-
-
-def spooled(m: RealMaster) -> int:
-    path = m.basedir / "stats-spool.sqlite"
-    if not path.exists():
-        return 0
-    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=10)
-    try:
-        return int(conn.execute("SELECT COALESCE(SUM(n), 0) FROM buildbot_stats_segments").fetchone()[0])
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        conn.close()
 
 
 def stored(influx: InfluxServer, series: str) -> tuple[int, int]:
@@ -153,13 +120,6 @@ def stored(influx: InfluxServer, series: str) -> tuple[int, int]:
     return 0, 0
 
 
-def wait(predicate: Any, timeout: float, what: str, step: float = 0.5) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(step)
-
-
 def no_tracebacks(m: RealMaster) -> None:
     assert m.tracebacks() == []
     assert "Unhandled Error" not in m.log_text()
@@ -167,7 +127,6 @@ def no_tracebacks(m: RealMaster) -> None:
 
 def spool_backlog(influx: InfluxServer, make_master: Any) -> tuple[RealMaster, float, float]:
     """A master posts POINTS values while InfluxDB is down; returns it, its idle RSS and its peak RSS."""
-    make_master.influx_port[0] = influx.port
     m = make_master("[PostMany()]")
     influx.stop()
     m.start()
@@ -208,7 +167,7 @@ def test_million_point_backlog_stays_on_disk_and_arrives_exactly_once(
     print(f"master RSS peak during the drain {drain_peak:.0f} MB")
     assert drain_peak - idle <= RSS_BOUND_MB
     assert stored(influx, "b1-bulk") == (POINTS, POINTS * (POINTS - 1) // 2)
-    wait(lambda: spooled(m) == 0, 60, "an empty spool")
+    wait_spool_empty(m, 60)
     m.stop()
     no_tracebacks(m)
 
@@ -216,14 +175,14 @@ def test_million_point_backlog_stays_on_disk_and_arrives_exactly_once(
 def test_sigkill_in_the_middle_of_the_drain_loses_nothing(influx: InfluxServer, make_master: Any) -> None:
     m, _, _ = spool_backlog(influx, make_master)
     influx.start()
-    wait(lambda: stored(influx, "b1-bulk")[0] > 0, 300, "the drain to start", step=0.05)
+    wait_until("the drain to start", lambda: stored(influx, "b1-bulk")[0] > 0, 300, step=0.05)
     m.kill()
     count = stored(influx, "b1-bulk")[0]
     assert 0 < count < POINTS, "the drain had finished before the kill: nothing was tested"
     m.start()
-    wait(lambda: stored(influx, "b1-bulk")[0] >= POINTS, 900, "every point")
+    wait_until("every point", lambda: stored(influx, "b1-bulk")[0] >= POINTS, 900, step=0.5)
     assert stored(influx, "b1-bulk") == (POINTS, POINTS * (POINTS - 1) // 2)
-    wait(lambda: spooled(m) == 0, 60, "an empty spool")
+    wait_spool_empty(m, 60)
     m.stop()
     no_tracebacks(m)
 
@@ -231,7 +190,6 @@ def test_sigkill_in_the_middle_of_the_drain_loses_nothing(influx: InfluxServer, 
 def test_every_value_whose_deferred_fired_survives_a_sigkill(
     influx: InfluxServer, make_master: Any, tmp_path: Path
 ) -> None:
-    make_master.influx_port[0] = influx.port
     m = make_master("[PostAcked()]")
     influx.stop()
     m.start()
@@ -243,14 +201,14 @@ def test_every_value_whose_deferred_fired_survives_a_sigkill(
             return []
         return [int(line) for line in acked_file.read_text().splitlines() if line.strip()]
 
-    wait(lambda: len(acked()) >= 3000, 300, "3000 acknowledged values", step=0.05)
+    wait_until("3000 acknowledged values", lambda: len(acked()) >= 3000, 300, step=0.05)
     m.kill()
     # lines are written whole before the kill lands (a torn last line is not acknowledged)
     done = [int(x) for x in acked_file.read_text().split("\n")[:-1] if x]
     assert done == list(range(len(done)))
     influx.start()
     m.start()
-    wait(lambda: stored(influx, "b1-acked")[0] >= len(done), 300, "the acknowledged values")
+    wait_until("the acknowledged values", lambda: stored(influx, "b1-acked")[0] >= len(done), 300, step=0.5)
     result = influx.query('SELECT i FROM "b1-acked"', DB)
     values = {row[1] for res in result["results"] for s in res.get("series", []) for row in s["values"]}
     missing = sorted(set(done) - values)

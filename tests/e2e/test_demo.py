@@ -35,7 +35,10 @@ from buildbot.process.results import FAILURE, SUCCESS, Results
 from buildbot_stats.cli.summary import format_table, summarize_path
 from buildbot_stats.point import Point
 from buildbot_stats.storage_backends.sqlite import open_store
-from tests.support.influxd import InfluxServer, require_influxd
+from tests.e2e.conftest import kill_processes_in, processes_in
+from tests.support.influxd import InfluxServer
+from tests.support.ports import free_port
+from tests.support.process import default_sigint
 
 REPO = Path(__file__).resolve().parents[2]
 BUILDERS = ("unit-tests", "integration", "docs")
@@ -75,32 +78,6 @@ def run(command: list[str], timeout: float = DEMO_TIMEOUT) -> subprocess.Complet
         timeout=timeout,
         check=False,
     )
-
-
-def processes_in(directory: Path) -> list[str]:
-    """Live processes (not this one) whose working directory is inside ``directory``."""
-    directory = directory.resolve()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cwd = Path(os.readlink(entry / "cwd"))
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:  # gone, or a zombie (no cwd)
-            continue
-        if cwd.is_relative_to(directory):
-            found.append(f"{entry.name} {cwd}: {cmdline.strip()}")
-    return found
-
-
-def kill_processes_in(directory: Path) -> None:
-    """Safety net after a failed test: SIGKILL what a broken demo left in ``directory``."""
-    for line in processes_in(directory):
-        try:
-            os.kill(int(line.split()[0]), signal.SIGKILL)
-        except OSError:
-            pass
 
 
 @pytest.fixture
@@ -356,17 +333,15 @@ def point_key(p: Point) -> tuple[Any, ...]:
     return (p.series, p.time_ns, *build_key(p), others)
 
 
-def test_demo_with_influxdb_stores_the_same_points(demo_dir: Path, tmp_path: Path) -> None:
-    require_influxd()
-    with InfluxServer(tmp_path / "influxd") as server:
-        url = f"{server.url}/demo_db"
-        proc = run(demo_command("--builds", str(N_BUILDS), "--dir", str(demo_dir), "--influxdb", url))
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert f"InfluxDB:   {server.url} database demo_db\n" in proc.stdout
-        workdir = demo_dir.resolve()
-        points = store_points(workdir / "stats.sqlite")
-        check_store_against_master(points, master_builds(workdir / "master"))
-        rows = influx_points(server, "demo_db")
+def test_demo_with_influxdb_stores_the_same_points(demo_dir: Path, influx: InfluxServer) -> None:
+    url = f"{influx.url}/demo_db"
+    proc = run(demo_command("--builds", str(N_BUILDS), "--dir", str(demo_dir), "--influxdb", url))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"InfluxDB:   {influx.url} database demo_db\n" in proc.stdout
+    workdir = demo_dir.resolve()
+    points = store_points(workdir / "stats.sqlite")
+    check_store_against_master(points, master_builds(workdir / "master"))
+    rows = influx_points(influx, "demo_db")
     sqlite_rows = {point_key(p): p.fields for p in points}
     assert rows.keys() == sqlite_rows.keys()
     for key, fields in sqlite_rows.items():
@@ -376,13 +351,6 @@ def test_demo_with_influxdb_stores_the_same_points(demo_dir: Path, tmp_path: Pat
 # --------------------------------------------------------------------------
 # errors a person can cause: one line, exit 2, nothing started
 # --------------------------------------------------------------------------
-
-
-def closed_port() -> int:
-    """A loopback port nobody listens on (connections are refused)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_busy_port(demo_dir: Path) -> None:
@@ -408,7 +376,7 @@ def test_non_empty_dir(demo_dir: Path) -> None:
 
 
 def test_unreachable_influxdb(demo_dir: Path) -> None:
-    port = closed_port()
+    port = free_port()  # nobody listens there: connections are refused
     proc = run(demo_command("--dir", str(demo_dir), "--influxdb", f"http://127.0.0.1:{port}/db"))
     assert proc.returncode == 2
     assert proc.stdout == ""
@@ -448,6 +416,7 @@ def test_interrupt_stops_everything(demo_dir: Path, signum: signal.Signals) -> N
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,  # as a person's Ctrl-C, also when the suite runs as a background job
     )
     lines: queue.Queue[str | None] = queue.Queue()
 

@@ -13,18 +13,17 @@ Blocking code only: the masters and influxd are subprocesses driven by
 from __future__ import annotations
 
 import datetime
-import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from buildbot.process.results import FAILURE, SUCCESS, Results
 
-from buildbot_stats.cli.master_process import RealMaster, free_port, make_master_cfg
-from tests.support.influxd import InfluxServer, require_influxd
+from buildbot_stats.cli.master_process import RealMaster
+from tests.e2e.conftest import MakeMaster, spooled, stats_lines, wait_spool_empty
+from tests.support.influxd import InfluxServer
 
 BUILDERS = ("b1", "b2")
 CHANGES = 3
@@ -82,6 +81,7 @@ c['services'].append(
     statistics.StatsService(
         storage_backends=[
             statistics.InfluxStorageService('127.0.0.1', {port}, 'user', 'pw', {db!r}, captures),
+            {more_backends}
         ],
         name='StatsService',
         max_retry_delay=2,
@@ -114,43 +114,19 @@ def points_per_build(builder: str) -> int:
 
 
 @pytest.fixture
-def influx(tmp_path: Path) -> Iterator[InfluxServer]:
-    """A private influxd (running) with database DB; stopped at teardown."""
-    require_influxd()
-    server = InfluxServer(tmp_path / "influxd")
-    try:
-        server.start()
-        server.create_database(DB)
-        yield server
-    finally:
-        server.close()
+def influx(influx: InfluxServer) -> InfluxServer:
+    influx.create_database(DB)
+    return influx
 
 
 @pytest.fixture
-def make_master(tmp_path: Path) -> Iterator[Any]:
-    """Factory of created (not started) masters; all closed at teardown."""
-    masters: list[RealMaster] = []
-
-    def make(services: str, name: str = "master") -> RealMaster:
-        cfg = make_master_cfg(
-            {b: STEPS for b in BUILDERS}, pb_port=free_port(), header=HEADER, services=services
-        )
-        m = RealMaster(tmp_path / name, cfg)
-        masters.append(m)
-        m.create()
-        return m
-
-    try:
-        yield make
-    finally:
-        for m in masters:
-            m.close()
-    for m in masters:
-        assert m.processes() == [], "a master left processes behind"
+def make_master(make_master: MakeMaster) -> Callable[[str], RealMaster]:
+    """Masters running STEPS on BUILDERS; only their services differ."""
+    return lambda services: make_master({b: STEPS for b in BUILDERS}, header=HEADER, services=services)
 
 
-def stats_services(port: int) -> str:
-    return SERVICES.format(port=port, db=DB)
+def stats_services(port: int, more_backends: str = "") -> str:
+    return SERVICES.format(port=port, db=DB, more_backends=more_backends)
 
 
 def influx_rows(server: InfluxServer) -> dict[str, list[dict[str, Any]]]:
@@ -262,29 +238,6 @@ def check_log(m: RealMaster) -> None:
     assert "Traceback" not in text
     noise = [line for line in m.log_messages() if "] buildbot_stats:" in line and "\n" in line]
     assert noise == [], "buildbot_stats log messages must be one line"
-
-
-def spooled(m: RealMaster) -> int:
-    """Points in the master's SQLite spool (read-only)."""
-    path = m.basedir / "stats-spool.sqlite"
-    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=10)
-    try:
-        return int(conn.execute("SELECT COALESCE(SUM(n), 0) FROM buildbot_stats_segments").fetchone()[0])
-    finally:
-        conn.close()
-
-
-def wait_spool_empty(m: RealMaster, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while (n := spooled(m)) != 0:
-        assert time.monotonic() < deadline, f"{n} points still in the spool"
-        time.sleep(0.1)
-
-
-def stats_lines(m: RealMaster, *words: str) -> list[str]:
-    return [
-        line for line in m.log_messages() if "] buildbot_stats:" in line and all(w in line for w in words)
-    ]
 
 
 # --------------------------------------------------------------------------

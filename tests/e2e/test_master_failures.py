@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from buildbot_stats.cli.master_process import RealMaster, free_port, make_master_cfg
+from buildbot_stats.cli.master_process import RealMaster
+from tests.e2e.conftest import MakeMaster, processes_in
 
 STEPS = "[steps.ShellCommand(command=['true'])]"
 HEADER = "from buildbot_stats import statistics"
@@ -34,29 +35,9 @@ def stats_service(captures: str = "statistics.CaptureBuildDurationAllBuilders()"
 
 
 @pytest.fixture
-def make_master(tmp_path: Path) -> Iterator[Any]:
-    masters: list[RealMaster] = []
-
-    def make(services: str) -> RealMaster:
-        cfg = make_master_cfg({"b": STEPS}, pb_port=free_port(), header=HEADER, services=services)
-        m = RealMaster(tmp_path / f"master{len(masters)}", cfg)
-        masters.append(m)
-        m.create()
-        return m
-
-    try:
-        yield make
-    finally:
-        for m in masters:
-            m.close()
-            for pid in in_basedir(m):
-                m.kill()
-                raise AssertionError(f"process {pid} of a master was left behind")
-
-
-def in_basedir(m: RealMaster) -> list[int]:
-    """Every live process running in the master's directory (its pidfile may be gone)."""
-    return [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and m._owns(int(e.name))]
+def make_master(make_master: MakeMaster) -> Callable[[str], RealMaster]:
+    """Masters of one builder; only their services differ."""
+    return lambda services: make_master({"b": STEPS}, header=HEADER, services=services)
 
 
 def start_failing(m: RealMaster) -> str:
@@ -64,7 +45,7 @@ def start_failing(m: RealMaster) -> str:
     proc = m._run("start", "--start_timeout=60", str(m.basedir), check=False, timeout=90)
     assert proc.returncode != 0, proc.stdout
     deadline = time.monotonic() + EXIT_TIMEOUT
-    while in_basedir(m):
+    while processes_in(m.basedir):
         assert time.monotonic() < deadline, f"master still running:\n{m.log_tail()}"
         time.sleep(0.1)
     return m.log_text()

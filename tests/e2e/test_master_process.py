@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from buildbot.process.results import RETRY, SUCCESS
 
-from buildbot_stats.cli.master_process import RealMaster, free_port, make_master_cfg
+from buildbot_stats.cli.master_process import RealMaster
+from tests.e2e.conftest import MakeMaster
 
 HEADER = """
 from buildbot.process import buildstep
@@ -29,21 +30,9 @@ SLEEPY_STEPS = "[steps.ShellCommand(command=['sleep', util.Property('sleep', '0'
 
 
 @pytest.fixture
-def master(tmp_path: Path):
-    """Factory for created (not started) masters, all closed at teardown."""
-    masters: list[RealMaster] = []
-
-    def make(builders: dict[str, str], name: str = "master") -> RealMaster:
-        cfg = make_master_cfg(builders, pb_port=free_port(), header=HEADER)
-        m = RealMaster(tmp_path / name, cfg)
-        masters.append(m)
-        m.create()
-        return m
-
-    yield make
-    for m in masters:
-        m.close()
-        assert m.processes() == [], "harness left processes behind"
+def master(make_master: MakeMaster) -> Callable[[dict[str, str]], RealMaster]:
+    """Created (not started) masters with HEADER's step."""
+    return lambda builders: make_master(builders, header=HEADER)
 
 
 def test_builds_and_properties(master) -> None:

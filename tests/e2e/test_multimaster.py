@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 from buildbot.process.results import RETRY, SUCCESS
 
-from buildbot_stats.cli.master_process import RealMaster, free_port, make_master_cfg
+from buildbot_stats.cli.master_process import RealMaster
+from tests.e2e.conftest import MakeMaster, spooled, stats_lines, wait_spool_empty
 from tests.e2e.test_master_end_to_end import (
     BUILDERS,
     DB,
@@ -41,13 +42,11 @@ from tests.e2e.test_master_end_to_end import (
     expected_row_counts,
     influx_rows,
     points_per_build,
-    spooled,
-    stats_lines,
+    stats_services,
     wait_for_points,
-    wait_spool_empty,
 )
 from tests.support.crossbar import CrossbarRouter, require_crossbar
-from tests.support.influxd import InfluxServer, require_influxd
+from tests.support.influxd import InfluxServer
 from tests.support.postgres import PostgresServer, require_postgres
 
 MASTERS = 3
@@ -88,26 +87,6 @@ c['workers'] = [
 if MASTER_INDEX != 1:
     c['change_source'] = []
     c['schedulers'] = []
-
-captures = [
-    statistics.CaptureBuildDurationAllBuilders(),
-    statistics.CaptureBuildStartTime('b1'),
-    statistics.CaptureBuildEndTimeAllBuilders(),
-    statistics.CaptureBuildResultsAllBuilders(),
-    statistics.CaptureProperty('b1', r'test_.*', regex=True),
-    statistics.CapturePropertyAllBuilders('workername'),
-    statistics.CaptureDataAllBuilders('timings'),
-]
-c['services'].append(
-    statistics.StatsService(
-        storage_backends=[
-            statistics.InfluxStorageService('127.0.0.1', {influx_port}, 'user', 'pw', {db!r}, captures),
-            Journal(captures),
-        ],
-        name='StatsService',
-        max_retry_delay=2,
-    )
-)
 """
 
 
@@ -117,57 +96,47 @@ c['services'].append(
 
 
 @pytest.fixture
-def servers(tmp_path: Path) -> Iterator[tuple[InfluxServer, PostgresServer, CrossbarRouter]]:
+def servers(
+    influx: InfluxServer, tmp_path: Path
+) -> Iterator[tuple[InfluxServer, PostgresServer, CrossbarRouter]]:
     """influxd (with DB), PostgreSQL and crossbar, all private and stopped at teardown."""
-    require_influxd()
     require_postgres()
     require_crossbar()
-    influx = InfluxServer(tmp_path / "influxd")
-    pg = PostgresServer()
-    router = CrossbarRouter(tmp_path / "crossbar")
-    try:
-        influx.start()
-        influx.create_database(DB)
-        pg.start()
-        router.start()
+    influx.create_database(DB)
+    with PostgresServer() as pg, CrossbarRouter(tmp_path / "crossbar") as router:
         yield influx, pg, router
-    finally:
-        router.stop()
-        pg.close()
-        influx.close()
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, servers: Any) -> Iterator[list[RealMaster]]:
+def cluster(servers: Any, make_master: MakeMaster) -> list[RealMaster]:
     """MASTERS created (not started) masters sharing the database and the router."""
+    return [
+        cluster_master(make_master, servers, index, {b: STEPS for b in BUILDERS}, workers=MASTERS)
+        for index in range(1, MASTERS + 1)
+    ]
+
+
+def cluster_master(
+    make_master: MakeMaster,
+    servers: Any,
+    index: int,
+    builders: dict[str, str],
+    workers: int,
+    header: str = "",
+) -> RealMaster:
+    """Master ``index`` of the cluster: the one-master test's services plus the journal, on the shared
+    database and router."""
     influx, pg, router = servers
-    masters: list[RealMaster] = []
-    try:
-        for index in range(1, MASTERS + 1):
-            services = CLUSTER.format(
-                index=index,
-                router_url=router.url,
-                realm=router.realm,
-                influx_port=influx.port,
-                db=DB,
-            )
-            cfg = make_master_cfg(
-                {b: STEPS for b in BUILDERS},
-                pb_port=free_port(),
-                workers=MASTERS,
-                header=HEADER + JOURNAL,
-                services=services,
-                db_url=pg.url,
-            )
-            m = RealMaster(tmp_path / f"master{index}", cfg)
-            masters.append(m)
-            m.create()
-        yield masters
-    finally:
-        for m in masters:
-            m.close()
-    for m in masters:
-        assert m.processes() == [], "a master left processes behind"
+    services = CLUSTER.format(index=index, router_url=router.url, realm=router.realm)
+    services += stats_services(influx.port, more_backends="Journal(captures),")
+    return make_master(
+        builders,
+        name=f"master{index}",
+        workers=workers,
+        header=HEADER + JOURNAL + header,
+        services=services,
+        db_url=pg.url,
+    )
 
 
 def start_all(masters: list[RealMaster]) -> dict[int, RealMaster]:
@@ -329,75 +298,58 @@ class Hold(buildstep.BuildStep):
 """
 
 
-def test_master_lost_mid_build(servers: Any, tmp_path: Path) -> None:
+def test_master_lost_mid_build(servers: Any, make_master: MakeMaster) -> None:
     """A master SIGKILLed during a build: what the build posted stays, once; its rerun is captured once.
 
     Buildbot finishes the lost build as RETRY when its master restarts, before
     the StatsService starts: that finish is not captured (docs/multimaster.rst).
     """
-    influx, pg, router = servers
-    masters = []
-    try:
-        for index in range(1, 3):
-            services = CLUSTER.format(
-                index=index, router_url=router.url, realm=router.realm, influx_port=influx.port, db=DB
-            )
-            cfg = make_master_cfg(
-                {"b1": "[steps.ShellCommand(command=['true']), ReportTimings(), Hold()]"},
-                pb_port=free_port(),
-                workers=2,
-                header=HEADER + JOURNAL + HOLD,
-                services=services,
-                db_url=pg.url,
-            )
-            m = RealMaster(tmp_path / f"master{index}", cfg)
-            masters.append(m)
-            m.create()
-            (m.basedir / "hold").touch()
-        ids = start_all(masters)
-        masters[0].sendchange(1)
-        deadline = time.monotonic() + 60
-        while not (running := [b for b in masters[0].builds() if b["complete_at"] is None]):
-            assert time.monotonic() < deadline, "the build did not start"
-            time.sleep(0.1)
-        victim = ids[running[0]["masterid"]]
-        survivor = next(m for m in masters if m is not victim)
-        # the values the step posted before the hold reach InfluxDB (and leave the spool)
-        deadline = time.monotonic() + 60
-        while len(influx_rows(influx).get("b1-timings", [])) < SINGLE_VALUES + MANY_VALUES or spooled(victim):
-            assert time.monotonic() < deadline, f"posted values not delivered: {influx_rows(influx)}"
-            time.sleep(0.1)
-        victim.kill()
-        for m in masters:
-            (m.basedir / "hold").unlink()
-        victim.start()
-        builds = survivor.wait_for_builds(2, timeout=120)
-        assert [(b["number"], b["results"]) for b in builds] == [(1, RETRY), (2, SUCCESS)]
-        lost, rerun = builds
+    influx = servers[0]
+    steps = "[steps.ShellCommand(command=['true']), ReportTimings(), Hold()]"
+    masters = [cluster_master(make_master, servers, index, {"b1": steps}, 2, HOLD) for index in (1, 2)]
+    for m in masters:
+        (m.basedir / "hold").touch()
+    ids = start_all(masters)
+    masters[0].sendchange(1)
+    deadline = time.monotonic() + 60
+    while not (running := [b for b in masters[0].builds() if b["complete_at"] is None]):
+        assert time.monotonic() < deadline, "the build did not start"
+        time.sleep(0.1)
+    victim = ids[running[0]["masterid"]]
+    survivor = next(m for m in masters if m is not victim)
+    # the values the step posted before the hold reach InfluxDB (and leave the spool)
+    deadline = time.monotonic() + 60
+    while len(influx_rows(influx).get("b1-timings", [])) < SINGLE_VALUES + MANY_VALUES or spooled(victim):
+        assert time.monotonic() < deadline, f"posted values not delivered: {influx_rows(influx)}"
+        time.sleep(0.1)
+    victim.kill()
+    for m in masters:
+        (m.basedir / "hold").unlink()
+    victim.start()
+    builds = survivor.wait_for_builds(2, timeout=120)
+    assert [(b["number"], b["results"]) for b in builds] == [(1, RETRY), (2, SUCCESS)]
+    lost, rerun = builds
 
-        # the rerun: every capture once; the lost build: only its posted values
-        deadline = time.monotonic() + POLL_TIMEOUT
-        while len(influx_rows(influx).get("b1-build-times", [])) < 1:
-            assert time.monotonic() < deadline, f"rerun not captured: {influx_rows(influx)}"
-            time.sleep(0.2)
-        for m in masters:
-            wait_spool_empty(m)
-        rows = influx_rows(influx)
-        per_build = {name: Counter(r["build_number"] for r in series) for name, series in rows.items()}
-        assert per_build == {
-            "b1-build-times": {"2": 1},
-            "b1-build-results": {"2": 1},
-            "b1-workername": {"2": 1},
-            "b1-test_count": {"2": 1},
-            "b1-test_name": {"2": 1},
-            "b1-timings": {"1": SINGLE_VALUES + MANY_VALUES, "2": SINGLE_VALUES + MANY_VALUES},
-        }
-        (times,) = rows["b1-build-times"]
-        assert times["time"] == rerun["complete_at"] * 10**9
-        check_journals(ids, [lost, rerun], expect_lost=lost)
-        for m in masters:
-            m.stop()
-        check_logs(masters)
-    finally:
-        for m in masters:
-            m.close()
+    # the rerun: every capture once; the lost build: only its posted values
+    deadline = time.monotonic() + POLL_TIMEOUT
+    while len(influx_rows(influx).get("b1-build-times", [])) < 1:
+        assert time.monotonic() < deadline, f"rerun not captured: {influx_rows(influx)}"
+        time.sleep(0.2)
+    for m in masters:
+        wait_spool_empty(m)
+    rows = influx_rows(influx)
+    per_build = {name: Counter(r["build_number"] for r in series) for name, series in rows.items()}
+    assert per_build == {
+        "b1-build-times": {"2": 1},
+        "b1-build-results": {"2": 1},
+        "b1-workername": {"2": 1},
+        "b1-test_count": {"2": 1},
+        "b1-test_name": {"2": 1},
+        "b1-timings": {"1": SINGLE_VALUES + MANY_VALUES, "2": SINGLE_VALUES + MANY_VALUES},
+    }
+    (times,) = rows["b1-build-times"]
+    assert times["time"] == rerun["complete_at"] * 10**9
+    check_journals(ids, [lost, rerun], expect_lost=lost)
+    for m in masters:
+        m.stop()
+    check_logs(masters)

@@ -18,13 +18,10 @@ its old value until the master restarts (seen with this very test).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from buildbot_stats.cli.master_process import RealMaster, free_port, make_master_cfg
+from tests.e2e.conftest import MakeMaster, spooled, stats_lines, wait_until
 from tests.support.influxd import InfluxServer, require_influxd
 
 DB = "bbstats_secrets"
@@ -63,100 +60,67 @@ def found_in(basedir: Path, secret: str) -> list[str]:
     return [str(p) for p in basedir.rglob("*") if p.is_file() and needle in p.read_bytes()]
 
 
-def spooled(m: RealMaster) -> int:
-    import sqlite3
-
-    conn = sqlite3.connect(f"{(m.basedir / 'stats-spool.sqlite').as_uri()}?mode=ro", uri=True, timeout=10)
-    try:
-        return int(conn.execute("SELECT COALESCE(SUM(n), 0) FROM buildbot_stats_segments").fetchone()[0])
-    finally:
-        conn.close()
-
-
-def wait_until(what: str, check: Any, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.2)
-    return result
-
-
-def stats_lines(m: RealMaster, *words: str) -> list[str]:
-    return [
-        line for line in m.log_messages() if "] buildbot_stats:" in line and all(w in line for w in words)
-    ]
-
-
-def test_secret_password_wrong_then_fixed_by_reconfig(tmp_path: Path) -> None:
+def test_secret_password_wrong_then_fixed_by_reconfig(tmp_path: Path, make_master: MakeMaster) -> None:
     require_influxd()
-    influx = InfluxServer(tmp_path / "influxd", auth_enabled=True)
     secrets_dir = tmp_path / "secrets-1"
     secrets_dir.mkdir(mode=0o700)
     write_secret(secrets_dir, WRONG)
     fixed_dir = tmp_path / "secrets-2"
     fixed_dir.mkdir(mode=0o700)
     write_secret(fixed_dir, RIGHT)
-    cfg = make_master_cfg(
-        {b: "[steps.ShellCommand(command=['true'])]" for b in BUILDERS},
-        pb_port=free_port(),
-        header="from buildbot_stats import statistics",
-        services=SERVICES.format(secrets_dir=str(secrets_dir), port=0, db=DB),
-    )
-    try:
-        influx.start()
+    with InfluxServer(tmp_path / "influxd", auth_enabled=True) as influx:
         influx.create_admin("admin", RIGHT)
         influx.create_database(DB)
-        cfg = cfg.replace("'127.0.0.1', 0,", f"'127.0.0.1', {influx.port},")
-        with RealMaster(tmp_path / "master", cfg) as m:
-            m.create()
-            rc, out = m.checkconfig()
-            assert rc == 0, out
+        m = make_master(
+            {b: "[steps.ShellCommand(command=['true'])]" for b in BUILDERS},
+            header="from buildbot_stats import statistics",
+            services=SERVICES.format(secrets_dir=str(secrets_dir), port=influx.port, db=DB),
+        )
+        rc, out = m.checkconfig()
+        assert rc == 0, out
 
-            m.start()
-            m.sendchange(1)
-            m.wait_for_builds(len(BUILDERS))
-            wait_until("the refused write", lambda: stats_lines(m, "refused user 'admin'"))
-            wait_until("4 points in the spool", lambda: spooled(m) == 4)
-            (line,) = stats_lines(m, "failed")
-            assert "InfluxDB refused user 'admin' on database 'bbstats_secrets' (HTTP 401)" in line
-            assert "retried every 2s until fixed" in line
-            assert influx.measurements(DB) == []
-            assert found_in(m.basedir, WRONG) == []  # after the failed write: log, spool, state db
+        m.start()
+        m.sendchange(1)
+        m.wait_for_builds(len(BUILDERS))
+        wait_until("the refused write", lambda: stats_lines(m, "refused user 'admin'"))
+        wait_until("4 points in the spool", lambda: spooled(m) == 4)
+        (line,) = stats_lines(m, "failed")
+        assert "InfluxDB refused user 'admin' on database 'bbstats_secrets' (HTTP 401)" in line
+        assert "retried every 2s until fixed" in line
+        assert influx.measurements(DB) == []
+        assert found_in(m.basedir, WRONG) == []  # after the failed write: log, spool, state db
 
-            cfg_path = m.basedir / "master.cfg"
-            cfg_path.write_text(cfg_path.read_text().replace(str(secrets_dir), str(fixed_dir)))
-            m.reconfig()
-            rows = wait_until("the kept points", lambda: _rows(influx) if len(_rows(influx)) == 4 else None)
-            builds = m.builds()
-            assert sorted((r["series"], r["builder_name"], r["build_number"]) for r in rows) == sorted(
-                (f"{b['builder']}-{kind}", b["builder"], str(b["number"]))
-                for b in builds
-                for kind in ("build-times", "build-results")
-            )
-            for r in rows:
-                build = next(b for b in builds if b["builder"] == r["builder_name"])
-                assert r["time"] == build["complete_at"] * 10**9
-            wait_until("an empty spool", lambda: spooled(m) == 0)
-            assert stats_lines(m, "accepts writes again")
+        cfg_path = m.basedir / "master.cfg"
+        cfg_path.write_text(cfg_path.read_text().replace(str(secrets_dir), str(fixed_dir)))
+        m.reconfig()
+        rows = wait_until("the kept points", lambda: _rows(influx) if len(_rows(influx)) == 4 else None)
+        builds = m.builds()
+        assert sorted((r["series"], r["builder_name"], r["build_number"]) for r in rows) == sorted(
+            (f"{b['builder']}-{kind}", b["builder"], str(b["number"]))
+            for b in builds
+            for kind in ("build-times", "build-results")
+        )
+        for r in rows:
+            build = next(b for b in builds if b["builder"] == r["builder_name"])
+            assert r["time"] == build["complete_at"] * 10**9
+        wait_until("an empty spool", lambda: spooled(m) == 0)
+        assert stats_lines(m, "accepts writes again")
 
-            # later builds go straight through
-            m.sendchange(1)
-            m.wait_for_builds(2 * len(BUILDERS))
-            wait_until("the new points", lambda: len(_rows(influx)) == 8)
-            m.stop()
-            assert m.tracebacks() == []
-            assert found_in(m.basedir, WRONG) == []
-            assert found_in(m.basedir, RIGHT) == []
-    finally:
-        influx.close()
+        # later builds go straight through
+        m.sendchange(1)
+        m.wait_for_builds(2 * len(BUILDERS))
+        wait_until("the new points", lambda: len(_rows(influx)) == 8)
+        m.stop()
+        assert m.tracebacks() == []
+        assert found_in(m.basedir, WRONG) == []
+        assert found_in(m.basedir, RIGHT) == []
 
 
 def _rows(influx: InfluxServer) -> list[dict[str, Any]]:
     return [{"series": name, **row} for name in influx.measurements(DB) for row in influx.points(name, DB)]
 
 
-def test_checkconfig_names_each_wrong_influx_argument(tmp_path: Path) -> None:
+def test_checkconfig_names_each_wrong_influx_argument(make_master: MakeMaster) -> None:
     services = """
 captures = [statistics.CaptureBuildDurationAllBuilders()]
 c['services'].append(statistics.StatsService(storage_backends=[
@@ -167,15 +131,12 @@ c['services'].append(statistics.StatsService(storage_backends=[
     statistics.InfluxDB3StorageService('ftp://127.0.0.1', 'db', 't', captures, name='v3', verify_ssl='no'),
 ], name='StatsService'))
 """
-    cfg = make_master_cfg(
+    m = make_master(
         {"b1": "[steps.ShellCommand(command=['true'])]"},
-        pb_port=free_port(),
         header="from buildbot_stats import statistics",
         services=services,
     )
-    with RealMaster(tmp_path / "master", cfg) as m:
-        m.create()
-        rc, out = m.checkconfig()
+    rc, out = m.checkconfig()
     assert rc != 0, out
     assert "Traceback" not in out
     for line in (

@@ -15,14 +15,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from buildbot_stats.cli.master_process import RealMaster, free_port, make_master_cfg
-from tests.support.influxd import InfluxServer, require_influxd
+from buildbot_stats.cli.master_process import RealMaster
+from tests.e2e.conftest import MakeMaster, stats_lines
+from tests.support.influxd import InfluxServer
 
 DB = "bbstats_steps_e2e"
 CHANGES = 3
@@ -103,15 +103,9 @@ c['services'].append(
 
 
 @pytest.fixture
-def influx(tmp_path: Path) -> Iterator[InfluxServer]:
-    require_influxd()
-    server = InfluxServer(tmp_path / "influxd")
-    try:
-        server.start()
-        server.create_database(DB)
-        yield server
-    finally:
-        server.close()
+def influx(influx: InfluxServer) -> InfluxServer:
+    influx.create_database(DB)
+    return influx
 
 
 def master_db(m: RealMaster, sql: str) -> list[dict[str, Any]]:
@@ -251,58 +245,56 @@ def check(
     assert not set(got) & set(want["uncounted"]), f"{where}: a set without counts made a point"
 
 
-def test_steps_queue_times_and_test_results_of_a_real_master(influx: InfluxServer, tmp_path: Path) -> None:
+def test_steps_queue_times_and_test_results_of_a_real_master(
+    influx: InfluxServer, make_master: MakeMaster, tmp_path: Path
+) -> None:
     store = tmp_path / "stats.sqlite"
-    cfg = make_master_cfg(
+    m = make_master(
         {b: STEPS for b in BUILDERS},
-        pb_port=free_port(),
         header=HEADER,
         services=SERVICES.format(port=influx.port, db=DB, store=str(store)),
     )
-    with RealMaster(tmp_path / "master", cfg) as m:
-        m.create()
-        rc, out = m.checkconfig()
-        assert rc == 0, out
-        m.start()
-        m.sendchange(CHANGES)
-        m.wait_for_builds(N_BUILDS)
-        want = expected(m)
-        # the workload is what this test is about: 4 steps a build (and Buildbot's
-        # worker_preparation), one failing on build 2 and one hidden, 2 counted
-        # sets a build, builds that waited
-        assert len(want["steps"]) == 5 * N_BUILDS
-        assert {f["result"] for f in want["steps"].values()} == {0, 2}
-        hidden = [json.loads(key[1])["step_name"] for key in want["steps"] if '"hidden": "true"' in key[1]]
-        assert hidden.count("cleanup") == N_BUILDS
-        assert len(want["tests"]) == 2 * N_BUILDS and len(want["uncounted"]) == N_BUILDS
-        queued = [f["queue-time"] for key, f in want["queue"].items() if key[0] == "queued-build-times"]
-        assert max(queued) >= 1, f"no build of 'queued' waited for its worker: {queued}"
-        workers = {json.loads(key[1])["worker"] for key in want["steps"]}
-        assert "local-worker-2" in workers
+    rc, out = m.checkconfig()
+    assert rc == 0, out
+    m.start()
+    m.sendchange(CHANGES)
+    m.wait_for_builds(N_BUILDS)
+    want = expected(m)
+    # the workload is what this test is about: 4 steps a build (and Buildbot's
+    # worker_preparation), one failing on build 2 and one hidden, 2 counted
+    # sets a build, builds that waited
+    assert len(want["steps"]) == 5 * N_BUILDS
+    assert {f["result"] for f in want["steps"].values()} == {0, 2}
+    hidden = [json.loads(key[1])["step_name"] for key in want["steps"] if '"hidden": "true"' in key[1]]
+    assert hidden.count("cleanup") == N_BUILDS
+    assert len(want["tests"]) == 2 * N_BUILDS and len(want["uncounted"]) == N_BUILDS
+    queued = [f["queue-time"] for key, f in want["queue"].items() if key[0] == "queued-build-times"]
+    assert max(queued) >= 1, f"no build of 'queued' waited for its worker: {queued}"
+    workers = {json.loads(key[1])["worker"] for key in want["steps"]}
+    assert "local-worker-2" in workers
 
-        deadline = time.monotonic() + POLL_TIMEOUT
-        expected_count = len(want["steps"]) + len(want["queue"]) + len(want["tests"])
-        while True:
-            in_influx, in_store = influx_points(influx), store_points(store) if store.exists() else []
-            complete = len(in_influx) >= expected_count and len(in_store) >= expected_count
-            complete = complete and all(
-                "queue-time" in f and "duration" in f for k, f in in_influx if "build-times" in k[0]
-            )
-            if complete or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        check(in_influx, want, "InfluxDB")
-        # the queries of docs/captures.rst chart these series
-        for query in (
-            'SELECT mean("duration") FROM "b1-step-times" WHERE time > now() - 30d AND "hidden" = \'false\''
-            ' GROUP BY time(1d), "step_name"',
-            'SELECT percentile("queue-time", 95) FROM "queued-build-times" WHERE time > now() - 7d'
-            " GROUP BY time(1h)",
-            'SELECT sum("tests_failed") FROM "b1-test-results" WHERE time > now() - 30d'
-            ' GROUP BY "build_number"',
-        ):
-            assert influx._rows(influx.query_checked(query, DB)), query
-        check(in_store, want, "SQLite store")
-        m.stop()
-        assert m.tracebacks() == []
-        assert [line for line in m.log_messages() if "] buildbot_stats:" in line and "failed" in line] == []
+    deadline = time.monotonic() + POLL_TIMEOUT
+    expected_count = len(want["steps"]) + len(want["queue"]) + len(want["tests"])
+    while True:
+        in_influx, in_store = influx_points(influx), store_points(store) if store.exists() else []
+        complete = len(in_influx) >= expected_count and len(in_store) >= expected_count
+        complete = complete and all(
+            "queue-time" in f and "duration" in f for k, f in in_influx if "build-times" in k[0]
+        )
+        if complete or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    check(in_influx, want, "InfluxDB")
+    # the queries of docs/captures.rst chart these series
+    for query in (
+        'SELECT mean("duration") FROM "b1-step-times" WHERE time > now() - 30d AND "hidden" = \'false\''
+        ' GROUP BY time(1d), "step_name"',
+        'SELECT percentile("queue-time", 95) FROM "queued-build-times" WHERE time > now() - 7d'
+        " GROUP BY time(1h)",
+        'SELECT sum("tests_failed") FROM "b1-test-results" WHERE time > now() - 30d GROUP BY "build_number"',
+    ):
+        assert influx._rows(influx.query_checked(query, DB)), query
+    check(in_store, want, "SQLite store")
+    m.stop()
+    assert m.tracebacks() == []
+    assert stats_lines(m, "failed") == []

@@ -21,6 +21,7 @@ from tests.support.influxd import (
     require_influxd,
     shared_server,
 )
+from tests.support.ports import free_port
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -215,9 +216,7 @@ def test_fault_proxy_relays_errors_drops_and_custom_faults(
 
 
 def test_fault_proxy_upstream_down_and_delay() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        dead_port = sock.getsockname()[1]  # nothing listens there once closed
+    dead_port = free_port()  # nothing listens there
     with FaultProxy(f"http://127.0.0.1:{dead_port}", timeout=5) as proxy:
         status, body = _post(f"{proxy.url}/write?db=x", b"m v=1i")
         assert status == 502 and b"upstream failed" in body

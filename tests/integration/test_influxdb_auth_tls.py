@@ -28,7 +28,6 @@ from buildbot_stats.stats_service import StatsService
 from buildbot_stats.storage_backends import influx_common
 from buildbot_stats.storage_backends.influxdb_client import InfluxStorageService
 from tests.integration.test_influxdb_real import HOST, TAGS, InfluxServiceTestCase, log_lines, select
-from tests.support.influxd import InfluxServer
 from tests.support.tls import self_signed_certificate
 
 # what an admin pastes from a token generator: long, with - _ = + / characters
@@ -40,10 +39,7 @@ class AuthTests(InfluxServiceTestCase):
     @defer.inlineCallbacks
     def setUp(self):
         yield super().setUp()
-        basedir = tempfile.mkdtemp(prefix="bbstats-influx-auth-")
-        self.addCleanup(shutil.rmtree, basedir, True)
-        self.server = InfluxServer(basedir, auth_enabled=True).start()
-        self.addCleanup(self.server.close)
+        self.server = self.private_server(auth_enabled=True)
         self.server.create_admin("admin", TOKEN_PASSWORD)
         self.server.create_database("stats")
 
@@ -97,8 +93,7 @@ class TLSTests(InfluxServiceTestCase):
         self.tmp = Path(tempfile.mkdtemp(prefix="bbstats-influx-tls-"))
         self.addCleanup(shutil.rmtree, self.tmp, True)
         self.cert, key = self_signed_certificate(self.tmp / "tls")
-        self.server = InfluxServer(self.tmp / "influxd", https=(self.cert, key)).start()
-        self.addCleanup(self.server.close)
+        self.server = self.private_server(https=(self.cert, key))
         self.server.create_database("stats")
         self.spool = str(self.tmp / "spool.sqlite")
 

@@ -93,6 +93,14 @@ class InfluxServiceTestCase(StatsTestCase, LoggingMixin):
         yield self.add_build()
         self.build_data = yield self.master.data.get(("builds", 1))
 
+    def private_server(self, **options: Any) -> InfluxServer:
+        """A running influxd of this test's own (to stop, or with options), removed at cleanup."""
+        basedir = tempfile.mkdtemp(prefix="bbstats-influxd-")
+        self.addCleanup(shutil.rmtree, basedir, True)
+        server = InfluxServer(basedir, **options).start()
+        self.addCleanup(server.close)
+        return server
+
     def fresh_db(self, server: InfluxServer) -> str:
         db = fresh_database(server, prefix="bbstats_it")
         self.addCleanup(server.drop_database, db)
@@ -245,11 +253,7 @@ class OutageTests(InfluxServiceTestCase):
 
     @defer.inlineCallbacks
     def test_burst_during_outage_is_delivered_exactly_once(self):
-        basedir = tempfile.mkdtemp(prefix="bbstats-outage-")
-        self.addCleanup(shutil.rmtree, basedir, True)
-        server = InfluxServer(basedir)
-        self.addCleanup(server.stop)
-        server.start()
+        server = self.private_server()
         server.create_database("outage")
         yield self.use_influx(server.port, "outage", capture.CaptureData("m", "builder1"), max_retry_delay=2)
         self.post([{"i": -1}])  # the server is up: stored at once
@@ -286,11 +290,7 @@ class OutageTests(InfluxServiceTestCase):
 
     @defer.inlineCallbacks
     def test_full_spool_drops_the_oldest_and_counts_them(self):
-        basedir = tempfile.mkdtemp(prefix="bbstats-full-")
-        self.addCleanup(shutil.rmtree, basedir, True)
-        server = InfluxServer(basedir)
-        self.addCleanup(server.stop)
-        server.start()
+        server = self.private_server()
         server.create_database("full")
         yield self.use_influx(
             server.port, "full", capture.CaptureData("m", "builder1"), max_retry_delay=2, max_spool_points=50
@@ -443,10 +443,7 @@ class DatabaseErrorTests(InfluxServiceTestCase):
 
     @defer.inlineCallbacks
     def test_wrong_password_keeps_points_until_fixed_by_reconfig(self):
-        basedir = tempfile.mkdtemp(prefix="bbstats-influx-auth-")
-        self.addCleanup(shutil.rmtree, basedir, True)
-        server = InfluxServer(basedir, auth_enabled=True).start()
-        self.addCleanup(server.close)
+        server = self.private_server(auth_enabled=True)
         server.create_admin("admin", "right-pw")
         db = "stats"
         server.create_database(db)

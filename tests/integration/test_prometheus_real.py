@@ -24,7 +24,8 @@ import pytest
 from buildbot.process.results import Results
 from prometheus_client.parser import text_string_to_metric_families
 
-from buildbot_stats.cli.master_process import RealMaster, free_port, make_master_cfg
+from buildbot_stats.cli.master_process import RealMaster, make_master_cfg
+from tests.support.ports import free_port
 from tests.support.prometheus import PrometheusServer, require_prometheus
 
 pytestmark = pytest.mark.e2e

@@ -17,34 +17,22 @@ missing.  When it cannot be had, the tests are skipped, except when
 
 from __future__ import annotations
 
-import atexit
 import fcntl
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import unittest
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from typing import Self
+from tests.support.ports import HOST, port_open
+from tests.support.process import ServerProcess, unavailable
 
 __all__ = ["CrossbarRouter", "find_crossbar", "require_crossbar", "VENV"]
 
-HOST = "127.0.0.1"
 VENV = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "buildbot-stats" / "crossbar-venv"
 _READY = VENV / ".installed"  # written once pip install succeeded
 _RUN = "import sys; from crossbar import run; sys.exit(run())"
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
 
 
 def find_crossbar() -> list[str] | None:
@@ -89,55 +77,33 @@ def require_crossbar() -> list[str]:
     try:
         _install()
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-        if _in_ci():
-            raise RuntimeError(f"crossbar could not be installed in {VENV}; CI requires it: {e}") from e
-        raise unittest.SkipTest(f"crossbar not available ({type(e).__name__}: {str(e)[:300]})") from None
+        unavailable(f"crossbar could not be installed in {VENV} ({type(e).__name__}: {str(e)[:300]})")
     cmd = find_crossbar()
     assert cmd is not None
     return cmd
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        return s.connect_ex((HOST, port)) == 0
-
-
-_RUNNING: set[CrossbarRouter] = set()
-atexit.register(lambda: [r.stop() for r in list(_RUNNING)])
-
-
-class CrossbarRouter:
+class CrossbarRouter(ServerProcess):
     """A crossbar router with its node directory in ``basedir``; :attr:`url` for Buildbot's ``router_url``."""
 
-    def __init__(self, basedir: str | os.PathLike[str], realm: str = "realm1") -> None:
-        self.basedir = Path(basedir).resolve()
-        self.realm = realm
-        self.port: int | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
+    name = "crossbar"
+    start_timeout = 90
+    own_process_group = True  # its router worker is a child
 
-    def __repr__(self) -> str:
-        return f"<CrossbarRouter {self.url if self.port else 'stopped'} realm={self.realm}>"
+    def __init__(self, basedir: str | os.PathLike[str], realm: str = "realm1") -> None:
+        super().__init__(basedir)
+        self.realm = realm
 
     @property
     def url(self) -> str:
         return f"ws://{HOST}:{self.port}/ws"
 
-    @property
-    def log_path(self) -> Path:
-        return self.basedir / "crossbar.log"
+    def _command(self) -> list[str]:
+        cmd = require_crossbar()
+        return [*cmd, "start", "--cbdir", str(self._write_config()), "--loglevel", "warn"]
 
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+    def _ready(self) -> bool:
+        return port_open(self.port)
 
     def _write_config(self) -> Path:
         cbdir = self.basedir / ".crossbar"
@@ -180,72 +146,3 @@ class CrossbarRouter:
         }
         (cbdir / "config.json").write_text(json.dumps(config, indent=2))
         return cbdir
-
-    def start(self, timeout: float = 90) -> Self:
-        """Start the router; returns once its WebSocket port accepts connections."""
-        if self._proc is not None:
-            return self
-        cmd = require_crossbar()
-        self.port = _free_port()
-        cbdir = self._write_config()
-        with open(self.log_path, "ab") as out:
-            self._proc = subprocess.Popen(
-                [*cmd, "start", "--cbdir", str(cbdir), "--loglevel", "warn"],
-                cwd=self.basedir,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its router worker is a child: stop the whole group
-            )
-        _RUNNING.add(self)
-        deadline = time.monotonic() + timeout
-        while not _port_open(self.port):
-            if self._proc.poll() is not None:
-                self._proc = None
-                raise RuntimeError(f"crossbar exited at start:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"crossbar not listening after {timeout}s:\n{self.log_tail()}")
-            time.sleep(0.1)
-        return self
-
-    def stop(self, timeout: float = 30) -> None:
-        """SIGTERM the router's process group (SIGKILL after ``timeout``) and wait."""
-        proc, self._proc = self._proc, None
-        _RUNNING.discard(self)
-        if proc is None:
-            return
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        # the group's other members (the router worker) follow the controller
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
-        else:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

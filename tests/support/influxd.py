@@ -20,26 +20,19 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import random
 import shutil
-import signal
-import socket
 import ssl
-import subprocess
 import tempfile
 import threading
-import time
-import unittest
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
-from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from typing import Self
+from tests.support.ports import HOST, free_port
+from tests.support.process import ServerProcess, find_executable, unavailable
 
 __all__ = [
     "InfluxError",
@@ -50,13 +43,6 @@ __all__ = [
     "require_influxd",
     "shared_server",
 ]
-
-HOST = "127.0.0.1"
-
-# Ports are picked from this range, below the usual Linux ephemeral range
-# (32768-60999), so that while the server is stopped for an outage test an
-# outgoing connection is unlikely to grab its port as a local port.
-_PORT_RANGE = (20000, 32000)
 
 # Settings that override the config file must not leak in from the caller.
 _ENV_PREFIX = "INFLUXDB_"
@@ -129,67 +115,17 @@ class InfluxError(RuntimeError):
     """An InfluxDB request failed (HTTP error or an error inside the results)."""
 
 
-# --------------------------------------------------------------------------
-# Locating the binary
-# --------------------------------------------------------------------------
-
-
 def find_influxd() -> str | None:
-    """Return the path of an executable ``influxd``, or None.
-
-    ``$INFLUXD`` wins when set, then ``$PATH``, then the usual install places.
-    """
-    candidates = [os.environ.get("INFLUXD", ""), shutil.which("influxd") or ""]
-    candidates += ["/usr/bin/influxd", "/usr/local/bin/influxd"]
-    for candidate in candidates:
-        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+    """Return the path of an executable ``influxd``, or None (``$INFLUXD`` wins)."""
+    return find_executable("influxd", "INFLUXD")
 
 
 def require_influxd() -> str:
-    """Return the ``influxd`` path; skip the test when missing (fail under CI).
-
-    :raises unittest.SkipTest: influxd is missing and ``CI`` is not true.
-    :raises RuntimeError: influxd is missing and ``CI=true``.
-    """
+    """Return the ``influxd`` path; skip the test when missing (fail under CI)."""
     path = find_influxd()
-    if path is not None:
-        return path
-    if _in_ci():
-        raise RuntimeError("influxd not found; CI requires it: apt-get install influxdb")
-    raise unittest.SkipTest("influxd not found (apt-get install influxdb, or set $INFLUXD)")
-
-
-# --------------------------------------------------------------------------
-# Helpers
-# --------------------------------------------------------------------------
-
-_rng = random.Random()  # own instance: unaffected by tests seeding `random`
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port(exclude: set[int]) -> int:
-    """Return a currently unused loopback TCP port not in ``exclude``."""
-    for _ in range(200):
-        port = _rng.randrange(*_PORT_RANGE)
-        if port not in exclude and _port_is_free(port):
-            return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # fallback
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    if path is None:
+        unavailable("influxd not found (apt-get install influxdb, or set $INFLUXD)")
+    return path
 
 
 def _toml_str(value: str) -> str:
@@ -202,47 +138,10 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _pdeathsig_prefix() -> list[str]:
-    """Command prefix that kills influxd if this (main) thread dies.
+class InfluxServer(ServerProcess):
+    """An ``influxd`` subprocess with its config, data and log in ``basedir``."""
 
-    ``PR_SET_PDEATHSIG`` fires when the *thread* that spawned the child exits,
-    so it is only used when starting from the main thread.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return []
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
-
-
-# Every running server, so that an atexit hook can stop them all.
-_RUNNING: set[InfluxServer] = set()
-_RUNNING_LOCK = threading.Lock()
-
-
-def _stop_all_running() -> None:
-    with _RUNNING_LOCK:
-        servers = list(_RUNNING)
-    for server in servers:
-        server.stop()
-
-
-atexit.register(_stop_all_running)
-
-
-# --------------------------------------------------------------------------
-# The server
-# --------------------------------------------------------------------------
-
-
-class InfluxServer:
-    """An ``influxd`` subprocess with its config, data and log in ``basedir``.
-
-    Ports are chosen on the first :meth:`start` and kept for the lifetime of
-    the object, so ``stop(); ...; start()`` simulates an outage of the very
-    same server (same URL, same data).
-    """
-
-    host = HOST
+    name = "influxd"
 
     def __init__(
         self,
@@ -254,7 +153,7 @@ class InfluxServer:
     ) -> None:
         """``https`` = (certificate PEM, private key PEM) serves HTTPS only; the test's
         own requests trust that certificate."""
-        self.basedir = Path(basedir).resolve()
+        super().__init__(basedir)
         self._influxd = influxd
         self.auth_enabled = auth_enabled
         self.https = (Path(https[0]).resolve(), Path(https[1]).resolve()) if https else None
@@ -266,20 +165,7 @@ class InfluxServer:
             )
         #: (user, password) sent with every request once set (auth_enabled servers)
         self.credentials: tuple[str, str] | None = None
-        self._http_port: int | None = None
         self._rpc_port: int | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-        self._lock = threading.RLock()
-
-    # -- addresses ---------------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        """The HTTP port (fixed after the first start)."""
-        if self._http_port is None:
-            raise RuntimeError("InfluxServer has not been started yet")
-        return self._http_port
 
     @property
     def rpc_port(self) -> int:
@@ -298,105 +184,12 @@ class InfluxServer:
         """The generated configuration file."""
         return self.basedir / "influxdb.conf"
 
-    @property
-    def log_path(self) -> Path:
-        """influxd's stdout/stderr (appended across restarts)."""
-        return self.basedir / "influxd.log"
-
-    @property
-    def pid(self) -> int | None:
-        """PID of the running influxd, or None."""
-        proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
-
-    def is_running(self) -> bool:
-        """True while the influxd process is alive."""
-        return self._proc is not None and self._proc.poll() is None
-
-    # -- lifecycle ---------------------------------------------------------
-
-    def start(self, timeout: float = 30) -> InfluxServer:
-        """Start influxd (no-op when running) and wait until /ping answers 204."""
-        with self._lock:
-            if self.is_running():
-                return self
-            first_start = self._http_port is None
-            attempts = 3 if first_start else 1
-            for attempt in range(attempts):
-                if first_start:
-                    self._choose_ports()
-                self._write_config()
-                try:
-                    self._launch(timeout)
-                    return self
-                except _EarlyExitError:
-                    # Lost a port race on the first start: pick new ports.
-                    if attempt == attempts - 1:
-                        raise RuntimeError(f"influxd exited during startup:\n{self.log_tail()}") from None
-            raise AssertionError("unreachable")
-
-    def stop(self, timeout: float = 10) -> None:
-        """Stop influxd: SIGTERM, wait, then SIGKILL.  Idempotent."""
-        with self._lock:
-            proc, self._proc = self._proc, None
-            with _RUNNING_LOCK:
-                _RUNNING.discard(self)
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            if self._log is not None:
-                self._log.close()
-                self._log = None
-
-    def restart(self, timeout: float = 30) -> InfluxServer:
-        """Stop (if running) and start again on the same ports with the same data."""
-        with self._lock:
-            self.stop()
-            return self.start(timeout)
-
-    def close(self) -> None:
-        """Stop the process; ``basedir`` is left to its owner."""
-        self.stop()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        state = "running" if self.is_running() else "stopped"
-        return f"<InfluxServer {self._http_port} {state} {self.basedir}>"
-
-    def log_tail(self, lines: int = 30) -> str:
-        """The last ``lines`` lines of the influxd log, for error messages."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
     def _choose_ports(self) -> None:
-        self._http_port = _free_port(set())
-        self._rpc_port = _free_port({self._http_port})
+        self._port = free_port()
+        self._rpc_port = free_port(exclude={self._port})
 
-    def create_admin(self, user: str, password: str) -> None:
-        """Create the first admin user of an auth_enabled server and use it from now on."""
-        self.query_checked(f"CREATE USER {quote_ident(user)} WITH PASSWORD '{password}' WITH ALL PRIVILEGES")
-        self.credentials = (user, password)
-
-    def _write_config(self) -> None:
-        self.basedir.mkdir(parents=True, exist_ok=True)
+    def _command(self) -> list[str]:
+        binary = self._influxd or require_influxd()
         text = _CONFIG_TEMPLATE.format(
             rpc_addr=_toml_str(f"{HOST}:{self.rpc_port}"),
             http_addr=_toml_str(f"{HOST}:{self.port}"),
@@ -410,34 +203,18 @@ class InfluxServer:
             https_private_key=_toml_str(str(self.https[1]) if self.https else ""),
         )
         self.config_path.write_text(text)
+        return [binary, "-config", str(self.config_path)]
 
-    def _launch(self, timeout: float) -> None:
-        binary = self._influxd or require_influxd()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_ENV_PREFIX)}
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self._log.write(f"--- starting influxd on {self.url} ---\n".encode())
-        self._log.flush()
-        self._proc = subprocess.Popen(
-            [*_pdeathsig_prefix(), binary, "-config", str(self.config_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=self.basedir,
-        )
-        with _RUNNING_LOCK:
-            _RUNNING.add(self)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._proc.poll() is not None:
-                self.stop()
-                raise _EarlyExitError()
-            if self.ping():
-                return
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"influxd did not answer /ping within {timeout}s:\n{self.log_tail()}")
-            time.sleep(0.05)
+    def _env(self) -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if not k.startswith(_ENV_PREFIX)}
+
+    def _ready(self) -> bool:
+        return self.ping()
+
+    def create_admin(self, user: str, password: str) -> None:
+        """Create the first admin user of an auth_enabled server and use it from now on."""
+        self.query_checked(f"CREATE USER {quote_ident(user)} WITH PASSWORD '{password}' WITH ALL PRIVILEGES")
+        self.credentials = (user, password)
 
     # -- HTTP --------------------------------------------------------------
 
@@ -574,10 +351,6 @@ class InfluxServer:
     @classmethod
     def _first_column(cls, results: list[dict[str, Any]]) -> list[str]:
         return [row[0] for row in cls._rows(results)]
-
-
-class _EarlyExitError(Exception):
-    """influxd exited before answering /ping (e.g. a port was taken)."""
 
 
 # --------------------------------------------------------------------------

@@ -16,28 +16,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import subprocess
-import threading
 import time
-import unittest
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
-from pathlib import Path
-from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
+from typing import Any
 
-from tests.support.influxd import _free_port, _in_ci, _pdeathsig_prefix
-
-if TYPE_CHECKING:
-    from typing import Self
+from tests.support.ports import HOST, free_port
+from tests.support.process import ServerProcess, find_executable, unavailable
 
 __all__ = ["PrometheusError", "PrometheusServer", "find_prometheus", "require_prometheus"]
 
-HOST = "127.0.0.1"
 SCRAPE_INTERVAL = "1s"
 
 # urllib must never go through an HTTP proxy taken from the environment.
@@ -63,113 +53,48 @@ class PrometheusError(RuntimeError):
 
 def find_prometheus() -> str | None:
     """The path of an executable ``prometheus``, or None (``$PROMETHEUS`` wins)."""
-    candidates = [os.environ.get("PROMETHEUS", ""), shutil.which("prometheus") or ""]
-    candidates += ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
-    for candidate in candidates:
-        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return None
+    return find_executable("prometheus", "PROMETHEUS")
 
 
 def require_prometheus() -> str:
-    """Return the ``prometheus`` path; skip the test when missing (fail under CI).
-
-    :raises unittest.SkipTest: prometheus is missing and ``CI`` is not true.
-    :raises RuntimeError: prometheus is missing and ``CI=true``.
-    """
+    """Return the ``prometheus`` path; skip the test when missing (fail under CI)."""
     path = find_prometheus()
-    if path is not None:
-        return path
-    if _in_ci():
-        raise RuntimeError("prometheus not found; CI requires it: apt-get install prometheus")
-    raise unittest.SkipTest("prometheus not found (apt-get install prometheus, or set $PROMETHEUS)")
+    if path is None:
+        unavailable("prometheus not found (apt-get install prometheus, or set $PROMETHEUS)")
+    return path
 
 
-class PrometheusServer:
+class PrometheusServer(ServerProcess):
     """A ``prometheus`` subprocess with its config, TSDB and log in ``basedir``."""
 
-    host = HOST
+    name = "prometheus"
 
     def __init__(
         self, basedir: str | os.PathLike[str], targets: Sequence[str], prometheus: str | None = None
     ) -> None:
-        self.basedir = Path(basedir).resolve()
+        super().__init__(basedir)
         self.targets = list(targets)
         self._binary = prometheus
-        self._port: int | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-        self._lock = threading.RLock()
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("PrometheusServer has not been started yet")
-        return self._port
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    @property
-    def log_path(self) -> Path:
-        return self.basedir / "prometheus.log"
+    def _choose_ports(self) -> None:
+        self._port = free_port(exclude=_target_ports(self.targets))
 
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    # -- lifecycle ---------------------------------------------------------
-
-    def start(self, timeout: float = 30) -> PrometheusServer:
-        """Start prometheus (no-op when running) and wait until ``/-/ready`` answers 200."""
-        with self._lock:
-            if self.is_running():
-                return self
-            for _attempt in range(3):  # a lost port race makes it exit at once
-                self._port = _free_port(set(_target_ports(self.targets)))
-                if self._launch(timeout):
-                    return self
-            raise RuntimeError(f"prometheus exited during startup:\n{self.log_tail()}")
-
-    def _launch(self, timeout: float) -> bool:
+    def _command(self) -> list[str]:
         binary = self._binary or require_prometheus()
-        self.basedir.mkdir(parents=True, exist_ok=True)
         config = self.basedir / "prometheus.yml"
         config.write_text(_CONFIG_TEMPLATE.format(interval=SCRAPE_INTERVAL, targets=json.dumps(self.targets)))
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self._proc = subprocess.Popen(
-            [
-                *_pdeathsig_prefix(),
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={self.basedir / 'data'}",
-                f"--web.listen-address={HOST}:{self.port}",
-                "--log.level=warn",
-                "--web.enable-lifecycle",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=self.basedir,
-        )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._proc.poll() is not None:
-                self.stop()
-                return False
-            if self._ready():
-                return True
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"prometheus not ready within {timeout}s:\n{self.log_tail()}")
-            time.sleep(0.1)
+        return [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={self.basedir / 'data'}",
+            f"--web.listen-address={HOST}:{self.port}",
+            "--log.level=warn",
+            "--web.enable-lifecycle",
+        ]
 
     def _ready(self) -> bool:
         try:
@@ -177,32 +102,6 @@ class PrometheusServer:
                 return resp.status == 200
         except (urllib.error.URLError, OSError):
             return False
-
-    def stop(self, timeout: float = 10) -> None:
-        """SIGTERM, wait, then SIGKILL.  Idempotent."""
-        with self._lock:
-            proc, self._proc = self._proc, None
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            if self._log is not None:
-                self._log.close()
-                self._log = None
-
-    close = stop
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     # -- API -----------------------------------------------------------------
 
