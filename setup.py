@@ -35,6 +35,7 @@ setup(
     package_data={
         "buildbot_stats": ["_lineprotocol.pyi"],
         "buildbot_stats.cli": ["dashboards/*.json", "templates/*.j2"],
+        "buildbot_stats.ui": ["templates/*.j2"],
     },
     ext_modules=[ACCELERATOR],
     python_requires=">=3.9",
