@@ -64,7 +64,7 @@ import datetime
 import json
 import math
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +97,7 @@ __all__ = [
     "summarize",
     "summarize_path",
     "summarize_points",
+    "summarize_windows",
 ]
 
 BUILD_TIMES_SUFFIX = "-build-times"
@@ -323,8 +324,10 @@ def _builder_sql() -> str:
     return _name_sql("builder_name", "s.prefix")
 
 
-def _kind_rows(kind: str, join: str) -> str:
-    return f"FROM temp.{_TEMP_SERIES} AS s {join} points AS p ON p.series = s.series WHERE s.kind = '{kind}'"
+def _kind_rows(kind: str, join: str, since_ns: int | None = None) -> str:
+    since = "" if since_ns is None else f" AND p.time_ns >= {int(since_ns)}"
+    rows = f"FROM temp.{_TEMP_SERIES} AS s {join} points AS p ON p.series = s.series"
+    return f"{rows} WHERE s.kind = '{kind}'{since}"
 
 
 def _join(store: StatsStore) -> str:
@@ -418,7 +421,9 @@ def _builds(store: StatsStore, join: str) -> tuple[dict[str, dict[str, _Build]],
     return builds, has_queue
 
 
-def _builder_summary(name: str, builds: dict[str, _Build]) -> tuple[BuilderSummary, list[DurationSample]]:
+def _builder_summary(
+    name: str, builds: dict[str, _Build], chart_builds: int = CHART_BUILDS
+) -> tuple[BuilderSummary, list[DurationSample]]:
     known = [b.results for b in builds.values() if b.results_time is not None]
     successes = sum(1 for r in known if _is_number(r) and r == 0)
     samples = [
@@ -451,17 +456,28 @@ def _builder_summary(name: str, builds: dict[str, _Build]) -> tuple[BuilderSumma
         queue_p50=nearest_rank(queues, 50),
         queue_p95=nearest_rank(queues, 95),
     )
-    return summary, samples[-CHART_BUILDS:]
+    return summary, samples[-chart_builds:]
 
 
-def _steps(store: StatsStore, join: str) -> list[StepSummary]:
-    """Per builder and step: nearest-rank percentiles by window functions (SQLite sorts, on disk if
-    need be)."""
-    source = (
-        f"SELECT {_builder_sql()} AS builder, "
-        f"{_name_sql('step_name', _EMPTY_SQL)} AS step, "
-        f"{_json_number('p.fields', 'duration')} AS v " + _kind_rows("step", join)
+_TEMP_STEPS = "bbs_summary_steps"
+
+
+def _step_rows(store: StatsStore, join: str) -> None:
+    """Each step point's builder, step and duration, read from its JSON once, in a temporary table
+    (the windows of the web page each read it again)."""
+    store.execute(f"DROP TABLE IF EXISTS temp.{_TEMP_STEPS}")
+    store.execute(f"CREATE TEMP TABLE {_TEMP_STEPS} (builder TEXT, step TEXT, time_ns INTEGER, v)")
+    store.execute(
+        f"INSERT INTO temp.{_TEMP_STEPS} SELECT {_builder_sql()}, {_name_sql('step_name', _EMPTY_SQL)}, "
+        f"p.time_ns, {_json_number('p.fields', 'duration')} " + _kind_rows("step", join)
     )
+
+
+def _steps(store: StatsStore, since_ns: int | None = None) -> list[StepSummary]:
+    """Per builder and step (from :func:`_step_rows`): nearest-rank percentiles by window functions
+    (SQLite sorts, on disk if need be)."""
+    since = "" if since_ns is None else f" WHERE time_ns >= {int(since_ns)}"
+    source = f"SELECT builder, step, v FROM temp.{_TEMP_STEPS}{since}"
     sql = f"""
         SELECT builder, step, max(n_all), max(n_v),
             max(CASE WHEN v IS NOT NULL AND rn - (n_all - n_v) = max(1, (50 * n_v + 99) / 100) THEN v END),
@@ -491,7 +507,7 @@ def _steps(store: StatsStore, join: str) -> list[StepSummary]:
     return steps
 
 
-def _tests(store: StatsStore, join: str) -> list[TestSummary]:
+def _tests(store: StatsStore, join: str, since_ns: int | None = None) -> list[TestSummary]:
     total, passed, failed = (
         _json_number("p.fields", "tests_total"),
         _json_number("p.fields", "tests_passed"),
@@ -502,7 +518,7 @@ def _tests(store: StatsStore, join: str) -> list[TestSummary]:
             sum(CASE WHEN passed IS NOT NULL AND total IS NOT NULL THEN passed END),
             sum(CASE WHEN passed IS NOT NULL AND total IS NOT NULL THEN total END)
         FROM (SELECT {_builder_sql()} AS builder, {total} AS total, {passed} AS passed, {failed} AS failed
-              {_kind_rows("test", join)})
+              {_kind_rows("test", join, since_ns)})
         GROUP BY builder ORDER BY builder
     """
     tests = []
@@ -584,19 +600,64 @@ def summarize(store: StatsStore, charts: bool = True) -> Summary:
     del builds
     has_steps = "step" in kinds.values()
     has_tests = "test" in kinds.values()
+    if has_steps:
+        _step_rows(store, join)
     return Summary(
         path=store.path,
         points=total,
         builders=builders,
         series=_data_series(store, counts, kinds, join),
         durations=durations,
-        steps=_steps(store, join) if has_steps else [],
+        steps=_steps(store) if has_steps else [],
         tests=_tests(store, join) if has_tests else [],
         has_queue=has_queue,
         has_steps=has_steps,
         has_tests=has_tests,
         immutable=store.immutable,
     )
+
+
+def summarize_windows(store: StatsStore, windows: Mapping[str, int | None]) -> dict[str, Summary]:
+    """The figures of the builds, steps and tests since each window's start (ns; None: all), by window name.
+
+    The store is read once for the builds (a build is in a window when its
+    latest point is) and once per window for the steps and the tests; no data
+    series.  ``durations`` holds every build of a builder in the window.
+    """
+    _check_rows(store)
+    total, _, kinds = _classify(store)
+    join = _join(store)
+    builds, has_queue = _builds(store, join)
+    has_steps = "step" in kinds.values()
+    has_tests = "test" in kinds.values()
+    if has_steps:
+        _step_rows(store, join)
+    result = {}
+    for window, since_ns in windows.items():
+        builders, durations = [], {}
+        for name in sorted(builds):
+            inside = {
+                key: b
+                for key, b in builds[name].items()
+                if since_ns is None or (b.time_ns is not None and b.time_ns >= since_ns)
+            }
+            if inside:
+                builder, durations[name] = _builder_summary(name, inside, chart_builds=len(inside))
+                builders.append(builder)
+        result[window] = Summary(
+            path=store.path,
+            points=total,
+            builders=builders,
+            series=[],
+            durations=durations,
+            steps=_steps(store, since_ns) if has_steps else [],
+            tests=_tests(store, join, since_ns) if has_tests else [],
+            has_queue=has_queue,
+            has_steps=has_steps,
+            has_tests=has_tests,
+            immutable=store.immutable,
+        )
+    return result
 
 
 def summarize_points(points: Iterable[Point], path: str = "") -> Summary:
