@@ -20,6 +20,7 @@ __all__ = [
     "BarChart",
     "DurationChart",
     "environment",
+    "nice_max",
     "result_name",
     "queue_chart",
     "steps_chart",
@@ -58,7 +59,7 @@ def _num(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
-def _nice_max(value: float) -> float:
+def nice_max(value: float) -> float:
     """The smallest 1/2/5 x 10^k not below ``value`` (1 for 0)."""
     if value <= 0:
         return 1.0
@@ -80,7 +81,7 @@ class DurationChart:
     def __init__(self, builder: str, samples: list[DurationSample]) -> None:
         self.builder = builder
         self.samples = samples
-        self.y_max = _nice_max(max(s.duration for s in samples))
+        self.y_max = nice_max(max(s.duration for s in samples))
         self.t0, self.t1 = samples[0].time_ns, samples[-1].time_ns
 
     def x(self, t: int) -> float:
@@ -148,7 +149,7 @@ def _p50_over_p95(
     for name, p50, p95, p95_style, p50_style in items:
         if p50 is not None and p95 is not None:
             known.append((name, p50, p95, p95_style, p50_style))
-    scale = _nice_max(max((p95 for _, _, p95, _, _ in known), default=0.0))
+    scale = nice_max(max((p95 for _, _, p95, _, _ in known), default=0.0))
     rows = []
     for name, p50, p95, (cls95, color95, data95), (cls50, color50, data50) in known:
         bars = [_bar(cls95, p95, scale, color95, data95), _bar(cls50, p50, scale, color50, data50)]
