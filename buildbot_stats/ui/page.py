@@ -106,7 +106,7 @@ class TrendChart:
 
 
 class BuilderView(NamedTuple):
-    index: int  # its CSS class and radio id: bbs-b-<index>
+    slot: int  # its CSS class and radio id: bbs-b-<slot>
     id: int  # Buildbot's builderid
     figures: BuilderSummary
     trend: TrendChart | None
@@ -154,7 +154,7 @@ def _window_view(
         )
         builders.append(
             BuilderView(
-                index=index[b.builder],
+                slot=index[b.builder],
                 id=builder_ids[b.builder],
                 figures=b,
                 trend=TrendChart(samples, start, now_ns) if samples else None,
@@ -192,10 +192,12 @@ def render_page(
     window: str | None = None,
     builder: str | None = None,
     standalone: bool = False,
+    link_prefix: str = "",
 ) -> str:
     """The page: ``summaries`` by window key (see :func:`window_starts`, computed at ``computed_ns``),
     only the builders of ``builder_ids`` (name -> Buildbot builderid).  ``window`` and
-    ``builder`` preselect the controls; ``standalone`` makes a whole HTML document."""
+    ``builder`` preselect the controls; ``standalone`` makes a whole HTML document;
+    ``link_prefix`` goes before the links into the UI (``#/builders/...``)."""
     names = sorted(builder_ids)
     index = {name: i for i, name in enumerate(names)}
     return _PAGE.render(
@@ -206,11 +208,12 @@ def render_page(
         computed=format_time(computed_ns, "%Y-%m-%d %H:%M UTC"),
         immutable=any(s.immutable for s in summaries.values()),
         standalone=standalone,
+        prefix=link_prefix,
         line_color=LINE_COLOR,
         p95_color=RESULT_COLORS[2][1],
-    )
+    ).lstrip()
 
 
 def render_message(title: str, text: str, *, standalone: bool = False) -> str:
     """A page that says only why there are no statistics (no store, no access, busy...)."""
-    return _MESSAGE.render(title=title, text=text, standalone=standalone)
+    return _MESSAGE.render(title=title, text=text, standalone=standalone).lstrip()
