@@ -21,6 +21,8 @@ TEST_REQUIRES = [
     # the PostgreSQL driver of the multi-master test (SQLAlchemy 2.x: postgresql+psycopg://)
     "psycopg[binary]>=3.1",
 ]
+# the Statistics page in Buildbot's web UI (statistics.StatsDashboard; docs/ui.rst)
+UI_REQUIRES = ["buildbot-www", "buildbot-wsgi-dashboards"]
 
 setup(
     name="buildbot-stats",
@@ -56,8 +58,10 @@ setup(
         "demo": ["buildbot-worker"],
         # benchmarks/bench_builds_webui.py runs masters with the web UI on
         "bench": ["buildbot-worker", "buildbot-www"],
-        "test": TEST_REQUIRES,
-        "dev": TEST_REQUIRES + ["ruff", "mypy", "tox", "sphinx"],
+        "ui": UI_REQUIRES,
+        # the end-to-end test of the Statistics page needs the UI
+        "test": TEST_REQUIRES + UI_REQUIRES,
+        "dev": TEST_REQUIRES + UI_REQUIRES + ["ruff", "mypy", "tox", "sphinx"],
     },
     entry_points={
         "console_scripts": ["buildbot-stats = buildbot_stats.cli:main"],

@@ -31,8 +31,8 @@ from twisted.python import log
 
 from buildbot_stats.stats_service import StatsService
 from buildbot_stats.storage_backends.sqlite import SQLiteStorageService, StoreError, open_store
-from buildbot_stats.ui.figures import Summary, summarize_windows
-from buildbot_stats.ui.page import render_message, render_page, window_starts
+from buildbot_stats.ui.figures import summarize_windows
+from buildbot_stats.ui.page import WindowFigures, prepare, render_message, render_page, window_starts
 
 __all__ = ["FRESH_SECONDS", "MAX_RENDERS", "RENDER_WAIT", "FiguresCache", "StatsPage", "visible_builders"]
 
@@ -105,7 +105,7 @@ def _resolve(path: str, master: Any) -> str:
 class Figures(NamedTuple):
     computed_ns: int
     at: float  # time.monotonic() when computed
-    summaries: dict[str, Summary]
+    windows: dict[str, WindowFigures]
 
 
 def compute_figures(path: str) -> Figures:
@@ -113,7 +113,7 @@ def compute_figures(path: str) -> Figures:
     now_ns = time.time_ns()
     with open_store(path) as store:
         summaries = summarize_windows(store, window_starts(now_ns))
-    return Figures(now_ns, time.monotonic(), summaries)
+    return Figures(now_ns, time.monotonic(), prepare(summaries, now_ns))
 
 
 class FiguresCache:
@@ -309,7 +309,7 @@ class StatsPage:
             page = self._pages.get(key)
         if page is None:
             page = render_page(
-                figures.summaries,
+                figures.windows,
                 builder_ids,
                 computed_ns=figures.computed_ns,
                 window=window,

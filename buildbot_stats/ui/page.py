@@ -11,6 +11,7 @@ window and a builder.
 
 from __future__ import annotations
 
+import array
 import dataclasses
 from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple
@@ -30,7 +31,16 @@ from buildbot_stats.ui.charts import (
 from buildbot_stats.ui.figures import BuilderSummary, DurationSample, Summary, nearest_rank
 from buildbot_stats.ui.formatting import format_time
 
-__all__ = ["INSIGHT_PANELS", "WINDOWS", "Window", "render_message", "render_page", "window_starts"]
+__all__ = [
+    "INSIGHT_PANELS",
+    "WINDOWS",
+    "Window",
+    "WindowFigures",
+    "prepare",
+    "render_message",
+    "render_page",
+    "window_starts",
+]
 
 
 class Window(NamedTuple):
@@ -49,8 +59,9 @@ WINDOWS = (
 STEPS_SHOWN = 10
 
 #: Panels of the insights issue (flaky tests, duration regressions) go here: each one is
-#: called with a window's :class:`Summary` (filtered to the builders the user may see)
-#: and the builder ids, and returns the HTML of its ``<section>`` or None.  None exist yet.
+#: called with a window's :class:`Summary` (filtered to the builders the user may see,
+#: without per-build durations) and the builder ids, and returns the HTML of its
+#: ``<section>`` or None.  None exist yet.
 INSIGHT_PANELS: list[Callable[[Summary, Mapping[str, int]], Markup | None]] = []
 
 
@@ -105,12 +116,49 @@ class TrendChart:
         return [self.y_max * i / 2 for i in range(3)]
 
 
+class BuilderDurations(NamedTuple):
+    """What the page shows of one builder's build durations in one window."""
+
+    trend: TrendChart
+    last: DurationSample  # the latest build with a duration
+    slowest: DurationSample
+    values: array.array  # every duration, for the overall percentiles (one object, not one per build)
+
+
+class WindowFigures(NamedTuple):
+    """One window's figures as the page keeps them between requests (few objects: no per-build records)."""
+
+    summary: Summary  # its ``durations`` left out
+    durations: dict[str, BuilderDurations]
+
+
+def prepare(summaries: Mapping[str, Summary], computed_ns: int) -> dict[str, WindowFigures]:
+    """The figures of :func:`~buildbot_stats.ui.figures.summarize_windows` (computed at ``computed_ns``)
+    reduced to what the page shows, by window key."""
+    prepared = {}
+    for window in WINDOWS:
+        summary = summaries[window.key]
+        durations = {}
+        for name, samples in summary.durations.items():
+            if not samples:
+                continue
+            start = computed_ns - window.seconds * 10**9 if window.seconds is not None else samples[0].time_ns
+            durations[name] = BuilderDurations(
+                trend=TrendChart(samples, start, computed_ns),
+                last=samples[-1],
+                slowest=max(samples, key=lambda s: s.duration),
+                values=array.array("d", (s.duration for s in samples)),
+            )
+        prepared[window.key] = WindowFigures(dataclasses.replace(summary, durations={}), durations)
+    return prepared
+
+
 class BuilderView(NamedTuple):
     slot: int  # its CSS class and radio id: bbs-b-<slot>
     id: int  # Buildbot's builderid
     figures: BuilderSummary
     trend: TrendChart | None
-    last: DurationSample | None  # the latest build with a duration
+    last: DurationSample | None
     slowest: DurationSample | None
 
 
@@ -119,54 +167,48 @@ def _visible_only(summary: Summary, builder_ids: Mapping[str, int]) -> Summary:
     return dataclasses.replace(
         summary,
         builders=[b for b in summary.builders if b.builder in builder_ids],
-        durations={k: v for k, v in summary.durations.items() if k in builder_ids},
         steps=[s for s in summary.steps if s.builder in builder_ids],
         tests=[t for t in summary.tests if t.builder in builder_ids],
     )
 
 
-def _overall(summary: Summary) -> dict[str, Any]:
+def _overall(summary: Summary, durations: Mapping[str, BuilderDurations]) -> dict[str, Any]:
     builds = sum(b.builds for b in summary.builders)
     known = sum(b.results_known for b in summary.builders)
     successes = sum(b.successes for b in summary.builders)
-    durations = sorted(s.duration for found in summary.durations.values() for s in found)
+    values = sorted(
+        v for b in summary.builders if b.builder in durations for v in durations[b.builder].values
+    )
     return {
         "builds": builds,
         "success_rate": successes / known if known else None,
-        "duration_p50": nearest_rank(durations, 50),
-        "duration_p95": nearest_rank(durations, 95),
+        "duration_p50": nearest_rank(values, 50),
+        "duration_p95": nearest_rank(values, 95),
     }
 
 
 def _window_view(
-    window: Window, summary: Summary, builder_ids: Mapping[str, int], index: Mapping[str, int], now_ns: int
+    window: Window, figures: WindowFigures, builder_ids: Mapping[str, int], index: Mapping[str, int]
 ) -> dict[str, Any]:
-    summary = _visible_only(summary, builder_ids)
+    summary = _visible_only(figures.summary, builder_ids)
     builders = []
     for b in summary.builders:
-        samples = summary.durations.get(b.builder) or []
-        start = (
-            now_ns - window.seconds * 10**9
-            if window.seconds is not None
-            else samples[0].time_ns
-            if samples
-            else now_ns
-        )
+        found = figures.durations.get(b.builder)
         builders.append(
             BuilderView(
                 slot=index[b.builder],
                 id=builder_ids[b.builder],
                 figures=b,
-                trend=TrendChart(samples, start, now_ns) if samples else None,
-                last=samples[-1] if samples else None,
-                slowest=max(samples, key=lambda s: s.duration) if samples else None,
+                trend=found.trend if found else None,
+                last=found.last if found else None,
+                slowest=found.slowest if found else None,
             )
         )
     panels = [p for p in (panel(summary, builder_ids) for panel in INSIGHT_PANELS) if p is not None]
     return {
         "window": window,
         "summary": summary,
-        "overall": _overall(summary),
+        "overall": _overall(summary, figures.durations),
         "builders": builders,
         "success": success_chart(summary),
         "queue": queue_chart(summary),
@@ -185,7 +227,7 @@ _MESSAGE = _ENV.get_template("message.html.j2")
 
 
 def render_page(
-    summaries: Mapping[str, Summary],
+    figures: Mapping[str, WindowFigures],
     builder_ids: Mapping[str, int],
     *,
     computed_ns: int,
@@ -194,19 +236,19 @@ def render_page(
     standalone: bool = False,
     link_prefix: str = "",
 ) -> str:
-    """The page: ``summaries`` by window key (see :func:`window_starts`, computed at ``computed_ns``),
+    """The page: the figures of :func:`prepare` by window key (computed at ``computed_ns``),
     only the builders of ``builder_ids`` (name -> Buildbot builderid).  ``window`` and
     ``builder`` preselect the controls; ``standalone`` makes a whole HTML document;
     ``link_prefix`` goes before the links into the UI (``#/builders/...``)."""
     names = sorted(builder_ids)
     index = {name: i for i, name in enumerate(names)}
     return _PAGE.render(
-        windows=[_window_view(w, summaries[w.key], builder_ids, index, computed_ns) for w in WINDOWS],
+        windows=[_window_view(w, figures[w.key], builder_ids, index) for w in WINDOWS],
         checked_window=window if window in {w.key for w in WINDOWS} else WINDOWS[0].key,
         checked_builder=index.get(builder or ""),
         builder_names=[(index[name], name) for name in names],
         computed=format_time(computed_ns, "%Y-%m-%d %H:%M UTC"),
-        immutable=any(s.immutable for s in summaries.values()),
+        immutable=any(f.summary.immutable for f in figures.values()),
         standalone=standalone,
         prefix=link_prefix,
         line_color=LINE_COLOR,

@@ -15,7 +15,7 @@ from buildbot_stats import statistics
 from buildbot_stats.point import Point
 from buildbot_stats.storage_backends.sqlite import open_store
 from buildbot_stats.ui.figures import summarize, summarize_windows
-from buildbot_stats.ui.page import WINDOWS, render_message, render_page, window_starts
+from buildbot_stats.ui.page import WINDOWS, prepare, render_message, render_page, window_starts
 from buildbot_stats.web_page import StatsPageApp
 from tests.summary_data import make_full_points, write_store
 
@@ -98,9 +98,13 @@ def recent_store(tmp_path):
     return write_store(tmp_path / "stats.sqlite", points)
 
 
-def windows_of(path):
+def summaries_of(path):
     with open_store(path) as store:
         return summarize_windows(store, window_starts(NOW))
+
+
+def windows_of(path):
+    return prepare(summaries_of(path), NOW)
 
 
 def section(html, window):
@@ -161,7 +165,7 @@ def test_importing_statistics_loads_no_ui_code():
 
 
 def test_windows_count_the_builds_of_their_time(recent_store):
-    found = windows_of(recent_store)
+    found = summaries_of(recent_store)
     assert set(found) == {w.key for w in WINDOWS}
     builds = {key: {b.builder: b.builds for b in s.builders} for key, s in found.items()}
     assert builds["24h"] == {"<script>": 1, "linux": 3}
