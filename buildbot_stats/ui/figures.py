@@ -66,7 +66,7 @@ import math
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from buildbot_stats.point import Point, to_ns
 from buildbot_stats.storage_backends.sqlite import (
@@ -181,9 +181,12 @@ class SeriesSummary:
     fields: dict[str, FieldSummary]
 
 
-@dataclass
-class DurationSample:
-    """One build's duration and result (a Buildbot code, None if unknown), for the charts."""
+class DurationSample(NamedTuple):
+    """One build's duration and result (a Buildbot code, None if unknown), for the charts.
+
+    A tuple of plain values: the garbage collector stops tracking it, so
+    the many a large store gives cost no collection time.
+    """
 
     time_ns: int
     build_number: str
