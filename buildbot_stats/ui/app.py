@@ -41,6 +41,7 @@ MAX_RENDERS = 2
 RENDER_WAIT = 1.0
 #: how long computed figures are shown before they are computed again
 FRESH_SECONDS = 60.0
+RECOMPUTE_RATIO = 10
 ACCESS_TIMEOUT = 10.0
 
 _RENDERS = threading.BoundedSemaphore(MAX_RENDERS)
@@ -105,19 +106,24 @@ def _resolve(path: str, master: Any) -> str:
 class Figures(NamedTuple):
     computed_ns: int
     at: float  # time.monotonic() when computed
+    took: float  # seconds it took
     windows: dict[str, WindowFigures]
 
 
 def compute_figures(path: str) -> Figures:
     """Read the store and compute the figures of every window (seconds for a large store)."""
     now_ns = time.time_ns()
+    start = time.monotonic()
     with open_store(path) as store:
         summaries = summarize_windows(store, window_starts(now_ns))
-    return Figures(now_ns, time.monotonic(), prepare(summaries, now_ns))
+    windows = prepare(summaries, now_ns)
+    return Figures(now_ns, time.monotonic(), time.monotonic() - start, windows)
 
 
 class FiguresCache:
-    """The figures of each store, computed again in the background once older than ``fresh`` seconds."""
+    """The figures of each store, computed again in the background once older than ``fresh`` seconds,
+    or :data:`RECOMPUTE_RATIO` times the time they took if that is longer (a large store's page costs
+    the master at most a tenth of a core, however often it is asked for)."""
 
     def __init__(
         self, fresh: float = FRESH_SECONDS, compute: Callable[[str], Figures] = compute_figures
@@ -132,7 +138,9 @@ class FiguresCache:
         """The figures of ``path``; the caller holds a render slot (computing the first ones takes it)."""
         with self._lock:
             entry = self._entries.get(path)
-            if entry is not None and time.monotonic() - entry.at < self.fresh:
+            if entry is not None and time.monotonic() - entry.at < max(
+                self.fresh, RECOMPUTE_RATIO * entry.took
+            ):
                 return entry
             computing = path in self._computing
             self._computing.add(path)

@@ -192,7 +192,7 @@ def test_figures_are_cached_then_refreshed_in_the_background(store):
 
     def compute(path):
         calls.append(path)
-        return compute_figures(path)
+        return compute_figures(path)._replace(took=0.0)
 
     cache = FiguresCache(fresh=0.2, compute=compute)
     first = cache.get(store)
@@ -203,3 +203,22 @@ def test_figures_are_cached_then_refreshed_in_the_background(store):
     while cache.get(store) is first and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(calls) == 2 and cache.get(store) is not first
+
+
+def test_figures_that_took_long_are_kept_longer(store):
+    calls = []
+
+    def compute(path):
+        calls.append(path)
+        return compute_figures(path)._replace(took=0.1)  # kept for 10 x 0.1 s
+
+    cache = FiguresCache(fresh=0.2, compute=compute)
+    first = cache.get(store)
+    time.sleep(0.4)
+    assert cache.get(store) is first and len(calls) == 1  # 0.4 s: older than fresh, younger than 1 s
+    time.sleep(0.8)
+    assert cache.get(store) is first  # stale now: answered at once, computed again meanwhile
+    deadline = time.monotonic() + 10
+    while len(calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(calls) == 2
