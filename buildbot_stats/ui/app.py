@@ -46,6 +46,7 @@ ACCESS_TIMEOUT = 10.0
 
 _RENDERS = threading.BoundedSemaphore(MAX_RENDERS)
 _TEXT = "text/plain; charset=utf-8"
+_CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 
 
 class AccessRefusedError(Exception):
@@ -220,6 +221,8 @@ class StatsPage:
                 ("Content-Length", str(len(data))),
                 ("Cache-Control", "no-store"),
                 ("X-Content-Type-Options", "nosniff"),
+                # the bare URL's document: no script, no load from anywhere (inside the UI it is inert)
+                ("Content-Security-Policy", _CSP),
             ],
         )
         return [data]

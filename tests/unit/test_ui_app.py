@@ -81,6 +81,9 @@ def log_lines():
     log.removeObserver(observer)
 
 
+HEADERS: dict[str, str] = {}  # of the last answer of get()
+
+
 def get(page, port, cookie=None, inside=True, query=""):
     environ = {
         "REQUEST_METHOD": "GET",
@@ -98,6 +101,8 @@ def get(page, port, cookie=None, inside=True, query=""):
         answer["status"], answer["headers"] = status, dict(headers)
 
     body = b"".join(page(environ, start_response)).decode("utf-8")
+    HEADERS.clear()
+    HEADERS.update(answer["headers"])
     return answer["status"], body
 
 
@@ -127,6 +132,8 @@ def test_bare_url_is_a_document_with_links_into_the_ui(api, store):
     assert status == "200 OK" and body.startswith("<!DOCTYPE html>")
     assert 'href="../../../#/builders/3/builds/1"' in body
     assert 'id="bbs-w-7d" checked' in body
+    assert HEADERS["Content-Type"] == "text/html; charset=utf-8"
+    assert HEADERS["Content-Security-Policy"].startswith("default-src 'none';")
 
 
 def test_unreachable_api_is_a_message_and_one_log_line(store, log_lines):
