@@ -16,6 +16,8 @@ TEST_REQUIRES = [
     # the PostgreSQL driver of the multi-master test (SQLAlchemy 2.x: postgresql+psycopg://)
     "psycopg[binary]>=3.1",
 ]
+# the Statistics page in Buildbot's web UI (statistics.StatsDashboard; docs/ui.rst)
+UI_REQUIRES = ["buildbot-www", "buildbot-wsgi-dashboards"]
 
 setup(
     name="buildbot-stats",
@@ -26,8 +28,11 @@ setup(
     long_description_content_type="text/x-rst",
     license="GPL-2.0-only",
     packages=find_packages(include=["buildbot_stats", "buildbot_stats.*"]),
-    # the Grafana dashboard printed by `buildbot-stats dashboard`; the template of `summary --html`
-    package_data={"buildbot_stats.cli": ["dashboards/*.json", "templates/*.j2"]},
+    # the Grafana dashboard of `buildbot-stats dashboard`; the templates of `summary --html` and the web page
+    package_data={
+        "buildbot_stats.cli": ["dashboards/*.json", "templates/*.j2"],
+        "buildbot_stats.ui": ["templates/*.j2"],
+    },
     python_requires=">=3.9",
     install_requires=[
         "twisted",
@@ -48,8 +53,10 @@ setup(
         "demo": ["buildbot-worker"],
         # benchmarks/bench_builds_webui.py runs masters with the web UI on
         "bench": ["buildbot-worker", "buildbot-www"],
-        "test": TEST_REQUIRES,
-        "dev": TEST_REQUIRES + ["ruff", "mypy", "tox", "sphinx"],
+        "ui": UI_REQUIRES,
+        # the end-to-end test of the Statistics page needs the UI
+        "test": TEST_REQUIRES + UI_REQUIRES,
+        "dev": TEST_REQUIRES + UI_REQUIRES + ["ruff", "mypy", "tox", "sphinx"],
     },
     entry_points={
         "console_scripts": ["buildbot-stats = buildbot_stats.cli:main"],

@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="the master's PB port on 127.0.0.1 (default: a free one)",
     )
+    demo.add_argument(
+        "--ui",
+        action="store_true",
+        help="serve the master's web UI with its Statistics page on 127.0.0.1 and keep it running until "
+        'Ctrl-C (needs pip install "buildbot-stats[ui]")',
+    )
     backfill = commands.add_parser(
         "backfill",
         help="write the statistics of builds that finished before the plugin was configured",

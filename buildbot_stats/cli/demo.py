@@ -5,8 +5,10 @@ a time and is the only worker of ``integration``, so builds wait in its queue)
 and three builders of four steps; the ``run-tests`` step sets properties, posts
 values with ``yieldMetricsValue``, records a test result set of its passes and
 failures, takes a varying time and sometimes fails; runs the builds; records statistics into an SQLite store
-(and an InfluxDB, if asked); and prints the summary.  Every process it starts
-is stopped on success, on failure, on Ctrl-C and on SIGTERM.
+(and an InfluxDB, if asked); and prints the summary.  With ``--ui`` the master
+serves its web UI with the Statistics page (:func:`buildbot_stats.statistics.StatsDashboard`)
+and keeps running until Ctrl-C.  Every process it starts is stopped on
+success, on failure, on Ctrl-C and on SIGTERM.
 
 Problems a person can fix (a busy port, a non-empty directory, an unreachable
 InfluxDB, a missing dependency) raise :class:`DemoError` before anything is
@@ -161,8 +163,10 @@ _WORKERS: dict[str, dict[str, Any]] = {"demo-worker-1": {}, "demo-worker-2": {"m
 _BUILDER_WORKERS = {"integration": ["demo-worker-2"]}
 
 
-def demo_master_cfg(pb_port: int, store: str, influx: InfluxTarget | None = None) -> str:
-    """The demo's master.cfg text."""
+def demo_master_cfg(
+    pb_port: int, store: str, influx: InfluxTarget | None = None, www_port: int | None = None
+) -> str:
+    """The demo's master.cfg text; with ``www_port``, the web UI and its Statistics page on 127.0.0.1."""
     backends = [f"statistics.SQLiteStorageService({store!r}, captures)"]
     if influx is not None:
         backends.append(
@@ -173,6 +177,12 @@ def demo_master_cfg(pb_port: int, store: str, influx: InfluxTarget | None = None
         "c['services'].append(statistics.StatsService(\n"
         f"    storage_backends=[{', '.join(backends)}], name='StatsService'))"
     )
+    if www_port is not None:
+        services += (
+            f"\nc['buildbotURL'] = 'http://127.0.0.1:{int(www_port)}/'\n"
+            f"c['www'] = {{'port': 'tcp:{int(www_port)}:interface=127.0.0.1', "
+            "'plugins': {'wsgi_dashboards': [statistics.StatsDashboard()]}}"
+        )
     return make_master_cfg(
         {name: _STEPS.format(compile=_COMPILE_SECONDS[name]) for name in DEMO_BUILDERS},
         pb_port=pb_port,
@@ -197,10 +207,12 @@ def _module_missing(name: str) -> bool:
         return True
 
 
-def _check_dependencies(influx: bool) -> None:
+def _check_dependencies(influx: bool, ui: bool = False) -> None:
     needed = [("buildbot", "buildbot"), ("buildbot_worker", "buildbot-worker")]
     if influx:
         needed.append(("influxdb", "influxdb"))
+    if ui:
+        needed += [("buildbot_www", "buildbot-www"), ("buildbot_wsgi_dashboards", "buildbot-wsgi-dashboards")]
     missing = [dist for module, dist in needed if _module_missing(module)]
     if missing:
         verb = "is" if len(missing) == 1 else "are"
@@ -388,9 +400,15 @@ def _builds_per_builder(builds: int) -> list[int]:
 
 
 def _run_builds(
-    master: RealMaster, builds: int, store: Path, influx: InfluxTarget | None, progress: Progress
+    master: RealMaster,
+    builds: int,
+    store: Path,
+    influx: InfluxTarget | None,
+    progress: Progress,
+    keep_running: bool = False,
 ) -> None:
-    """Start the master, run the builds, wait until their statistics are stored, stop it."""
+    """Start the master, run the builds, wait until their statistics are stored, stop it (unless
+    ``keep_running``)."""
     log = master.basedir / "twistd.log"
     master.create()
     master.start()
@@ -413,7 +431,20 @@ def _run_builds(
     _wait(f"statistics in {store} (see {log})", lambda: _stored_builds(store), builds, 30)
     if influx is not None:
         _wait(f"statistics in InfluxDB (see {log})", lambda: _influx_builds(influx), builds, 60)
-    master.stop()
+    if not keep_running:
+        master.stop()
+
+
+def _serve_ui(master: RealMaster, www_port: int, out: TextIO) -> None:
+    """Keep the master and its web UI running until Ctrl-C, SIGTERM or the master's end."""
+    out.write(f"\nthe Statistics page: http://127.0.0.1:{www_port}/#/stats  (Ctrl-C stops the demo)\n")
+    out.flush()
+    try:
+        while master.is_running():
+            time.sleep(0.5)
+    except (KeyboardInterrupt, _Terminated):  # the way to end a demo with --ui: not an interruption
+        pass
+    out.write("stopping the demo master ...\n")
 
 
 def _master_failed(error: RealMasterError, master: RealMaster, port: int) -> DemoError:
@@ -435,8 +466,10 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     if builds < 1:
         raise DemoError("--builds must be at least 1")
     influx = parse_influx_url(args.influxdb) if getattr(args, "influxdb", None) else None
-    _check_dependencies(influx is not None)
+    ui = bool(getattr(args, "ui", False))
+    _check_dependencies(influx is not None, ui)
     port = getattr(args, "port", None) or free_port()
+    www_port = free_port() if ui else None
     _check_port(port)
     workdir = Path(args.dir).absolute() if args.dir else None
     if workdir is not None:
@@ -453,13 +486,16 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     workdir = workdir.resolve()
     basedir = workdir / "master"
     store = workdir / STORE_NAME
-    master = RealMaster(basedir, demo_master_cfg(port, str(store), influx), change_auth=CHANGE_AUTH)
+    master = RealMaster(basedir, demo_master_cfg(port, str(store), influx, www_port), change_auth=CHANGE_AUTH)
     progress = Progress(builds, out)
     progress.say(f"buildbot-stats demo: {builds} builds on a real master in {basedir}")
     ignore = {signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}
     with _signal_handlers({signal.SIGTERM: _raise_terminated}):
         try:
-            _run_builds(master, builds, store, influx, progress)
+            _run_builds(master, builds, store, influx, progress, keep_running=www_port is not None)
+            if www_port is not None:
+                progress.finish()
+                _serve_ui(master, www_port, out)
         except RealMasterError as e:
             raise _master_failed(e, master, port) from None
         except (KeyboardInterrupt, _Terminated) as e:
