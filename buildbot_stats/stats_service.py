@@ -17,9 +17,8 @@ from types import CoroutineType
 from typing import Any
 
 from buildbot import config
-from buildbot.mq.simple import SimpleMQ
-from buildbot.util import service, tuplematch
-from twisted.internet import defer
+from buildbot.util import service
+from twisted.internet import defer, task
 from twisted.python import log
 from twisted.python.failure import Failure
 
@@ -41,48 +40,8 @@ __all__ = ["DEFAULT_SPOOL_PATH", "StatsService"]
 
 #: the message of a build that starts (after its properties are set, before its steps run)
 BUILD_NEW = ("builds", None, "new")
-
-
-class _YieldConsumers:
-    """The consumers of ``stats-yield-data`` on Buildbot's simple MQ, found once while they stay the same.
-
-    ``SimpleMQ.produce`` matches the routing key against every consumer of the
-    master (dozens) for every message.  The ones matching ``stats-yield-data``
-    are remembered with a copy of the MQ's list of consumers; as long as that
-    list is the same (compared element by element, by identity: C speed), they
-    are invoked directly, each once per message, in the same order and the same
-    way as ``produce`` does (``invokeQref``).  Any other MQ (WAMP, a test's
-    fake, ``debug`` on) gets ``produce`` itself.
-    """
-
-    def __init__(self) -> None:
-        self._mq: Any = None
-        self._seen: list[Any] = []
-        self._matching: list[Any] = []
-
-    def sender(self, produce: Any) -> Any:
-        """A callable like ``produce(routingKey, msg)`` for the messages of one call."""
-        mq: Any = getattr(produce, "__self__", None)
-        try:
-            if getattr(produce, "__func__", None) is not SimpleMQ.produce or mq.debug:
-                return produce
-            qrefs = mq.qrefs
-            if mq is not self._mq or qrefs != self._seen:
-                self._mq, self._seen = mq, list(qrefs)
-                self._matching = [q for q in qrefs if tuplematch.matchTuple(YIELD_DATA, q.filter)]
-            matching = self._matching
-            invoke = mq.invokeQref
-        except AttributeError:  # a Buildbot whose SimpleMQ is built otherwise: its own produce
-            return produce
-        if len(matching) == 1:
-            (qref,) = matching
-            return lambda routingKey, msg: invoke(qref, routingKey, msg)
-
-        def send(routingKey: tuple, msg: dict[str, Any]) -> None:
-            for qref in matching:
-                invoke(qref, routingKey, msg)
-
-        return send
+#: values produced per reactor turn by yieldMetricsValues: a long list does not hold the reactor
+YIELD_CHUNK = 250
 
 
 class StatsService(service.BuildbotService):
@@ -103,6 +62,8 @@ class StatsService(service.BuildbotService):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        #: the arguments master.cfg gave (``name`` aside): ``buildbot_stats backfill`` configures with them
+        self.config_arguments = (args, {k: v for k, v in kwargs.items() if k != "name"})
         #: MQ consumers of the captures (spec name)
         self.consumers: list[Any] = []
         #: the configured backends (spec name)
@@ -118,7 +79,8 @@ class StatsService(service.BuildbotService):
         #: skips messages of other masters' builds (a cluster's WAMP MQ only)
         self._master_filter: MasterFilter | None = None
         self._call_waits: list[defer.Deferred] | None = None
-        self._yield_consumers = _YieldConsumers()
+        #: fires once the values of the yieldMetricsValues call producing in turns are all produced
+        self._producing: defer.Deferred | None = None
 
     def checkConfig(self, storage_backends: Sequence[Any] = (), **options: Any) -> None:  # type: ignore[override]
         # every master.cfg mistake is one config.error line (see config_checks.py)
@@ -383,48 +345,77 @@ class StatsService(service.BuildbotService):
         that name.  The Deferred fires once the points the captures made of it
         are in the spool (see :doc:`delivery`: acknowledged means kept).
         """
+        return self.yieldMetricsValues(data_name, (post_data,), buildid)
+
+    def yieldMetricsValues(
+        self, data_name: str, post_data_list: Sequence[Any], buildid: int
+    ) -> defer.Deferred:
+        """Post many values at once: one build lookup, one message per value, one Deferred.
+
+        The messages of a long list are produced ``YIELD_CHUNK`` at a time with
+        a reactor turn between chunks, in order; the Deferred fires once all of
+        them are in the spool.
+        """
         build_data = self.lookups.known_build(buildid) if self.lookups is not None else None
         if build_data is None:
-            return self._yield_after_lookup(data_name, [post_data], buildid)
+            return self._yield_after_lookup(data_name, post_data_list, buildid)
         # the usual case, a build posting many values: no generator, no lookup
         try:
-            return self._produce_kept(data_name, (post_data,), build_data)
+            return self._produce_kept(data_name, post_data_list, build_data)
         except Exception:
             return defer.fail()
 
-    def _produce_kept(
-        self, data_name: str, values: Sequence[Any], build_data: dict[str, Any]
-    ) -> defer.Deferred:
-        """Produce one ``stats-yield-data`` message per value; a Deferred that fires once what
-        the captures stored is spooled.
+    @defer.inlineCallbacks
+    def _yield_after_lookup(self, data_name: str, values: Sequence[Any], buildid: int) -> Any:
+        if self.lookups is None:
+            raise RuntimeError(f"StatsService {self.name!r} is not configured")
+        build_data = yield self.lookups.build(buildid)
+        yield self._produce_kept(data_name, values, build_data)
 
-        The message is the documented one, consumed by CaptureData, and carries
-        besides the time of the call (``time_ns``, the point's timestamp
-        wherever it is consumed) and the producing master (``masterid``: in a
-        cluster, only that master stores it).  With Buildbot's MQ, ``produce``
-        calls the consumers at once: the points they store meanwhile are
-        recorded before it returns, and a consumer still waiting (a first
-        builder lookup) is waited for.
+    def _produce_kept(self, data_name: str, values: Sequence[Any], build_data: Any) -> defer.Deferred:
+        if self._producing is None and len(values) <= YIELD_CHUNK:
+            return self._produce_chunk(data_name, values, build_data)
+        produced: defer.Deferred = defer.Deferred()
+        previous, self._producing = self._producing, produced
+        return self._produce_in_turns(data_name, values, build_data, previous, produced)
+
+    @defer.inlineCallbacks
+    def _produce_in_turns(
+        self, data_name: str, values: Sequence[Any], build_data: Any, previous: Any, produced: Any
+    ) -> Any:
+        """Produce ``values`` a chunk per reactor turn, after the call producing before it (in order)."""
+        kept = []
+        try:
+            if previous is not None:
+                yield previous
+            for start in range(0, len(values), YIELD_CHUNK):
+                if start or previous is not None:
+                    yield task.deferLater(self.master.reactor, 0, lambda: None)
+                kept.append(self._produce_chunk(data_name, values[start : start + YIELD_CHUNK], build_data))
+        finally:
+            if self._producing is produced:
+                self._producing = None
+            produced.callback(None)
+        yield defer.gatherResults(kept, consumeErrors=True)
+
+    def _produce_chunk(self, data_name: str, values: Sequence[Any], build_data: Any) -> defer.Deferred:
+        """Produce one ``stats-yield-data`` message per value; a Deferred that fires once
+        what this service's captures stored of them is spooled.
+
+        The message is buildbot.statistics's, key for key.  With Buildbot's MQ,
+        ``produce`` calls the consumers at once: the points they store
+        meanwhile are recorded before it returns (stamped with that time), and
+        a consumer still waiting (a first builder lookup) is waited for.
         """
         queues = self._queues
         waits: list[defer.Deferred] = []
         self._call_waits = waits
         before = queues.writer.recorded if queues is not None else 0
-        # once per value: no attribute lookup in the loop
-        send = self._yield_consumers.sender(self.master.mq.produce)
-        now_ns = self.clock.now_ns
-        masterid = getattr(self.master, "masterid", None)
+        produce = self.master.mq.produce
         try:
             for post_data in values:
-                send(
-                    YIELD_DATA,
-                    {
-                        "data_name": data_name,
-                        "post_data": post_data,
-                        "build_data": build_data,
-                        "time_ns": now_ns(),
-                        "masterid": masterid,
-                    },
+                produce(
+                    YIELD_DATA, {"data_name": data_name, "post_data": post_data, "build_data": build_data}
                 )
         finally:
             self._call_waits = None
@@ -437,25 +428,3 @@ class StatsService(service.BuildbotService):
         d = defer.gatherResults(waits, consumeErrors=True)
         d.addCallback(lambda _: None)
         return d
-
-    @defer.inlineCallbacks
-    def _yield_after_lookup(self, data_name: str, values: Sequence[Any], buildid: int) -> Any:
-        if self.lookups is None:
-            raise RuntimeError(f"StatsService {self.name!r} is not configured")
-        build_data = yield self.lookups.build(buildid)
-        yield self._produce_kept(data_name, values, build_data)
-
-    def yieldMetricsValues(
-        self, data_name: str, post_data_list: Sequence[Any], buildid: int
-    ) -> defer.Deferred:
-        """Post many values at once: one build lookup, one message per value, one spool write.
-
-        The Deferred fires once all of them are in the spool.
-        """
-        build_data = self.lookups.known_build(buildid) if self.lookups is not None else None
-        if build_data is None:
-            return self._yield_after_lookup(data_name, list(post_data_list), buildid)
-        try:
-            return self._produce_kept(data_name, post_data_list, build_data)
-        except Exception:
-            return defer.fail()
