@@ -241,6 +241,8 @@ class StatsService(service.BuildbotService):
         a reactor turn between chunks, in order; the Deferred fires once all of
         them are in the spool.
         """
+        if not isinstance(post_data_list, (list, tuple)):
+            post_data_list = list(post_data_list)  # e.g. a generator: counted and cut in chunks
         build_data = self.lookups.known_build(buildid) if self.lookups is not None else None
         if build_data is None:
             return self._yield_after_lookup(data_name, post_data_list, buildid)

@@ -403,6 +403,12 @@ class BuildbotSimpleMQTests(StatsTestCase, LoggingMixin):
         self.assertIsNone(self.stats._producing)
 
     @defer.inlineCallbacks
+    def test_values_from_a_generator(self):
+        backend = yield self.use(capture.CaptureDataAllBuilders("m"))
+        yield self.stats.yieldMetricsValues("m", ({"i": i} for i in range(3)), 1)
+        self.assertEqual([p.fields["i"] for p in backend.points], [0, 1, 2])
+
+    @defer.inlineCallbacks
     def test_consumers_that_start_or_stop_between_posts(self):
         backend = yield self.use(capture.CaptureDataAllBuilders("m"))
         seen = []
