@@ -32,6 +32,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -334,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         ratios.append(pair["with"]["api_p95_ms"] / pair["without"]["api_p95_ms"])
         print(f"API p95 with / without the plugin: {ratios[-1]:.2f}x (goal: at most 1.5x)")
-    median = sorted(ratios)[len(ratios) // 2]
+    median = statistics.median(ratios)
     if len(ratios) > 1:
         print(f"median of {len(ratios)} rounds: {median:.2f}x (goal: at most 1.5x)")
     results = {
