@@ -2,8 +2,9 @@
 
 What it delegates: option defaults and checks to :mod:`buildbot_stats.options`,
 opening the spool to :mod:`buildbot_stats.delivery.spool_thread`, the queues and their
-reconciliation on reconfig to :mod:`buildbot_stats.delivery.queues`, builder and build
-lookups to :mod:`buildbot_stats.capture.lookups`.
+reconciliation on reconfig to :mod:`buildbot_stats.delivery.queues`, the captures' MQ
+consumers to :mod:`buildbot_stats.capture.consumers`, builder and build lookups to
+:mod:`buildbot_stats.capture.lookups`.
 
 The camelCase names (``registerConsumers``, ``removeConsumers``,
 ``yieldMetricsValue``, ``registeredStorageServices``) are the public surface of
@@ -13,76 +14,28 @@ The camelCase names (``registerConsumers``, ``removeConsumers``,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from types import CoroutineType
 from typing import Any
 
 from buildbot import config
-from buildbot.mq.simple import SimpleMQ
-from buildbot.util import service, tuplematch
-from twisted.internet import defer
+from buildbot.util import service
+from twisted.internet import defer, task
 from twisted.python import log
-from twisted.python.failure import Failure
 
-from buildbot_stats.burst_log import BurstLog
 from buildbot_stats.capture.base import YIELD_DATA
-from buildbot_stats.capture.builds import CaptureDataBase
+from buildbot_stats.capture.consumers import CaptureConsumers
 from buildbot_stats.capture.lookups import BuildLookups
-from buildbot_stats.capture.multimaster import MasterFilter, with_datetimes
 from buildbot_stats.config_checks import check_service_config
 from buildbot_stats.delivery.queues import QueueSet
 from buildbot_stats.delivery.spool import ForeignSpoolFileError
 from buildbot_stats.delivery.spool_thread import open_spool
-from buildbot_stats.errors import CaptureCallbackError
 from buildbot_stats.options import DEFAULT_SPOOL_PATH, ServiceOptions
 from buildbot_stats.point import Clock
 from buildbot_stats.storage_backends.base import start_backends, stop_backends
 
 __all__ = ["DEFAULT_SPOOL_PATH", "StatsService"]
 
-#: the message of a build that starts (after its properties are set, before its steps run)
-BUILD_NEW = ("builds", None, "new")
-
-
-class _YieldConsumers:
-    """The consumers of ``stats-yield-data`` on Buildbot's simple MQ, found once while they stay the same.
-
-    ``SimpleMQ.produce`` matches the routing key against every consumer of the
-    master (dozens) for every message.  The ones matching ``stats-yield-data``
-    are remembered with a copy of the MQ's list of consumers; as long as that
-    list is the same (compared element by element, by identity: C speed), they
-    are invoked directly, each once per message, in the same order and the same
-    way as ``produce`` does (``invokeQref``).  Any other MQ (WAMP, a test's
-    fake, ``debug`` on) gets ``produce`` itself.
-    """
-
-    def __init__(self) -> None:
-        self._mq: Any = None
-        self._seen: list[Any] = []
-        self._matching: list[Any] = []
-
-    def sender(self, produce: Any) -> Any:
-        """A callable like ``produce(routingKey, msg)`` for the messages of one call."""
-        mq: Any = getattr(produce, "__self__", None)
-        try:
-            if getattr(produce, "__func__", None) is not SimpleMQ.produce or mq.debug:
-                return produce
-            qrefs = mq.qrefs
-            if mq is not self._mq or qrefs != self._seen:
-                self._mq, self._seen = mq, list(qrefs)
-                self._matching = [q for q in qrefs if tuplematch.matchTuple(YIELD_DATA, q.filter)]
-            matching = self._matching
-            invoke = mq.invokeQref
-        except AttributeError:  # a Buildbot whose SimpleMQ is built otherwise: its own produce
-            return produce
-        if len(matching) == 1:
-            (qref,) = matching
-            return lambda routingKey, msg: invoke(qref, routingKey, msg)
-
-        def send(routingKey: tuple, msg: dict[str, Any]) -> None:
-            for qref in matching:
-                invoke(qref, routingKey, msg)
-
-        return send
+#: values produced per reactor turn by yieldMetricsValues: a long list does not hold the reactor
+YIELD_CHUNK = 250
 
 
 class StatsService(service.BuildbotService):
@@ -103,6 +56,8 @@ class StatsService(service.BuildbotService):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        #: the arguments master.cfg gave (``name`` aside): ``buildbot_stats backfill`` configures with them
+        self.config_arguments = (args, {k: v for k, v in kwargs.items() if k != "name"})
         #: MQ consumers of the captures (spec name)
         self.consumers: list[Any] = []
         #: the configured backends (spec name)
@@ -114,11 +69,9 @@ class StatsService(service.BuildbotService):
         self._aliased_in_master = False
         #: tags the property, build-time and data captures add (``extra_tags``)
         self.extra_tags: tuple[str, ...] = ()
-        self._capture_log: BurstLog | None = None
-        #: skips messages of other masters' builds (a cluster's WAMP MQ only)
-        self._master_filter: MasterFilter | None = None
-        self._call_waits: list[defer.Deferred] | None = None
-        self._yield_consumers = _YieldConsumers()
+        self._capture_consumers: CaptureConsumers | None = None
+        #: fires once the values of the yieldMetricsValues call producing in turns are all produced
+        self._producing: defer.Deferred | None = None
 
     def checkConfig(self, storage_backends: Sequence[Any] = (), **options: Any) -> None:  # type: ignore[override]
         # every master.cfg mistake is one config.error line (see config_checks.py)
@@ -135,8 +88,6 @@ class StatsService(service.BuildbotService):
         yield start_backends(self, self.registeredStorageServices, previous)
         if self.lookups is None or self.lookups.master is not self.master:
             self.lookups = BuildLookups(self.master)
-        if self._capture_log is None or self._capture_log.reactor is not self.master.reactor:
-            self._capture_log = BurstLog(self.master.reactor)
         first = self._queues is None
         if self._queues is None:
             basedir = getattr(self.master, "basedir", None) if self.master else None
@@ -220,119 +171,15 @@ class StatsService(service.BuildbotService):
     @defer.inlineCallbacks
     def registerConsumers(self) -> Any:
         self.consumers = []
-        needed = MasterFilter.needed(self.master)
-        self._master_filter = MasterFilter(self.master, self.lookups) if needed else None
-        captures: dict[int, Any] = {}
-        owners: dict[int, list[Any]] = {}
-        for backend in self.registeredStorageServices:
-            for cap in backend.captures:
-                captures.setdefault(id(cap), cap)
-                owners.setdefault(id(cap), []).append(backend)
-        posted_values = False
-        for key, cap in captures.items():
-            cap.parent_svcs = owners[key]
-            cap.master = self.master
-            cap._stats_service = self
-            # a capture may listen to several kinds of message (``routingKeys``)
-            for key in getattr(cap, "routingKeys", None) or [cap.routingKey]:
-                posted_values = posted_values or tuple(key) == YIELD_DATA
-                consumer = yield self.master.mq.startConsuming(self._consumer(cap), key)
-                self.consumers.append(consumer)
-        if posted_values:
-            # yieldMetricsValue needs the build's data: take it from the build's
-            # start message rather than asking the database during the build
-            consumer = yield self.master.mq.startConsuming(self._build_started, BUILD_NEW)
-            self.consumers.append(consumer)
-
-    def _build_started(self, routingKey: tuple, msg: dict[str, Any]) -> None:
-        """Remember a build of this master as it starts (see :meth:`BuildLookups.remember_build`)."""
-        lookups = self.lookups
-        if lookups is None or not isinstance(msg, dict) or "buildid" not in msg:
-            return
-        if self._master_filter is not None:
-            # a cluster: other masters' builds are not posted to here; WAMP times are numbers
-            if msg.get("masterid") != getattr(self.master, "masterid", None):
-                return
-            msg = with_datetimes(msg)
-        lookups.remember_build(msg)
-
-    def _consumer(self, cap: Any) -> Any:
-        # Called for every message: thousands per build for CaptureData.  A capture
-        # that is done at once returns None here, so that Buildbot's MQ neither adds
-        # an errback to a Deferred nor tracks it (QueueRef.invoke, DeferWaiter).
-        call = cap.consume
-        if type(cap).consume is CaptureDataBase.consume:
-            # not overridden: its inner form returns None when the point is recorded
-            call = cap._consume_at_once
-        capture_failed = self._capture_failed
-
-        def consume(routingKey: tuple, msg: dict[str, Any]) -> defer.Deferred | None:
-            try:
-                d = call(routingKey, msg)
-            except Exception:
-                capture_failed(Failure(), cap)
-                return None
-            if d is None:
-                return None
-            if not isinstance(d, defer.Deferred):
-                if isinstance(d, Failure):
-                    capture_failed(d, cap)
-                    return None
-                if type(d) is not CoroutineType:
-                    return None  # a plain value, as maybeDeferred took it
-                d = defer.Deferred.fromCoroutine(d)
-            d.addErrback(capture_failed, cap)
-            if d.called and not d.paused:
-                return None  # done (a failure was logged just now)
-            waits = self._call_waits
-            if waits is not None:
-                # still working (a first lookup): yieldMetricsValue waits for it too
-                waits.append(d)
-            return d
-
-        master_filter = self._master_filter
-        if master_filter is None:
-            return consume
-
-        def consume_own(routingKey: tuple, msg: dict[str, Any]) -> Any:
-            # a cluster: every master sees every message; capture only our builds'
-            foreign = master_filter.foreign(msg)
-            msg = with_datetimes(msg)  # WAMP sends times as epoch numbers
-            if foreign is False:
-                return consume(routingKey, msg)
-            if foreign is True:
-                return None
-            return foreign.addCallback(lambda skip: None if skip else consume(routingKey, msg))
-
-        return consume_own
-
-    def _capture_failed(self, failure: Any, cap: Any) -> None:
-        """One log line per burst of the same failure of a capture (see :mod:`buildbot_stats.burst_log`)."""
-        if failure.check(CaptureCallbackError):
-            message = failure.getErrorMessage()
-            cause = failure.value.__cause__
-            kind = type(cause).__name__ if cause is not None else ""
-        else:
-            # a bug in a (custom) capture or callback: say where, in one line
-            where = ""
-            if failure.frames:
-                name, filename, lineno = failure.frames[-1][:3]
-                where = f" (in {name}, {filename}:{lineno})"
-            message = (
-                f"{type(cap).__name__} could not handle a message: "
-                f"{failure.type.__name__}: {failure.getErrorMessage()}{where}"
-            )
-            kind = failure.type.__name__
-        if self._capture_log is None:
-            log.msg(f"buildbot_stats: {message}")
-        else:
-            self._capture_log.failed((id(cap), failure.type, kind), message)
+        if self._capture_consumers is None or self._capture_consumers.service.master is not self.master:
+            self._capture_consumers = CaptureConsumers(self)
+        self.consumers = yield self._capture_consumers.start(self.registeredStorageServices)
 
     @defer.inlineCallbacks
     def removeConsumers(self) -> Any:
-        for consumer in self.consumers:
+        consumers, self.consumers = self.consumers, []
+        for consumer in consumers:
             yield consumer.stopConsuming()
-        self.consumers = []
 
     # -- life cycle --------------------------------------------------------
 
@@ -363,8 +210,8 @@ class StatsService(service.BuildbotService):
         try:
             yield self.removeConsumers()
         finally:
-            if self._capture_log is not None:
-                self._capture_log.flush()
+            if self._capture_consumers is not None:
+                self._capture_consumers.log.flush()
             queues, self._queues = self._queues, None
             try:
                 if queues is not None:
@@ -383,51 +230,84 @@ class StatsService(service.BuildbotService):
         that name.  The Deferred fires once the points the captures made of it
         are in the spool (see :doc:`delivery`: acknowledged means kept).
         """
+        return self.yieldMetricsValues(data_name, (post_data,), buildid)
+
+    def yieldMetricsValues(
+        self, data_name: str, post_data_list: Sequence[Any], buildid: int
+    ) -> defer.Deferred:
+        """Post many values at once: one build lookup, one message per value, one Deferred.
+
+        The messages of a long list are produced ``YIELD_CHUNK`` at a time with
+        a reactor turn between chunks, in order; the Deferred fires once all of
+        them are in the spool.
+        """
+        if not isinstance(post_data_list, (list, tuple)):
+            post_data_list = list(post_data_list)  # e.g. a generator: counted and cut in chunks
         build_data = self.lookups.known_build(buildid) if self.lookups is not None else None
         if build_data is None:
-            return self._yield_after_lookup(data_name, [post_data], buildid)
+            return self._yield_after_lookup(data_name, post_data_list, buildid)
         # the usual case, a build posting many values: no generator, no lookup
         try:
-            return self._produce_kept(data_name, (post_data,), build_data)
+            return self._produce_kept(data_name, post_data_list, build_data)
         except Exception:
             return defer.fail()
 
-    def _produce_kept(
-        self, data_name: str, values: Sequence[Any], build_data: dict[str, Any]
-    ) -> defer.Deferred:
-        """Produce one ``stats-yield-data`` message per value; a Deferred that fires once what
-        the captures stored is spooled.
+    @defer.inlineCallbacks
+    def _yield_after_lookup(self, data_name: str, values: Sequence[Any], buildid: int) -> Any:
+        if self.lookups is None:
+            raise RuntimeError(f"StatsService {self.name!r} is not configured")
+        build_data = yield self.lookups.build(buildid)
+        yield self._produce_kept(data_name, values, build_data)
 
-        The message is the documented one, consumed by CaptureData, and carries
-        besides the time of the call (``time_ns``, the point's timestamp
-        wherever it is consumed) and the producing master (``masterid``: in a
-        cluster, only that master stores it).  With Buildbot's MQ, ``produce``
-        calls the consumers at once: the points they store meanwhile are
-        recorded before it returns, and a consumer still waiting (a first
-        builder lookup) is waited for.
+    def _produce_kept(self, data_name: str, values: Sequence[Any], build_data: Any) -> defer.Deferred:
+        if self._producing is None and len(values) <= YIELD_CHUNK:
+            return self._produce_chunk(data_name, values, build_data)
+        produced: defer.Deferred = defer.Deferred()
+        previous, self._producing = self._producing, produced
+        return self._produce_in_turns(data_name, values, build_data, previous, produced)
+
+    @defer.inlineCallbacks
+    def _produce_in_turns(
+        self, data_name: str, values: Sequence[Any], build_data: Any, previous: Any, produced: Any
+    ) -> Any:
+        """Produce ``values`` a chunk per reactor turn, after the call producing before it (in order)."""
+        kept = []
+        try:
+            if previous is not None:
+                yield previous
+            for start in range(0, len(values), YIELD_CHUNK):
+                if start or previous is not None:
+                    yield task.deferLater(self.master.reactor, 0, lambda: None)
+                kept.append(self._produce_chunk(data_name, values[start : start + YIELD_CHUNK], build_data))
+        finally:
+            if self._producing is produced:
+                self._producing = None
+            produced.callback(None)
+        yield defer.gatherResults(kept, consumeErrors=True)
+
+    def _produce_chunk(self, data_name: str, values: Sequence[Any], build_data: Any) -> defer.Deferred:
+        """Produce one ``stats-yield-data`` message per value; a Deferred that fires once
+        what this service's captures stored of them is spooled.
+
+        The message is buildbot.statistics's, key for key.  With Buildbot's MQ,
+        ``produce`` calls the consumers at once: the points they store
+        meanwhile are recorded before it returns (stamped with that time), and
+        a consumer still waiting (a first builder lookup) is waited for.
         """
-        queues = self._queues
+        queues, consumers = self._queues, self._capture_consumers
         waits: list[defer.Deferred] = []
-        self._call_waits = waits
+        if consumers is not None:
+            consumers.waits = waits
         before = queues.writer.recorded if queues is not None else 0
-        # once per value: no attribute lookup in the loop
-        send = self._yield_consumers.sender(self.master.mq.produce)
-        now_ns = self.clock.now_ns
-        masterid = getattr(self.master, "masterid", None)
+        produce = self.master.mq.produce
         try:
             for post_data in values:
-                send(
-                    YIELD_DATA,
-                    {
-                        "data_name": data_name,
-                        "post_data": post_data,
-                        "build_data": build_data,
-                        "time_ns": now_ns(),
-                        "masterid": masterid,
-                    },
+                produce(
+                    YIELD_DATA, {"data_name": data_name, "post_data": post_data, "build_data": build_data}
                 )
         finally:
-            self._call_waits = None
+            if consumers is not None:
+                consumers.waits = None
         if queues is not None and queues.writer.recorded != before:
             waits.append(queues.writer.waiter())
         if not waits:
@@ -437,25 +317,3 @@ class StatsService(service.BuildbotService):
         d = defer.gatherResults(waits, consumeErrors=True)
         d.addCallback(lambda _: None)
         return d
-
-    @defer.inlineCallbacks
-    def _yield_after_lookup(self, data_name: str, values: Sequence[Any], buildid: int) -> Any:
-        if self.lookups is None:
-            raise RuntimeError(f"StatsService {self.name!r} is not configured")
-        build_data = yield self.lookups.build(buildid)
-        yield self._produce_kept(data_name, values, build_data)
-
-    def yieldMetricsValues(
-        self, data_name: str, post_data_list: Sequence[Any], buildid: int
-    ) -> defer.Deferred:
-        """Post many values at once: one build lookup, one message per value, one spool write.
-
-        The Deferred fires once all of them are in the spool.
-        """
-        build_data = self.lookups.known_build(buildid) if self.lookups is not None else None
-        if build_data is None:
-            return self._yield_after_lookup(data_name, list(post_data_list), buildid)
-        try:
-            return self._produce_kept(data_name, post_data_list, build_data)
-        except Exception:
-            return defer.fail()

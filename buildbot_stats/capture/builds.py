@@ -353,8 +353,8 @@ class CaptureDataBase(Capture):
         d = self._store(
             post_data,
             f"{builder_info['name']}-{self._data_name}",
+            # stamped now: with Buildbot's simple MQ, the time of the yieldMetricsValue call
             context if context is not None else self._defaultContext(build_data, builder_info["name"]),
-            msg.get("time_ns"),  # the time of the yieldMetricsValue call
         )
         if self._stats_service is not None:
             # Queued: the service spools the point and keeps it until it is

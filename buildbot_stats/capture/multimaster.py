@@ -7,8 +7,9 @@ once per master.  :class:`MasterFilter` tells a message of another master's
 build apart, cheaply, so that each point is stored once in the cluster:
 
 - build messages carry ``masterid`` (the master running the build);
-- ``stats-yield-data`` messages carry ``masterid``, the master where
-  ``yieldMetricsValue`` was called (older producers: ``build_data``'s);
+- ``stats-yield-data`` messages (buildbot.statistics's, unchanged) carry the
+  build's data, whose ``masterid`` is the master running the build: the one
+  whose steps call ``yieldMetricsValue``;
 - build request messages carry ``claimed_by_masterid`` once claimed;
 - step and test result set messages carry only ``buildid``: the build is
   looked up once (cached in :class:`~buildbot_stats.capture.lookups.BuildLookups`).
@@ -62,7 +63,7 @@ class MasterFilter:
             owner = msg["masterid"]
             return owner is not None and owner != own
         build_data = msg.get("build_data")
-        if isinstance(build_data, dict):  # stats-yield-data of an older producer
+        if isinstance(build_data, dict):  # stats-yield-data
             owner = build_data.get("masterid")
             return owner is not None and owner != own
         owner = msg.get("claimed_by_masterid")

@@ -137,10 +137,14 @@ class ReplayMQ(SimpleMQ):  # type: ignore[misc]
         super().__init__()
         self._pending: list[defer.Deferred] = []
 
-    def invokeQref(self, qref: Any, routingKey: tuple, data: Any) -> None:
-        d = qref.invoke(routingKey, data)
-        if isinstance(d, defer.Deferred):
-            self._pending.append(d)
+    def startConsuming(self, callback: Any, filter: tuple, persistent_name: Any = None) -> defer.Deferred:
+        def remembered(routingKey: tuple, data: Any) -> Any:
+            d = callback(routingKey, data)
+            if isinstance(d, defer.Deferred):
+                self._pending.append(d)
+            return d
+
+        return super().startConsuming(remembered, filter, persistent_name)
 
     async def drain(self) -> None:
         """Wait until every consumer called so far is done (consumers log their own errors)."""
@@ -331,9 +335,9 @@ class Backfill:
         """Each StatsService configured as in master.cfg, but with its spool in memory."""
         for svc in services:
             await svc.setServiceParent(self.master)
-            kwargs = dict(svc._config_kwargs)
-            kwargs["spool_path"] = None  # never the live master's spool file
-            await svc.reconfigService(*svc._config_args, **kwargs)
+            args, kwargs = svc.config_arguments
+            kwargs = {**kwargs, "spool_path": None}  # never the live master's spool file
+            await svc.reconfigService(*args, **kwargs)
             svc.configured = True  # so that starting it does not configure it again from master.cfg
             await svc.startService()
             original_store = svc.store

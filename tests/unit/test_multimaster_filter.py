@@ -159,43 +159,32 @@ class BuildMessageTests(ClusterTestCase):
 
 class YieldDataTests(ClusterTestCase):
     @defer.inlineCallbacks
-    def test_values_posted_on_another_master_are_skipped_without_a_query(self):
+    def test_values_of_another_masters_build_are_skipped_without_a_query(self):
         backend = yield self.use(capture.CaptureDataAllBuilders("timings"))
-        build = yield self.build_data(2)
-        msg = {"data_name": "timings", "post_data": {"s": 1.5}, "build_data": build}
-        foreign = {**msg, "time_ns": 1_790_000_000_000_000_001, "masterid": OTHER}
-        self.master.mq.callConsumer(YIELD_KEY, foreign)
-        # a producer without the masterid key: the build's master decides
-        self.master.mq.callConsumer(YIELD_KEY, msg)
-        self.assertEqual(backend.points, [])
-        self.assertEqual(self.queries, [])
+        own, other = (yield self.build_data(1)), (yield self.build_data(2))
+        for build in (other, own, other):
+            msg = {"data_name": "timings", "post_data": {"b": build["buildid"]}, "build_data": build}
+            self.master.mq.callConsumer(YIELD_KEY, msg)
+        yield self.stats.spool.idle()
+        self.assertEqual([p.fields for p in backend.points], [{"b": 1}])
+        self.assertEqual(self.queries, [("builders", 1)])  # the name of our build's builder only
 
     @defer.inlineCallbacks
-    def test_value_is_stamped_with_the_time_of_the_call(self):
+    def test_posted_message_has_buildbots_keys_only_and_the_owner_stamps_it_on_arrival(self):
         backend = yield self.use(capture.CaptureDataAllBuilders("timings"))
         yield self.stats.reconfigService([backend], spool_path=None)
-        self.stats.clock.now_ns = lambda: 1_790_000_000_000_000_007
+        build = yield self.build_data(1)
         yield self.stats.yieldMetricsValue("timings", {"s": 1.5}, 1)
         (message,) = [m for _, m in self.master.mq.productions]
-        self.assertEqual((message["masterid"], message["time_ns"]), (OWN, 1_790_000_000_000_000_007))
-        # the message as another consumer (e.g. after a trip through crossbar) receives it
-        self.stats.clock.now_ns = lambda: 1_999_000_000_000_000_000
+        self.assertEqual(message, {"data_name": "timings", "post_data": {"s": 1.5}, "build_data": build})
+        # the message as it comes back through crossbar: stamped when this master consumes it
+        self.stats.clock.now_ns = lambda: 1_790_000_000_000_000_007
         self.master.mq.callConsumer(YIELD_KEY, message)
         yield self.stats.spool.idle()
         self.assertEqual(
             [(p.series, p.fields, p.time_ns) for p in backend.points],
             [("builder1-timings", {"s": 1.5}, 1_790_000_000_000_000_007)],
         )
-
-    @defer.inlineCallbacks
-    def test_value_of_another_masters_build_posted_here_is_stored_here(self):
-        # yieldMetricsValue called on this master for a build of OTHER: the producer stores it
-        backend = yield self.use(capture.CaptureDataAllBuilders("timings"))
-        build = yield self.build_data(2)
-        msg = {"data_name": "timings", "post_data": {"s": 2}, "build_data": build, "masterid": OWN}
-        self.master.mq.callConsumer(YIELD_KEY, {**msg, "time_ns": 1_790_000_000_000_000_002})
-        yield self.stats.spool.idle()
-        self.assertEqual([p.time_ns for p in backend.points], [1_790_000_000_000_000_002])
 
     @defer.inlineCallbacks
     def test_only_own_started_builds_are_remembered_with_datetimes(self):

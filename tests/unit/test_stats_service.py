@@ -14,7 +14,7 @@ from zope.interface import implementer
 from buildbot_stats import capture, statistics
 from buildbot_stats.errors import StorageBackendTypeError
 from buildbot_stats.point import as_datetime
-from buildbot_stats.stats_service import StatsService
+from buildbot_stats.stats_service import YIELD_CHUNK, StatsService
 from buildbot_stats.steps import StatsStepMixin, get_stats_service
 from buildbot_stats.storage_backends.base import IStatsStorage, StatsStorageBase
 from buildbot_stats.testing import RecordingStorage
@@ -303,7 +303,7 @@ class BuildbotSimpleMQTests(StatsTestCase, LoggingMixin):
         yield self.stats.yieldMetricsValue("m", {"i": 0}, 1)  # the first builder lookup
         build_data = yield self.master.data.get(("builds", 1))
         (consumer,) = self.yield_consumers()
-        msg = {"data_name": "m", "post_data": {"i": 1}, "build_data": build_data, "time_ns": 10**18}
+        msg = {"data_name": "m", "post_data": {"i": 1}, "build_data": build_data}
         self.assertIsNone(consumer.callback(YIELD_KEY, msg))
         yield self.stats.wait_spooled()
         self.assertEqual([p.fields for p in backend.points], [{"i": 0}, {"i": 1}])
@@ -377,6 +377,38 @@ class BuildbotSimpleMQTests(StatsTestCase, LoggingMixin):
         )
 
     @defer.inlineCallbacks
+    def test_value_is_stamped_with_the_time_of_the_call(self):
+        backend = yield self.use(capture.CaptureDataAllBuilders("m"))
+        self.stats.clock.now_ns = lambda: 1_790_000_000_000_000_007
+        yield self.stats.yieldMetricsValue("m", {"i": 1}, 1)
+        self.assertEqual([p.time_ns for p in backend.points], [1_790_000_000_000_000_007])
+
+    @defer.inlineCallbacks
+    def test_a_long_list_is_produced_in_chunks_with_reactor_turns_between_in_order(self):
+        backend = yield self.use(capture.CaptureDataAllBuilders("m"))
+        yield self.stats.yieldMetricsValue("m", {"i": -1}, 1)  # builder and build known from now on
+        seen = []
+        yield self.mq.startConsuming(lambda key, msg: seen.append(msg["post_data"]["i"]), YIELD_KEY)
+        n = YIELD_CHUNK * 2 + 1
+        d = self.stats.yieldMetricsValues("m", [{"i": i} for i in range(n)], 1)
+        self.assertEqual(seen, list(range(YIELD_CHUNK)))  # the first chunk at once
+        single = self.stats.yieldMetricsValue("m", {"i": n}, 1)  # waits for its turn: order kept
+        self.assertEqual(len(seen), YIELD_CHUNK)
+        self.assertFalse(d.called)
+        self.reactor.advance(0)  # the reactor's turns: the rest, chunk by chunk, then the single value
+        self.assertEqual(seen, list(range(n + 1)))
+        yield d
+        yield single
+        self.assertEqual([p.fields["i"] for p in backend.points], list(range(-1, n + 1)))
+        self.assertIsNone(self.stats._producing)
+
+    @defer.inlineCallbacks
+    def test_values_from_a_generator(self):
+        backend = yield self.use(capture.CaptureDataAllBuilders("m"))
+        yield self.stats.yieldMetricsValues("m", ({"i": i} for i in range(3)), 1)
+        self.assertEqual([p.fields["i"] for p in backend.points], [0, 1, 2])
+
+    @defer.inlineCallbacks
     def test_consumers_that_start_or_stop_between_posts(self):
         backend = yield self.use(capture.CaptureDataAllBuilders("m"))
         seen = []
@@ -388,20 +420,3 @@ class BuildbotSimpleMQTests(StatsTestCase, LoggingMixin):
         yield self.stats.yieldMetricsValues("m", [{"i": 5}, {"i": 6}], 1)
         self.assertEqual(seen, [2, 3, 4])
         self.assertEqual([p.fields["i"] for p in backend.points], list(range(7)))
-
-
-def test_posted_values_go_through_produce_when_the_simple_mq_is_built_otherwise():
-    """Only a SimpleMQ as Buildbot 4.3 builds it is short-cut; anything else gets its own produce."""
-    from buildbot.mq.simple import SimpleMQ
-
-    from buildbot_stats.stats_service import _YieldConsumers
-
-    class OtherSimpleMQ(SimpleMQ):
-        def __init__(self):
-            super().__init__()
-            del self.qrefs  # e.g. a later Buildbot keeping its consumers elsewhere
-
-    mq = OtherSimpleMQ()
-    assert _YieldConsumers().sender(mq.produce) == mq.produce
-    plain = SimpleMQ()
-    assert _YieldConsumers().sender(plain.produce) != plain.produce

@@ -1,0 +1,144 @@
+"""The captures of a StatsService on Buildbot's MQ: one consumer per capture and routing key.
+
+Each consumer calls its capture safely: a failure is one log line per burst
+(:mod:`buildbot_stats.burst_log`), never an error in Buildbot's MQ; on a
+cluster, messages of other masters' builds are skipped and WAMP's epoch times
+turned into datetimes (:mod:`~buildbot_stats.capture.multimaster`).  When
+``CaptureData`` captures listen, the start message of each build is kept too,
+so that ``yieldMetricsValue`` needs no database query during the build.
+"""
+
+from __future__ import annotations
+
+from types import CoroutineType
+from typing import Any
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from buildbot_stats.burst_log import BurstLog
+from buildbot_stats.capture.base import YIELD_DATA
+from buildbot_stats.capture.builds import CaptureDataBase
+from buildbot_stats.capture.multimaster import MasterFilter, with_datetimes
+from buildbot_stats.errors import CaptureCallbackError
+
+__all__ = ["BUILD_NEW", "CaptureConsumers"]
+
+#: the message of a build that starts (after its properties are set, before its steps run)
+BUILD_NEW = ("builds", None, "new")
+
+
+class CaptureConsumers:
+    """Starts the MQ consumers of one service's captures and reports their failures."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+        self.log = BurstLog(service.master.reactor)
+        #: set while ``yieldMetricsValue`` produces: consumers still working (a first lookup) go here
+        self.waits: list[defer.Deferred] | None = None
+        #: skips messages of other masters' builds (a cluster's WAMP MQ only)
+        self._filter: MasterFilter | None = None
+
+    @defer.inlineCallbacks
+    def start(self, backends: list[Any]) -> Any:
+        """Start consuming for every capture of ``backends``; returns the consumers."""
+        service = self.service
+        master = service.master
+        self._filter = MasterFilter(master, service.lookups) if MasterFilter.needed(master) else None
+        captures: dict[int, Any] = {}
+        owners: dict[int, list[Any]] = {}
+        for backend in backends:
+            for cap in backend.captures:
+                captures.setdefault(id(cap), cap)
+                owners.setdefault(id(cap), []).append(backend)
+        consumers = []
+        posted_values = False
+        for key, cap in captures.items():
+            cap.parent_svcs = owners[key]
+            cap.master = master
+            cap._stats_service = service
+            # a capture may listen to several kinds of message (``routingKeys``)
+            for routing_key in getattr(cap, "routingKeys", None) or [cap.routingKey]:
+                posted_values = posted_values or tuple(routing_key) == YIELD_DATA
+                consumers.append((yield master.mq.startConsuming(self._consumer(cap), routing_key)))
+        if posted_values:
+            consumers.append((yield master.mq.startConsuming(self._build_started, BUILD_NEW)))
+        return consumers
+
+    def _build_started(self, routingKey: tuple, msg: dict[str, Any]) -> None:
+        """Remember a build of this master as it starts (see :meth:`BuildLookups.remember_build`)."""
+        lookups = self.service.lookups
+        if lookups is None or not isinstance(msg, dict) or "buildid" not in msg:
+            return
+        if self._filter is not None:
+            # a cluster: other masters' builds are not posted to here; WAMP times are numbers
+            if msg.get("masterid") != getattr(self.service.master, "masterid", None):
+                return
+            msg = with_datetimes(msg)
+        lookups.remember_build(msg)
+
+    def _consumer(self, cap: Any) -> Any:
+        # Called for every message: thousands per build for CaptureData.  A capture
+        # that is done at once returns None here, so that Buildbot's MQ neither adds
+        # an errback to a Deferred nor tracks it.
+        call = cap.consume
+        if type(cap).consume is CaptureDataBase.consume:
+            # not overridden: its inner form returns None when the point is recorded
+            call = cap._consume_at_once
+        failed = self.failed
+
+        def consume(routingKey: tuple, msg: dict[str, Any]) -> defer.Deferred | None:
+            try:
+                d = call(routingKey, msg)
+            except Exception:
+                failed(Failure(), cap)
+                return None
+            if d is None:
+                return None
+            if not isinstance(d, defer.Deferred):
+                if isinstance(d, Failure):
+                    failed(d, cap)
+                    return None
+                if type(d) is not CoroutineType:
+                    return None  # a plain value, as maybeDeferred took it
+                d = defer.Deferred.fromCoroutine(d)
+            d.addErrback(failed, cap)
+            if d.called and not d.paused:
+                return None  # done (a failure was logged just now)
+            if self.waits is not None:
+                self.waits.append(d)  # still working: yieldMetricsValue waits for it too
+            return d
+
+        master_filter = self._filter
+        if master_filter is None:
+            return consume
+
+        def consume_own(routingKey: tuple, msg: dict[str, Any]) -> Any:
+            # a cluster: every master sees every message; capture only our builds'
+            foreign = master_filter.foreign(msg)
+            msg = with_datetimes(msg)  # WAMP sends times as epoch numbers
+            if foreign is False:
+                return consume(routingKey, msg)
+            if foreign is True:
+                return None
+            return foreign.addCallback(lambda skip: None if skip else consume(routingKey, msg))
+
+        return consume_own
+
+    def failed(self, failure: Failure, cap: Any) -> None:
+        """One log line per burst of the same failure of a capture."""
+        if failure.check(CaptureCallbackError):
+            message = failure.getErrorMessage()
+            cause = failure.value.__cause__  # type: ignore[union-attr]
+            kind = type(cause).__name__ if cause is not None else ""
+        else:
+            # a bug in a (custom) capture or callback: say where, in one line
+            where = ""
+            if failure.frames:
+                name, filename, lineno = failure.frames[-1][:3]
+                where = f" (in {name}, {filename}:{lineno})"
+            kind = failure.type.__name__  # type: ignore[union-attr]
+            message = (
+                f"{type(cap).__name__} could not handle a message: {kind}: {failure.getErrorMessage()}{where}"
+            )
+        self.log.failed((id(cap), failure.type, kind), message)
