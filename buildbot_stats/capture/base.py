@@ -14,14 +14,14 @@ from typing import Any
 from buildbot import config
 from twisted.internet import defer, threads
 
-from buildbot_stats.arguments import ChecksArguments
+from buildbot_stats.arguments import reject_unknown
 from buildbot_stats.errors import CaptureCallbackError
 
 BUILD_FINISHED = ("builders", None, "builds", None, "finished")
 YIELD_DATA = ("stats-yieldMetricsValue", "stats-yield-data")
 
 
-class Capture(metaclass=ChecksArguments):
+class Capture(abc.ABC):
     """Base class of all captures; subclasses implement :meth:`consume`.
 
     ``routingKey``, ``parent_svcs``, ``master``, ``_defaultContext`` and
@@ -29,7 +29,8 @@ class Capture(metaclass=ChecksArguments):
     kept (camelCase included) so that custom captures written for it work.
     """
 
-    def __init__(self, routingKey: tuple, callback: Callable[..., Any]) -> None:
+    def __init__(self, routingKey: tuple, callback: Callable[..., Any], **unknown: Any) -> None:
+        reject_unknown(self, unknown)
         if callback is not None and not callable(callback):  # custom captures may pass None
             config.error(f"{type(self).__name__}: callback must be callable, not {callback!r}")
         self.routingKey = routingKey
@@ -133,27 +134,26 @@ class _AllBuilders:
 REPORT_IN_DIVISORS = {"seconds": 1, "minutes": 60, "hours": 3600}
 
 
-def report_in_divisor(cls_name: str, report_in: Any) -> float:
-    """Seconds per ``report_in`` unit; anything but a known unit name is a config error.
+def duration_callback(
+    capture: Capture, report_in: Any, callback: Callable[..., Any] | None
+) -> Callable[..., Any]:
+    """``callback``, or ``end - start`` in ``report_in`` units (0 if the clock went backwards).
 
-    The one home of the ``report_in`` rule of every capture that has one (the
-    message is buildbot.statistics's); after an error, seconds.
+    The one home of the ``report_in`` rule (buildbot.statistics's message): anything
+    but a unit name is a config error, then seconds.  ``capture.report_in`` tells backends.
     """
-    if not isinstance(report_in, str) or report_in not in REPORT_IN_DIVISORS:
+    capture.report_in = report_in  # type: ignore[attr-defined]
+    if isinstance(report_in, str) and report_in in REPORT_IN_DIVISORS:
+        divisor = REPORT_IN_DIVISORS[report_in]
+    else:
+        divisor = 1
         config.error(
-            f"Error during initialization of class {cls_name}. "
+            f"Error during initialization of class {type(capture).__name__}. "
             "`report_in` parameter must be one of 'seconds', 'minutes' or 'hours', "
             f"not {report_in!r}"
         )
-        return 1
-    return REPORT_IN_DIVISORS[report_in]
-
-
-def interval_callback(divisor: float) -> Callable[[datetime.datetime, datetime.datetime], float]:
-    """The default callback of the duration captures: ``end - start`` in units of
-    ``divisor`` seconds, 0 if the clock went backwards."""
 
     def interval(start: datetime.datetime, end: datetime.datetime) -> float:
         return max(end - start, datetime.timedelta(0)).total_seconds() / divisor
 
-    return interval
+    return callback or interval

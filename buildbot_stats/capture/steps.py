@@ -32,8 +32,7 @@ from buildbot_stats.capture.base import (
     _AllBuilders,
     _OneBuilder,
     _with_worker,
-    interval_callback,
-    report_in_divisor,
+    duration_callback,
 )
 from buildbot_stats.capture.builds import CaptureBuildTimes
 from buildbot_stats.errors import CaptureCallbackError
@@ -87,6 +86,7 @@ class CaptureStepDuration(_OneBuilder, _BuildOfStep):
         regex: bool = False,
         report_in: str = "seconds",
         callback: Callable[..., Any] | None = None,
+        **unknown: Any,
     ) -> None:
         self._builder_name = builder_name
         self._step_name = step_name
@@ -99,9 +99,7 @@ class CaptureStepDuration(_OneBuilder, _BuildOfStep):
                 self._pattern = re.compile(step_name)
             except re.error as e:
                 config.error(f"{type(self).__name__}: invalid regular expression {step_name!r}: {e}")
-        divisor = report_in_divisor(type(self).__name__, report_in)
-        self.report_in = report_in  # the unit of the stored duration, for backends
-        super().__init__(STEP_FINISHED, callback or interval_callback(divisor))
+        super().__init__(STEP_FINISHED, duration_callback(self, report_in, callback), **unknown)
 
     def _step_name_matches(self, name: Any) -> bool:
         if self._step_name is None:
@@ -152,8 +150,9 @@ class CaptureStepDurationAllBuilders(_AllBuilders, CaptureStepDuration):
         regex: bool = False,
         report_in: str = "seconds",
         callback: Callable[..., Any] | None = None,
+        **unknown: Any,
     ) -> None:
-        super().__init__(None, step_name, regex, report_in, callback)
+        super().__init__(None, step_name, regex, report_in, callback, **unknown)
 
 
 class CaptureBuildQueueTime(_OneBuilder, CaptureBuildTimes):
@@ -170,13 +169,9 @@ class CaptureBuildQueueTime(_OneBuilder, CaptureBuildTimes):
         builder_name: str | None,
         report_in: str = "seconds",
         callback: Callable[..., Any] | None = None,
+        **unknown: Any,
     ) -> None:
-        divisor = report_in_divisor(type(self).__name__, report_in)
-        self.report_in = report_in  # the unit of the stored queue time, for backends
-        super().__init__(builder_name, callback or interval_callback(divisor), "queue-time")
-
-    def _retValParams(self, msg: dict[str, Any]) -> list[Any]:  # pragma: no cover - consume overrides
-        raise NotImplementedError
+        super().__init__(builder_name, duration_callback(self, report_in, callback), "queue-time", **unknown)
 
     @defer.inlineCallbacks
     def consume(self, routingKey: tuple, msg: dict[str, Any]) -> Any:
@@ -205,8 +200,10 @@ class CaptureBuildQueueTime(_OneBuilder, CaptureBuildTimes):
 class CaptureBuildQueueTimeAllBuilders(_AllBuilders, CaptureBuildQueueTime):
     """Captures the queue time of builds on every builder."""
 
-    def __init__(self, report_in: str = "seconds", callback: Callable[..., Any] | None = None) -> None:
-        super().__init__(None, report_in, callback)
+    def __init__(
+        self, report_in: str = "seconds", callback: Callable[..., Any] | None = None, **unknown: Any
+    ) -> None:
+        super().__init__(None, report_in, callback, **unknown)
 
 
 def _test_counts(result_set: dict[str, Any]) -> dict[str, Any]:
@@ -234,9 +231,11 @@ class CaptureTestResults(_OneBuilder, _BuildOfStep):
     finishes, so a set waits (in memory) for its step's finished message.
     """
 
-    def __init__(self, builder_name: str | None, callback: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self, builder_name: str | None, callback: Callable[..., Any] | None = None, **unknown: Any
+    ) -> None:
         self._builder_name = builder_name
-        super().__init__(TEST_RESULT_SET_COMPLETED, callback or _test_counts)
+        super().__init__(TEST_RESULT_SET_COMPLETED, callback or _test_counts, **unknown)
         #: the two messages this capture needs (StatsService subscribes to each)
         self.routingKeys = [TEST_RESULT_SET_COMPLETED, STEP_FINISHED]
         self._pending: OrderedDict[Any, list[dict[str, Any]]] = OrderedDict()
@@ -311,5 +310,5 @@ class CaptureTestResults(_OneBuilder, _BuildOfStep):
 class CaptureTestResultsAllBuilders(_AllBuilders, CaptureTestResults):
     """Captures completed test result sets on every builder."""
 
-    def __init__(self, callback: Callable[..., Any] | None = None) -> None:
-        super().__init__(None, callback)
+    def __init__(self, callback: Callable[..., Any] | None = None, **unknown: Any) -> None:
+        super().__init__(None, callback, **unknown)

@@ -13,7 +13,6 @@ from twisted.internet import defer
 from twisted.python import log
 from zope.interface import Attribute, Interface, implementer
 
-from buildbot_stats.arguments import ChecksArguments
 from buildbot_stats.errors import PartialDeliveryError
 from buildbot_stats.point import Point, PointProblem
 
@@ -131,7 +130,7 @@ class WriteReport:
 
 
 @implementer(IStatsStorage, IBatchWrites)
-class StatsStorageBase(metaclass=ChecksArguments):
+class StatsStorageBase(abc.ABC):
     """Base class for storage backends.
 
     Subclasses implement :meth:`thd_postStatsValue`; a backend that can store

@@ -27,6 +27,7 @@ from twisted.python import log
 from twisted.web import pages, resource, server
 from zope.interface import implementer
 
+from buildbot_stats.arguments import reject_unknown
 from buildbot_stats.errors import BackendConfigurationError
 from buildbot_stats.point import Point, PointProblem
 from buildbot_stats.storage_backends.base import IBackendLifecycle, StatsStorageBase, WriteReport
@@ -271,7 +272,9 @@ class PrometheusStorageService(StatsStorageBase):
         captures: Sequence[Any] = (),
         name: str | None = None,
         buckets: Sequence[float] | None = None,
+        **unknown: Any,
     ) -> None:
+        reject_unknown(self, unknown)
         self.name = name or "PrometheusStorageService"
         self.captures = captures
         self.port = port
