@@ -1,8 +1,4 @@
-"""The base of every capture: which MQ messages it consumes and how its points reach the service.
-
-Times arrive as ``datetime`` objects under Buildbot's simple MQ and as epoch
-seconds under its WAMP MQ (multi-master); :func:`~buildbot_stats.point.as_datetime` makes them one.
-"""
+"""The base of every capture: which MQ messages it consumes and how its points reach the service."""
 
 from __future__ import annotations
 
@@ -48,7 +44,7 @@ class Capture(abc.ABC):
 
     @property
     def _lookups(self) -> Any:
-        """The service's cached lookups (a private cache when used without a StatsService)."""
+        """The service's cached lookups (own ones without a StatsService)."""
         service = self._stats_service
         if service is not None and service.lookups is not None:
             return service.lookups
@@ -65,8 +61,7 @@ class Capture(abc.ABC):
     def _build_context(
         self, build: dict[str, Any], builder_name: str, worker: bool | None = None
     ) -> defer.Deferred:
-        """The context of a build's point: build number, builder name and, if
-        ``worker`` (default: as ``extra_tags`` says), the worker's name."""
+        """Build number, builder name and, if ``worker`` (default: per ``extra_tags``), the worker."""
         context = self._defaultContext(build, builder_name)
         if worker is None:
             worker = "worker" in self._extra_tags()
@@ -81,11 +76,8 @@ class Capture(abc.ABC):
     def _store(
         self, post_data: Any, series_name: str, context: dict[str, Any] | None, time: Any = None
     ) -> defer.Deferred:
-        """Hand one point to every backend this capture belongs to.
-
-        ``time`` is the point's timestamp (datetime, epoch seconds or ns); the
-        default is the call time.  The Deferred fires once the point is spooled.
-        """
+        """Hand one point (``time``: datetime, epoch seconds or ns; default now) to every backend
+        of this capture; the Deferred fires once it is spooled."""
         service = self._stats_service
         if service is None:
             # Used without a StatsService (as buildbot.statistics did): post directly.

@@ -1,19 +1,7 @@
-"""Captures of steps, queue times and test result sets (not in buildbot.statistics).
-
-* :class:`CaptureStepDuration`: one point per finished step, series
-  ``<builder>-step-times``, stamped with the step's ``complete_at``.
-* :class:`CaptureBuildQueueTime`: field ``queue-time`` of the build's
-  ``<builder>-build-times`` point (same tags and time as the build-time
-  captures, so InfluxDB merges it with ``duration``, ``start-time`` ...).
-* :class:`CaptureTestResults`: one point per completed test result set,
-  series ``<builder>-test-results``, stamped with the ``complete_at`` of the
-  step that recorded it.
+"""Captures of steps, queue times and test result sets (not in buildbot.statistics; docs/captures.rst).
 
 Every point carries a time that the master's database holds (``steps`` and
 ``builds`` tables), so a tool replaying the database produces the same point.
-Builders, builds, workers and build requests are looked up once per build
-through :class:`~buildbot_stats.capture.lookups.BuildLookups`.  Import these classes
-from :mod:`buildbot_stats.capture` (or the ``statistics`` facade).
 """
 
 from __future__ import annotations
@@ -69,15 +57,8 @@ class _BuildOfStep(Capture):
 
 
 class CaptureStepDuration(_OneBuilder, _BuildOfStep):
-    """Captures every finished step (or those named ``step_name``) into ``<builder>-step-times``.
-
-    Fields ``duration`` (``report_in`` units; a callback gets the step's start
-    and end datetimes and returns it) and ``result`` (Buildbot's result code).
-    Tags ``builder_name``, ``build_number``, ``step_name``, ``step_number``,
-    ``hidden`` (``"true"``/``"false"``) and ``worker``.  Time: the step's
-    ``complete_at``.  With ``regex=True``, ``step_name`` is a regular
-    expression matched at the start of the name (as ``re.match``).
-    """
+    """Captures every finished step (or those named ``step_name``, a ``re.match`` pattern
+    with ``regex=True``) into ``<builder>-step-times``, stamped with its ``complete_at``."""
 
     def __init__(
         self,
@@ -158,10 +139,8 @@ class CaptureStepDurationAllBuilders(_AllBuilders, CaptureStepDuration):
 class CaptureBuildQueueTime(_OneBuilder, CaptureBuildTimes):
     """Captures how long a build waited for a worker as field ``queue-time`` of ``<builder>-build-times``.
 
-    The build's ``started_at`` minus its build request's ``submitted_at``, in
-    ``report_in`` units (a callback gets both datetimes, submitted first).
-    Tags and time are those of the other build-time captures, so the field
-    lands in the same point as ``duration``, ``start-time`` and ``end-time``.
+    Tags and time are those of the other build-time captures: the field lands
+    in the same point as ``duration``, ``start-time`` and ``end-time``.
     """
 
     def __init__(
@@ -207,12 +186,7 @@ class CaptureBuildQueueTimeAllBuilders(_AllBuilders, CaptureBuildQueueTime):
 
 
 def _test_counts(result_set: dict[str, Any]) -> dict[str, Any]:
-    """The default fields: the counts Buildbot knows, and their sum.
-
-    A count Buildbot left as None (a category that does not count it, e.g.
-    ``pass_only`` has no failures, ``performance`` neither) is not stored:
-    "not counted" is not zero.  ``tests_total`` is the sum of the known counts.
-    """
+    """The default fields: the counts Buildbot knows ("not counted", None, is not zero), and their sum."""
     fields = {k: result_set[k] for k in ("tests_passed", "tests_failed") if result_set.get(k) is not None}
     if fields:
         fields["tests_total"] = sum(fields.values())
@@ -220,16 +194,9 @@ def _test_counts(result_set: dict[str, Any]) -> dict[str, Any]:
 
 
 class CaptureTestResults(_OneBuilder, _BuildOfStep):
-    """Captures each completed test result set into ``<builder>-test-results``.
-
-    Fields ``tests_passed``, ``tests_failed`` and ``tests_total`` (counts that
-    Buildbot left as None are omitted; a set with no count at all gives no
-    point); a callback gets the result set's data and returns the fields.
-    Tags ``builder_name``, ``build_number``, ``step_name``, ``description``,
-    ``category``, ``value_unit`` and ``worker``.  Time: the ``complete_at`` of
-    the step that recorded the set.  A step completes its sets just before it
-    finishes, so a set waits (in memory) for its step's finished message.
-    """
+    """Captures each completed test result set into ``<builder>-test-results``, stamped with
+    the ``complete_at`` of its step: a step completes its sets just before it finishes, so a
+    set waits (in memory, bounded) for its step's finished message."""
 
     def __init__(
         self, builder_name: str | None, callback: Callable[..., Any] | None = None, **unknown: Any
