@@ -233,27 +233,25 @@ class _Encoder:
         return f"{prefix} {','.join(fields)} {point.time_ns // divisor}"
 
 
-def _encode(points: list[Point], precision: str) -> tuple[list[str | None], list[PointProblem]]:
-    """One line per point (None when it has no field left) and the problems found."""
-    encoder = _Encoder()
-    divisor = PRECISIONS[precision]
-    return [encoder.line(point, divisor) for point in points], encoder.problems
-
-
 def encode_lines(
     points: list[Point], precision: str = "n"
 ) -> tuple[list[str], list[int], list[PointProblem]]:
     """Return (one line per encodable point, the index in ``points`` of each line, problems)."""
-    encoded, problems = _encode(points, precision)
-    origins = [i for i, line in enumerate(encoded) if line is not None]
-    return [encoded[i] for i in origins], origins, problems  # type: ignore[misc]
+    encoder = _Encoder()
+    divisor = PRECISIONS[precision]
+    lines, origins = [], []
+    for index, point in enumerate(points):
+        line = encoder.line(point, divisor)
+        if line is not None:
+            lines.append(line)
+            origins.append(index)
+    return lines, origins, encoder.problems
 
 
 def encode_points(points: list[Point], precision: str = "n") -> tuple[str, list[PointProblem], int]:
     """Return (line protocol body, problems, number of points left out)."""
-    encoded, problems = _encode(points, precision)
-    lines = [line for line in encoded if line is not None]
-    return "\n".join(lines), problems, len(encoded) - len(lines)
+    lines, _, problems = encode_lines(points, precision)
+    return "\n".join(lines), problems, len(points) - len(lines)
 
 
 def encode_body(points: list[Point], precision: str = "n") -> tuple[bytes, list[PointProblem], int]:

@@ -1,9 +1,7 @@
 """InfluxDB 2.x and 3.x storage backends: line protocol over HTTP with a token.
 
-Both share the 1.x backend's encoder, delivery queue, spool and error classes;
-docs/backends.rst says how each answer of the server is handled.  A malformed
-line is left out and the rest sent again, so each batch takes one request
-unless a line must be left out.
+docs/backends.rst says how each answer of the server is handled: a malformed
+line is left out and the rest sent again.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ class _Pages(resource.Resource):
             request.setHeader(b"Content-Type", CONTENT_TYPE)
             return body
         if any(request.postpath):
-            return pages.notFound().render(request)  # type: ignore[no-any-return]
+            return pages.notFound().render(request)  # type: ignore[call-arg, no-any-return]
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         return b"buildbot_stats: metrics are at /metrics\n"
 
