@@ -91,12 +91,7 @@ class Capture(abc.ABC):
         return service.store(self, post_data, series_name, context, time)
 
     def _builder_info(self, builderid: Any) -> defer.Deferred:
-        service = self._stats_service
-        if service is not None:
-            d = service.lookups.builder(builderid)
-        else:
-            d = defer.maybeDeferred(self.master.data.get, ("builders", builderid))
-        return d.addCallback(self._known_builder, builderid)
+        return self._lookups.builder(builderid).addCallback(self._known_builder, builderid)
 
     def _known_builder(self, info: Any, builderid: Any) -> Any:
         if info is None:

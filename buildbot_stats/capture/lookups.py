@@ -39,7 +39,7 @@ class _Memo:
 
     def get(self, key: Any) -> defer.Deferred:
         value = self.values.get(key)
-        if value is not None:
+        if value is not None or key is None:  # no query for a missing id
             return defer.succeed(value)
         d: defer.Deferred = defer.Deferred()
         waiters = self._waiters.get(key)
@@ -114,14 +114,10 @@ class BuildLookups:
 
     def worker_name(self, workerid: Any) -> defer.Deferred:
         """The worker's name (None if ``workerid`` is None or unknown)."""
-        if workerid is None:
-            return defer.succeed(None)
         return self._workers.get(workerid).addCallback(lambda w: w["name"] if w else None)
 
     def buildrequest(self, buildrequestid: Any) -> defer.Deferred:
         """The build request's data (None for an unknown or missing id)."""
-        if buildrequestid is None:
-            return defer.succeed(None)
         return self._buildrequests.get(buildrequestid)
 
     def remember_finished_step(self, step: dict[str, Any]) -> None:
