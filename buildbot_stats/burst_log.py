@@ -1,9 +1,7 @@
-"""One log line per burst of the same failure, not one per value.
+"""One log line per burst of the same failure, not one per value (20,000 failing values, 20,000 lines).
 
-A capture callback that raises for each of the 20,000 values of a build must
-not write 20,000 lines into twistd.log: the first failure of a kind is logged
-at once, its repeats summed up in one line per ``window`` seconds of the
-reactor's clock (testable with a ``task.Clock``).  A window without failure
+The first failure of a kind is logged at once, its repeats summed up in one
+line per ``window`` seconds of the reactor's clock.  A window without failure
 ends the burst; a success does not (a callback failing for every other value
 would log every failure).
 """

@@ -1,8 +1,5 @@
-"""Exceptions: the ones users see in master.cfg, and the ones backends raise.
-
-A backend tells the delivery queue how a write failed by raising one of the
-``*WriteError`` or ``SplitBatchError`` classes; anything else is retried.
-"""
+"""Exceptions: the ones users see in master.cfg, and the ones a backend raises to tell the
+delivery queue how a write failed (anything else is retried)."""
 
 from __future__ import annotations
 
@@ -22,11 +19,8 @@ __all__ = [
 
 
 class StorageBackendTypeError(ConfigErrors, TypeError):
-    """A ``storage_backends`` entry is not a storage backend.
-
-    A TypeError, as the spec says, and a ConfigErrors, so that ``buildbot
-    checkconfig`` prints the message instead of a traceback.
-    """
+    """A ``storage_backends`` entry is not a storage backend: a TypeError, as the spec
+    says, and a ConfigErrors, so that ``buildbot checkconfig`` prints no traceback."""
 
     def __init__(self, message: str) -> None:
         super().__init__([message])
@@ -52,11 +46,8 @@ BackendConfigurationError = RefusedWriteError
 
 
 class SplitBatchError(Exception):
-    """The backend refused the batch as a whole: the queue halves it; a single point is dropped and logged.
-
-    For a batch too large, or one bad point the backend does not name (InfluxDB
-    1.x refuses a whole batch written into a new shard for one type conflict).
-    """
+    """The backend refused the batch as a whole (too large, or one bad point it does not
+    name): the queue halves it; a single point is dropped and logged."""
 
 
 class BatchTooLargeError(SplitBatchError):

@@ -1,32 +1,8 @@
 """Points to InfluxDB line protocol, with one documented rule for every awkward value.
 
-Rules (also in docs/values.rst):
-
-* Field values: ``bool`` is a boolean; ``int`` within signed 64 bits is an
-  integer, beyond that it is stored as a float (converted, logged), and an
-  ``int`` too large even for a float is rejected; a finite ``float`` is a
-  float; NaN and ±Inf are rejected; ``str`` is a string, cut to 64 KiB of
-  UTF-8 (converted, logged); ``None`` is rejected (InfluxDB has no null);
-  ``bytes`` are decoded as UTF-8 (invalid bytes become U+FFFD);
-  ``dict``/``list``/``tuple`` are stored as their JSON text; a datetime as its
-  ISO 8601 text; anything else as its ``str()``.
-* Text is made valid Unicode: a lone surrogate (as ``os.fsdecode`` makes from
-  undecodable bytes) becomes U+FFFD (converted, logged).
-* Names (series, tag keys, field keys) and tag values are escaped as the line
-  protocol requires; newlines, carriage returns and tabs in them become spaces
-  (InfluxDB ends a line at a newline and drops leading tabs; converted,
-  logged), then a backslash just before ``,`` ``=`` space ``"`` or at the end
-  becomes ``/`` (InfluxDB would read it as an escape; converted, logged).  A
-  field or tag named ``time`` is stored as ``time_`` (converted, logged).  A
-  series name starting with ``#`` (InfluxDB would skip the line as a comment)
-  starts with ``_`` instead (converted, logged).  Newlines inside string field
-  values are kept.  Tags whose key or value is empty or ``None`` are left out;
-  an empty field key or series name is rejected.  When two field keys, or two
-  tag keys, of a point become the same name through these conversions, the
-  first one is kept and the others are rejected (InfluxDB would refuse the
-  line; tags are taken in the order of their keys).
-* A point with no field left is rejected as a whole; the other points of the
-  batch are always written.
+The rules (how each kind of value is stored, converted and logged, or
+rejected) are in docs/values.rst.  A point with no field left is rejected as
+a whole; the other points of the batch are always written.
 """
 
 from __future__ import annotations
@@ -66,12 +42,9 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 class _Encoder:
     def __init__(self) -> None:
         self.problems: list[PointProblem] = []
-        # shape of a point (series, number of tags, tag keys, tag values, field
-        # keys) -> (escaped prefix, its problems) for the fast path of line(),
-        # or False for the general path.  Per batch on purpose: a cache kept
-        # longer holds on to the captures' strings, each pinning a block of the
-        # memory a burst of values took, and a master that spooled a million
-        # values kept some 600 MB more (measured).
+        # shape (series, tag keys and values, field keys) -> (escaped prefix, its
+        # problems), or False for the general path.  Per batch on purpose: kept
+        # longer, it pinned the memory of a burst of values (600 MB measured).
         self._shapes: dict[Any, Any] = {}
 
     def _problem(self, series: str, field: str, reason: str, rejected: bool) -> None:
@@ -161,13 +134,9 @@ class _Encoder:
     def _shape(self, shape_key: Any, series: Any, tags: dict[Any, Any], fields: dict[Any, Any]) -> Any:
         """The cached prefix (with its problems) of a fast-path shape, or False for the general path.
 
-        A shape is fast when the series is a non-empty ``str``, the tags are
-        ``str`` (see :meth:`line`) and the field keys are ``str`` that need no
-        escaping or conversion.  Only such shapes are cached as fast, and
-        :meth:`line` lets only points whose names and tags are exact ``str``
-        match one: ``1``, ``1.0`` and ``True`` are equal keys but differ as
-        text, and a str subclass equals its value but is written as its
-        ``str()``.
+        Fast: a non-empty series and field keys that are exact ``str`` needing
+        no escaping or conversion (``1``, ``1.0`` and ``True`` are equal keys
+        but differ as text).
         """
         start = len(self.problems)
         fast = bool(series) and all(type(k) is str and k and self.key(series, k) == k for k in fields)
@@ -183,17 +152,12 @@ class _Encoder:
     def line(self, point: Point, divisor: int) -> str | None:
         """One line, or None when the point has no field left.
 
-        The usual point (str names and tags that need no escaping, int,
-        float, bool and str fields) takes a fast path: one lookup of its shape
-        (series, tag keys and values, field keys) gives the escaped prefix;
-        the rules are those of :meth:`line_general`, which any other point takes.
+        The usual point (str names and tags, int, float, bool and str fields)
+        takes a fast path: one lookup of its shape gives the escaped prefix;
+        any other point takes :meth:`line_general` (the same rules).
         """
-        series = point.series
-        tags = point.tags
-        fields = point.fields
-        # A str subclass equals (and hashes as) its plain value but may be
-        # written otherwise (its str(), escaped): only exact str names and tags
-        # may match a fast shape, which was cached for exact str only.
+        series, tags, fields = point.series, point.tags, point.fields
+        # a str subclass equals its plain value but may be written otherwise: exact str only
         if type(series) is not str:
             return self.line_general(point, divisor)
         for k, v in tags.items():
@@ -269,30 +233,25 @@ class _Encoder:
         return f"{prefix} {','.join(fields)} {point.time_ns // divisor}"
 
 
-def _encode(points: list[Point], precision: str) -> tuple[list[str | None], list[PointProblem]]:
-    """One line per point (None when it has no field left) and the problems found."""
-    encoder = _Encoder()
-    divisor = PRECISIONS[precision]
-    return [encoder.line(point, divisor) for point in points], encoder.problems
-
-
 def encode_lines(
     points: list[Point], precision: str = "n"
 ) -> tuple[list[str], list[int], list[PointProblem]]:
-    """Return (one line per encodable point, the index in ``points`` of each line, problems).
-
-    For backends that must tell which point a line the server refused came from.
-    """
-    encoded, problems = _encode(points, precision)
-    origins = [i for i, line in enumerate(encoded) if line is not None]
-    return [encoded[i] for i in origins], origins, problems  # type: ignore[misc]
+    """Return (one line per encodable point, the index in ``points`` of each line, problems)."""
+    encoder = _Encoder()
+    divisor = PRECISIONS[precision]
+    lines, origins = [], []
+    for index, point in enumerate(points):
+        line = encoder.line(point, divisor)
+        if line is not None:
+            lines.append(line)
+            origins.append(index)
+    return lines, origins, encoder.problems
 
 
 def encode_points(points: list[Point], precision: str = "n") -> tuple[str, list[PointProblem], int]:
     """Return (line protocol body, problems, number of points left out)."""
-    encoded, problems = _encode(points, precision)
-    lines = [line for line in encoded if line is not None]
-    return "\n".join(lines), problems, len(encoded) - len(lines)
+    lines, _, problems = encode_lines(points, precision)
+    return "\n".join(lines), problems, len(points) - len(lines)
 
 
 def encode_body(points: list[Point], precision: str = "n") -> tuple[bytes, list[PointProblem], int]:
@@ -318,13 +277,8 @@ def encoding_precision(encoding: str) -> str | None:
 
 
 def split_lines(data: bytes, encoding: str = LINE_PROTOCOL_ENCODINGS[0]) -> list[bytes]:
-    """The points of encoded data: one per line.
-
-    In this module's line protocol a newline inside a string field value is
-    kept (InfluxDB reads it as part of the string), so it does not end a
-    point; every other newline does.  Other encodings are split at every
-    newline, as their backends promise (one point per line).
-    """
+    """The points of encoded data, one per line; in our line protocol a newline
+    inside a string field value does not end a point."""
     pieces = data.split(b"\n")
     if not encoding.startswith(LINE_PROTOCOL_ENCODINGS) or b'"' not in data:
         return pieces

@@ -1,9 +1,4 @@
-"""Posting values from build steps without knowing where the service lives.
-
-Buildbot 4 keeps services from ``c['services']`` under
-``master.service_manager.namedServices``, not ``master.namedServices`` as the
-old statistics documentation says; :func:`get_stats_service` looks in both.
-"""
+"""Posting values from build steps without knowing where the service lives."""
 
 from __future__ import annotations
 
@@ -16,12 +11,11 @@ __all__ = ["StatsStepMixin", "get_stats_service"]
 
 
 def get_stats_service(master: Any, name: str | None = None) -> Any:
-    """Return the running StatsService (the one called ``name``, if given).
+    """The running StatsService called ``name``, else the first (the ``CaptureData`` of every
+    service receive a posted value); :class:`LookupError` if there is none.
 
-    With several services and no ``name``, the first one: a posted value is an
-    MQ message that the ``CaptureData`` captures of every service receive,
-    whichever service posted it (as with ``buildbot.statistics``).  Raises
-    :class:`LookupError` with a clear message when there is none.
+    Buildbot 4 keeps services under ``master.service_manager.namedServices``, not
+    ``master.namedServices`` as the old statistics documentation says: both are searched.
     """
     from buildbot_stats.stats_service import StatsService
 
@@ -40,11 +34,8 @@ def get_stats_service(master: Any, name: str | None = None) -> Any:
 
 
 class StatsStepMixin:
-    """Mix into a BuildStep to post values: ``await self.yieldMetricsValue(name, data)``.
-
-    ``stats_service_name`` names the service that posts (any service will do:
-    the captures of every service receive the value; see :func:`get_stats_service`).
-    """
+    """Mix into a BuildStep to post values: ``await self.yieldMetricsValue(name, data)``
+    (through the service ``stats_service_name``, see :func:`get_stats_service`)."""
 
     stats_service_name: str | None = None
 

@@ -1,8 +1,6 @@
-"""Test doubles for users' own tests (and ours), in the spirit of ``treq.testing``.
-
-:class:`RecordingStorage` is a real storage backend that keeps what it was
-given in memory, and can be told to fail, so that a master.cfg's captures can
-be checked with Buildbot's fake master::
+"""Test doubles for users' own tests (and ours): :class:`RecordingStorage` keeps what it was
+given in memory, and can be told to fail, so that a master.cfg's captures can be checked
+with Buildbot's fake master::
 
     backend = RecordingStorage(captures=[statistics.CaptureBuildDuration("b")])
     ...

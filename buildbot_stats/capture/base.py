@@ -1,8 +1,4 @@
-"""The base of every capture: which MQ messages it consumes and how its points reach the service.
-
-Times arrive as ``datetime`` objects under Buildbot's simple MQ and as epoch
-seconds under its WAMP MQ (multi-master); :func:`~buildbot_stats.point.as_datetime` makes them one.
-"""
+"""The base of every capture: which MQ messages it consumes and how its points reach the service."""
 
 from __future__ import annotations
 
@@ -14,14 +10,14 @@ from typing import Any
 from buildbot import config
 from twisted.internet import defer, threads
 
-from buildbot_stats.arguments import ChecksArguments
+from buildbot_stats.arguments import reject_unknown
 from buildbot_stats.errors import CaptureCallbackError
 
 BUILD_FINISHED = ("builders", None, "builds", None, "finished")
 YIELD_DATA = ("stats-yieldMetricsValue", "stats-yield-data")
 
 
-class Capture(metaclass=ChecksArguments):
+class Capture(abc.ABC):
     """Base class of all captures; subclasses implement :meth:`consume`.
 
     ``routingKey``, ``parent_svcs``, ``master``, ``_defaultContext`` and
@@ -29,7 +25,8 @@ class Capture(metaclass=ChecksArguments):
     kept (camelCase included) so that custom captures written for it work.
     """
 
-    def __init__(self, routingKey: tuple, callback: Callable[..., Any]) -> None:
+    def __init__(self, routingKey: tuple, callback: Callable[..., Any], **unknown: Any) -> None:
+        reject_unknown(self, unknown)
         if callback is not None and not callable(callback):  # custom captures may pass None
             config.error(f"{type(self).__name__}: callback must be callable, not {callback!r}")
         self.routingKey = routingKey
@@ -47,7 +44,7 @@ class Capture(metaclass=ChecksArguments):
 
     @property
     def _lookups(self) -> Any:
-        """The service's cached lookups (a private cache when used without a StatsService)."""
+        """The service's cached lookups (own ones without a StatsService)."""
         service = self._stats_service
         if service is not None and service.lookups is not None:
             return service.lookups
@@ -64,8 +61,7 @@ class Capture(metaclass=ChecksArguments):
     def _build_context(
         self, build: dict[str, Any], builder_name: str, worker: bool | None = None
     ) -> defer.Deferred:
-        """The context of a build's point: build number, builder name and, if
-        ``worker`` (default: as ``extra_tags`` says), the worker's name."""
+        """Build number, builder name and, if ``worker`` (default: per ``extra_tags``), the worker."""
         context = self._defaultContext(build, builder_name)
         if worker is None:
             worker = "worker" in self._extra_tags()
@@ -80,11 +76,8 @@ class Capture(metaclass=ChecksArguments):
     def _store(
         self, post_data: Any, series_name: str, context: dict[str, Any] | None, time: Any = None
     ) -> defer.Deferred:
-        """Hand one point to every backend this capture belongs to.
-
-        ``time`` is the point's timestamp (datetime, epoch seconds or ns); the
-        default is the call time.  The Deferred fires once the point is spooled.
-        """
+        """Hand one point (``time``: datetime, epoch seconds or ns; default now) to every backend
+        of this capture; the Deferred fires once it is spooled."""
         service = self._stats_service
         if service is None:
             # Used without a StatsService (as buildbot.statistics did): post directly.
@@ -98,12 +91,7 @@ class Capture(metaclass=ChecksArguments):
         return service.store(self, post_data, series_name, context, time)
 
     def _builder_info(self, builderid: Any) -> defer.Deferred:
-        service = self._stats_service
-        if service is not None:
-            d = service.lookups.builder(builderid)
-        else:
-            d = defer.maybeDeferred(self.master.data.get, ("builders", builderid))
-        return d.addCallback(self._known_builder, builderid)
+        return self._lookups.builder(builderid).addCallback(self._known_builder, builderid)
 
     def _known_builder(self, info: Any, builderid: Any) -> Any:
         if info is None:
@@ -133,27 +121,26 @@ class _AllBuilders:
 REPORT_IN_DIVISORS = {"seconds": 1, "minutes": 60, "hours": 3600}
 
 
-def report_in_divisor(cls_name: str, report_in: Any) -> float:
-    """Seconds per ``report_in`` unit; anything but a known unit name is a config error.
+def duration_callback(
+    capture: Capture, report_in: Any, callback: Callable[..., Any] | None
+) -> Callable[..., Any]:
+    """``callback``, or ``end - start`` in ``report_in`` units (0 if the clock went backwards).
 
-    The one home of the ``report_in`` rule of every capture that has one (the
-    message is buildbot.statistics's); after an error, seconds.
+    The one home of the ``report_in`` rule (buildbot.statistics's message): anything
+    but a unit name is a config error, then seconds.  ``capture.report_in`` tells backends.
     """
-    if not isinstance(report_in, str) or report_in not in REPORT_IN_DIVISORS:
+    capture.report_in = report_in  # type: ignore[attr-defined]
+    if isinstance(report_in, str) and report_in in REPORT_IN_DIVISORS:
+        divisor = REPORT_IN_DIVISORS[report_in]
+    else:
+        divisor = 1
         config.error(
-            f"Error during initialization of class {cls_name}. "
+            f"Error during initialization of class {type(capture).__name__}. "
             "`report_in` parameter must be one of 'seconds', 'minutes' or 'hours', "
             f"not {report_in!r}"
         )
-        return 1
-    return REPORT_IN_DIVISORS[report_in]
-
-
-def interval_callback(divisor: float) -> Callable[[datetime.datetime, datetime.datetime], float]:
-    """The default callback of the duration captures: ``end - start`` in units of
-    ``divisor`` seconds, 0 if the clock went backwards."""
 
     def interval(start: datetime.datetime, end: datetime.datetime) -> float:
         return max(end - start, datetime.timedelta(0)).total_seconds() / divisor
 
-    return interval
+    return callback or interval

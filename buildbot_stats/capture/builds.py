@@ -23,8 +23,7 @@ from buildbot_stats.capture.base import (
     _AllBuilders,
     _OneBuilder,
     _with_worker,
-    interval_callback,
-    report_in_divisor,
+    duration_callback,
 )
 from buildbot_stats.errors import CaptureCallbackError
 from buildbot_stats.point import as_datetime
@@ -52,7 +51,11 @@ class CapturePropertyBase(Capture):
     """Captures build properties (by name, or by regular expression)."""
 
     def __init__(
-        self, property_name: str, callback: Callable[..., Any] | None = None, regex: bool = False
+        self,
+        property_name: str,
+        callback: Callable[..., Any] | None = None,
+        regex: bool = False,
+        **unknown: Any,
     ) -> None:
         self._property_name = property_name
         self._regex = regex
@@ -63,12 +66,7 @@ class CapturePropertyBase(Capture):
                 self._pattern = re.compile(property_name)
             except re.error as e:
                 config.error(f"{type(self).__name__}: invalid regular expression {property_name!r}: {e}")
-
-        def default_callback(props: dict[str, Any], property_name: str) -> Any:
-            # a property is (value, source)
-            return props[property_name][0]
-
-        super().__init__(BUILD_FINISHED, callback or default_callback)
+        super().__init__(BUILD_FINISHED, callback or _property_value, **unknown)
 
     @defer.inlineCallbacks
     def consume(self, routingKey: tuple, msg: dict[str, Any]) -> Any:
@@ -76,8 +74,7 @@ class CapturePropertyBase(Capture):
         if not self._builder_name_matches(builder_info):
             return
         builder_name = builder_info["name"]
-        properties = yield self.master.data.get(("builds", msg["buildid"], "properties"))
-        properties = properties or {}
+        properties = (yield self.master.data.get(("builds", msg["buildid"], "properties"))) or {}
         if self._regex:
             names = [pn for pn in properties if self._pattern.match(pn)]
         else:
@@ -107,6 +104,18 @@ class CapturePropertyBase(Capture):
         pass
 
 
+def _property_value(props: dict[str, Any], property_name: str) -> Any:
+    return props[property_name][0]  # a property is (value, source)
+
+
+def _isoformat(time: datetime.datetime) -> str:
+    return time.isoformat()
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
 class CaptureProperty(_OneBuilder, CapturePropertyBase):
     """Captures a build property of one builder into series ``<builder>-<property>``."""
 
@@ -116,9 +125,10 @@ class CaptureProperty(_OneBuilder, CapturePropertyBase):
         property_name: str,
         callback: Callable[..., Any] | None = None,
         regex: bool = False,
+        **unknown: Any,
     ) -> None:
         self._builder_name = builder_name
-        super().__init__(property_name, callback, regex)
+        super().__init__(property_name, callback, regex, **unknown)
 
 
 class CapturePropertyAllBuilders(_AllBuilders, CapturePropertyBase):
@@ -129,16 +139,23 @@ class CaptureBuildTimes(Capture):
     """Base of the build start/end/duration captures (series ``<builder>-build-times``)."""
 
     _series_suffix = "build-times"
+    #: the times of the build message that the callback gets, as datetimes
+    _time_keys: tuple[str, ...] = ()
     #: whether the worker tag is always there (else only with ``extra_tags``)
     _worker_tag: bool | None = None
 
-    def __init__(self, builder_name: str | None, callback: Callable[..., Any], time_type: str) -> None:
+    def __init__(
+        self, builder_name: str | None, callback: Callable[..., Any], time_type: str, **unknown: Any
+    ) -> None:
         self._builder_name: str | None = builder_name
         self._time_type = time_type
-        super().__init__(BUILD_FINISHED, callback)
+        super().__init__(BUILD_FINISHED, callback, **unknown)
 
     def _post_data(self, ret_val: Any) -> dict[str, Any]:
         return {self._time_type: ret_val}
+
+    def _retValParams(self, msg: dict[str, Any]) -> list[Any]:
+        return [as_datetime(msg[key]) for key in self._time_keys]
 
     @defer.inlineCallbacks
     def consume(self, routingKey: tuple, msg: dict[str, Any]) -> Any:
@@ -164,10 +181,6 @@ class CaptureBuildTimes(Capture):
         return f"{type(self).__name__} failed on build {build_data['number']} on builder {builder_name}."
 
     @abc.abstractmethod
-    def _retValParams(self, msg: dict[str, Any]) -> list[Any]:
-        pass
-
-    @abc.abstractmethod
     def _builder_name_matches(self, builder_info: dict[str, Any]) -> bool:
         pass
 
@@ -175,65 +188,62 @@ class CaptureBuildTimes(Capture):
 class CaptureBuildStartTime(_OneBuilder, CaptureBuildTimes):
     """Captures the build start time (ISO 8601 by default) as field ``start-time``."""
 
-    def __init__(self, builder_name: str | None, callback: Callable[..., Any] | None = None) -> None:
-        def default_callback(start_time: datetime.datetime) -> str:
-            return start_time.isoformat()
+    _time_keys = ("started_at",)
 
-        super().__init__(builder_name, callback or default_callback, "start-time")
-
-    def _retValParams(self, msg: dict[str, Any]) -> list[Any]:
-        return [as_datetime(msg["started_at"])]
+    def __init__(
+        self, builder_name: str | None, callback: Callable[..., Any] | None = None, **unknown: Any
+    ) -> None:
+        super().__init__(builder_name, callback or _isoformat, "start-time", **unknown)
 
 
 class CaptureBuildStartTimeAllBuilders(_AllBuilders, CaptureBuildStartTime):
     """Captures the build start time on every builder."""
 
-    def __init__(self, callback: Callable[..., Any] | None = None) -> None:
-        super().__init__(None, callback)
+    def __init__(self, callback: Callable[..., Any] | None = None, **unknown: Any) -> None:
+        super().__init__(None, callback, **unknown)
 
 
 class CaptureBuildEndTime(_OneBuilder, CaptureBuildTimes):
     """Captures the build end time (ISO 8601 by default) as field ``end-time``."""
 
-    def __init__(self, builder_name: str | None, callback: Callable[..., Any] | None = None) -> None:
-        def default_callback(end_time: datetime.datetime) -> str:
-            return end_time.isoformat()
+    _time_keys = ("complete_at",)
 
-        super().__init__(builder_name, callback or default_callback, "end-time")
-
-    def _retValParams(self, msg: dict[str, Any]) -> list[Any]:
-        return [as_datetime(msg["complete_at"])]
+    def __init__(
+        self, builder_name: str | None, callback: Callable[..., Any] | None = None, **unknown: Any
+    ) -> None:
+        super().__init__(builder_name, callback or _isoformat, "end-time", **unknown)
 
 
 class CaptureBuildEndTimeAllBuilders(_AllBuilders, CaptureBuildEndTime):
     """Captures the build end time on every builder."""
 
-    def __init__(self, callback: Callable[..., Any] | None = None) -> None:
-        super().__init__(None, callback)
+    def __init__(self, callback: Callable[..., Any] | None = None, **unknown: Any) -> None:
+        super().__init__(None, callback, **unknown)
 
 
 class CaptureBuildDuration(_OneBuilder, CaptureBuildTimes):
     """Captures the build duration in ``report_in`` units as field ``duration``."""
+
+    _time_keys = ("started_at", "complete_at")
 
     def __init__(
         self,
         builder_name: str | None,
         report_in: str = "seconds",
         callback: Callable[..., Any] | None = None,
+        **unknown: Any,
     ) -> None:
-        divisor = report_in_divisor(type(self).__name__, report_in)
-        self.report_in = report_in  # the unit of the stored duration, for backends
-        super().__init__(builder_name, callback or interval_callback(divisor), "duration")
-
-    def _retValParams(self, msg: dict[str, Any]) -> list[Any]:
-        return [as_datetime(msg["started_at"]), as_datetime(msg["complete_at"])]
+        callback = duration_callback(self, report_in, callback)
+        super().__init__(builder_name, callback, "duration", **unknown)
 
 
 class CaptureBuildDurationAllBuilders(_AllBuilders, CaptureBuildDuration):
     """Captures the build duration on every builder."""
 
-    def __init__(self, report_in: str = "seconds", callback: Callable[..., Any] | None = None) -> None:
-        super().__init__(None, report_in, callback)
+    def __init__(
+        self, report_in: str = "seconds", callback: Callable[..., Any] | None = None, **unknown: Any
+    ) -> None:
+        super().__init__(None, report_in, callback, **unknown)
 
 
 class CaptureBuildResults(_OneBuilder, CaptureBuildTimes):
@@ -248,11 +258,10 @@ class CaptureBuildResults(_OneBuilder, CaptureBuildTimes):
     _series_suffix = "build-results"
     _worker_tag = True
 
-    def __init__(self, builder_name: str | None, callback: Callable[..., Any] | None = None) -> None:
-        def default_callback(results: int) -> int:
-            return results
-
-        super().__init__(builder_name, callback or default_callback, "results")
+    def __init__(
+        self, builder_name: str | None, callback: Callable[..., Any] | None = None, **unknown: Any
+    ) -> None:
+        super().__init__(builder_name, callback or _identity, "results", **unknown)
 
     def _retValParams(self, msg: dict[str, Any]) -> list[Any]:
         if msg.get("results") is None:
@@ -269,22 +278,18 @@ class CaptureBuildResults(_OneBuilder, CaptureBuildTimes):
 class CaptureBuildResultsAllBuilders(_AllBuilders, CaptureBuildResults):
     """Captures the build result on every builder."""
 
-    def __init__(self, callback: Callable[..., Any] | None = None) -> None:
-        super().__init__(None, callback)
+    def __init__(self, callback: Callable[..., Any] | None = None, **unknown: Any) -> None:
+        super().__init__(None, callback, **unknown)
 
 
 class CaptureDataBase(Capture):
     """Captures values posted with ``yieldMetricsValue`` under ``data_name``."""
 
-    def __init__(self, data_name: str, callback: Callable[..., Any] | None = None) -> None:
+    def __init__(self, data_name: str, callback: Callable[..., Any] | None = None, **unknown: Any) -> None:
         if not isinstance(data_name, str):
             config.error(f"{type(self).__name__}: data_name must be a string, not {data_name!r}")
         self._data_name = data_name
-
-        def identity(x: Any) -> Any:
-            return x
-
-        super().__init__(YIELD_DATA, callback or identity)
+        super().__init__(YIELD_DATA, callback or _identity, **unknown)
 
     def consume(self, routingKey: tuple, msg: dict[str, Any]) -> defer.Deferred:
         """Store the value of a ``stats-yield-data`` message; the Deferred fires once that is done."""
@@ -372,9 +377,11 @@ class CaptureDataBase(Capture):
 class CaptureData(_OneBuilder, CaptureDataBase):
     """Captures ``yieldMetricsValue`` data of one builder into ``<builder>-<data_name>``."""
 
-    def __init__(self, data_name: str, builder_name: str, callback: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self, data_name: str, builder_name: str, callback: Callable[..., Any] | None = None, **unknown: Any
+    ) -> None:
         self._builder_name = builder_name
-        super().__init__(data_name, callback)
+        super().__init__(data_name, callback, **unknown)
 
 
 class CaptureDataAllBuilders(_AllBuilders, CaptureDataBase):

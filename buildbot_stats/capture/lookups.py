@@ -1,15 +1,8 @@
-"""Cached lookups of builders, builds, workers and build requests in the master's data API.
+"""Cached lookups of builders, builds, workers and build requests: one data API query per key, not per point.
 
-Captures and ``yieldMetricsValue`` need a build's builder name and data for
-every point; asking the data API each time would cost a query per point.
-Builder and worker ids never change their name, so they are cached for good;
-builds and build requests are kept in bounded LRU caches (a step posting many
-values, or a build finishing many steps, asks once).  Lookups of one key made
-while its query runs wait for that query instead of making their own.
-
-Finished steps are remembered too (their name and times, from the MQ message):
-a test result set completes before its step does, and its capture needs the
-step's name and ``complete_at`` without asking the database for them.
+Builder and worker names never change (cached for good); builds and build
+requests are kept in bounded LRU caches.  Finished steps are remembered from
+their MQ message: a test result set completes before its step does.
 """
 
 from __future__ import annotations
@@ -29,7 +22,7 @@ STEP_CACHE_SIZE = 1024
 
 
 class _Memo:
-    """A bounded LRU cache of one data API path, with concurrent lookups coalesced.
+    """A bounded LRU cache of one data API path; lookups of a key whose query runs wait for it.
 
     ``None`` answers (unknown ids) are not cached: the object may appear later.
     """
@@ -46,7 +39,7 @@ class _Memo:
 
     def get(self, key: Any) -> defer.Deferred:
         value = self.values.get(key)
-        if value is not None:
+        if value is not None or key is None:  # no query for a missing id
             return defer.succeed(value)
         d: defer.Deferred = defer.Deferred()
         waiters = self._waiters.get(key)
@@ -112,11 +105,7 @@ class BuildLookups:
         return build
 
     def remember_build(self, build: dict[str, Any]) -> None:
-        """Keep the data of a build that starts (its ``new`` message), as a lookup would have.
-
-        The message is what the data API answered for the build a moment
-        before, so the build's values posted later need no query.
-        """
+        """Keep the data of a build that starts (its ``new`` message is what a lookup would give)."""
         self._builds.put(build["buildid"], dict(build))
 
     def known_worker(self, workerid: Any) -> dict[str, Any] | None:
@@ -125,14 +114,10 @@ class BuildLookups:
 
     def worker_name(self, workerid: Any) -> defer.Deferred:
         """The worker's name (None if ``workerid`` is None or unknown)."""
-        if workerid is None:
-            return defer.succeed(None)
         return self._workers.get(workerid).addCallback(lambda w: w["name"] if w else None)
 
     def buildrequest(self, buildrequestid: Any) -> defer.Deferred:
         """The build request's data (None for an unknown or missing id)."""
-        if buildrequestid is None:
-            return defer.succeed(None)
         return self._buildrequests.get(buildrequestid)
 
     def remember_finished_step(self, step: dict[str, Any]) -> None:

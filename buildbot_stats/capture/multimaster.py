@@ -1,26 +1,11 @@
 """Which master of a cluster captures a message: the one that ran the build.
 
-Under Buildbot's WAMP MQ (a multi-master cluster joined through crossbar)
-every master receives every master's messages, its own included.  With the
-same master.cfg on every master, each StatsService would store every build
-once per master.  :class:`MasterFilter` tells a message of another master's
-build apart, cheaply, so that each point is stored once in the cluster:
-
-- build messages carry ``masterid`` (the master running the build);
-- ``stats-yield-data`` messages (buildbot.statistics's, unchanged) carry the
-  build's data, whose ``masterid`` is the master running the build: the one
-  whose steps call ``yieldMetricsValue``;
-- build request messages carry ``claimed_by_masterid`` once claimed;
-- step and test result set messages carry only ``buildid``: the build is
-  looked up once (cached in :class:`~buildbot_stats.capture.lookups.BuildLookups`).
-
-A message with none of these (or a master without an id yet) is local: on
-the simple MQ, every message is.  The filter never raises: a failed lookup
-lets the capture see the message, and report its own error.
-
-:func:`with_datetimes` turns the epoch-number times of WAMP messages back
-into the ``datetime`` objects the simple MQ delivers, so that callbacks
-written for one MQ work with the other.
+Under Buildbot's WAMP MQ (multi-master through crossbar) every master receives
+every master's messages; with one master.cfg for all, each would store every
+build once per master.  A message naming no master (every message of the
+simple MQ) is local; ``stats-yield-data`` names the build's master in its ``build_data``.
+:func:`with_datetimes` gives WAMP messages the datetimes
+the simple MQ delivers, so that callbacks work with either.
 """
 
 from __future__ import annotations

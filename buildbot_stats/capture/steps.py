@@ -1,19 +1,7 @@
-"""Captures of steps, queue times and test result sets (not in buildbot.statistics).
-
-* :class:`CaptureStepDuration`: one point per finished step, series
-  ``<builder>-step-times``, stamped with the step's ``complete_at``.
-* :class:`CaptureBuildQueueTime`: field ``queue-time`` of the build's
-  ``<builder>-build-times`` point (same tags and time as the build-time
-  captures, so InfluxDB merges it with ``duration``, ``start-time`` ...).
-* :class:`CaptureTestResults`: one point per completed test result set,
-  series ``<builder>-test-results``, stamped with the ``complete_at`` of the
-  step that recorded it.
+"""Captures of steps, queue times and test result sets (not in buildbot.statistics; docs/captures.rst).
 
 Every point carries a time that the master's database holds (``steps`` and
 ``builds`` tables), so a tool replaying the database produces the same point.
-Builders, builds, workers and build requests are looked up once per build
-through :class:`~buildbot_stats.capture.lookups.BuildLookups`.  Import these classes
-from :mod:`buildbot_stats.capture` (or the ``statistics`` facade).
 """
 
 from __future__ import annotations
@@ -32,8 +20,7 @@ from buildbot_stats.capture.base import (
     _AllBuilders,
     _OneBuilder,
     _with_worker,
-    interval_callback,
-    report_in_divisor,
+    duration_callback,
 )
 from buildbot_stats.capture.builds import CaptureBuildTimes
 from buildbot_stats.errors import CaptureCallbackError
@@ -70,15 +57,8 @@ class _BuildOfStep(Capture):
 
 
 class CaptureStepDuration(_OneBuilder, _BuildOfStep):
-    """Captures every finished step (or those named ``step_name``) into ``<builder>-step-times``.
-
-    Fields ``duration`` (``report_in`` units; a callback gets the step's start
-    and end datetimes and returns it) and ``result`` (Buildbot's result code).
-    Tags ``builder_name``, ``build_number``, ``step_name``, ``step_number``,
-    ``hidden`` (``"true"``/``"false"``) and ``worker``.  Time: the step's
-    ``complete_at``.  With ``regex=True``, ``step_name`` is a regular
-    expression matched at the start of the name (as ``re.match``).
-    """
+    """Captures every finished step (or those named ``step_name``, a ``re.match`` pattern
+    with ``regex=True``) into ``<builder>-step-times``, stamped with its ``complete_at``."""
 
     def __init__(
         self,
@@ -87,6 +67,7 @@ class CaptureStepDuration(_OneBuilder, _BuildOfStep):
         regex: bool = False,
         report_in: str = "seconds",
         callback: Callable[..., Any] | None = None,
+        **unknown: Any,
     ) -> None:
         self._builder_name = builder_name
         self._step_name = step_name
@@ -99,9 +80,7 @@ class CaptureStepDuration(_OneBuilder, _BuildOfStep):
                 self._pattern = re.compile(step_name)
             except re.error as e:
                 config.error(f"{type(self).__name__}: invalid regular expression {step_name!r}: {e}")
-        divisor = report_in_divisor(type(self).__name__, report_in)
-        self.report_in = report_in  # the unit of the stored duration, for backends
-        super().__init__(STEP_FINISHED, callback or interval_callback(divisor))
+        super().__init__(STEP_FINISHED, duration_callback(self, report_in, callback), **unknown)
 
     def _step_name_matches(self, name: Any) -> bool:
         if self._step_name is None:
@@ -152,17 +131,16 @@ class CaptureStepDurationAllBuilders(_AllBuilders, CaptureStepDuration):
         regex: bool = False,
         report_in: str = "seconds",
         callback: Callable[..., Any] | None = None,
+        **unknown: Any,
     ) -> None:
-        super().__init__(None, step_name, regex, report_in, callback)
+        super().__init__(None, step_name, regex, report_in, callback, **unknown)
 
 
 class CaptureBuildQueueTime(_OneBuilder, CaptureBuildTimes):
     """Captures how long a build waited for a worker as field ``queue-time`` of ``<builder>-build-times``.
 
-    The build's ``started_at`` minus its build request's ``submitted_at``, in
-    ``report_in`` units (a callback gets both datetimes, submitted first).
-    Tags and time are those of the other build-time captures, so the field
-    lands in the same point as ``duration``, ``start-time`` and ``end-time``.
+    Tags and time are those of the other build-time captures: the field lands
+    in the same point as ``duration``, ``start-time`` and ``end-time``.
     """
 
     def __init__(
@@ -170,13 +148,9 @@ class CaptureBuildQueueTime(_OneBuilder, CaptureBuildTimes):
         builder_name: str | None,
         report_in: str = "seconds",
         callback: Callable[..., Any] | None = None,
+        **unknown: Any,
     ) -> None:
-        divisor = report_in_divisor(type(self).__name__, report_in)
-        self.report_in = report_in  # the unit of the stored queue time, for backends
-        super().__init__(builder_name, callback or interval_callback(divisor), "queue-time")
-
-    def _retValParams(self, msg: dict[str, Any]) -> list[Any]:  # pragma: no cover - consume overrides
-        raise NotImplementedError
+        super().__init__(builder_name, duration_callback(self, report_in, callback), "queue-time", **unknown)
 
     @defer.inlineCallbacks
     def consume(self, routingKey: tuple, msg: dict[str, Any]) -> Any:
@@ -205,17 +179,14 @@ class CaptureBuildQueueTime(_OneBuilder, CaptureBuildTimes):
 class CaptureBuildQueueTimeAllBuilders(_AllBuilders, CaptureBuildQueueTime):
     """Captures the queue time of builds on every builder."""
 
-    def __init__(self, report_in: str = "seconds", callback: Callable[..., Any] | None = None) -> None:
-        super().__init__(None, report_in, callback)
+    def __init__(
+        self, report_in: str = "seconds", callback: Callable[..., Any] | None = None, **unknown: Any
+    ) -> None:
+        super().__init__(None, report_in, callback, **unknown)
 
 
 def _test_counts(result_set: dict[str, Any]) -> dict[str, Any]:
-    """The default fields: the counts Buildbot knows, and their sum.
-
-    A count Buildbot left as None (a category that does not count it, e.g.
-    ``pass_only`` has no failures, ``performance`` neither) is not stored:
-    "not counted" is not zero.  ``tests_total`` is the sum of the known counts.
-    """
+    """The default fields: the counts Buildbot knows ("not counted", None, is not zero), and their sum."""
     fields = {k: result_set[k] for k in ("tests_passed", "tests_failed") if result_set.get(k) is not None}
     if fields:
         fields["tests_total"] = sum(fields.values())
@@ -223,20 +194,15 @@ def _test_counts(result_set: dict[str, Any]) -> dict[str, Any]:
 
 
 class CaptureTestResults(_OneBuilder, _BuildOfStep):
-    """Captures each completed test result set into ``<builder>-test-results``.
+    """Captures each completed test result set into ``<builder>-test-results``, stamped with
+    the ``complete_at`` of its step: a step completes its sets just before it finishes, so a
+    set waits (in memory, bounded) for its step's finished message."""
 
-    Fields ``tests_passed``, ``tests_failed`` and ``tests_total`` (counts that
-    Buildbot left as None are omitted; a set with no count at all gives no
-    point); a callback gets the result set's data and returns the fields.
-    Tags ``builder_name``, ``build_number``, ``step_name``, ``description``,
-    ``category``, ``value_unit`` and ``worker``.  Time: the ``complete_at`` of
-    the step that recorded the set.  A step completes its sets just before it
-    finishes, so a set waits (in memory) for its step's finished message.
-    """
-
-    def __init__(self, builder_name: str | None, callback: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self, builder_name: str | None, callback: Callable[..., Any] | None = None, **unknown: Any
+    ) -> None:
         self._builder_name = builder_name
-        super().__init__(TEST_RESULT_SET_COMPLETED, callback or _test_counts)
+        super().__init__(TEST_RESULT_SET_COMPLETED, callback or _test_counts, **unknown)
         #: the two messages this capture needs (StatsService subscribes to each)
         self.routingKeys = [TEST_RESULT_SET_COMPLETED, STEP_FINISHED]
         self._pending: OrderedDict[Any, list[dict[str, Any]]] = OrderedDict()
@@ -311,5 +277,5 @@ class CaptureTestResults(_OneBuilder, _BuildOfStep):
 class CaptureTestResultsAllBuilders(_AllBuilders, CaptureTestResults):
     """Captures completed test result sets on every builder."""
 
-    def __init__(self, callback: Callable[..., Any] | None = None) -> None:
-        super().__init__(None, callback)
+    def __init__(self, callback: Callable[..., Any] | None = None, **unknown: Any) -> None:
+        super().__init__(None, callback, **unknown)

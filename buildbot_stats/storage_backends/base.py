@@ -13,7 +13,6 @@ from twisted.internet import defer
 from twisted.python import log
 from zope.interface import Attribute, Interface, implementer
 
-from buildbot_stats.arguments import ChecksArguments
 from buildbot_stats.errors import PartialDeliveryError
 from buildbot_stats.point import Point, PointProblem
 
@@ -35,12 +34,9 @@ __all__ = [
 
 
 class IStatsStorage(Interface):
-    """A place where statistics are stored.
+    """A place where statistics are stored; ``thd_*`` methods run in a thread, never in the reactor.
 
-    Only ``thd_postStatsValue`` and ``captures`` are required.  Methods named
-    ``thd_*`` run in a thread, never in the reactor.  The optional hooks are
-    the interfaces below; a backend declares those it has with
-    ``@implementer`` (see :func:`provides` for one written before them).
+    The optional hooks are the interfaces below, declared with ``@implementer``.
     """
 
     name = Attribute("A name, unique among the service's backends; it keys the spool.")
@@ -75,28 +71,20 @@ class IPreparedWrites(Interface):
 
 
 class IBackendLifecycle(Interface):
-    """A backend that owns a resource (a listening socket), called in the reactor.
-
-    ``startBackend(service)``: the backend is (re)configured into ``service``,
-    on every reconfig, before its points are delivered and before the backends
-    a reconfig replaced are stopped; must be idempotent.  ``stopBackend()``: it
-    left the configuration or the service stopped.  Both may return a
-    Deferred; a failure is logged and does not stop the master.
-    """
+    """A backend that owns a resource (a listening socket); its hooks run in the reactor,
+    may return a Deferred, and a failure is logged without stopping the master."""
 
     def startBackend(service):  # noqa: N802, N805
-        """The backend is configured into ``service``."""
+        """Configured into ``service`` (at every reconfig, before the backends it replaces
+        stop, before its points are delivered); idempotent."""
 
     def stopBackend():  # type: ignore[misc]  # noqa: N802
         """The backend left the configuration, or the service stopped."""
 
 
 def provides(backend: Any, interface: Any, *names: str) -> bool:
-    """Whether ``backend`` has the hooks of ``interface``.
-
-    Declared with ``@implementer``, or, for a backend written before the
-    interfaces were, by having the methods ``names`` (default: all of them).
-    """
+    """Whether ``backend`` declares ``interface`` or, written before the interfaces, has
+    its methods ``names`` (default: all of them)."""
     if interface.providedBy(backend):
         return True
     return all(callable(getattr(backend, name, None)) for name in names or interface.names())
@@ -121,22 +109,16 @@ def warn_deprecated_attributes(backend: Any) -> None:
 
 @dataclass
 class WriteReport:
-    """What a batch write stored: the values it had to convert or reject.
-
-    ``rejected_points`` counts points that were not stored at all.
-    """
+    """What a batch write had to convert or reject; ``rejected_points`` were not stored at all."""
 
     problems: list[PointProblem] = field(default_factory=list)
     rejected_points: int = 0
 
 
 @implementer(IStatsStorage, IBatchWrites)
-class StatsStorageBase(metaclass=ChecksArguments):
-    """Base class for storage backends.
-
-    Subclasses implement :meth:`thd_postStatsValue`; a backend that can store
-    many points in one request also overrides :meth:`thd_postStatsValues`.
-    """
+class StatsStorageBase(abc.ABC):
+    """Base class for storage backends: implement :meth:`thd_postStatsValue`, and
+    :meth:`thd_postStatsValues` if the backend stores many points in one request."""
 
     name: str | None = None
     captures: Sequence[Any] = ()
@@ -148,10 +130,7 @@ class StatsStorageBase(metaclass=ChecksArguments):
         """Store one point.  Runs in a thread."""
 
     def thd_postStatsValues(self, points: list[Point]) -> WriteReport | None:
-        """Store a batch of points.  Runs in a thread.
-
-        The default calls :meth:`thd_postStatsValue` once per point.
-        """
+        """Store a batch of points, by default one by one.  Runs in a thread."""
         _post_one_by_one(self, points)
         return None
 
@@ -166,10 +145,7 @@ def _post_one_by_one(backend: Any, points: list[Point]) -> None:
             raise
 
 
-if _BuildbotStatsStorageBase is not None:
-    # A backend written for buildbot.statistics is one of ours too, so that
-    # ``isinstance(backend, StatsStorageBase)`` holds for it, as code and tests
-    # written for Buildbot's module expect.
+if _BuildbotStatsStorageBase is not None:  # isinstance() holds for it, as code written for it expects
     StatsStorageBase.register(_BuildbotStatsStorageBase)
 
 
@@ -188,12 +164,8 @@ def post_points(backend: Any, points: list[Point]) -> WriteReport | None:
 
 @defer.inlineCallbacks
 def start_backends(service: Any, backends: Sequence[Any], previous: Sequence[Any] = ()) -> Any:
-    """Call the optional ``startBackend(service)`` of ``backends``, then the
-    ``stopBackend()`` of the ``previous`` ones that are not among them.
-
-    Starting first lets a replacement take over a resource (a port) of the
-    backend it replaces.  Failures are logged, never raised.
-    """
+    """``startBackend(service)`` of ``backends``, then ``stopBackend()`` of the ``previous``
+    ones not among them (so a replacement takes over a port); failures are logged."""
     for backend in backends:
         if provides(backend, IBackendLifecycle, "startBackend"):
             yield _call_hook(backend, backend.startBackend, service)

@@ -1,10 +1,7 @@
 """What the InfluxDB backends (1.x, 2.x, 3.x) share: argument checks, secrets, TLS, HTTP answers.
 
-Arguments are checked in the constructor, so that ``buildbot checkconfig``
-shows one line per mistake.  A password or token may be a Buildbot secret: it
-is rendered in the reactor by ``prepare(master)`` (which the delivery queue
-calls before the first write and after a refused one); the writing thread
-only ever sees the plain value.
+A password or token may be a Buildbot secret: ``prepare(master)`` renders it in
+the reactor, so that the writing thread only ever sees the plain value.
 """
 
 from __future__ import annotations

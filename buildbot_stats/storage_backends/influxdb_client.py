@@ -9,6 +9,7 @@ from buildbot import config
 from twisted.python import log
 from zope.interface import implementer
 
+from buildbot_stats.arguments import reject_unknown
 from buildbot_stats.errors import RefusedWriteError, SplitBatchError, TransientWriteError
 from buildbot_stats.lineprotocol import (
     PRECISIONS,
@@ -59,7 +60,9 @@ class InfluxStorageService(InfluxBackend):
         verify_ssl: bool = True,
         ca_bundle: str | None = None,
         gzip: bool = False,
+        **unknown: Any,
     ) -> None:
+        reject_unknown(self, unknown)
         self.name = name or "InfluxStorageService"
         self.captures = captures
         self.url, self.user, self.db = url, user, db

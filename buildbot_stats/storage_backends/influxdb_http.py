@@ -1,9 +1,7 @@
 """InfluxDB 2.x and 3.x storage backends: line protocol over HTTP with a token.
 
-Both share the 1.x backend's encoder, delivery queue, spool and error classes;
-docs/backends.rst says how each answer of the server is handled.  A malformed
-line is left out and the rest sent again, so each batch takes one request
-unless a line must be left out.
+docs/backends.rst says how each answer of the server is handled: a malformed
+line is left out and the rest sent again.
 """
 
 from __future__ import annotations
@@ -15,6 +13,7 @@ from typing import Any, ClassVar
 
 import requests
 
+from buildbot_stats.arguments import reject_unknown
 from buildbot_stats.errors import SplitBatchError
 from buildbot_stats.lineprotocol import encode_lines
 from buildbot_stats.point import Point, PointProblem
@@ -180,7 +179,9 @@ class InfluxDB2StorageService(_InfluxHTTPStorage):
         verify_ssl: bool = True,
         ca_bundle: str | None = None,
         gzip: bool = True,
+        **unknown: Any,
     ) -> None:
+        reject_unknown(self, unknown)
         self.org, self.bucket = org, bucket
         names = {"org": org, "bucket": bucket}
         self._setup(url, token, captures, name, names, precision, timeout, verify_ssl, ca_bundle, gzip)
@@ -226,7 +227,9 @@ class InfluxDB3StorageService(_InfluxHTTPStorage):
         verify_ssl: bool = True,
         ca_bundle: str | None = None,
         gzip: bool = True,
+        **unknown: Any,
     ) -> None:
+        reject_unknown(self, unknown)
         self.database = database
         #: series -> tag keys seen: InfluxDB 3 keeps the tags of a table, a field may not take their name
         self._tag_keys: dict[str, set[str]] = {}

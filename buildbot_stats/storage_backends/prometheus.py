@@ -1,9 +1,7 @@
-"""Prometheus backend: points become metrics served at ``http://interface:port/metrics``.
+"""Prometheus backend: points counted into a registry per ``(interface, port)``, served by the reactor.
 
-Prometheus pulls: this backend counts points into a ``prometheus_client``
-registry, one per ``(interface, port)`` in the process, which the master's
-reactor serves.  docs/backends.rst says which metrics, how a build's duration
-waits for its result, and why a batch is never counted twice.
+docs/backends.rst says which metrics, how a build's duration waits for its
+result, and why a batch is never counted twice.
 """
 
 from __future__ import annotations
@@ -27,6 +25,7 @@ from twisted.python import log
 from twisted.web import pages, resource, server
 from zope.interface import implementer
 
+from buildbot_stats.arguments import reject_unknown
 from buildbot_stats.errors import BackendConfigurationError
 from buildbot_stats.point import Point, PointProblem
 from buildbot_stats.storage_backends.base import IBackendLifecycle, StatsStorageBase, WriteReport
@@ -54,7 +53,9 @@ _ENDPOINTS: dict[Key, _Endpoint] = {}
 _TABLE_LOCK = threading.Lock()
 
 
-class _MetricsPage(resource.Resource):
+class _Pages(resource.Resource):
+    """``/metrics``, and a root page that says so; anything else is not found."""
+
     isLeaf = True
 
     def __init__(self, endpoint: _Endpoint) -> None:
@@ -62,25 +63,19 @@ class _MetricsPage(resource.Resource):
         self._endpoint = endpoint
 
     def render_GET(self, request: Any) -> bytes:
-        body = self._endpoint.exposition()
-        request.setHeader(b"Content-Type", CONTENT_TYPE)
-        return body
-
-
-class _RootPage(resource.Resource):
-    def getChild(self, path: bytes, request: Any) -> resource.Resource:
-        return self if path == b"" else pages.notFound()
-
-    def render_GET(self, request: Any) -> bytes:
+        if request.postpath[:1] == [b"metrics"]:
+            body = self._endpoint.exposition()
+            request.setHeader(b"Content-Type", CONTENT_TYPE)
+            return body
+        if any(request.postpath):
+            return pages.notFound().render(request)  # type: ignore[call-arg, no-any-return]
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         return b"buildbot_stats: metrics are at /metrics\n"
 
 
 class _Endpoint:
-    """The registry, metrics, join tables and listener of one ``(interface, port)``.
-
-    It is also the registry's collector of the StatsService's delivery counters, read at scrape time.
-    """
+    """The registry, metrics, join tables and listener of one ``(interface, port)``; also the
+    collector of the StatsService's delivery counters, read at scrape time."""
 
     duration: Histogram
     queue: Histogram
@@ -111,9 +106,7 @@ class _Endpoint:
         # id(backend) -> (backend, service); the service is None until started
         self.owners: dict[int, tuple[Any, Any]] = {}
         self.port: Any = None
-        root = _RootPage()
-        root.putChild(b"metrics", _MetricsPage(self))  # type: ignore[arg-type]
-        self.site = server.Site(root)
+        self.site = server.Site(_Pages(self))
         self.site.noisy = False
         self.site.log = lambda request: None  # type: ignore[method-assign]  # no log line per scrape
         self.results: OrderedDict[tuple[str, str], str] = OrderedDict()
@@ -259,10 +252,7 @@ def _endpoint(key: Key, buckets: tuple[float, ...]) -> _Endpoint:
 
 @implementer(IBackendLifecycle)
 class PrometheusStorageService(StatsStorageBase):
-    """Serves the captured statistics as Prometheus metrics (see the module docstring).
-
-    ``port`` 0 takes any free port (for tests: the port is in ``url``).
-    """
+    """Serves the captured statistics as Prometheus metrics; ``port`` 0 takes any free port (see ``url``)."""
 
     def __init__(
         self,
@@ -271,7 +261,9 @@ class PrometheusStorageService(StatsStorageBase):
         captures: Sequence[Any] = (),
         name: str | None = None,
         buckets: Sequence[float] | None = None,
+        **unknown: Any,
     ) -> None:
+        reject_unknown(self, unknown)
         self.name = name or "PrometheusStorageService"
         self.captures = captures
         self.port = port

@@ -20,6 +20,7 @@ from urllib.parse import quote
 from buildbot import config
 from twisted.python import log
 
+from buildbot_stats.arguments import reject_unknown
 from buildbot_stats.config_paths import loading_basedir, resolve
 from buildbot_stats.errors import RefusedWriteError
 from buildbot_stats.point import Clock, Point, PointProblem, from_json_value, to_json_value
@@ -95,8 +96,15 @@ class SQLiteStorageService(StatsStorageBase):
     """
 
     def __init__(
-        self, path: str, captures: Sequence[Any], name: str | None = None, *, busy_timeout: float = 10.0
+        self,
+        path: str,
+        captures: Sequence[Any],
+        name: str | None = None,
+        *,
+        busy_timeout: float = 10.0,
+        **unknown: Any,
     ) -> None:
+        reject_unknown(self, unknown)
         self._inited = False
         self.name = name or "SQLiteStorageService"
         self.captures = captures

@@ -118,8 +118,7 @@ def served(backend: PrometheusStorageService, path: bytes = b"metrics") -> tuple
     """Render ``path`` through the endpoint's twisted.web resource tree."""
     site = backend._get_endpoint().site
     request = DummyRequest([path])
-    child = site.resource.getChildWithDefault(path, request)
-    body = child.render(request)
+    body = site.getResourceFor(request).render(request)
     return request.responseCode or 200, request.responseHeaders.getRawHeaders(b"content-type")[0], body
 
 
