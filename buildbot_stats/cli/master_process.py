@@ -235,7 +235,102 @@ def _kill_all(pids: Iterable[int], timeout: float = 10.0) -> None:
         raise RealMasterError(f"processes survived SIGKILL: {survivors}")
 
 
-class RealMaster:
+class MasterLog:
+    """What a master's ``twistd.log`` says: messages, tracebacks, warnings."""
+
+    basedir: Path
+
+    def log_text(self) -> str:
+        """Contents of twistd.log ('' if absent)."""
+        try:
+            return (self.basedir / "twistd.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        """Last ``lines`` lines of twistd.log."""
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def log_messages(self) -> list[str]:
+        """twistd.log split into messages (continuation lines joined)."""
+        messages: list[str] = []
+        for line in self.log_text().splitlines():
+            if messages and not _LOG_START.match(line):
+                messages[-1] += "\n" + line
+            else:
+                messages.append(line)
+        return messages
+
+    def tracebacks(self) -> list[str]:
+        """Log messages holding a Traceback or a Twisted 'Unhandled Error'."""
+        return [m for m in self.log_messages() if any(k in m for k in _TRACEBACK_MARKERS)]
+
+    def warnings(self) -> list[str]:
+        """Log messages that look like Python warnings (ConfigWarning, DeprecationWarning, ...)."""
+        return [m for m in self.log_messages() if any(k in m for k in _WARNING_MARKERS)]
+
+
+class MasterDatabase:
+    """Read-only queries of a master's database: its own SQLite file, or a server (``db_url``)."""
+
+    basedir: Path
+    db_url: str
+    db_path: Path | None
+    _engine: Any
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """Run a read-only query against the master's db (``?`` placeholders).
+
+        SQLite: the file, read-only, retrying while it is locked; other URLs: SQLAlchemy.
+        """
+        if self.db_path is None:
+            return self._query_server(sql, params)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn = sqlite3.connect(f"{self.db_path.as_uri()}?mode=ro", uri=True, timeout=10)
+                try:
+                    conn.row_factory = sqlite3.Row
+                    return [dict(r) for r in conn.execute(sql, params)]
+                finally:
+                    conn.close()
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _query_server(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        import sqlalchemy  # Buildbot's own dependency; only needed for a database server
+
+        if self._engine is None:
+            self._engine = sqlalchemy.create_engine(self.db_url, poolclass=sqlalchemy.pool.NullPool)
+        with self._engine.connect() as conn:
+            result = conn.exec_driver_sql(sql.replace("?", "%s"), params)
+            return [dict(row._mapping) for row in result]
+
+    def builds(self) -> list[dict[str, Any]]:
+        """All builds in the master's db, ordered by buildid (with the ``masterid`` that ran each)."""
+        return self._query(
+            "SELECT b.id AS buildid, bl.name AS builder, b.number, b.results, b.state_string,"
+            " b.masterid,"
+            " b.started_at, b.complete_at, w.name AS worker"
+            " FROM builds b JOIN builders bl ON bl.id = b.builderid"
+            " LEFT JOIN workers w ON w.id = b.workerid ORDER BY b.id"
+        )
+
+    def masterid(self) -> int | None:
+        """This master's id in the db (its row is named ``<hostname>:<basedir>``), None before its start."""
+        rows = self._query("SELECT id, name FROM masters")
+        mine = [r["id"] for r in rows if r["name"].endswith(f":{self.basedir}")]
+        return mine[0] if mine else None
+
+    def build_properties(self, buildid: int) -> dict[str, Any]:
+        """Build properties as {name: value} (JSON-decoded)."""
+        rows = self._query("SELECT name, value FROM build_properties WHERE buildid = ?", (buildid,))
+        return {r["name"]: json.loads(r["value"]) for r in rows}
+
+
+class RealMaster(MasterDatabase, MasterLog):
     """A Buildbot master in ``basedir``, run as a real daemon via the ``buildbot`` CLI."""
 
     def __init__(
@@ -458,54 +553,6 @@ class RealMaster:
         if proc.returncode != 0 or proc.stdout.split() != ["sent"] * n:
             raise RealMasterError(f"sendchange failed (rc={proc.returncode}):\n{proc.stdout}{proc.stderr}")
 
-    # -- database --------------------------------------------------------------
-
-    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        """Run a read-only query against the master's db (``?`` placeholders).
-
-        SQLite: the file, read-only, retrying while it is locked; other URLs: SQLAlchemy.
-        """
-        if self.db_path is None:
-            return self._query_server(sql, params)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                conn = sqlite3.connect(f"{self.db_path.as_uri()}?mode=ro", uri=True, timeout=10)
-                try:
-                    conn.row_factory = sqlite3.Row
-                    return [dict(r) for r in conn.execute(sql, params)]
-                finally:
-                    conn.close()
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def _query_server(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-        import sqlalchemy  # Buildbot's own dependency; only needed for a database server
-
-        if self._engine is None:
-            self._engine = sqlalchemy.create_engine(self.db_url, poolclass=sqlalchemy.pool.NullPool)
-        with self._engine.connect() as conn:
-            result = conn.exec_driver_sql(sql.replace("?", "%s"), params)
-            return [dict(row._mapping) for row in result]
-
-    def builds(self) -> list[dict[str, Any]]:
-        """All builds in the master's db, ordered by buildid (with the ``masterid`` that ran each)."""
-        return self._query(
-            "SELECT b.id AS buildid, bl.name AS builder, b.number, b.results, b.state_string,"
-            " b.masterid,"
-            " b.started_at, b.complete_at, w.name AS worker"
-            " FROM builds b JOIN builders bl ON bl.id = b.builderid"
-            " LEFT JOIN workers w ON w.id = b.workerid ORDER BY b.id"
-        )
-
-    def masterid(self) -> int | None:
-        """This master's id in the db (its row is named ``<hostname>:<basedir>``), None before its start."""
-        rows = self._query("SELECT id, name FROM masters")
-        mine = [r["id"] for r in rows if r["name"].endswith(f":{self.basedir}")]
-        return mine[0] if mine else None
-
     def wait_for_builds(self, count: int, timeout: float = 120) -> list[dict[str, Any]]:
         """Poll the db until ``count`` builds are complete; return the complete builds."""
         deadline = time.monotonic() + timeout
@@ -520,39 +567,3 @@ class RealMaster:
                     f"{len(done)}/{count} builds complete after {timeout}s:\n{self.log_tail()}"
                 )
             time.sleep(0.1)
-
-    def build_properties(self, buildid: int) -> dict[str, Any]:
-        """Build properties as {name: value} (JSON-decoded)."""
-        rows = self._query("SELECT name, value FROM build_properties WHERE buildid = ?", (buildid,))
-        return {r["name"]: json.loads(r["value"]) for r in rows}
-
-    # -- log -------------------------------------------------------------------
-
-    def log_text(self) -> str:
-        """Contents of twistd.log ('' if absent)."""
-        try:
-            return (self.basedir / "twistd.log").read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 60) -> str:
-        """Last ``lines`` lines of twistd.log."""
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
-    def log_messages(self) -> list[str]:
-        """twistd.log split into messages (continuation lines joined)."""
-        messages: list[str] = []
-        for line in self.log_text().splitlines():
-            if messages and not _LOG_START.match(line):
-                messages[-1] += "\n" + line
-            else:
-                messages.append(line)
-        return messages
-
-    def tracebacks(self) -> list[str]:
-        """Log messages holding a Traceback or a Twisted 'Unhandled Error'."""
-        return [m for m in self.log_messages() if any(k in m for k in _TRACEBACK_MARKERS)]
-
-    def warnings(self) -> list[str]:
-        """Log messages that look like Python warnings (ConfigWarning, DeprecationWarning, ...)."""
-        return [m for m in self.log_messages() if any(k in m for k in _WARNING_MARKERS)]
