@@ -18,7 +18,6 @@ from twisted.python.failure import Failure
 
 from buildbot_stats.burst_log import BurstLog
 from buildbot_stats.capture.base import YIELD_DATA
-from buildbot_stats.capture.builds import CaptureDataBase
 from buildbot_stats.capture.multimaster import MasterFilter, with_datetimes
 from buildbot_stats.errors import CaptureCallbackError
 
@@ -82,9 +81,6 @@ class CaptureConsumers:
         # that is done at once returns None here, so that Buildbot's MQ neither adds
         # an errback to a Deferred nor tracks it.
         call = cap.consume
-        if type(cap).consume is CaptureDataBase.consume:
-            # not overridden: its inner form returns None when the point is recorded
-            call = cap._consume_at_once
         failed = self.failed
 
         def consume(routingKey: tuple, msg: dict[str, Any]) -> defer.Deferred | None:
