@@ -1,8 +1,6 @@
-"""Captures of buildbot.statistics: build properties, build times and results, posted data.
+"""Captures of buildbot.statistics (same series, fields, tags): properties, build times, results, data.
 
-Series names, fields and context are the ones of ``buildbot.statistics``, so
-dashboards built on it keep working.  Build captures stamp their points with
-the build's own time, so that sending a point again overwrites it.
+Build captures stamp points with the build's own time, so that a point sent again overwrites itself.
 """
 
 from __future__ import annotations

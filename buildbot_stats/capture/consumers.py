@@ -1,11 +1,7 @@
 """The captures of a StatsService on Buildbot's MQ: one consumer per capture and routing key.
 
-Each consumer calls its capture safely: a failure is one log line per burst
-(:mod:`buildbot_stats.burst_log`), never an error in Buildbot's MQ; on a
-cluster, messages of other masters' builds are skipped and WAMP's epoch times
-turned into datetimes (:mod:`~buildbot_stats.capture.multimaster`).  When
-``CaptureData`` captures listen, the start message of each build is kept too,
-so that ``yieldMetricsValue`` needs no database query during the build.
+A failure is one log line per burst, never an error in Buildbot's MQ.  With ``CaptureData``
+captures, each build's start message is kept: ``yieldMetricsValue`` then needs no query.
 """
 
 from __future__ import annotations

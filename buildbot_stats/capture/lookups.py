@@ -1,9 +1,4 @@
-"""Cached lookups of builders, builds, workers and build requests: one data API query per key, not per point.
-
-Builder and worker names never change (cached for good); builds and build
-requests are kept in bounded LRU caches.  Finished steps are remembered from
-their MQ message: a test result set completes before its step does.
-"""
+"""Cached lookups of builders, builds, workers and build requests: one query per key, not per point."""
 
 from __future__ import annotations
 
