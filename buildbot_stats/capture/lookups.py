@@ -103,10 +103,6 @@ class BuildLookups:
         """Keep the data of a build that starts (its ``new`` message is what a lookup would give)."""
         self._builds.put(build["buildid"], dict(build))
 
-    def known_worker(self, workerid: Any) -> dict[str, Any] | None:
-        """The worker's data if already looked up, else None (no Deferred)."""
-        return self._workers.known(workerid)
-
     def worker_name(self, workerid: Any) -> defer.Deferred:
         """The worker's name (None if ``workerid`` is None or unknown)."""
         return self._workers.get(workerid).addCallback(lambda w: w["name"] if w else None)
