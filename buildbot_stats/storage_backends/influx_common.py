@@ -1,4 +1,5 @@
 """What the InfluxDB backends (1.x, 2.x, 3.x) share: argument checks, secrets, TLS, HTTP answers.
+
 A secret is rendered in the reactor by ``prepare(master)``: the writing thread sees the plain value.
 """
 
