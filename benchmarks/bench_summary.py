@@ -59,8 +59,8 @@ from buildbot_stats.cli.summary import (
     summarize_path,
 )
 from buildbot_stats.point import Point, to_ns
-from buildbot_stats.storage_backends.sqlite import open_store
 from buildbot_stats.ui.figures import _is_number as _is_number  # the same value rule, before and after
+from buildbot_stats.ui.store import open_store
 
 RSS_GOAL_MB = 500
 SPEED_GOAL = 5.0

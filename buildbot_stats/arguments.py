@@ -1,10 +1,7 @@
 """A misspelt keyword of a capture or backend in master.cfg: a ``config.error`` line naming the closest.
 
-Our public classes take ``**unknown`` besides their documented arguments and
-hand it to :func:`reject_unknown`, so that ``buildbot checkconfig`` lists each
-misspelt keyword with a "did you mean" instead of stopping at the first with a
-TypeError and a traceback.  A missing or extra positional argument is Python's
-TypeError, which Buildbot reports as "error while parsing config file".
+Public classes take ``**unknown`` and hand it to :func:`reject_unknown`, so that ``buildbot
+checkconfig`` lists every misspelt keyword instead of stopping at the first with a traceback.
 """
 
 from __future__ import annotations

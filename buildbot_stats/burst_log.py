@@ -1,10 +1,5 @@
-"""One log line per burst of the same failure, not one per value (20,000 failing values, 20,000 lines).
-
-The first failure of a kind is logged at once, its repeats summed up in one
-line per ``window`` seconds of the reactor's clock.  A window without failure
-ends the burst; a success does not (a callback failing for every other value
-would log every failure).
-"""
+"""One log line per burst of the same failure, not one per value: the first at once, the repeats
+summed up per ``window`` seconds; a window without failure ends the burst (a success does not)."""
 
 from __future__ import annotations
 

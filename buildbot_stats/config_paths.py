@@ -1,9 +1,5 @@
-"""Where a relative path in master.cfg points while Buildbot loads the config.
-
-A running master's working directory is its basedir; ``buildbot checkconfig
-DIR`` runs elsewhere, and Buildbot does not pass the basedir to services or
-backends.  Finding it lets checkconfig refuse a path naming a file not ours.
-"""
+"""Where a relative path in master.cfg points while Buildbot loads the config (``buildbot
+checkconfig DIR`` runs outside the basedir, which Buildbot does not pass to services)."""
 
 from __future__ import annotations
 

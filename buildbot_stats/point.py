@@ -16,7 +16,6 @@ __all__ = [
     "as_datetime",
     "to_ns",
     "to_plain",
-    "from_json_value",
     "to_json_value",
     "is_flat_plain",
 ]
@@ -115,17 +114,6 @@ def to_json_value(value: Any) -> Any:
         return {k: to_json_value(v) for k, v in value.items()}
     if isinstance(value, list):
         return [to_json_value(v) for v in value]
-    return value
-
-
-def from_json_value(value: Any) -> Any:
-    """The inverse of :func:`to_json_value` (after a JSON round trip)."""
-    if isinstance(value, dict):
-        if len(value) == 1 and "$float" in value:
-            return float(value["$float"])
-        return {k: from_json_value(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [from_json_value(v) for v in value]
     return value
 
 

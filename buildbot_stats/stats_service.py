@@ -1,14 +1,6 @@
 """The StatsService: registers captures on the MQ and hands their points to the delivery queues.
 
-What it delegates: option defaults and checks to :mod:`buildbot_stats.options`,
-opening the spool to :mod:`buildbot_stats.delivery.spool_thread`, the queues and their
-reconciliation on reconfig to :mod:`buildbot_stats.delivery.queues`, the captures' MQ
-consumers to :mod:`buildbot_stats.capture.consumers`, builder and build lookups to
-:mod:`buildbot_stats.capture.lookups`.
-
-The camelCase names (``registerConsumers``, ``removeConsumers``,
-``yieldMetricsValue``, ``registeredStorageServices``) are the public surface of
-``buildbot.statistics``'s StatsService, kept for compatibility.
+Its camelCase names are those of ``buildbot.statistics``'s StatsService, kept for compatibility.
 """
 
 from __future__ import annotations
@@ -41,14 +33,7 @@ YIELD_CHUNK = 250
 class StatsService(service.BuildbotService):
     """Passes statistics captured on the master on to every storage backend.
 
-    ``storage_backends`` is the list of backends; the other arguments tune
-    delivery (see :class:`~buildbot_stats.options.ServiceOptions`):
-    ``spool_path`` (relative to the master's basedir; ``None`` keeps pending
-    points in memory only), ``batch_size`` (points per write),
-    ``max_spool_points`` (per backend, oldest dropped beyond it),
-    ``max_retry_delay`` (seconds, the backoff cap), ``flush_timeout``
-    (seconds that ``stopService`` waits for pending writes) and ``extra_tags``
-    (tags such as ``"worker"`` added to the captures of buildbot.statistics).
+    Delivery arguments: :class:`~buildbot_stats.options.ServiceOptions` (docs/configuration.rst).
     """
 
     # Buildbot requires a name; a default spares a traceback in checkconfig
@@ -118,13 +103,10 @@ class StatsService(service.BuildbotService):
     def store(
         self, capture: Any, post_data: Any, series_name: str, context: Any, time: Any = None
     ) -> defer.Deferred:
-        """Hand one capture result to the capture's backends.
+        """Hand one capture result to the capture's backends; the Deferred fires once it is spooled.
 
-        The reactor only appends a tuple: the point is made, checked, encoded
-        and spooled on the spool thread.  The Deferred fires (with None) once
-        the point is in the spool.  It is shared by the points of one spool
-        write: a callback added to it must return its argument (as ``await``,
-        ``yield`` and ``gatherResults`` do).
+        The Deferred is shared by the points of one spool write: a callback added to it must
+        return its argument (as ``await``, ``yield`` and ``gatherResults`` do).
         """
         queues = self._queues
         if queues is None:
@@ -186,9 +168,7 @@ class StatsService(service.BuildbotService):
     @defer.inlineCallbacks
     def startService(self) -> Any:
         yield super().startService()
-        # The spec says steps find the service at master.namedServices[name]; in
-        # Buildbot 4 services from c['services'] live under master.service_manager.
-        # Make the documented path work too, without shadowing a master service.
+        # the spec's master.namedServices[name] (Buildbot 4 keeps them in service_manager), never shadowing
         named = getattr(self.master, "namedServices", None)
         if isinstance(named, dict) and self.name not in named:
             named[self.name] = self
@@ -224,23 +204,13 @@ class StatsService(service.BuildbotService):
     # -- data from build steps ---------------------------------------------
 
     def yieldMetricsValue(self, data_name: str, post_data: Any, buildid: int) -> defer.Deferred:
-        """Post ``post_data`` (a dict of field values) for build ``buildid`` as ``data_name``.
-
-        Captured by :class:`~buildbot_stats.capture.CaptureData` captures of
-        that name.  The Deferred fires once the points the captures made of it
-        are in the spool (see :doc:`delivery`: acknowledged means kept).
-        """
+        """Post ``post_data`` for build ``buildid`` as ``data_name``; fires once its points are spooled."""
         return self.yieldMetricsValues(data_name, (post_data,), buildid)
 
     def yieldMetricsValues(
         self, data_name: str, post_data_list: Sequence[Any], buildid: int
     ) -> defer.Deferred:
-        """Post many values at once: one build lookup, one message per value, one Deferred.
-
-        The messages of a long list are produced ``YIELD_CHUNK`` at a time with
-        a reactor turn between chunks, in order; the Deferred fires once all of
-        them are in the spool.
-        """
+        """Post many values: one build lookup, ``YIELD_CHUNK`` messages per reactor turn, one Deferred."""
         if not isinstance(post_data_list, (list, tuple)):
             post_data_list = list(post_data_list)  # e.g. a generator: counted and cut in chunks
         build_data = self.lookups.known_build(buildid) if self.lookups is not None else None
@@ -286,14 +256,8 @@ class StatsService(service.BuildbotService):
         yield defer.gatherResults(kept, consumeErrors=True)
 
     def _produce_chunk(self, data_name: str, values: Sequence[Any], build_data: Any) -> defer.Deferred:
-        """Produce one ``stats-yield-data`` message per value; a Deferred that fires once
-        what this service's captures stored of them is spooled.
-
-        The message is buildbot.statistics's, key for key.  With Buildbot's MQ,
-        ``produce`` calls the consumers at once: the points they store
-        meanwhile are recorded before it returns (stamped with that time), and
-        a consumer still waiting (a first builder lookup) is waited for.
-        """
+        """One ``stats-yield-data`` message (buildbot.statistics's) per value; fires once what the
+        captures stored of them is spooled, consumers still waiting (a first lookup) included."""
         queues, consumers = self._queues, self._capture_consumers
         waits: list[defer.Deferred] = []
         if consumers is not None:

@@ -1,11 +1,5 @@
-"""The Statistics page in Buildbot's web UI: one line of master.cfg.
-
-``c['www']['plugins']['wsgi_dashboards'] = [statistics.StatsDashboard()]``
-(with ``buildbot-www`` and ``buildbot-wsgi-dashboards`` installed: ``pip
-install "buildbot-stats[ui]"``).  This module is all a master.cfg loads: the
-page's code (:mod:`buildbot_stats.ui`, Jinja2) is imported when the page is
-first served.  docs/ui.rst describes the page.
-"""
+"""The Statistics page in Buildbot's web UI (docs/ui.rst): all a master.cfg loads of it; the
+page's code (:mod:`buildbot_stats.ui`) is imported when the page is first served."""
 
 from __future__ import annotations
 

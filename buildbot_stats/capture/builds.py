@@ -1,8 +1,6 @@
-"""Captures of buildbot.statistics: build properties, build times and results, posted data.
+"""Captures of buildbot.statistics (same series, fields, tags): properties, build times, results, data.
 
-Series names, fields and context are the ones of ``buildbot.statistics``, so
-dashboards built on it keep working.  Build captures stamp their points with
-the build's own time, so that sending a point again overwrites it.
+Build captures stamp points with the build's own time, so that a point sent again overwrites itself.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ from buildbot_stats.capture.base import (
     Capture,
     _AllBuilders,
     _OneBuilder,
-    _with_worker,
     duration_callback,
 )
 from buildbot_stats.errors import CaptureCallbackError
@@ -293,60 +290,15 @@ class CaptureDataBase(Capture):
 
     def consume(self, routingKey: tuple, msg: dict[str, Any]) -> defer.Deferred:
         """Store the value of a ``stats-yield-data`` message; the Deferred fires once that is done."""
-        try:
-            d = self._consume_at_once(routingKey, msg)
-        except Exception:
-            return defer.fail()
-        return defer.succeed(None) if d is None else d
-
-    def _consume_at_once(self, routingKey: tuple, msg: dict[str, Any]) -> defer.Deferred | None:
-        """:meth:`consume` without a Deferred when none is needed: None once the point is recorded.
-
-        The StatsService's MQ consumer calls this (unless a subclass overrides
-        :meth:`consume`): it runs once per posted value, thousands of times per
-        build, so once the builder is known there is no Deferred, no callback
-        and no generator; errors are raised.
-        """
         if msg["data_name"] != self._data_name:
-            return None
+            return defer.succeed(None)
         build_data = msg["build_data"]
-        builderid = build_data["builderid"]
-        service = self._stats_service
-        known = service.lookups.known_builder(builderid) if service is not None else None
-        context = None
-        if known is not None and "worker" in service.extra_tags:
-            # extra_tags=["worker"]: still no Deferred once the worker is known too
-            workerid = build_data.get("workerid")
-            worker = service.lookups.known_worker(workerid) if workerid is not None else None
-            if workerid is not None and worker is None:
-                known = None
-            else:
-                context = _with_worker(
-                    worker["name"] if worker else None, self._defaultContext(build_data, known["name"])
-                )
-        if known is None:
-            return self._builder_info(builderid).addCallback(self._consume_data_async, build_data, msg)
-        return self._consume_data(known, build_data, msg, context)
+        return self._builder_info(build_data["builderid"]).addCallback(self._consume_data, build_data, msg)
 
     @defer.inlineCallbacks
-    def _consume_data_async(self, builder_info: Any, build_data: dict[str, Any], msg: dict[str, Any]) -> Any:
+    def _consume_data(self, builder_info: Any, build_data: dict[str, Any], msg: dict[str, Any]) -> Any:
         if not self._builder_name_matches(builder_info):
-            return None
-        context = yield self._build_context(build_data, builder_info["name"])
-        stored = self._consume_data(builder_info, build_data, msg, context)
-        if isinstance(stored, defer.Deferred):
-            yield stored
-        return None
-
-    def _consume_data(
-        self,
-        builder_info: Any,
-        build_data: dict[str, Any],
-        msg: dict[str, Any],
-        context: dict[str, str] | None = None,
-    ) -> Any:
-        if not self._builder_name_matches(builder_info):
-            return None
+            return
         try:
             post_data = self._callback(msg["post_data"])
         except Exception as e:
@@ -355,19 +307,11 @@ class CaptureDataBase(Capture):
                 f"{builder_info['name']} (series {builder_info['name']}-{self._data_name}). "
                 f"Exception generated: {type(e).__name__} with message {e!s}"
             ) from e
-        d = self._store(
-            post_data,
-            f"{builder_info['name']}-{self._data_name}",
-            # stamped now: with Buildbot's simple MQ, the time of the yieldMetricsValue call
-            context if context is not None else self._defaultContext(build_data, builder_info["name"]),
-        )
-        if self._stats_service is not None:
-            # Queued: the service spools the point and keeps it until it is
-            # written.  Not waiting for the spool here frees this Deferred chain
-            # at once: a step posting thousands of values leaves far fewer
-            # objects to Python's garbage collector.
-            return None
-        return d
+        context = yield self._build_context(build_data, builder_info["name"])
+        # stamped now: with Buildbot's simple MQ, the time of the yieldMetricsValue call
+        stored = self._store(post_data, f"{builder_info['name']}-{self._data_name}", context)
+        if self._stats_service is None:
+            yield stored  # with a service, the point is queued: it is kept until written
 
     @abc.abstractmethod
     def _builder_name_matches(self, builder_info: dict[str, Any]) -> bool:

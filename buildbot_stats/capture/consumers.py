@@ -1,11 +1,7 @@
 """The captures of a StatsService on Buildbot's MQ: one consumer per capture and routing key.
 
-Each consumer calls its capture safely: a failure is one log line per burst
-(:mod:`buildbot_stats.burst_log`), never an error in Buildbot's MQ; on a
-cluster, messages of other masters' builds are skipped and WAMP's epoch times
-turned into datetimes (:mod:`~buildbot_stats.capture.multimaster`).  When
-``CaptureData`` captures listen, the start message of each build is kept too,
-so that ``yieldMetricsValue`` needs no database query during the build.
+A failure is one log line per burst, never an error in Buildbot's MQ.  With ``CaptureData``
+captures, each build's start message is kept: ``yieldMetricsValue`` then needs no query.
 """
 
 from __future__ import annotations
@@ -18,7 +14,6 @@ from twisted.python.failure import Failure
 
 from buildbot_stats.burst_log import BurstLog
 from buildbot_stats.capture.base import YIELD_DATA
-from buildbot_stats.capture.builds import CaptureDataBase
 from buildbot_stats.capture.multimaster import MasterFilter, with_datetimes
 from buildbot_stats.errors import CaptureCallbackError
 
@@ -82,9 +77,6 @@ class CaptureConsumers:
         # that is done at once returns None here, so that Buildbot's MQ neither adds
         # an errback to a Deferred nor tracks it.
         call = cap.consume
-        if type(cap).consume is CaptureDataBase.consume:
-            # not overridden: its inner form returns None when the point is recorded
-            call = cap._consume_at_once
         failed = self.failed
 
         def consume(routingKey: tuple, msg: dict[str, Any]) -> defer.Deferred | None:

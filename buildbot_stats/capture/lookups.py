@@ -1,9 +1,4 @@
-"""Cached lookups of builders, builds, workers and build requests: one data API query per key, not per point.
-
-Builder and worker names never change (cached for good); builds and build
-requests are kept in bounded LRU caches.  Finished steps are remembered from
-their MQ message: a test result set completes before its step does.
-"""
+"""Cached lookups of builders, builds, workers and build requests: one query per key, not per point."""
 
 from __future__ import annotations
 
@@ -107,10 +102,6 @@ class BuildLookups:
     def remember_build(self, build: dict[str, Any]) -> None:
         """Keep the data of a build that starts (its ``new`` message is what a lookup would give)."""
         self._builds.put(build["buildid"], dict(build))
-
-    def known_worker(self, workerid: Any) -> dict[str, Any] | None:
-        """The worker's data if already looked up, else None (no Deferred)."""
-        return self._workers.known(workerid)
 
     def worker_name(self, workerid: Any) -> defer.Deferred:
         """The worker's name (None if ``workerid`` is None or unknown)."""

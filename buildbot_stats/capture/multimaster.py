@@ -1,11 +1,6 @@
-"""Which master of a cluster captures a message: the one that ran the build.
+"""Which master of a cluster captures a message: the one that ran the build (docs/multimaster.rst).
 
-Under Buildbot's WAMP MQ (multi-master through crossbar) every master receives
-every master's messages; with one master.cfg for all, each would store every
-build once per master.  A message naming no master (every message of the
-simple MQ) is local; ``stats-yield-data`` names the build's master in its ``build_data``.
-:func:`with_datetimes` gives WAMP messages the datetimes
-the simple MQ delivers, so that callbacks work with either.
+Under the WAMP MQ every master receives every master's messages; a message naming no master is local.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """Captures of steps, queue times and test result sets (not in buildbot.statistics; docs/captures.rst).
 
-Every point carries a time that the master's database holds (``steps`` and
-``builds`` tables), so a tool replaying the database produces the same point.
+Every point carries a time from the master's database, so replaying the database gives the same point.
 """
 
 from __future__ import annotations

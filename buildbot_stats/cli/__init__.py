@@ -134,7 +134,7 @@ def _error(message: str) -> int:
 
 def _summary(args: argparse.Namespace) -> int:
     from buildbot_stats.cli.summary import format_table, summarize_path, to_json
-    from buildbot_stats.storage_backends.sqlite import StoreError
+    from buildbot_stats.ui.store import StoreError
 
     try:
         summary = summarize_path(args.path, charts=bool(args.html))

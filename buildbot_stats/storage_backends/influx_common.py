@@ -1,7 +1,6 @@
 """What the InfluxDB backends (1.x, 2.x, 3.x) share: argument checks, secrets, TLS, HTTP answers.
 
-A password or token may be a Buildbot secret: ``prepare(master)`` renders it in
-the reactor, so that the writing thread only ever sees the plain value.
+A secret is rendered in the reactor by ``prepare(master)``: the writing thread sees the plain value.
 """
 
 from __future__ import annotations

@@ -1,8 +1,4 @@
-"""InfluxDB 2.x and 3.x storage backends: line protocol over HTTP with a token.
-
-docs/backends.rst says how each answer of the server is handled: a malformed
-line is left out and the rest sent again.
-"""
+"""InfluxDB 2.x and 3.x storage backends: line protocol over HTTP with a token (docs/backends.rst)."""
 
 from __future__ import annotations
 

@@ -201,30 +201,24 @@ class _Endpoint:
         port, self.port = self.port, None
         return defer.succeed(None) if port is None else defer.maybeDeferred(port.stopListening)
 
-    def apply(self, ops: list[tuple[Any, ...]], now: float) -> None:
-        """Count the operations made by ``PrometheusStorageService._point_ops`` (with ``lock`` held)."""
-        for op in ops:
-            if op[0] == "result":
-                _, builder, number, result = op
-                self.builds.labels(builder, result).inc()
-                waiting = self.waiting.pop((builder, number), None)
-                if waiting is not None:
-                    self.duration.labels(builder, result).observe(waiting[2])
-                else:
-                    self._remember(self.results, (builder, number), result)
-            elif op[0] == "duration":
-                _, builder, number, seconds, wait = op
-                result = self.results.pop((builder, number), None)
-                if result is not None:
-                    self.duration.labels(builder, result).observe(seconds)
-                elif wait:
-                    self._remember(self.waiting, (builder, number), (now + JOIN_WAIT, builder, seconds))
-                else:
-                    self.duration.labels(builder, "unknown").observe(seconds)
-            else:  # ("observe" | "inc" | "set", metric attribute, labels, value)
-                method, metric, labels, value = op
-                getattr(getattr(self, metric).labels(*labels), method)(value)
-        self._expire(now)
+    def count_result(self, builder: str, number: str, result: str) -> None:
+        """Count a build's result, and the duration of that build if it waits for it."""
+        self.builds.labels(builder, result).inc()
+        waiting = self.waiting.pop((builder, number), None)
+        if waiting is not None:
+            self.duration.labels(builder, result).observe(waiting[2])
+        else:
+            self._remember(self.results, (builder, number), result)
+
+    def count_duration(self, builder: str, number: str, seconds: float, wait: bool, now: float) -> None:
+        """Observe a build's duration under its result; it may ``wait`` for the result."""
+        result = self.results.pop((builder, number), None)
+        if result is not None:
+            self.duration.labels(builder, result).observe(seconds)
+        elif wait:
+            self._remember(self.waiting, (builder, number), (now + JOIN_WAIT, builder, seconds))
+        else:
+            self.duration.labels(builder, "unknown").observe(seconds)
 
     def _remember(self, table: OrderedDict, key: tuple[str, str], value: Any) -> None:
         table[key] = value
@@ -348,18 +342,15 @@ class PrometheusStorageService(StatsStorageBase):
             raise BackendConfigurationError(f"{self.name} is not configured")
         endpoint = self._get_endpoint()
         report = WriteReport()
-        ops: list[tuple[Any, ...]] = []
-        for point in points:
-            try:
-                self._point_ops(point, ops, report)
-            except Exception as e:  # an odd point must not block the others
-                report.problems.append(PointProblem(str(point.series), "*", f"{type(e).__name__}: {e}"))
-                report.rejected_points += 1
-        try:
-            with endpoint.lock:
-                endpoint.apply(ops, time.monotonic())
-        except Exception as e:  # never raise once counting started: a retry would count twice
-            log.msg(f"buildbot_stats: {self.name}: counting failed: {type(e).__name__}: {e}")
+        now = time.monotonic()
+        with endpoint.lock:
+            for point in points:
+                try:
+                    self._count(endpoint, point, report, now)
+                except Exception as e:  # an odd point must not block the others
+                    report.problems.append(PointProblem(str(point.series), "*", f"{type(e).__name__}: {e}"))
+                    report.rejected_points += 1
+            endpoint._expire(now)
         return report
 
     def thd_postStatsValue(
@@ -369,8 +360,8 @@ class PrometheusStorageService(StatsStorageBase):
         for p in self.thd_postStatsValues([Point(series_name, post_data, context or {})]).problems:
             log.msg(f"{self.name}: {p.series} {p.field}: {p.reason}")
 
-    def _point_ops(self, point: Point, ops: list[tuple[Any, ...]], report: WriteReport) -> None:
-        """Add the metric operations of ``point`` to ``ops``; its unusable values to ``report``."""
+    def _count(self, endpoint: _Endpoint, point: Point, report: WriteReport, now: float) -> None:
+        """Count ``point`` into the metrics of ``endpoint``; its unusable values into ``report``."""
         series = point.series
         fields = point.fields if isinstance(point.fields, dict) else {"value": point.fields}
         tags = point.tags if isinstance(point.tags, dict) else {}
@@ -379,7 +370,7 @@ class PrometheusStorageService(StatsStorageBase):
             for name, value in fields.items():
                 if isinstance(value, (bool, int, float)):
                     try:
-                        ops.append(("set", "stat", (series, str(name)), float(value)))
+                        endpoint.stat.labels(series, str(name)).set(float(value))
                     except OverflowError:
                         report.problems.append(
                             PointProblem(series, str(name), "too large for a float; not exported")
@@ -406,23 +397,23 @@ class PrometheusStorageService(StatsStorageBase):
             )
             if duration is not None:
                 waits = _ALL in self._results_for or builder in self._results_for
-                ops.append(("duration", builder, number, duration, waits))
+                endpoint.count_duration(builder, number, duration, waits, now)
             if queue is not None:
-                ops.append(("observe", "queue", (builder,), queue))
+                endpoint.queue.labels(builder).observe(queue)
             usable = duration is not None or queue is not None or not {"duration", "queue-time"} & set(fields)
         elif kind == "build-results":
-            ops.append(("result", builder, number, _result_name(fields)))
+            endpoint.count_result(builder, number, _result_name(fields))
         elif kind == "step-times":
             step = tags.get("step_name")
             value = seconds("duration", self._step_units)
             usable = value is not None
-            if usable:
-                ops.append(("observe", "steps", (builder, "unknown" if step is None else str(step)), value))
+            if value is not None:
+                endpoint.steps.labels(builder, "unknown" if step is None else str(step)).observe(value)
         else:
             for field, outcome in (("tests_passed", "passed"), ("tests_failed", "failed")):
                 count = fields.get(field)
                 if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
-                    ops.append(("inc", "tests", (builder, outcome), count))
+                    endpoint.tests.labels(builder, outcome).inc(count)
                 elif count is not None:
                     report.problems.append(PointProblem(series, field, "not an integer >= 0; not exported"))
         if not usable:

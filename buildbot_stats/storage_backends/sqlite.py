@@ -1,9 +1,7 @@
-"""Embedded SQLite storage: the zero-setup default backend, and the reader the CLI uses.
+"""Embedded SQLite storage, the zero-setup default backend: the file of docs/cli.rst ("The store").
 
-docs/cli.rst ("The store") describes the file: a ``meta`` and a ``points``
-table; fields and tags as JSON (:func:`buildbot_stats.point.to_json_value`);
-a point sent again with the same series, tags and time is merged into its row,
-the way InfluxDB merges the fields of one point.
+A point sent again with the same series, tags and time is merged into its row,
+the way InfluxDB merges the fields of one point.  :mod:`buildbot_stats.ui.store` reads it.
 """
 
 from __future__ import annotations
@@ -11,11 +9,9 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import stat
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote
 
 from buildbot import config
 from twisted.python import log
@@ -23,11 +19,11 @@ from twisted.python import log
 from buildbot_stats.arguments import reject_unknown
 from buildbot_stats.config_paths import loading_basedir, resolve
 from buildbot_stats.errors import RefusedWriteError
-from buildbot_stats.point import Clock, Point, PointProblem, from_json_value, to_json_value
+from buildbot_stats.point import Clock, Point, PointProblem, to_json_value
 from buildbot_stats.sqlite_wal import connect_wal, existing_sqlite_file, other_tables
 from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
 
-__all__ = ["SQLiteStorageService", "StatsStore", "StoreError", "open_store"]
+__all__ = ["SQLiteStorageService"]
 
 FORMAT = "buildbot_stats"
 SCHEMA_VERSION = 1
@@ -49,10 +45,6 @@ _UPSERT = """
 INSERT INTO points (series, time_ns, tags, fields) VALUES (?, ?, ?, ?)
 ON CONFLICT (series, tags, time_ns) DO UPDATE SET fields = bbs_merge_fields(points.fields, excluded.fields)
 """
-
-
-class StoreError(Exception):
-    """The file is missing, unreadable, not SQLite, or not a buildbot_stats store."""
 
 
 def _dumps(obj: dict[str, Any], sort_keys: bool = False) -> str:
@@ -77,7 +69,7 @@ def _point_row(point: Point, problems: list[PointProblem]) -> tuple[str, int, st
     return series, int(point.time_ns), _dumps(tags, sort_keys=True), _dumps(to_json_value(fields))
 
 
-def _tables_and_meta(db: sqlite3.Connection) -> tuple[set[str], dict[str, str]]:
+def tables_and_meta(db: sqlite3.Connection) -> tuple[set[str], dict[str, str]]:
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     try:
         meta = (
@@ -145,7 +137,7 @@ class SQLiteStorageService(StatsStorageBase):
             db.create_function("bbs_merge_fields", 2, _merge_fields, deterministic=True)
             with db:
                 db.execute("BEGIN IMMEDIATE")
-                tables, meta = _tables_and_meta(db)
+                tables, meta = tables_and_meta(db)
                 if tables and meta.get("format") != FORMAT:
                     raise RefusedWriteError(
                         f"{self.name}: {self.path} is an SQLite database but not a buildbot_stats store; "
@@ -209,127 +201,3 @@ def foreign_store_problem(path: str) -> str | None:
     if not tables or "meta" in tables and "points" in tables:
         return None
     return other_tables(tables)
-
-
-class StatsStore:
-    """A read-only view of a store; see :func:`open_store`."""
-
-    def __init__(
-        self, path: str, db: sqlite3.Connection, meta: dict[str, str], immutable: bool = False
-    ) -> None:
-        self.path = path
-        self.meta = meta
-        #: True when the file could only be opened as ``immutable`` (see :func:`open_store`)
-        self.immutable = immutable
-        self._db = db
-        # Python runs signal handlers when SQLite calls back: Ctrl-C then aborts a long
-        # statement ("interrupted") at once instead of at its end.
-        db.set_progress_handler(lambda: 0, 100_000)
-
-    def __enter__(self) -> StatsStore:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._db.close()
-
-    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Iterator[tuple[Any, ...]]:
-        """Rows of a read-only SQL statement (temporary tables allowed); errors as :class:`StoreError`."""
-        try:
-            yield from self._db.execute(sql, params)
-        except sqlite3.Error as e:
-            if str(e) == "interrupted":  # Ctrl-C, through the progress handler
-                raise KeyboardInterrupt from None
-            raise StoreError(f"{self.path}: cannot read the store ({e})") from None
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        """Run one statement to its end (e.g. to fill a temporary table)."""
-        for _ in self.query(sql, params):
-            pass
-
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        """Run one statement for each row (e.g. to fill a temporary table)."""
-        try:
-            self._db.executemany(sql, rows)
-        except sqlite3.Error as e:
-            raise StoreError(f"{self.path}: cannot read the store ({e})") from None
-
-    def series(self) -> list[str]:
-        """The distinct series names, sorted."""
-        return [r[0] for r in self.query("SELECT DISTINCT series FROM points ORDER BY series")]
-
-    def count(self) -> int:
-        """The number of stored points (rows)."""
-        return next(self.query("SELECT COUNT(*) FROM points"))[0]
-
-    def points(self, prefix: str = "", suffix: str = "") -> Iterator[Point]:
-        """Points whose series starts with ``prefix`` and ends with ``suffix``, by series then time."""
-        sql = "SELECT series, time_ns, tags, fields FROM points WHERE 1"
-        if prefix:
-            sql += " AND substr(series, 1, length(:prefix)) = :prefix"
-        if suffix:
-            sql += " AND length(series) >= length(:suffix) AND substr(series, -length(:suffix)) = :suffix"
-        for series, time_ns, tags, fields in self.query(
-            sql + " ORDER BY series, time_ns, id", {"prefix": prefix, "suffix": suffix}
-        ):
-            try:
-                yield Point(
-                    series, from_json_value(json.loads(fields)), from_json_value(json.loads(tags)), time_ns
-                )
-            except (TypeError, ValueError) as e:
-                raise StoreError(f"{self.path}: a point of series {series!r} is corrupt ({e})") from None
-
-
-def open_store(path: str | os.PathLike[str]) -> StatsStore:
-    """Open a store read-only; raise :class:`StoreError` if it is not one.
-
-    Only a regular file is opened (a FIFO would block).  ``mode=ro`` needs to
-    write the ``-shm`` file of a WAL database; when that is refused the file is
-    opened ``immutable=1`` (:attr:`StatsStore.immutable`), which does not see
-    points a running master has not yet checkpointed.
-    """
-    path = os.fspath(path)
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise StoreError(f"{path}: no such file") from None
-    except OSError as e:
-        raise StoreError(f"{path}: cannot open: {e.strerror or e}") from None
-    if stat.S_ISDIR(mode):
-        raise StoreError(f"{path}: is a directory, not a buildbot_stats store")
-    if not stat.S_ISREG(mode):
-        raise StoreError(f"{path}: not a regular file, not a buildbot_stats store")
-    if not os.access(path, os.R_OK):
-        raise StoreError(f"{path}: cannot open: permission denied")
-    for immutable in (False, True):
-        uri = "file:" + quote(os.path.abspath(path)) + ("?immutable=1" if immutable else "?mode=ro")
-        try:
-            db = sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as e:
-            raise StoreError(f"{path}: cannot open: {e}") from None
-        try:
-            meta = _tables_and_meta(db)[1]
-            if meta.get("format") == FORMAT:
-                db.execute("SELECT series, time_ns, tags, fields FROM points LIMIT 0")
-            break
-        except sqlite3.Error as e:
-            db.close()
-            code = getattr(e, "sqlite_errorcode", 0) & 0xFF
-            if not immutable and code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN):
-                continue  # the -shm file cannot be created or written
-            if str(e) == "file is not a database":
-                raise StoreError(f"{path}: not a buildbot_stats store (not an SQLite database)") from None
-            raise StoreError(f"{path}: cannot read the store (corrupt or unreadable: {e})") from None
-    if meta.get("format") != FORMAT:
-        db.close()
-        raise StoreError(f"{path}: not a buildbot_stats store (an SQLite database without its meta table)")
-    version = meta.get("schema_version", "")
-    if not version.isdigit() or int(version) > SCHEMA_VERSION:
-        db.close()
-        raise StoreError(
-            f"{path}: schema version {version!r} is not supported (this buildbot_stats reads "
-            f"{SCHEMA_VERSION})"
-        )
-    return StatsStore(path, db, meta, immutable=immutable)

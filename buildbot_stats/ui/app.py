@@ -30,9 +30,10 @@ from typing import Any, Callable, NamedTuple
 from twisted.python import log
 
 from buildbot_stats.stats_service import StatsService
-from buildbot_stats.storage_backends.sqlite import SQLiteStorageService, StoreError, open_store
+from buildbot_stats.storage_backends.sqlite import SQLiteStorageService
 from buildbot_stats.ui.figures import summarize_windows
 from buildbot_stats.ui.page import WindowFigures, prepare, render_message, render_page, window_starts
+from buildbot_stats.ui.store import StoreError, open_store
 
 __all__ = ["FRESH_SECONDS", "MAX_RENDERS", "RENDER_WAIT", "FiguresCache", "StatsPage", "visible_builders"]
 

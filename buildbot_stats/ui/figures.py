@@ -69,16 +69,9 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from buildbot_stats.point import Point, to_ns
-from buildbot_stats.storage_backends.sqlite import (
-    _SCHEMA,
-    _UPSERT,
-    StatsStore,
-    StoreError,
-    _merge_fields,
-    _point_row,
-    open_store,
-)
+from buildbot_stats.storage_backends.sqlite import _SCHEMA, _UPSERT, _merge_fields, _point_row
 from buildbot_stats.ui.formatting import MAX_NS, MIN_NS, format_time
+from buildbot_stats.ui.store import StatsStore, StoreError, open_store
 
 __all__ = [
     "BUILD_RESULTS_SUFFIX",
@@ -201,7 +194,7 @@ class Summary:
     ``has_queue``, ``has_steps`` and ``has_tests`` say whether the store has
     those series at all: without them the output is what it was before they
     existed.  ``immutable``: the store could only be opened as immutable (see
-    :func:`~buildbot_stats.storage_backends.sqlite.open_store`).
+    :func:`~buildbot_stats.ui.store.open_store`).
     """
 
     path: str
@@ -586,7 +579,7 @@ def _is_property_series(store: StatsStore, series: str) -> bool:
 
 
 def summarize(store: StatsStore, charts: bool = True) -> Summary:
-    """Summarise a store opened with :func:`~buildbot_stats.storage_backends.sqlite.open_store`.
+    """Summarise a store opened with :func:`~buildbot_stats.ui.store.open_store`.
 
     ``charts`` false leaves out the per-build samples of the HTML charts.
     """

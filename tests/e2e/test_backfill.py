@@ -33,7 +33,7 @@ import pytest
 
 from buildbot_stats import statistics
 from buildbot_stats.cli.master_process import RealMaster, make_master_cfg
-from buildbot_stats.storage_backends.sqlite import open_store
+from buildbot_stats.ui.store import open_store
 from tests.e2e.conftest import MakeMaster
 from tests.support.influxd import InfluxServer
 from tests.support.ports import free_port

@@ -34,7 +34,7 @@ from buildbot.process.results import FAILURE, SUCCESS, Results
 
 from buildbot_stats.cli.summary import format_table, summarize_path
 from buildbot_stats.point import Point
-from buildbot_stats.storage_backends.sqlite import open_store
+from buildbot_stats.ui.store import open_store
 from tests.e2e.conftest import kill_processes_in, processes_in
 from tests.support.influxd import InfluxServer
 from tests.support.ports import free_port

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from buildbot_stats.cli.master_process import RealMaster, free_port, make_master_cfg
-from buildbot_stats.storage_backends.sqlite import StoreError, open_store
 from buildbot_stats.ui.figures import summarize
+from buildbot_stats.ui.store import StoreError, open_store
 
 for _module in ("buildbot_www", "buildbot_wsgi_dashboards"):
     if importlib.util.find_spec(_module) is None:

@@ -422,7 +422,8 @@ class SegmentTests(DataTestCase):
         import enum
 
         from buildbot_stats.delivery.spool import dump_points, load_points
-        from buildbot_stats.point import from_json_value, to_json_value
+        from buildbot_stats.point import to_json_value
+        from buildbot_stats.ui.store import from_json_value
 
         def via_json(p):
             return Point(

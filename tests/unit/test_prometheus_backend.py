@@ -304,11 +304,12 @@ def test_unusable_values_are_reported_not_counted() -> None:
 def test_counting_never_raises_once_started(monkeypatch: Any) -> None:
     b = PrometheusStorageService(port=0, captures=[])
 
-    def broken(ops: Any, now: float) -> None:
+    def broken(*args: Any) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(b._get_endpoint(), "apply", broken)
-    assert b.thd_postStatsValues([result("b1", 1, 0)]).rejected_points == 0
+    monkeypatch.setattr(b._get_endpoint(), "count_result", broken)
+    report = b.thd_postStatsValues([result("b1", 1, 0), result("b1", 2, 0)])  # raises nothing
+    assert [p.reason for p in report.problems] == ["RuntimeError: boom"] * 2
 
 
 def test_result_label_from_code_or_name() -> None:

@@ -14,12 +14,8 @@ from buildbot.config.errors import ConfigErrors
 from buildbot_stats.errors import RefusedWriteError
 from buildbot_stats.point import Point, PointProblem
 from buildbot_stats.storage_backends.base import WriteReport, is_storage_backend
-from buildbot_stats.storage_backends.sqlite import (
-    SCHEMA_VERSION,
-    SQLiteStorageService,
-    StoreError,
-    open_store,
-)
+from buildbot_stats.storage_backends.sqlite import SCHEMA_VERSION, SQLiteStorageService
+from buildbot_stats.ui.store import StoreError, open_store
 
 T0 = 1_714_557_600 * 10**9  # 2024-05-01T10:00:00Z
 TAGS = {"builder_name": "b1", "build_number": "1"}

@@ -13,9 +13,9 @@ from buildbot.config.errors import ConfigErrors, capture_config_errors
 
 from buildbot_stats import statistics
 from buildbot_stats.point import Point
-from buildbot_stats.storage_backends.sqlite import open_store
 from buildbot_stats.ui.figures import summarize, summarize_windows
 from buildbot_stats.ui.page import WINDOWS, prepare, render_message, render_page, window_starts
+from buildbot_stats.ui.store import open_store
 from buildbot_stats.web_page import StatsPageApp
 from tests.summary_data import make_full_points, write_store
 
