@@ -10,7 +10,9 @@ compares what the analysis finds with it.
 
 from __future__ import annotations
 
+import hashlib
 import random
+from typing import Any
 from dataclasses import dataclass, field
 
 from buildbot_stats.insights.records import Build, ResultSet, Step, TestRow
@@ -98,7 +100,7 @@ def planted_history(
             buildid += 1
             number = index + 1
             numbers.append(number)
-            rev = None if rng.random() < no_revision else f"{revision:040x}"
+            rev = None if rng.random() < no_revision else hashlib.sha1(str(revision).encode()).hexdigest()
             clock = t
             step_rows = []
             for step, seconds in base.items():
@@ -138,3 +140,123 @@ def planted_history(
             t = clock + rng.randrange(60, 600)
         planted.numbers[builder] = numbers
     return planted
+
+
+# -- a real Buildbot database, filled through Buildbot's own DB connector ----------------
+
+
+class ClockedReactor:
+    """The real reactor, but ``seconds()`` is the planted history's clock (Buildbot stamps rows with it)."""
+
+    def __init__(self, reactor: Any, now: int) -> None:
+        self._reactor = reactor
+        self.now = now
+
+    def seconds(self) -> float:
+        return float(self.now)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+
+async def fill_master_db(basedir: str, planted: Planted, reactor: Any) -> None:
+    """Write ``planted`` into the database of the master in ``basedir`` (created and upgraded here).
+
+    Every row is made by Buildbot's DB connector API, as a master makes them:
+    builders, buildsets with sourcestamps (a third of the revisions only as a
+    ``got_revision`` property instead), builds, steps, test result sets and
+    their results.
+    """
+    from buildbot.config.master import FileLoader
+    from buildbot.master import BuildMaster
+
+    clock = ClockedReactor(reactor, START)
+    master = BuildMaster(basedir, reactor=clock)
+    master.config = FileLoader(basedir, "master.cfg").loadConfig()
+    db = master.db
+    await db.setup(check_version=False, verbose=False)
+    await db.model.upgrade()
+    try:
+        masterid = await db.masters.findMasterId("insights-e2e")
+        workerid = await db.workers.findWorkerId("worker1")
+        builderids = {b.builder: b.builderid for b in planted.builds}
+        for name in sorted(builderids, key=builderids.__getitem__):
+            assert await db.builders.findBuilderId(name) == builderids[name]
+        steps_of: dict[int, list[Step]] = {}
+        for s in planted.steps:
+            steps_of.setdefault(s.buildid, []).append(s)
+        sets_of: dict[int, list[ResultSet]] = {}
+        for rs in planted.sets:
+            sets_of.setdefault(rs.buildid, []).append(rs)
+        rows_of: dict[int, list[TestRow]] = {}
+        for row in planted.rows:
+            rows_of.setdefault(row.setid, []).append(row)
+        for build in planted.builds:
+            clock.now = build.started_at
+            in_stamp = build.revision if build.revision and int(build.revision, 16) % 3 else None
+            bsid, brids = await db.buildsets.addBuildset(
+                sourcestamps=[
+                    {
+                        "branch": "main",
+                        "revision": in_stamp,
+                        "repository": "https://example.invalid/repo.git",
+                        "codebase": "",
+                        "project": "demo",
+                    }
+                ],
+                reason="planted",
+                properties={},
+                builderids=[build.builderid],
+                waited_for=False,
+            )
+            buildid, number = await db.builds.addBuild(
+                build.builderid, brids[build.builderid], workerid, masterid, "building"
+            )
+            assert (buildid, number) == (build.buildid, build.number)
+            if build.revision and not in_stamp:
+                await db.builds.setBuildProperty(buildid, "got_revision", build.revision, "Git")
+            first_step = None
+            for step in steps_of.get(build.buildid, []):
+                stepid, _, _ = await db.steps.addStep(buildid, step.name, "running")
+                first_step = first_step or stepid
+                await db.steps.startStep(stepid, step.started_at, True)
+                clock.now = step.complete_at
+                await db.steps.finishStep(stepid, step.results, False)
+            for rs in sets_of.get(build.buildid, []):
+                setid = await db.test_result_sets.addTestResultSet(
+                    build.builderid, buildid, first_step, rs.description, rs.category, rs.value_unit
+                )
+                assert setid == rs.setid
+                values = [
+                    {"test_name": r.name, "test_code_path": r.path or None, "value": r.value}
+                    if r.path
+                    else {"test_name": r.name, "value": r.value}
+                    for r in rows_of.get(rs.setid, [])
+                ]
+                if values:
+                    await db.test_results.addTestResults(build.builderid, setid, values)
+                await db.test_result_sets.completeTestResultSet(setid)
+            clock.now = build.complete_at
+            await db.builds.finishBuild(buildid, build.results)
+            await db.buildsets.completeBuildset(bsid, build.results)
+    finally:
+        await db.pool.stop()
+
+
+def _main(argv: list[str]) -> None:
+    """``python -m tests.insights_data fill MASTER_DIR SEED``: fill a master's database."""
+    from twisted.internet import defer, task
+
+    _, basedir, seed = argv
+
+    def run(reactor: Any) -> Any:
+        planted = planted_history(int(seed), revisions=60, tests=12, flaky=3, broken=2, renamed=1)
+        return defer.ensureDeferred(fill_master_db(basedir, planted, reactor))
+
+    task.react(run)
+
+
+if __name__ == "__main__":
+    import sys
+
+    _main(sys.argv[1:])
