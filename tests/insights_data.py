@@ -4,18 +4,19 @@
 or several times, flaky tests that fail on a given share of their runs,
 tests broken from one revision until a later fix, tests renamed half-way,
 builds without a revision, step durations with 10 % noise, single slow
-builds (three times as long) and planted lasting shifts.  What was planted is returned beside the records, so a test
-compares what the analysis finds with it.
+builds (three times as long) and planted lasting shifts.  What was planted
+is returned beside the records, so a test compares what the analysis finds
+with it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
-from buildbot_stats.insights.records import Build, ResultSet, Step, TestRow
+from buildbot_stats.insights.records import Build, ResultRow, ResultSet, Step
 
 START = 1_700_000_000
 STEPS = {"checkout": 8.0, "compile": 120.0, "test": 240.0, "upload": 30.0}
@@ -37,7 +38,7 @@ class Planted:
     builds: list[Build] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     sets: list[ResultSet] = field(default_factory=list)
-    rows: list[TestRow] = field(default_factory=list)
+    rows: list[ResultRow] = field(default_factory=list)
     flaky: dict[tuple[str, str], float] = field(default_factory=dict)  # (builder, test) -> failure rate
     broken: set[tuple[str, str]] = field(default_factory=set)
     renamed: set[tuple[str, str]] = field(default_factory=set)
@@ -129,14 +130,16 @@ def planted_history(
                 else:
                     passed = True
                 failed |= not passed
-                planted.rows.append(TestRow(setid, shown, "tests/test_all.py", "1" if passed else "0"))
+                planted.rows.append(ResultRow(setid, shown, "tests/test_all.py", "1" if passed else "0"))
             setid += 1
             lint = ResultSet(setid, buildid, "lint", "fail_only", "message")
             planted.sets.append(lint)
             for name, rate in lint_flaky.items():
                 if rng.random() < rate:
-                    planted.rows.append(TestRow(setid, name, "", "line too long"))
-            planted.builds.append(Build(buildid, b_index + 1, builder, number, t, clock + 2, 2 if failed else 0, rev))
+                    planted.rows.append(ResultRow(setid, name, "", "line too long"))
+            planted.builds.append(
+                Build(buildid, b_index + 1, builder, number, t, clock + 2, 2 if failed else 0, rev)
+            )
             t = clock + rng.randrange(60, 600)
         planted.numbers[builder] = numbers
     return planted
@@ -188,7 +191,7 @@ async def fill_master_db(basedir: str, planted: Planted, reactor: Any) -> None:
         sets_of: dict[int, list[ResultSet]] = {}
         for rs in planted.sets:
             sets_of.setdefault(rs.buildid, []).append(rs)
-        rows_of: dict[int, list[TestRow]] = {}
+        rows_of: dict[int, list[ResultRow]] = {}
         for row in planted.rows:
             rows_of.setdefault(row.setid, []).append(row)
         for build in planted.builds:

@@ -1,28 +1,30 @@
 """Lasting shifts of build and step durations: a robust two-window change-point test.
 
-At every build of a series the median of the ``window`` durations before it
-is compared with the median of the ``window`` durations from it on.  A build
-starts a shift when
-
-* the medians differ by at least ``min_ratio`` of the one before and at least
-  ``min_seconds`` (a shift too small to matter is no finding), and
-* the two windows are separated: at least ``separation`` of the pairs (one
-  duration before, one after) are ordered the way the medians are (the
-  Mann-Whitney statistic as a fraction, ties counting half), each window
-  without its largest and smallest duration.
+1. *Where*: at every build of a series, the ``window`` durations before it
+   and the ``window`` durations from it on are compared.  They look like a
+   shift when their medians differ by at least half the size that matters
+   and the windows are separated: at least ``separation`` of the pairs (one
+   duration before, one after; each window without its largest and smallest
+   duration) are ordered the way the medians are (the Mann-Whitney statistic
+   as a fraction, ties counting half).  Around a real shift this holds at
+   several neighbouring builds: among them, the split of the builds around
+   them whose two parts lie closest to their own medians (least absolute
+   deviation: a slow build costs the same on either side, so it does not pull
+   the split) is where the shift starts.
+2. *How large*: each split is measured by the medians of the builds from the
+   split before it to the split after it (at most six windows each way).  It
+   is reported when they differ by at least ``min_ratio`` of the one before
+   and at least ``min_seconds``; otherwise the weakest split is dropped and
+   its neighbours measured again.
 
 A single slow build moves neither a median nor the separation of a window of
-twelve, so it is noise, not a shift; a shift must last a window (the last
-builds of a series, with fewer after them, need at least ``min_window``), and
-the medians of windows twice as long must differ as much (a short window's
-median wanders by several per cent under 10 % noise; a long one's much less).
-Around a real shift the test holds at several neighbouring builds: among
-them, the split of the builds around them (a window beyond each end) whose two
-parts lie closest to their own medians (least absolute deviation: a slow
-build costs the same on either side, so it does not pull the split) is where
-the shift starts.  Medians and ranks ignore how noise is distributed, so the
-thresholds mean the same on fast and slow series; docs/insights.rst has the
-figures on planted histories.
+twelve, so it is noise, not a shift; a shift must last (the last builds of a
+series, with fewer after them, need at least ``min_window``).  Medians over
+dozens of builds wander by about 2 % under 10 % noise, a window of twelve's by
+several: so a short window finds where, and long stretches say how much.
+Medians and ranks ignore how noise is distributed, so the thresholds mean the
+same on fast and slow series; docs/insights.rst has the figures on planted
+histories.
 """
 
 from __future__ import annotations
@@ -74,33 +76,58 @@ def _trimmed(values: Sequence[float]) -> list[float]:
 
 def find_shifts(values: Sequence[float], rule: ShiftRule = ShiftRule()) -> list[Shift]:
     """Where ``values`` (in build order) shift lastingly, in order."""
+    splits = [_best_split(values, cluster, rule.window) for cluster in _clusters(values, rule)]
+    while splits:  # each split judged on the builds up to its neighbours; the weakest failing one goes
+        shifts = [_shift(values, splits, k, rule) for k in range(len(splits))]
+        failing = [
+            (abs(s.after - s.before) / max(s.before, 1e-9), k)
+            for k, s in enumerate(shifts)
+            if not _large(s, rule)
+        ]
+        if not failing:
+            return shifts
+        del splits[min(failing)[1]]
+    return []
+
+
+def _clusters(values: Sequence[float], rule: ShiftRule) -> list[list[int]]:
+    """Runs of neighbouring builds where the two windows around them are separated."""
     n, w = len(values), rule.window
-    passing: list[int] = []
+    clusters: list[list[int]] = []
     for i in range(rule.min_window, n - rule.min_window + 1):
         before = values[max(0, i - w) : i]
         after = values[i : i + w]
         mb, ma = statistics.median(before), statistics.median(after)
-        if abs(ma - mb) < max(rule.min_seconds, rule.min_ratio * mb):
+        # a short window's median wanders: half the size is enough to look closer
+        if abs(ma - mb) < max(rule.min_seconds, rule.min_ratio * mb) / 2:
             continue
         above = _separation(_trimmed(before), _trimmed(after))
-        if (above if ma > mb else 1.0 - above) >= rule.separation:
-            passing.append(i)
-    # neighbouring builds that pass are one shift: the split that fits the builds around them best
-    clusters: list[list[int]] = []
-    for i in passing:
+        if (above if ma > mb else 1.0 - above) < rule.separation:
+            continue
         if clusters and i - clusters[-1][-1] < w:
             clusters[-1].append(i)
         else:
             clusters.append([i])
-    shifts = []
-    for cluster in clusters:
-        lo, hi = max(0, cluster[0] - w), min(n, cluster[-1] + w)
-        i = min(cluster, key=lambda j: (_deviation(values[lo:j]) + _deviation(values[j:hi]), j))
-        mb = statistics.median(values[max(0, i - w) : i])
-        ma = statistics.median(values[i : i + w])
-        if _lasts(values, i, ma > mb, rule):
-            shifts.append(Shift(i, mb, ma))
-    return shifts
+    return clusters
+
+
+def _best_split(values: Sequence[float], cluster: list[int], w: int) -> int:
+    """The split of the builds around ``cluster`` whose parts lie closest to their medians."""
+    lo, hi = max(0, cluster[0] - w), min(len(values), cluster[-1] + w)
+    return min(cluster, key=lambda j: (_deviation(values[lo:j]) + _deviation(values[j:hi]), j))
+
+
+def _shift(values: Sequence[float], splits: list[int], k: int, rule: ShiftRule) -> Shift:
+    """The shift at ``splits[k]``: medians of the builds up to the neighbouring splits (or six windows)."""
+    i = splits[k]
+    reach = 6 * rule.window
+    start = max(splits[k - 1] if k else 0, i - reach)
+    end = min(splits[k + 1] if k + 1 < len(splits) else len(values), i + reach)
+    return Shift(i, statistics.median(values[start:i]), statistics.median(values[i:end]))
+
+
+def _large(shift: Shift, rule: ShiftRule) -> bool:
+    return abs(shift.after - shift.before) >= max(rule.min_seconds, rule.min_ratio * shift.before)
 
 
 def _deviation(values: Sequence[float]) -> float:
@@ -109,14 +136,6 @@ def _deviation(values: Sequence[float]) -> float:
         return 0.0
     m = statistics.median(values)
     return sum(abs(x - m) for x in values)
-
-
-def _lasts(values: Sequence[float], i: int, slower: bool, rule: ShiftRule) -> bool:
-    """Whether the shift at ``i`` holds over windows twice as long (noise in a short one does not)."""
-    before = values[max(0, i - 2 * rule.window) : i]
-    after = values[i : i + 2 * rule.window]
-    mb, ma = statistics.median(before), statistics.median(after)
-    return (ma > mb) == slower and abs(ma - mb) >= max(rule.min_seconds, rule.min_ratio * mb)
 
 
 @dataclass(frozen=True)

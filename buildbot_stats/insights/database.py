@@ -28,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from buildbot.db.model import Model
 
-from buildbot_stats.insights.records import Build, ResultSet, Step, TestRow
+from buildbot_stats.insights.records import Build, ResultRow, ResultSet, Step
 
 __all__ = ["History", "open_readonly", "read_history"]
 
@@ -50,7 +50,7 @@ class History:
     steps: list[Step]
     sets: list[ResultSet]
     #: the results of the tests that failed at least once (the others cannot be flaky)
-    rows: list[TestRow]
+    rows: list[ResultRow]
     test_results: int  # results in the window's sets
     tests: int  # distinct tests (builder, name, code path) seen
 
@@ -203,7 +203,9 @@ def _read_builds(conn: Any, names: dict[int, str], in_window: Any) -> list[Build
     ]
 
 
-def _read_results(conn: Any, sets: list[ResultSet], builderids: list[int]) -> tuple[list[TestRow], int, int]:
+def _read_results(
+    conn: Any, sets: list[ResultSet], builderids: list[int]
+) -> tuple[list[ResultRow], int, int]:
     """The rows of the tests that failed at least once in ``sets``; the count of results and of tests."""
     tr = _T["test_results"]
     if not sets:
@@ -246,7 +248,7 @@ def _read_results(conn: Any, sets: list[ResultSet], builderids: list[int]) -> tu
                 (setid in pass_fail and value in _FAILED_VALUES) or by_id[setid].category in _FAILURES_ONLY
             ):
                 failed.add((nameid, pathid))
-    rows: list[TestRow] = []
+    rows: list[ResultRow] = []
     if failed:
         name_ids = sorted({n for n, _ in failed if n is not None})
         path_ids = sorted({p for _, p in failed if p is not None})
@@ -262,7 +264,7 @@ def _read_results(conn: Any, sets: list[ResultSet], builderids: list[int]) -> tu
                     sa.select(*columns).where(tr.c.id.between(start, end), *in_sets, group)
                 ):
                     if setid in by_id and (nameid, pathid) in failed:
-                        rows.append(TestRow(setid, names.get(nameid, ""), paths.get(pathid, ""), value))
+                        rows.append(ResultRow(setid, names.get(nameid, ""), paths.get(pathid, ""), value))
     return rows, count, len(tests)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from buildbot_stats.insights.records import Build, ResultSet, TestRow, lists_failures_only, outcome
+from buildbot_stats.insights.records import Build, ResultRow, ResultSet, lists_failures_only, outcome
 
 __all__ = ["FlakyTest", "find_flaky"]
 
@@ -52,7 +52,7 @@ class _Runs:
 
 
 def find_flaky(
-    builds: Iterable[Build], sets: Iterable[ResultSet], rows: Iterable[TestRow]
+    builds: Iterable[Build], sets: Iterable[ResultSet], rows: Iterable[ResultRow]
 ) -> list[FlakyTest]:
     """The flaky tests among ``rows`` (results of ``sets`` of ``builds``), most revisions with both first.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["Build", "ResultSet", "Step", "TestRow", "outcome"]
+__all__ = ["Build", "ResultSet", "Step", "ResultRow", "outcome"]
 
 #: Buildbot's results codes whose durations say nothing about the work (skipped, exception,
 #: retry, cancelled): such builds and steps are left out of the duration series
@@ -45,7 +45,7 @@ class ResultSet(NamedTuple):
     value_unit: str
 
 
-class TestRow(NamedTuple):
+class ResultRow(NamedTuple):
     """One test result: its set, the test's name and code path (either may be empty), its value."""
 
     setid: int
