@@ -246,6 +246,11 @@ async def fill_master_db(basedir: str, planted: Planted, reactor: Any) -> None:
         await db.pool.stop()
 
 
+def e2e_history(seed: int) -> Planted:
+    """The history the end-to-end test writes: two builders, about 150 builds, 1,800 test results."""
+    return planted_history(seed, revisions=60, tests=12, flaky=3, broken=2, renamed=1)
+
+
 def _main(argv: list[str]) -> None:
     """``python -m tests.insights_data fill MASTER_DIR SEED``: fill a master's database."""
     from twisted.internet import defer, task
@@ -253,7 +258,7 @@ def _main(argv: list[str]) -> None:
     _, basedir, seed = argv
 
     def run(reactor: Any) -> Any:
-        planted = planted_history(int(seed), revisions=60, tests=12, flaky=3, broken=2, renamed=1)
+        planted = e2e_history(int(seed))
         return defer.ensureDeferred(fill_master_db(basedir, planted, reactor))
 
     task.react(run)

@@ -76,7 +76,8 @@ def _trimmed(values: Sequence[float]) -> list[float]:
 
 def find_shifts(values: Sequence[float], rule: ShiftRule = ShiftRule()) -> list[Shift]:
     """Where ``values`` (in build order) shift lastingly, in order."""
-    splits = [_best_split(values, cluster, rule.window) for cluster in _clusters(values, rule)]
+    clusters = _clusters(values, rule)
+    splits = [_best_split(values, clusters, k, rule) for k in range(len(clusters))]
     while splits:  # each split judged on the builds up to its neighbours; the weakest failing one goes
         shifts = [_shift(values, splits, k, rule) for k in range(len(splits))]
         failing = [
@@ -104,17 +105,26 @@ def _clusters(values: Sequence[float], rule: ShiftRule) -> list[list[int]]:
         above = _separation(_trimmed(before), _trimmed(after))
         if (above if ma > mb else 1.0 - above) < rule.separation:
             continue
-        if clusters and i - clusters[-1][-1] < w:
+        if clusters and i - clusters[-1][-1] <= w // 2:
             clusters[-1].append(i)
         else:
             clusters.append([i])
     return clusters
 
 
-def _best_split(values: Sequence[float], cluster: list[int], w: int) -> int:
-    """The split of the builds around ``cluster`` whose parts lie closest to their medians."""
-    lo, hi = max(0, cluster[0] - w), min(len(values), cluster[-1] + w)
-    return min(cluster, key=lambda j: (_deviation(values[lo:j]) + _deviation(values[j:hi]), j))
+def _best_split(values: Sequence[float], clusters: list[list[int]], k: int, rule: ShiftRule) -> int:
+    """The split near ``clusters[k]`` whose two parts (of the builds around it) lie closest to their medians.
+
+    The builds around it: two windows either side, not beyond the neighbouring clusters.  The
+    split may be half a window before or after the cluster: under noise the windows may pass the
+    separation test only a few builds after the shift.
+    """
+    n, w, cluster = len(values), rule.window, clusters[k]
+    lo = max(0, cluster[0] - 2 * w, clusters[k - 1][-1] if k else 0)
+    hi = min(n, cluster[-1] + 2 * w, clusters[k + 1][0] if k + 1 < len(clusters) else n)
+    first = max(rule.min_window, lo + 1, cluster[0] - w // 2)
+    last = min(n - rule.min_window, hi - 1, cluster[-1] + w // 2)
+    return min(range(first, last + 1), key=lambda j: (_deviation(values[lo:j]) + _deviation(values[j:hi]), j))
 
 
 def _shift(values: Sequence[float], splits: list[int], k: int, rule: ShiftRule) -> Shift:
