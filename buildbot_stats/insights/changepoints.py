@@ -81,13 +81,13 @@ def find_shifts(values: Sequence[float], rule: ShiftRule = ShiftRule()) -> list[
     while splits:  # each split judged on the builds up to its neighbours; the weakest failing one goes
         shifts = [_shift(values, splits, k, rule) for k in range(len(splits))]
         failing = [
-            (abs(s.after - s.before) / max(s.before, 1e-9), k)
+            (_lasting(splits, k, len(values), rule), abs(s.after - s.before) / max(s.before, 1e-9), k)
             for k, s in enumerate(shifts)
-            if not _large(s, rule)
+            if not (_large(s, rule) and _lasting(splits, k, len(values), rule))
         ]
         if not failing:
             return shifts
-        del splits[min(failing)[1]]
+        del splits[min(failing)[2]]
     return []
 
 
@@ -134,6 +134,11 @@ def _shift(values: Sequence[float], splits: list[int], k: int, rule: ShiftRule) 
     start = max(splits[k - 1] if k else 0, i - reach)
     end = min(splits[k + 1] if k + 1 < len(splits) else len(values), i + reach)
     return Shift(i, statistics.median(values[start:i]), statistics.median(values[i:end]))
+
+
+def _lasting(splits: list[int], k: int, n: int, rule: ShiftRule) -> bool:
+    """Whether the builds after ``splits[k]``, up to the next split, are a shift and not a burst."""
+    return (splits[k + 1] if k + 1 < len(splits) else n) - splits[k] >= rule.min_window
 
 
 def _large(shift: Shift, rule: ShiftRule) -> bool:
