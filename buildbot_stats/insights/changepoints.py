@@ -159,6 +159,8 @@ class Regression:
     builderid: int
     #: ``"build"`` for the whole build, else the step's name
     what: str
+    #: whether ``what`` is a step (a step may be named ``build`` too)
+    step: bool
     #: the first build after the change
     build_number: int
     revision: str | None
@@ -202,7 +204,7 @@ def find_regressions(
 ) -> list[Regression]:
     """Lasting shifts of each builder's build durations and of each of its steps', largest first."""
     found = []
-    for (builder, _, what), runs in _series(builds, steps).items():
+    for (builder, is_step, what), runs in _series(builds, steps).items():
         for shift in find_shifts([d for _, d in runs], rule):
             build = runs[shift.index][0]
             found.append(
@@ -210,6 +212,7 @@ def find_regressions(
                     builder=builder,
                     builderid=build.builderid,
                     what=what,
+                    step=is_step,
                     build_number=build.number,
                     revision=build.revision,
                     before_seconds=shift.before,
