@@ -111,3 +111,21 @@ def test_a_master_without_database_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "state.sqlite does not exist" in proc.stderr
     assert not (tmp_path / "state.sqlite").exists()
+
+
+def test_postgresql_database_gives_the_same_findings(master_dir: Path, tmp_path: Path) -> None:
+    from tests.support.postgres import PostgresServer
+
+    with PostgresServer() as server:
+        url = server.create_database("bbinsights")
+        basedir = tmp_path / "pgmaster"
+        basedir.mkdir()
+        cfg = make_master_cfg({"linux": "[]", "windows": "[]"}, pb_port=free_port(), db_url=url)
+        (basedir / "master.cfg").write_text(cfg)
+        filled = _run("-m", "tests.insights_data", "fill", basedir.as_posix(), str(SEED))
+        assert filled.returncode == 0, filled.stderr
+        on_postgres = insights(basedir, "--json", "--since", "all")
+    assert on_postgres.returncode == 0, on_postgres.stderr
+    on_sqlite = insights(master_dir, "--json", "--since", "all")
+    pg, lite = json.loads(on_postgres.stdout), json.loads(on_sqlite.stdout)
+    assert pg == lite and pg["flaky_tests"] and pg["regressions"]
