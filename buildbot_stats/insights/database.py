@@ -250,11 +250,13 @@ def _read_results(
                 failed.add((nameid, pathid))
     rows: list[ResultRow] = []
     if failed:
-        name_ids = sorted({n for n, _ in failed if n is not None})
-        path_ids = sorted({p for _, p in failed if p is not None})
-        names = _texts(conn, _T["test_names"], "name", name_ids)
-        paths = _texts(conn, _T["test_code_paths"], "path", path_ids)
-        groups = [tr.c.test_nameid.in_(group) for group in _chunks(name_ids)]
+        names = _texts(conn, _T["test_names"], "name", sorted({n for n, _ in failed if n is not None}))
+        paths = _texts(conn, _T["test_code_paths"], "path", sorted({p for _, p in failed if p is not None}))
+        # the same name may have two ids (two masters adding it at once): every id of a failing name
+        names = _ids_of(conn, _T["test_names"], "name", sorted(set(names.values())), builderids)
+        paths = _ids_of(conn, _T["test_code_paths"], "path", sorted(set(paths.values())), builderids)
+        failing_tests = {(names.get(n, ""), paths.get(p, "")) for n, p in failed}
+        groups = [tr.c.test_nameid.in_(group) for group in _chunks(sorted(names))]
         if any(n is None for n, _ in failed):
             groups.append(tr.c.test_nameid.is_(None))
         columns = (tr.c.test_result_setid, tr.c.test_nameid, tr.c.test_code_pathid, tr.c.value)
@@ -263,9 +265,25 @@ def _read_results(
                 for setid, nameid, pathid, value in conn.execute(
                     sa.select(*columns).where(tr.c.id.between(start, end), *in_sets, group)
                 ):
-                    if setid in by_id and (nameid, pathid) in failed:
-                        rows.append(ResultRow(setid, names.get(nameid, ""), paths.get(pathid, ""), value))
+                    test = (names.get(nameid, ""), paths.get(pathid, ""))
+                    if setid in by_id and test in failing_tests:
+                        rows.append(ResultRow(setid, *test, value))
     return rows, count, len(tests)
+
+
+def _ids_of(
+    conn: Any, table: sa.Table, column: str, texts: list[str], builderids: list[int]
+) -> dict[Any, str]:
+    """Every id (of the builders) of each of ``texts``."""
+    found: dict[Any, str] = {}
+    for i in range(0, len(texts), IN_LIST):
+        group = texts[i : i + IN_LIST]
+        query = sa.select(table.c.id, table.c[column]).where(
+            table.c[column].in_(group), table.c.builderid.in_(builderids)
+        )
+        for row_id, text in conn.execute(query):
+            found[row_id] = str(text)
+    return found
 
 
 def _texts(conn: Any, table: sa.Table, column: str, ids: list[int]) -> dict[Any, str]:
