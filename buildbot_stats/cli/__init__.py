@@ -1,4 +1,4 @@
-"""The ``buildbot-stats`` command: ``summary`` of a store, ``demo``, ``backfill`` and ``dashboard``.
+"""The ``buildbot-stats`` command: summary, spool, demo, backfill, insights and dashboard.
 
 Every error a person can cause (a missing or foreign file, an unwritable
 output) prints one line ``buildbot-stats: error: ...`` and exits with 2.
@@ -112,6 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(backfill)
 
+    insights = commands.add_parser(
+        "insights",
+        help="find flaky tests and builds or steps that got lastingly slower (or faster)",
+        description="Read the master's database (the db_url of its master.cfg; read-only, in short "
+        "statements, safe while the master runs): tests that both passed and failed for the same source "
+        "revision on one builder, and lasting shifts of the median duration of builds and steps, with the "
+        "build where each starts.",
+    )
+    from buildbot_stats.cli.insights import add_arguments as add_insights_arguments
+
+    add_insights_arguments(insights)
+
     dashboard = commands.add_parser(
         "dashboard",
         help="print a Grafana dashboard (JSON) for the InfluxDB backend",
@@ -215,6 +227,16 @@ def _backfill(args: argparse.Namespace) -> int:
         return 130
 
 
+def _insights(args: argparse.Namespace) -> int:
+    from buildbot_stats.cli.insights import run_insights
+    from buildbot_stats.cli.master_db import MasterError
+
+    try:
+        return run_insights(args)
+    except MasterError as e:
+        return _error(str(e))
+
+
 def _dashboard(args: argparse.Namespace) -> int:
     from buildbot_stats.cli.dashboard import dashboard_json
 
@@ -241,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args)
         if args.command == "backfill":
             return _backfill(args)
+        if args.command == "insights":
+            return _insights(args)
         if args.command == "dashboard":
             return _dashboard(args)
         parser.print_help(sys.stderr)

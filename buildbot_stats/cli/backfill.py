@@ -36,7 +36,6 @@ import re
 import signal
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -45,6 +44,13 @@ from buildbot.mq.simple import SimpleMQ
 from twisted.internet import defer, task
 
 from buildbot_stats.cli import argtypes
+from buildbot_stats.cli.master_db import (
+    MasterError,
+    database_url,
+    load_master_cfg,
+    one_line,
+    shown_url,
+)
 from buildbot_stats.cli.output import Progress, Table, table_lines
 
 __all__ = [
@@ -71,8 +77,8 @@ WAIT_NOTICE_SECONDS = 5.0
 PROGRESS_SECONDS = 10.0
 
 
-class BackfillError(Exception):
-    """A problem the user can fix (missing master.cfg, no StatsService, unusable database): one line."""
+#: a problem the user can fix (missing master.cfg, no StatsService, unusable database): one line
+BackfillError = MasterError
 
 
 class BackfillInterrupted(Exception):  # noqa: N818 - not an error: the user asked for it
@@ -158,20 +164,9 @@ class ReplayMQ(SimpleMQ):  # type: ignore[misc]
 
 def load_master_config(basedir: str) -> tuple[Any, list[Any]]:
     """The master's config and its StatsServices (BackfillError when there are none)."""
-    from buildbot.config.errors import ConfigErrors
-    from buildbot.config.master import FileLoader
-
     from buildbot_stats.stats_service import StatsService
 
-    if not os.path.isfile(os.path.join(basedir, "master.cfg")):
-        raise BackfillError(f"no master.cfg in {basedir}")
-    try:
-        with warnings.catch_warnings():
-            # buildbot checkconfig reports those; here they would only bury the progress
-            warnings.simplefilter("ignore")
-            master_cfg = FileLoader(basedir, "master.cfg").loadConfig()
-    except ConfigErrors as e:
-        raise BackfillError(f"master.cfg has errors: {'; '.join(str(x) for x in e.errors)}") from None
+    master_cfg = load_master_cfg(basedir)
     services = [s for s in master_cfg.services.values() if isinstance(s, StatsService)]
     if not services:
         raise BackfillError(
@@ -293,13 +288,8 @@ class Backfill:
         # takes every build as local), its MQ replaced below, only the data API's getters used
         master = BuildMaster(self.basedir, reactor=self.reactor)
         master.config = master_cfg
-        try:
-            db_config = await master.get_db_config(master_cfg)
-        except Exception as e:  # e.g. a db_url rendered from a secret this tool cannot reach
-            raise BackfillError(f"cannot work out the database URL of master.cfg: {e}") from None
-        url = str(db_config.db_url)
-        shown = _shown_url(url)
-        self._check_sqlite_file(url, shown)
+        url = await database_url(master, master_cfg, self.basedir)
+        shown = shown_url(url)
         self.quiet_errors = True
         try:
             await master.db.setup(check_version=True, verbose=False)
@@ -308,28 +298,12 @@ class Backfill:
                 f"the database {shown} is not a current Buildbot database (run buildbot upgrade-master)"
             ) from None
         except Exception as e:
-            raise BackfillError(f"cannot open the database {shown}: {_one_line(e, url)}") from None
+            raise BackfillError(f"cannot open the database {shown}: {one_line(e, url)}") from None
         finally:
             self.quiet_errors = False
         self.mq = ReplayMQ()
         master.mq = self.mq  # the data API's events go to the replay MQ, nowhere else
         self.master = master
-
-    def _check_sqlite_file(self, url: str, shown: str) -> None:
-        # SQLite would create a missing file: an empty database is not the master's
-        from sqlalchemy.engine.url import make_url
-
-        try:
-            parsed = make_url(url)
-        except Exception as e:
-            raise BackfillError(f"cannot open the database {shown}: {_one_line(e, url)}") from None
-        if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
-            return
-        path = parsed.database
-        if not os.path.isabs(path):
-            path = os.path.join(self.basedir, path)
-        if not os.path.isfile(path):
-            raise BackfillError(f"cannot open the database {shown}: {path} does not exist")
 
     async def configure_services(self, services: list[Any]) -> None:
         """Each StatsService configured as in master.cfg, but with its spool in memory."""
@@ -604,30 +578,6 @@ class Backfill:
                 self.err.write(f"buildbot-stats: stopping {svc.name}: {e}\n")
         if self.master is not None and getattr(self.master.db, "pool", None) is not None:
             await self.master.db.pool.stop()
-
-
-def _shown_url(url: str) -> str:
-    """The database URL without its password."""
-    try:
-        from sqlalchemy.engine.url import make_url
-
-        return str(make_url(url).render_as_string(hide_password=True))
-    except Exception:
-        return "<the db_url of master.cfg>"
-
-
-def _one_line(e: BaseException, url: str) -> str:
-    """The first line of an exception's message, without the database password."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    try:
-        from sqlalchemy.engine.url import make_url
-
-        password = make_url(url).password
-    except Exception:
-        password = None
-    if password:
-        text = text.replace(str(password), "***")
-    return text
 
 
 def _log_observer(backfill: Backfill) -> Callable[[dict[str, Any]], None]:

@@ -59,7 +59,16 @@ __all__ = [
 
 #: the text table shows this many of the slowest steps (the JSON and HTML all)
 TABLE_STEPS = 10
-BUILDER_HEADERS = ["builder", "builds", "results", "success", "dur p50", "dur p95", "dur max", "last build"]
+BUILDER_HEADERS = [
+    "builder",
+    "builds",
+    "unsuccessful",
+    "success",
+    "dur p50 (s)",
+    "dur p95 (s)",
+    "dur max (s)",
+    "last build",
+]
 QUEUE_HEADERS = ["queue p50 (s)", "queue p95 (s)"]
 
 
@@ -74,7 +83,7 @@ def builder_table(summary: Summary) -> Table:
         row = [
             b.builder,
             str(b.builds),
-            str(b.results_known),
+            str(b.results_known - b.successes) if b.results_known else "-",
             format_rate(b.success_rate),
             format_number(b.duration_p50),
             format_number(b.duration_p95),

@@ -24,18 +24,33 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Mapping
-from typing import Any, Callable, NamedTuple
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Any, Callable, Generic, NamedTuple, TypeVar
 
 from twisted.python import log
 
 from buildbot_stats.stats_service import StatsService
 from buildbot_stats.storage_backends.sqlite import SQLiteStorageService
 from buildbot_stats.ui.figures import summarize_windows
-from buildbot_stats.ui.page import WindowFigures, prepare, render_message, render_page, window_starts
+from buildbot_stats.ui.page import (
+    InsightsView,
+    WindowFigures,
+    prepare,
+    render_message,
+    render_page,
+    window_starts,
+)
 from buildbot_stats.ui.store import StoreError, open_store
 
-__all__ = ["FRESH_SECONDS", "MAX_RENDERS", "RENDER_WAIT", "FiguresCache", "StatsPage", "visible_builders"]
+__all__ = [
+    "FRESH_SECONDS",
+    "INSIGHTS_DAYS",
+    "MAX_RENDERS",
+    "RENDER_WAIT",
+    "FiguresCache",
+    "StatsPage",
+    "visible_builders",
+]
 
 #: pages computed at once, in this process (the reactor's thread pool has 10 threads by default)
 MAX_RENDERS = 2
@@ -43,6 +58,8 @@ RENDER_WAIT = 1.0
 #: how long computed figures are shown before they are computed again
 FRESH_SECONDS = 60.0
 RECOMPUTE_RATIO = 10
+#: the insights panels read this many days of the master's database
+INSIGHTS_DAYS = 30
 ACCESS_TIMEOUT = 10.0
 
 _RENDERS = threading.BoundedSemaphore(MAX_RENDERS)
@@ -122,21 +139,81 @@ def compute_figures(path: str) -> Figures:
     return Figures(now_ns, time.monotonic(), time.monotonic() - start, windows)
 
 
-class FiguresCache:
+class InsightsFigures(NamedTuple):
+    at: float  # time.monotonic() when computed
+    took: float
+    insights: Any  # buildbot_stats.insights.Insights, None if they could not be read
+    error: str | None
+
+
+def compute_insights(database: tuple[str, str]) -> InsightsFigures:
+    """The insights of the last :data:`INSIGHTS_DAYS` days of the master's database (url, basedir).
+
+    Read through an engine of its own, read-only, in short statements: the
+    master's own database threads are not used.
+    """
+    from buildbot_stats.insights import analyse
+    from buildbot_stats.insights.database import open_readonly, read_history
+
+    start = time.monotonic()
+    url, basedir = database
+    try:
+        engine = open_readonly(url, basedir)
+        try:
+            history = read_history(engine, since=int(time.time()) - INSIGHTS_DAYS * 86400)
+        finally:
+            engine.dispose()
+        insights, error = analyse(history), None
+    except Exception as e:  # shown as a message in the panels; one log line
+        insights, error = None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        log.msg(
+            f"buildbot_stats: Statistics page: cannot read the insights from the master's database: {error}"
+        )
+    return InsightsFigures(time.monotonic(), time.monotonic() - start, insights, error)
+
+
+def master_database(master: Any) -> tuple[str, str] | None:
+    """The master's database URL (as rendered when it started) and its directory."""
+    config = getattr(getattr(master, "db", None), "configured_db_config", None)
+    url = getattr(config, "db_url", None)
+    if not isinstance(url, str) or not url:
+        return None
+    return url, str(getattr(master, "basedir", "") or ".")
+
+
+_Key = TypeVar("_Key", bound=Hashable)
+_Entry = TypeVar("_Entry", Figures, InsightsFigures)
+
+
+class FiguresCache(Generic[_Key, _Entry]):
     """The figures of each store, computed again in the background once older than ``fresh`` seconds,
     or :data:`RECOMPUTE_RATIO` times the time they took if that is longer (a large store's page costs
     the master at most a tenth of a core, however often it is asked for)."""
 
-    def __init__(
-        self, fresh: float = FRESH_SECONDS, compute: Callable[[str], Figures] = compute_figures
-    ) -> None:
+    def __init__(self, fresh: float = FRESH_SECONDS, compute: Callable[[_Key], _Entry] | None = None) -> None:
         self.fresh = fresh
-        self._compute = compute
+        #: the store's figures unless told otherwise
+        self._compute: Callable[[_Key], _Entry] = compute or compute_figures  # type: ignore[assignment]
         self._lock = threading.Lock()
-        self._entries: dict[str, Figures] = {}
-        self._computing: set[str] = set()
+        self._entries: dict[_Key, _Entry] = {}
+        self._computing: set[_Key] = set()
 
-    def get(self, path: str) -> Figures:
+    def get_later(self, key: _Key) -> _Entry | None:
+        """The figures of ``key`` if there are any (fresh or not); never computed in the caller's thread:
+        missing or old ones are computed in the background."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and time.monotonic() - entry.at < max(
+                self.fresh, RECOMPUTE_RATIO * entry.took
+            ):
+                return entry
+            if key in self._computing:
+                return entry
+            self._computing.add(key)
+        threading.Thread(target=self._refresh, args=(key,), name="bbs-stats-figures", daemon=True).start()
+        return entry
+
+    def get(self, path: _Key) -> _Entry:
         """The figures of ``path``; the caller holds a render slot (computing the first ones takes it)."""
         with self._lock:
             entry = self._entries.get(path)
@@ -161,12 +238,12 @@ class FiguresCache:
             with self._lock:
                 self._computing.discard(path)
 
-    def _store(self, path: str, figures: Figures) -> Figures:
+    def _store(self, path: _Key, figures: _Entry) -> _Entry:
         with self._lock:
             self._entries[path] = figures
         return figures
 
-    def _refresh(self, path: str) -> None:
+    def _refresh(self, path: _Key) -> None:
         try:
             if _RENDERS.acquire(timeout=RENDER_WAIT):
                 try:
@@ -192,11 +269,17 @@ class StatsPage:
     """The WSGI app (see :class:`buildbot_stats.web_page.StatsPageApp`, which loads it)."""
 
     def __init__(
-        self, store: str | None, master: Callable[[], Any], cache: FiguresCache | None = None
+        self,
+        store: str | None,
+        master: Callable[[], Any],
+        cache: FiguresCache[str, Figures] | None = None,
+        insights: FiguresCache[tuple[str, str], InsightsFigures] | None = None,
     ) -> None:
         self.store = store
         self.master = master
         self.cache = cache or FiguresCache()
+        #: the insights panels' figures, by (database URL, basedir): always computed in the background
+        self.insights = insights or FiguresCache(compute=compute_insights)
         self._logged: str | None = None  # the last problem logged: one log line per problem
         self._pages: collections.OrderedDict[tuple[Any, ...], str] = collections.OrderedDict()
         self._pages_lock = threading.Lock()
@@ -271,7 +354,7 @@ class StatsPage:
             query = urllib.parse.parse_qs(environ.get("QUERY_STRING", "")) if standalone else {}
             window = (query.get("window") or [None])[0]
             builder = (query.get("builder") or [None])[0]
-            return "200 OK", self._render(figures, builder_ids, window, builder, standalone)
+            return "200 OK", self._render(figures, self._insights(), builder_ids, window, builder, standalone)
         except BusyError:
             return "503 Service Unavailable", render_message(
                 "busy",
@@ -300,9 +383,18 @@ class StatsPage:
             return _resolve(self.store, master)
         return master_store(master) if master is not None else None
 
+    def _insights(self) -> InsightsFigures | None | bool:
+        """The insights figures; None while the first are computed; False: this master has no database URL."""
+        master = self.master()
+        database = master_database(master) if master is not None else None
+        if database is None:
+            return False
+        return self.insights.get_later(database)
+
     def _render(
         self,
         figures: Figures,
+        insights: InsightsFigures | None | bool,
         builder_ids: dict[str, int],
         window: str | None,
         builder: str | None,
@@ -312,6 +404,7 @@ class StatsPage:
         key = (
             id(figures),
             figures.computed_ns,
+            id(insights),
             tuple(sorted(builder_ids.items())),
             window,
             builder,
@@ -328,6 +421,13 @@ class StatsPage:
                 builder=builder,
                 standalone=standalone,
                 link_prefix="../../../" if standalone else "",
+                insights=None
+                if insights is False
+                else InsightsView(
+                    insights.insights if isinstance(insights, InsightsFigures) else None,
+                    f"last {INSIGHTS_DAYS} days",
+                    insights.error if isinstance(insights, InsightsFigures) else None,
+                ),
             )
             with self._pages_lock:
                 self._pages[key] = page

@@ -58,11 +58,52 @@ WINDOWS = (
 #: the slowest steps listed per window
 STEPS_SHOWN = 10
 
-#: Panels of the insights issue (flaky tests, duration regressions) go here: each one is
-#: called with a window's :class:`Summary` (filtered to the builders the user may see,
-#: without per-build durations) and the builder ids, and returns the HTML of its
-#: ``<section>`` or None.  None exist yet.
-INSIGHT_PANELS: list[Callable[[Summary, Mapping[str, int]], Markup | None]] = []
+
+class InsightsView(NamedTuple):
+    """The insights the page shows below the windows: ``insights`` None while they are being read."""
+
+    insights: Any  # buildbot_stats.insights.Insights | None
+    span: str  # what they cover, for people: "last 30 days"
+    error: str | None = None  # why they could not be read
+
+
+def _insight_panel(
+    name: str,
+) -> Callable[[InsightsView, Mapping[str, int], Mapping[str, int], str], Markup | None]:
+    def panel(
+        view: InsightsView, builder_ids: Mapping[str, int], index: Mapping[str, int], prefix: str
+    ) -> Markup | None:
+        found = view.insights
+        rows = []
+        if found is not None:
+            rows = [
+                r
+                for r in (found.flaky_tests if name == "flaky" else found.regressions)
+                if r.builder in builder_ids
+            ]
+        html = _INSIGHTS.render(
+            panel=name,
+            pending=found is None and view.error is None,
+            error=view.error,
+            rows=rows[:INSIGHT_ROWS],
+            span=view.span,
+            ids=builder_ids,
+            index=index,
+            prefix=prefix,
+        )
+        return Markup(html)  # noqa: S704 - rendered by the autoescaping environment
+
+    return panel
+
+
+#: the rows a panel shows at most (the CLI's JSON has them all)
+INSIGHT_ROWS = 20
+#: the panels below the windows: "Flaky tests" and "Slower builds and steps", each called with the
+#: insights, the builder ids the user may see, their slots and the link prefix
+INSIGHT_PANELS: list[Callable[[InsightsView, Mapping[str, int], Mapping[str, int], str], Markup | None]] = [
+    _insight_panel("flaky"),
+    _insight_panel("shifts"),
+]
 
 
 def window_starts(now_ns: int) -> dict[str, int | None]:
@@ -204,7 +245,6 @@ def _window_view(
                 slowest=found.slowest if found else None,
             )
         )
-    panels = [p for p in (panel(summary, builder_ids) for panel in INSIGHT_PANELS) if p is not None]
     return {
         "window": window,
         "summary": summary,
@@ -215,7 +255,6 @@ def _window_view(
         "steps": steps_chart(summary),
         "slowest_steps": summary.steps[:STEPS_SHOWN],
         "tests": tests_chart(summary),
-        "insights": panels,
         "index": index,
         "ids": builder_ids,
     }
@@ -224,6 +263,7 @@ def _window_view(
 _ENV = environment()
 _PAGE = _ENV.get_template("page.html.j2")
 _MESSAGE = _ENV.get_template("message.html.j2")
+_INSIGHTS = _ENV.get_template("insights.html.j2")
 
 
 def render_page(
@@ -235,14 +275,21 @@ def render_page(
     builder: str | None = None,
     standalone: bool = False,
     link_prefix: str = "",
+    insights: InsightsView | None = None,
 ) -> str:
     """The page: the figures of :func:`prepare` by window key (computed at ``computed_ns``),
     only the builders of ``builder_ids`` (name -> Buildbot builderid).  ``window`` and
     ``builder`` preselect the controls; ``standalone`` makes a whole HTML document;
-    ``link_prefix`` goes before the links into the UI (``#/builders/...``)."""
+    ``link_prefix`` goes before the links into the UI (``#/builders/...``); ``insights``
+    adds the :data:`INSIGHT_PANELS` below the windows."""
     names = sorted(builder_ids)
     index = {name: i for i, name in enumerate(names)}
+    panels = []
+    if insights is not None:
+        found = (panel(insights, builder_ids, index, link_prefix) for panel in INSIGHT_PANELS)
+        panels = [p for p in found if p is not None]
     return _PAGE.render(
+        insight_panels=panels,
         windows=[_window_view(w, figures[w.key], builder_ids, index) for w in WINDOWS],
         checked_window=window if window in {w.key for w in WINDOWS} else WINDOWS[0].key,
         checked_builder=index.get(builder or ""),

@@ -251,7 +251,7 @@ def test_times_out_of_range_are_shown_as_unknown(tmp_path, capsys):
     code, out, err = run_cli(capsys, "summary", path)
     assert (code, err) == (0, "")
     assert table_section(out, "Builders")[1] == [
-        ["b", "1", "0", "-", "2.5", "2.5", "2.5", "2262-04-11T23:47:16Z"]
+        ["b", "1", "-", "-", "2.5", "2.5", "2.5", "2262-04-11T23:47:16Z"]
     ]
 
 

@@ -53,7 +53,16 @@ def test_table_figures_match_hand_computation(store, capsys):
     assert (code, err) == (0, "")
     assert out.splitlines()[0] == f"Store: {store} ({TOTAL_POINTS} points)"
     header, rows = table_section(out, "Builders")
-    expected = ["builder", "builds", "results", "success", "dur p50", "dur p95", "dur max", "last build"]
+    expected = [
+        "builder",
+        "builds",
+        "unsuccessful",
+        "success",
+        "dur p50 (s)",
+        "dur p95 (s)",
+        "dur max (s)",
+        "last build",
+    ]
     assert header == expected
     assert rows == BUILDER_ROWS
     header, rows = table_section(out, "Data series")
@@ -121,7 +130,8 @@ def test_json_matches_hand_computation_and_table(store, capsys):
 
     for row, b in zip(builder_rows, doc["builders"]):
         rate = "-" if b["success_rate"] is None else f"{b['success_rate'] * 100:.1f}%"
-        expected = [b["builder"], str(b["builds"]), str(b["results_known"]), rate]
+        unsuccessful = str(b["results_known"] - b["successes"]) if b["results_known"] else "-"
+        expected = [b["builder"], str(b["builds"]), unsuccessful, rate]
         expected += [num(b["duration_p50"]), num(b["duration_p95"]), num(b["duration_max"]), b["last_build"]]
         assert row == expected
     json_rows = []

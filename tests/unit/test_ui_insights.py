@@ -1,0 +1,106 @@
+"""The Statistics page's insights panels: from the master's own database, in the background, per user."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from buildbot_stats.insights import analyse
+from buildbot_stats.insights.database import History
+from buildbot_stats.ui.app import FiguresCache, StatsPage, compute_insights, master_database
+from buildbot_stats.ui.figures import summarize_windows
+from buildbot_stats.ui.page import InsightsView, prepare, render_page
+from tests.insights_data import planted_history, write_sqlite
+from tests.summary_data import write_store
+from tests.unit.test_ui_app import RestApi, get
+from tests.unit.test_ui_page import build_points
+
+
+def _insights() -> object:
+    p = planted_history(2, revisions=80)
+    return analyse(History(p.builds, p.steps, p.sets, p.rows, len(p.rows), 40))
+
+
+def _page(view: InsightsView, builder_ids: dict[str, int], tmp_path) -> str:
+    store = write_store(tmp_path / "s.sqlite", build_points("linux", 1, 1, 10.0))
+    from buildbot_stats.ui.store import open_store
+    from buildbot_stats.ui.page import window_starts
+
+    now = time.time_ns()
+    with open_store(str(store)) as s:
+        figures = prepare(summarize_windows(s, window_starts(now)), now)
+    return render_page(figures, builder_ids, computed_ns=now, insights=view)
+
+
+def test_panels_list_findings_with_links_to_builds_for_visible_builders_only(tmp_path) -> None:
+    found = _insights()
+    body = _page(InsightsView(found, "last 30 days"), {"linux": 4}, tmp_path)
+    assert "Flaky tests (last 30 days)" in body and "Slower builds and steps (last 30 days)" in body
+    linux_flaky = [t for t in found.flaky_tests if t.builder == "linux"]
+    assert linux_flaky and all(t.test in body for t in linux_flaky)
+    assert f'href="#/builders/4/builds/{linux_flaky[0].last_failure_build}"' in body
+    shift = next(r for r in found.regressions if r.builder == "linux")
+    assert f'href="#/builders/4/builds/{shift.build_number}"' in body
+    assert '<td class="bbs-text">windows</td>' not in body  # a builder this user may not see
+
+
+def test_panels_say_when_the_history_is_being_read_or_cannot_be(tmp_path) -> None:
+    assert "being read: reload in a moment" in _page(
+        InsightsView(None, "last 30 days"), {"linux": 1}, tmp_path
+    )
+    body = _page(InsightsView(None, "last 30 days", "OperationalError: x"), {"linux": 1}, tmp_path)
+    assert "cannot be read" in body and "OperationalError" not in body
+
+
+def test_page_computes_insights_from_the_masters_database_in_the_background(tmp_path) -> None:
+    planted = planted_history(5, revisions=80)
+    write_sqlite(str(tmp_path / "state.sqlite"), planted, now=int(time.time()))
+    master = SimpleNamespace(
+        basedir=str(tmp_path),
+        db=SimpleNamespace(configured_db_config=SimpleNamespace(db_url="sqlite:///state.sqlite")),
+    )
+    assert master_database(master) == ("sqlite:///state.sqlite", str(tmp_path))
+    store = write_store(tmp_path / "stats.sqlite", build_points("linux", 1, 1, 10.0))
+    computed = []
+
+    def compute(database):
+        computed.append(database)
+        return compute_insights(database)
+
+    page = StatsPage(str(store), lambda: master, insights=FiguresCache(compute=compute))
+    api = RestApi([{"builderid": 1, "name": "linux"}], status=200)
+    try:
+        status, body = get(page, api.port)
+        assert (
+            status == "200 OK" and "being read: reload in a moment" in body
+        )  # never computed in the request
+        deadline = time.monotonic() + 30
+        while "revisions with both" not in body and time.monotonic() < deadline:
+            time.sleep(0.1)
+            status, body = get(page, api.port)
+    finally:
+        api.close()
+    assert "revisions with both" in body
+    flaky_linux = {n for (b, n) in planted.flaky if b == "linux"}
+    assert any(name in body for name in flaky_linux)
+    assert computed == [("sqlite:///state.sqlite", str(tmp_path))]  # cached: computed once
+
+
+def test_a_master_without_a_database_url_shows_no_panels(tmp_path) -> None:
+    assert master_database(SimpleNamespace()) is None
+    store = write_store(tmp_path / "stats.sqlite", build_points("linux", 1, 1, 10.0))
+    api = RestApi([{"builderid": 1, "name": "linux"}], status=200)
+    try:
+        _, body = get(StatsPage(str(store), lambda: None), api.port)
+    finally:
+        api.close()
+    assert "Flaky tests" not in body
+
+
+@pytest.mark.parametrize("url", ["sqlite:///missing.sqlite", "sqlite://"])
+def test_an_unreadable_database_is_an_error_entry_not_an_exception(tmp_path, url) -> None:
+    entry = compute_insights((url, str(tmp_path)))
+    assert entry.insights is None and entry.error
+    assert not (tmp_path / "missing.sqlite").exists()
