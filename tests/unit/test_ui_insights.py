@@ -25,8 +25,8 @@ def _insights() -> object:
 
 def _page(view: InsightsView, builder_ids: dict[str, int], tmp_path) -> str:
     store = write_store(tmp_path / "s.sqlite", build_points("linux", 1, 1, 10.0))
-    from buildbot_stats.ui.store import open_store
     from buildbot_stats.ui.page import window_starts
+    from buildbot_stats.ui.store import open_store
 
     now = time.time_ns()
     with open_store(str(store)) as s:
