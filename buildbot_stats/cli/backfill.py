@@ -255,100 +255,15 @@ class _Tally:
     per_backend: dict[str, int] = field(default_factory=dict)  # "service/backend" -> points
 
 
-class Backfill:
-    """One run: opens the database, configures the services, replays, checkpoints."""
+class BuildSelection:
+    """The builds a run replays: those of the selected builders and dates, finished, oldest first."""
 
-    def __init__(self, args: argparse.Namespace, reactor: Any, out: IO[str], err: IO[str]) -> None:
+    def __init__(self, master: Any, args: argparse.Namespace) -> None:
+        self.master = master
         self.args = args
-        self.reactor = reactor
-        self.out = out
-        self.err = err
-        self.basedir = os.path.abspath(args.basedir)
-        self.selection = _selection_key(args)
-        self.stop_requested = 0
-        self.master: Any = None
-        self.mq: Any = None
-        self.services: list[Any] = []
-        self.tally = _Tally()
         self._builder_names: dict[int, str] = {}
-        self._current_builder = "?"
-        self.progress: Progress | None = None
         #: the lowest id of a build in the selection that had not finished when the builds were listed
         self.first_running: int | None = None
-        #: while the database is opened its errors are logged by Buildbot too: one line is enough
-        self.quiet_errors = False
-
-    # -- setting up --------------------------------------------------------------
-
-    async def open_database(self, master_cfg: Any) -> None:
-        from buildbot.db import exceptions as db_exceptions
-        from buildbot.master import BuildMaster
-
-        # never started: no master row, no masterid (so a cluster's master filter
-        # takes every build as local), its MQ replaced below, only the data API's getters used
-        master = BuildMaster(self.basedir, reactor=self.reactor)
-        master.config = master_cfg
-        url = await database_url(master, master_cfg, self.basedir)
-        shown = shown_url(url)
-        self.quiet_errors = True
-        try:
-            await master.db.setup(check_version=True, verbose=False)
-        except db_exceptions.DatabaseNotReadyError:
-            raise BackfillError(
-                f"the database {shown} is not a current Buildbot database (run buildbot upgrade-master)"
-            ) from None
-        except Exception as e:
-            raise BackfillError(f"cannot open the database {shown}: {one_line(e, url)}") from None
-        finally:
-            self.quiet_errors = False
-        self.mq = ReplayMQ()
-        master.mq = self.mq  # the data API's events go to the replay MQ, nowhere else
-        self.master = master
-
-    async def configure_services(self, services: list[Any]) -> None:
-        """Each StatsService configured as in master.cfg, but with its spool in memory."""
-        for svc in services:
-            await svc.setServiceParent(self.master)
-            args, kwargs = svc.config_arguments
-            kwargs = {**kwargs, "spool_path": None}  # never the live master's spool file
-            await svc.reconfigService(*args, **kwargs)
-            svc.configured = True  # so that starting it does not configure it again from master.cfg
-            await svc.startService()
-            original_store = svc.store
-
-            def store(
-                capture: Any,
-                post_data: Any,
-                series_name: str,
-                context: Any,
-                time: Any = None,
-                _svc: Any = svc,
-                _store: Callable[..., Any] = original_store,
-            ) -> Any:
-                self._count(_svc, capture)
-                if self.args.dry_run:
-                    return defer.succeed(None)
-                return _store(capture, post_data, series_name, context, time)
-
-            svc.store = store  # counts per builder and backend, then the service's own store
-            self.services.append(svc)
-
-    def _count(self, svc: Any, capture: Any) -> None:
-        keys = svc._queues.route_keys(capture)  # the queue keys its records name, cached per capture
-        builder = self._current_builder
-        self.tally.points[builder] = self.tally.points.get(builder, 0) + len(keys)
-        for key in keys:
-            spool_key = f"{svc.name}/{key}"
-            self.tally.per_backend[spool_key] = self.tally.per_backend.get(spool_key, 0) + 1
-
-    def backends(self, svc: Any) -> list[tuple[str, str]]:
-        """(key, target) of each backend of ``svc``."""
-        from buildbot_stats.delivery.queues import backend_keys
-
-        backends = svc.registeredStorageServices
-        return list(zip(backend_keys(backends), map(backend_target, backends)))
-
-    # -- finding builds --------------------------------------------------------------
 
     async def builder_ids(self) -> list[int] | None:
         names = self.args.builders
@@ -398,6 +313,130 @@ class Backfill:
             self._builder_names[builderid] = name
         return name
 
+
+def written_counts(services: list[Any]) -> dict[str, int]:
+    """Points each backend has written so far, by ``service/backend``."""
+    return {
+        f"{svc.name}/{key}": counters["written"]
+        for svc in services
+        for key, counters in svc.backend_counters().items()
+    }
+
+
+def print_dry_run(tally: _Tally, out: IO[str]) -> None:
+    builds = sum(tally.builds.values())
+    points = sum(tally.points.values())
+    out.write(f"dry run: {builds} builds, {points} points would be written (nothing was written)\n")
+    rows = [[name, str(n), str(tally.points.get(name, 0))] for name, n in sorted(tally.builds.items())]
+    for line in table_lines(Table(["builder", "builds", "points"], rows)):
+        out.write(f"  {line}\n")
+    for key in sorted(tally.per_backend):
+        out.write(f"  backend {key}: {tally.per_backend[key]} points\n")
+
+
+def print_done(done: int, written: dict[str, int], services: list[Any], out: IO[str]) -> None:
+    total = sum(written.values())
+    per = ", ".join(f"{k} {v}" for k, v in sorted(written.items()))
+    out.write(f"backfilled {done} builds: {total} points written ({per})\n")
+    for svc in services:
+        for key, counters in sorted(svc.backend_counters().items()):
+            if counters["dropped"]:
+                out.write(f"  backend {svc.name}/{key}: {counters['dropped']} points rejected (see above)\n")
+
+
+class Backfill:
+    """One run: opens the database, configures the services, replays, checkpoints."""
+
+    selected: BuildSelection  # set by open_database
+
+    def __init__(self, args: argparse.Namespace, reactor: Any, out: IO[str], err: IO[str]) -> None:
+        self.args = args
+        self.reactor = reactor
+        self.out = out
+        self.err = err
+        self.basedir = os.path.abspath(args.basedir)
+        self.selection = _selection_key(args)
+        self.stop_requested = 0
+        self.master: Any = None
+        self.mq: Any = None
+        self.services: list[Any] = []
+        self.tally = _Tally()
+        self._current_builder = "?"
+        self.progress: Progress | None = None
+        #: while the database is opened its errors are logged by Buildbot too: one line is enough
+        self.quiet_errors = False
+
+    # -- setting up --------------------------------------------------------------
+
+    async def open_database(self, master_cfg: Any) -> None:
+        from buildbot.db import exceptions as db_exceptions
+        from buildbot.master import BuildMaster
+
+        # never started: no master row, no masterid (so a cluster's master filter
+        # takes every build as local), its MQ replaced below, only the data API's getters used
+        master = BuildMaster(self.basedir, reactor=self.reactor)
+        master.config = master_cfg
+        url = await database_url(master, master_cfg, self.basedir)
+        shown = shown_url(url)
+        self.quiet_errors = True
+        try:
+            await master.db.setup(check_version=True, verbose=False)
+        except db_exceptions.DatabaseNotReadyError:
+            raise BackfillError(
+                f"the database {shown} is not a current Buildbot database (run buildbot upgrade-master)"
+            ) from None
+        except Exception as e:
+            raise BackfillError(f"cannot open the database {shown}: {one_line(e, url)}") from None
+        finally:
+            self.quiet_errors = False
+        self.mq = ReplayMQ()
+        master.mq = self.mq  # the data API's events go to the replay MQ, nowhere else
+        self.master = master
+        self.selected = BuildSelection(master, self.args)
+
+    async def configure_services(self, services: list[Any]) -> None:
+        """Each StatsService configured as in master.cfg, but with its spool in memory."""
+        for svc in services:
+            await svc.setServiceParent(self.master)
+            args, kwargs = svc.config_arguments
+            kwargs = {**kwargs, "spool_path": None}  # never the live master's spool file
+            await svc.reconfigService(*args, **kwargs)
+            svc.configured = True  # so that starting it does not configure it again from master.cfg
+            await svc.startService()
+            original_store = svc.store
+
+            def store(
+                capture: Any,
+                post_data: Any,
+                series_name: str,
+                context: Any,
+                time: Any = None,
+                _svc: Any = svc,
+                _store: Callable[..., Any] = original_store,
+            ) -> Any:
+                self._count(_svc, capture)
+                if self.args.dry_run:
+                    return defer.succeed(None)
+                return _store(capture, post_data, series_name, context, time)
+
+            svc.store = store  # counts per builder and backend, then the service's own store
+            self.services.append(svc)
+
+    def _count(self, svc: Any, capture: Any) -> None:
+        keys = svc._queues.route_keys(capture)  # the queue keys its records name, cached per capture
+        builder = self._current_builder
+        self.tally.points[builder] = self.tally.points.get(builder, 0) + len(keys)
+        for key in keys:
+            spool_key = f"{svc.name}/{key}"
+            self.tally.per_backend[spool_key] = self.tally.per_backend.get(spool_key, 0) + 1
+
+    def backends(self, svc: Any) -> list[tuple[str, str]]:
+        """(key, target) of each backend of ``svc``."""
+        from buildbot_stats.delivery.queues import backend_keys
+
+        backends = svc.registeredStorageServices
+        return list(zip(backend_keys(backends), map(backend_target, backends)))
+
     # -- replaying one build -------------------------------------------------------------
 
     async def replay(self, buildid: int) -> None:
@@ -406,7 +445,7 @@ class Backfill:
         build = await data.get(("builds", buildid))
         if build is None:  # deleted meanwhile
             return
-        builder = await self.builder_name(build["builderid"])
+        builder = await self.selected.builder_name(build["builderid"])
         self._current_builder = builder
         steps = await data.get(("builds", buildid, "steps")) or []
         sets = await data.get(("builds", buildid, "test_result_sets")) or []
@@ -478,10 +517,10 @@ class Backfill:
                     ),
                     default=0,
                 )
-            buildids = await self.finished_builds(after)
+            buildids = await self.selected.finished_builds(after)
             if after and not self.args.dry_run:
                 self.err.write(f"continuing after build id {after} ({STATE_FILE}; --restart starts over)\n")
-            written_before = self._written()
+            written_before = written_counts(self.services)
             label = "dry run" if self.args.dry_run else "backfill"
             self.progress = Progress(len(buildids), self.err, label, every=PROGRESS_SECONDS)
             interval = 1.0 / self.args.rate
@@ -514,10 +553,10 @@ class Backfill:
                 self._checkpoint(state, last_done_id)
             self.progress.finish()
             if self.args.dry_run:
-                self._print_dry_run()
+                print_dry_run(self.tally, self.out)
                 return 0
-            written = {k: v - written_before.get(k, 0) for k, v in self._written().items()}
-            self._print_done(done, written)
+            written = {k: v - written_before.get(k, 0) for k, v in written_counts(self.services).items()}
+            print_done(done, written, self.services, self.out)
             if self.stop_requested:
                 raise BackfillInterrupted(
                     f"interrupted after {done} of {len(buildids)} builds; "
@@ -528,9 +567,10 @@ class Backfill:
             await self.close()
 
     def _checkpoint(self, state: StateFile, last_done_id: int) -> None:
-        if self.first_running is not None:
+        first_running = self.selected.first_running
+        if first_running is not None:
             # a rerun must not skip a build that was running: it continues before it
-            last_done_id = min(last_done_id, self.first_running - 1)
+            last_done_id = min(last_done_id, first_running - 1)
         for svc in self.services:
             for key, target in self.backends(svc):
                 state.record(svc.name, self.selection, key, target, last_done_id)
@@ -538,37 +578,6 @@ class Backfill:
             state.save()
         except OSError as e:
             raise BackfillError(f"cannot write {state.path}: {e.strerror or e}") from None
-
-    def _written(self) -> dict[str, int]:
-        return {
-            f"{svc.name}/{key}": counters["written"]
-            for svc in self.services
-            for key, counters in svc.backend_counters().items()
-        }
-
-    def _print_dry_run(self) -> None:
-        builds = sum(self.tally.builds.values())
-        points = sum(self.tally.points.values())
-        self.out.write(f"dry run: {builds} builds, {points} points would be written (nothing was written)\n")
-        rows = [
-            [name, str(n), str(self.tally.points.get(name, 0))]
-            for name, n in sorted(self.tally.builds.items())
-        ]
-        for line in table_lines(Table(["builder", "builds", "points"], rows)):
-            self.out.write(f"  {line}\n")
-        for key in sorted(self.tally.per_backend):
-            self.out.write(f"  backend {key}: {self.tally.per_backend[key]} points\n")
-
-    def _print_done(self, done: int, written: dict[str, int]) -> None:
-        total = sum(written.values())
-        per = ", ".join(f"{k} {v}" for k, v in sorted(written.items()))
-        self.out.write(f"backfilled {done} builds: {total} points written ({per})\n")
-        for svc in self.services:
-            for key, counters in sorted(svc.backend_counters().items()):
-                if counters["dropped"]:
-                    self.out.write(
-                        f"  backend {svc.name}/{key}: {counters['dropped']} points rejected (see above)\n"
-                    )
 
     async def close(self) -> None:
         for svc in self.services:

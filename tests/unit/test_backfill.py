@@ -33,7 +33,15 @@ from buildbot_stats.capture import (
     CaptureDataAllBuilders,
     CaptureProperty,
 )
-from buildbot_stats.cli.backfill import Backfill, ReplayMQ, StateFile, backend_target, parse_date
+from buildbot_stats.cli.backfill import (
+    Backfill,
+    BuildSelection,
+    ReplayMQ,
+    StateFile,
+    backend_target,
+    parse_date,
+    print_dry_run,
+)
 from buildbot_stats.cli.master_process import make_master_cfg
 from buildbot_stats.point import to_ns
 from buildbot_stats.stats_service import StatsService
@@ -115,6 +123,7 @@ class ReplayTest(TestReactorMixin, unittest.TestCase):
         b = Backfill(args(**kw), self.reactor, self.out, self.err)
         b.master = self.master
         b.mq = self.master.mq = ReplayMQ()
+        b.selected = BuildSelection(self.master, b.args)
         return b
 
     @defer.inlineCallbacks
@@ -143,19 +152,19 @@ class ReplayTest(TestReactorMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_selection_of_finished_builds(self) -> Any:
-        ids = yield defer.ensureDeferred(self.backfill().finished_builds(0))
+        ids = yield defer.ensureDeferred(self.backfill().selected.finished_builds(0))
         assert ids == [1, 2]  # build 3 is still running
-        ids = yield defer.ensureDeferred(self.backfill().finished_builds(1))
+        ids = yield defer.ensureDeferred(self.backfill().selected.finished_builds(1))
         assert ids == [2]
         since = datetime.datetime.fromtimestamp(T0 + 2090, UTC)
-        ids = yield defer.ensureDeferred(self.backfill(since=since).finished_builds(0))
+        ids = yield defer.ensureDeferred(self.backfill(since=since).selected.finished_builds(0))
         assert ids == [2]
-        ids = yield defer.ensureDeferred(self.backfill(until=since).finished_builds(0))
+        ids = yield defer.ensureDeferred(self.backfill(until=since).selected.finished_builds(0))
         assert ids == [1]
-        ids = yield defer.ensureDeferred(self.backfill(builders=["b2"]).finished_builds(0))
+        ids = yield defer.ensureDeferred(self.backfill(builders=["b2"]).selected.finished_builds(0))
         assert ids == []
         with pytest.raises(Exception, match="no builder named 'nope'"):
-            yield defer.ensureDeferred(self.backfill(builders=["nope"]).finished_builds(0))
+            yield defer.ensureDeferred(self.backfill(builders=["nope"]).selected.finished_builds(0))
 
     @defer.inlineCallbacks
     def test_progress_stops_before_a_build_still_running(self) -> Any:
@@ -178,8 +187,8 @@ class ReplayTest(TestReactorMixin, unittest.TestCase):
             ]  # fmt: skip
         )
         b = self.backfill()
-        ids = yield defer.ensureDeferred(b.finished_builds(0))
-        assert (ids, b.first_running) == ([1, 2, 4], 3)
+        ids = yield defer.ensureDeferred(b.selected.finished_builds(0))
+        assert (ids, b.selected.first_running) == ([1, 2, 4], 3)
         svc = StatsService(storage_backends=[], name="stats")
         svc.registeredStorageServices = [RecordingStorage()]
         b.services = [svc]
@@ -201,7 +210,7 @@ class ReplayTest(TestReactorMixin, unittest.TestCase):
         svc = StatsService(storage_backends=[backend], name="stats", spool_path="live-spool.sqlite")
         b = self.backfill(dry_run=dry_run)
         yield defer.ensureDeferred(b.configure_services([svc]))
-        for buildid in (yield defer.ensureDeferred(b.finished_builds(0))):
+        for buildid in (yield defer.ensureDeferred(b.selected.finished_builds(0))):
             yield defer.ensureDeferred(b.replay(buildid))
         delivered = yield defer.ensureDeferred(b.wait_delivered())
         assert delivered
@@ -248,7 +257,7 @@ class ReplayTest(TestReactorMixin, unittest.TestCase):
         assert counters["RecordingStorage"]["captured"] == 0
         assert b.tally.points == {"b1": 6}
         assert b.tally.per_backend == {"stats/RecordingStorage": 6}
-        b._print_dry_run()
+        print_dry_run(b.tally, self.out)
         assert self.out.getvalue().splitlines() == [
             "dry run: 2 builds, 6 points would be written (nothing was written)",
             "  builder  builds  points",
