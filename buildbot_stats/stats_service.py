@@ -31,7 +31,7 @@ YIELD_CHUNK = 250
 
 
 class StatsService(service.BuildbotService):
-    """Passes statistics captured on the master on to every storage backend (options: docs/configuration.rst)."""
+    """Passes statistics captured on the master to every backend (options: docs/configuration.rst)."""
 
     # Buildbot requires a name; a default spares a traceback in checkconfig
     name = "StatsService"
