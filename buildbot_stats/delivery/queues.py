@@ -17,6 +17,7 @@ from twisted.python import log
 
 from buildbot_stats.burst_log import BurstLog
 from buildbot_stats.delivery.queue import Counters, DeliveryQueue
+from buildbot_stats.delivery.spool import SQLiteSpool
 from buildbot_stats.delivery.spool_thread import SpoolThread
 from buildbot_stats.delivery.writer import Route, SpoolResult, SpoolWriter, points_phrase
 from buildbot_stats.options import DeliveryPolicy
@@ -51,8 +52,7 @@ class QueueSet:
         self.spool = spool
         self.reactor = reactor
         self.queues: dict[str, DeliveryQueue] = {}
-        self.writer = SpoolWriter(spool, self._spooled, self._send)
-        self.writer.orphan_prefix = f"{service_name}/"
+        self.writer = SpoolWriter(spool, self._spooled, self._send, orphan_prefix=f"{service_name}/")
         self._by_spool_key: dict[str, DeliveryQueue] = {}
         self._retired = Counters()  # counters of queues removed by a reconfig
         self._orphans_logged: set[str] = set()
@@ -86,16 +86,14 @@ class QueueSet:
             self.queues[key] = queue
             queue.hold = self.writer.holding
             encode = backend.thd_encode if provides(backend, IEncodedWrites) else None
-            routes[key] = Route(queue.spool_key, encode, policy.batch_size)
+            bounds = (policy.max_spool_points, policy.max_spool_bytes)
+            routes[key] = Route(queue.spool_key, encode, policy.batch_size, bounds)
             key_by_backend[id(backend)] = key
         # spool writes made from now on use the new routes; a capture still holding a
         # replaced backend object finds its queue by the backend's key (see route_keys)
         self.writer.routes = routes
         self._previous_key_by_backend, self._key_by_backend = self._key_by_backend, key_by_backend
         self._capture_keys = {}
-        self.writer.bounds = {
-            q.spool_key: (q.policy.max_spool_points, q.policy.max_spool_bytes) for q in self.queues.values()
-        }
         self._by_spool_key = {q.spool_key: q for q in self.queues.values()}
         for queue in old.values():
             yield queue.stop()
@@ -112,7 +110,7 @@ class QueueSet:
     def _log_orphans(self) -> Any:
         """Say so when the spool holds points of backends this service no longer has."""
         try:
-            counts = yield self.spool.pending_counts()
+            counts = yield self.spool.call(SQLiteSpool.thd_pending_counts)
         except Exception:
             return
         for spool_key, n in sorted(counts.items()):
@@ -147,7 +145,7 @@ class QueueSet:
         for (series, why), n in result.unstored.items():
             for _ in range(n):
                 self._unstored_log.failed((series, why), f"a value of series {series} was not stored: {why}")
-        degraded = self.spool.degraded
+        degraded = result.degraded
         if degraded != self._degraded_logged:
             if degraded is not None:
                 log.msg(
@@ -160,20 +158,14 @@ class QueueSet:
                     "the points kept in memory moved to it"
                 )
             self._degraded_logged = degraded
-        for key, lost in result.lost.items():
+        for key in set(result.states) | set(result.captured) | set(result.lost):
             queue = self._by_spool_key.get(key)
-            (queue.counters if queue is not None else self._retired).dropped += lost
-        for key in set(result.states) | set(result.captured):
-            queue = self._by_spool_key.get(key)
-            captured = result.captured.get(key, 0)
-            if queue is None:
-                self._retired.captured += captured
-                self._log_orphaned(key, captured)
-            elif key in result.states:  # (the writer says when to send: see SpoolWriter)
-                problems, rejected = result.problems.get(key, []), result.rejected.get(key, 0)
-                queue.spooled(result.states[key], captured, problems, rejected, send=False)
+            if queue is not None:
+                queue.spooled(result, send=False)  # (the writer says when to send: see SpoolWriter)
             else:
-                queue.counters.captured += captured
+                self._retired.captured += result.captured.get(key, 0)
+                self._retired.dropped += result.lost.get(key, 0)
+                self._log_orphaned(key, result.captured.get(key, 0))
 
     def _new_orphan(self, spool_key: str) -> str | None:
         """The backend key of ``spool_key`` if it is one of this service's, not configured, not said yet."""

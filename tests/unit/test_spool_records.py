@@ -38,7 +38,7 @@ def test_chunks_of_one_backend_join_into_segments_of_its_batch_size():
     spool.thd_open()
     n = 2 * ENCODE_CHUNK + 10  # three chunks
     routes = {"influx": influx_route(batch_size=2 * ENCODE_CHUNK + 5)}
-    result = thd_spool_records(spool, flat(("influx",), n), routes, {"svc/influx": (10**9, None)})
+    result = thd_spool_records(spool, flat(("influx",), n), routes)
     assert result.errors == [] and result.captured == {"svc/influx": n}
     segments = spooled(spool, "svc/influx")
     # two chunks fit in a batch; a chunk is never split, so the third starts a segment
@@ -54,8 +54,7 @@ def test_backend_without_encoder_gets_columns_per_batch_and_shares_the_records()
         "influx": influx_route(batch_size=5000),
         "plain": Route("svc/plain", None, 300),
     }
-    bounds = {"svc/influx": (10**9, None), "svc/plain": (10**9, None)}
-    result = thd_spool_records(spool, flat(("influx", "plain"), 700), routes, bounds)
+    result = thd_spool_records(spool, flat(("influx", "plain"), 700), routes)
     assert result.captured == {"svc/influx": 700, "svc/plain": 700}
     plain = spooled(spool, "svc/plain")
     assert [(s[1], s[2]) for s in plain] == [(300, COLUMNS), (300, COLUMNS), (100, COLUMNS)]
@@ -69,7 +68,7 @@ def test_no_segment_is_larger_than_a_small_batch_size():
     spool = MemorySpool()
     spool.thd_open()
     routes = {"influx": influx_route(batch_size=10)}
-    thd_spool_records(spool, flat(("influx",), 25), routes, {"svc/influx": (10**9, None)})
+    thd_spool_records(spool, flat(("influx",), 25), routes)
     assert [s[1] for s in spooled(spool, "svc/influx")] == [10, 10, 5]
 
 
@@ -78,7 +77,7 @@ def test_a_bad_record_is_one_error_line_and_the_others_are_kept():
     spool.thd_open()
     records = flat(("influx",), 3)
     records[4 * 5 - 1 - 10] = object()  # the time of the second record: not a timestamp
-    result = thd_spool_records(spool, records, {"influx": influx_route(5000)}, {"svc/influx": (10**9, None)})
+    result = thd_spool_records(spool, records, {"influx": influx_route(5000)})
     assert result.errors == [] and list(result.unstored) == [
         ("'b-m'", "TypeError: cannot use object as a timestamp")
     ]
@@ -102,13 +101,12 @@ def test_a_value_no_backend_can_encode_costs_only_its_point_with_one_line_per_ba
     spool = MemorySpool()
     spool.thd_open()
     routes = {"influx": influx_route(batch_size=5000), "plain": Route("svc/plain", None, 5000)}
-    bounds = {"svc/influx": (10**9, None), "svc/plain": (10**9, None)}
     n = ENCODE_CHUNK + 10  # two chunks for influx, one for plain
     records = flat(("influx", "plain"), n)
     bad = {3, ENCODE_CHUNK + 5}  # one in each influx chunk
     for i in bad:
         records[5 * i + 2] = {"i": _NoText()}
-    result = thd_spool_records(spool, records, routes, bounds)
+    result = thd_spool_records(spool, records, routes)
     assert result.captured == {"svc/influx": n, "svc/plain": n}
     assert result.lost == {"svc/influx": 2, "svc/plain": 2}
     assert len(result.errors) == 2  # one line per backend, naming the series and the field
@@ -133,7 +131,7 @@ def test_an_encoder_that_always_fails_loses_its_points_in_one_line_that_blames_n
 
     routes = {"influx": Route("svc/influx", broken, 5000)}
     n = 2 * ENCODE_CHUNK
-    result = thd_spool_records(spool, flat(("influx",), n), routes, {"svc/influx": (10**9, None)})
+    result = thd_spool_records(spool, flat(("influx",), n), routes)
     assert result.lost == {"svc/influx": n}
     assert result.errors == [
         f"dropped {n} points of backend 'svc/influx' that could not be encoded "
@@ -157,7 +155,7 @@ def test_a_series_name_that_cannot_even_be_shown_costs_only_its_own_record():
     spool.thd_open()
     records = flat(("influx",), 3)
     records[5 + 1] = _Unprintable()  # the series of the second record
-    result = thd_spool_records(spool, records, {"influx": influx_route(5000)}, {"svc/influx": (10**9, None)})
+    result = thd_spool_records(spool, records, {"influx": influx_route(5000)})
     assert result.errors == [] and len(result.unstored) == 1
     assert "_Unprintable" in next(iter(result.unstored))[0]
     assert result.captured == {"svc/influx": 2}
@@ -176,8 +174,7 @@ def test_a_thd_encode_breaking_its_contract_costs_only_its_own_backends_points()
         return "mine/1", "\n".join(p.series for p in points), None
 
     routes = {"mine": Route("svc/mine", text_encoder, 5000), "influx": influx_route(5000)}
-    bounds = {"svc/mine": (10**9, None), "svc/influx": (10**9, None)}
-    result = thd_spool_records(spool, flat(("mine", "influx"), 300), routes, bounds)
+    result = thd_spool_records(spool, flat(("mine", "influx"), 300), routes)
     assert result.lost == {"svc/mine": 300}
     assert len(result.errors) == 1 and "backend 'svc/mine'" in result.errors[0]
     assert "thd_encode must return" in result.errors[0]
@@ -192,7 +189,7 @@ def test_a_segment_joined_from_chunks_keeps_an_unknown_time_unknown() -> None:
 
     def joined(chunks):
         segments: list[NewSegment] = []
-        maker = _SegmentMaker(Route("k", None, 100), SpoolResult({}, {}, {}, {}, [], {}), segments)
+        maker = _SegmentMaker(Route("k", None, 100), SpoolResult(), segments)
         for first, last in chunks:
             maker._add(NewSegment("k", 1, first, last, "influx-lp/n", b"s f=1i 5"), None)
         maker.finish()
