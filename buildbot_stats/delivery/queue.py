@@ -95,6 +95,17 @@ class DeliveryReport:
                 "read from the spool; their segments were moved to the table buildbot_stats_unreadable"
             )
 
+    def spooled(self, result: SpoolResult, key: str) -> SpoolState | None:
+        """What a spool write did to the points of the spool key ``key``; its state, if it wrote them."""
+        self.counters.captured += result.captured.get(key, 0)
+        self.counters.dropped += result.rejected.get(key, 0) + result.lost.get(key, 0)
+        if key in result.problems:
+            self.problems(result.problems[key])
+        state = result.states.get(key)
+        if state is not None:
+            self.update(state)
+        return state
+
     def found(self, state: SpoolState) -> None:
         """The spool's counts at start: say how many points a previous run left."""
         self.update(state)
@@ -291,35 +302,23 @@ class DeliveryQueue:
         """A reconfig replaced the backend (same name) or the policy; pending points stay."""
         self.backend = backend
         self.report.policy = policy
-        self._write_next()
+        self.send()
 
     def spooled(self, result: SpoolResult, send: bool = True) -> None:
-        """A spool write is done: count what it did to this queue's points, and send them if ``send``
-        (else at :meth:`send`); a whole batch waiting is sent at once, even while a burst is spooled.
-        """
-        key = self.spool_key
-        self.counters.captured += result.captured.get(key, 0)
-        self.counters.dropped += result.rejected.get(key, 0) + result.lost.get(key, 0)
-        if key in result.problems:
-            self.report.problems(result.problems[key])
-        state = result.states.get(key)
-        if state is not None:
-            self.report.update(state)
-            if send or state.untaken >= self.policy.batch_size:
-                self._write_next()
-
-    def send(self) -> None:
-        """Send what is pending, unless a write runs or waits for its retry."""
-        self._write_next()
+        """A spool write is done: count it, and send now if ``send`` (else at :meth:`send`), or if a
+        whole batch waits (a burst is sent while it is still being spooled)."""
+        state = self.report.spooled(result, self.spool_key)
+        if state is not None and (send or state.untaken >= self.policy.batch_size):
+            self.send()
 
     @defer.inlineCallbacks
     def start(self) -> Any:
         """Start with the oldest segment in the spool (points found at start-up go first)."""
         _, state = yield self._spool.call(SQLiteSpool.thd_take, self.spool_key, 0, (), True)
         self.report.found(state)
-        self._write_next()
+        self.send()
 
-    def _write_next(self) -> None:
+    def send(self) -> None:
         """In IDLE: prepare the backend, or write the next batch, or read it; else nothing."""
         if self.state is not State.IDLE:
             return
@@ -341,7 +340,7 @@ class DeliveryQueue:
             d = self._read(asked)
             d.addCallbacks(self._batch_read, self._read_failed, callbackArgs=(asked,))
             d.addErrback(log.err, "buildbot_stats: internal error in delivery")
-        elif self._drained is not None:
+        else:
             self._fire_drained()
 
     def _held(self) -> bool:
@@ -370,14 +369,13 @@ class DeliveryQueue:
         elif asked:
             self.report.spool.untaken = 0  # nothing to take after all: do not ask again
         self._to(State.IDLE)
-        self._write_next()
+        self.send()
 
     def _read_failed(self, failure: Failure) -> None:
-        if self.state is State.STOPPED:
-            return
         why = failure.getErrorMessage()
         log.msg(f"buildbot_stats: could not read the spool for backend {self.key!r} ({why}); retrying")
-        self._failed(self.policy.max_retry_delay)
+        if self.state is State.READING:
+            self._failed(self.policy.max_retry_delay)
 
     def _prepare(self) -> None:
         """Call the backend's ``prepare(master)``; on failure keep the points and try again later."""
@@ -399,7 +397,7 @@ class DeliveryQueue:
         if backend is self.backend:
             self._prepared = backend
         self._to(State.IDLE)  # prepared, or replaced meanwhile (then the new one is prepared)
-        self._write_next()
+        self.send()
 
     def _advance(self, count: int) -> None:
         """``count`` more points of the batch left for good (accepted or dropped)."""
@@ -420,7 +418,7 @@ class DeliveryQueue:
         self._attempt = 0
         self._batch_limit = self.policy.batch_size
         self._to(State.IDLE)
-        self._write_next()
+        self.send()
 
     def _write_failed(self, failure: Failure, sent: int) -> None:
         batch, error = self._batch, failure.value
@@ -442,7 +440,7 @@ class DeliveryQueue:
                 self.report.dropped(sent, error, series)
                 self._advance(sent)
             self._to(State.IDLE)
-            self._write_next()
+            self.send()
             return
         self._attempt += 1
         self.counters.retried += sent
@@ -450,7 +448,7 @@ class DeliveryQueue:
             # give the batch back while the backend fails, so that the bounds can drop its points
             # (not one written in part: it would be read, and written, whole again)
             self._batch = None
-            self._read(0, rewind=True).addErrback(self._spool_error)
+            self._read(0, rewind=True).addErrback(self._read_failed)
         refused = isinstance(error, RefusedWriteError)
         if refused:
             self._prepared = None  # e.g. render the password again: it may have been fixed
@@ -459,9 +457,6 @@ class DeliveryQueue:
         self.report.failed(error, what, f" and retried{until_fixed}")
         retry_after = getattr(error, "retry_after", None)  # a TransientWriteError's (Retry-After)
         self._failed(max(self.policy.retry_delay(self._attempt, refused), float(retry_after or 0)))
-
-    def _spool_error(self, failure: Failure) -> None:
-        log.msg(f"buildbot_stats: spool error for backend {self.key!r}: {failure.getErrorMessage()}")
 
     def _failed(self, delay: float) -> None:
         """A call failed: retry after ``delay`` seconds, or, when stopping, give up."""
@@ -475,7 +470,7 @@ class DeliveryQueue:
     def _retry(self) -> None:
         self._retry_call = None
         self._to(State.IDLE)
-        self._write_next()
+        self.send()
 
     def _fire_drained(self) -> None:
         d, self._drained = self._drained, None
@@ -486,7 +481,7 @@ class DeliveryQueue:
     def _wait_drained(self, timeout: float) -> Any:
         """Wait until the call in flight (and, if started, the drain) ends; True if it did in time."""
         drained = self._drained = defer.Deferred()
-        self._write_next()  # (fires it at once if there is nothing to do)
+        self.send()  # (fires it at once if there is nothing to do)
         try:
             yield drained.addTimeout(timeout, self._reactor)
         except defer.TimeoutError:

@@ -21,7 +21,7 @@ from twisted.internet import defer
 from twisted.python import log
 from twisted.python.failure import Failure
 
-from buildbot_stats.delivery.spool import COLUMNS, NewSegment, SpoolState, encode_segment
+from buildbot_stats.delivery.spool import NewSegment, SpoolState, encode_segment
 from buildbot_stats.delivery.spool_thread import SpoolThread
 from buildbot_stats.point import Point, PointProblem, to_ns
 
@@ -110,10 +110,9 @@ def _point(series: Any, post_data: Any, context: Any, t: Any) -> Point:
 
 
 class _SegmentMaker:
-    """The segments of one backend in one spool write: points encoded a chunk at a time.
+    """The segments of one backend in one spool write: its points encoded a chunk at a time.
 
-    Encoded data is one point per line, so the chunks of a segment are joined
-    with newlines (up to ``batch_size`` points); columns are one segment per chunk.
+    Each chunk is a segment: a write of encoded points joins the segments it takes.
     """
 
     def __init__(self, route: Route, result: SpoolResult, segments: list[NewSegment]) -> None:
@@ -123,7 +122,6 @@ class _SegmentMaker:
         self.segments = segments
         self.points: list[Point] = []  # made, not encoded yet
         self.chunk = min(ENCODE_CHUNK, route.batch_size) if route.encoder is not None else route.batch_size
-        self.open: list[NewSegment] = []  # encoded chunks of the segment being made
         self.added = 0  # points handed to it (the backend's ``captured``)
         self.failed = 0  # points dropped because they could not be encoded
         self.failure: str | None = None  # the first of them, for the log line
@@ -184,39 +182,12 @@ class _SegmentMaker:
             if getattr(report, "problems", None):
                 self.result.problems.setdefault(self.key, []).extend(report.problems)
             _add(self.result.rejected, self.key, getattr(report, "rejected_points", 0) or 0)
-        if segment is None:
-            return
-        if segment.encoding == COLUMNS:
+        if segment is not None:
             self.segments.append(segment)
-            return
-        if self.open and (
-            segment.encoding != self.open[0].encoding
-            or sum(s.n for s in self.open) + segment.n > self.route.batch_size
-        ):
-            self._close()
-        self.open.append(segment)
-
-    def _close(self) -> None:
-        parts, self.open = self.open, []
-        if len(parts) > 1:
-            firsts, lasts = [s.first_ns for s in parts], [s.last_ns for s in parts]
-            data = b"\n".join(s.data for s in parts)
-            parts = [
-                NewSegment(
-                    self.key,
-                    sum(s.n for s in parts),
-                    None if None in firsts else min(firsts),  # type: ignore[type-var]
-                    None if None in lasts else max(lasts),  # type: ignore[type-var]
-                    parts[0].encoding,
-                    data,
-                )
-            ]
-        self.segments += parts
 
     def finish(self) -> None:
         if self.points:
             self.encode()
-        self._close()
         _add(self.result.captured, self.key, self.added)
         if self.failed:
             self.result.errors.append(

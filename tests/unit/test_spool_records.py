@@ -33,7 +33,7 @@ def influx_route(batch_size):
     return Route("svc/influx", backend.thd_encode, batch_size)
 
 
-def test_chunks_of_one_backend_join_into_segments_of_its_batch_size():
+def test_chunks_of_one_backend_are_segments_taken_together_up_to_its_batch_size():
     spool = MemorySpool()
     spool.thd_open()
     n = 2 * ENCODE_CHUNK + 10  # three chunks
@@ -41,8 +41,11 @@ def test_chunks_of_one_backend_join_into_segments_of_its_batch_size():
     result = thd_spool_records(spool, flat(("influx",), n), routes)
     assert result.errors == [] and result.captured == {"svc/influx": n}
     segments = spooled(spool, "svc/influx")
-    # two chunks fit in a batch; a chunk is never split, so the third starts a segment
-    assert [s[1] for s in segments] == [2 * ENCODE_CHUNK, 10]
+    assert [s[1] for s in segments] == [ENCODE_CHUNK, ENCODE_CHUNK, 10]
+    # two chunks fit in a batch; a chunk is never split, so the third is the next batch
+    assert [s.n for s in spool.thd_take("svc/influx", 2 * ENCODE_CHUNK + 5, rewind=True)[0]] == [
+        ENCODE_CHUNK
+    ] * 2
     lines = b"\n".join(s[3] for s in segments).split(b"\n")
     assert lines == [f"b-m,builder=b i={i}i {BASE + i}".encode() for i in range(n)]
 
@@ -61,7 +64,7 @@ def test_backend_without_encoder_gets_columns_per_batch_and_shares_the_records()
     assert [p for s in plain for p in s[3]] == [
         Point("b-m", {"i": i}, {"builder": "b"}, BASE + i) for i in range(700)
     ]
-    assert [s[1] for s in spooled(spool, "svc/influx")] == [700]
+    assert sum(s[1] for s in spooled(spool, "svc/influx")) == 700
 
 
 def test_no_segment_is_larger_than_a_small_batch_size():
@@ -180,21 +183,3 @@ def test_a_thd_encode_breaking_its_contract_costs_only_its_own_backends_points()
     assert "thd_encode must return" in result.errors[0]
     assert spooled(spool, "svc/mine") == []
     assert sum(s[1] for s in spooled(spool, "svc/influx")) == 300
-
-
-def test_a_segment_joined_from_chunks_keeps_an_unknown_time_unknown() -> None:
-    # the spool reports the time span of what it holds (``buildbot-stats spool``)
-    from buildbot_stats.delivery.spool import NewSegment
-    from buildbot_stats.delivery.writer import Route, SpoolResult, _SegmentMaker
-
-    def joined(chunks):
-        segments: list[NewSegment] = []
-        maker = _SegmentMaker(Route("k", None, 100), SpoolResult(), segments)
-        for first, last in chunks:
-            maker._add(NewSegment("k", 1, first, last, "influx-lp/n", b"s f=1i 5"), None)
-        maker.finish()
-        return [(s.n, s.first_ns, s.last_ns, s.data) for s in segments]
-
-    for chunks in (((None, None), (5, 6)), ((5, 6), (None, None))):
-        assert joined(chunks) == [(2, None, None, b"s f=1i 5\ns f=1i 5")]
-    assert joined(((7, 9), (5, 6))) == [(2, 5, 9, b"s f=1i 5\ns f=1i 5")]
