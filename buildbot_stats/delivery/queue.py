@@ -81,9 +81,8 @@ class DeliveryReport:
         self.counters.spooled += state.spooled
         self.counters.dropped += state.dropped + state.quarantined
         if state.dropped and not self.dropped_in_burst:
-            bound = f"{self.policy.max_spool_points} points"
-            if self.policy.max_spool_bytes is not None:
-                bound += f" or {self.policy.max_spool_bytes} bytes"
+            max_bytes = self.policy.max_spool_bytes
+            bound = f"{self.policy.max_spool_points} points" + (f" or {max_bytes} bytes" if max_bytes else "")
             log.msg(
                 f"buildbot_stats: spool of backend {self.key!r} is full ({bound}): dropping the "
                 "oldest points until the backend accepts writes again"
@@ -111,8 +110,8 @@ class DeliveryReport:
         self.update(state)
         self.restored = state.pending
         if state.pending:
-            found = points_phrase(state.pending)
-            log.msg(f"buildbot_stats: {found} found in the spool to send to backend {self.key!r}")
+            found = f"{points_phrase(state.pending)} found in the spool"
+            log.msg(f"buildbot_stats: {found} to send to backend {self.key!r}")
 
     def failed(self, error: Any, what: str, then: str) -> None:
         """Log "``what`` (the error); N points kept``then``", unless that failure was the last one logged."""
@@ -142,13 +141,12 @@ class DeliveryReport:
                 log.msg(f"buildbot_stats: the points found in the spool reached backend {self.key!r}")
         if self.failure is not None:
             counters = replace(self.counters, pending=self.spool.pending).as_dict()
-            pending = points_phrase(self.spool.pending)
-            again = f"backend {self.key!r} accepts writes again"
-            log.msg(f"buildbot_stats: {again}; {pending} still pending; counters {counters}")
+            again = f"accepts writes again; {points_phrase(self.spool.pending)} still pending"
+            log.msg(f"buildbot_stats: backend {self.key!r} {again}; counters {counters}")
             self.failure = None
         if self.dropped_in_burst:
-            dropped = points_phrase(self.dropped_in_burst)
-            log.msg(f"buildbot_stats: {dropped} of backend {self.key!r} were dropped: spool full")
+            dropped = f"{points_phrase(self.dropped_in_burst)} of backend {self.key!r}"
+            log.msg(f"buildbot_stats: {dropped} were dropped: spool full")
             self.dropped_in_burst = 0
 
     def problems(self, problems: list[PointProblem]) -> None:
@@ -166,14 +164,12 @@ class DeliveryReport:
 
     def stopped(self, durable: bool) -> None:
         if self.spool.pending:
-            log.msg(
-                f"buildbot_stats: {points_phrase(self.spool.pending)} of backend {self.key!r} "
-                + (
-                    "stay in the spool and are sent after the next start"
-                    if durable
-                    else "are lost: there is no spool file (spool_path=None or unusable)"
-                )
+            fate = (
+                "stay in the spool and are sent after the next start"
+                if durable
+                else "are lost: there is no spool file (spool_path=None or unusable)"
             )
+            log.msg(f"buildbot_stats: {points_phrase(self.spool.pending)} of backend {self.key!r} {fate}")
         self.problem_log.flush()
 
 

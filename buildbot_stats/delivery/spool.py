@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from buildbot_stats.delivery.spool_file import (
@@ -112,17 +113,15 @@ def _drop_first(encoding: str, data: bytes, count: int) -> bytes:
     return b"\n".join(split_lines(bytes(data), encoding)[count:])
 
 
+@dataclass
 class _Queue:
     """The spool's book-keeping for one queue key."""
 
-    __slots__ = ("points", "bytes", "taken", "cursor", "unreleased")
-
-    def __init__(self, points: int, size: int) -> None:
-        self.points = points
-        self.bytes = size
-        self.taken: dict[int, tuple[int, int]] = {}  # id -> (n, bytes), taken for a write
-        self.cursor = -1  # highest id taken
-        self.unreleased: set[int] = set()  # released (or dropped) ids whose DELETE failed: retried
+    points: int = 0
+    bytes: int = 0
+    taken: dict[int, tuple[int, int]] = field(default_factory=dict)  # id -> (n, bytes), taken for a write
+    cursor: int = -1  # highest id taken
+    unreleased: set[int] = field(default_factory=set)  # released (or dropped) ids whose DELETE failed
 
 
 class SQLiteSpool:
@@ -141,7 +140,7 @@ class SQLiteSpool:
         self._db: sqlite3.Connection | None = None
         self._lock: str | None = None
         self._mem_rows = 0  # segments in the in-memory table
-        self._queues: dict[str, _Queue] = {}
+        self._queues: defaultdict[str, _Queue] = defaultdict(_Queue)
         self._next_id = 1
 
     def __repr__(self) -> str:
@@ -160,6 +159,8 @@ class SQLiteSpool:
             self.thd_close()
             raise
         self._next_id = (self._db.execute(f"SELECT MAX(id) FROM main.{TABLE}").fetchone()[0] or 0) + 1
+        sql = f"SELECT queue_key, SUM(n), SUM(length(data)) FROM main.{TABLE} GROUP BY queue_key"
+        self._queues.update((key, _Queue(n, size)) for key, n, size in self._db.execute(sql))
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -169,19 +170,8 @@ class SQLiteSpool:
     def _tables(self) -> tuple[str, ...]:
         return ("main", "mem") if self._mem_rows else ("main",)
 
-    def _queue(self, queue_key: str) -> _Queue:
-        q = self._queues.get(queue_key)
-        if q is None:
-            points = size = 0
-            for table in self._tables():
-                sql = f"SELECT SUM(n), SUM(length(data)) FROM {table}.{TABLE} WHERE queue_key = ?"
-                n, b = self._conn().execute(sql, (queue_key,)).fetchone()
-                points, size = points + (n or 0), size + (b or 0)
-            q = self._queues[queue_key] = _Queue(points, size)
-        return q
-
     def _state(self, queue_key: str, **changes: int) -> SpoolState:
-        q = self._queue(queue_key)
+        q = self._queues[queue_key]
         return SpoolState(pending=q.points, untaken=q.points - sum(n for n, _ in q.taken.values()), **changes)
 
     def _segments(self, queue_key: str, columns: str, after: int) -> Iterator[tuple[Any, ...]]:
@@ -215,7 +205,7 @@ class SQLiteSpool:
 
     def _release(self, queue_key: str, ids: Iterable[int]) -> None:
         """Delete segments whose points all left the queue (with those whose delete failed before)."""
-        q = self._queue(queue_key)
+        q = self._queues[queue_key]
         for sid in ids:
             n, size = q.taken.pop(sid, (0, 0))
             q.points, q.bytes = q.points - n, q.bytes - size
@@ -229,8 +219,6 @@ class SQLiteSpool:
     ) -> dict[str, SpoolState]:
         """Append ``segments`` in one transaction, then apply each queue's ``(max points, max bytes)``."""
         keys = {seg.queue_key for seg in segments}
-        for key in keys:
-            self._queue(key)  # counted before the insert
         rows = [
             (seg.queue_key, self._next_id + i, seg.n, seg.first_ns, seg.last_ns, seg.encoding, seg.data)
             for i, seg in enumerate(segments)
@@ -243,14 +231,14 @@ class SQLiteSpool:
             self._conn().executemany(f"INSERT OR REPLACE INTO mem.{TABLE} VALUES (?,?,?,?,?,?,?)", rows)
             self._mem_rows += len(rows)
         for seg in segments:
-            q = self._queue(seg.queue_key)
+            q = self._queues[seg.queue_key]
             q.points += seg.n
             q.bytes += len(seg.data)
             if self.degraded is None and self.durable:
                 spooled[seg.queue_key] = spooled.get(seg.queue_key, 0) + seg.n
         states = {}
         for key in keys | set(spooled):
-            if self.degraded is None and self._queue(key).unreleased:
+            if self.degraded is None and self._queues[key].unreleased:
                 self._release(key, ())
             dropped = self._enforce_bounds(key, *bounds[key]) if key in bounds else 0
             states[key] = self._state(key, spooled=spooled.get(key, 0), dropped=dropped)
@@ -271,7 +259,7 @@ class SQLiteSpool:
 
     def _enforce_bounds(self, key: str, max_points: int, max_bytes: int | None) -> int:
         """Drop the oldest segments not taken (the last one cut) until the queue is within its bounds."""
-        q = self._queue(key)
+        q = self._queues[key]
         dropped, doomed = 0, []
         for table, sid, n, size, encoding in self._segments(key, "id, n, length(data), encoding", q.cursor):
             over_points = q.points - max_points
@@ -303,7 +291,7 @@ class SQLiteSpool:
 
         A segment that cannot be read is moved to the table ``buildbot_stats_unreadable``.
         """
-        q = self._queue(queue_key)
+        q = self._queues[queue_key]
         if release:
             self._release(queue_key, release)
         if rewind:
