@@ -53,7 +53,6 @@ class QueueSet:
         self.reactor = reactor
         self.queues: dict[str, DeliveryQueue] = {}
         self.writer = SpoolWriter(spool, self._spooled, self._send, orphan_prefix=f"{service_name}/")
-        self._by_spool_key: dict[str, DeliveryQueue] = {}
         self._retired = Counters()  # counters of queues removed by a reconfig
         self._orphans_logged: set[str] = set()
         self._degraded_logged: str | None = None
@@ -94,7 +93,6 @@ class QueueSet:
         self.writer.routes = routes
         self._previous_key_by_backend, self._key_by_backend = self._key_by_backend, key_by_backend
         self._capture_keys = {}
-        self._by_spool_key = {q.spool_key: q for q in self.queues.values()}
         for queue in old.values():
             yield queue.stop()
             self._retired.add(queue.counters)
@@ -158,14 +156,21 @@ class QueueSet:
                     "the points kept in memory moved to it"
                 )
             self._degraded_logged = degraded
-        for key in set(result.states) | set(result.captured) | set(result.lost):
-            queue = self._by_spool_key.get(key)
+        for spool_key in set(result.states) | set(result.captured) | set(result.lost):
+            queue = self.queues.get(spool_key.removeprefix(f"{self.service_name}/"))
             if queue is not None:
                 queue.spooled(result, send=False)  # (the writer says when to send: see SpoolWriter)
-            else:
-                self._retired.captured += result.captured.get(key, 0)
-                self._retired.dropped += result.lost.get(key, 0)
-                self._log_orphaned(key, result.captured.get(key, 0))
+                continue
+            captured = result.captured.get(spool_key, 0)
+            self._retired.captured += captured
+            self._retired.dropped += result.lost.get(spool_key, 0)
+            key = self._new_orphan(spool_key) if captured else None
+            if key is not None:
+                log.msg(
+                    f"buildbot_stats: backend {key!r} is no longer configured: its points that were on their "
+                    f"way to the spool ({points_phrase(captured)} so far) are kept there, and sent if a "
+                    "backend of that name is configured again"
+                )
 
     def _new_orphan(self, spool_key: str) -> str | None:
         """The backend key of ``spool_key`` if it is one of this service's, not configured, not said yet."""
@@ -175,16 +180,6 @@ class QueueSet:
             return None
         self._orphans_logged.add(key)
         return key
-
-    def _log_orphaned(self, spool_key: str, n: int) -> None:
-        """Say once that points of a backend removed while they waited were kept in the spool."""
-        key = self._new_orphan(spool_key) if n else None
-        if key is not None:
-            log.msg(
-                f"buildbot_stats: backend {key!r} is no longer configured: its points that were on their "
-                f"way to the spool ({points_phrase(n)} so far) are kept there, and sent if a backend of "
-                "that name is configured again"
-            )
 
     def _send(self) -> None:
         """The spool writer is done for now: every queue sends what it has."""
@@ -214,4 +209,3 @@ class QueueSet:
         for queue in self.queues.values():
             yield queue.stop()
         self.queues = {}
-        self._by_spool_key = {}

@@ -37,9 +37,6 @@ class SpoolThread:
         # stopped (a failed start, a stop that never reached the service)
         self._trigger = reactor.addSystemEventTrigger("during", "shutdown", self._stop_thread)
 
-    def __repr__(self) -> str:
-        return f"<SpoolThread {self.spool!r}>"
-
     @property
     def running(self) -> bool:
         return self._pool is not None
