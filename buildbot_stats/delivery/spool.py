@@ -39,7 +39,7 @@ from buildbot_stats.lineprotocol import split_lines
 from buildbot_stats.point import Point
 
 __all__ = ["ForeignSpoolFileError", "MemorySpool", "NewSegment", "SQLiteSpool", "SpoolState", "TakenSegment"]
-__all__ += ["encode_segment", "spool_info"]
+__all__ += ["encode_segment"]
 
 _WHERE = "WHERE queue_key = ? AND id = ?"
 
@@ -326,7 +326,7 @@ class SQLiteSpool:
 
     def thd_pending_counts(self) -> dict[str, int]:
         """Queue key -> pending points, for every queue in the spool."""
-        return {info["queue_key"]: info["points"] for info in spool_info(self._conn(), self._tables())}
+        return {key: q.points for key, q in self._queues.items() if q.points}
 
     def thd_close(self) -> None:
         if self._db is not None:
@@ -344,20 +344,3 @@ class MemorySpool(SQLiteSpool):
 
     def __init__(self) -> None:
         super().__init__(None)
-
-
-def spool_info(db: sqlite3.Connection, tables: Iterable[str] = ("main",)) -> list[dict[str, Any]]:
-    """What a spool holds, per queue key (for ``buildbot-stats spool``), in ``tables`` (main, mem)."""
-    rows = " UNION ALL ".join(
-        f"SELECT queue_key, n, length(data) AS size, first_ns, last_ns, encoding FROM {t}.{TABLE}"
-        for t in tables
-    )
-    sql = (
-        "SELECT queue_key, COUNT(*), SUM(n), SUM(size), MIN(first_ns), MAX(last_ns), "
-        f"GROUP_CONCAT(DISTINCT encoding) FROM ({rows}) GROUP BY queue_key ORDER BY queue_key"
-    )
-    names = ("queue_key", "segments", "points", "bytes", "oldest_ns", "newest_ns", "encodings")
-    found = [dict(zip(names, row)) for row in db.execute(sql)]
-    for info in found:
-        info["encodings"] = sorted(set(info["encodings"].split(",")))
-    return found
