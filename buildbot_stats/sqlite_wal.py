@@ -49,44 +49,31 @@ def foreign_sqlite_problem(
     and one whose header carries ``application_id`` (even damaged).  Reads at
     most the header and, read-only, the table names.
     """
-    problem, header, tables = _existing_sqlite_file(path)
-    if application_id is not None and header[68:72] == application_id.to_bytes(4, "big"):
-        return None
-    if problem is not None:
-        unmarked = application_id is not None and header.startswith(SQLITE_MAGIC)
-        return problem + (" and has no spool mark" if unmarked else "")
-    if not tables or ours(tables):
-        return None
-    shown = ", ".join(sorted(tables)[:3]) + (", ..." if len(tables) > 3 else "")
-    return f"is an SQLite database with other tables ({shown})"
-
-
-def _existing_sqlite_file(path: str) -> tuple[str | None, bytes, set[str]]:
-    """``(why the file is not a usable SQLite file or None, its first 100 bytes, its table names)``."""
     try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None, b"", set()
-    except OSError as e:
-        return f"cannot be read ({e.strerror})", b"", set()
-    if not stat.S_ISREG(st.st_mode):
-        return "is not a regular file", b"", set()
-    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return "is not a regular file"
         with open(path, "rb") as f:
             header = f.read(100)
+    except FileNotFoundError:
+        return None
     except OSError as e:
-        return f"cannot be read ({e.strerror})", b"", set()
-    if not header:
-        return None, b"", set()
+        return f"cannot be read ({e.strerror})"
+    if not header or (application_id is not None and header[68:72] == application_id.to_bytes(4, "big")):
+        return None
     if not header.startswith(SQLITE_MAGIC):
-        return "is not an SQLite file", header, set()
+        return "is not an SQLite file"
     try:
-        uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
-        db = sqlite3.connect(uri, uri=True, timeout=5)
+        db = sqlite3.connect(
+            "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro", uri=True, timeout=5
+        )
         try:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         finally:
             db.close()
     except sqlite3.Error as e:
-        return f"is an SQLite file that cannot be read ({e})", header, set()
-    return None, header, tables
+        unmarked = " and has no spool mark" if application_id is not None else ""
+        return f"is an SQLite file that cannot be read ({e}){unmarked}"
+    if not tables or ours(tables):
+        return None
+    shown = ", ".join(sorted(tables)[:3]) + (", ..." if len(tables) > 3 else "")
+    return f"is an SQLite database with other tables ({shown})"

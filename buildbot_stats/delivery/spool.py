@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 from buildbot_stats.delivery.spool_file import (
     COLUMNS,
     TABLE,
+    WHERE,
     ForeignSpoolFileError,
     dump_points,
     foreign_file_problem,
@@ -40,8 +41,6 @@ from buildbot_stats.point import Point
 
 __all__ = ["ForeignSpoolFileError", "MemorySpool", "NewSegment", "SQLiteSpool", "SpoolState", "TakenSegment"]
 __all__ += ["encode_segment"]
-
-_WHERE = "WHERE queue_key = ? AND id = ?"
 
 
 @dataclass
@@ -198,7 +197,7 @@ class SQLiteSpool:
     def _delete(self, queue_key: str, ids: Iterable[int]) -> bool:
         """Delete segments; False if the disk refused (the caller retries later)."""
         params = [(queue_key, sid) for sid in ids]
-        failed = [self._try((f"DELETE FROM {table}.{TABLE} {_WHERE}", params)) for table in self._tables()]
+        failed = [self._try((f"DELETE FROM {table}.{TABLE} {WHERE}", params)) for table in self._tables()]
         if self._mem_rows:
             self._mem_rows = self._conn().execute(f"SELECT COUNT(*) FROM mem.{TABLE}").fetchone()[0]
         return not any(failed)
@@ -273,9 +272,9 @@ class SQLiteSpool:
                 q.points, q.bytes, dropped = q.points - n, q.bytes - size, dropped + n
                 continue
             cut = max(over_points, 1)  # cut the oldest points off this segment
-            sql = f"SELECT data FROM {table}.{TABLE} {_WHERE}"
+            sql = f"SELECT data FROM {table}.{TABLE} {WHERE}"
             rest = _drop_first(encoding, self._conn().execute(sql, (key, sid)).fetchone()[0], cut)
-            self._try((f"UPDATE {table}.{TABLE} SET n = ?, data = ? {_WHERE}", [(n - cut, rest, key, sid)]))
+            self._try((f"UPDATE {table}.{TABLE} SET n = ?, data = ? {WHERE}", [(n - cut, rest, key, sid)]))
             q.points, q.bytes, dropped = q.points - cut, q.bytes - size + len(rest), dropped + cut
             break
         if doomed:

@@ -1,16 +1,10 @@
 """The spool's file: telling ours apart, locking it, opening it (migrating older schemas), its codec.
 
-Schema 5: the table ``buildbot_stats_segments`` holds one row per segment:
-``queue_key`` (``<service name>/<backend name>``), an increasing ``id``, ``n``
-points, their oldest and newest time ``first_ns``/``last_ns``, an
-``encoding`` and the ``data``: either the points as :data:`COLUMNS` (one
-msgpack array per attribute; plain values only, so a spool never runs code;
-an int beyond 64 bits is the ext type 1), or the bytes a backend encoded once.
-
-Schemas 2 to 4 (buildbot_stats 0.1.0 and its development versions) pickled
-the points (``columns-1``): :func:`migrate` converts them in place, reading
-each pickle with an unpickler that refuses every class and function, within
-:data:`LEGACY_MAX_BYTES` and :data:`LEGACY_MAX_OBJECTS`.
+Schema 5: one row per segment (see ``_TABLE_SQL``), whose ``data`` is the
+points as :data:`COLUMNS` (msgpack: plain values only, so a spool never runs
+code) or the bytes a backend encoded once.  Schemas 2 to 4 pickled the points
+(``columns-1``): :func:`migrate` converts them, with an unpickler that refuses
+every class and function, within :data:`LEGACY_MAX_BYTES` and :data:`LEGACY_MAX_OBJECTS`.
 """
 
 from __future__ import annotations
@@ -34,12 +28,13 @@ except ImportError:  # pragma: no cover - not POSIX: no lock
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["APPLICATION_ID", "COLUMNS", "ForeignSpoolFileError", "SpoolLockedError", "dump_points"]
-__all__ += ["foreign_file_problem", "load_points", "lock", "open_spool_file", "quarantine", "unlock"]
+__all__ += ["WHERE", "foreign_file_problem", "load_points", "lock", "open_spool_file", "quarantine", "unlock"]
 
 SCHEMA_VERSION = 5
 #: ``PRAGMA application_id`` of a spool ("bbst"), in the file's header: ours even when damaged
 APPLICATION_ID = 0x62627374
 TABLE = "buildbot_stats_segments"
+WHERE = "WHERE queue_key = ? AND id = ?"  # one segment
 QUARANTINE = "buildbot_stats_unreadable"
 _TABLE_SQL = (
     "CREATE TABLE IF NOT EXISTS {db}.buildbot_stats_segments (queue_key TEXT NOT NULL, id INTEGER NOT NULL, "
@@ -183,20 +178,15 @@ def migrate(db: sqlite3.Connection, version: int) -> str:
     for key, sid, data in db.execute(legacy, (LEGACY_COLUMNS,)).fetchall():
         try:
             points = load_pickled_points(data)
-            times = [p.time_ns for p in points]
-            row = (
-                len(points),
-                min(times, default=None),
-                max(times, default=None),
-                COLUMNS,
-                dump_points(points),
-            )
+            packed = dump_points(points)
         except Exception as e:
             quarantine(db, "main", key, sid, LEGACY_COLUMNS, data, e)
             unreadable += 1
             continue
-        columns = "n = ?, first_ns = ?, last_ns = ?, encoding = ?, data = ?"
-        db.execute(f"UPDATE {TABLE} SET {columns} WHERE queue_key = ? AND id = ?", (*row, key, sid))
+        times = [p.time_ns for p in points]
+        first, last = min(times, default=None), max(times, default=None)
+        sql = f"UPDATE {TABLE} SET n = ?, first_ns = ?, last_ns = ?, encoding = ?, data = ? {WHERE}"
+        db.execute(sql, (len(points), first, last, COLUMNS, packed, key, sid))
         converted += 1
     bad = f", {unreadable} unreadable moved to the table {QUARANTINE}" if unreadable else ""
     return f"was migrated from schema {version} to {SCHEMA_VERSION} ({converted} segment(s) converted{bad})"
@@ -208,7 +198,7 @@ def quarantine(
     """Move an unreadable segment to the table ``buildbot_stats_unreadable`` (in a transaction)."""
     row = (key, sid, encoding, data, f"{type(error).__name__}: {error}")
     db.execute(f"INSERT INTO {QUARANTINE} VALUES (?,?,?,?,?)", row)
-    db.execute(f"DELETE FROM {table}.{TABLE} WHERE queue_key = ? AND id = ?", (key, sid))
+    db.execute(f"DELETE FROM {table}.{TABLE} {WHERE}", (key, sid))
 
 
 class ForeignSpoolFileError(Exception):
@@ -276,18 +266,6 @@ def unlock(lock_path: str) -> None:
             os.close(fd)  # closing the last descriptor releases the flock
 
 
-def set_aside(path: str, tag: str) -> str:
-    """Move the spool file (and its -wal/-shm) to ``<path>.<tag>-<time>``, which is returned.
-
-    Called only for a file that is recognisably a spool (or not a database at all).
-    """
-    target = f"{path}.{tag}-{int(time.time())}"
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(path + suffix):
-            os.replace(path + suffix, target + suffix)
-    return target
-
-
 class _SchemaVersionError(sqlite3.DatabaseError):
     def __init__(self, version: int) -> None:
         super().__init__(f"spool schema version {version}")
@@ -322,7 +300,10 @@ def open_spool_file(path: str | None) -> tuple[sqlite3.Connection, str | None]:
             why = f"has schema version {e.version}, which this version of buildbot_stats cannot read"
         else:
             tag, later, why = "unreadable", "", f"could not be read ({' '.join(str(e).split())})"
-        aside = set_aside(path, tag)
+        aside = f"{path}.{tag}-{int(time.time())}"  # (a file recognisably ours, or not a database at all)
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.replace(path + suffix, aside + suffix)
         notice = f"the spool {path} {why}; it was moved to {aside}{later} and a new one started"
         return _connect(path)[0], notice
     if empty:
