@@ -364,8 +364,7 @@ class DeliveryQueue:
             self._batch = Batch.of(segments)
         elif asked:
             self.report.spool.untaken = 0  # nothing to take after all: do not ask again
-        self._to(State.IDLE)
-        self.send()
+        self._idle()
 
     def _read_failed(self, failure: Failure) -> None:
         why = failure.getErrorMessage()
@@ -392,8 +391,7 @@ class DeliveryQueue:
             return
         if backend is self.backend:
             self._prepared = backend
-        self._to(State.IDLE)  # prepared, or replaced meanwhile (then the new one is prepared)
-        self.send()
+        self._idle()  # prepared, or replaced meanwhile (then the new one is prepared)
 
     def _advance(self, count: int) -> None:
         """``count`` more points of the batch left for good (accepted or dropped)."""
@@ -413,8 +411,7 @@ class DeliveryQueue:
             return
         self._attempt = 0
         self._batch_limit = self.policy.batch_size
-        self._to(State.IDLE)
-        self.send()
+        self._idle()
 
     def _write_failed(self, failure: Failure, sent: int) -> None:
         batch, error = self._batch, failure.value
@@ -435,8 +432,7 @@ class DeliveryQueue:
                     series = batch.points[batch.offset].series if batch.points is not None else "?"
                 self.report.dropped(sent, error, series)
                 self._advance(sent)
-            self._to(State.IDLE)
-            self.send()
+            self._idle()
             return
         self._attempt += 1
         self.counters.retried += sent
@@ -461,9 +457,10 @@ class DeliveryQueue:
             self._fire_drained()
         else:
             self._to(State.WAITING)
-            self._retry_call = self._reactor.callLater(delay, self._retry)
+            self._retry_call = self._reactor.callLater(delay, self._idle)
 
-    def _retry(self) -> None:
+    def _idle(self, *_: Any) -> None:
+        """Back to IDLE (a call ended, or a retry is due), and on to what is next."""
         self._retry_call = None
         self._to(State.IDLE)
         self.send()
@@ -474,35 +471,26 @@ class DeliveryQueue:
             d.callback(None)
 
     @defer.inlineCallbacks
-    def _wait_drained(self, timeout: float) -> Any:
-        """Wait until the call in flight (and, if started, the drain) ends; True if it did in time."""
-        drained = self._drained = defer.Deferred()
-        self.send()  # (fires it at once if there is nothing to do)
-        try:
-            yield drained.addTimeout(timeout, self._reactor)
-        except defer.TimeoutError:
-            return False
-        finally:
-            self._drained = None
-        return True
-
-    @defer.inlineCallbacks
     def stop(self) -> Any:
         """Deliver what can be delivered within ``flush_timeout`` seconds; the rest stays spooled."""
         if self._stopping:
             return
         self._stopping = True
-        timeout = self.policy.flush_timeout
         if self._retry_call is not None:
             self._retry_call.cancel()
-            self._retry_call = None
             self._to(State.IDLE)
-        if self.pending and self.report.failure is None:
-            # one last drain, unless the backend was failing: then do not wait for it
-            if not (yield self._wait_drained(timeout)):
-                late = f"did not take all points within {timeout}s at shutdown"
-                log.msg(f"buildbot_stats: backend {self.key!r} {late}")
-        elif self.state is not State.IDLE:
-            yield self._wait_drained(timeout)  # a call runs: give it the time, then leave
+        # one last drain, unless the backend was failing: then only give the call in flight its time
+        draining = self.pending and self.report.failure is None
+        if draining or self.state is not State.IDLE:
+            timeout = self.policy.flush_timeout
+            drained = self._drained = defer.Deferred()
+            self.send()  # (fires it at once if there is nothing to do)
+            try:
+                yield drained.addTimeout(timeout, self._reactor)
+            except defer.TimeoutError:
+                if draining:
+                    late = f"did not take all points within {timeout}s at shutdown"
+                    log.msg(f"buildbot_stats: backend {self.key!r} {late}")
+            self._drained = None
         self._to(State.STOPPED)
         self.report.stopped(self._spool.durable)
