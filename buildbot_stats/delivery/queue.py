@@ -94,6 +94,10 @@ class DeliveryReport:
                 "read from the spool; their segments were moved to the table buildbot_stats_unreadable"
             )
 
+    def current(self) -> Counters:
+        """The counters, with ``pending`` as of now."""
+        return replace(self.counters, pending=self.spool.pending)
+
     def spooled(self, result: SpoolResult, key: str) -> SpoolState | None:
         """What a spool write did to the points of the spool key ``key``; its state, if it wrote them."""
         self.counters.captured += result.captured.get(key, 0)
@@ -140,7 +144,7 @@ class DeliveryReport:
             if not self.restored:
                 log.msg(f"buildbot_stats: the points found in the spool reached backend {self.key!r}")
         if self.failure is not None:
-            counters = replace(self.counters, pending=self.spool.pending).as_dict()
+            counters = self.current().as_dict()
             again = f"accepts writes again; {points_phrase(self.spool.pending)} still pending"
             log.msg(f"buildbot_stats: backend {self.key!r} {again}; counters {counters}")
             self.failure = None
@@ -240,10 +244,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 class DeliveryQueue:
     """Writes the spooled points of one backend to it, in order, at least once, retrying with backoff.
 
-    A backend with ``prepare(master)`` (:class:`IPreparedWrites`) gets it called
-    in the reactor before its first write, and again after a write it refused
-    (:class:`RefusedWriteError`): that is where backends render secrets, so
-    that a password fixed in the secrets provider is used without a restart.
+    A backend's ``prepare(master)`` (:class:`IPreparedWrites`) runs before its first write and after
+    a refused one: there backends render secrets, so that a password fixed is used without a restart.
     """
 
     def __init__(
@@ -289,10 +291,6 @@ class DeliveryQueue:
     @property
     def pending(self) -> int:
         return self.report.spool.pending
-
-    def current_counters(self) -> Counters:
-        """The counters, with ``pending`` as of now."""
-        return replace(self.counters, pending=self.pending)
 
     def use(self, backend: Any, policy: DeliveryPolicy) -> None:
         """A reconfig replaced the backend (same name) or the policy; pending points stay."""
@@ -383,11 +381,9 @@ class DeliveryQueue:
         if self.state is State.STOPPED:
             return
         if backend is self.backend and isinstance(result, Failure):
-            delay = self.policy.max_retry_delay
-            self.report.failed(
-                result.value, f"backend {self.key!r} is not ready", f"; tried again every {delay:.0f}s"
-            )
-            self._failed(delay)
+            again = f"; tried again every {self.policy.max_retry_delay:.0f}s"
+            self.report.failed(result.value, f"backend {self.key!r} is not ready", again)
+            self._failed(self.policy.max_retry_delay)
             return
         if backend is self.backend:
             self._prepared = backend

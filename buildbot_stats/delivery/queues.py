@@ -191,11 +191,11 @@ class QueueSet:
         total = Counters()
         total.add(self._retired)
         for queue in self.queues.values():
-            total.add(queue.current_counters())
+            total.add(queue.report.current())
         return total.as_dict()
 
     def per_backend(self) -> dict[str, dict[str, int]]:
-        return {key: queue.current_counters().as_dict() for key, queue in self.queues.items()}
+        return {key: queue.report.current().as_dict() for key, queue in self.queues.items()}
 
     def wait_spooled(self) -> defer.Deferred:
         """Fires once everything recorded so far is spooled."""
