@@ -1,12 +1,9 @@
 """Getting one backend's spooled points to it: batches, one write in flight, retries.
 
-A :class:`DeliveryQueue`'s pending points are not in memory but in the spool.
-It takes the oldest segments (up to ``batch_size`` points) in one spool call,
-posts them in one thread call, keeps them for retries and releases them (the
-spool deletes them) with its next spool call, once the backend accepted them.
-Memory for delivery is thus one batch per backend, whatever the backlog.  One
-write at a time, as Telegraf does: points reach the backend in the order they
-were spooled in.
+Pending points stay in the spool: a queue takes a batch in one spool call, posts it in one
+thread call, and releases it with its next spool call once the backend accepted it.  So
+delivery holds one batch per backend in memory, whatever the backlog; one write at a
+time, as Telegraf does, keeps the points in the order they were spooled in.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """The delivery queues of one StatsService: one per backend, kept across reconfigs.
 
-A queue is keyed by its backend's name (``name=``, else the class name, made
-unique with ``#2``, ``#3``...).  On reconfig, a backend whose key is still
-configured keeps its queue (and its pending points); a new key gets a new
-queue loaded from the spool; a removed key's queue is stopped and its points
-stay spooled until a backend of that name comes back.
+A queue is keyed by its backend's name (else its class name; ``#2``... if not
+unique): a backend that keeps its key keeps its queue and pending points; a
+removed key's points stay spooled until a backend of that name comes back.
 """
 
 from __future__ import annotations

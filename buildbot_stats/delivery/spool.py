@@ -1,15 +1,9 @@
 """Where points wait until their backend accepted them: the spool *is* the backlog.
 
-:class:`SQLiteSpool` keeps them in a file, so that a master stopped or killed
-sends them after it starts again (:class:`MemorySpool`: ``spool_path=None``).
-A queue takes the oldest segments a batch at a time and releases them once its
-backend accepted (or dropped) all their points: after a crash, what is still in
-the file is sent again (at least once; InfluxDB overwrites a point it has).
-Bounds (``max_spool_points``, ``max_spool_bytes``) drop the oldest segments not
-taken, the last one cut to size.  While the file cannot be written (disk full,
-read-only), new segments go to the in-memory table ``mem``, under the same
-bounds, and into the file once it can be written again.
-
+A segment leaves the file only once its backend accepted (or dropped) all its
+points: after a crash, what is still there is sent again (at least once).
+Bounds drop the oldest segments not taken; while the file cannot be written
+(disk full, read-only), new segments wait in the in-memory table ``mem``.
 The ``thd_*`` methods block: they run on the spool's own thread (:mod:`.spool_thread`).
 """
 
@@ -39,7 +33,7 @@ from buildbot_stats.delivery.spool_file import (
 from buildbot_stats.lineprotocol import split_lines
 from buildbot_stats.point import Point
 
-__all__ = ["ForeignSpoolFileError", "MemorySpool", "NewSegment", "SQLiteSpool", "SpoolState", "TakenSegment"]
+__all__ = ["ForeignSpoolFileError", "NewSegment", "SQLiteSpool", "SpoolState", "TakenSegment"]
 __all__ += ["encode_segment"]
 
 
@@ -124,16 +118,11 @@ class _Queue:
 
 
 class SQLiteSpool:
-    """A spool in an SQLite file (WAL mode: it survives a SIGKILL of the master).
-
-    Opening it never keeps the master from starting (:func:`open_spool_file`):
-    :attr:`notice` says what it found, for one log line.
-    """
-
-    durable = True
+    """A spool in an SQLite file (WAL mode: it survives a SIGKILL of the master), or in memory (None)."""
 
     def __init__(self, path: str | None) -> None:
         self.path = path
+        self.durable = path is not None
         self.notice: str | None = None  # what open found, for the log, if anything
         self.degraded: str | None = None  # why the file cannot be written now, if so
         self._db: sqlite3.Connection | None = None
@@ -334,12 +323,3 @@ class SQLiteSpool:
         if self._lock is not None:
             unlock(self._lock)
             self._lock = None
-
-
-class MemorySpool(SQLiteSpool):
-    """No durability: segments live in an in-memory SQLite database, under the same bounds."""
-
-    durable = False
-
-    def __init__(self) -> None:
-        super().__init__(None)

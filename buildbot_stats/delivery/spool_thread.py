@@ -1,11 +1,7 @@
-"""The reactor's side of the spool: one thread that runs its blocking methods in order, and opening it.
+"""The reactor's side of the spool: the one thread that runs its blocking calls in order, and opening it.
 
-The spool's SQLite connection is used by that one thread only, and calls run
-in the order they were made: the reactor never waits for the disk.
-:func:`open_spool` falls back to memory, with one log line, when the file
-cannot be used (statistics never keep a master from starting), unless the
-path names somebody else's file: a configuration error, and the file is left
-untouched.
+:func:`open_spool` falls back to memory, with one log line, when the file cannot be used
+(statistics never keep a master from starting), unless the path names somebody else's file.
 """
 
 from __future__ import annotations
@@ -17,7 +13,7 @@ from typing import Any
 from twisted.internet import defer, threads
 from twisted.python import log, threadpool
 
-from buildbot_stats.delivery.spool import ForeignSpoolFileError, MemorySpool, SQLiteSpool
+from buildbot_stats.delivery.spool import ForeignSpoolFileError, SQLiteSpool
 
 __all__ = ["SpoolThread", "open_spool", "spool_file"]
 
@@ -98,6 +94,6 @@ def open_spool(spool_path: str | None, basedir: str | None, reactor: Any) -> Any
             return spool
     elif spool_path is not None:
         log.msg("buildbot_stats: no master basedir; pending points are kept in memory only")
-    spool = SpoolThread(MemorySpool(), reactor)
+    spool = SpoolThread(SQLiteSpool(None), reactor)
     yield spool.call(SQLiteSpool.thd_open)
     return spool

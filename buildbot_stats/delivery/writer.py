@@ -1,12 +1,9 @@
 """The spool writer: what captures record becomes points, encoded once and spooled (group commit).
 
-The reactor only appends records (:data:`Record`) to a flat list.  When no
-spool write runs, :class:`SpoolWriter` hands everything recorded since the
-last one to the spool thread in one call: there :func:`thd_spool_records`
-makes the points, encodes each backend's points once (``thd_encode``, else
-columns) and writes them as segments in one transaction.  Then the callers'
-Deferreds fire: ``store()`` and ``yieldMetricsValue`` fire once their point
-is in the spool.  What happens next, per backend, is :mod:`.queue`.
+The reactor only appends records to a flat list; the spool thread makes them
+points, encodes each backend's points once and writes them in one transaction
+(:func:`thd_spool_records`).  Then ``store()`` and ``yieldMetricsValue`` fire:
+their point is in the spool.  What happens next, per backend, is :mod:`.queue`.
 """
 
 from __future__ import annotations
@@ -202,10 +199,8 @@ def thd_spool_records(
 ) -> SpoolResult:
     """Make points of ``records``, encode them once per backend, write them in one transaction.
 
-    Runs on the spool thread (a record's first item names its backends by
-    queue key).  Points for a backend that a reconfig removed while they
-    waited are spooled under ``orphan_prefix + key`` (as columns), like the
-    points such a backend left in the spool: sent if it is configured again.
+    Points for a backend that a reconfig removed while they waited are spooled under
+    ``orphan_prefix + key`` (as columns): sent if a backend of that name comes back.
     """
     result = SpoolResult()
     segments: list[NewSegment] = []
@@ -256,13 +251,10 @@ class _Write:
 class SpoolWriter:
     """Group commit of the spool: everything recorded while a spool write runs is the next write.
 
-    A quiet master spools each value at once; a busy one writes everything
-    posted meanwhile, by all callers, in one transaction.  After a spool write,
-    ``deliver`` gets its result at once (counters), but the queues are told to
-    send (``start_delivery``) only once no spool write follows right away, or
-    every :data:`DELIVERY_HOLD_S` seconds of a stream of writes: a build
-    awaiting its values one by one then does not have each of them read back
-    and posted on its own, in threads competing with it for the GIL.
+    ``deliver`` gets each write's result at once (counters); the queues are told to send
+    (``start_delivery``) once no write follows right away, or every :data:`DELIVERY_HOLD_S`
+    seconds of a stream: a build awaiting its values one by one then does not have each of
+    them read back and posted on its own, in threads competing with it for the GIL.
     """
 
     def __init__(

@@ -8,7 +8,7 @@ spooled as columns, a segment per batch.
 
 from __future__ import annotations
 
-from buildbot_stats.delivery.spool import COLUMNS, MemorySpool
+from buildbot_stats.delivery.spool import COLUMNS, SQLiteSpool
 from buildbot_stats.delivery.writer import ENCODE_CHUNK, Route, thd_spool_records
 from buildbot_stats.point import Point
 from buildbot_stats.storage_backends.influxdb_client import InfluxStorageService
@@ -34,7 +34,7 @@ def influx_route(batch_size):
 
 
 def test_chunks_of_one_backend_are_segments_taken_together_up_to_its_batch_size():
-    spool = MemorySpool()
+    spool = SQLiteSpool(None)
     spool.thd_open()
     n = 2 * ENCODE_CHUNK + 10  # three chunks
     routes = {"influx": influx_route(batch_size=2 * ENCODE_CHUNK + 5)}
@@ -51,7 +51,7 @@ def test_chunks_of_one_backend_are_segments_taken_together_up_to_its_batch_size(
 
 
 def test_backend_without_encoder_gets_columns_per_batch_and_shares_the_records():
-    spool = MemorySpool()
+    spool = SQLiteSpool(None)
     spool.thd_open()
     routes = {
         "influx": influx_route(batch_size=5000),
@@ -68,7 +68,7 @@ def test_backend_without_encoder_gets_columns_per_batch_and_shares_the_records()
 
 
 def test_no_segment_is_larger_than_a_small_batch_size():
-    spool = MemorySpool()
+    spool = SQLiteSpool(None)
     spool.thd_open()
     routes = {"influx": influx_route(batch_size=10)}
     thd_spool_records(spool, flat(("influx",), 25), routes)
@@ -76,7 +76,7 @@ def test_no_segment_is_larger_than_a_small_batch_size():
 
 
 def test_a_bad_record_is_one_error_line_and_the_others_are_kept():
-    spool = MemorySpool()
+    spool = SQLiteSpool(None)
     spool.thd_open()
     records = flat(("influx",), 3)
     records[4 * 5 - 1 - 10] = object()  # the time of the second record: not a timestamp
@@ -101,7 +101,7 @@ class _NoText:
 
 
 def test_a_value_no_backend_can_encode_costs_only_its_point_with_one_line_per_backend():
-    spool = MemorySpool()
+    spool = SQLiteSpool(None)
     spool.thd_open()
     routes = {"influx": influx_route(batch_size=5000), "plain": Route("svc/plain", None, 5000)}
     n = ENCODE_CHUNK + 10  # two chunks for influx, one for plain
@@ -124,7 +124,7 @@ def test_a_value_no_backend_can_encode_costs_only_its_point_with_one_line_per_ba
 
 
 def test_an_encoder_that_always_fails_loses_its_points_in_one_line_that_blames_no_value():
-    spool = MemorySpool()
+    spool = SQLiteSpool(None)
     spool.thd_open()
     calls = []
 
@@ -154,7 +154,7 @@ class _Unprintable:
 
 
 def test_a_series_name_that_cannot_even_be_shown_costs_only_its_own_record():
-    spool = MemorySpool()
+    spool = SQLiteSpool(None)
     spool.thd_open()
     records = flat(("influx",), 3)
     records[5 + 1] = _Unprintable()  # the series of the second record
@@ -170,7 +170,7 @@ def test_a_series_name_that_cannot_even_be_shown_costs_only_its_own_record():
 def test_a_thd_encode_breaking_its_contract_costs_only_its_own_backends_points():
     # a backend's own thd_encode returning text instead of bytes: its points are dropped
     # (counted, one line naming the backend), the other backend's are spooled
-    spool = MemorySpool()
+    spool = SQLiteSpool(None)
     spool.thd_open()
 
     def text_encoder(points):
