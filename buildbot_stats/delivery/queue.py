@@ -9,6 +9,7 @@ time, as Telegraf does, keeps the points in the order they were spooled in.
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -98,7 +99,7 @@ class DeliveryReport:
     def spooled(self, result: SpoolResult, key: str) -> SpoolState | None:
         """What a spool write did to the points of the spool key ``key``; its state, if it wrote them."""
         self.counters.captured += result.captured.get(key, 0)
-        self.counters.dropped += result.rejected.get(key, 0) + result.lost.get(key, 0)
+        self.counters.dropped += result.dropped.get(key, 0)
         if key in result.problems:
             self.problems(result.problems[key])
         state = result.states.get(key)
@@ -152,10 +153,7 @@ class DeliveryReport:
 
     def problems(self, problems: list[PointProblem]) -> None:
         """One line per series, field and problem (and burst): the values converted or rejected."""
-        counts: dict[PointProblem, int] = {}
-        for p in problems:
-            counts[p] = counts.get(p, 0) + 1
-        for p, n in counts.items():
+        for p, n in Counter(problems).items():
             what = "rejected" if p.rejected else "converted"
             times = f" ({n} values)" if n > 1 else ""
             self.problem_log.failed(

@@ -154,14 +154,14 @@ class QueueSet:
                     "the points kept in memory moved to it"
                 )
             self._degraded_logged = degraded
-        for spool_key in set(result.states) | set(result.captured) | set(result.lost):
+        for spool_key in set(result.states) | set(result.captured) | set(result.dropped):
             queue = self.queues.get(spool_key.removeprefix(f"{self.service_name}/"))
             if queue is not None:
                 queue.spooled(result, send=False)  # (the writer says when to send: see SpoolWriter)
                 continue
             captured = result.captured.get(spool_key, 0)
             self._retired.captured += captured
-            self._retired.dropped += result.lost.get(spool_key, 0)
+            self._retired.dropped += result.dropped.get(spool_key, 0)
             key = self._new_orphan(spool_key) if captured else None
             if key is not None:
                 log.msg(

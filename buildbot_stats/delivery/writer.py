@@ -66,9 +66,9 @@ class SpoolResult:
     states: dict[str, SpoolState] = field(default_factory=dict)
     captured: dict[str, int] = field(default_factory=dict)
     problems: dict[str, list[PointProblem]] = field(default_factory=dict)
-    rejected: dict[str, int] = field(default_factory=dict)
+    #: rejected by the backend's encoder, or not encoded or written at all (then said in ``errors``)
+    dropped: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
-    lost: dict[str, int] = field(default_factory=dict)  # points that could not be spooled at all
     #: values that could not become points, by (series as shown, why): one log line per burst
     unstored: dict[tuple[str, str], int] = field(default_factory=dict)
     degraded: str | None = None  # why the spool file cannot be written now, if so
@@ -178,7 +178,8 @@ class _SegmentMaker:
         if report is not None:  # (a WriteReport; a backend's own may leave either part out)
             if getattr(report, "problems", None):
                 self.result.problems.setdefault(self.key, []).extend(report.problems)
-            _add(self.result.rejected, self.key, getattr(report, "rejected_points", 0) or 0)
+            if getattr(report, "rejected_points", 0):
+                _add(self.result.dropped, self.key, report.rejected_points)
         if segment is not None:
             self.segments.append(segment)
 
@@ -191,7 +192,7 @@ class _SegmentMaker:
                 f"dropped {points_phrase(self.failed)} of backend {self.key!r} that could not be "
                 f"encoded ({self.failure})"
             )
-            _add(self.result.lost, self.key, self.failed)
+            _add(self.result.dropped, self.key, self.failed)
 
 
 def thd_spool_records(
@@ -235,7 +236,7 @@ def thd_spool_records(
     except Exception as e:
         result.errors.append(f"the spool could not be written: {type(e).__name__}: {e}")
         for seg in segments:
-            _add(result.lost, seg.queue_key, seg.n)
+            _add(result.dropped, seg.queue_key, seg.n)
     result.degraded = spool.degraded
     return result
 

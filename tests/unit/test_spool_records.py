@@ -111,7 +111,7 @@ def test_a_value_no_backend_can_encode_costs_only_its_point_with_one_line_per_ba
         records[5 * i + 2] = {"i": _NoText()}
     result = thd_spool_records(spool, records, routes)
     assert result.captured == {"svc/influx": n, "svc/plain": n}
-    assert result.lost == {"svc/influx": 2, "svc/plain": 2}
+    assert result.dropped == {"svc/influx": 2, "svc/plain": 2}
     assert len(result.errors) == 2  # one line per backend, naming the series and the field
     for line in result.errors:
         assert "2 points" in line and "series 'b-m'" in line and "field 'i'" in line and "no text" in line
@@ -135,7 +135,7 @@ def test_an_encoder_that_always_fails_loses_its_points_in_one_line_that_blames_n
     routes = {"influx": Route("svc/influx", broken, 5000)}
     n = 2 * ENCODE_CHUNK
     result = thd_spool_records(spool, flat(("influx",), n), routes)
-    assert result.lost == {"svc/influx": n}
+    assert result.dropped == {"svc/influx": n}
     assert result.errors == [
         f"dropped {n} points of backend 'svc/influx' that could not be encoded "
         "(RuntimeError: encoder not ready)"
@@ -178,7 +178,7 @@ def test_a_thd_encode_breaking_its_contract_costs_only_its_own_backends_points()
 
     routes = {"mine": Route("svc/mine", text_encoder, 5000), "influx": influx_route(5000)}
     result = thd_spool_records(spool, flat(("mine", "influx"), 300), routes)
-    assert result.lost == {"svc/mine": 300}
+    assert result.dropped == {"svc/mine": 300}
     assert len(result.errors) == 1 and "backend 'svc/mine'" in result.errors[0]
     assert "thd_encode must return" in result.errors[0]
     assert spooled(spool, "svc/mine") == []
