@@ -187,7 +187,7 @@ class Batch:
     @classmethod
     def of(cls, segments: list[TakenSegment]) -> Batch:
         """One batch of the segments the spool gave (all of one encoding, as they were spooled)."""
-        ids, counts, encodings, payloads, _first_ns, _last_ns = zip(*segments)
+        ids, counts, encodings, payloads = zip(*segments)
         if encodings[0] == COLUMNS:
             points = [p for payload in payloads for p in payload]
             return cls(list(ids), COLUMNS, len(points), points, None)

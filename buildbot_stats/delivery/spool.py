@@ -56,8 +56,6 @@ class TakenSegment(NamedTuple):
     n: int
     encoding: str
     payload: Any
-    first_ns: int | None  # the earliest and latest time of its points, None if unknown
-    last_ns: int | None
 
 
 @dataclass
@@ -183,24 +181,19 @@ class SQLiteSpool:
             return f"{type(e).__name__}: {e}"
         return None
 
-    def _delete(self, queue_key: str, ids: Iterable[int]) -> bool:
-        """Delete segments; False if the disk refused (the caller retries later)."""
-        params = [(queue_key, sid) for sid in ids]
-        failed = [self._try((f"DELETE FROM {table}.{TABLE} {WHERE}", params)) for table in self._tables()]
-        if self._mem_rows:
-            self._mem_rows = self._conn().execute(f"SELECT COUNT(*) FROM mem.{TABLE}").fetchone()[0]
-        return not any(failed)
-
     def _release(self, queue_key: str, ids: Iterable[int]) -> None:
-        """Delete segments whose points all left the queue (with those whose delete failed before)."""
+        """Delete segments whose points all left the queue, and those the disk refused to delete before."""
         q = self._queues[queue_key]
         for sid in ids:
             n, size = q.taken.pop(sid, (0, 0))
             q.points, q.bytes = q.points - n, q.bytes - size
             q.unreleased.add(sid)
-        if not self._delete(queue_key, sorted(q.unreleased)):
-            return  # the disk refuses even a delete: they are skipped when reading, and retried
-        q.unreleased = set()
+        params = [(queue_key, sid) for sid in sorted(q.unreleased)]
+        failed = [self._try((f"DELETE FROM {table}.{TABLE} {WHERE}", params)) for table in self._tables()]
+        if self._mem_rows:
+            self._mem_rows = self._conn().execute(f"SELECT COUNT(*) FROM mem.{TABLE}").fetchone()[0]
+        if not any(failed):  # (else they are skipped when reading, and deleted with the next ones)
+            q.unreleased = set()
 
     def thd_write(
         self, segments: list[NewSegment], bounds: dict[str, tuple[int, int | None]]
@@ -288,9 +281,8 @@ class SQLiteSpool:
         taken: list[TakenSegment] = []
         bad: list[tuple[str, int, int, str, bytes, Exception]] = []
         count = 0
-        columns = "id, n, encoding, data, first_ns, last_ns"
-        segments = self._segments(queue_key, columns, q.cursor) if max_points > 0 else iter(())
-        for table, sid, n, encoding, data, first_ns, last_ns in segments:
+        segments = self._segments(queue_key, "id, n, encoding, data", q.cursor) if max_points > 0 else ()
+        for table, sid, n, encoding, data in segments:
             if sid not in q.unreleased:  # (one dropped whose delete is still to be retried is skipped)
                 if taken and (count + n > max_points or encoding != taken[0].encoding):
                     break
@@ -299,7 +291,7 @@ class SQLiteSpool:
                 except Exception as e:
                     bad.append((table, sid, n, encoding, data, e))
                 else:
-                    taken.append(TakenSegment(sid, n, encoding, payload, first_ns, last_ns))
+                    taken.append(TakenSegment(sid, n, encoding, payload))
                     q.taken[sid] = (n, len(data))
                     count += n
             q.cursor = sid
