@@ -54,21 +54,15 @@ _BIG_INT = 1  # msgpack ext type: an int beyond 64 bits
 #: schema n -> the statements that make it schema n + 1, each run if the table it names first exists
 _STEPS: dict[int, list[tuple[str, str]]] = {
     2: [(t, f"ALTER TABLE {t} RENAME COLUMN backend TO queue_key") for t in (TABLE, QUARANTINE)],
-    3: [  # one row per write (queue_key, id, last_id, ids, points) becomes one row per segment
-        (TABLE, f"ALTER TABLE {TABLE} RENAME TO {TABLE}_v3"),
-        (f"{TABLE}_v3", _TABLE_SQL.format(db="main")),
-        (
-            f"{TABLE}_v3",
-            f"INSERT INTO {TABLE} SELECT queue_key, id, 0, NULL, NULL, '{LEGACY_COLUMNS}', points "
-            f"FROM {TABLE}_v3",
-        ),  # fmt: skip
-        (f"{TABLE}_v3", f"DROP TABLE {TABLE}_v3"),
-        (
-            QUARANTINE,
-            f"ALTER TABLE {QUARANTINE} RENAME TO {QUARANTINE}_v3",
-        ),  # other columns: kept as they are
+    3: [  # a row per write (queue_key, id, last_id, ids, points) becomes a row per segment (pickled points)
+        (TABLE, f"ALTER TABLE {TABLE} RENAME TO v3"),
+        ("v3", _TABLE_SQL.format(db="main")),
+        ("v3", f"INSERT INTO {TABLE} SELECT queue_key, id, 0, NULL, NULL, 'columns-1', points FROM v3"),
+        ("v3", "DROP TABLE v3"),
+        # the rows set aside have other columns: kept as they are
+        (QUARANTINE, f"ALTER TABLE {QUARANTINE} RENAME TO {QUARANTINE}_v3"),
     ],
-    4: [],  # the same table; its pickled points are packed again by migrate()
+    4: [],  # the same table: migrate() packs its pickled points again
 }
 
 
@@ -130,11 +124,8 @@ def load_pickled_points(data: bytes) -> list[Point]:
     if len(data) > LEGACY_MAX_BYTES:
         raise ValueError(f"a pickled segment of {len(data):,} bytes (more than {LEGACY_MAX_BYTES:,})")
     form, series, fields, tags, times = _PlainUnpickler(io.BytesIO(data)).load()
-    if (
-        form != LEGACY_COLUMNS
-        or not all(type(s) is str for s in series)
-        or not all(type(t) is int for t in times)
-    ):
+    typed = all(type(s) is str for s in series) and all(type(t) is int for t in times)
+    if form != LEGACY_COLUMNS or not typed:
         raise ValueError("not a spool segment of the format columns-1")
     left, plain = LEGACY_MAX_OBJECTS, []
     for value in (*fields, *tags):
