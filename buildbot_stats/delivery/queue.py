@@ -311,11 +311,12 @@ class DeliveryQueue:
         """In IDLE: prepare the backend, or write the next batch, or read it; else nothing."""
         if self.state is not State.IDLE:
             return
-        if self._prepared is not self.backend:
-            if provides(self.backend, IPreparedWrites):
-                self._prepare()
-                return
-            self._prepared = self.backend
+        if self._prepared is not self.backend and provides(self.backend, IPreparedWrites):
+            self._to(State.PREPARING)  # on failure the points wait, and it is tried again later
+            d = defer.maybeDeferred(self.backend.prepare, self.master)
+            d.addBoth(self._prepared_or_not, self.backend)
+            d.addErrback(log.err, "buildbot_stats: internal error in delivery")
+            return
         batch = self._batch
         if batch is not None:
             self._to(State.WRITING)
@@ -334,21 +335,23 @@ class DeliveryQueue:
 
     def _held(self) -> bool:
         """Whether the spool writer holds delivery back (less than a batch waits; it calls :meth:`send`)."""
-        if self.hold is None or self._stopping:  # stopping: send what can be sent now
-            return False
-        return self.hold() and self.report.spool.untaken < self.policy.batch_size
+        held = self.hold is not None and not self._stopping and self.hold()  # stopping: send all it can
+        return held and self.report.spool.untaken < self.policy.batch_size
 
     def _read(self, max_points: int, rewind: bool = False) -> defer.Deferred:
         """One spool call: release the segments accepted, rewind if asked, take up to ``max_points``."""
-        release = list(self._release)
+        release, self._release = self._release, []
         d = self._spool.call(SQLiteSpool.thd_take, self.spool_key, max_points, release, rewind)
 
         def done(result: tuple[list[TakenSegment], SpoolState]) -> list[TakenSegment]:
-            del self._release[: len(release)]
             self.report.update(result[1])
             return result[0]
 
-        return d.addCallback(done)
+        def failed(failure: Failure) -> Failure:
+            self._release += release  # released with the next call
+            return failure
+
+        return d.addCallbacks(done, failed)
 
     def _batch_read(self, segments: list[TakenSegment], asked: int) -> None:
         if self.state is State.STOPPED:
@@ -364,13 +367,6 @@ class DeliveryQueue:
         log.msg(f"buildbot_stats: could not read the spool for backend {self.key!r} ({why}); retrying")
         if self.state is State.READING:
             self._failed(self.policy.max_retry_delay)
-
-    def _prepare(self) -> None:
-        """Call the backend's ``prepare(master)``; on failure keep the points and try again later."""
-        self._to(State.PREPARING)
-        d = defer.maybeDeferred(self.backend.prepare, self.master)
-        d.addBoth(self._prepared_or_not, self.backend)
-        d.addErrback(log.err, "buildbot_stats: internal error in delivery")
 
     def _prepared_or_not(self, result: Any, backend: Any) -> None:
         if self.state is State.STOPPED:
