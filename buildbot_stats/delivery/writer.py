@@ -119,13 +119,12 @@ class _SegmentMaker:
         self.segments = segments
         self.points: list[Point] = []  # made, not encoded yet
         self.chunk = min(ENCODE_CHUNK, route.batch_size) if route.encoder is not None else route.batch_size
-        self.added = 0  # points handed to it (the backend's ``captured``)
         self.failed = 0  # points dropped because they could not be encoded
         self.failure: str | None = None  # the first of them, for the log line
 
     def encode(self) -> None:
         points, self.points = self.points, []
-        self.added += len(points)
+        _add(self.result.captured, self.key, len(points))
         try:
             self._add(*encode_segment(self.key, points, self.route.encoder))
         except Exception as e:
@@ -186,7 +185,6 @@ class _SegmentMaker:
     def finish(self) -> None:
         if self.points:
             self.encode()
-        _add(self.result.captured, self.key, self.added)
         if self.failed:
             self.result.errors.append(
                 f"dropped {points_phrase(self.failed)} of backend {self.key!r} that could not be "
