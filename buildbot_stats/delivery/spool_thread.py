@@ -50,8 +50,9 @@ class SpoolThread:
     @defer.inlineCallbacks
     def close(self) -> Any:
         """Close the spool, then stop its thread (also when closing fails)."""
-        if self._pool is not None:
-            self._reactor.removeSystemEventTrigger(self._trigger)
+        trigger, self._trigger = self._trigger, None  # (closed once)
+        if trigger is not None and self._pool is not None:
+            self._reactor.removeSystemEventTrigger(trigger)
             try:
                 yield self.call(SQLiteSpool.thd_close)
             finally:
