@@ -9,7 +9,7 @@ their point is in the spool.  What happens next, per backend, is :mod:`.queue`.
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,18 +64,14 @@ class SpoolResult:
     """What one spool write did, by spool key (in the reactor afterwards)."""
 
     states: dict[str, SpoolState] = field(default_factory=dict)
-    captured: dict[str, int] = field(default_factory=dict)
+    captured: Counter[str] = field(default_factory=Counter)
     problems: dict[str, list[PointProblem]] = field(default_factory=dict)
     #: rejected by the backend's encoder, or not encoded or written at all (then said in ``errors``)
-    dropped: dict[str, int] = field(default_factory=dict)
+    dropped: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     #: values that could not become points, by (series as shown, why): one log line per burst
-    unstored: dict[tuple[str, str], int] = field(default_factory=dict)
+    unstored: Counter[tuple[str, str]] = field(default_factory=Counter)
     degraded: str | None = None  # why the spool file cannot be written now, if so
-
-
-def _add(counts: dict[Any, int], key: Any, n: int) -> None:
-    counts[key] = counts.get(key, 0) + n
 
 
 def _shown(value: Any) -> str:
@@ -124,7 +120,7 @@ class _SegmentMaker:
 
     def encode(self) -> None:
         points, self.points = self.points, []
-        _add(self.result.captured, self.key, len(points))
+        self.result.captured[self.key] += len(points)
         try:
             self._add(*encode_segment(self.key, points, self.route.encoder))
         except Exception as e:
@@ -178,7 +174,7 @@ class _SegmentMaker:
             if getattr(report, "problems", None):
                 self.result.problems.setdefault(self.key, []).extend(report.problems)
             if getattr(report, "rejected_points", 0):
-                _add(self.result.dropped, self.key, report.rejected_points)
+                self.result.dropped[self.key] += report.rejected_points
         if segment is not None:
             self.segments.append(segment)
 
@@ -190,7 +186,7 @@ class _SegmentMaker:
                 f"dropped {points_phrase(self.failed)} of backend {self.key!r} that could not be "
                 f"encoded ({self.failure})"
             )
-            _add(self.result.dropped, self.key, self.failed)
+            self.result.dropped[self.key] += self.failed
 
 
 def thd_spool_records(
@@ -212,7 +208,7 @@ def thd_spool_records(
             try:
                 point = _point(series, post_data, context, t)
             except Exception as e:
-                _add(result.unstored, (_shown(series), _failure_text(e)), 1)
+                result.unstored[_shown(series), _failure_text(e)] += 1
                 continue
         for key in keys:
             maker = makers.get(key)
@@ -234,7 +230,7 @@ def thd_spool_records(
     except Exception as e:
         result.errors.append(f"the spool could not be written: {type(e).__name__}: {e}")
         for seg in segments:
-            _add(result.dropped, seg.queue_key, seg.n)
+            result.dropped[seg.queue_key] += seg.n
     result.degraded = spool.degraded
     return result
 
