@@ -53,7 +53,6 @@ class QueueSet:
         self.writer = SpoolWriter(spool, self._spooled, self._send, orphan_prefix=f"{service_name}/")
         self._retired = Counters()  # counters of queues removed by a reconfig
         self._orphans_logged: set[str] = set()
-        self._degraded_logged: str | None = None
         #: values that could not become points (a custom capture's bad time, say): one line per burst
         self._unstored_log = BurstLog(reactor)
         self._key_by_backend: dict[int, str] = {}
@@ -135,25 +134,12 @@ class QueueSet:
         return keys
 
     def _spooled(self, result: SpoolResult) -> None:
-        """A spool write is done: tell each queue, and say so once when the file cannot be written."""
+        """A spool write is done: say what went wrong, and tell each queue what it did."""
         for message in result.errors:
             log.msg(f"buildbot_stats: {message}")
         for (series, why), n in result.unstored.items():
             for _ in range(n):
                 self._unstored_log.failed((series, why), f"a value of series {series} was not stored: {why}")
-        degraded = result.degraded
-        if degraded != self._degraded_logged:
-            if degraded is not None:
-                log.msg(
-                    f"buildbot_stats: cannot write the spool {self.spool.path} ({degraded}); new points "
-                    "are kept in memory, within the same bounds, until it can be written again"
-                )
-            else:
-                log.msg(
-                    f"buildbot_stats: the spool {self.spool.path} can be written again; "
-                    "the points kept in memory moved to it"
-                )
-            self._degraded_logged = degraded
         for spool_key in set(result.states) | set(result.captured) | set(result.dropped):
             queue = self.queues.get(spool_key.removeprefix(f"{self.service_name}/"))
             if queue is not None:

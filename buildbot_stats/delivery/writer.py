@@ -71,7 +71,6 @@ class SpoolResult:
     errors: list[str] = field(default_factory=list)
     #: values that could not become points, by (series as shown, why): one log line per burst
     unstored: Counter[tuple[str, str]] = field(default_factory=Counter)
-    degraded: str | None = None  # why the spool file cannot be written now, if so
 
 
 def _shown(value: Any) -> str:
@@ -225,13 +224,20 @@ def thd_spool_records(
     for maker in makers.values():
         maker.finish()
     bounds = {r.spool_key: r.bounds for r in routes.values() if r.bounds is not None}
+    degraded = spool.degraded
     try:
         result.states = spool.thd_write(segments, bounds)
     except Exception as e:
         result.errors.append(f"the spool could not be written: {type(e).__name__}: {e}")
         for seg in segments:
             result.dropped[seg.queue_key] += seg.n
-    result.degraded = spool.degraded
+    if spool.degraded != degraded:  # said once, when the file turns unwritable (or writable again)
+        result.errors.append(
+            f"cannot write the spool {spool.path} ({spool.degraded}); new points are kept in memory, "
+            "within the same bounds, until it can be written again"
+            if spool.degraded is not None
+            else f"the spool {spool.path} can be written again; the points kept in memory moved to it"
+        )
     return result
 
 
