@@ -1,9 +1,9 @@
 """Getting one backend's spooled points to it: batches, one write in flight, retries.
 
-Pending points stay in the spool: a queue takes a batch in one spool call, posts it in one
-thread call, and releases it with its next spool call once the backend accepted it.  So
-delivery holds one batch per backend in memory, whatever the backlog; one write at a
-time, as Telegraf does, keeps the points in the order they were spooled in.
+Pending points stay in the spool: a queue takes a batch in one spool call (the next one
+while a batch is posted), posts it in one thread call and releases it once the backend
+accepted it.  So delivery holds two batches per backend in memory, whatever the backlog;
+one write at a time, as Telegraf does, keeps the points in the order they were spooled in.
 """
 
 from __future__ import annotations
@@ -257,6 +257,7 @@ class DeliveryQueue:
         self.backend = backend
         self.master = master
         self.state = State.IDLE
+        self.policy = policy
         self.report = DeliveryReport(key, policy, reactor)
         self.counters = self.report.counters
         #: set by the queue set: true while the spool writer holds delivery back (see SpoolWriter)
@@ -265,6 +266,7 @@ class DeliveryQueue:
         self._reactor = reactor
         self._batch: Batch | None = None  # taken from the spool, not all accepted yet
         self._release: list[int] = []  # segments all accepted: released with the next spool call
+        self._next: defer.Deferred | None = None  # the next batch, read while one is posted
         self._prepared: Any = None  # the backend object whose prepare() succeeded
         self._retry_call: Any = None  # the delayed call of the retry (WAITING)
         self._attempt = 0  # failed writes in a row
@@ -272,16 +274,9 @@ class DeliveryQueue:
         self._stopping = False
         self._drained: defer.Deferred | None = None  # stop() waits: fires once nothing is left to do
 
-    def __repr__(self) -> str:
-        return f"<DeliveryQueue {self.key!r} {self.state.value} pending={self.pending}>"
-
     def _to(self, state: State) -> None:
         assert state in TRANSITIONS[self.state], f"{self.state} -> {state}"
         self.state = state
-
-    @property
-    def policy(self) -> DeliveryPolicy:
-        return self.report.policy
 
     @property
     def pending(self) -> int:
@@ -290,7 +285,7 @@ class DeliveryQueue:
     def use(self, backend: Any, policy: DeliveryPolicy) -> None:
         """A reconfig replaced the backend (same name) or the policy; pending points stay."""
         self.backend = backend
-        self.report.policy = policy
+        self.policy = self.report.policy = policy
         self.send()
 
     def spooled(self, result: SpoolResult, send: bool = True) -> None:
@@ -319,11 +314,17 @@ class DeliveryQueue:
             return
         batch = self._batch
         if batch is not None:
+            if self._next is None and self.report.spool.untaken > 0 and not self._held():
+                self._next = self._read(self.policy.batch_size)  # (before the post: it may end at once)
             self._to(State.WRITING)
             limit = min(self._batch_limit, batch.n - batch.offset)
             d = threads.deferToThread(thd_post_batch, self.backend, batch, batch.offset, limit)
             d.addCallbacks(self._written, self._write_failed, callbackArgs=(limit,), errbackArgs=(limit,))
             d.addErrback(log.err, "buildbot_stats: internal error in delivery")
+        elif self._next is not None:
+            self._to(State.READING)
+            d, self._next = self._next, None
+            d.addCallbacks(self._batch_read, self._read_failed, callbackArgs=(self.policy.batch_size,))
         elif self._release or (self.report.spool.untaken > 0 and not self._held()):
             self._to(State.READING)
             asked = 0 if self._held() else self.policy.batch_size
@@ -388,8 +389,8 @@ class DeliveryQueue:
             if batch.offset >= batch.n:
                 self._batch = None
                 self._release += batch.ids
-        if self.state is State.STOPPED and self._release:  # a write that outlived stop(): release now
-            self._read(0).addErrback(lambda _: None)  # (the spool may be closed: then sent again later)
+                if self._next is not None or self.state is State.STOPPED:  # release now, not with a take
+                    self._read(0).addErrback(lambda _: None)  # (if it fails: with the next call)
 
     def _written(self, report: WriteReport | None, sent: int) -> None:
         self.report.accepted(report, sent)
@@ -427,6 +428,9 @@ class DeliveryQueue:
             # give the batch back while the backend fails, so that the bounds can drop its points
             # (not one written in part: it would be read, and written, whole again)
             self._batch = None
+            if self._next is not None:  # taken before the rewind: read again after it
+                self._next.addErrback(lambda _: None)
+                self._next = None
             self._read(0, rewind=True).addErrback(self._read_failed)
         refused = isinstance(error, RefusedWriteError)
         if refused:
