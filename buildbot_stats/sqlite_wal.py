@@ -1,4 +1,4 @@
-"""SQLite files shared by the spool and the SQLite backend: opening in WAL mode, and telling ours apart."""
+"""The SQLite files of the spool and the SQLite backend: opened in WAL mode, never somebody else's."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import sqlite3
 import stat
 import time
 import urllib.parse
+from collections.abc import Callable
 
-__all__ = ["SQLITE_MAGIC", "connect_wal", "existing_sqlite_file", "other_tables"]
+__all__ = ["SQLITE_MAGIC", "connect_wal", "foreign_sqlite_problem"]
 
 
 def connect_wal(path: str, timeout: float) -> sqlite3.Connection:
@@ -39,44 +40,40 @@ def connect_wal(path: str, timeout: float) -> sqlite3.Connection:
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
-def existing_sqlite_file(path: str) -> tuple[str | None, bytes, set[str]]:
-    """What is at ``path``, for deciding whether a file is ours before touching it.
+def foreign_sqlite_problem(
+    path: str, ours: Callable[[set[str]], bool], application_id: int | None = None
+) -> str | None:
+    """Why the file at ``path`` is somebody else's and must not be written, or None if it may be.
 
-    Returns ``(problem, header, tables)``: ``problem`` says why the file is not
-    a usable SQLite file (not regular, not SQLite, unreadable), else None;
-    ``header`` holds its first 100 bytes and ``tables`` its table names, read
-    read-only.  A missing or empty file is ``(None, b"", set())``.
+    None for no file, an empty file or database, one whose tables are ``ours``,
+    and one whose header carries ``application_id`` (even damaged).  Reads at
+    most the header and, read-only, the table names.
     """
     try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None, b"", set()
-    except OSError as e:
-        return f"cannot be read ({e.strerror})", b"", set()
-    if not stat.S_ISREG(st.st_mode):
-        return "is not a regular file", b"", set()
-    if st.st_size == 0:
-        return None, b"", set()
-    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return "is not a regular file"
         with open(path, "rb") as f:
             header = f.read(100)
+    except FileNotFoundError:
+        return None
     except OSError as e:
-        return f"cannot be read ({e.strerror})", b"", set()
+        return f"cannot be read ({e.strerror})"
+    if not header or (application_id is not None and header[68:72] == application_id.to_bytes(4, "big")):
+        return None
     if not header.startswith(SQLITE_MAGIC):
-        return "is not an SQLite file", header, set()
+        return "is not an SQLite file"
     try:
-        uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
-        db = sqlite3.connect(uri, uri=True, timeout=5)
+        db = sqlite3.connect(
+            "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro", uri=True, timeout=5
+        )
         try:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         finally:
             db.close()
     except sqlite3.Error as e:
-        return f"is an SQLite file that cannot be read ({e})", header, set()
-    return None, header, tables
-
-
-def other_tables(tables: set[str]) -> str:
-    """A short description of somebody else's database, for an error message."""
+        unmarked = " and has no spool mark" if application_id is not None else ""
+        return f"is an SQLite file that cannot be read ({e}){unmarked}"
+    if not tables or ours(tables):
+        return None
     shown = ", ".join(sorted(tables)[:3]) + (", ..." if len(tables) > 3 else "")
     return f"is an SQLite database with other tables ({shown})"

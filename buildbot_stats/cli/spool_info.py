@@ -12,7 +12,6 @@ import sqlite3
 from typing import Any
 
 from buildbot_stats.cli.output import Table, format_time, table_lines, visible
-from buildbot_stats.delivery.spool import spool_info
 
 __all__ = ["NotASpoolError", "format_table", "read_spool_info"]
 
@@ -63,6 +62,19 @@ def read_spool_info(path: str) -> dict[str, Any]:
     finally:
         db.close()
     return {"path": path, "schema": version, "backends": backends, "unreadable_segments": quarantined}
+
+
+def spool_info(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    """What a spool of schema 4 or 5 holds, per queue key."""
+    sql = (
+        "SELECT queue_key, COUNT(*), SUM(n), SUM(length(data)), MIN(first_ns), MAX(last_ns), "
+        "GROUP_CONCAT(DISTINCT encoding) FROM buildbot_stats_segments GROUP BY queue_key ORDER BY queue_key"
+    )
+    names = ("queue_key", "segments", "points", "bytes", "oldest_ns", "newest_ns", "encodings")
+    found = [dict(zip(names, row)) for row in db.execute(sql)]
+    for info in found:
+        info["encodings"] = sorted(set(info["encodings"].split(",")))
+    return found
 
 
 def format_table(info: dict[str, Any]) -> str:

@@ -1,19 +1,15 @@
-"""Getting spooled points to one backend: the spool is the backlog; one write in flight.
+"""Getting one backend's spooled points to it: batches, one write in flight, retries.
 
-One :class:`DeliveryQueue` serves one backend.  Its pending points are not in
-memory but in the spool (:class:`Backlog` mirrors the spool's counts).  The
-queue takes the oldest segments (up to ``batch_size`` points) from the spool
-thread, posts them in one thread call, keeps them for retries and releases them
-(the spool deletes them) once the backend accepted them; it reads the next
-batch while one is posted.  Memory for delivery is thus two batches per
-backend, whatever the backlog.  One write at a time per backend, as Telegraf
-does: the order in which points reach the backend is the order they were
-spooled in.
+Pending points stay in the spool: a queue takes a batch in one spool call (the next one
+while a batch is posted), posts it in one thread call and releases it once the backend
+accepted it.  So delivery holds two batches per backend in memory, whatever the backlog;
+one write at a time, as Telegraf does, keeps the points in the order they were spooled in.
 """
 
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -23,9 +19,9 @@ from twisted.python import log
 from twisted.python.failure import Failure
 
 from buildbot_stats.burst_log import BurstLog
-from buildbot_stats.delivery.spool import COLUMNS, SpoolState, TakenSegment
+from buildbot_stats.delivery.spool import COLUMNS, SpoolState, SQLiteSpool, TakenSegment
 from buildbot_stats.delivery.spool_thread import SpoolThread
-from buildbot_stats.delivery.writer import points_phrase
+from buildbot_stats.delivery.writer import SpoolResult, points_phrase
 from buildbot_stats.errors import PartialDeliveryError, RefusedWriteError, SplitBatchError
 from buildbot_stats.lineprotocol import split_lines
 from buildbot_stats.options import DeliveryPolicy
@@ -38,7 +34,7 @@ from buildbot_stats.storage_backends.base import (
     provides,
 )
 
-__all__ = ["Backlog", "Batch", "Counters", "DeliveryQueue", "State"]
+__all__ = ["Batch", "Counters", "DeliveryReport", "DeliveryQueue", "State", "TRANSITIONS"]
 
 
 @dataclass
@@ -60,91 +56,79 @@ class Counters:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-class Backlog:
-    """The counts of one backend's points, and their log lines; the points themselves are in the spool.
+class DeliveryReport:
+    """One backend's counters, the spool's last word on its points, and the log lines about them.
 
-    ``pending`` (in the spool) and ``untaken`` (not yet taken for a write)
-    mirror the spool as of the last spool call.
+    A failure, a full spool and a rejected value are each said once (per burst),
+    not once per write: a backend down for a day is a few lines.
     """
 
-    def __init__(self, key: str, spool_key: str, policy: DeliveryPolicy, reactor: Any) -> None:
+    def __init__(self, key: str, policy: DeliveryPolicy, reactor: Any) -> None:
         self.key = key
-        self.spool_key = spool_key
         self.policy = policy
         self.counters = Counters()
-        self.pending = 0
-        self.untaken = 0
+        self.spool = SpoolState()  # as of the last spool call: pending and untaken points
         self.dropped_in_burst = 0  # by the spool's bounds, since the backend last accepted a write
         self.restored = 0  # points found in the spool at start, not yet delivered
         self.failure: str | None = None  # the failure last logged, until a write succeeds
-        # a value rejected on every build of a quiet master (one point per write) is one line per burst
         self.problem_log = BurstLog(reactor)
 
-    def update(self, state: SpoolState | None) -> None:
-        if state is None:
-            return
-        self.pending, self.untaken = state.pending, state.untaken
+    def update(self, state: SpoolState) -> None:
+        """What a spool call did: points spooled, dropped by the bounds, set aside as unreadable."""
+        self.spool = state
         self.counters.spooled += state.spooled
-        if state.dropped:
-            self.counters.dropped += state.dropped
-            if not self.dropped_in_burst:
-                bound = f"{self.policy.max_spool_points} points"
-                if self.policy.max_spool_bytes is not None:
-                    bound += f" or {self.policy.max_spool_bytes} bytes"
-                log.msg(
-                    f"buildbot_stats: spool of backend {self.key!r} is full ({bound}): dropping the "
-                    "oldest points until the backend accepts writes again"
-                )
-            self.dropped_in_burst += state.dropped
+        self.counters.dropped += state.dropped + state.quarantined
+        if state.dropped and not self.dropped_in_burst:
+            max_bytes = self.policy.max_spool_bytes
+            bound = f"{self.policy.max_spool_points} points" + (f" or {max_bytes} bytes" if max_bytes else "")
+            log.msg(
+                f"buildbot_stats: spool of backend {self.key!r} is full ({bound}): dropping the "
+                "oldest points until the backend accepts writes again"
+            )
+        self.dropped_in_burst += state.dropped
         if state.quarantined:
-            self.counters.dropped += state.quarantined
             log.msg(
                 f"buildbot_stats: {points_phrase(state.quarantined)} of backend {self.key!r} could not be "
                 "read from the spool; their segments were moved to the table buildbot_stats_unreadable"
             )
 
-    def spooled(self, state: SpoolState, captured: int, problems: list[PointProblem], rejected: int) -> None:
-        """A spool write added points of this backend (or dropped some to respect the bounds)."""
-        self.counters.captured += captured
-        self.counters.dropped += rejected
-        if problems:
-            self.log_problems(problems)
-        self.update(state)
+    def current(self) -> Counters:
+        """The counters, with ``pending`` as of now."""
+        return replace(self.counters, pending=self.spool.pending)
+
+    def spooled(self, result: SpoolResult, key: str) -> SpoolState | None:
+        """What a spool write did to the points of the spool key ``key``; its state, if it wrote them."""
+        self.counters.captured += result.captured.get(key, 0)
+        self.counters.dropped += result.dropped.get(key, 0)
+        if key in result.problems:
+            self.problems(result.problems[key])
+        state = result.states.get(key)
+        if state is not None:
+            self.update(state)
+        return state
 
     def found(self, state: SpoolState) -> None:
         """The spool's counts at start: say how many points a previous run left."""
         self.update(state)
         self.restored = state.pending
         if state.pending:
-            found = points_phrase(state.pending)
-            log.msg(f"buildbot_stats: {found} found in the spool to send to backend {self.key!r}")
+            found = f"{points_phrase(state.pending)} found in the spool"
+            log.msg(f"buildbot_stats: {found} to send to backend {self.key!r}")
 
     def failed(self, error: Any, what: str, then: str) -> None:
         """Log "``what`` (the error); N points kept``then``", unless that failure was the last one logged."""
         message = f"{type(error).__name__}: {error}"
         if self.failure != message:
-            log.msg(f"buildbot_stats: {what} ({message}); {points_phrase(self.pending)} kept{then}")
+            log.msg(f"buildbot_stats: {what} ({message}); {points_phrase(self.spool.pending)} kept{then}")
             self.failure = message
 
     def dropped(self, sent: int, error: BaseException, series: str | None) -> None:
         """``sent`` points the backend will never take: the one it refused alone, or another kind's."""
         self.counters.dropped += sent
         if series is not None:
-            self.log_problems([PointProblem(series, "*", f"refused by the backend: {error}")])
+            self.problems([PointProblem(series, "*", f"refused by the backend: {error}")])
         else:
             log.msg(f"buildbot_stats: {points_phrase(sent)} of backend {self.key!r} were dropped: {error}")
-
-    def stopped(self, durable: bool) -> None:
-        if self.pending:
-            log.msg(
-                f"buildbot_stats: {points_phrase(self.pending)} of backend {self.key!r} "
-                + (
-                    "stay in the spool and are sent after the next start"
-                    if durable
-                    else "are lost: there is no spool file (spool_path=None or unusable)"
-                )
-            )
-        self.problem_log.flush()
 
     def accepted(self, report: WriteReport | None, sent: int) -> None:
         """The backend took ``sent`` points (less those its report says it rejected)."""
@@ -152,36 +136,40 @@ class Backlog:
         self.counters.written += sent - rejected
         self.counters.dropped += rejected
         if report and report.problems:
-            self.log_problems(report.problems)
+            self.problems(report.problems)
         if self.restored:
             self.restored = max(0, self.restored - sent)
             if not self.restored:
                 log.msg(f"buildbot_stats: the points found in the spool reached backend {self.key!r}")
         if self.failure is not None:
-            log.msg(
-                f"buildbot_stats: backend {self.key!r} accepts writes again; {points_phrase(self.pending)} "
-                f"still pending; counters {replace(self.counters, pending=self.pending).as_dict()}"
-            )
+            counters = self.current().as_dict()
+            again = f"accepts writes again; {points_phrase(self.spool.pending)} still pending"
+            log.msg(f"buildbot_stats: backend {self.key!r} {again}; counters {counters}")
             self.failure = None
         if self.dropped_in_burst:
-            log.msg(
-                f"buildbot_stats: {points_phrase(self.dropped_in_burst)} of backend {self.key!r} "
-                "were dropped: spool full"
-            )
+            dropped = f"{points_phrase(self.dropped_in_burst)} of backend {self.key!r}"
+            log.msg(f"buildbot_stats: {dropped} were dropped: spool full")
             self.dropped_in_burst = 0
 
-    def log_problems(self, problems: list[PointProblem]) -> None:
+    def problems(self, problems: list[PointProblem]) -> None:
         """One line per series, field and problem (and burst): the values converted or rejected."""
-        counts: dict[PointProblem, int] = {}
-        for p in problems:
-            counts[p] = counts.get(p, 0) + 1
-        for p, n in counts.items():
+        for p, n in Counter(problems).items():
             what = "rejected" if p.rejected else "converted"
             times = f" ({n} values)" if n > 1 else ""
             self.problem_log.failed(
                 (what, p.series, p.field, p.reason),
                 f"backend {self.key!r} {what} field {p.field!r} of series {p.series!r}: {p.reason}{times}",
             )
+
+    def stopped(self, durable: bool) -> None:
+        if self.spool.pending:
+            fate = (
+                "stay in the spool and are sent after the next start"
+                if durable
+                else "are lost: there is no spool file (spool_path=None or unusable)"
+            )
+            log.msg(f"buildbot_stats: {points_phrase(self.spool.pending)} of backend {self.key!r} {fate}")
+        self.problem_log.flush()
 
 
 @dataclass
@@ -199,16 +187,12 @@ class Batch:
     @classmethod
     def of(cls, segments: list[TakenSegment]) -> Batch:
         """One batch of the segments the spool gave (all of one encoding, as they were spooled)."""
-        ids, counts, encodings, payloads, _first_ns, _last_ns = zip(*segments)
-        encoding = encodings[0]
-        if encoding == COLUMNS:
+        ids, counts, encodings, payloads = zip(*segments)
+        if encodings[0] == COLUMNS:
             points = [p for payload in payloads for p in payload]
-            return cls(list(ids), encoding, len(points), points, None)
+            return cls(list(ids), COLUMNS, len(points), points, None)
         data = payloads[0] if len(payloads) == 1 else b"\n".join(payloads)
-        return cls(list(ids), encoding, sum(counts), None, data)
-
-    def series_at(self, i: int) -> str:
-        return self.points[i].series if self.points is not None else "?"
+        return cls(list(ids), encodings[0], sum(counts), None, data)
 
 
 class _NotForThisBackendError(Exception):
@@ -230,108 +214,22 @@ def thd_post_batch(backend: Any, batch: Batch, offset: int, limit: int) -> Write
     return backend.thd_post_encoded(data, batch.encoding)  # type: ignore[no-any-return]
 
 
-class BatchReader:
-    """The batches of one queue, read from the spool: the one being written and the next, read ahead.
-
-    A batch keeps its segments until the backend accepted all its points; then
-    they are released (deleted from the spool).  While the backend fails, the
-    batches are given back to the spool, so that its bounds can drop their
-    points, and read again for the retry.
-    """
-
-    def __init__(self, spool: SpoolThread, backlog: Backlog, ready: Callable[[], None]) -> None:
-        self._spool = spool
-        self._backlog = backlog
-        self._ready = ready  # a read or a release finished: the queue may go on
-        self.current: Batch | None = None  # the batch being written (or waiting for a retry)
-        self._ahead: Batch | None = None
-        self.reading = False
-        self._generation = 0  # incremented when the batches are given back
-        self.read_failure: Failure | None = None  # the last read failed (the queue waits to retry)
-
-    @property
-    def idle(self) -> bool:
-        """Nothing taken, nothing being read, nothing left to take."""
-        return self.current is None and not self.reading and not self._backlog.untaken
-
-    def next_batch(self) -> Batch | None:
-        """The current batch; the one read ahead becomes current when there is none."""
-        if self.current is None:
-            self.current, self._ahead = self._ahead, None
-        return self.current
-
-    def read(self, max_points: int) -> None:
-        """Read the next batch (current if there is none, else ahead), unless one is read already."""
-        if self.reading or self._ahead is not None or self._backlog.untaken <= 0:
-            return
-        self.reading = True
-        d = self._spool.take(self._backlog.spool_key, max_points)
-        d.addCallbacks(self._read, self._failed, callbackArgs=(self._generation,))
-        d.addErrback(log.err, "buildbot_stats: internal error in delivery")
-
-    def _read(self, result: tuple[list[TakenSegment], SpoolState], generation: int) -> None:
-        self.reading = False
-        if generation != self._generation:
-            return  # given back meanwhile
-        segments, state = result
-        self._backlog.update(state)
-        if segments:
-            if self.current is None:
-                self.current = Batch.of(segments)
-            else:
-                self._ahead = Batch.of(segments)
-        else:
-            self._backlog.untaken = 0  # nothing to take after all: do not ask again
-        self._ready()
-
-    def _failed(self, failure: Failure) -> None:
-        self.reading = False
-        self.read_failure = failure
-        self._ready()
-
-    def advance(self, count: int) -> None:
-        """``count`` more points of the current batch left for good (accepted or dropped)."""
-        batch = self.current
-        if batch is None:
-            return
-        batch.offset += count
-        if batch.offset >= batch.n:
-            self.current = None
-            d = self._spool.release(self._backlog.spool_key, batch.ids)
-            d.addCallbacks(self._released, self._log_error)
-
-    def _released(self, state: SpoolState | None) -> None:
-        self._backlog.update(state)
-        self._ready()
-
-    def give_back(self) -> None:
-        """Return the batches to the spool (the backend fails); they are read again for the retry."""
-        self.current = self._ahead = None
-        self._generation += 1
-        d = self._spool.reset(self._backlog.spool_key)
-        d.addCallbacks(self._backlog.update, self._log_error)
-
-    def drop_read_ahead(self) -> None:
-        self._ahead = None
-
-    def _log_error(self, failure: Failure) -> None:
-        log.msg(f"buildbot_stats: spool error for backend {self._backlog.key!r}: {failure.getErrorMessage()}")
-
-
 class State(enum.Enum):
     """What a :class:`DeliveryQueue` is doing."""
 
     IDLE = "idle"  # nothing in flight: it writes, or reads, what is pending (if not held back)
     PREPARING = "preparing"  # the backend's prepare(master) runs
-    WRITING = "writing"  # one write in flight (the next batch may be read meanwhile)
+    READING = "reading"  # a spool call takes the next batch (and releases the last one)
+    WRITING = "writing"  # one write in flight
     WAITING = "waiting"  # for the retry of a failed write, prepare or spool read
     STOPPED = "stopped"  # for good; a write still in flight is counted when it ends
 
 
-#: the allowed transitions (stop() gives up on a write or prepare that outlives flush_timeout)
+#: the allowed transitions (stop() gives up on a call that outlives flush_timeout)
 TRANSITIONS: dict[State, frozenset[State]] = {
-    State.IDLE: frozenset({State.PREPARING, State.WRITING, State.WAITING, State.STOPPED}),
+    State.IDLE: frozenset({State.PREPARING, State.READING, State.WRITING, State.STOPPED}),
     State.PREPARING: frozenset({State.IDLE, State.WAITING, State.STOPPED}),
+    State.READING: frozenset({State.IDLE, State.WAITING, State.STOPPED}),
     State.WRITING: frozenset({State.IDLE, State.WAITING, State.STOPPED}),
     State.WAITING: frozenset({State.IDLE}),
     State.STOPPED: frozenset(),
@@ -341,10 +239,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 class DeliveryQueue:
     """Writes the spooled points of one backend to it, in order, at least once, retrying with backoff.
 
-    A backend with ``prepare(master)`` (:class:`IPreparedWrites`) gets it called
-    in the reactor before its first write, and again after a write it refused
-    (:class:`RefusedWriteError`): that is where backends render secrets, so
-    that a password fixed in the secrets provider is used without a restart.
+    A backend's ``prepare(master)`` (:class:`IPreparedWrites`) runs before its first write and after
+    a refused one: there backends render secrets, so that a password fixed is used without a restart.
     """
 
     def __init__(
@@ -361,140 +257,155 @@ class DeliveryQueue:
         self.backend = backend
         self.master = master
         self.state = State.IDLE
-        self.backlog = Backlog(key, spool_key, policy, reactor)
-        self.counters = self.backlog.counters
+        self.policy = policy
+        self.report = DeliveryReport(key, policy, reactor)
+        self.counters = self.report.counters
+        #: set by the queue set: true while the spool writer holds delivery back (see SpoolWriter)
+        self.hold: Callable[[], bool] | None = None
         self._spool = spool
         self._reactor = reactor
-        self._reader = BatchReader(spool, self.backlog, self._write_next)
+        self._batch: Batch | None = None  # taken from the spool, not all accepted yet
+        self._release: list[int] = []  # segments all accepted: released with the next spool call
+        self._next: defer.Deferred | None = None  # the next batch, read while one is posted
         self._prepared: Any = None  # the backend object whose prepare() succeeded
         self._retry_call: Any = None  # the delayed call of the retry (WAITING)
         self._attempt = 0  # failed writes in a row
         self._batch_limit = policy.batch_size  # halved while the backend asks for smaller batches
         self._stopping = False
         self._drained: defer.Deferred | None = None  # stop() waits: fires once nothing is left to do
-        #: set by the queue set: true while the spool writer holds delivery back (see SpoolWriter)
-        self.hold: Callable[[], bool] | None = None
-
-    def __repr__(self) -> str:
-        return f"<DeliveryQueue {self.key!r} {self.state.value} pending={self.pending}>"
 
     def _to(self, state: State) -> None:
         assert state in TRANSITIONS[self.state], f"{self.state} -> {state}"
         self.state = state
 
     @property
-    def policy(self) -> DeliveryPolicy:
-        return self.backlog.policy
-
-    @property
     def pending(self) -> int:
-        return self.backlog.pending
-
-    def current_counters(self) -> Counters:
-        """The counters, with ``pending`` as of now."""
-        return replace(self.counters, pending=self.pending)
+        return self.report.spool.pending
 
     def use(self, backend: Any, policy: DeliveryPolicy) -> None:
         """A reconfig replaced the backend (same name) or the policy; pending points stay."""
         self.backend = backend
-        self.backlog.policy = policy
-        self._write_next()
+        self.policy = self.report.policy = policy
+        self.send()
 
-    def spooled(
-        self, state: SpoolState, captured: int, problems: list[PointProblem], rejected: int, send: bool = True
-    ) -> None:
-        """A spool write added points of this queue; ``send``: send them now (else at :meth:`send`).
-
-        A whole batch waiting is sent at once: a burst is sent while it is still being spooled.
-        """
-        self.backlog.spooled(state, captured, problems, rejected)
-        if send or self.backlog.untaken >= self.policy.batch_size:
-            self._write_next()
-
-    def send(self) -> None:
-        """Send what is pending, unless a write runs or waits for its retry."""
-        self._write_next()
+    def spooled(self, result: SpoolResult, send: bool = True) -> None:
+        """A spool write is done: count it, and send now if ``send`` (else at :meth:`send`), or if a
+        whole batch waits (a burst is sent while it is still being spooled)."""
+        state = self.report.spooled(result, self.spool_key)
+        if state is not None and (send or state.untaken >= self.policy.batch_size):
+            self.send()
 
     @defer.inlineCallbacks
     def start(self) -> Any:
         """Start with the oldest segment in the spool (points found at start-up go first)."""
-        self.backlog.found((yield self._spool.reset(self.spool_key)))
-        self._write_next()
+        _, state = yield self._spool.call(SQLiteSpool.thd_take, self.spool_key, 0, (), True)
+        self.report.found(state)
+        self.send()
 
-    def _write_next(self) -> None:
+    def send(self) -> None:
         """In IDLE: prepare the backend, or write the next batch, or read it; else nothing."""
         if self.state is not State.IDLE:
             return
-        failure, self._reader.read_failure = self._reader.read_failure, None
-        if failure is not None:
-            why = failure.getErrorMessage()
-            log.msg(f"buildbot_stats: could not read the spool for backend {self.key!r} ({why}); retrying")
-            self._wait(self.policy.max_retry_delay)
+        if self._prepared is not self.backend and provides(self.backend, IPreparedWrites):
+            self._to(State.PREPARING)  # on failure the points wait, and it is tried again later
+            d = defer.maybeDeferred(self.backend.prepare, self.master)
+            d.addBoth(self._prepared_or_not, self.backend)
+            d.addErrback(log.err, "buildbot_stats: internal error in delivery")
             return
-        if self._prepared is not self.backend:
-            if provides(self.backend, IPreparedWrites):
-                self._prepare()
-                return
-            self._prepared = self.backend
-        batch = self._reader.next_batch()
-        if batch is None:
-            if self.backlog.untaken > 0 and not self._held():
-                self._reader.read(self.policy.batch_size)
-            elif self._drained is not None and not self._reader.reading:
-                self._fire_drained()
-            return
-        self._to(State.WRITING)
-        limit = min(self._batch_limit, batch.n - batch.offset)
-        d = threads.deferToThread(thd_post_batch, self.backend, batch, batch.offset, limit)
-        d.addCallbacks(self._written, self._write_failed, callbackArgs=(limit,), errbackArgs=(limit,))
-        d.addErrback(log.err, "buildbot_stats: internal error in delivery")
-        if self.state is State.WRITING:  # (a write may end at once: Buildbot's test reactor)
-            self._reader.read(self.policy.batch_size)  # the next batch, while this one is written
+        batch = self._batch
+        if batch is not None:
+            if self._next is None and self.report.spool.untaken > 0 and not self._held():
+                self._next = self._read(self.policy.batch_size)  # (before the post: it may end at once)
+            self._to(State.WRITING)
+            limit = min(self._batch_limit, batch.n - batch.offset)
+            d = threads.deferToThread(thd_post_batch, self.backend, batch, batch.offset, limit)
+            d.addCallbacks(self._written, self._write_failed, callbackArgs=(limit,), errbackArgs=(limit,))
+            d.addErrback(log.err, "buildbot_stats: internal error in delivery")
+        elif self._next is not None:
+            self._to(State.READING)
+            d, self._next = self._next, None
+            d.addCallbacks(self._batch_read, self._read_failed, callbackArgs=(self.policy.batch_size,))
+        elif self._release or (self.report.spool.untaken > 0 and not self._held()):
+            self._to(State.READING)
+            asked = 0 if self._held() else self.policy.batch_size
+            d = self._read(asked)
+            d.addCallbacks(self._batch_read, self._read_failed, callbackArgs=(asked,))
+            d.addErrback(log.err, "buildbot_stats: internal error in delivery")
+        else:
+            self._fire_drained()
 
     def _held(self) -> bool:
         """Whether the spool writer holds delivery back (less than a batch waits; it calls :meth:`send`)."""
-        if self.hold is None or self._stopping:  # stopping: send what can be sent now
-            return False
-        return self.hold() and self.backlog.untaken < self.policy.batch_size
+        held = self.hold is not None and not self._stopping and self.hold()  # stopping: send all it can
+        return held and self.report.spool.untaken < self.policy.batch_size
 
-    def _prepare(self) -> None:
-        """Call the backend's ``prepare(master)``; on failure keep the points and try again later."""
-        self._to(State.PREPARING)
-        d = defer.maybeDeferred(self.backend.prepare, self.master)
-        d.addBoth(self._prepared_or_not, self.backend)
-        d.addErrback(log.err, "buildbot_stats: internal error in delivery")
+    def _read(self, max_points: int, rewind: bool = False) -> defer.Deferred:
+        """One spool call: release the segments accepted, rewind if asked, take up to ``max_points``."""
+        release, self._release = self._release, []
+        d = self._spool.call(SQLiteSpool.thd_take, self.spool_key, max_points, release, rewind)
+
+        def done(result: tuple[list[TakenSegment], SpoolState]) -> list[TakenSegment]:
+            self.report.update(result[1])
+            return result[0]
+
+        def failed(failure: Failure) -> Failure:
+            self._release += release  # released with the next call
+            return failure
+
+        return d.addCallbacks(done, failed)
+
+    def _batch_read(self, segments: list[TakenSegment], asked: int) -> None:
+        if self.state is State.STOPPED:
+            return
+        if segments:
+            self._batch = Batch.of(segments)
+        elif asked:
+            self.report.spool.untaken = 0  # nothing to take after all: do not ask again
+        self._idle()
+
+    def _read_failed(self, failure: Failure) -> None:
+        why = failure.getErrorMessage()
+        log.msg(f"buildbot_stats: could not read the spool for backend {self.key!r} ({why}); retrying")
+        if self.state is State.READING:
+            self._failed(self.policy.max_retry_delay)
 
     def _prepared_or_not(self, result: Any, backend: Any) -> None:
         if self.state is State.STOPPED:
             return
         if backend is self.backend and isinstance(result, Failure):
-            delay = self.policy.max_retry_delay
-            self.backlog.failed(
-                result.value, f"backend {self.key!r} is not ready", f"; tried again every {delay:.0f}s"
-            )
-            self._failed(delay)
+            again = f"; tried again every {self.policy.max_retry_delay:.0f}s"
+            self.report.failed(result.value, f"backend {self.key!r} is not ready", again)
+            self._failed(self.policy.max_retry_delay)
             return
         if backend is self.backend:
             self._prepared = backend
-        self._to(State.IDLE)  # prepared, or replaced meanwhile (then the new one is prepared)
-        self._write_next()
+        self._idle()  # prepared, or replaced meanwhile (then the new one is prepared)
+
+    def _advance(self, count: int) -> None:
+        """``count`` more points of the batch left for good (accepted or dropped)."""
+        batch = self._batch
+        if batch is not None:
+            batch.offset += count
+            if batch.offset >= batch.n:
+                self._batch = None
+                self._release += batch.ids
+                if self._next is not None or self.state is State.STOPPED:  # release now, not with a take
+                    self._read(0).addErrback(lambda _: None)  # (if it fails: with the next call)
 
     def _written(self, report: WriteReport | None, sent: int) -> None:
-        self.backlog.accepted(report, sent)
-        self._reader.advance(sent)
+        self.report.accepted(report, sent)
+        self._advance(sent)
         if self.state is State.STOPPED:
             return
         self._attempt = 0
         self._batch_limit = self.policy.batch_size
-        self._to(State.IDLE)
-        self._write_next()
+        self._idle()
 
     def _write_failed(self, failure: Failure, sent: int) -> None:
-        batch = self._reader.current
-        error = failure.value
+        batch, error = self._batch, failure.value
         if isinstance(error, PartialDeliveryError):
             self.counters.written += error.delivered
-            self._reader.advance(error.delivered)
+            self._advance(error.delivered)
             sent -= error.delivered
             error = error.cause
         if self.state is State.STOPPED:
@@ -504,45 +415,46 @@ class DeliveryQueue:
             if isinstance(error, SplitBatchError) and sent > 1:
                 self._batch_limit = max(1, sent // 2)  # then the halves, and so on
             else:  # one point refused alone is the bad one; points of another kind of backend
-                series = (
-                    batch.series_at(batch.offset) if isinstance(error, SplitBatchError) and batch else None
-                )
-                self.backlog.dropped(sent, error, series)
-                self._reader.advance(sent)
-            self._to(State.IDLE)
-            self._write_next()
+                series = None
+                if isinstance(error, SplitBatchError) and batch is not None:
+                    series = batch.points[batch.offset].series if batch.points is not None else "?"
+                self.report.dropped(sent, error, series)
+                self._advance(sent)
+            self._idle()
             return
         self._attempt += 1
         self.counters.retried += sent
         if batch is not None and batch.offset == 0:
-            # return the batches to the spool while the backend fails, so the bounds can drop them
+            # give the batch back while the backend fails, so that the bounds can drop its points
             # (not one written in part: it would be read, and written, whole again)
-            self._reader.give_back()
+            self._batch = None
+            if self._next is not None:  # taken before the rewind: read again after it
+                self._next.addErrback(lambda _: None)
+                self._next = None
+            self._read(0, rewind=True).addErrback(self._read_failed)
         refused = isinstance(error, RefusedWriteError)
         if refused:
             self._prepared = None  # e.g. render the password again: it may have been fixed
         until_fixed = f" every {self.policy.max_retry_delay:.0f}s until fixed" if refused else ""
         what = f"writing {points_phrase(sent)} to backend {self.key!r} failed"
-        self.backlog.failed(error, what, f" and retried{until_fixed}")
+        self.report.failed(error, what, f" and retried{until_fixed}")
         retry_after = getattr(error, "retry_after", None)  # a TransientWriteError's (Retry-After)
         self._failed(max(self.policy.retry_delay(self._attempt, refused), float(retry_after or 0)))
 
     def _failed(self, delay: float) -> None:
-        """A write or prepare failed: retry after ``delay`` seconds, or, when stopping, give up."""
+        """A call failed: retry after ``delay`` seconds, or, when stopping, give up."""
         if self._stopping:
             self._to(State.IDLE)
             self._fire_drained()
         else:
-            self._wait(delay)
+            self._to(State.WAITING)
+            self._retry_call = self._reactor.callLater(delay, self._idle)
 
-    def _wait(self, delay: float) -> None:
-        self._to(State.WAITING)
-        self._retry_call = self._reactor.callLater(delay, self._retry)
-
-    def _retry(self) -> None:
+    def _idle(self, *_: Any) -> None:
+        """Back to IDLE (a call ended, or a retry is due), and on to what is next."""
         self._retry_call = None
         self._to(State.IDLE)
-        self._write_next()
+        self.send()
 
     def _fire_drained(self) -> None:
         d, self._drained = self._drained, None
@@ -550,38 +462,26 @@ class DeliveryQueue:
             d.callback(None)
 
     @defer.inlineCallbacks
-    def _wait_drained(self, timeout: float) -> Any:
-        """Wait until the write in flight (and, if started, the drain) ends; True if it did in time."""
-        drained = self._drained = defer.Deferred()
-        self._write_next()
-        if self._drained is not None and self.state is State.IDLE and self._reader.idle:
-            self._fire_drained()
-        try:
-            yield drained.addTimeout(timeout, self._reactor)
-        except defer.TimeoutError:
-            return False
-        finally:
-            self._drained = None
-        return True
-
-    @defer.inlineCallbacks
     def stop(self) -> Any:
         """Deliver what can be delivered within ``flush_timeout`` seconds; the rest stays spooled."""
         if self._stopping:
             return
         self._stopping = True
-        timeout = self.policy.flush_timeout
         if self._retry_call is not None:
             self._retry_call.cancel()
-            self._retry_call = None
             self._to(State.IDLE)
-        if self.pending and self.backlog.failure is None:
-            # one last drain, unless the backend was failing: then do not wait for it
-            if not (yield self._wait_drained(timeout)):
-                late = f"did not take all points within {timeout}s at shutdown"
-                log.msg(f"buildbot_stats: backend {self.key!r} {late}")
-        elif self.state is not State.IDLE:
-            yield self._wait_drained(timeout)  # a write (or prepare) runs: give it the time, then leave
+        # one last drain, unless the backend was failing: then only give the call in flight its time
+        draining = self.pending and self.report.failure is None
+        if draining or self.state is not State.IDLE:
+            timeout = self.policy.flush_timeout
+            drained = self._drained = defer.Deferred()
+            self.send()  # (fires it at once if there is nothing to do)
+            try:
+                yield drained.addTimeout(timeout, self._reactor)
+            except defer.TimeoutError:
+                if draining:
+                    late = f"did not take all points within {timeout}s at shutdown"
+                    log.msg(f"buildbot_stats: backend {self.key!r} {late}")
+            self._drained = None
         self._to(State.STOPPED)
-        self._reader.drop_read_ahead()
-        self.backlog.stopped(self._spool.durable)
+        self.report.stopped(self._spool.durable)

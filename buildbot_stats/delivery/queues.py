@@ -1,10 +1,8 @@
 """The delivery queues of one StatsService: one per backend, kept across reconfigs.
 
-A queue is keyed by its backend's name (``name=``, else the class name, made
-unique with ``#2``, ``#3``...).  On reconfig, a backend whose key is still
-configured keeps its queue (and its pending points); a new key gets a new
-queue loaded from the spool; a removed key's queue is stopped and its points
-stay spooled until a backend of that name comes back.
+A queue is keyed by its backend's name (else its class name; ``#2``... if not
+unique): a backend that keeps its key keeps its queue and pending points; a
+removed key's points stay spooled until a backend of that name comes back.
 """
 
 from __future__ import annotations
@@ -17,6 +15,7 @@ from twisted.python import log
 
 from buildbot_stats.burst_log import BurstLog
 from buildbot_stats.delivery.queue import Counters, DeliveryQueue
+from buildbot_stats.delivery.spool import SQLiteSpool
 from buildbot_stats.delivery.spool_thread import SpoolThread
 from buildbot_stats.delivery.writer import Route, SpoolResult, SpoolWriter, points_phrase
 from buildbot_stats.options import DeliveryPolicy
@@ -51,12 +50,9 @@ class QueueSet:
         self.spool = spool
         self.reactor = reactor
         self.queues: dict[str, DeliveryQueue] = {}
-        self.writer = SpoolWriter(spool, self._spooled, self._send)
-        self.writer.orphan_prefix = f"{service_name}/"
-        self._by_spool_key: dict[str, DeliveryQueue] = {}
+        self.writer = SpoolWriter(spool, self._spooled, self._send, orphan_prefix=f"{service_name}/")
         self._retired = Counters()  # counters of queues removed by a reconfig
         self._orphans_logged: set[str] = set()
-        self._degraded_logged: str | None = None
         #: values that could not become points (a custom capture's bad time, say): one line per burst
         self._unstored_log = BurstLog(reactor)
         self._key_by_backend: dict[int, str] = {}
@@ -86,17 +82,14 @@ class QueueSet:
             self.queues[key] = queue
             queue.hold = self.writer.holding
             encode = backend.thd_encode if provides(backend, IEncodedWrites) else None
-            routes[key] = Route(queue.spool_key, encode, policy.batch_size)
+            bounds = (policy.max_spool_points, policy.max_spool_bytes)
+            routes[key] = Route(queue.spool_key, encode, policy.batch_size, bounds)
             key_by_backend[id(backend)] = key
         # spool writes made from now on use the new routes; a capture still holding a
         # replaced backend object finds its queue by the backend's key (see route_keys)
         self.writer.routes = routes
         self._previous_key_by_backend, self._key_by_backend = self._key_by_backend, key_by_backend
         self._capture_keys = {}
-        self.writer.bounds = {
-            q.spool_key: (q.policy.max_spool_points, q.policy.max_spool_bytes) for q in self.queues.values()
-        }
-        self._by_spool_key = {q.spool_key: q for q in self.queues.values()}
         for queue in old.values():
             yield queue.stop()
             self._retired.add(queue.counters)
@@ -112,7 +105,7 @@ class QueueSet:
     def _log_orphans(self) -> Any:
         """Say so when the spool holds points of backends this service no longer has."""
         try:
-            counts = yield self.spool.pending_counts()
+            counts = yield self.spool.call(SQLiteSpool.thd_pending_counts)
         except Exception:
             return
         for spool_key, n in sorted(counts.items()):
@@ -141,39 +134,27 @@ class QueueSet:
         return keys
 
     def _spooled(self, result: SpoolResult) -> None:
-        """A spool write is done: tell each queue, and say so once when the file cannot be written."""
+        """A spool write is done: say what went wrong, and tell each queue what it did."""
         for message in result.errors:
             log.msg(f"buildbot_stats: {message}")
         for (series, why), n in result.unstored.items():
             for _ in range(n):
                 self._unstored_log.failed((series, why), f"a value of series {series} was not stored: {why}")
-        degraded = self.spool.degraded
-        if degraded != self._degraded_logged:
-            if degraded is not None:
+        for spool_key in set(result.states) | set(result.captured) | set(result.dropped):
+            queue = self.queues.get(spool_key.removeprefix(f"{self.service_name}/"))
+            if queue is not None:
+                queue.spooled(result, send=False)  # (the writer says when to send: see SpoolWriter)
+                continue
+            captured = result.captured.get(spool_key, 0)
+            self._retired.captured += captured
+            self._retired.dropped += result.dropped.get(spool_key, 0)
+            key = self._new_orphan(spool_key) if captured else None
+            if key is not None:
                 log.msg(
-                    f"buildbot_stats: cannot write the spool {self.spool.path} ({degraded}); new points "
-                    "are kept in memory, within the same bounds, until it can be written again"
+                    f"buildbot_stats: backend {key!r} is no longer configured: its points that were on their "
+                    f"way to the spool ({points_phrase(captured)} so far) are kept there, and sent if a "
+                    "backend of that name is configured again"
                 )
-            else:
-                log.msg(
-                    f"buildbot_stats: the spool {self.spool.path} can be written again; "
-                    "the points kept in memory moved to it"
-                )
-            self._degraded_logged = degraded
-        for key, lost in result.lost.items():
-            queue = self._by_spool_key.get(key)
-            (queue.counters if queue is not None else self._retired).dropped += lost
-        for key in set(result.states) | set(result.captured):
-            queue = self._by_spool_key.get(key)
-            captured = result.captured.get(key, 0)
-            if queue is None:
-                self._retired.captured += captured
-                self._log_orphaned(key, captured)
-            elif key in result.states:  # (the writer says when to send: see SpoolWriter)
-                problems, rejected = result.problems.get(key, []), result.rejected.get(key, 0)
-                queue.spooled(result.states[key], captured, problems, rejected, send=False)
-            else:
-                queue.counters.captured += captured
 
     def _new_orphan(self, spool_key: str) -> str | None:
         """The backend key of ``spool_key`` if it is one of this service's, not configured, not said yet."""
@@ -183,16 +164,6 @@ class QueueSet:
             return None
         self._orphans_logged.add(key)
         return key
-
-    def _log_orphaned(self, spool_key: str, n: int) -> None:
-        """Say once that points of a backend removed while they waited were kept in the spool."""
-        key = self._new_orphan(spool_key) if n else None
-        if key is not None:
-            log.msg(
-                f"buildbot_stats: backend {key!r} is no longer configured: its points that were on their "
-                f"way to the spool ({points_phrase(n)} so far) are kept there, and sent if a backend of "
-                "that name is configured again"
-            )
 
     def _send(self) -> None:
         """The spool writer is done for now: every queue sends what it has."""
@@ -204,11 +175,11 @@ class QueueSet:
         total = Counters()
         total.add(self._retired)
         for queue in self.queues.values():
-            total.add(queue.current_counters())
+            total.add(queue.report.current())
         return total.as_dict()
 
     def per_backend(self) -> dict[str, dict[str, int]]:
-        return {key: queue.current_counters().as_dict() for key, queue in self.queues.items()}
+        return {key: queue.report.current().as_dict() for key, queue in self.queues.items()}
 
     def wait_spooled(self) -> defer.Deferred:
         """Fires once everything recorded so far is spooled."""
@@ -222,4 +193,3 @@ class QueueSet:
         for queue in self.queues.values():
             yield queue.stop()
         self.queues = {}
-        self._by_spool_key = {}

@@ -1,47 +1,40 @@
-"""Where points wait until their backend has accepted them: the spool *is* the backlog.
+"""Where points wait until their backend accepted them: the spool *is* the backlog.
 
-:class:`SQLiteSpool` keeps them in a file, so that a master that is stopped or
-killed sends them after it starts again (:class:`MemorySpool`: in memory,
-``spool_path=None``).  A delivery queue takes them a batch at a time, and
-releases a segment once the backend accepted (or dropped) all its points: after
-a crash, what is still in the file is sent again (at least once; InfluxDB
-overwrites a point it has).  Bounds (``max_spool_points``, ``max_spool_bytes``)
-drop the oldest segments not taken, the last one cut to size.  When the file
-cannot be written (disk full, read-only), new segments go to the in-memory table
-``mem``, under the same bounds, and into the file once it can be written again.
-The file's layout and codec: :mod:`~buildbot_stats.delivery.spool_file`.
-
-The ``thd_*`` methods block; :class:`~buildbot_stats.delivery.spool_thread.SpoolThread`
-runs them on a thread of their own.
+A segment leaves the file only once its backend accepted (or dropped) all its
+points: after a crash, what is still there is sent again (at least once).
+Bounds drop the oldest segments not taken; while the file cannot be written
+(disk full, read-only), new segments wait in the in-memory table ``mem``.
+The ``thd_*`` methods block: they run on the spool's own thread (:mod:`.spool_thread`).
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from buildbot_stats.delivery.spool_file import (
     COLUMNS,
     TABLE,
+    WHERE,
     ForeignSpoolFileError,
     dump_points,
     foreign_file_problem,
     is_storage_error,
     load_points,
+    lock,
     open_spool_file,
     quarantine,
+    unlock,
 )
-from buildbot_stats.delivery.spool_lock import SpoolLock
 from buildbot_stats.lineprotocol import split_lines
 from buildbot_stats.point import Point
 
-__all__ = ["MemorySpool", "NewSegment", "SQLiteSpool", "SpoolState", "TakenSegment", "encode_segment"]
-__all__ += ["spool_info"]
-
-_WHERE = "WHERE queue_key = ? AND id = ?"
+__all__ = ["ForeignSpoolFileError", "NewSegment", "SQLiteSpool", "SpoolState", "TakenSegment"]
+__all__ += ["encode_segment"]
 
 
 @dataclass
@@ -63,18 +56,15 @@ class TakenSegment(NamedTuple):
     n: int
     encoding: str
     payload: Any
-    first_ns: int | None  # the earliest and latest time of its points, None if unknown
-    last_ns: int | None
 
 
 @dataclass
 class SpoolState:
-    """What one spool call did to one queue, and its counts afterwards."""
+    """A queue's counts after a spool call, and what the call did to its points."""
 
     pending: int = 0  # points in the spool (taken for a write or not)
     untaken: int = 0  # points in the spool not taken for a write yet
     spooled: int = 0  # points this call wrote to the file (durably)
-    kept_in_memory: int = 0  # points this call had to keep in memory (file not writable)
     dropped: int = 0  # points this call dropped to respect the bounds
     quarantined: int = 0  # points this call set aside as unreadable
 
@@ -114,43 +104,33 @@ def _drop_first(encoding: str, data: bytes, count: int) -> bytes:
     return b"\n".join(split_lines(bytes(data), encoding)[count:])
 
 
+@dataclass
 class _Queue:
     """The spool's book-keeping for one queue key."""
 
-    __slots__ = ("points", "bytes", "taken", "cursor", "unreleased")
-
-    def __init__(self, points: int, size: int) -> None:
-        self.points = points
-        self.bytes = size
-        self.taken: dict[int, tuple[int, int]] = {}  # id -> (n, bytes), taken for a write
-        self.cursor = -1  # highest id taken
-        self.unreleased: set[int] = set()  # released (or dropped) ids whose DELETE failed: retried
+    points: int = 0
+    bytes: int = 0
+    taken: dict[int, tuple[int, int]] = field(default_factory=dict)  # id -> (n, bytes), taken for a write
+    cursor: int = -1  # highest id taken
+    unreleased: set[int] = field(default_factory=set)  # released (or dropped) ids whose DELETE failed
 
 
 class SQLiteSpool:
-    """A spool in an SQLite file (WAL mode: it survives a SIGKILL of the master).
-
-    Opening it never keeps the master from starting: a damaged file is set aside
-    and older schemas are migrated (:func:`open_spool_file`); :attr:`notice` says
-    what it found, for one log line.  An unreadable segment is moved to the table
-    ``buildbot_stats_unreadable`` when it is taken.
-    """
-
-    durable = True
+    """A spool in an SQLite file (WAL mode: it survives a SIGKILL of the master), or in memory (None)."""
 
     def __init__(self, path: str | None) -> None:
         self.path = path
-        self._db: sqlite3.Connection | None = None
-        self.set_aside: str | None = None  # where a file was moved at open, if it was
+        self.durable = path is not None
         self.notice: str | None = None  # what open found, for the log, if anything
         self.degraded: str | None = None  # why the file cannot be written now, if so
+        self._db: sqlite3.Connection | None = None
+        self._lock: str | None = None
         self._mem_rows = 0  # segments in the in-memory table
-        self._queues: dict[str, _Queue] = {}
+        self._queues: defaultdict[str, _Queue] = defaultdict(_Queue)
         self._next_id = 1
-        self._lock: SpoolLock | None = None
 
     def __repr__(self) -> str:
-        return f"SQLiteSpool({self.path!r})"
+        return f"{type(self).__name__}({self.path!r})"
 
     def thd_open(self) -> None:
         if self.path is not None:
@@ -158,15 +138,15 @@ class SQLiteSpool:
             if problem is not None:
                 raise ForeignSpoolFileError(self.path, problem)
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            # one process per file (SpoolLockedError): two masters would send and delete each other's points
-            self._lock = SpoolLock(self.path)
-            self._lock.acquire()
+            self._lock = lock(self.path)  # one process per file (SpoolLockedError)
         try:
-            self._db, self.notice, self.set_aside = open_spool_file(self.path)
+            self._db, self.notice = open_spool_file(self.path)
         except BaseException:
             self.thd_close()
             raise
         self._next_id = (self._db.execute(f"SELECT MAX(id) FROM main.{TABLE}").fetchone()[0] or 0) + 1
+        sql = f"SELECT queue_key, SUM(n), SUM(length(data)) FROM main.{TABLE} GROUP BY queue_key"
+        self._queues.update((key, _Queue(n, size)) for key, n, size in self._db.execute(sql))
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -176,19 +156,8 @@ class SQLiteSpool:
     def _tables(self) -> tuple[str, ...]:
         return ("main", "mem") if self._mem_rows else ("main",)
 
-    def _queue(self, queue_key: str) -> _Queue:
-        q = self._queues.get(queue_key)
-        if q is None:
-            points = size = 0
-            for table in self._tables():
-                sql = f"SELECT SUM(n), SUM(length(data)) FROM {table}.{TABLE} WHERE queue_key = ?"
-                n, b = self._conn().execute(sql, (queue_key,)).fetchone()
-                points, size = points + (n or 0), size + (b or 0)
-            q = self._queues[queue_key] = _Queue(points, size)
-        return q
-
     def _state(self, queue_key: str, **changes: int) -> SpoolState:
-        q = self._queue(queue_key)
+        q = self._queues[queue_key]
         return SpoolState(pending=q.points, untaken=q.points - sum(n for n, _ in q.taken.values()), **changes)
 
     def _segments(self, queue_key: str, columns: str, after: int) -> Iterator[tuple[Any, ...]]:
@@ -212,49 +181,48 @@ class SQLiteSpool:
             return f"{type(e).__name__}: {e}"
         return None
 
-    def _delete(self, queue_key: str, ids: Iterable[int]) -> bool:
-        """Delete segments; False if the disk refused (the caller retries later)."""
-        params = [(queue_key, sid) for sid in ids]
-        failed = [self._try((f"DELETE FROM {table}.{TABLE} {_WHERE}", params)) for table in self._tables()]
+    def _release(self, queue_key: str, ids: Iterable[int]) -> None:
+        """Delete segments whose points all left the queue, and those the disk refused to delete before."""
+        q = self._queues[queue_key]
+        for sid in ids:
+            n, size = q.taken.pop(sid, (0, 0))
+            q.points, q.bytes = q.points - n, q.bytes - size
+            q.unreleased.add(sid)
+        params = [(queue_key, sid) for sid in sorted(q.unreleased)]
+        failed = [self._try((f"DELETE FROM {table}.{TABLE} {WHERE}", params)) for table in self._tables()]
         if self._mem_rows:
             self._mem_rows = self._conn().execute(f"SELECT COUNT(*) FROM mem.{TABLE}").fetchone()[0]
-        return not any(failed)
+        if not any(failed):  # (else they are skipped when reading, and deleted with the next ones)
+            q.unreleased = set()
 
     def thd_write(
         self, segments: list[NewSegment], bounds: dict[str, tuple[int, int | None]]
     ) -> dict[str, SpoolState]:
         """Append ``segments`` in one transaction, then apply each queue's ``(max points, max bytes)``."""
         keys = {seg.queue_key for seg in segments}
-        for key in keys:
-            self._queue(key)  # counted before the insert
         rows = [
             (seg.queue_key, self._next_id + i, seg.n, seg.first_ns, seg.last_ns, seg.encoding, seg.data)
             for i, seg in enumerate(segments)
         ]
         self._next_id += len(rows)
         spooled = self._resume() if self.degraded else {}
-        in_memory: dict[str, int] = {}
         if self.degraded is None:
             self.degraded = self._try((f"INSERT OR REPLACE INTO main.{TABLE} VALUES (?,?,?,?,?,?,?)", rows))
         if self.degraded is not None:
             self._conn().executemany(f"INSERT OR REPLACE INTO mem.{TABLE} VALUES (?,?,?,?,?,?,?)", rows)
             self._mem_rows += len(rows)
-        else:
-            for key in keys:
-                if self._queue(key).unreleased:
-                    self.thd_release(key, ())
-        counted = spooled if self.degraded is None and self.durable else in_memory
         for seg in segments:
-            q = self._queue(seg.queue_key)
+            q = self._queues[seg.queue_key]
             q.points += seg.n
             q.bytes += len(seg.data)
-            counted[seg.queue_key] = counted.get(seg.queue_key, 0) + seg.n
+            if self.degraded is None and self.durable:
+                spooled[seg.queue_key] = spooled.get(seg.queue_key, 0) + seg.n
         states = {}
         for key in keys | set(spooled):
+            if self.degraded is None and self._queues[key].unreleased:
+                self._release(key, ())
             dropped = self._enforce_bounds(key, *bounds[key]) if key in bounds else 0
-            states[key] = self._state(
-                key, spooled=spooled.get(key, 0), kept_in_memory=in_memory.get(key, 0), dropped=dropped
-            )
+            states[key] = self._state(key, spooled=spooled.get(key, 0), dropped=dropped)
         return states
 
     def _resume(self) -> dict[str, int]:
@@ -272,7 +240,7 @@ class SQLiteSpool:
 
     def _enforce_bounds(self, key: str, max_points: int, max_bytes: int | None) -> int:
         """Drop the oldest segments not taken (the last one cut) until the queue is within its bounds."""
-        q = self._queue(key)
+        q = self._queues[key]
         dropped, doomed = 0, []
         for table, sid, n, size, encoding in self._segments(key, "id, n, length(data), encoding", q.cursor):
             over_points = q.points - max_points
@@ -286,29 +254,35 @@ class SQLiteSpool:
                 q.points, q.bytes, dropped = q.points - n, q.bytes - size, dropped + n
                 continue
             cut = max(over_points, 1)  # cut the oldest points off this segment
-            data = (
-                self._conn().execute(f"SELECT data FROM {table}.{TABLE} {_WHERE}", (key, sid)).fetchone()[0]
-            )
-            rest = _drop_first(encoding, data, cut)
-            self._try((f"UPDATE {table}.{TABLE} SET n = ?, data = ? {_WHERE}", [(n - cut, rest, key, sid)]))
+            sql = f"SELECT data FROM {table}.{TABLE} {WHERE}"
+            rest = _drop_first(encoding, self._conn().execute(sql, (key, sid)).fetchone()[0], cut)
+            self._try((f"UPDATE {table}.{TABLE} SET n = ?, data = ? {WHERE}", [(n - cut, rest, key, sid)]))
             q.points, q.bytes, dropped = q.points - cut, q.bytes - size + len(rest), dropped + cut
             break
-        if doomed and not self._delete(key, doomed):
-            q.unreleased.update(doomed)  # the disk refuses even a delete: skipped when reading, retried
+        if doomed:
+            self._release(key, doomed)
         return dropped
 
-    def thd_take(self, queue_key: str, max_points: int) -> tuple[list[TakenSegment], SpoolState]:
-        """The oldest segments of a queue not taken yet, of one encoding, up to ``max_points`` (one at least).
+    def thd_take(
+        self, queue_key: str, max_points: int, release: Iterable[int] = (), rewind: bool = False
+    ) -> tuple[list[TakenSegment], SpoolState]:
+        """Release the segments ``release`` (their points all left the queue), go back to the oldest if
+        ``rewind`` (a failed write gave its batch back), then take the oldest segments not taken, of one
+        encoding, up to ``max_points`` (one at least, unless 0): one spool call per batch.
 
-        A segment that cannot be read is moved to the table ``buildbot_stats_unreadable``
-        (counted in the state's ``quarantined``).
+        A segment that cannot be read is moved to the table ``buildbot_stats_unreadable``.
         """
-        q = self._queue(queue_key)
+        q = self._queues[queue_key]
+        if release:
+            self._release(queue_key, release)
+        if rewind:
+            q.taken.clear()
+            q.cursor = -1
         taken: list[TakenSegment] = []
         bad: list[tuple[str, int, int, str, bytes, Exception]] = []
         count = 0
-        columns = "id, n, encoding, data, first_ns, last_ns"
-        for table, sid, n, encoding, data, first_ns, last_ns in self._segments(queue_key, columns, q.cursor):
+        segments = self._segments(queue_key, "id, n, encoding, data", q.cursor) if max_points > 0 else ()
+        for table, sid, n, encoding, data in segments:
             if sid not in q.unreleased:  # (one dropped whose delete is still to be retried is skipped)
                 if taken and (count + n > max_points or encoding != taken[0].encoding):
                     break
@@ -317,7 +291,7 @@ class SQLiteSpool:
                 except Exception as e:
                     bad.append((table, sid, n, encoding, data, e))
                 else:
-                    taken.append(TakenSegment(sid, n, encoding, payload, first_ns, last_ns))
+                    taken.append(TakenSegment(sid, n, encoding, payload))
                     q.taken[sid] = (n, len(data))
                     count += n
             q.cursor = sid
@@ -330,65 +304,14 @@ class SQLiteSpool:
                     self._mem_rows -= table == "mem"
         return taken, self._state(queue_key, quarantined=sum(n for _, _, n, *_ in bad))
 
-    def thd_release(self, queue_key: str, segment_ids: Iterable[int]) -> SpoolState:
-        """Delete segments whose points all left the queue (a failed delete is retried next time)."""
-        q = self._queue(queue_key)
-        ids = set(segment_ids)
-        for sid in ids:
-            n, size = q.taken.pop(sid, (0, 0))
-            q.points, q.bytes = q.points - n, q.bytes - size
-        todo = ids | q.unreleased
-        q.unreleased = set() if self._delete(queue_key, sorted(todo)) else todo
-        return self._state(queue_key)
-
-    def thd_reset(self, queue_key: str) -> SpoolState:
-        """Give back what was taken (a failed write, a new queue): the next take starts at the oldest."""
-        q = self._queue(queue_key)
-        q.taken.clear()
-        q.cursor = -1
-        return self._state(queue_key)
-
     def thd_pending_counts(self) -> dict[str, int]:
         """Queue key -> pending points, for every queue in the spool."""
-        return {info["queue_key"]: info["points"] for info in self.thd_info()}
-
-    def thd_info(self) -> list[dict[str, Any]]:
-        """Per queue key: segments, points, bytes, oldest and newest timestamp (ns), encodings."""
-        return spool_info(self._conn(), self._tables())
+        return {key: q.points for key, q in self._queues.items() if q.points}
 
     def thd_close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
         if self._lock is not None:
-            self._lock.release()
+            unlock(self._lock)
             self._lock = None
-
-
-class MemorySpool(SQLiteSpool):
-    """No durability: segments live in an in-memory SQLite database, under the same bounds."""
-
-    durable = False
-
-    def __init__(self) -> None:
-        super().__init__(None)
-
-    def __repr__(self) -> str:
-        return "MemorySpool()"
-
-
-def spool_info(db: sqlite3.Connection, tables: Iterable[str] = ("main",)) -> list[dict[str, Any]]:
-    """What a spool holds, per queue key (for ``buildbot-stats spool``), in ``tables`` (main, mem)."""
-    rows = " UNION ALL ".join(
-        f"SELECT queue_key, n, length(data) AS size, first_ns, last_ns, encoding FROM {t}.{TABLE}"
-        for t in tables
-    )
-    sql = (
-        "SELECT queue_key, COUNT(*), SUM(n), SUM(size), MIN(first_ns), MAX(last_ns), "
-        f"GROUP_CONCAT(DISTINCT encoding) FROM ({rows}) GROUP BY queue_key ORDER BY queue_key"
-    )
-    names = ("queue_key", "segments", "points", "bytes", "oldest_ns", "newest_ns", "encodings")
-    found = [dict(zip(names, row)) for row in db.execute(sql)]
-    for info in found:
-        info["encodings"] = sorted(set(info["encodings"].split(",")))
-    return found

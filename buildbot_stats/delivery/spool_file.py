@@ -1,22 +1,10 @@
-"""The spool's file: telling ours apart, opening it (older schemas migrated), and the codec of its points.
+"""The spool's file: telling ours apart, locking it, opening it (migrating older schemas), its codec.
 
-Schema 5: the table ``buildbot_stats_segments`` holds one row per segment:
-``queue_key`` (``<service name>/<backend name>``), an increasing ``id``, ``n``
-points, their oldest and newest time ``first_ns``/``last_ns``, an
-``encoding`` and the ``data``, which is either
-
-* ``msgpack-columns-1`` (:data:`COLUMNS`): the points, one msgpack array per
-  attribute (series, fields, tags, times).  msgpack holds NaN and ±Inf as
-  they are; an int beyond its 64 bits is the ext type 1 (big-endian two's
-  complement).  Unpacking makes plain values only: a spool never runs code.
-* or bytes a backend encoded once (``thd_encode``), kept as they are.
-
-Schemas 2 to 4 (buildbot_stats 0.1.0 and its development versions) pickled
-the points (``columns-1``): :func:`migrate` converts them when the file is
-opened, in place.  Only it reads a pickle, with an unpickler that refuses
-every class and function, within :data:`LEGACY_MAX_BYTES` and
-:data:`LEGACY_MAX_OBJECTS`; a segment beyond them, or unreadable, is moved to
-the table ``buildbot_stats_unreadable`` like any unreadable segment.
+Schema 5: one row per segment (see ``_TABLE_SQL``), whose ``data`` is the
+points as :data:`COLUMNS` (msgpack: plain values only, so a spool never runs
+code) or the bytes a backend encoded once.  Schemas 2 to 4 pickled the points
+(``columns-1``): :func:`migrate` converts them, with an unpickler that refuses
+every class and function, within :data:`LEGACY_MAX_BYTES` and :data:`LEGACY_MAX_OBJECTS`.
 """
 
 from __future__ import annotations
@@ -25,22 +13,28 @@ import io
 import os
 import pickle
 import sqlite3
+import threading
 import time
 from typing import Any
 
 import msgpack
 
 from buildbot_stats.point import Point, is_flat_plain, to_plain
-from buildbot_stats.sqlite_wal import SQLITE_MAGIC, connect_wal, existing_sqlite_file, other_tables
+from buildbot_stats.sqlite_wal import connect_wal, foreign_sqlite_problem
 
-__all__ = ["APPLICATION_ID", "COLUMNS", "ForeignSpoolFileError", "dump_points", "foreign_file_problem"]
-__all__ += ["load_points", "open_spool_file", "quarantine", "set_aside"]
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no lock
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["APPLICATION_ID", "COLUMNS", "ForeignSpoolFileError", "SpoolLockedError", "dump_points"]
+__all__ += ["WHERE", "foreign_file_problem", "load_points", "lock", "open_spool_file", "quarantine", "unlock"]
 
 SCHEMA_VERSION = 5
-READABLE_VERSIONS = (2, 3, 4, 5)
 #: ``PRAGMA application_id`` of a spool ("bbst"), in the file's header: ours even when damaged
 APPLICATION_ID = 0x62627374
 TABLE = "buildbot_stats_segments"
+WHERE = "WHERE queue_key = ? AND id = ?"  # one segment
 QUARANTINE = "buildbot_stats_unreadable"
 _TABLE_SQL = (
     "CREATE TABLE IF NOT EXISTS {db}.buildbot_stats_segments (queue_key TEXT NOT NULL, id INTEGER NOT NULL, "
@@ -56,6 +50,23 @@ LEGACY_COLUMNS = "columns-1"  # pickled, schemas 2 to 4
 LEGACY_MAX_BYTES = 64 * 2**20
 LEGACY_MAX_OBJECTS = 16 * 2**20  # values and containers; a shared one counts at each use
 _BIG_INT = 1  # msgpack ext type: an int beyond 64 bits
+
+#: schema n -> the statements that make it schema n + 1, each run if the table it names first exists
+_STEPS: dict[int, list[tuple[str, str]]] = {
+    2: [(t, f"ALTER TABLE {t} RENAME COLUMN backend TO queue_key") for t in (TABLE, QUARANTINE)],
+    3: [  # a row per write (queue_key, id, last_id, ids, points) becomes a row per segment (pickled points)
+        (TABLE, f"ALTER TABLE {TABLE} RENAME TO v3"),
+        ("v3", _TABLE_SQL.format(db="main")),
+        ("v3", f"INSERT INTO {TABLE} SELECT queue_key, id, 0, NULL, NULL, 'columns-1', points FROM v3"),
+        ("v3", "DROP TABLE v3"),
+        # the rows set aside have other columns: kept as they are
+        (QUARANTINE, f"ALTER TABLE {QUARANTINE} RENAME TO {QUARANTINE}_v3"),
+    ],
+    4: [],  # the same table: migrate() packs its pickled points again
+}
+
+
+# -- the codec -------------------------------------------------------------
 
 
 def _pack_default(value: Any) -> Any:
@@ -92,22 +103,15 @@ def _flat(values: Any) -> bool:
     return is_flat_plain(values, nan=True)
 
 
-def _to_points(series: list[Any], fields: list[Any], tags: list[Any], times: list[Any]) -> list[Point]:
-    # bytes, tuples and non-str keys were written as they were: reduced here as to_plain does
-    if not all(map(_flat, fields)):
-        fields = [v if _flat(v) else to_plain(v) for v in fields]
-    if not all(map(_flat, tags)):
-        tags = [v if _flat(v) else to_plain(v) for v in tags]
-    return list(map(Point, series, fields, tags, times))
-
-
 def load_points(data: bytes) -> list[Point]:
     """The points of :func:`dump_points`, reduced to plain values as ``to_plain`` does."""
     # arrays as tuples: a tuple can be a dict key (made a str by to_plain, as pickle's were)
     series, fields, tags, times = msgpack.unpackb(
         data, ext_hook=_ext, strict_map_key=False, unicode_errors="surrogatepass", use_list=False
     )
-    return _to_points(series, fields, tags, times)
+    fields = fields if all(map(_flat, fields)) else [v if _flat(v) else to_plain(v) for v in fields]
+    tags = tags if all(map(_flat, tags)) else [v if _flat(v) else to_plain(v) for v in tags]
+    return list(map(Point, series, fields, tags, times))
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -120,11 +124,8 @@ def load_pickled_points(data: bytes) -> list[Point]:
     if len(data) > LEGACY_MAX_BYTES:
         raise ValueError(f"a pickled segment of {len(data):,} bytes (more than {LEGACY_MAX_BYTES:,})")
     form, series, fields, tags, times = _PlainUnpickler(io.BytesIO(data)).load()
-    if (
-        form != LEGACY_COLUMNS
-        or not all(type(s) is str for s in series)
-        or not all(type(t) is int for t in times)
-    ):
+    typed = all(type(s) is str for s in series) and all(type(t) is int for t in times)
+    if form != LEGACY_COLUMNS or not typed:
         raise ValueError("not a spool segment of the format columns-1")
     left, plain = LEGACY_MAX_OBJECTS, []
     for value in (*fields, *tags):
@@ -146,55 +147,37 @@ def load_pickled_points(data: bytes) -> list[Point]:
     return list(map(Point, series, plain[: len(fields)], plain[len(fields) :], times))
 
 
+# -- the file --------------------------------------------------------------
+
+
 def _has(db: sqlite3.Connection, table: str) -> bool:
-    return (
-        db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
-        is not None
-    )
+    sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+    return db.execute(sql, (table,)).fetchone() is not None
 
 
 def migrate(db: sqlite3.Connection, version: int) -> str:
     """Bring a spool of schema 2, 3 or 4 to 5 in the caller's transaction; says what it did, for the log."""
     db.execute("DROP VIEW IF EXISTS buildbot_stats_spool")  # 2 and 3: one row per point, for inspection
-    if version == 2:  # the queue key column was named backend
-        for table in (TABLE, QUARANTINE):
+    for step in range(version, SCHEMA_VERSION):
+        for table, sql in _STEPS[step]:
             if _has(db, table):
-                db.execute(f"ALTER TABLE {table} RENAME COLUMN backend TO queue_key")
-    if version in (2, 3) and _has(db, TABLE):  # (queue_key, id, last_id, ids, points)
-        db.execute(f"ALTER TABLE {TABLE} RENAME TO buildbot_stats_segments_v3")
-        db.execute(_TABLE_SQL.format(db="main"))
-        db.execute(
-            f"INSERT INTO {TABLE} SELECT queue_key, id, 0, NULL, NULL, ?, points FROM {TABLE}_v3",
-            (LEGACY_COLUMNS,),
-        )
-        db.execute(f"DROP TABLE {TABLE}_v3")
-    if version in (2, 3) and _has(db, QUARANTINE):  # its rows have other columns: kept as they are
-        db.execute(f"ALTER TABLE {QUARANTINE} RENAME TO {QUARANTINE}_v3")
+                db.execute(sql)
     db.execute(_TABLE_SQL.format(db="main"))
     db.execute(_QUARANTINE_SQL)
-    converted, unreadable, where = 0, 0, "WHERE queue_key = ? AND id = ?"
-    for key, sid in db.execute(
-        f"SELECT queue_key, id FROM {TABLE} WHERE encoding = ?", (LEGACY_COLUMNS,)
-    ).fetchall():
-        (data,) = db.execute(f"SELECT data FROM {TABLE} {where}", (key, sid)).fetchone()
+    converted = unreadable = 0
+    legacy = f"SELECT queue_key, id, data FROM {TABLE} WHERE encoding = ?"
+    for key, sid, data in db.execute(legacy, (LEGACY_COLUMNS,)).fetchall():
         try:
             points = load_pickled_points(data)
-            times = [p.time_ns for p in points]
-            row = (
-                len(points),
-                min(times, default=None),
-                max(times, default=None),
-                COLUMNS,
-                dump_points(points),
-            )
+            packed = dump_points(points)
         except Exception as e:
             quarantine(db, "main", key, sid, LEGACY_COLUMNS, data, e)
             unreadable += 1
             continue
-        db.execute(
-            f"UPDATE {TABLE} SET n = ?, first_ns = ?, last_ns = ?, encoding = ?, data = ? {where}",
-            (*row, key, sid),
-        )
+        times = [p.time_ns for p in points]
+        first, last = min(times, default=None), max(times, default=None)
+        sql = f"UPDATE {TABLE} SET n = ?, first_ns = ?, last_ns = ?, encoding = ?, data = ? {WHERE}"
+        db.execute(sql, (len(points), first, last, COLUMNS, packed, key, sid))
         converted += 1
     bad = f", {unreadable} unreadable moved to the table {QUARANTINE}" if unreadable else ""
     return f"was migrated from schema {version} to {SCHEMA_VERSION} ({converted} segment(s) converted{bad})"
@@ -204,11 +187,9 @@ def quarantine(
     db: sqlite3.Connection, table: str, key: str, sid: int, encoding: str, data: bytes, error: Exception
 ) -> None:
     """Move an unreadable segment to the table ``buildbot_stats_unreadable`` (in a transaction)."""
-    db.execute(
-        f"INSERT INTO {QUARANTINE} VALUES (?,?,?,?,?)",
-        (key, sid, encoding, data, f"{type(error).__name__}: {error}"),
-    )
-    db.execute(f"DELETE FROM {table}.{TABLE} WHERE queue_key = ? AND id = ?", (key, sid))
+    row = (key, sid, encoding, data, f"{type(error).__name__}: {error}")
+    db.execute(f"INSERT INTO {QUARANTINE} VALUES (?,?,?,?,?)", row)
+    db.execute(f"DELETE FROM {table}.{TABLE} {WHERE}", (key, sid))
 
 
 class ForeignSpoolFileError(Exception):
@@ -223,32 +204,57 @@ class ForeignSpoolFileError(Exception):
 def foreign_file_problem(path: str) -> str | None:
     """Why the file at ``path`` must not be used as a spool, or None if it may be.
 
-    Ours: no file yet, an empty file, an SQLite file whose header carries the
-    spool's ``application_id`` (readable or not), an empty SQLite database, or
-    one holding the spool's table (a spool written before the mark).  Anything
-    else -- Buildbot's ``state.sqlite``, ``master.cfg``, a damaged file without
-    the mark -- is somebody else's and never touched.  Reads at most the header
-    and, read-only, the table names.
+    Ours: no file yet, an empty one, one whose header carries the spool's
+    ``application_id`` (even damaged), an empty database, or one holding the
+    spool's table (written before the mark).  Anything else (Buildbot's
+    ``state.sqlite``, ``master.cfg``) is somebody else's and never touched.
     """
-    problem, header, tables = existing_sqlite_file(path)
-    if len(header) >= 72 and int.from_bytes(header[68:72], "big") == APPLICATION_ID:
-        return None  # ours (if damaged, it may be set aside)
-    if problem is not None:
-        return problem + (" and has no spool mark" if header.startswith(SQLITE_MAGIC) else "")
-    return None if not tables or TABLE in tables else other_tables(tables)
+    return foreign_sqlite_problem(path, lambda tables: TABLE in tables, APPLICATION_ID)
 
 
-def set_aside(path: str, tag: str) -> str:
-    """Move the spool file ``path`` (and its -wal/-shm) to ``<path>.<tag>-<time>``, which is returned.
+class SpoolLockedError(RuntimeError):
+    """Another process has the spool file open."""
 
-    The one place where the spool moves a file; called only for a file that is
-    recognisably a spool (or not a database at all).
+
+#: lock file -> (descriptor, users): services of one master may share a spool file (their keys differ)
+_locks: dict[str, tuple[int, int]] = {}
+_locks_guard = threading.Lock()
+
+
+def lock(path: str) -> str:
+    """Lock ``<path>.lock`` for this process (``flock``: the kernel releases it when the process dies).
+
+    Two masters on one file would send, and delete, each other's points.  The
+    lock file stays: removing it would let two processes lock two files of one name.
     """
-    target = f"{path}.{tag}-{int(time.time())}"
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(path + suffix):
-            os.replace(path + suffix, target + suffix)
-    return target
+    lock_path = os.path.realpath(path) + ".lock"
+    with _locks_guard:
+        fd, users = _locks.get(lock_path, (-1, 0))
+        if users == 0 and fcntl is not None:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                os.close(fd)
+                pid = f" (pid {holder})" if holder.isdigit() else ""
+                raise SpoolLockedError(
+                    f"{path} is in use by another process{pid}: each master needs a spool file of its own "
+                    "(spool_path is relative to the master's basedir)"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        _locks[lock_path] = (fd, users + 1)
+    return lock_path
+
+
+def unlock(lock_path: str) -> None:
+    with _locks_guard:
+        fd, users = _locks.pop(lock_path)
+        if users > 1:
+            _locks[lock_path] = (fd, users - 1)
+        elif fd >= 0:
+            os.close(fd)  # closing the last descriptor releases the flock
 
 
 class _SchemaVersionError(sqlite3.DatabaseError):
@@ -263,11 +269,11 @@ def is_storage_error(e: BaseException) -> bool:
     return isinstance(e, sqlite3.OperationalError) and any(w in str(e).lower() for w in words)
 
 
-def open_spool_file(path: str | None) -> tuple[sqlite3.Connection, str | None, str | None]:
-    """Connect to the spool at ``path`` (None: in memory): ``(connection, notice for the log, set aside to)``.
+def open_spool_file(path: str | None) -> tuple[sqlite3.Connection, str | None]:
+    """Connect to the spool at ``path`` (None: in memory): ``(connection, what it found, for the log)``.
 
-    An empty file, a schema to migrate, and a file set aside (damaged past its
-    header, or of a schema this version cannot read) are each a notice; a
+    Never keeps the master from starting: a file damaged past its header, or of
+    a schema this version cannot read, is set aside and a new one started.  A
     storage error (disk full, read-only) is raised.
     """
     empty = path is not None and os.path.isfile(path) and os.path.getsize(path) == 0
@@ -285,18 +291,18 @@ def open_spool_file(path: str | None) -> tuple[sqlite3.Connection, str | None, s
             why = f"has schema version {e.version}, which this version of buildbot_stats cannot read"
         else:
             tag, later, why = "unreadable", "", f"could not be read ({' '.join(str(e).split())})"
-        aside = set_aside(path, tag)
-        return (
-            _connect(path)[0],
-            f"the spool {path} {why}; it was moved to {aside}{later} and a new one started",
-            aside,
-        )
+        aside = f"{path}.{tag}-{int(time.time())}"  # (a file recognisably ours, or not a database at all)
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.replace(path + suffix, aside + suffix)
+        notice = f"the spool {path} {why}; it was moved to {aside}{later} and a new one started"
+        return _connect(path)[0], notice
     if empty:
         notice = (
             f"the spool {path} was an empty file (0 bytes): it held no points "
             "(a master killed before its first spool write, or a truncated copy); a new one started"
         )
-    return db, notice, None
+    return db, notice
 
 
 def _connect(path: str | None) -> tuple[sqlite3.Connection, str | None]:
@@ -310,7 +316,7 @@ def _connect(path: str | None) -> tuple[sqlite3.Connection, str | None]:
             db.execute("BEGIN IMMEDIATE")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
-                if version not in READABLE_VERSIONS:
+                if version not in (*_STEPS, SCHEMA_VERSION):
                     raise _SchemaVersionError(version)
                 if version != SCHEMA_VERSION:
                     notice = f"the spool {path} {migrate(db, version)}"
@@ -320,8 +326,7 @@ def _connect(path: str | None) -> tuple[sqlite3.Connection, str | None]:
             marked = db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         if not marked and path is not None:
-            # the mark goes into the file's own header, where foreign_file_problem reads it
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the mark into the file's own header
         check = db.execute("PRAGMA quick_check(1)").fetchone()[0]  # damaged past its header?
         if check != "ok":
             raise sqlite3.DatabaseError(f"database disk image is malformed: {check}")

@@ -1,19 +1,15 @@
 """The spool writer: what captures record becomes points, encoded once and spooled (group commit).
 
-Captures hand their results to the service as records (:data:`Record`); the
-reactor only appends them to a flat list.  :class:`SpoolWriter` hands what was
-recorded since the last spool write (at most :data:`MAX_RECORDS_PER_WRITE`
-records) to the spool thread in one call: there :func:`thd_spool_records`
-makes them points, encodes each backend's points once (``thd_encode``, else
-columns) and writes them as segments in one transaction; then the Deferreds of
-the callers fire.  So ``store()`` (and ``yieldMetricsValue``) fires once its
-point is in the spool.  What happens next, per backend, is :mod:`.queue`.
+The reactor only appends records to a flat list; the spool thread makes them
+points, encodes each backend's points once and writes them in one transaction
+(:func:`thd_spool_records`).  Then ``store()`` and ``yieldMetricsValue`` fire:
+their point is in the spool.  What happens next, per backend, is :mod:`.queue`.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +18,7 @@ from twisted.internet import defer
 from twisted.python import log
 from twisted.python.failure import Failure
 
-from buildbot_stats.delivery.spool import COLUMNS, NewSegment, SpoolState, encode_segment
+from buildbot_stats.delivery.spool import NewSegment, SpoolState, encode_segment
 from buildbot_stats.delivery.spool_thread import SpoolThread
 from buildbot_stats.point import Point, PointProblem, to_ns
 
@@ -55,37 +51,26 @@ def points_phrase(n: int) -> str:
 
 @dataclass
 class Route:
-    """Where the points of one backend go: its queue key, encoder and segment size."""
+    """Where the points of one backend go: its spool key, encoder, segment size and spool bounds."""
 
     spool_key: str
     encoder: Callable[[list[Point]], Any] | None
     batch_size: int
+    bounds: tuple[int, int | None] | None = None  # (max points, max bytes); None: unbounded
 
 
 @dataclass
 class SpoolResult:
     """What one spool write did, by spool key (in the reactor afterwards)."""
 
-    states: dict[str, SpoolState]
-    captured: dict[str, int]
-    problems: dict[str, list[PointProblem]]
-    rejected: dict[str, int]
-    errors: list[str]
-    lost: dict[str, int]  # points that could not be spooled at all (an unexpected error)
+    states: dict[str, SpoolState] = field(default_factory=dict)
+    captured: Counter[str] = field(default_factory=Counter)
+    problems: dict[str, list[PointProblem]] = field(default_factory=dict)
+    #: rejected by the backend's encoder, or not encoded or written at all (then said in ``errors``)
+    dropped: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
     #: values that could not become points, by (series as shown, why): one log line per burst
-    unstored: dict[tuple[str, str], int] = field(default_factory=dict)
-
-
-def _point(series: Any, post_data: Any, context: Any, t: Any) -> Point:
-    """The point of a record: the values as the capture gave them (a plain value is ``value``)."""
-    if type(post_data) is not dict:
-        post_data = dict(post_data) if isinstance(post_data, dict) else {"value": post_data}
-    return Point(
-        series if type(series) is str else str(series),
-        post_data,
-        context if type(context) is dict else dict(context or {}),
-        t if type(t) is int and t >= 10**12 else to_ns(t),  # ns already (the clock), else convert
-    )
+    unstored: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 def _shown(value: Any) -> str:
@@ -104,23 +89,22 @@ def _failure_text(e: BaseException) -> str:
         return type(e).__name__
 
 
-def _failing_part(point: Point, encoder: Callable[[list[Point]], Any] | None) -> str:
-    """``", field 'x'"`` (or a tag) for a point that cannot be encoded, if one part alone fails."""
-    parts = [("field", k, Point(point.series, {k: v}, {}, point.time_ns)) for k, v in point.fields.items()]
-    parts += [("tag", k, Point(point.series, {"_": 0}, {k: v}, point.time_ns)) for k, v in point.tags.items()]
-    for kind, key, alone in parts:
-        try:
-            encode_segment("", [alone], encoder)
-        except Exception:
-            return f", {kind} {_shown(key)}"
-    return ""
+def _point(series: Any, post_data: Any, context: Any, t: Any) -> Point:
+    """The point of a record: the values as the capture gave them (a plain value is ``value``)."""
+    if type(post_data) is not dict:
+        post_data = dict(post_data) if isinstance(post_data, dict) else {"value": post_data}
+    return Point(
+        series if type(series) is str else str(series),
+        post_data,
+        context if type(context) is dict else dict(context or {}),
+        t if type(t) is int and t >= 10**12 else to_ns(t),  # ns already (the clock), else convert
+    )
 
 
 class _SegmentMaker:
-    """The segments of one backend in one spool write: points encoded a chunk at a time.
+    """The segments of one backend in one spool write: its points encoded a chunk at a time.
 
-    Encoded data is one point per line, so the chunks of a segment are joined
-    with newlines (up to ``batch_size`` points); columns are one segment per chunk.
+    Each chunk is a segment: a write of encoded points joins the segments it takes.
     """
 
     def __init__(self, route: Route, result: SpoolResult, segments: list[NewSegment]) -> None:
@@ -130,114 +114,89 @@ class _SegmentMaker:
         self.segments = segments
         self.points: list[Point] = []  # made, not encoded yet
         self.chunk = min(ENCODE_CHUNK, route.batch_size) if route.encoder is not None else route.batch_size
-        self.open: list[NewSegment] = []  # encoded chunks of the segment being made
-        self.added = 0  # points handed to it (the backend's ``captured``)
         self.failed = 0  # points dropped because they could not be encoded
         self.failure: str | None = None  # the first of them, for the log line
+
+    def encode(self) -> None:
+        points, self.points = self.points, []
+        self.result.captured[self.key] += len(points)
+        try:
+            self._add(*encode_segment(self.key, points, self.route.encoder))
+        except Exception as e:
+            self._encode_apart(points, e)
+
+    def _encode_apart(self, points: list[Point], error: Exception) -> None:
+        """Drop only the points that fail on their own (a value whose str() raises, say).
+
+        Unless the encoder fails even for a plain point: then the whole chunk, blaming no value.
+        """
+        broken = self._encode_error(Point(points[0].series, {"_": 0}, {}, points[0].time_ns)) is not None
+        failures = [(p, error) for p in points] if broken else []
+        good = []
+        for point in () if broken else points:
+            alone = self._encode_error(point)
+            if alone is None:
+                good.append(point)
+            else:
+                failures.append((point, alone))
+        try:
+            if good:
+                self._add(*encode_segment(self.key, good, self.route.encoder))
+        except Exception as together:  # each encodes alone but not together: drop them all
+            failures += [(p, together) for p in good]
+        if failures and self.failure is None:
+            point, first = failures[0]
+            where = "" if broken else f"series {_shown(point.series)}{self._failing_part(point)}: "
+            self.failure = where + _failure_text(first)
+        self.failed += len(failures)
+
+    def _encode_error(self, point: Point) -> Exception | None:
+        try:
+            encode_segment("", [point], self.route.encoder)
+        except Exception as e:
+            return e
+        return None
+
+    def _failing_part(self, point: Point) -> str:
+        """``", field 'x'"`` (or a tag) for a point that cannot be encoded, if one part alone fails."""
+        parts = [
+            ("field", k, Point(point.series, {k: v}, {}, point.time_ns)) for k, v in point.fields.items()
+        ]
+        parts += [
+            ("tag", k, Point(point.series, {"_": 0}, {k: v}, point.time_ns)) for k, v in point.tags.items()
+        ]
+        failing = (f", {kind} {_shown(key)}" for kind, key, alone in parts if self._encode_error(alone))
+        return next(failing, "")
+
+    def _add(self, segment: NewSegment | None, report: Any) -> None:
+        if report is not None:  # (a WriteReport; a backend's own may leave either part out)
+            if getattr(report, "problems", None):
+                self.result.problems.setdefault(self.key, []).extend(report.problems)
+            if getattr(report, "rejected_points", 0):
+                self.result.dropped[self.key] += report.rejected_points
+        if segment is not None:
+            self.segments.append(segment)
 
     def finish(self) -> None:
         if self.points:
             self.encode()
-        self._close()
         if self.failed:
             self.result.errors.append(
                 f"dropped {points_phrase(self.failed)} of backend {self.key!r} that could not be "
                 f"encoded ({self.failure})"
             )
-            self.result.lost[self.key] = self.result.lost.get(self.key, 0) + self.failed
-
-    def encode(self) -> None:
-        points, self.points = self.points, []
-        self.added += len(points)
-        try:
-            segment, report = encode_segment(self.key, points, self.route.encoder)
-        except Exception as e:
-            self._encode_apart(points, e)
-        else:
-            self._add(segment, report)
-
-    def _encode_apart(self, points: list[Point], error: Exception) -> None:
-        """Drop only the points that fail on their own (a value whose str() or pickling raises).
-
-        Unless the encoder fails even for a plain point: then the whole chunk.
-        """
-        encoder = self.route.encoder
-        probe = Point(points[0].series, {"_": 0}, {}, points[0].time_ns)
-        failures: list[tuple[Point, Exception]] = []
-        try:
-            encode_segment(self.key, [probe], encoder)
-        except Exception:
-            failures, points = [(p, error) for p in points], []
-        good = []
-        for point in points:
-            try:
-                encode_segment(self.key, [point], encoder)
-                good.append(point)
-            except Exception as e:
-                failures.append((point, e))
-        try:
-            if good:
-                self._add(*encode_segment(self.key, good, encoder))
-        except Exception as together:  # each encodes alone but not together: drop them all
-            failures += [(p, together) for p in good]
-        if failures and self.failure is None:
-            point, first = failures[0]
-            where = f"series {_shown(point.series)}{_failing_part(point, encoder)}: " if points else ""
-            self.failure = where + _failure_text(first)
-        self.failed += len(failures)
-
-    def _add(self, segment: NewSegment | None, report: Any) -> None:
-        result = self.result
-        if report is not None:  # (a WriteReport; a backend's own may leave either part out)
-            if getattr(report, "problems", None):
-                result.problems.setdefault(self.key, []).extend(report.problems)
-            if getattr(report, "rejected_points", 0):
-                result.rejected[self.key] = result.rejected.get(self.key, 0) + report.rejected_points
-        if segment is None:
-            return
-        if segment.encoding == COLUMNS:
-            self.segments.append(segment)
-            return
-        if self.open and (
-            segment.encoding != self.open[0].encoding
-            or sum(s.n for s in self.open) + segment.n > self.route.batch_size
-        ):
-            self._close()
-        self.open.append(segment)
-
-    def _close(self) -> None:
-        parts, self.open = self.open, []
-        if len(parts) == 1:
-            self.segments.append(parts[0])
-        elif parts:
-            firsts, lasts = [s.first_ns for s in parts], [s.last_ns for s in parts]
-            self.segments.append(
-                NewSegment(
-                    self.key,
-                    sum(s.n for s in parts),
-                    None if None in firsts else min(firsts),  # type: ignore[type-var]
-                    None if None in lasts else max(lasts),  # type: ignore[type-var]
-                    parts[0].encoding,
-                    b"\n".join(s.data for s in parts),
-                )
-            )
+            self.result.dropped[self.key] += self.failed
 
 
 def thd_spool_records(
-    spool: Any,
-    records: list[Any],
-    routes: dict[str, Route],
-    bounds: dict[str, tuple[int, int | None]],
-    orphan_prefix: str | None = None,
+    spool: Any, records: list[Any], routes: dict[str, Route], orphan_prefix: str | None = None
 ) -> SpoolResult:
     """Make points of ``records``, encode them once per backend, write them in one transaction.
 
-    Runs on the spool thread (a record's first item names its backends by
-    queue key).  Points for a backend that a reconfig removed while they
-    waited are spooled under ``orphan_prefix + key`` (as columns), like the
-    points such a backend left in the spool: sent if it is configured again.
+    Points for a backend that a reconfig removed while they waited are spooled under
+    ``orphan_prefix + key`` (as columns): sent if a backend of that name comes back.
     """
-    result = SpoolResult({}, {}, {}, {}, [], {})
+    result = SpoolResult()
     segments: list[NewSegment] = []
     makers: dict[str, _SegmentMaker] = {}
     items = iter(records)
@@ -248,8 +207,7 @@ def thd_spool_records(
             try:
                 point = _point(series, post_data, context, t)
             except Exception as e:
-                why = (_shown(series), _failure_text(e))
-                result.unstored[why] = result.unstored.get(why, 0) + 1
+                result.unstored[_shown(series), _failure_text(e)] += 1
                 continue
         for key in keys:
             maker = makers.get(key)
@@ -265,13 +223,21 @@ def thd_spool_records(
                 maker.encode()
     for maker in makers.values():
         maker.finish()
-        result.captured[maker.key] = result.captured.get(maker.key, 0) + maker.added
+    bounds = {r.spool_key: r.bounds for r in routes.values() if r.bounds is not None}
+    degraded = spool.degraded
     try:
-        result.states.update(spool.thd_write(segments, bounds))
+        result.states = spool.thd_write(segments, bounds)
     except Exception as e:
         result.errors.append(f"the spool could not be written: {type(e).__name__}: {e}")
         for seg in segments:
-            result.lost[seg.queue_key] = result.lost.get(seg.queue_key, 0) + seg.n
+            result.dropped[seg.queue_key] += seg.n
+    if spool.degraded != degraded:  # said once, when the file turns unwritable (or writable again)
+        result.errors.append(
+            f"cannot write the spool {spool.path} ({spool.degraded}); new points are kept in memory, "
+            "within the same bounds, until it can be written again"
+            if spool.degraded is not None
+            else f"the spool {spool.path} can be written again; the points kept in memory moved to it"
+        )
     return result
 
 
@@ -286,13 +252,10 @@ class _Write:
 class SpoolWriter:
     """Group commit of the spool: everything recorded while a spool write runs is the next write.
 
-    A quiet master spools each value at once; a busy one writes everything
-    posted meanwhile, by all callers, in one transaction.  After a spool write,
-    ``deliver`` gets its result at once (counters), but the queues are told to
-    send (``start_delivery``) only once no spool write follows right away, or
-    every :data:`DELIVERY_HOLD_S` seconds of a stream of writes: a build
-    awaiting its values one by one then does not have each of them read back
-    and posted on its own, in threads competing with it for the GIL.
+    ``deliver`` gets each write's result at once (counters); the queues are told to send
+    (``start_delivery``) once no write follows right away, or every :data:`DELIVERY_HOLD_S`
+    seconds of a stream: a build awaiting its values one by one then does not have each of
+    them read back and posted on its own, in threads competing with it for the GIL.
     """
 
     def __init__(
@@ -300,23 +263,22 @@ class SpoolWriter:
         spool: SpoolThread,
         deliver: Callable[[SpoolResult], None],
         start_delivery: Callable[[], None] | None = None,
+        orphan_prefix: str | None = None,
     ) -> None:
         self.spool = spool
         self._deliver = deliver
         self._start_delivery = start_delivery
-        self._held_since: float | None = None  # delivery held back since (``clock()``)
+        #: spool-key prefix of the points of backends no longer configured (see thd_spool_records)
+        self._orphan_prefix = orphan_prefix
+        self.routes: dict[str, Route] = {}  # by queue key (what a record names its backends by)
         self.clock: Callable[[], float] = time.monotonic
+        self._held_since: float | None = None  # delivery held back since (``clock()``)
         #: recorded, not written yet, oldest first; flat record lists leave no object per
         #: point for the garbage collector to move to its oldest generation
         self._waiting: deque[_Write] = deque()
         self._writing: _Write | None = None
         self._looping = False  # in _write's loop: a write that finishes at once does not recurse
-        self.routes: dict[str, Route] = {}  # by queue key (what a record names its backends by)
-        #: spool-key prefix of the points of backends no longer configured (see thd_spool_records)
-        self.orphan_prefix: str | None = None
-        self.bounds: dict[str, tuple[int, int | None]] = {}
-        #: incremented by every record (so a caller can tell whether its call recorded any)
-        self.recorded = 0
+        self.recorded = 0  # incremented by every record (a caller can tell whether its call recorded any)
 
     def _append(self, record: Record) -> _Write:
         waiting = self._waiting
@@ -359,8 +321,6 @@ class SpoolWriter:
         last.done.addBoth(fire)
         return d
 
-    wait_spooled = waiter
-
     def _write(self) -> None:
         # Writes follow each other in this loop when one finishes at once (Buildbot's
         # test reactor runs thread calls at once): a burst must not nest one call per write.
@@ -370,14 +330,12 @@ class SpoolWriter:
         try:
             while self._writing is None and self._waiting:
                 write = self._writing = self._waiting.popleft()
-                d = self.spool.call(
-                    thd_spool_records, write.records, self.routes, self.bounds, self.orphan_prefix
-                )
+                d = self.spool.call(thd_spool_records, write.records, self.routes, self._orphan_prefix)
                 d.addBoth(self._written, write)
         finally:
             self._looping = False
 
-    def _written(self, result: Any, write: _Write) -> None:
+    def _written(self, result: SpoolResult | Failure, write: _Write) -> None:
         if isinstance(result, Failure):
             log.msg(f"buildbot_stats: could not write the spool: {result.getErrorMessage()}")
         else:

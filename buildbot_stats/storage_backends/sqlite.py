@@ -20,7 +20,7 @@ from buildbot_stats.arguments import reject_unknown
 from buildbot_stats.config_paths import loading_basedir, resolve
 from buildbot_stats.errors import RefusedWriteError
 from buildbot_stats.point import Clock, Point, PointProblem, to_json_value
-from buildbot_stats.sqlite_wal import connect_wal, existing_sqlite_file, other_tables
+from buildbot_stats.sqlite_wal import connect_wal, foreign_sqlite_problem
 from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
 
 __all__ = ["SQLiteStorageService"]
@@ -195,9 +195,4 @@ class SQLiteStorageService(StatsStorageBase):
 
 def foreign_store_problem(path: str) -> str | None:
     """Why the file at ``path`` must not be written as a store (somebody else's), or None if it may be."""
-    problem, _, tables = existing_sqlite_file(path)
-    if problem is not None:
-        return problem
-    if not tables or "meta" in tables and "points" in tables:
-        return None
-    return other_tables(tables)
+    return foreign_sqlite_problem(path, lambda tables: "meta" in tables and "points" in tables)

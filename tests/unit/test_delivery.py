@@ -867,7 +867,7 @@ def test_split_writes_keep_every_record_once_in_order_and_acknowledge_only_what_
             if op < 0.5:
                 post(rnd.randint(1, 6))
             elif op < 0.6:
-                waits.append((writer.wait_spooled(), posted[0]))
+                waits.append((writer.waiter(), posted[0]))
             elif in_flight:
                 finish_one()
             for d, upto in waits:

@@ -14,7 +14,6 @@ from buildbot_stats import capture
 from buildbot_stats.cli import main as cli_main
 from buildbot_stats.delivery import spool_thread
 from buildbot_stats.delivery.spool import SQLiteSpool
-from buildbot_stats.delivery.spool_thread import SpoolThread
 from buildbot_stats.errors import SplitBatchError
 from buildbot_stats.point import Point
 from buildbot_stats.stats_service import StatsService
@@ -230,14 +229,17 @@ class FullDiskTests(SpoolCase):
         self.assertEqual(again.points, [])
 
 
-class HeldThread(SpoolThread):
+class HeldThread:
     """Spool calls wait until the test runs them."""
 
     held: list = []
 
-    def _run(self, f, *args):
+    def __init__(self, spool):
+        self.spool = spool
+
+    def call(self, f, *args):
         d = defer.Deferred()
-        HeldThread.held.append((d, f, args))
+        HeldThread.held.append((d, f, (self.spool, *args)))
         return d
 
     @staticmethod
@@ -251,7 +253,7 @@ class AcknowledgedMeansKeptTests(SpoolCase):
     @defer.inlineCallbacks
     def test_yield_metrics_value_fires_once_the_value_is_spooled(self):
         yield self.replace_service(self.recorder(down=True), spool_path=self.path, flush_timeout=0)
-        self.patch(self.stats._queues.writer, "spool", HeldThread(self.stats.spool._spool, self.reactor))
+        self.patch(self.stats._queues.writer, "spool", HeldThread(self.stats.spool.spool))
         HeldThread.held = []
 
         # Buildbot's MQ calls consumers at once (the fake one only records messages)
@@ -275,7 +277,7 @@ class AcknowledgedMeansKeptTests(SpoolCase):
 
         self.patch(spool_writer, "MAX_RECORDS_PER_WRITE", 7)
         yield self.replace_service(self.recorder(down=True), spool_path=self.path, flush_timeout=0)
-        self.patch(self.stats._queues.writer, "spool", HeldThread(self.stats.spool._spool, self.reactor))
+        self.patch(self.stats._queues.writer, "spool", HeldThread(self.stats.spool.spool))
         HeldThread.held = []
 
         # Buildbot's MQ calls the consumers at once

@@ -21,7 +21,7 @@ import pytest
 from twisted.python import log
 
 from buildbot_stats.delivery.spool import SQLiteSpool, encode_segment
-from buildbot_stats.delivery.spool_lock import SpoolLockedError
+from buildbot_stats.delivery.spool_file import SpoolLockedError
 from buildbot_stats.delivery.spool_thread import open_spool
 from buildbot_stats.point import Point
 

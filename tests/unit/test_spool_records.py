@@ -8,7 +8,7 @@ spooled as columns, a segment per batch.
 
 from __future__ import annotations
 
-from buildbot_stats.delivery.spool import COLUMNS, MemorySpool
+from buildbot_stats.delivery.spool import COLUMNS, SQLiteSpool
 from buildbot_stats.delivery.writer import ENCODE_CHUNK, Route, thd_spool_records
 from buildbot_stats.point import Point
 from buildbot_stats.storage_backends.influxdb_client import InfluxStorageService
@@ -33,52 +33,54 @@ def influx_route(batch_size):
     return Route("svc/influx", backend.thd_encode, batch_size)
 
 
-def test_chunks_of_one_backend_join_into_segments_of_its_batch_size():
-    spool = MemorySpool()
+def test_chunks_of_one_backend_are_segments_taken_together_up_to_its_batch_size():
+    spool = SQLiteSpool(None)
     spool.thd_open()
     n = 2 * ENCODE_CHUNK + 10  # three chunks
     routes = {"influx": influx_route(batch_size=2 * ENCODE_CHUNK + 5)}
-    result = thd_spool_records(spool, flat(("influx",), n), routes, {"svc/influx": (10**9, None)})
+    result = thd_spool_records(spool, flat(("influx",), n), routes)
     assert result.errors == [] and result.captured == {"svc/influx": n}
     segments = spooled(spool, "svc/influx")
-    # two chunks fit in a batch; a chunk is never split, so the third starts a segment
-    assert [s[1] for s in segments] == [2 * ENCODE_CHUNK, 10]
+    assert [s[1] for s in segments] == [ENCODE_CHUNK, ENCODE_CHUNK, 10]
+    # two chunks fit in a batch; a chunk is never split, so the third is the next batch
+    assert [s.n for s in spool.thd_take("svc/influx", 2 * ENCODE_CHUNK + 5, rewind=True)[0]] == [
+        ENCODE_CHUNK
+    ] * 2
     lines = b"\n".join(s[3] for s in segments).split(b"\n")
     assert lines == [f"b-m,builder=b i={i}i {BASE + i}".encode() for i in range(n)]
 
 
 def test_backend_without_encoder_gets_columns_per_batch_and_shares_the_records():
-    spool = MemorySpool()
+    spool = SQLiteSpool(None)
     spool.thd_open()
     routes = {
         "influx": influx_route(batch_size=5000),
         "plain": Route("svc/plain", None, 300),
     }
-    bounds = {"svc/influx": (10**9, None), "svc/plain": (10**9, None)}
-    result = thd_spool_records(spool, flat(("influx", "plain"), 700), routes, bounds)
+    result = thd_spool_records(spool, flat(("influx", "plain"), 700), routes)
     assert result.captured == {"svc/influx": 700, "svc/plain": 700}
     plain = spooled(spool, "svc/plain")
     assert [(s[1], s[2]) for s in plain] == [(300, COLUMNS), (300, COLUMNS), (100, COLUMNS)]
     assert [p for s in plain for p in s[3]] == [
         Point("b-m", {"i": i}, {"builder": "b"}, BASE + i) for i in range(700)
     ]
-    assert [s[1] for s in spooled(spool, "svc/influx")] == [700]
+    assert sum(s[1] for s in spooled(spool, "svc/influx")) == 700
 
 
 def test_no_segment_is_larger_than_a_small_batch_size():
-    spool = MemorySpool()
+    spool = SQLiteSpool(None)
     spool.thd_open()
     routes = {"influx": influx_route(batch_size=10)}
-    thd_spool_records(spool, flat(("influx",), 25), routes, {"svc/influx": (10**9, None)})
+    thd_spool_records(spool, flat(("influx",), 25), routes)
     assert [s[1] for s in spooled(spool, "svc/influx")] == [10, 10, 5]
 
 
 def test_a_bad_record_is_one_error_line_and_the_others_are_kept():
-    spool = MemorySpool()
+    spool = SQLiteSpool(None)
     spool.thd_open()
     records = flat(("influx",), 3)
     records[4 * 5 - 1 - 10] = object()  # the time of the second record: not a timestamp
-    result = thd_spool_records(spool, records, {"influx": influx_route(5000)}, {"svc/influx": (10**9, None)})
+    result = thd_spool_records(spool, records, {"influx": influx_route(5000)})
     assert result.errors == [] and list(result.unstored) == [
         ("'b-m'", "TypeError: cannot use object as a timestamp")
     ]
@@ -99,18 +101,17 @@ class _NoText:
 
 
 def test_a_value_no_backend_can_encode_costs_only_its_point_with_one_line_per_backend():
-    spool = MemorySpool()
+    spool = SQLiteSpool(None)
     spool.thd_open()
     routes = {"influx": influx_route(batch_size=5000), "plain": Route("svc/plain", None, 5000)}
-    bounds = {"svc/influx": (10**9, None), "svc/plain": (10**9, None)}
     n = ENCODE_CHUNK + 10  # two chunks for influx, one for plain
     records = flat(("influx", "plain"), n)
     bad = {3, ENCODE_CHUNK + 5}  # one in each influx chunk
     for i in bad:
         records[5 * i + 2] = {"i": _NoText()}
-    result = thd_spool_records(spool, records, routes, bounds)
+    result = thd_spool_records(spool, records, routes)
     assert result.captured == {"svc/influx": n, "svc/plain": n}
-    assert result.lost == {"svc/influx": 2, "svc/plain": 2}
+    assert result.dropped == {"svc/influx": 2, "svc/plain": 2}
     assert len(result.errors) == 2  # one line per backend, naming the series and the field
     for line in result.errors:
         assert "2 points" in line and "series 'b-m'" in line and "field 'i'" in line and "no text" in line
@@ -123,7 +124,7 @@ def test_a_value_no_backend_can_encode_costs_only_its_point_with_one_line_per_ba
 
 
 def test_an_encoder_that_always_fails_loses_its_points_in_one_line_that_blames_no_value():
-    spool = MemorySpool()
+    spool = SQLiteSpool(None)
     spool.thd_open()
     calls = []
 
@@ -133,8 +134,8 @@ def test_an_encoder_that_always_fails_loses_its_points_in_one_line_that_blames_n
 
     routes = {"influx": Route("svc/influx", broken, 5000)}
     n = 2 * ENCODE_CHUNK
-    result = thd_spool_records(spool, flat(("influx",), n), routes, {"svc/influx": (10**9, None)})
-    assert result.lost == {"svc/influx": n}
+    result = thd_spool_records(spool, flat(("influx",), n), routes)
+    assert result.dropped == {"svc/influx": n}
     assert result.errors == [
         f"dropped {n} points of backend 'svc/influx' that could not be encoded "
         "(RuntimeError: encoder not ready)"
@@ -153,11 +154,11 @@ class _Unprintable:
 
 
 def test_a_series_name_that_cannot_even_be_shown_costs_only_its_own_record():
-    spool = MemorySpool()
+    spool = SQLiteSpool(None)
     spool.thd_open()
     records = flat(("influx",), 3)
     records[5 + 1] = _Unprintable()  # the series of the second record
-    result = thd_spool_records(spool, records, {"influx": influx_route(5000)}, {"svc/influx": (10**9, None)})
+    result = thd_spool_records(spool, records, {"influx": influx_route(5000)})
     assert result.errors == [] and len(result.unstored) == 1
     assert "_Unprintable" in next(iter(result.unstored))[0]
     assert result.captured == {"svc/influx": 2}
@@ -169,35 +170,16 @@ def test_a_series_name_that_cannot_even_be_shown_costs_only_its_own_record():
 def test_a_thd_encode_breaking_its_contract_costs_only_its_own_backends_points():
     # a backend's own thd_encode returning text instead of bytes: its points are dropped
     # (counted, one line naming the backend), the other backend's are spooled
-    spool = MemorySpool()
+    spool = SQLiteSpool(None)
     spool.thd_open()
 
     def text_encoder(points):
         return "mine/1", "\n".join(p.series for p in points), None
 
     routes = {"mine": Route("svc/mine", text_encoder, 5000), "influx": influx_route(5000)}
-    bounds = {"svc/mine": (10**9, None), "svc/influx": (10**9, None)}
-    result = thd_spool_records(spool, flat(("mine", "influx"), 300), routes, bounds)
-    assert result.lost == {"svc/mine": 300}
+    result = thd_spool_records(spool, flat(("mine", "influx"), 300), routes)
+    assert result.dropped == {"svc/mine": 300}
     assert len(result.errors) == 1 and "backend 'svc/mine'" in result.errors[0]
     assert "thd_encode must return" in result.errors[0]
     assert spooled(spool, "svc/mine") == []
     assert sum(s[1] for s in spooled(spool, "svc/influx")) == 300
-
-
-def test_a_segment_joined_from_chunks_keeps_an_unknown_time_unknown() -> None:
-    # the spool reports the time span of what it holds (``buildbot-stats spool``)
-    from buildbot_stats.delivery.spool import NewSegment
-    from buildbot_stats.delivery.writer import Route, SpoolResult, _SegmentMaker
-
-    def joined(chunks):
-        segments: list[NewSegment] = []
-        maker = _SegmentMaker(Route("k", None, 100), SpoolResult({}, {}, {}, {}, [], {}), segments)
-        for first, last in chunks:
-            maker._add(NewSegment("k", 1, first, last, "influx-lp/n", b"s f=1i 5"), None)
-        maker.finish()
-        return [(s.n, s.first_ns, s.last_ns, s.data) for s in segments]
-
-    for chunks in (((None, None), (5, 6)), ((5, 6), (None, None))):
-        assert joined(chunks) == [(2, None, None, b"s f=1i 5\ns f=1i 5")]
-    assert joined(((7, 9), (5, 6))) == [(2, 5, 9, b"s f=1i 5\ns f=1i 5")]
