@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from html.parser import HTMLParser
 from types import SimpleNamespace
@@ -83,6 +84,29 @@ class Tree(HTMLParser):
                 return self.nodes[index][1]
             index = self.nodes[index][2]
         return None
+
+
+def test_builder_filter_hides_other_builders_rows_in_the_panels(tmp_path) -> None:
+    body = _page(InsightsView(_insights(), "last 30 days"), {"linux": 4, "windows": 5}, tmp_path)
+    tree = Tree(body)
+    radios = [i for i, (_, a, _, _) in enumerate(tree.nodes) if a.get("name") == "bbs-builder"]
+    panels = [i for i, (_, a, _, _) in enumerate(tree.nodes) if "bbs-insights" in a.get("class", "").split()]
+    assert len(panels) == 2 and radios
+    # a `#radio:checked ~ .bbs-insights` rule reaches a panel only if it follows the radios in their parent
+    assert all(tree.nodes[p][2] == tree.nodes[radios[0]][2] and p > radios[-1] for p in panels)
+    slots = {"linux": "0", "windows": "1"}  # the radios' slots: the builders sorted
+    rows = {}
+    for i, (tag, attrs, _, _) in enumerate(tree.nodes):
+        if tag == "tr" and tree.inside(i, "section") in [tree.nodes[p][1] for p in panels]:
+            if "bbs-builder" in attrs.get("class", "").split():
+                builder = next(n[3] for n in tree.nodes[i + 1 :] if n[0] == "a")
+                rows.setdefault(builder, set()).update(attrs["class"].split())
+    assert set(rows) == {"linux", "windows"}
+    assert all(f"bbs-b-{slots[b]}" in classes for b, classes in rows.items())
+    css = "".join(re.findall(r"<style>(.*?)</style>", body, re.S))
+    for slot in slots.values():
+        rule = f".bbs-stats #bbs-b-{slot}:checked ~ .bbs-insights .bbs-builder:not(.bbs-b-{slot})"
+        assert re.search(re.escape(rule) + r"[^{]*\{ display: none; \}", css), rule
 
 
 def test_every_builder_the_page_names_links_to_its_page(tmp_path) -> None:
