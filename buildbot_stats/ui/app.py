@@ -55,6 +55,8 @@ __all__ = [
 #: pages computed at once, in this process (the reactor's thread pool has 10 threads by default)
 MAX_RENDERS = 2
 RENDER_WAIT = 1.0
+#: seconds a store locked by a writer is waited for: a render slot is not held longer for it
+STORE_BUSY_TIMEOUT = 1.0
 #: how long computed figures are shown before they are computed again
 FRESH_SECONDS = 60.0
 RECOMPUTE_RATIO = 10
@@ -133,7 +135,7 @@ def compute_figures(path: str) -> Figures:
     """Read the store and compute the figures of every window (seconds for a large store)."""
     now_ns = time.time_ns()
     start = time.monotonic()
-    with open_store(path) as store:
+    with open_store(path, busy_timeout=STORE_BUSY_TIMEOUT) as store:
         summaries = summarize_windows(store, window_starts(now_ns))
     windows = prepare(summaries, now_ns)
     return Figures(now_ns, time.monotonic(), time.monotonic() - start, windows)
@@ -364,7 +366,9 @@ class StatsPage:
         except StoreError as e:
             self._problem(f"cannot read the store: {e}")
             return "200 OK", render_message(
-                "store-error", f"The statistics store cannot be read: {e}", standalone=standalone
+                "store-error",
+                "The statistics store cannot be read (see the master's twistd.log).",
+                standalone=standalone,
             )
         except Exception as e:  # never a traceback in the UI or in the master's log
             self._problem(f"cannot show the statistics: {type(e).__name__}: {e}")

@@ -105,13 +105,14 @@ class StatsStore:
                 raise StoreError(f"{self.path}: a point of series {series!r} is corrupt ({e})") from None
 
 
-def open_store(path: str | os.PathLike[str]) -> StatsStore:
+def open_store(path: str | os.PathLike[str], busy_timeout: float = 10.0) -> StatsStore:
     """Open a store read-only; raise :class:`StoreError` if it is not one.
 
     Only a regular file is opened (a FIFO would block).  ``mode=ro`` needs to
     write the ``-shm`` file of a WAL database; when that is refused the file is
     opened ``immutable=1`` (:attr:`StatsStore.immutable`), which does not see
-    points a running master has not yet checkpointed.
+    points a running master has not yet checkpointed.  A store locked by a
+    writer is waited for ``busy_timeout`` seconds, then it is a StoreError.
     """
     path = os.fspath(path)
     try:
@@ -129,7 +130,9 @@ def open_store(path: str | os.PathLike[str]) -> StatsStore:
     for immutable in (False, True):
         uri = "file:" + quote(os.path.abspath(path)) + ("?immutable=1" if immutable else "?mode=ro")
         try:
-            db = sqlite3.connect(uri, uri=True, timeout=10.0, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(
+                uri, uri=True, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
         except sqlite3.Error as e:
             raise StoreError(f"{path}: cannot open: {e}") from None
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import sqlite3
 import threading
 import time
 from types import SimpleNamespace
@@ -175,8 +176,27 @@ def test_missing_or_corrupt_store_is_a_message_and_one_log_line(api, tmp_path, l
     for _ in range(3):
         status, body = get(page, api.port, cookie="session=admin")
         assert status == "200 OK" and 'data-message="store-error"' in body
-        assert "Traceback" not in body
-    assert len([line for line in log_lines if "Statistics page" in line]) == 1
+        assert "The statistics store cannot be read" in body
+        assert "Traceback" not in body and str(tmp_path) not in body  # the path stays on the server
+    lines = [line for line in log_lines if "Statistics page" in line]
+    assert len(lines) == 1 and str(path) in lines[0]
+
+
+def test_a_locked_store_is_a_message_within_about_a_second(api, store, log_lines):
+    writer = sqlite3.connect(str(store), isolation_level=None)
+    writer.execute("PRAGMA journal_mode=DELETE")
+    writer.execute("BEGIN EXCLUSIVE")  # a writer holding the lock readers need
+    try:
+        start = time.monotonic()
+        status, body = get(StatsPage(str(store), lambda: None), api.port, cookie="session=admin")
+        took = time.monotonic() - start
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert status == "200 OK" and 'data-message="store-error"' in body and str(store) not in body
+    assert app_module.STORE_BUSY_TIMEOUT <= took < app_module.STORE_BUSY_TIMEOUT + 2  # not 10 s
+    lines = [line for line in log_lines if "Statistics page" in line]
+    assert len(lines) == 1 and str(store) in lines[0] and "locked" in lines[0]
 
 
 def test_at_most_two_renders_at_once(api, store, monkeypatch):
