@@ -324,6 +324,14 @@ def test_statistics_page_in_chromium(master, tmp_path):
         browser.evaluate("document.querySelector('label[for=bbs-w-all]').click()")
         assert browser.evaluate("document.querySelector('.bbs-window-all').offsetParent !== null")
         assert browser.evaluate("document.querySelector('.bbs-window-24h').offsetParent === null")
+        # the builder filter too: picking linux hides win's rows and charts, in the windows and the panels
+        browser.evaluate("document.querySelector('label[for=bbs-b-0]').click()")  # builders sorted: linux 0
+        shown = browser.evaluate(
+            "[...document.querySelectorAll('.bbs-window-all .bbs-builder, .bbs-insights .bbs-builder')]"
+            ".map(el => [el.classList.contains('bbs-b-0'), el.offsetParent !== null])"
+        )
+        assert shown and all(linux == visible for linux, visible in shown), shown
+        browser.evaluate("document.querySelector('label[for=bbs-b-all]').click()")
 
         # docs/ui-page.png: the page as users see it
         shot = browser.page("Page.captureScreenshot", format="png")
