@@ -144,6 +144,7 @@ class InsightsFigures(NamedTuple):
     took: float
     insights: Any  # buildbot_stats.insights.Insights, None if they could not be read
     error: str | None
+    analysis_failed: bool = False  # the history was read, its analysis failed
 
 
 def compute_insights(database: tuple[str, str]) -> InsightsFigures:
@@ -163,13 +164,25 @@ def compute_insights(database: tuple[str, str]) -> InsightsFigures:
             history = read_history(engine, since=int(time.time()) - INSIGHTS_DAYS * 86400)
         finally:
             engine.dispose()
-        insights, error = analyse(history), None
     except Exception as e:  # shown as a message in the panels; one log line
-        insights, error = None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        error = _one_line(e)
         log.msg(
             f"buildbot_stats: Statistics page: cannot read the insights from the master's database: {error}"
         )
-    return InsightsFigures(time.monotonic(), time.monotonic() - start, insights, error)
+        return InsightsFigures(time.monotonic(), time.monotonic() - start, None, error)
+    try:
+        insights = analyse(history)
+    except Exception as e:  # a defect of the analysis, not of the database: said so, in one log line
+        error = _one_line(e)
+        log.msg(
+            f"buildbot_stats: Statistics page: the analysis of the master's build history failed: {error}"
+        )
+        return InsightsFigures(time.monotonic(), time.monotonic() - start, None, error, analysis_failed=True)
+    return InsightsFigures(time.monotonic(), time.monotonic() - start, insights, None)
+
+
+def _one_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def master_database(master: Any) -> tuple[str, str] | None:
@@ -427,6 +440,7 @@ class StatsPage:
                     insights.insights if isinstance(insights, InsightsFigures) else None,
                     f"last {INSIGHTS_DAYS} days",
                     insights.error if isinstance(insights, InsightsFigures) else None,
+                    isinstance(insights, InsightsFigures) and insights.analysis_failed,
                 ),
             )
             with self._pages_lock:

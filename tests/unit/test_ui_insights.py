@@ -104,3 +104,20 @@ def test_an_unreadable_database_is_an_error_entry_not_an_exception(tmp_path, url
     entry = compute_insights((url, str(tmp_path)))
     assert entry.insights is None and entry.error
     assert not (tmp_path / "missing.sqlite").exists()
+
+
+def test_a_failed_analysis_is_not_an_unreadable_database(tmp_path, monkeypatch) -> None:
+    import buildbot_stats.insights
+
+    write_sqlite(str(tmp_path / "state.sqlite"), planted_history(1, revisions=10), now=int(time.time()))
+
+    def broken(history):
+        raise ValueError("no median for empty data")
+
+    monkeypatch.setattr(buildbot_stats.insights, "analyse", broken)
+    entry = compute_insights(("sqlite:///state.sqlite", str(tmp_path)))
+    assert entry.insights is None and entry.analysis_failed and "no median" in (entry.error or "")
+    body = _page(
+        InsightsView(None, "last 30 days", entry.error, entry.analysis_failed), {"linux": 1}, tmp_path
+    )
+    assert "analysis of the history" in body and "cannot be read" not in body
