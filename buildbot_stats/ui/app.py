@@ -17,6 +17,8 @@ status as an endless spinner); on the bare URL a refusal is a 403.
 from __future__ import annotations
 
 import collections
+import contextlib
+import gc
 import json
 import os
 import threading
@@ -24,7 +26,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Any, Callable, Generic, NamedTuple, TypeVar
 
 from twisted.python import log
@@ -153,11 +155,43 @@ def compute_insights(database: tuple[str, str]) -> InsightsFigures:
     Read through an engine of its own, read-only, in short statements: the
     master's own database threads are not used.
     """
+    start = time.monotonic()
+    url, basedir = database
+    with _no_cycle_collection():
+        return _compute_insights(url, basedir, start)
+
+
+_cycle_collection_lock = threading.Lock()
+#: how many threads compute insights, and whether the collector ran before the first
+_cycle_collection = {"paused": 0, "was_enabled": False}
+
+
+@contextlib.contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """Python's cycle collector paused, in the whole process, while the insights are computed.
+
+    Their millions of small objects (result rows, builds) made each full collection
+    a pause of 50-150 ms holding the GIL, so the reactor (web UI, builds) waited that
+    long; they are freed by reference counting all the same.
+    """
+    with _cycle_collection_lock:
+        if _cycle_collection["paused"] == 0:
+            _cycle_collection["was_enabled"] = gc.isenabled()
+            gc.disable()
+        _cycle_collection["paused"] += 1
+    try:
+        yield
+    finally:
+        with _cycle_collection_lock:
+            _cycle_collection["paused"] -= 1
+            if _cycle_collection["paused"] == 0 and _cycle_collection["was_enabled"]:
+                gc.enable()
+
+
+def _compute_insights(url: str, basedir: str, start: float) -> InsightsFigures:
     from buildbot_stats.insights import analyse
     from buildbot_stats.insights.database import open_readonly, read_history
 
-    start = time.monotonic()
-    url, basedir = database
     try:
         engine = open_readonly(url, basedir)
         try:
