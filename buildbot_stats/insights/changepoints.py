@@ -80,16 +80,18 @@ def find_shifts(values: Sequence[float], rule: ShiftRule = ShiftRule()) -> list[
     splits: list[int] = []
     for k in range(len(clusters)):  # each after the one before: no two equal, no part between them empty
         splits.append(_best_split(values, clusters, k, rule, splits[-1] if splits else 0))
-    while splits:  # each split judged on the builds up to its neighbours; the weakest failing one goes
+    # each split judged on the builds up to its neighbours; the weakest failing one goes (a spurious
+    # split a few builds after a real one makes the real one too short to last: the spurious one goes)
+    while splits:
         shifts = [_shift(values, splits, k, rule) for k in range(len(splits))]
         failing = [
-            (_lasting(splits, k, len(values), rule), abs(s.after - s.before) / max(s.before, 1e-9), k)
+            (abs(s.after - s.before) / max(s.before, 1e-9), k)
             for k, s in enumerate(shifts)
             if not (_large(s, rule) and _lasting(splits, k, len(values), rule))
         ]
         if not failing:
             return shifts
-        del splits[min(failing)[2]]
+        del splits[min(failing)[1]]
     return []
 
 

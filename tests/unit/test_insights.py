@@ -241,6 +241,13 @@ def test_neighbouring_clusters_never_share_a_split() -> None:
     assert find_shifts(values) == []
 
 
+def test_a_spurious_split_soon_after_a_real_shift_does_not_move_it() -> None:
+    # 40 s -> 23 s at build 8; a weak split at build 15 made the real one too short to last
+    values = [43, 36, 33, 41, 37, 42, 45, 42, 23, 20, 22, 23, 24, 26, 24, 25, 26, 21]
+    values += [22, 25, 27, 30, 25, 26, 26, 24, 22, 24, 26, 28, 26, 26, 21, 22, 23]
+    assert [s.index for s in find_shifts(values)] == [8]
+
+
 def test_an_analysis_defect_is_one_line_from_the_command(tmp_path, monkeypatch, capsys) -> None:
     from buildbot_stats.cli import insights as cli_insights
     from buildbot_stats.cli import main
