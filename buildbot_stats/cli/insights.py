@@ -129,7 +129,13 @@ def find_insights(
             engine.dispose()
     except Exception as e:
         raise MasterError(f"cannot read the database {shown_url(url)}: {one_line(e, url)}") from None
-    return analyse(history, rule), str(getattr(master_cfg, "buildbotURL", "") or "")
+    try:
+        insights = analyse(history, rule)
+    except Exception as e:  # a defect of the analysis: one line, not a traceback
+        raise MasterError(
+            f"the analysis of the build history failed: {type(e).__name__}: {one_line(e, url)}"
+        ) from None
+    return insights, str(getattr(master_cfg, "buildbotURL", "") or "")
 
 
 def build_link(base: str, builderid: int, number: int) -> str:

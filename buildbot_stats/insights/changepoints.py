@@ -77,17 +77,21 @@ def _trimmed(values: Sequence[float]) -> list[float]:
 def find_shifts(values: Sequence[float], rule: ShiftRule = ShiftRule()) -> list[Shift]:
     """Where ``values`` (in build order) shift lastingly, in order."""
     clusters = _clusters(values, rule)
-    splits = [_best_split(values, clusters, k, rule) for k in range(len(clusters))]
-    while splits:  # each split judged on the builds up to its neighbours; the weakest failing one goes
+    splits: list[int] = []
+    for k in range(len(clusters)):  # each after the one before: no two equal, no part between them empty
+        splits.append(_best_split(values, clusters, k, rule, splits[-1] if splits else 0))
+    # each split judged on the builds up to its neighbours; the weakest failing one goes (a spurious
+    # split a few builds after a real one makes the real one too short to last: the spurious one goes)
+    while splits:
         shifts = [_shift(values, splits, k, rule) for k in range(len(splits))]
         failing = [
-            (_lasting(splits, k, len(values), rule), abs(s.after - s.before) / max(s.before, 1e-9), k)
+            (abs(s.after - s.before) / max(s.before, 1e-9), k)
             for k, s in enumerate(shifts)
             if not (_large(s, rule) and _lasting(splits, k, len(values), rule))
         ]
         if not failing:
             return shifts
-        del splits[min(failing)[2]]
+        del splits[min(failing)[1]]
     return []
 
 
@@ -112,15 +116,19 @@ def _clusters(values: Sequence[float], rule: ShiftRule) -> list[list[int]]:
     return clusters
 
 
-def _best_split(values: Sequence[float], clusters: list[list[int]], k: int, rule: ShiftRule) -> int:
+def _best_split(
+    values: Sequence[float], clusters: list[list[int]], k: int, rule: ShiftRule, previous: int
+) -> int:
     """The split near ``clusters[k]`` whose two parts (of the builds around it) lie closest to their medians.
 
     The builds around it: two windows either side, not beyond the neighbouring clusters.  The
     split may be half a window before or after the cluster: under noise the windows may pass the
-    separation test only a few builds after the shift.
+    separation test only a few builds after the shift.  It comes after ``previous`` (the split
+    before, or 0): both may reach between their clusters.  There is always room, as the split
+    before lies before ``cluster[0]``.
     """
     n, w, cluster = len(values), rule.window, clusters[k]
-    lo = max(0, cluster[0] - 2 * w, clusters[k - 1][-1] if k else 0)
+    lo = max(0, cluster[0] - 2 * w, clusters[k - 1][-1] if k else 0, previous)
     hi = min(n, cluster[-1] + 2 * w, clusters[k + 1][0] if k + 1 < len(clusters) else n)
     first = max(rule.min_window, lo + 1, cluster[0] - w // 2)
     last = min(n - rule.min_window, hi - 1, cluster[-1] + w // 2)

@@ -17,6 +17,8 @@ status as an endless spinner); on the bare URL a refusal is a 403.
 from __future__ import annotations
 
 import collections
+import contextlib
+import gc
 import json
 import os
 import threading
@@ -24,7 +26,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Any, Callable, Generic, NamedTuple, TypeVar
 
 from twisted.python import log
@@ -146,6 +148,7 @@ class InsightsFigures(NamedTuple):
     took: float
     insights: Any  # buildbot_stats.insights.Insights, None if they could not be read
     error: str | None
+    analysis_failed: bool = False  # the history was read, its analysis failed
 
 
 def compute_insights(database: tuple[str, str]) -> InsightsFigures:
@@ -154,24 +157,68 @@ def compute_insights(database: tuple[str, str]) -> InsightsFigures:
     Read through an engine of its own, read-only, in short statements: the
     master's own database threads are not used.
     """
+    start = time.monotonic()
+    url, basedir = database
+    with _no_cycle_collection():
+        return _compute_insights(url, basedir, start)
+
+
+_cycle_collection_lock = threading.Lock()
+#: how many threads compute insights, and whether the collector ran before the first
+_cycle_collection = {"paused": 0, "was_enabled": False}
+
+
+@contextlib.contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """Python's cycle collector paused, in the whole process, while the insights are computed.
+
+    Their millions of small objects (result rows, builds) made each full collection
+    a pause of 50-150 ms holding the GIL, so the reactor (web UI, builds) waited that
+    long; they are freed by reference counting all the same.
+    """
+    with _cycle_collection_lock:
+        if _cycle_collection["paused"] == 0:
+            _cycle_collection["was_enabled"] = gc.isenabled()
+            gc.disable()
+        _cycle_collection["paused"] += 1
+    try:
+        yield
+    finally:
+        with _cycle_collection_lock:
+            _cycle_collection["paused"] -= 1
+            if _cycle_collection["paused"] == 0 and _cycle_collection["was_enabled"]:
+                gc.enable()
+
+
+def _compute_insights(url: str, basedir: str, start: float) -> InsightsFigures:
     from buildbot_stats.insights import analyse
     from buildbot_stats.insights.database import open_readonly, read_history
 
-    start = time.monotonic()
-    url, basedir = database
     try:
         engine = open_readonly(url, basedir)
         try:
             history = read_history(engine, since=int(time.time()) - INSIGHTS_DAYS * 86400)
         finally:
             engine.dispose()
-        insights, error = analyse(history), None
     except Exception as e:  # shown as a message in the panels; one log line
-        insights, error = None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        error = _one_line(e)
         log.msg(
             f"buildbot_stats: Statistics page: cannot read the insights from the master's database: {error}"
         )
-    return InsightsFigures(time.monotonic(), time.monotonic() - start, insights, error)
+        return InsightsFigures(time.monotonic(), time.monotonic() - start, None, error)
+    try:
+        insights = analyse(history)
+    except Exception as e:  # a defect of the analysis, not of the database: said so, in one log line
+        error = _one_line(e)
+        log.msg(
+            f"buildbot_stats: Statistics page: the analysis of the master's build history failed: {error}"
+        )
+        return InsightsFigures(time.monotonic(), time.monotonic() - start, None, error, analysis_failed=True)
+    return InsightsFigures(time.monotonic(), time.monotonic() - start, insights, None)
+
+
+def _one_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def master_database(master: Any) -> tuple[str, str] | None:
@@ -431,6 +478,7 @@ class StatsPage:
                     insights.insights if isinstance(insights, InsightsFigures) else None,
                     f"last {INSIGHTS_DAYS} days",
                     insights.error if isinstance(insights, InsightsFigures) else None,
+                    isinstance(insights, InsightsFigures) and insights.analysis_failed,
                 ),
             )
             with self._pages_lock:

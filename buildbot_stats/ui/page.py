@@ -65,6 +65,7 @@ class InsightsView(NamedTuple):
     insights: Any  # buildbot_stats.insights.Insights | None
     span: str  # what they cover, for people: "last 30 days"
     error: str | None = None  # why they could not be read
+    analysis_failed: bool = False  # read, but their analysis failed
 
 
 def _insight_panel(
@@ -85,6 +86,7 @@ def _insight_panel(
             panel=name,
             pending=found is None and view.error is None,
             error=view.error,
+            analysis_failed=view.analysis_failed,
             rows=rows[:INSIGHT_ROWS],
             span=view.span,
             ids=builder_ids,

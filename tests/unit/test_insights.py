@@ -209,6 +209,63 @@ def test_a_shift_must_last() -> None:
     assert find_shifts(values) == []
 
 
+def test_neighbouring_clusters_never_share_a_split() -> None:
+    # two clusters (builds 11 and 18) whose best splits were both build 14: the median of nothing
+    values = [
+        48,
+        49,
+        48,
+        62,
+        64,
+        48,
+        48,
+        49,
+        47,
+        53,
+        51,
+        58,
+        47,
+        50,
+        58,
+        56,
+        57,
+        52,
+        58,
+        51,
+        60,
+        57,
+        59,
+        58,
+        57,
+    ]
+    assert find_shifts(values) == []
+
+
+def test_a_spurious_split_soon_after_a_real_shift_does_not_move_it() -> None:
+    # 40 s -> 23 s at build 8; a weak split at build 15 made the real one too short to last
+    values = [43, 36, 33, 41, 37, 42, 45, 42, 23, 20, 22, 23, 24, 26, 24, 25, 26, 21]
+    values += [22, 25, 27, 30, 25, 26, 26, 24, 22, 24, 26, 28, 26, 26, 21, 22, 23]
+    assert [s.index for s in find_shifts(values)] == [8]
+
+
+def test_an_analysis_defect_is_one_line_from_the_command(tmp_path, monkeypatch, capsys) -> None:
+    from buildbot_stats.cli import insights as cli_insights
+    from buildbot_stats.cli import main
+    from buildbot_stats.cli.master_process import make_master_cfg
+    from tests.insights_data import write_sqlite
+
+    write_sqlite(str(tmp_path / "state.sqlite"), planted_history(1, revisions=10))
+    (tmp_path / "master.cfg").write_text(make_master_cfg({"linux": "[]"}, pb_port=0))
+
+    def broken(history, rule):
+        raise ValueError("no median for empty data")
+
+    monkeypatch.setattr(cli_insights, "analyse", broken)
+    assert main(["insights", str(tmp_path), "--since", "all"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "analysis" in err and "no median for empty data" in err
+
+
 def test_regressions_per_builder_and_step_name_their_first_build_and_revision() -> None:
     rng = random.Random(11)
     builds, steps = [], []

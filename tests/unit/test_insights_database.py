@@ -87,3 +87,24 @@ def test_missing_file_is_not_created(tmp_path) -> None:
     with pytest.raises(FileNotFoundError):
         open_readonly("sqlite:///%(basedir)s/state.sqlite", str(tmp_path))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_test_without_code_path_is_not_one_with_a_path(tmp_path) -> None:
+    # test_x without a path is broken from revision 6 on; test_x in pkg/other.py always passes
+    from buildbot_stats.insights.records import Build, ResultRow, ResultSet, Step
+    from tests.insights_data import Planted
+
+    planted = Planted()
+    for i in range(1, 21):
+        revision = f"{(i + 1) // 2:040x}"  # every revision built twice
+        planted.builds.append(
+            Build(i, 1, "linux", i, 1_700_000_000 + i * 1000, 1_700_000_100 + i * 1000, 0, revision)
+        )
+        planted.steps.append(Step(i, "test", 1_700_000_000 + i * 1000, 1_700_000_050 + i * 1000, 0))
+        planted.sets.append(ResultSet(i, i, "unit", "pass_fail", "boolean"))
+        planted.rows.append(ResultRow(i, "test_x", "", "0" if i >= 11 else "1"))
+        planted.rows.append(ResultRow(i, "test_x", "pkg/other.py", "1"))
+    write_sqlite(str(tmp_path / "state.sqlite"), planted)
+    history = read_history(open_readonly("sqlite:///state.sqlite", str(tmp_path)))
+    assert find_flaky(planted.builds, planted.sets, planted.rows) == []
+    assert find_flaky(history.builds, history.sets, history.rows) == []

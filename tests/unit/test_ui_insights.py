@@ -181,3 +181,42 @@ def test_an_unreadable_database_is_an_error_entry_not_an_exception(tmp_path, url
     entry = compute_insights((url, str(tmp_path)))
     assert entry.insights is None and entry.error
     assert not (tmp_path / "missing.sqlite").exists()
+
+
+def test_a_failed_analysis_is_not_an_unreadable_database(tmp_path, monkeypatch) -> None:
+    import buildbot_stats.insights
+
+    write_sqlite(str(tmp_path / "state.sqlite"), planted_history(1, revisions=10), now=int(time.time()))
+
+    def broken(history):
+        raise ValueError("no median for empty data")
+
+    monkeypatch.setattr(buildbot_stats.insights, "analyse", broken)
+    entry = compute_insights(("sqlite:///state.sqlite", str(tmp_path)))
+    assert entry.insights is None and entry.analysis_failed and "no median" in (entry.error or "")
+    body = _page(
+        InsightsView(None, "last 30 days", entry.error, entry.analysis_failed), {"linux": 1}, tmp_path
+    )
+    assert "analysis of the history" in body and "cannot be read" not in body
+
+
+def test_no_cycle_collection_while_insights_are_computed(tmp_path, monkeypatch) -> None:
+    # a full collection over millions of rows held the GIL, and so the reactor, for 50-150 ms
+    import gc
+
+    import buildbot_stats.insights
+
+    write_sqlite(str(tmp_path / "state.sqlite"), planted_history(1, revisions=10), now=int(time.time()))
+    during = []
+
+    def analyse_noting(history):
+        during.append(gc.isenabled())
+        if len(during) == 2:
+            raise ValueError("no median for empty data")
+        return analyse(history)
+
+    monkeypatch.setattr(buildbot_stats.insights, "analyse", analyse_noting)
+    assert gc.isenabled()
+    assert compute_insights(("sqlite:///state.sqlite", str(tmp_path))).insights is not None
+    assert compute_insights(("sqlite:///state.sqlite", str(tmp_path))).analysis_failed
+    assert during == [False, False] and gc.isenabled()
