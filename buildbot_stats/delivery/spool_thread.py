@@ -30,8 +30,10 @@ class SpoolThread:
         )
         self._pool.start()
         # not a daemon thread: left running, it would keep the process alive after its reactor
-        # stopped (a failed start, a stop that never reached the service)
-        self._trigger = reactor.addSystemEventTrigger("during", "shutdown", self._stop_thread)
+        # stopped (a failed start, a stop that never reached the service, a close() whose call
+        # the stopping reactor never answered): so the trigger stays until the reactor stops
+        self._closing = False
+        reactor.addSystemEventTrigger("during", "shutdown", self._stop_thread)
 
     @property
     def running(self) -> bool:
@@ -50,13 +52,13 @@ class SpoolThread:
     @defer.inlineCallbacks
     def close(self) -> Any:
         """Close the spool, then stop its thread (also when closing fails)."""
-        trigger, self._trigger = self._trigger, None  # (closed once)
-        if trigger is not None and self._pool is not None:
-            self._reactor.removeSystemEventTrigger(trigger)
-            try:
-                yield self.call(SQLiteSpool.thd_close)
-            finally:
-                self._stop_thread()
+        if self._closing or self._pool is None:  # (closed once)
+            return
+        self._closing = True
+        try:
+            yield self.call(SQLiteSpool.thd_close)
+        finally:
+            self._stop_thread()
 
     def _stop_thread(self) -> None:
         """Stop the thread (waiting for the call it runs); later calls fail instead of hanging."""

@@ -259,10 +259,10 @@ class StartTests(StatsTestCase):
         self.assertIsNone(self.stats.spool)
 
     @defer.inlineCallbacks
-    def test_stop_stops_the_thread_and_leaves_no_trigger(self):
+    def test_stop_stops_the_thread_and_a_later_shutdown_changes_nothing(self):
         yield self.start(spool_path=self.spool())
         spool = self.stats.spool
         yield self.stats.disownServiceParent()
         self.assertFalse(spool.running)
-        self.reactor.fireSystemEvent("shutdown")  # the trigger was removed: nothing happens
+        self.reactor.fireSystemEvent("shutdown")  # the trigger finds the thread stopped already
         self.assertFalse(spool.running)
