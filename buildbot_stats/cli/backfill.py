@@ -365,6 +365,7 @@ class Backfill:
         self.progress: Progress | None = None
         #: while the database is opened its errors are logged by Buildbot too: one line is enough
         self.quiet_errors = False
+        self.url = ""
 
     # -- setting up --------------------------------------------------------------
 
@@ -376,7 +377,7 @@ class Backfill:
         # takes every build as local), its MQ replaced below, only the data API's getters used
         master = BuildMaster(self.basedir, reactor=self.reactor)
         master.config = master_cfg
-        url = await database_url(master, master_cfg, self.basedir)
+        url = self.url = await database_url(master, master_cfg, self.basedir)
         shown = shown_url(url)
         self.quiet_errors = True
         try:
@@ -502,69 +503,80 @@ class Backfill:
     # -- the run -------------------------------------------------------------------------
 
     async def run(self, master_cfg: Any, services: list[Any], state: StateFile) -> int:
+        import sqlalchemy as sa
+
         os.chdir(self.basedir)  # backends' relative paths are relative to it, as in the master
         await self.open_database(master_cfg)
         try:
-            await self.configure_services(services)
-            if self.args.restart or self.args.dry_run:
-                after = 0
-            else:
-                after = min(
-                    (
-                        state.last_done(svc.name, self.selection, key, target)
-                        for svc in self.services
-                        for key, target in self.backends(svc)
-                    ),
-                    default=0,
-                )
-            buildids = await self.selected.finished_builds(after)
-            if after and not self.args.dry_run:
-                self.err.write(f"continuing after build id {after} ({STATE_FILE}; --restart starts over)\n")
-            written_before = written_counts(self.services)
-            label = "dry run" if self.args.dry_run else "backfill"
-            self.progress = Progress(len(buildids), self.err, label, every=PROGRESS_SECONDS)
-            interval = 1.0 / self.args.rate
-            start = time.monotonic()
-            last_checkpoint = start
-            since_checkpoint = 0
-            done = 0
-            last_done_id = after
-            for buildid in buildids:
-                if self.stop_requested:
-                    break
-                await self.replay(buildid)
-                done += 1
-                since_checkpoint += 1
-                last_done_id = buildid
-                now = time.monotonic()
-                if not self.args.dry_run and (
-                    since_checkpoint >= CHUNK_BUILDS or now - last_checkpoint >= CHECKPOINT_SECONDS
-                ):
-                    if await self.wait_delivered():
-                        self._checkpoint(state, last_done_id)
-                    since_checkpoint = 0
-                    last_checkpoint = time.monotonic()
-                # bounded rate: never ahead of start + done / rate
-                ahead = start + done * interval - time.monotonic()
-                if ahead > 0 and not self.stop_requested:
-                    await task.deferLater(self.reactor, ahead, lambda: None)
-                self.progress.update(done)
-            if not self.args.dry_run and (await self.wait_delivered()):
-                self._checkpoint(state, last_done_id)
-            self.progress.finish()
-            if self.args.dry_run:
-                print_dry_run(self.tally, self.out)
-                return 0
-            written = {k: v - written_before.get(k, 0) for k, v in written_counts(self.services).items()}
-            print_done(done, written, self.services, self.out)
-            if self.stop_requested:
-                raise BackfillInterrupted(
-                    f"interrupted after {done} of {len(buildids)} builds; "
-                    "run the same command again to continue"
-                )
-            return 0
+            return await self._run(services, state)
+        except sa.exc.DBAPIError as e:  # e.g. a table missing: one line, not a traceback
+            raise BackfillError(f"cannot read the database: {one_line(e, self.url)}") from None
         finally:
             await self.close()
+
+    async def _run(self, services: list[Any], state: StateFile) -> int:
+        await self.configure_services(services)
+        if self.args.restart or self.args.dry_run:
+            after = 0
+        else:
+            after = min(
+                (
+                    state.last_done(svc.name, self.selection, key, target)
+                    for svc in self.services
+                    for key, target in self.backends(svc)
+                ),
+                default=0,
+            )
+        buildids = await self.selected.finished_builds(after)
+        if after and not self.args.dry_run:
+            self.err.write(f"continuing after build id {after} ({STATE_FILE}; --restart starts over)\n")
+        written_before = written_counts(self.services)
+        label = "dry run" if self.args.dry_run else "backfill"
+        self.progress = Progress(len(buildids), self.err, label, every=PROGRESS_SECONDS)
+        interval = 1.0 / self.args.rate
+        start = time.monotonic()
+        last_checkpoint = start
+        since_checkpoint = 0
+        done = skipped = 0
+        last_done_id = after
+        for buildid in buildids:
+            if self.stop_requested:
+                break
+            try:
+                await self.replay(buildid)
+            except (OSError, OverflowError, ValueError) as e:  # e.g. complete_at = 2**63-1
+                self._say(f"buildbot-stats: skipping build id {buildid}: Buildbot cannot read it ({e})")
+                self._current_builder = "?"
+                skipped += 1
+            done += 1
+            since_checkpoint += 1
+            last_done_id = buildid
+            now = time.monotonic()
+            if not self.args.dry_run and (
+                since_checkpoint >= CHUNK_BUILDS or now - last_checkpoint >= CHECKPOINT_SECONDS
+            ):
+                if await self.wait_delivered():
+                    self._checkpoint(state, last_done_id)
+                since_checkpoint = 0
+                last_checkpoint = time.monotonic()
+            # bounded rate: never ahead of start + done / rate
+            ahead = start + done * interval - time.monotonic()
+            if ahead > 0 and not self.stop_requested:
+                await task.deferLater(self.reactor, ahead, lambda: None)
+            self.progress.update(done)
+        if not self.args.dry_run and (await self.wait_delivered()):
+            self._checkpoint(state, last_done_id)
+        self.progress.finish()
+        if self.args.dry_run:
+            print_dry_run(self.tally, self.out)
+            return 0
+        written = {k: v - written_before.get(k, 0) for k, v in written_counts(self.services).items()}
+        print_done(done - skipped, written, self.services, self.out)
+        if self.stop_requested:
+            raise BackfillInterrupted(
+                f"interrupted after {done} of {len(buildids)} builds; run the same command again to continue"
+            )
+        return 0
 
     def _checkpoint(self, state: StateFile, last_done_id: int) -> None:
         first_running = self.selected.first_running
@@ -594,11 +606,11 @@ def _log_observer(backfill: Backfill) -> Callable[[dict[str, Any]], None]:
     from twisted.python import log
 
     def observe(event: dict[str, Any]) -> None:
-        if event.get("isError") and backfill.quiet_errors:
-            return  # reported as one BackfillError line instead
+        why = event.get("why")
+        if event.get("isError") and (backfill.quiet_errors or str(why).endswith(" on DB")):
+            return  # reported as one BackfillError line instead (a DB error is raised after this)
         if event.get("isError"):
             failure = event.get("failure")
-            why = event.get("why")
             text = f"{why}: " if why else ""
             text += failure.getErrorMessage() if failure is not None else log.textFromEventDict(event) or ""
             backfill._say(f"buildbot-stats: error: {text}")
