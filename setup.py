@@ -28,9 +28,10 @@ setup(
     long_description_content_type="text/x-rst",
     license="GPL-2.0-only",
     packages=find_packages(include=["buildbot_stats", "buildbot_stats.*"]),
-    # the Grafana dashboard of `buildbot-stats dashboard`; the templates of `summary --html` and the web page
+    # the Grafana dashboards of `buildbot-stats dashboard`, the rules of `alert-rules`,
+    # the templates of `summary --html` and of the web page
     package_data={
-        "buildbot_stats.cli": ["dashboards/*.json", "templates/*.j2"],
+        "buildbot_stats.cli": ["dashboards/*.json", "alerts/*.yml", "templates/*.j2"],
         "buildbot_stats.ui": ["templates/*.j2"],
     },
     python_requires=">=3.9",

@@ -1,4 +1,4 @@
-"""The ``buildbot-stats`` command: summary, spool, demo, backfill, insights and dashboard.
+"""The ``buildbot-stats`` command: summary, spool, demo, backfill, insights, dashboard and alert-rules.
 
 Every error a person can cause (a missing or foreign file, an unwritable
 output) prints one line ``buildbot-stats: error: ...`` and exits with 2.
@@ -17,6 +17,8 @@ from buildbot_stats.cli import argtypes
 from buildbot_stats.cli.output import visible
 
 PROG = "buildbot-stats"
+#: the example alerting rules of ``buildbot-stats alert-rules``, in the package
+ALERT_RULES = ("alerts", "buildbot-stats-alerts.yml")
 
 __all__ = ["build_parser", "main"]
 
@@ -126,15 +128,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     dashboard = commands.add_parser(
         "dashboard",
-        help="print a Grafana dashboard (JSON) for the InfluxDB backend",
-        description="Print the Grafana dashboard for statistics stored in InfluxDB 1.x (InfluxQL), "
-        "ready for Grafana's import or for a provisioning directory.",
+        help="print a Grafana dashboard (JSON) for the InfluxDB or Prometheus backend",
+        description="Print the Grafana dashboard for statistics stored in InfluxDB 1.x (InfluxQL) or "
+        "scraped by Prometheus (PromQL), ready for Grafana's import or for a provisioning directory.",
+    )
+    dashboard.add_argument(
+        "--datasource",
+        choices=["influxdb", "prometheus"],
+        default="influxdb",
+        help="the kind of Grafana data source the dashboard's queries are for (default influxdb)",
     )
     dashboard.add_argument(
         "--datasource-uid",
         metavar="UID",
-        help="the uid of the InfluxDB data source to use "
-        "(default: a ${DS_INFLUXDB} input that Grafana asks for at import)",
+        help="the uid of the data source to use "
+        "(default: a ${DS_INFLUXDB} or ${DS_PROMETHEUS} input that Grafana asks for at import)",
+    )
+    commands.add_parser(
+        "alert-rules",
+        help="print example Prometheus alerting rules (YAML) for the Prometheus backend",
+        description="Print example Prometheus alerting rules: a build running far longer than its "
+        "builder's p95, a build request pending too long, no worker connected. Edit the thresholds, "
+        "then list the file under rule_files in prometheus.yml.",
     )
     return parser
 
@@ -240,7 +255,14 @@ def _insights(args: argparse.Namespace) -> int:
 def _dashboard(args: argparse.Namespace) -> int:
     from buildbot_stats.cli.dashboard import dashboard_json
 
-    sys.stdout.write(dashboard_json(args.datasource_uid))
+    sys.stdout.write(dashboard_json(args.datasource_uid, args.datasource))
+    return 0
+
+
+def _alert_rules(args: argparse.Namespace) -> int:
+    from importlib import resources
+
+    sys.stdout.write(resources.files("buildbot_stats.cli").joinpath(*ALERT_RULES).read_text("utf-8"))
     return 0
 
 
@@ -267,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _insights(args)
         if args.command == "dashboard":
             return _dashboard(args)
+        if args.command == "alert-rules":
+            return _alert_rules(args)
         parser.print_help(sys.stderr)
         return 2
     except KeyboardInterrupt:
