@@ -19,6 +19,34 @@ TEST_REQUIRES = [
 # the Statistics page in Buildbot's web UI (statistics.StatsDashboard; docs/ui.rst)
 UI_REQUIRES = ["buildbot-www", "buildbot-wsgi-dashboards"]
 
+_CAPTURES = [
+    f"Capture{what}{scope}"
+    for what in (
+        "BuildDuration",
+        "BuildEndTime",
+        "BuildQueueTime",
+        "BuildResults",
+        "BuildStartTime",
+        "Data",
+        "Property",
+        "StepDuration",
+        "TestResults",
+    )
+    for scope in ("", "AllBuilders")
+]
+# Buildbot's plugin entry points, as other plugins have them: `from buildbot.plugins import util`,
+# then util.StatsService, util.SQLiteStorageService... (docs/configuration.rst)
+BUILDBOT_UTIL = {
+    "buildbot_stats.stats_service": ["StatsService"],
+    "buildbot_stats.storage_backends.influxdb_client": ["InfluxStorageService"],
+    "buildbot_stats.storage_backends.influxdb_http": ["InfluxDB2StorageService", "InfluxDB3StorageService"],
+    "buildbot_stats.storage_backends.prometheus": ["PrometheusStorageService"],
+    "buildbot_stats.storage_backends.sqlite": ["SQLiteStorageService"],
+    "buildbot_stats.capture": _CAPTURES,
+    "buildbot_stats.steps": ["StatsStepMixin"],
+    "buildbot_stats.web_page": ["StatsDashboard"],
+}
+
 setup(
     name="buildbot-stats",
     version="0.1.0",
@@ -61,6 +89,9 @@ setup(
     },
     entry_points={
         "console_scripts": ["buildbot-stats = buildbot_stats.cli:main"],
+        "buildbot.util": [
+            f"{name} = {module}:{name}" for module, names in BUILDBOT_UTIL.items() for name in names
+        ],
     },
     classifiers=[
         "Framework :: Twisted",
