@@ -27,10 +27,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Hashable, Iterable, Iterator, Mapping
-from typing import Any, Callable, Generic, NamedTuple, TypeVar
+from typing import Any, Callable, Generic, NamedTuple, TypeVar, cast
 
 from twisted.python import log
 
+from buildbot_stats.capture.live import LiveSnapshot
 from buildbot_stats.stats_service import StatsService
 from buildbot_stats.storage_backends.sqlite import SQLiteStorageService
 from buildbot_stats.ui.figures import summarize_windows
@@ -51,6 +52,7 @@ __all__ = [
     "RENDER_WAIT",
     "FiguresCache",
     "StatsPage",
+    "master_live",
     "visible_builders",
 ]
 
@@ -108,15 +110,28 @@ def visible_builders(environ: Mapping[str, Any], timeout: float = ACCESS_TIMEOUT
         raise AccessUnknownError(f"{url}: unexpected answer ({e!r})") from None
 
 
-def master_store(master: Any) -> str | None:
-    """The path of the first SQLite store of the master's StatsService (None without one)."""
+def _stats_services(master: Any) -> list[StatsService]:
     manager = getattr(master, "service_manager", None)
     services = getattr(manager, "namedServices", None) or getattr(master, "namedServices", None) or {}
-    for service in list(services.values()):
-        if isinstance(service, StatsService):
-            for backend in list(service.registeredStorageServices):
-                if isinstance(backend, SQLiteStorageService) and backend.path:
-                    return _resolve(backend.path, master)
+    return [s for s in list(services.values()) if isinstance(s, StatsService)]
+
+
+def master_store(master: Any) -> str | None:
+    """The path of the first SQLite store of the master's StatsService (None without one)."""
+    for service in _stats_services(master):
+        for backend in list(service.registeredStorageServices):
+            if isinstance(backend, SQLiteStorageService) and backend.path:
+                return _resolve(backend.path, master)
+    return None
+
+
+def master_live(master: Any) -> LiveSnapshot | None:
+    """The live state of the master's first StatsService that keeps it (None: no live state)."""
+    for service in _stats_services(master):
+        snapshot = getattr(service, "live_snapshot", None)  # a stored copy: safe from this thread
+        live = snapshot() if callable(snapshot) else None
+        if live is not None:
+            return cast(LiveSnapshot, live)
     return None
 
 
@@ -403,7 +418,9 @@ class StatsPage:
             query = urllib.parse.parse_qs(environ.get("QUERY_STRING", "")) if standalone else {}
             window = (query.get("window") or [None])[0]
             builder = (query.get("builder") or [None])[0]
-            return "200 OK", self._render(figures, self._insights(), builder_ids, window, builder, standalone)
+            live = self._live()
+            page = self._render(figures, self._insights(), live, builder_ids, window, builder, standalone)
+            return "200 OK", page
         except BusyError:
             return "503 Service Unavailable", render_message(
                 "busy",
@@ -434,6 +451,14 @@ class StatsPage:
             return _resolve(self.store, master)
         return master_store(master) if master is not None else None
 
+    def _live(self) -> LiveSnapshot | None:
+        """The live state now; None without it, or when it cannot be read (one log line)."""
+        try:
+            return master_live(self.master())
+        except Exception as e:  # the figures are still worth showing
+            self._problem(f"cannot read the live state: {type(e).__name__}: {e}")
+            return None
+
     def _insights(self) -> InsightsFigures | None | bool:
         """The insights figures; None while the first are computed; False: this master has no database URL."""
         master = self.master()
@@ -446,6 +471,7 @@ class StatsPage:
         self,
         figures: Figures,
         insights: InsightsFigures | None | bool,
+        live: LiveSnapshot | None,
         builder_ids: dict[str, int],
         window: str | None,
         builder: str | None,
@@ -456,6 +482,7 @@ class StatsPage:
             id(figures),
             figures.computed_ns,
             id(insights),
+            repr(live),
             tuple(sorted(builder_ids.items())),
             window,
             builder,
@@ -472,6 +499,7 @@ class StatsPage:
                 builder=builder,
                 standalone=standalone,
                 link_prefix="../../../" if standalone else "",
+                live=live,
                 insights=None
                 if insights is False
                 else InsightsView(

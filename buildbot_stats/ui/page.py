@@ -18,6 +18,7 @@ from typing import Any, Callable, NamedTuple
 
 from markupsafe import Markup
 
+from buildbot_stats.capture.live import LiveSnapshot
 from buildbot_stats.ui.charts import (
     LINE_COLOR,
     RESULT_COLORS,
@@ -278,12 +279,13 @@ def render_page(
     standalone: bool = False,
     link_prefix: str = "",
     insights: InsightsView | None = None,
+    live: LiveSnapshot | None = None,
 ) -> str:
     """The page: the figures of :func:`prepare` by window key (computed at ``computed_ns``),
     only the builders of ``builder_ids`` (name -> Buildbot builderid).  ``window`` and
     ``builder`` preselect the controls; ``standalone`` makes a whole HTML document;
     ``link_prefix`` goes before the links into the UI (``#/builders/...``); ``insights``
-    adds the :data:`INSIGHT_PANELS` below the windows."""
+    adds the :data:`INSIGHT_PANELS` below the windows; ``live`` the live state above them."""
     names = sorted(builder_ids)
     index = {name: i for i, name in enumerate(names)}
     panels = []
@@ -291,6 +293,7 @@ def render_page(
         found = (panel(insights, builder_ids, index, link_prefix) for panel in INSIGHT_PANELS)
         panels = [p for p in found if p is not None]
     return _PAGE.render(
+        live=None if live is None else _live_view(live, builder_ids, index),
         insight_panels=panels,
         windows=[_window_view(w, figures[w.key], builder_ids, index) for w in WINDOWS],
         checked_window=window if window in {w.key for w in WINDOWS} else WINDOWS[0].key,
@@ -303,6 +306,14 @@ def render_page(
         line_color=LINE_COLOR,
         p95_color=RESULT_COLORS[2][1],
     ).lstrip()
+
+
+def _live_view(
+    live: LiveSnapshot, builder_ids: Mapping[str, int], index: Mapping[str, int]
+) -> dict[str, Any]:
+    """Workers now, and (slot, builderid, name, BuilderLive) of each builder the user may see."""
+    rows = [(index[n], builder_ids[n], n, b) for n, b in sorted(live.builders.items()) if n in builder_ids]
+    return {"connected": live.workers_connected, "busy": live.workers_busy, "rows": rows}
 
 
 def render_message(title: str, text: str, *, standalone: bool = False) -> str:

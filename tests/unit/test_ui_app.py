@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -249,3 +250,62 @@ def test_figures_that_took_long_are_kept_longer(store):
     while len(calls) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(calls) == 2
+
+
+def test_live_state_is_shown_when_the_service_keeps_it_and_the_page_is_unchanged_without(
+    api, store, log_lines
+):
+    from buildbot_stats.capture.live import BuilderLive, LiveSnapshot
+
+    service = StatsService(storage_backends=[])
+    master = SimpleNamespace(
+        basedir="/nonexistent", service_manager=SimpleNamespace(namedServices={"s": service})
+    )
+    current = {"master": None}
+    page = StatsPage(str(store), lambda: current["master"])
+    _, without_service = get(page, api.port, cookie="session=admin")
+    assert "bbs-live" not in without_service.split("</style>", 1)[1]
+
+    current["master"] = master
+    service.live_snapshot = lambda: None  # live state off: no backend asked for it
+    _, live_off = get(page, api.port, cookie="session=admin")
+    assert live_off == without_service
+
+    snapshot = LiveSnapshot(
+        workers_connected=4,
+        workers_busy=3,
+        builders={
+            "linux": BuilderLive(requests_pending=5, oldest_pending_seconds=312.5, builds_running=2,
+                                 longest_running_seconds=1800.25),
+            "<script>": BuilderLive(),
+            "secret-builder": BuilderLive(requests_pending=9),
+        },
+        worker_builds_running={"w1": 2, "w2": 1},
+    )  # fmt: skip
+    service.live_snapshot = lambda: snapshot
+    _, live_on = get(page, api.port, cookie="session=admin")
+    section = re.search(r'<section class="bbs-live">.*?</section>\n', live_on, re.S)
+    assert section is not None
+    html = section.group(0)
+    assert '<span data-live="connected">4</span> connected, <span data-live="busy">3</span> busy' in html
+    assert '<span data-live="utilisation">75' in html
+    rows = re.findall(r'<tr class="bbs-builder bbs-b-(\d+)" data-builder="([^"]*)">(.*?)</tr>', html)
+    cells = {name: re.findall(r"<td>([^<]*)</td>", rest) for _, name, rest in rows}
+    # only the builders the REST API lets this user see; every figure as the snapshot says
+    assert cells == {"&lt;script&gt;": ["0", "0", "0", "0"], "linux": ["5", "312.5", "2", "1800.25"]}
+    assert 'href="#/builders/3">linux</a>' in html
+    assert "secret-builder" not in live_on
+    # the live section is the only difference
+    assert live_on.replace(html, "") == without_service
+
+    # a service whose live state cannot be read: the figures still, and one log line
+    def broken():
+        raise RuntimeError("boom")
+
+    service.live_snapshot = broken
+    _, failed = get(page, api.port, cookie="session=admin")
+    get(page, api.port, cookie="session=admin")
+    assert failed == without_service
+    assert [line for line in log_lines if "live state" in line] == [
+        "buildbot_stats: Statistics page: cannot read the live state: RuntimeError: boom"
+    ]
