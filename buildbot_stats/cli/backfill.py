@@ -503,80 +503,73 @@ class Backfill:
     # -- the run -------------------------------------------------------------------------
 
     async def run(self, master_cfg: Any, services: list[Any], state: StateFile) -> int:
-        import sqlalchemy as sa
-
         os.chdir(self.basedir)  # backends' relative paths are relative to it, as in the master
         await self.open_database(master_cfg)
         try:
-            return await self._run(services, state)
-        except sa.exc.DBAPIError as e:  # e.g. a table missing: one line, not a traceback
-            raise BackfillError(f"cannot read the database: {one_line(e, self.url)}") from None
+            await self.configure_services(services)
+            if self.args.restart or self.args.dry_run:
+                after = 0
+            else:
+                after = min(
+                    (
+                        state.last_done(svc.name, self.selection, key, target)
+                        for svc in self.services
+                        for key, target in self.backends(svc)
+                    ),
+                    default=0,
+                )
+            buildids = await self.selected.finished_builds(after)
+            if after and not self.args.dry_run:
+                self.err.write(f"continuing after build id {after} ({STATE_FILE}; --restart starts over)\n")
+            written_before = written_counts(self.services)
+            label = "dry run" if self.args.dry_run else "backfill"
+            self.progress = Progress(len(buildids), self.err, label, every=PROGRESS_SECONDS)
+            interval = 1.0 / self.args.rate
+            start = time.monotonic()
+            last_checkpoint = start
+            since_checkpoint = 0
+            done = skipped = 0
+            last_done_id = after
+            for buildid in buildids:
+                if self.stop_requested:
+                    break
+                try:
+                    await self.replay(buildid)
+                except (OSError, OverflowError, ValueError) as e:  # e.g. complete_at = 2**63-1
+                    self._say(f"buildbot-stats: skipping build id {buildid}: Buildbot cannot read it ({e})")
+                    skipped += 1
+                done += 1
+                since_checkpoint += 1
+                last_done_id = buildid
+                now = time.monotonic()
+                if not self.args.dry_run and (
+                    since_checkpoint >= CHUNK_BUILDS or now - last_checkpoint >= CHECKPOINT_SECONDS
+                ):
+                    if await self.wait_delivered():
+                        self._checkpoint(state, last_done_id)
+                    since_checkpoint = 0
+                    last_checkpoint = time.monotonic()
+                # bounded rate: never ahead of start + done / rate
+                ahead = start + done * interval - time.monotonic()
+                if ahead > 0 and not self.stop_requested:
+                    await task.deferLater(self.reactor, ahead, lambda: None)
+                self.progress.update(done)
+            if not self.args.dry_run and (await self.wait_delivered()):
+                self._checkpoint(state, last_done_id)
+            self.progress.finish()
+            if self.args.dry_run:
+                print_dry_run(self.tally, self.out)
+                return 0
+            written = {k: v - written_before.get(k, 0) for k, v in written_counts(self.services).items()}
+            print_done(done - skipped, written, self.services, self.out)
+            if self.stop_requested:
+                raise BackfillInterrupted(
+                    f"interrupted after {done} of {len(buildids)} builds; "
+                    "run the same command again to continue"
+                )
+            return 0
         finally:
             await self.close()
-
-    async def _run(self, services: list[Any], state: StateFile) -> int:
-        await self.configure_services(services)
-        if self.args.restart or self.args.dry_run:
-            after = 0
-        else:
-            after = min(
-                (
-                    state.last_done(svc.name, self.selection, key, target)
-                    for svc in self.services
-                    for key, target in self.backends(svc)
-                ),
-                default=0,
-            )
-        buildids = await self.selected.finished_builds(after)
-        if after and not self.args.dry_run:
-            self.err.write(f"continuing after build id {after} ({STATE_FILE}; --restart starts over)\n")
-        written_before = written_counts(self.services)
-        label = "dry run" if self.args.dry_run else "backfill"
-        self.progress = Progress(len(buildids), self.err, label, every=PROGRESS_SECONDS)
-        interval = 1.0 / self.args.rate
-        start = time.monotonic()
-        last_checkpoint = start
-        since_checkpoint = 0
-        done = skipped = 0
-        last_done_id = after
-        for buildid in buildids:
-            if self.stop_requested:
-                break
-            try:
-                await self.replay(buildid)
-            except (OSError, OverflowError, ValueError) as e:  # e.g. complete_at = 2**63-1
-                self._say(f"buildbot-stats: skipping build id {buildid}: Buildbot cannot read it ({e})")
-                self._current_builder = "?"
-                skipped += 1
-            done += 1
-            since_checkpoint += 1
-            last_done_id = buildid
-            now = time.monotonic()
-            if not self.args.dry_run and (
-                since_checkpoint >= CHUNK_BUILDS or now - last_checkpoint >= CHECKPOINT_SECONDS
-            ):
-                if await self.wait_delivered():
-                    self._checkpoint(state, last_done_id)
-                since_checkpoint = 0
-                last_checkpoint = time.monotonic()
-            # bounded rate: never ahead of start + done / rate
-            ahead = start + done * interval - time.monotonic()
-            if ahead > 0 and not self.stop_requested:
-                await task.deferLater(self.reactor, ahead, lambda: None)
-            self.progress.update(done)
-        if not self.args.dry_run and (await self.wait_delivered()):
-            self._checkpoint(state, last_done_id)
-        self.progress.finish()
-        if self.args.dry_run:
-            print_dry_run(self.tally, self.out)
-            return 0
-        written = {k: v - written_before.get(k, 0) for k, v in written_counts(self.services).items()}
-        print_done(done - skipped, written, self.services, self.out)
-        if self.stop_requested:
-            raise BackfillInterrupted(
-                f"interrupted after {done} of {len(buildids)} builds; run the same command again to continue"
-            )
-        return 0
 
     def _checkpoint(self, state: StateFile, last_done_id: int) -> None:
         first_running = self.selected.first_running
@@ -668,5 +661,9 @@ def run_backfill(args: argparse.Namespace, out: IO[str] = sys.stdout, err: IO[st
     from twisted.python.failure import Failure
 
     if isinstance(result, Failure):
+        import sqlalchemy as sa
+
+        if result.check(sa.exc.DBAPIError):  # e.g. a missing table: one line, not a traceback
+            raise BackfillError(f"cannot read the database: {one_line(result.value, backfill.url)}")
         result.raiseException()
     return int(result or 0)
