@@ -663,7 +663,7 @@ def run_backfill(args: argparse.Namespace, out: IO[str] = sys.stdout, err: IO[st
     if isinstance(result, Failure):
         import sqlalchemy as sa
 
-        if result.check(sa.exc.DBAPIError):  # e.g. a missing table: one line, not a traceback
+        if isinstance(result.value, sa.exc.DBAPIError):  # e.g. a missing table: one line, not a traceback
             raise BackfillError(f"cannot read the database: {one_line(result.value, backfill.url)}")
         result.raiseException()
     return int(result or 0)
