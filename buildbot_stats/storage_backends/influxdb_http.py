@@ -7,21 +7,20 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-import requests
-
 from buildbot_stats.arguments import reject_unknown
-from buildbot_stats.errors import SplitBatchError
+from buildbot_stats.errors import RefusedWriteError, SplitBatchError
 from buildbot_stats.lineprotocol import encode_lines
 from buildbot_stats.point import Point, PointProblem
 from buildbot_stats.storage_backends.base import WriteReport
 from buildbot_stats.storage_backends.influx_common import (
+    MOST_SHOWN,
     InfluxBackend,
     blamed,
     check_name,
     check_secret,
     check_url,
+    header_value,
     read_answer,
-    retry_after_seconds,
     where,
 )
 
@@ -29,6 +28,7 @@ __all__ = ["InfluxDB2StorageService", "InfluxDB3StorageService"]
 
 #: the ``precision`` argument -> the line protocol encoder's unit
 _PRECISIONS = {"ns": "n", "us": "u", "ms": "ms", "s": "s"}
+_UNSENDABLE = "is empty or holds characters an HTTP header cannot carry"
 
 
 class _InfluxHTTPStorage(InfluxBackend):
@@ -48,24 +48,28 @@ class _InfluxHTTPStorage(InfluxBackend):
         self.captures = captures
         #: as configured: a string or a renderable (a secret); never logged
         self.url, self.token, self.precision = url, token, precision
-        self._token: str | None = token if isinstance(token, str) else None
+        self._token = header_value(token) if isinstance(token, str) else None
         self._secret_pending = self._token is None
         owner = self._owner()
         problems, parts = check_url(owner, url)
         for what, value in names.items():
             problems += check_name(owner, what, value)
         problems += check_secret(owner, "token", token, required=True)
+        if token and isinstance(token, str) and self._token is None:
+            problems.append(f"{owner}: token {_UNSENDABLE}")
         if precision not in _PRECISIONS:
             problems.append(f"{owner}: precision must be one of {sorted(_PRECISIONS)}, not {precision!r}")
         if not self._check(problems, timeout, verify_ssl, ca_bundle, gzip) or parts is None:
             return
         self._where = where(parts.scheme, parts.hostname or "", parts.port)
         self.timeout = float(timeout)
-        self._session = requests.Session()
         self._inited = True
 
     def _use_secret(self, value: str) -> None:
-        self._token, self._secret_pending = value, False
+        self._token = header_value(value)
+        self._secret_pending = self._token is None
+        if self._secret_pending:
+            raise RefusedWriteError(f"{self._owner()}: the token secret {_UNSENDABLE}")
 
     def _write_url(self) -> str:
         return self.url.rstrip("/") + self.write_path
@@ -101,27 +105,20 @@ class _InfluxHTTPStorage(InfluxBackend):
     ) -> set[int]:
         """POST ``lines``; the indexes of lines to leave out and send the rest again (none: done)."""
         headers = {"Authorization": f"Token {self._token}", "Content-Type": "text/plain; charset=utf-8"}
-        with self._sending("\n".join(lines).encode("utf-8"), headers) as body:
-            # verify given with each request: a Session's own loses to $REQUESTS_CA_BUNDLE
-            response = self._session.post(
-                self._write_url(),
-                params=self._params(),
-                data=body,
-                headers=headers,
-                timeout=self.timeout,
-                verify=self._verify,
-            )
-        status = response.status_code
+        body = "\n".join(lines).encode("utf-8")
+        status, answer_headers, content = self._exchange(
+            self._write_url(), body, headers, params=self._params()
+        )
         if 200 <= status < 300:
             return set()
-        answer, message = read_answer(response.text)
+        answer, message = read_answer(content)
         if status not in (400, 422):
-            self._fail(status, message, "the token", retry_after_seconds(response.headers.get("Retry-After")))
-        message = message[:500] or f"HTTP {status}"
+            self._fail(status, message, "the token", answer_headers)
+        message = message or f"HTTP {status}"
         bad = self._rejected(status, answer, message, lines, points, origins, report)
         if bad is None:  # no line named: find the bad one by halving
             if len(lines) > 1:
-                raise SplitBatchError(message)
+                raise SplitBatchError(message[:MOST_SHOWN])
             self._blame(0, points, origins, report, message)
             return {0}
         return bad
@@ -134,7 +131,7 @@ class _InfluxHTTPStorage(InfluxBackend):
         column = re.search(r"column '([^']+)'", reason)  # InfluxDB 3
         field = named[1] if named else column.group(1) if column else "*"
         report.problems.append(
-            PointProblem(points[origins[index]].series, field, f"{self.product}: {reason}", True)
+            PointProblem(points[origins[index]].series, field, f"{self.product}: {reason[:MOST_SHOWN]}", True)
         )
 
 
