@@ -17,14 +17,13 @@ from typing import Any, ClassVar, NoReturn
 from urllib.parse import SplitResult, urlsplit
 
 import requests
-import urllib3
 from buildbot import config
 from buildbot.interfaces import IRenderable
 from buildbot.process.properties import Properties
 from twisted.internet import defer
 from twisted.python import log
 from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.exceptions import InvalidHeader
+from urllib3.exceptions import HTTPError, InvalidHeader
 from urllib3.util.retry import Retry
 from zope.interface import implementer
 
@@ -69,15 +68,14 @@ class InfluxBackend(StatsStorageBase):
         owner = self._owner()
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             problems.append(f"{owner}: timeout must be a number of seconds > 0, not {timeout!r}")
-        if not isinstance(verify_ssl, bool):
-            problems.append(f"{owner}: verify_ssl must be True or False, not {verify_ssl!r}")
+        for what, value in (("verify_ssl", verify_ssl), ("gzip", gzip)):
+            if not isinstance(value, bool):
+                problems.append(f"{owner}: {what} must be True or False, not {value!r}")
         if ca_bundle is not None:
             if not isinstance(ca_bundle, (str, os.PathLike)) or not str(ca_bundle):
                 problems.append(f"{owner}: ca_bundle must be the path of a PEM file, not {ca_bundle!r}")
             elif not os.path.isfile(ca_bundle) or not os.access(ca_bundle, os.R_OK):
                 problems.append(f"{owner}: ca_bundle {os.fspath(ca_bundle)!r} is not a readable file")
-        if not isinstance(gzip, bool):
-            problems.append(f"{owner}: gzip must be True or False, not {gzip!r}")
         for problem in problems:
             config.error(problem)
         self.timeout, self.verify_ssl, self.ca_bundle, self.gzip = timeout, verify_ssl, ca_bundle, gzip
@@ -118,12 +116,9 @@ class InfluxBackend(StatsStorageBase):
         raise NotImplementedError
 
     def _exchange(self, url: str, body: bytes, headers: dict, **kwargs: Any) -> tuple[int, Any, bytes]:
-        """POST ``body``: the answer's status, headers and first 64 KiB, or a write error.
-
-        No redirect is followed (a proxy's login page must not count as written), and the whole
-        exchange has a deadline of three ``timeout`` (which bounds each read only): then its socket
-        is shut down, so that a server trickling its answer cannot hold the thread.
-        """
+        """POST ``body``: the answer's status, headers and first 64 KiB, or a write error. No redirect is
+        followed (a login page is no write); at three ``timeout`` (each bounds one read) the socket is shut
+        down: a server trickling its answer cannot hold the thread."""
         if not self._inited:
             raise RefusedWriteError(f"{self._owner()} is not configured")
         if self._secret_pending:
@@ -141,7 +136,7 @@ class InfluxBackend(StatsStorageBase):
         try:
             with self._session.post(url, **kwargs) as answer:
                 return answer.status_code, answer.headers, answer.raw.read(_MOST_READ, decode_content=True)
-        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as e:
+        except (requests.exceptions.RequestException, HTTPError) as e:
             if time.monotonic() - start >= limit:
                 raise TransientWriteError(f"no answer from {self._where} within {limit:g}s") from None
             if isinstance(e, requests.exceptions.SSLError):
@@ -220,8 +215,7 @@ def shown(url: str) -> str:
 
 
 def header_value(value: str) -> str | None:
-    """A token as sent in a header: without surrounding whitespace (a secret file's newline); None if
-    nothing is left or a header cannot carry it (only printable ASCII)."""
+    """A token without surrounding whitespace (a file's newline); None if empty or not printable ASCII."""
     value = value.strip()
     return value if re.fullmatch(r"[ -~]+", value) else None
 
@@ -288,7 +282,7 @@ class _WatchedAdapter(requests.adapters.HTTPAdapter):
 
 def _request(self: Any, *args: Any, **kwargs: Any) -> None:
     _IN_FLIGHT[threading.get_ident()] = self  # the connection _shut_down finds
-    urllib3.connection.HTTPConnection.request(self, *args, **kwargs)
+    HTTPConnection.request(self, *args, **kwargs)
 
 
 _WATCHED = {c: type(c.__name__, (c,), {"request": _request}) for c in (HTTPConnection, HTTPSConnection)}

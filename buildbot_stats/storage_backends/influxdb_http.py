@@ -62,6 +62,7 @@ class _InfluxHTTPStorage(InfluxBackend):
         if not self._check(problems, timeout, verify_ssl, ca_bundle, gzip) or parts is None:
             return
         self._where = where(parts.scheme, parts.hostname or "", parts.port)
+        self._write_url = url.rstrip("/") + self.write_path
         self.timeout = float(timeout)
         self._inited = True
 
@@ -70,9 +71,6 @@ class _InfluxHTTPStorage(InfluxBackend):
         self._secret_pending = self._token is None
         if self._secret_pending:
             raise RefusedWriteError(f"{self._owner()}: the token secret {_UNSENDABLE}")
-
-    def _write_url(self) -> str:
-        return self.url.rstrip("/") + self.write_path
 
     def thd_postStatsValue(
         self, post_data: dict[str, Any], series_name: str, context: dict[str, Any] | None = None
@@ -237,24 +235,20 @@ class InfluxDB3StorageService(_InfluxHTTPStorage):
         return {"db": self.database, "precision": units[self.precision], "accept_partial": "true"}
 
     def _adjust(self, points: list[Point], problems: list[PointProblem]) -> list[Point]:
-        adjusted = list(points)
-        for index, point in enumerate(points):
+        adjusted = []
+        for point in points:
             series = str(point.series)
             if len(self._tag_keys) > 100_000:
                 self._tag_keys.clear()  # bounded; it is only a guard
             known = self._tag_keys.setdefault(series, set())
             known.update(str(k) for k, v in point.tags.items() if v is not None and v != "")
-            if not any(str(k) in known for k in point.fields):
-                continue
-            fields = {}
-            for key, value in point.fields.items():
-                if str(key) in known:
-                    problems.append(
-                        PointProblem(series, str(key), f"same name as a tag; stored as '{key}_field'", False)
-                    )
-                    key = f"{key}_field"
-                fields[key] = value
-            adjusted[index] = Point(point.series, fields, point.tags, point.time_ns)
+            same = [k for k in point.fields if str(k) in known]
+            problems += [
+                PointProblem(series, str(k), f"same name as a tag; stored as '{k}_field'", False)
+                for k in same
+            ]
+            fields = {(f"{k}_field" if k in same else k): v for k, v in point.fields.items()}
+            adjusted.append(Point(point.series, fields, point.tags, point.time_ns) if same else point)
         return adjusted
 
     def _rejected(self, status, answer, message, lines, points, origins, report):

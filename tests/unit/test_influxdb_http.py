@@ -86,7 +86,7 @@ def test_repr_never_shows_the_token_nor_url_credentials():
     svc = InfluxDB2StorageService(**{**V2, "url": "https://bob:pw9@influx.example/prefix"}, name="v2")
     assert repr(svc) == "<InfluxDB2StorageService 'v2' https://influx.example:443 org='o' bucket='b'>"
     assert "t0k" not in repr(svc)
-    assert svc._write_url() == "https://bob:pw9@influx.example/prefix/api/v2/write"
+    assert svc._write_url == "https://bob:pw9@influx.example/prefix/api/v2/write"
 
 
 @pytest.mark.parametrize("cls", [InfluxDB2StorageService, InfluxDB3StorageService, InfluxStorageService])
