@@ -105,7 +105,7 @@ class _InfluxHTTPStorage(InfluxBackend):
         headers = {"Authorization": f"Token {self._token}", "Content-Type": "text/plain; charset=utf-8"}
         body = "\n".join(lines).encode("utf-8")
         status, answer_headers, content = self._exchange(
-            self._write_url(), body, headers, params=self._params()
+            self._write_url, body, headers, params=self._params()
         )
         if 200 <= status < 300:
             return set()
