@@ -119,12 +119,8 @@ class InfluxBackend(StatsStorageBase):
         """POST ``body``: the answer's status, headers and first 64 KiB, or a write error. No redirect is
         followed (a login page is no write); at three ``timeout`` (each bounds one read) the socket is shut
         down: a server trickling its answer cannot hold the thread."""
-        if not self._inited:
-            raise RefusedWriteError(f"{self._owner()} is not configured")
         if self._secret_pending:
-            raise RefusedWriteError(
-                f"{self._owner()}: the {self.secret_attribute} secret is not rendered yet"
-            )
+            raise RefusedWriteError(f"{self._owner()}: {self.secret_attribute} secret not rendered yet")
         if self.gzip:
             body = gzip_module.compress(body, compresslevel=5)
             headers["Content-Encoding"] = "gzip"
@@ -158,13 +154,9 @@ class InfluxBackend(StatsStorageBase):
         message = message[:MOST_SHOWN] or f"HTTP {status}"
         if 300 <= status < 400:  # e.g. to a proxy's login page: whatever it answers, nothing is written
             to = shown(headers.get("Location") or "?")
-            raise RefusedWriteError(
-                f"{self._where} redirects the write (HTTP {status}) to {to}: not followed"
-            )
+            raise RefusedWriteError(f"{self._where} redirects (HTTP {status}) to {to}: not followed")
         if status in (401, 403):
-            raise RefusedWriteError(
-                f"{self.product} refused {who} (HTTP {status}): {message} ({self._describe()})"
-            )
+            raise RefusedWriteError(f"{self.product} refused {who} (HTTP {status}): {message}")
         if status == 404:
             raise RefusedWriteError(f"{self.product}: {message} ({self._describe()}, HTTP 404)")
         if status == 413:

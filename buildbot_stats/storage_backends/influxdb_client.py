@@ -170,16 +170,14 @@ class InfluxStorageService(InfluxBackend):
             params["rp"] = self.retention_policy
         headers = {"Content-Type": "application/octet-stream"}
         auth = (self.user, self._password) if self.user is not None and self._password is not None else None
-        status, answer_headers, content = self._exchange(
-            self._write_url, data, headers, params=params, auth=auth
-        )
+        status, got, content = self._exchange(self._write_url, data, headers, params=params, auth=auth)
         if status == 204:
             return report
         message = read_answer(content)[1]
         if status == 404:
             raise RefusedWriteError(f"InfluxDB: {message[:MOST_SHOWN]} (database {self.db!r})")
         if status != 400:
-            self._fail(status, message, f"user {self.user!r} on database {self.db!r}", answer_headers)
+            self._fail(status, message, f"user {self.user!r} on database {self.db!r}", got)
         if not message.startswith("partial write") and len(split_lines(data)) > 1:
             # nothing was stored and the bad point is not named: find it by halving
             raise SplitBatchError(message[:MOST_SHOWN])

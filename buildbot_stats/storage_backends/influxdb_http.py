@@ -104,14 +104,12 @@ class _InfluxHTTPStorage(InfluxBackend):
         """POST ``lines``; the indexes of lines to leave out and send the rest again (none: done)."""
         headers = {"Authorization": f"Token {self._token}", "Content-Type": "text/plain; charset=utf-8"}
         body = "\n".join(lines).encode("utf-8")
-        status, answer_headers, content = self._exchange(
-            self._write_url, body, headers, params=self._params()
-        )
+        status, got, content = self._exchange(self._write_url, body, headers, params=self._params())
         if 200 <= status < 300:
             return set()
         answer, message = read_answer(content)
         if status not in (400, 422):
-            self._fail(status, message, "the token", answer_headers)
+            self._fail(status, message, "the token", got)
         message = message or f"HTTP {status}"
         bad = self._rejected(status, answer, message, lines, points, origins, report)
         if bad is None:  # no line named: find the bad one by halving
@@ -135,18 +133,16 @@ class _InfluxHTTPStorage(InfluxBackend):
 
 def _line_of(number: Any, original: Any, lines: list[str]) -> int | None:
     """The index in ``lines`` of the server's 1-based line ``number`` (string fields may hold newlines)."""
-    if isinstance(original, str) and original:
-        exact = [i for i, line in enumerate(lines) if line == original]
-        if len(exact) == 1:
-            return exact[0]
-    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+    exact = [i for i, line in enumerate(lines) if line == original]
+    if len(exact) == 1:
+        return exact[0]
+    if isinstance(number, bool) or not isinstance(number, int):
         return None
-    first = 1
+    last = 0  # the physical line where lines[index] ends
     for index, line in enumerate(lines):
-        last = first + line.count("\n")
-        if first <= number <= last:
+        last += line.count("\n") + 1
+        if 0 < number <= last:
             return index
-        first = last + 1
     return None
 
 
@@ -255,9 +251,7 @@ class InfluxDB3StorageService(_InfluxHTTPStorage):
         data = answer.get("data")
         entries = data if isinstance(data, list) else [data]
         bad: set[int] = set()
-        for entry in entries:
-            if not isinstance(entry, dict):
-                continue
+        for entry in (e for e in entries if isinstance(e, dict)):
             index = _line_of(entry.get("line_number"), entry.get("original_line"), lines)
             if index is not None and index not in bad:
                 bad.add(index)

@@ -97,7 +97,7 @@ class MisbehavingServerTestCase(StatsTestCase, LoggingMixin):
         self.assertEqual([r.method for r in self.server.requests], ["POST"] * 3)  # no login page asked
         (line,) = self.log_lines("redirect")
         self.assertIn(
-            f"redirects the write (HTTP 302) to http://127.0.0.1:{self.server.port}/login: not followed", line
+            f"redirects (HTTP 302) to http://127.0.0.1:{self.server.port}/login: not followed", line
         )
         self.assertIn("1 point kept", line)
         self.assertNotRegex(line, "sso-pw|s3cr3t|next=")
