@@ -9,8 +9,11 @@ once under ``TestReactorMixin``; retries run when the test advances ``self.react
 from __future__ import annotations
 
 import re
+import shutil
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from buildbot.test.util.logging import LoggingMixin
@@ -22,6 +25,7 @@ from buildbot_stats.storage_backends.influxdb_client import InfluxStorageService
 from buildbot_stats.storage_backends.influxdb_http import InfluxDB2StorageService, InfluxDB3StorageService
 from tests.fakes import YIELD_KEY, StatsTestCase
 from tests.support.misbehaving_http import Answer, MisbehavingServer, SeenRequest
+from tests.support.tls import self_signed_certificate
 
 MB = 2**20
 
@@ -167,6 +171,28 @@ class MisbehavingServerTestCase(StatsTestCase, LoggingMixin):
 class InfluxDB2MisbehavingServerTests(MisbehavingServerTestCase):
     api = "v2"
     write_path = "/api/v2/write"
+
+    @defer.inlineCallbacks
+    def test_a_trickling_server_over_tls_is_cut_at_the_deadline_too(self):
+        tmp = Path(tempfile.mkdtemp(prefix="bbstats-trickle-tls-"))
+        self.addCleanup(shutil.rmtree, tmp, True)
+        cert, key = self_signed_certificate(tmp)
+        self.server.close()
+        self.server = MisbehavingServer(tls=(cert, key))
+        self.addCleanup(self.server.close)
+        self.server.answer = self.answer
+        self.write_answer = Answer(204, {"X-Padding": "p" * 70}, trickle=0.5)
+        yield self.use_backend(timeout=1, ca_bundle=str(cert))
+        started = time.monotonic()
+        self.post({"i": 1})
+        self.assertLess(time.monotonic() - started, 4.5)
+        (line,) = self.log_lines("failed")  # not taken for a certificate problem
+        self.assertIn(
+            f"(TransientWriteError: no answer from https://127.0.0.1:{self.server.port} within 3s)", line
+        )
+        self.write_answer = Answer(204)
+        self.reactor.advance(2)
+        self.assertCounters(written=1, pending=0)
 
 
 class InfluxDB3MisbehavingServerTests(MisbehavingServerTestCase):

@@ -12,6 +12,7 @@ how many body bytes it sent before the client went away::
 from __future__ import annotations
 
 import socketserver
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -109,13 +110,19 @@ class _Server(ThreadingHTTPServer):
 class MisbehavingServer:
     """Serves on ``host`` (loopback; 127.0.0.2 is "another host") at a free port until ``close()``."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", tls: tuple[Any, Any] | None = None) -> None:
+        """``tls`` = (certificate PEM, private key PEM) serves HTTPS."""
         self.answer: Callable[[SeenRequest], Answer] = lambda request: Answer()
         self.requests: list[SeenRequest] = []
         self.closing = threading.Event()
         self._lock = threading.Lock()
         self._server = _Server((host, 0), _Handler)
         self._server.owner = self
+        self.scheme = "https" if tls else "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls[0]), str(tls[1]))
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -124,7 +131,7 @@ class MisbehavingServer:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{self.scheme}://{host}:{port}"
 
     @property
     def port(self) -> int:
