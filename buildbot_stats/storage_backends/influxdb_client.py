@@ -101,9 +101,7 @@ class InfluxStorageService(InfluxBackend):
         if not self._check(problems, timeout, verify_ssl, ca_bundle, gzip):
             return
         self._where = where("https" if ssl else "http", host, port)
-        self.port = port
-        self.time_precision = time_precision
-        self.retention_policy = retention_policy
+        self.port, self.time_precision, self.retention_policy = port, time_precision, retention_policy
         self._secret_pending = not (password is None or isinstance(password, str))
         self._password = None if self._secret_pending else password
         self._write_url = f"{self._where}{path}/write"

@@ -39,9 +39,7 @@ class _InfluxHTTPStorage(InfluxBackend):
     _params: Callable[[], dict[str, str]]
     #: (status, answer, message, lines, points, origins, report) of a 400 or 422 -> the lines to
     #: leave out (none: the others were written), None if the server named none
-    _rejected: Callable[
-        [int, dict[str, Any], str, list[str], list[Point], list[int], WriteReport], set[int] | None
-    ]
+    _rejected: Callable[..., set[int] | None]
 
     def _setup(self, url, token, captures, name, names, precision, timeout, verify_ssl, ca_bundle, gzip):
         self.name = name or type(self).__name__
