@@ -10,7 +10,7 @@ from twisted.python import log
 from zope.interface import implementer
 
 from buildbot_stats.arguments import reject_unknown
-from buildbot_stats.errors import RefusedWriteError, SplitBatchError, TransientWriteError
+from buildbot_stats.errors import RefusedWriteError, SplitBatchError
 from buildbot_stats.lineprotocol import (
     PRECISIONS,
     encode_body,
@@ -21,7 +21,9 @@ from buildbot_stats.lineprotocol import (
 from buildbot_stats.point import Point
 from buildbot_stats.storage_backends.base import IEncodedWrites, WriteReport
 from buildbot_stats.storage_backends.influx_common import (
+    MOST_SHOWN,
     InfluxBackend,
+    Session,
     check_name,
     check_secret,
     check_url,
@@ -31,7 +33,6 @@ from buildbot_stats.storage_backends.influx_common import (
 
 try:
     from influxdb import InfluxDBClient
-    from influxdb.exceptions import InfluxDBClientError, InfluxDBServerError
 except ImportError:  # pragma: no cover - influxdb is a dependency
     InfluxDBClient = None
 
@@ -100,21 +101,23 @@ class InfluxStorageService(InfluxBackend):
         if not self._check(problems, timeout, verify_ssl, ca_bundle, gzip):
             return
         self._where = where("https" if ssl else "http", host, port)
-        self.port = port
-        self.time_precision = time_precision
-        self.retention_policy = retention_policy
+        self.port, self.time_precision, self.retention_policy = port, time_precision, retention_policy
         self._secret_pending = not (password is None or isinstance(password, str))
+        self._password = None if self._secret_pending else password
+        self._write_url = f"{self._where}{path}/write"
+        #: for the documented per-point API only (batches are written by ``_exchange``)
         self.client = InfluxDBClient(
             f"[{host}]" if ":" in host else host,
             port,
             user,
-            None if self._secret_pending else password,
+            self._password,
             db,
             ssl=ssl,
             verify_ssl=self._verify,
             timeout=timeout,
             retries=1,
             path=path,
+            session=Session(),
         )
         self._inited = True
 
@@ -123,7 +126,7 @@ class InfluxStorageService(InfluxBackend):
 
     def _use_secret(self, value: str) -> None:
         self.client.switch_user(self.user, value)
-        self._secret_pending = False
+        self._password, self._secret_pending = value, False
 
     def thd_postStatsValue(
         self, post_data: dict[str, Any], series_name: str, context: dict[str, Any] | None = None
@@ -164,22 +167,17 @@ class InfluxStorageService(InfluxBackend):
         if self.retention_policy:
             params["rp"] = self.retention_policy
         headers = {"Content-Type": "application/octet-stream"}
-        try:
-            with self._sending(data, headers) as body:
-                self.client.request(
-                    "write", "POST", params=params, data=body, expected_response_code=204, headers=headers
-                )
-        except InfluxDBServerError as e:
-            message = read_answer(e.args[0] if e.args else e)[1]
-            raise TransientWriteError(f"InfluxDB server error: {message}") from None
-        except InfluxDBClientError as e:
-            message = read_answer(e.content)[1]
-            if e.code == 404:
-                raise RefusedWriteError(f"InfluxDB: {message} (database {self.db!r})") from None
-            if e.code != 400:
-                self._fail(e.code, message, f"user {self.user!r} on database {self.db!r}")
-            if not message.startswith("partial write") and len(split_lines(data)) > 1:
-                # nothing was stored and the bad point is not named: find it by halving
-                raise SplitBatchError(message) from None
-            self._partial_write(message, report)  # InfluxDB stored the valid points of the body
+        auth = (self.user, self._password) if self.user is not None and self._password is not None else None
+        status, got, content = self._exchange(self._write_url, data, headers, params=params, auth=auth)
+        if status == 204:
+            return report
+        message = read_answer(content)[1]
+        if status == 404:
+            raise RefusedWriteError(f"InfluxDB: {message[:MOST_SHOWN]} (database {self.db!r})")
+        if status != 400:
+            self._fail(status, message, f"user {self.user!r} on database {self.db!r}", got)
+        if not message.startswith("partial write") and len(split_lines(data)) > 1:
+            # nothing was stored and the bad point is not named: find it by halving
+            raise SplitBatchError(message[:MOST_SHOWN])
+        self._partial_write(message, report)  # InfluxDB stored the valid points of the body
         return report

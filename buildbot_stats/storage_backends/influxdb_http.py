@@ -7,21 +7,20 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-import requests
-
 from buildbot_stats.arguments import reject_unknown
-from buildbot_stats.errors import SplitBatchError
+from buildbot_stats.errors import RefusedWriteError, SplitBatchError
 from buildbot_stats.lineprotocol import encode_lines
 from buildbot_stats.point import Point, PointProblem
 from buildbot_stats.storage_backends.base import WriteReport
 from buildbot_stats.storage_backends.influx_common import (
+    MOST_SHOWN,
     InfluxBackend,
     blamed,
     check_name,
     check_secret,
     check_url,
+    header_value,
     read_answer,
-    retry_after_seconds,
     where,
 )
 
@@ -29,6 +28,7 @@ __all__ = ["InfluxDB2StorageService", "InfluxDB3StorageService"]
 
 #: the ``precision`` argument -> the line protocol encoder's unit
 _PRECISIONS = {"ns": "n", "us": "u", "ms": "ms", "s": "s"}
+_UNSENDABLE = "is empty or holds characters an HTTP header cannot carry"
 
 
 class _InfluxHTTPStorage(InfluxBackend):
@@ -39,36 +39,36 @@ class _InfluxHTTPStorage(InfluxBackend):
     _params: Callable[[], dict[str, str]]
     #: (status, answer, message, lines, points, origins, report) of a 400 or 422 -> the lines to
     #: leave out (none: the others were written), None if the server named none
-    _rejected: Callable[
-        [int, dict[str, Any], str, list[str], list[Point], list[int], WriteReport], set[int] | None
-    ]
+    _rejected: Callable[..., set[int] | None]
 
     def _setup(self, url, token, captures, name, names, precision, timeout, verify_ssl, ca_bundle, gzip):
         self.name = name or type(self).__name__
         self.captures = captures
         #: as configured: a string or a renderable (a secret); never logged
         self.url, self.token, self.precision = url, token, precision
-        self._token: str | None = token if isinstance(token, str) else None
+        self._token = header_value(token) if isinstance(token, str) else None
         self._secret_pending = self._token is None
         owner = self._owner()
         problems, parts = check_url(owner, url)
         for what, value in names.items():
             problems += check_name(owner, what, value)
         problems += check_secret(owner, "token", token, required=True)
+        if token and isinstance(token, str) and self._token is None:
+            problems.append(f"{owner}: token {_UNSENDABLE}")
         if precision not in _PRECISIONS:
             problems.append(f"{owner}: precision must be one of {sorted(_PRECISIONS)}, not {precision!r}")
         if not self._check(problems, timeout, verify_ssl, ca_bundle, gzip) or parts is None:
             return
         self._where = where(parts.scheme, parts.hostname or "", parts.port)
+        self._write_url = url.rstrip("/") + self.write_path
         self.timeout = float(timeout)
-        self._session = requests.Session()
         self._inited = True
 
     def _use_secret(self, value: str) -> None:
-        self._token, self._secret_pending = value, False
-
-    def _write_url(self) -> str:
-        return self.url.rstrip("/") + self.write_path
+        self._token = header_value(value)
+        self._secret_pending = self._token is None
+        if self._secret_pending:
+            raise RefusedWriteError(f"{self._owner()}: the token secret {_UNSENDABLE}")
 
     def thd_postStatsValue(
         self, post_data: dict[str, Any], series_name: str, context: dict[str, Any] | None = None
@@ -101,27 +101,18 @@ class _InfluxHTTPStorage(InfluxBackend):
     ) -> set[int]:
         """POST ``lines``; the indexes of lines to leave out and send the rest again (none: done)."""
         headers = {"Authorization": f"Token {self._token}", "Content-Type": "text/plain; charset=utf-8"}
-        with self._sending("\n".join(lines).encode("utf-8"), headers) as body:
-            # verify given with each request: a Session's own loses to $REQUESTS_CA_BUNDLE
-            response = self._session.post(
-                self._write_url(),
-                params=self._params(),
-                data=body,
-                headers=headers,
-                timeout=self.timeout,
-                verify=self._verify,
-            )
-        status = response.status_code
+        body = "\n".join(lines).encode("utf-8")
+        status, got, content = self._exchange(self._write_url, body, headers, params=self._params())
         if 200 <= status < 300:
             return set()
-        answer, message = read_answer(response.text)
+        answer, message = read_answer(content)
         if status not in (400, 422):
-            self._fail(status, message, "the token", retry_after_seconds(response.headers.get("Retry-After")))
-        message = message[:500] or f"HTTP {status}"
+            self._fail(status, message, "the token", got)
+        message = message or f"HTTP {status}"
         bad = self._rejected(status, answer, message, lines, points, origins, report)
         if bad is None:  # no line named: find the bad one by halving
             if len(lines) > 1:
-                raise SplitBatchError(message)
+                raise SplitBatchError(message[:MOST_SHOWN])
             self._blame(0, points, origins, report, message)
             return {0}
         return bad
@@ -134,24 +125,22 @@ class _InfluxHTTPStorage(InfluxBackend):
         column = re.search(r"column '([^']+)'", reason)  # InfluxDB 3
         field = named[1] if named else column.group(1) if column else "*"
         report.problems.append(
-            PointProblem(points[origins[index]].series, field, f"{self.product}: {reason}", True)
+            PointProblem(points[origins[index]].series, field, f"{self.product}: {reason[:MOST_SHOWN]}", True)
         )
 
 
 def _line_of(number: Any, original: Any, lines: list[str]) -> int | None:
     """The index in ``lines`` of the server's 1-based line ``number`` (string fields may hold newlines)."""
-    if isinstance(original, str) and original:
-        exact = [i for i, line in enumerate(lines) if line == original]
-        if len(exact) == 1:
-            return exact[0]
-    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+    exact = [i for i, line in enumerate(lines) if line == original]
+    if len(exact) == 1:
+        return exact[0]
+    if isinstance(number, bool) or not isinstance(number, int):
         return None
-    first = 1
+    last = 0  # the physical line where lines[index] ends
     for index, line in enumerate(lines):
-        last = first + line.count("\n")
-        if first <= number <= last:
+        last += line.count("\n") + 1
+        if 0 < number <= last:
             return index
-        first = last + 1
     return None
 
 
@@ -240,33 +229,27 @@ class InfluxDB3StorageService(_InfluxHTTPStorage):
         return {"db": self.database, "precision": units[self.precision], "accept_partial": "true"}
 
     def _adjust(self, points: list[Point], problems: list[PointProblem]) -> list[Point]:
-        adjusted = list(points)
-        for index, point in enumerate(points):
+        adjusted = []
+        for point in points:
             series = str(point.series)
             if len(self._tag_keys) > 100_000:
                 self._tag_keys.clear()  # bounded; it is only a guard
             known = self._tag_keys.setdefault(series, set())
             known.update(str(k) for k, v in point.tags.items() if v is not None and v != "")
-            if not any(str(k) in known for k in point.fields):
-                continue
-            fields = {}
-            for key, value in point.fields.items():
-                if str(key) in known:
-                    problems.append(
-                        PointProblem(series, str(key), f"same name as a tag; stored as '{key}_field'", False)
-                    )
-                    key = f"{key}_field"
-                fields[key] = value
-            adjusted[index] = Point(point.series, fields, point.tags, point.time_ns)
+            same = [k for k in point.fields if str(k) in known]
+            problems += [
+                PointProblem(series, str(k), f"same name as a tag; stored as '{k}_field'", False)
+                for k in same
+            ]
+            fields = {(f"{k}_field" if k in same else k): v for k, v in point.fields.items()}
+            adjusted.append(Point(point.series, fields, point.tags, point.time_ns) if same else point)
         return adjusted
 
     def _rejected(self, status, answer, message, lines, points, origins, report):
         data = answer.get("data")
         entries = data if isinstance(data, list) else [data]
         bad: set[int] = set()
-        for entry in entries:
-            if not isinstance(entry, dict):
-                continue
+        for entry in (e for e in entries if isinstance(e, dict)):
             index = _line_of(entry.get("line_number"), entry.get("original_line"), lines)
             if index is not None and index not in bad:
                 bad.add(index)

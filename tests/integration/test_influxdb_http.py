@@ -239,6 +239,31 @@ class InfluxDB2Tests(EndpointTestCase):
         self.assertNotIn("test-token", text)
 
     @defer.inlineCallbacks
+    def test_token_secret_a_header_cannot_carry_is_said_once_then_fixed_with_a_newline(self):
+        provider = FakeSecretStorage(secretdict={"tok": "bad\r\nX-Injected: yes"})
+        manager = SecretManager()
+        manager.services = [provider]
+        yield manager.setServiceParent(self.master)
+        yield self.use_backend(capture.CaptureData("m", "builder1"), token=Secret("tok"))
+        self.post([{"i": 1}])
+        for _ in range(5):
+            self.reactor.advance(2)  # rendered again every max_retry_delay: no faster loop, no new line
+        self.assertEqual(self.endpoint.requests, [])
+        (line,) = self.log_lines("header cannot carry")
+        self.assertIn(
+            "backend 'influx' is not ready (RefusedWriteError: InfluxDB2StorageService 'influx': the token "
+            "secret is empty or holds characters an HTTP header cannot carry)",
+            line,
+        )
+        self.assertTrue(line.endswith("tried again every 2s"), line)
+        self.assertNotIn("Injected", "\n".join(self.log_lines("")))
+        # the admin fixes the secret file, which ends in a newline as files do
+        provider.reconfigService(secretdict={"tok": "test-token\n"})
+        self.reactor.advance(2)
+        self.assertEqual(self.stored(), self.data([{"i": 1}]))
+        self.assertEqual(self.endpoint.requests[-1].headers["authorization"], "Token test-token")
+
+    @defer.inlineCallbacks
     def test_missing_secret_keeps_points(self):
         manager = SecretManager()
         manager.services = [FakeSecretStorage(secretdict={})]

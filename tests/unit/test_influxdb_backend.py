@@ -9,7 +9,6 @@ from buildbot.process.properties import Interpolate, Secret
 from buildbot.test.fake import fakemaster, fakestats
 from buildbot.test.reactor import TestReactorMixin
 from buildbot.test.util.logging import LoggingMixin
-from influxdb.exceptions import InfluxDBClientError, InfluxDBServerError
 from twisted.internet import defer
 from twisted.python import log
 from twisted.trial import unittest
@@ -18,6 +17,8 @@ from buildbot_stats.errors import BatchTooLargeError, RefusedWriteError, Transie
 from buildbot_stats.point import Point
 from buildbot_stats.storage_backends import influx_common, influxdb_client
 from buildbot_stats.storage_backends.influxdb_client import InfluxStorageService
+from tests.support.misbehaving_http import Answer, MisbehavingServer
+from tests.support.ports import free_port
 
 
 @pytest.fixture
@@ -61,15 +62,14 @@ def test_repr_and_log_never_show_the_password():
     assert "admin" in repr(svc)
 
 
-def test_credentials_in_the_url_stay_out_of_repr_and_errors(monkeypatch):
-    monkeypatch.setattr(influxdb_client, "InfluxDBClient", _RecordingClient)
-    svc = InfluxStorageService("http://bob:pw123@127.0.0.1", 8086, "u", "s3cret", "db", [])
+def test_credentials_in_the_url_stay_out_of_repr_and_errors():
+    port = free_port()  # nothing listens there: connection refused
+    svc = InfluxStorageService("http://bob:pw123@127.0.0.1", port, "u", "s3cret", "db", [])
     assert "pw123" not in repr(svc)
-    svc.client.error = requests.exceptions.ConnectionError("refused")
     with pytest.raises(TransientWriteError) as info:
         svc.thd_postStatsValues([Point("s", {"v": 1}, {}, 1)])
     assert "pw123" not in str(info.value)
-    assert "127.0.0.1:8086" in str(info.value)
+    assert f"cannot reach InfluxDB at http://127.0.0.1:{port}: ConnectionError" == str(info.value)
 
 
 def test_default_name_and_url_with_scheme(monkeypatch):
@@ -83,42 +83,40 @@ def test_default_name_and_url_with_scheme(monkeypatch):
 class _RecordingClient:
     def __init__(self, *args, **kwargs):
         self.args, self.kwargs = args, kwargs
-        self.error = None
-
-    def request(self, *args, **kwargs):
-        if self.error:
-            raise self.error
 
 
 @pytest.fixture
-def classified(monkeypatch):
-    """A backend whose client raises the given error: returns the backend's answer to one point."""
-    monkeypatch.setattr(influxdb_client, "InfluxDBClient", _RecordingClient)
-    svc = InfluxStorageService("127.0.0.1", 8086, "bob", "hunter2", "stats", [])
+def classified():
+    """A backend writing to a server that answers as told: returns the backend's answer to one point."""
+    server = MisbehavingServer()
+    url, port = server.url.rsplit(":", 1)
+    svc = InfluxStorageService(url, int(port), "bob", "hunter2", "stats", [])
 
-    def fail_with(error):
-        svc.client.error = error
+    def answer_with(status, body):
+        server.answer = lambda request: Answer(status, {"Content-Type": "application/json"}, body.encode())
         return svc.thd_postStatsValues([Point("s", {"v": 1}, {}, 1)])
 
-    return fail_with
+    yield answer_with
+    server.close()
 
 
 @pytest.mark.parametrize(
-    ("error", "expected"),
+    ("status", "body", "expected"),
     [
-        (requests.exceptions.ConnectionError("refused"), TransientWriteError),
-        (requests.exceptions.ReadTimeout("slow"), TransientWriteError),
-        (InfluxDBServerError(b'{"error":"internal"}'), TransientWriteError),
-        (InfluxDBClientError('{"error":"request throttled"}', 503), TransientWriteError),
-        (InfluxDBClientError('{"error":"authorization failed"}', 401), RefusedWriteError),
-        (InfluxDBClientError('{"error":"forbidden"}', 403), RefusedWriteError),
-        (InfluxDBClientError('{"error":"database not found: \\"stats\\""}', 404), RefusedWriteError),
-        (InfluxDBClientError('{"error":"Request Entity Too Large"}', 413), BatchTooLargeError),
+        (500, '{"error":"internal"}', TransientWriteError),
+        (503, '{"error":"request throttled"}', TransientWriteError),
+        (200, "", TransientWriteError),  # InfluxDB 1.x answers a write with 204
+        (401, '{"error":"authorization failed"}', RefusedWriteError),
+        (403, '{"error":"forbidden"}', RefusedWriteError),
+        (404, '{"error":"database not found: \\"stats\\""}', RefusedWriteError),
+        (413, '{"error":"Request Entity Too Large"}', BatchTooLargeError),
+        (302, "", RefusedWriteError),
+        (307, "", RefusedWriteError),
     ],
 )
-def test_classification(classified, error, expected):
+def test_classification(classified, status, body, expected):
     with pytest.raises(expected) as info:
-        classified(error)
+        classified(status, body)
     assert "hunter2" not in str(info.value)
 
 
@@ -127,7 +125,7 @@ def test_partial_write_reports_series_and_field(classified):
         '{"error":"partial write: field type conflict: input field \\"value\\" on measurement '
         '\\"b1-prop\\" is type string, already exists as type float dropped=2"}'
     )
-    report = classified(InfluxDBClientError(message, 400))
+    report = classified(400, message)
     assert report.rejected_points == 2
     assert (report.problems[0].series, report.problems[0].field) == ("b1-prop", "value")
     assert "field type conflict" in report.problems[0].reason
@@ -250,14 +248,18 @@ class SecretPasswordTests(TestReactorMixin, LoggingMixin, unittest.TestCase):
         self.assertEqual(len(warnings), 1)
 
 
-def test_tls_failure_is_refused_with_one_clear_line():
+def test_tls_failure_is_refused_with_one_clear_line(monkeypatch):
     svc = InfluxStorageService(**{**GOOD_V1, "url": "https://127.0.0.1"}, name="i")
-    svc.client = _RecordingClient()
-    svc.client.error = requests.exceptions.SSLError(
+    error = requests.exceptions.SSLError(
         "HTTPSConnectionPool(host='127.0.0.1', port=8086): Max retries exceeded (Caused by "
         "SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: "
         "self-signed certificate (_ssl.c:1006)')))"
     )
+
+    def refused(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(svc._session, "post", refused)
     with pytest.raises(RefusedWriteError) as info:
         svc.thd_postStatsValues([Point("s", {"v": 1}, {}, 1)])
     assert str(info.value) == (

@@ -16,7 +16,8 @@ from twisted.trial import unittest
 from buildbot_stats import statistics
 from buildbot_stats.errors import RefusedWriteError
 from buildbot_stats.point import Point
-from buildbot_stats.storage_backends.influx_common import retry_after_seconds
+from buildbot_stats.storage_backends.influx_common import retry_after_seconds, shown
+from buildbot_stats.storage_backends.influxdb_client import InfluxStorageService
 from buildbot_stats.storage_backends.influxdb_http import (
     InfluxDB2StorageService,
     InfluxDB3StorageService,
@@ -25,6 +26,7 @@ from buildbot_stats.storage_backends.influxdb_http import (
 
 V2 = {"url": "http://127.0.0.1:8086", "org": "o", "bucket": "b", "token": "t0k", "captures": []}
 V3 = {"url": "http://127.0.0.1:8181", "database": "stats", "token": "t0k", "captures": []}
+V1 = {"url": "127.0.0.1", "port": 8086, "user": "u", "password": "pw", "db": "stats", "captures": []}
 
 
 def errors_of(cls, **kwargs):
@@ -84,7 +86,44 @@ def test_repr_never_shows_the_token_nor_url_credentials():
     svc = InfluxDB2StorageService(**{**V2, "url": "https://bob:pw9@influx.example/prefix"}, name="v2")
     assert repr(svc) == "<InfluxDB2StorageService 'v2' https://influx.example:443 org='o' bucket='b'>"
     assert "t0k" not in repr(svc)
-    assert svc._write_url() == "https://bob:pw9@influx.example/prefix/api/v2/write"
+    assert svc._write_url == "https://bob:pw9@influx.example/prefix/api/v2/write"
+
+
+@pytest.mark.parametrize("cls", [InfluxDB2StorageService, InfluxDB3StorageService, InfluxStorageService])
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8086/?token=s3cr3t", "http://h:99999/x?p=s3cr3t&u=bob"])
+def test_the_query_of_a_url_is_never_shown(cls, url):
+    kwargs = (
+        {**V1, "url": url}
+        if cls is InfluxStorageService
+        else {**(V2 if cls is InfluxDB2StorageService else V3), "url": url}
+    )
+    errors = errors_of(cls, **kwargs)
+    assert len(errors) == 1, errors
+    assert "s3cr3t" not in errors[0] and "?" not in errors[0] and "bob" not in errors[0]
+    if "8086" in url:  # a query in a good URL: where the token was meant to go
+        assert errors[0].endswith(
+            "url 'http://127.0.0.1:8086/' must have no query (give secrets as arguments)"
+        )
+
+
+def test_a_token_from_a_file_ending_in_a_newline_is_stripped():
+    svc = InfluxDB2StorageService(**{**V2, "token": "  t0k-1234\n"})
+    assert svc._token == "t0k-1234"
+    assert errors_of(InfluxDB2StorageService, **{**V2, "token": "t0k\n"}) == []
+
+
+@pytest.mark.parametrize("token", ["t0k\nX-Other: 1", "t\x00k", "tök€n", "\n  \t"])
+@pytest.mark.parametrize("cls", [InfluxDB2StorageService, InfluxDB3StorageService])
+def test_a_token_a_header_cannot_carry_is_a_config_error_naming_neither(cls, token):
+    errors = errors_of(cls, **{**(V2 if cls is InfluxDB2StorageService else V3), "token": token})
+    assert len(errors) == 1, errors
+    owner = f"{cls.__name__} '{cls.__name__}'"
+    assert errors == [f"{owner}: token is empty or holds characters an HTTP header cannot carry"]
+
+
+def test_shown_urls_carry_no_credentials_and_no_query():
+    assert shown("https://bob:pw@h.example:8086/p?token=t&u=x#f") == "https://h.example:8086/p"
+    assert shown("http://sso:p?w@h/login?next=/") == "http://h/login"
 
 
 def test_unrendered_secret_is_refused_not_sent():
@@ -101,6 +140,25 @@ class PrepareTests(TestReactorMixin, unittest.TestCase):
         svc = InfluxDB2StorageService(**{**V2, "token": Secret("tok")})
         yield svc.prepare(master)
         self.assertEqual(svc._token, "from-provider")
+
+    @defer.inlineCallbacks
+    def test_a_rendered_token_is_stripped_or_refused_without_being_shown(self):
+        self.setup_test_reactor()
+        secrets = {"file": "from-file\n", "bad": "to\r\nken"}
+        master = yield fakemaster.make_master(self, with_secrets=secrets)
+        svc = InfluxDB3StorageService(**{**V3, "token": Secret("file")})
+        yield svc.prepare(master)
+        self.assertEqual(svc._token, "from-file")
+        svc = InfluxDB3StorageService(**{**V3, "token": Secret("bad")})
+        with self.assertRaises(RefusedWriteError) as info:
+            yield svc.prepare(master)
+        self.assertEqual(
+            str(info.exception),
+            "InfluxDB3StorageService 'InfluxDB3StorageService': the token secret is empty or holds "
+            "characters an HTTP header cannot carry",
+        )
+        with self.assertRaises(RefusedWriteError):  # never sent
+            svc.thd_postStatsValues([Point("m", {"v": 1}, {}, 1)])
 
 
 def test_server_line_numbers_map_to_lines_with_newlines_in_strings():
