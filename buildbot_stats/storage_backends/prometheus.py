@@ -1,8 +1,5 @@
-"""Prometheus backend: points counted per ``(interface, port)``; a scrape is rendered in the endpoint's
-own thread from a copy of the counts and what the StatsService says at that moment.
-
-docs/prometheus.rst says which metrics, how a build's duration waits for its result, why a batch is
-never counted twice, and what bounds the endpoint's cost.
+"""Prometheus backend: points counted per ``(interface, port)``, each scrape rendered in the endpoint's
+own thread from a copy of the counts; docs/prometheus.rst says which metrics and what bounds the cost.
 """
 
 from __future__ import annotations
@@ -20,9 +17,6 @@ from typing import Any, Optional
 
 from buildbot import config
 from buildbot.process.results import Results
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import generate_latest
-from prometheus_client.utils import floatToGoString
 from twisted.internet import defer, threads
 from twisted.internet.error import CannotListenError
 from twisted.protocols import basic, policies
@@ -57,7 +51,7 @@ MAX_AGE = 1.0
 #: Seconds a client has to read its answer before its connection is cut.
 SEND_TIMEOUT = 60.0
 
-#: The text format every Prometheus 2.x reads (what generate_latest writes).
+#: The text format every Prometheus 2.x reads.
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 _STATES = ("captured", "written", "retried", "dropped")
 _SERIES_KINDS = ("build-times", "build-results", "step-times", "test-results")
@@ -71,9 +65,9 @@ _HISTOGRAMS = {
     QUEUE: ("Time build requests waited before their build started.", ["builder"], False),
     STEPS: ("Step durations by builder and step name.", ["builder", "step"], True),
 }
-C, G = CounterMetricFamily, GaugeMetricFamily
-#: the other metrics: name -> (family, help, labels); docs/prometheus.rst lists them all
-_METRICS: dict[str, tuple[Any, str, list[str]]] = {
+C, G = "counter", "gauge"
+#: the other metrics: name -> (type, help, labels); docs/prometheus.rst lists them all
+_METRICS: dict[str, tuple[str, str, list[str]]] = {
     "buildbot_builds": (C, "Finished builds.", ["builder", "result"]),
     "buildbot_tests": (C, "Test results by outcome (passed, failed).", ["builder", "outcome"]),
     "buildbot_stat": (G, "The last value of each numeric field of other series.", ["series", "field"]),
@@ -100,8 +94,7 @@ _TABLE_LOCK = threading.Lock()
 
 
 class _Limited(policies.WrappingFactory):
-    """At most ``limit`` connections at once; one more is closed at once (a public bind cannot
-    use up the master's file descriptors)."""
+    """At most ``limit`` connections: a public bind cannot use up the master's file descriptors."""
 
     limit = DEFAULT_MAX_CONNECTIONS
 
@@ -109,14 +102,8 @@ class _Limited(policies.WrappingFactory):
         return super().buildProtocol(addr) if len(self.protocols) < self.limit else None
 
 
-class _Families(list):  # type: ignore[type-arg]
-    def collect(self) -> list[Metric]:  # what generate_latest reads
-        return self
-
-
 class _Endpoint(resource.Resource):
-    """The counts, join tables, listener and render thread of one ``(interface, port)``; its pages
-    are ``/metrics`` and a root page that says so."""
+    """The counts, join tables, listener, render thread and pages of one ``(interface, port)``."""
 
     isLeaf = True
 
@@ -238,15 +225,24 @@ class _Endpoint(resource.Resource):
         samples["buildbot_stats_pending_points"] = (((b,), v.get("pending", 0)) for b, v in counters)
         if live is not None:
             samples.update(_live_samples(live))
-        families = _Families(_family(name, rows) for name, rows in samples.items())
-        for name, bounds, rows in histograms:
+        # written here: prometheus_client's objects per sample made the cycle collector hold the GIL
+        out: list[str] = []
+        for name, rows in samples.items():
+            kind, help, labels = _METRICS[name]
+            name += "_total" if kind == C else ""
+            out.append(f"# HELP {name} {help}\n# TYPE {name} {kind}\n")
+            out.extend(_sample(name, _labels(labels, values), value) for values, value in rows)
+        for name, bounds, buckets in histograms:
             help, labels, may_have_worker = _HISTOGRAMS[name]
-            with_worker = labels + ["worker"] * (self.worker_label and may_have_worker)
-            families.append(family := HistogramMetricFamily(name, help, labels=with_worker))
-            les = [floatToGoString(b) for b in bounds] + ["+Inf"]
-            for values, row in rows:
-                family.add_metric(list(values), list(zip(les, itertools.accumulate(row[:-1]))), row[-1])
-        return generate_latest(families)
+            labels = labels + ["worker"] * (self.worker_label and may_have_worker)
+            out.append(f"# HELP {name} {help}\n# TYPE {name} histogram\n")
+            les = [f'le="{float(b)!r}"' for b in bounds] + ['le="+Inf"']
+            for values, row in buckets:
+                inner = _labels(labels, values)
+                for le, count in zip(les, itertools.accumulate(row[:-1])):
+                    out.append(_sample(f"{name}_bucket", f"{inner},{le}" if inner else le, count))
+                out.append(_sample(f"{name}_sum", inner, row[-1]) + _sample(f"{name}_count", inner, count))
+        return "".join(out).encode()
 
     @property
     def url(self) -> str:
@@ -283,8 +279,7 @@ class _Endpoint(resource.Resource):
         if self.stat_dropped == 1:
             log.msg(
                 f"buildbot_stats: buildbot_stat has {self.max_stat_series} label sets (max_stat_series): "
-                f"series {series!r} field {field!r} and any other new ones are only counted, "
-                "in buildbot_stat_dropped_total"
+                f"{series!r} field {field!r} and later new ones are counted in buildbot_stat_dropped_total"
             )
 
     def observe(self, name: str, labels: tuple[str, ...], worker: Any, seconds: float) -> None:
@@ -326,12 +321,14 @@ class _Endpoint(resource.Resource):
             self.observe(BUILDS, (builder, "unknown"), worker, seconds)
 
 
-def _family(name: str, samples: Samples) -> Metric:
-    kind, help, labels = _METRICS[name]
-    family = kind(name, help, labels=labels)
-    for values, value in samples:
-        family.add_metric(list(values), value)
-    return family
+def _labels(names: list[str], values: Iterable[Any]) -> str:
+    """``name="value"`` pairs, the values escaped as the text format wants."""
+    escaped = (str(v).replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"") for v in values)
+    return ",".join(f'{n}="{v}"' for n, v in zip(names, escaped))
+
+
+def _sample(name: str, labels: str, value: float) -> str:
+    return f"{name}{{{labels}}} {float(value)!r}\n" if labels else f"{name} {float(value)!r}\n"
 
 
 def _live_samples(live: LiveSnapshot) -> dict[str, Samples]:
@@ -348,14 +345,6 @@ def _live_samples(live: LiveSnapshot) -> dict[str, Samples]:
         "buildbot_worker_builds_running": [((w,), n) for w, n in live.worker_builds_running.items()],
         "buildbot_worker_builds": live.worker_builds_total.items(),
     }
-
-
-def _endpoint(backend: PrometheusStorageService) -> _Endpoint:
-    with _TABLE_LOCK:
-        if backend.key not in _ENDPOINTS:
-            _ENDPOINTS[backend.key] = _Endpoint(backend.key)
-            _ENDPOINTS[backend.key].configure(backend)
-        return _ENDPOINTS[backend.key]
 
 
 @implementer(IBackendLifecycle)
@@ -383,6 +372,7 @@ class PrometheusStorageService(StatsStorageBase):
         self.captures = captures
         self.port = port
         self.interface = interface
+        self.key: Key = ("127.0.0.1" if interface == "localhost" else interface, port)
         self.worker_label = worker_label
         self.max_stat_series = max_stat_series
         self.max_connections = max_connections
@@ -417,25 +407,25 @@ class PrometheusStorageService(StatsStorageBase):
         return f"<PrometheusStorageService {self.name!r} {self.interface}:{self.port}>"
 
     @property
-    def key(self) -> Key:
-        return ("127.0.0.1" if self.interface == "localhost" else self.interface), self.port
-
-    @property
     def url(self) -> str:
         """The metrics URL (with the real port once listening on port 0)."""
         return self._get_endpoint().url
 
-    def _get_endpoint(self) -> _Endpoint:
-        if self._endpoint is None:
-            self._endpoint = _endpoint(self)
+    def _get_endpoint(self, now: bool = False) -> _Endpoint:
+        """The endpoint of this port (``now``: the one in the table now; an older one may be closed)."""
+        if self._endpoint is None or now:
+            with _TABLE_LOCK:
+                if self.key not in _ENDPOINTS:
+                    _ENDPOINTS[self.key] = _Endpoint(self.key)
+                    _ENDPOINTS[self.key].configure(self)
+                self._endpoint = _ENDPOINTS[self.key]
         return self._endpoint
 
     def startBackend(self, service: Any) -> None:
         """Attach to the endpoint of this port and make sure it listens (in the reactor)."""
         if not self._inited:
             return
-        # the endpoint of this port now (the one used before may have been closed)
-        endpoint = self._endpoint = _endpoint(self)
+        endpoint = self._get_endpoint(now=True)
         endpoint.owners[id(self)] = service
         if endpoint.configure(self):
             log.msg(f"buildbot_stats: {self.name}: histogram buckets or labels changed; histograms restart")
@@ -455,8 +445,7 @@ class PrometheusStorageService(StatsStorageBase):
         with _TABLE_LOCK:
             if _ENDPOINTS.get(endpoint.key) is endpoint:
                 del _ENDPOINTS[endpoint.key]
-        # self._endpoint is kept: a write still in flight counts into it and
-        # does not bring back a table entry without a listener
+        # self._endpoint is kept: a write in flight counts into it, not into a new endpoint without listener
         return endpoint.stop_listening()
 
     def thd_postStatsValues(self, points: list[Point]) -> WriteReport:
@@ -541,10 +530,9 @@ def _integer(value: Any, low: int, high: float = math.inf) -> bool:
 
 def _series_kind(series: str, tags: dict[str, Any]) -> tuple[str, str | None]:
     """(builder, kind) for the series this backend turns into named metrics, else (series, None)."""
-    builder = tags.get("builder_name")
     for kind in _SERIES_KINDS:
-        name = series[: -len(kind) - 1] if series.endswith("-" + kind) else ""
-        if name and (builder is None or builder == name):
+        name = series[: -len(kind) - 1]
+        if series.endswith("-" + kind) and name and tags.get("builder_name") in (None, name):
             return name, kind
     return series, None
 
@@ -582,6 +570,4 @@ def _result_name(fields: dict[str, Any]) -> str:
     name, code = fields.get("result"), fields.get("results", -1)
     if isinstance(name, str) and name:
         return name
-    if _integer(code, 0, len(Results) - 1):
-        return Results[code]
-    return "unknown"
+    return Results[code] if _integer(code, 0, len(Results) - 1) else "unknown"
