@@ -111,13 +111,13 @@ class _Endpoint(resource.Resource):
         super().__init__()
         self.key = key
         self.lock = threading.Lock()  # the counts are written by the delivery threads
-        self.builds: Counter[tuple[str, str]] = Counter()  # (builder, result)
-        self.tests: Counter[tuple[str, str]] = Counter()  # (builder, outcome)
+        # buildbot_builds: (builder, result) -> builds; buildbot_tests: (builder, outcome) -> tests
+        self.counts = {name: Counter[tuple[str, str]]() for name in ("buildbot_builds", "buildbot_tests")}
         self.histograms: dict[str, dict[tuple[str, ...], list[float]]] = {}  # labels -> buckets + [sum]
         self.bounds: dict[str, tuple[float, ...]] = {}
-        self.worker_label = False
+        self.settings: Any = None  # the backend started last, whose arguments apply
         self.stats: dict[tuple[str, str], float] = {}  # buildbot_stat: (series, field) -> last value
-        self.stat_dropped, self.max_stat_series = 0, DEFAULT_MAX_STAT_SERIES
+        self.stat_dropped = 0
         self.owners: dict[int, Any] = {}  # id(backend) -> its StatsService
         self.port: Any = None
         self.reactor: Any = None
@@ -135,13 +135,13 @@ class _Endpoint(resource.Resource):
         """Take the settings of ``backend`` (the last started); True if the histograms restart."""
         bounds = {BUILDS: backend.buckets, QUEUE: backend.buckets, STEPS: backend.step_buckets}
         with self.lock:
-            self.factory.limit, self.max_stat_series = backend.max_connections, backend.max_stat_series
-            self.stats = dict(itertools.islice(self.stats.items(), self.max_stat_series))
-            if (bounds, backend.worker_label) == (self.bounds, self.worker_label):
+            old, self.settings = self.settings, backend
+            self.factory.limit = backend.max_connections
+            self.stats = dict(itertools.islice(self.stats.items(), backend.max_stat_series))
+            if old is not None and (bounds, backend.worker_label) == (self.bounds, old.worker_label):
                 return False
-            changed, self.bounds, self.worker_label = bool(self.bounds), bounds, backend.worker_label
-            self.histograms = {name: {} for name in _HISTOGRAMS}
-            return changed
+            self.bounds, self.histograms = bounds, {name: {} for name in _HISTOGRAMS}
+            return old is not None
 
     def render_GET(self, request: Any) -> Any:
         if request.postpath[:1] == [b"metrics"]:
@@ -159,20 +159,18 @@ class _Endpoint(resource.Resource):
         cut = self.reactor.callLater(SEND_TIMEOUT, request.channel.transport.abortConnection)
         finished.addBoth(lambda _: cut.cancel() if cut.active() else None)
 
-        def send(body: bytes) -> None:
+        def send(body: bytes | failure.Failure) -> None:
+            if isinstance(body, failure.Failure):
+                log.err(body, "buildbot_stats: cannot render the Prometheus metrics")
+                request.setResponseCode(500)
+                body = b""
             if not finished.called:  # else the client went away meanwhile
                 request.setHeader(b"Content-Type", CONTENT_TYPE)
                 request.setHeader(b"Content-Length", b"%d" % len(body))
                 sending = basic.FileSender().beginFileTransfer(io.BytesIO(body), request)
                 sending.addCallbacks(lambda _: request.finish(), lambda _: None)  # None: the client left
 
-        def failed(f: failure.Failure) -> None:
-            log.err(f, "buildbot_stats: cannot render the Prometheus metrics")
-            if not finished.called:
-                request.setResponseCode(500)
-                request.finish()
-
-        self.scrape().addCallbacks(send, failed)
+        self.scrape().addBoth(send)
 
     def scrape(self) -> defer.Deferred:
         """The exposition rendered at most MAX_AGE ago, else the one being rendered, else a new one."""
@@ -212,14 +210,14 @@ class _Endpoint(resource.Resource):
         with self.lock:
             self.expire(time.monotonic())
             samples: dict[str, Samples] = {
-                "buildbot_builds": list(self.builds.items()),
-                "buildbot_tests": list(self.tests.items()),
+                **{name: list(counts.items()) for name, counts in self.counts.items()},
                 "buildbot_stat": list(self.stats.items()),
                 "buildbot_stat_dropped": [((), self.stat_dropped)],
             }
             histograms = [
                 (n, self.bounds[n], [(k, v[:]) for k, v in h.items()]) for n, h in self.histograms.items()
             ]
+            worker_label = self.settings.worker_label
         counters, live = state
         samples["buildbot_stats_points"] = (((b, s), v.get(s, 0)) for b, v in counters for s in _STATES)
         samples["buildbot_stats_pending_points"] = (((b,), v.get("pending", 0)) for b, v in counters)
@@ -234,7 +232,7 @@ class _Endpoint(resource.Resource):
             out.extend(_sample(name, _labels(labels, values), value) for values, value in rows)
         for name, bounds, buckets in histograms:
             help, labels, may_have_worker = _HISTOGRAMS[name]
-            labels = labels + ["worker"] * (self.worker_label and may_have_worker)
+            labels = labels + ["worker"] * (worker_label and may_have_worker)
             out.append(f"# HELP {name} {help}\n# TYPE {name} histogram\n")
             les = [f'le="{float(b)!r}"' for b in bounds] + ['le="+Inf"']
             for values, row in buckets:
@@ -272,19 +270,19 @@ class _Endpoint(resource.Resource):
 
     def set_stat(self, series: str, field: str, value: float) -> None:
         """Keep the last value of a ``buildbot_stat`` label set; past the cap, count it instead."""
-        if (series, field) in self.stats or len(self.stats) < self.max_stat_series:
+        if (series, field) in self.stats or len(self.stats) < self.settings.max_stat_series:
             self.stats[series, field] = value
             return
         self.stat_dropped += 1
         if self.stat_dropped == 1:
             log.msg(
-                f"buildbot_stats: buildbot_stat has {self.max_stat_series} label sets (max_stat_series): "
+                f"buildbot_stats: buildbot_stat has {len(self.stats)} label sets (max_stat_series): "
                 f"{series!r} field {field!r} and later new ones are counted in buildbot_stat_dropped_total"
             )
 
     def observe(self, name: str, labels: tuple[str, ...], worker: Any, seconds: float) -> None:
         """Observe ``seconds`` under ``labels``, and ``worker`` if the histogram has that label."""
-        if self.worker_label and _HISTOGRAMS[name][2]:
+        if self.settings.worker_label and _HISTOGRAMS[name][2]:
             labels += (worker or "unknown",)
         row = self.histograms[name].setdefault(labels, [0.0] * (len(self.bounds[name]) + 2))
         row[bisect.bisect_left(self.bounds[name], seconds)] += 1
@@ -292,7 +290,7 @@ class _Endpoint(resource.Resource):
 
     def count_result(self, builder: str, number: str, result: str, worker: Any) -> None:
         """Count a build's result, and the duration of that build if it waits for it."""
-        self.builds[builder, result] += 1
+        self.counts["buildbot_builds"][builder, result] += 1
         waiting = self.waiting.pop((builder, number), None)
         if waiting is not None:
             self.observe(BUILDS, (builder, result), worker or waiting[3], waiting[2])
@@ -332,16 +330,14 @@ def _sample(name: str, labels: str, value: float) -> str:
 
 
 def _live_samples(live: LiveSnapshot) -> dict[str, Samples]:
-    builders = live.builders.items()
+    now = live.builders.items()  # builder -> BuilderLive
     return {
         "buildbot_workers_connected": [((), live.workers_connected)],
         "buildbot_workers_busy": [((), live.workers_busy)],
-        "buildbot_build_requests_pending": [((b,), n.requests_pending) for b, n in builders],
-        "buildbot_build_request_oldest_pending_seconds": [
-            ((b,), n.oldest_pending_seconds) for b, n in builders
-        ],
-        "buildbot_builds_running": [((b,), n.builds_running) for b, n in builders],
-        "buildbot_build_longest_running_seconds": [((b,), n.longest_running_seconds) for b, n in builders],
+        "buildbot_build_requests_pending": [((b,), n.requests_pending) for b, n in now],
+        "buildbot_build_request_oldest_pending_seconds": [((b,), n.oldest_pending_seconds) for b, n in now],
+        "buildbot_builds_running": [((b,), n.builds_running) for b, n in now],
+        "buildbot_build_longest_running_seconds": [((b,), n.longest_running_seconds) for b, n in now],
         "buildbot_worker_builds_running": [((w,), n) for w, n in live.worker_builds_running.items()],
         "buildbot_worker_builds": live.worker_builds_total.items(),
     }
@@ -517,7 +513,7 @@ class PrometheusStorageService(StatsStorageBase):
             for field, outcome in (("tests_passed", "passed"), ("tests_failed", "failed")):
                 count: Any = fields.get(field)
                 if _integer(count, 0):
-                    endpoint.tests[builder, outcome] += count
+                    endpoint.counts["buildbot_tests"][builder, outcome] += count
                 elif count is not None:
                     report.problems.append(PointProblem(series, field, "not an integer >= 0; not exported"))
         if not usable:
@@ -545,13 +541,13 @@ def _valid_interface(interface: str) -> bool:
 
 
 def _checked_buckets(buckets: Any) -> tuple[float, ...] | None:
-    """Increasing finite numbers as floats (a last ``+Inf`` is dropped: it is added anyway), else None."""
+    """Increasing seconds as floats (a last ``+Inf`` is dropped: it is added anyway), else None."""
     values = list(buckets) if isinstance(buckets, Sequence) and not isinstance(buckets, (str, bytes)) else []
     if values and values[-1] == math.inf:
         values.pop()
     finite = all(_integer(b, -(2**53), 2**53) or isinstance(b, float) and math.isfinite(b) for b in values)
     increasing = finite and all(a < b for a, b in zip(values, values[1:]))
-    return tuple(float(b) for b in values) if values and finite and increasing else None
+    return tuple(float(b) for b in values) if values and increasing else None
 
 
 def _units_of(captures: Any, class_name: str) -> dict[Any, float]:
