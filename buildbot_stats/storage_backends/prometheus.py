@@ -129,7 +129,7 @@ class _Endpoint(resource.Resource):
         self.results: OrderedDict[tuple[str, str], tuple[str, Any]] = OrderedDict()
         self.waiting: OrderedDict[tuple[str, str], tuple[float, str, float, Any]] = OrderedDict()
         self.fresh: tuple[float, bytes] | None = None  # (when its state was read, the exposition)
-        self.waiters: list[defer.Deferred] = []  # scrapes waiting for the render in progress
+        self.waiters: list[Any] = []  # the requests waiting for the render in progress
 
     def configure(self, backend: PrometheusStorageService) -> bool:
         """Take the settings of ``backend`` (the last started); True if the histograms restart."""
@@ -153,43 +153,26 @@ class _Endpoint(resource.Resource):
         return b"buildbot_stats: metrics are at /metrics\n"
 
     def answer(self, request: Any) -> None:
-        """Send the exposition in 16 KiB pieces as the client reads them (one that does not read
-        holds no copy of it); a client that has not read it all after SEND_TIMEOUT is cut off."""
-        finished = request.notifyFinish()
+        """With the copy rendered at most MAX_AGE ago, else the one being rendered, else a new one; a
+        client that has not read it all after SEND_TIMEOUT is cut off."""
         cut = self.reactor.callLater(SEND_TIMEOUT, request.channel.transport.abortConnection)
-        finished.addBoth(lambda _: cut.cancel() if cut.active() else None)
-
-        def send(body: bytes | failure.Failure) -> None:
-            if isinstance(body, failure.Failure):
-                log.err(body, "buildbot_stats: cannot render the Prometheus metrics")
-                request.setResponseCode(500)
-                body = b""
-            if not finished.called:  # else the client went away meanwhile
-                request.setHeader(b"Content-Type", CONTENT_TYPE)
-                request.setHeader(b"Content-Length", b"%d" % len(body))
-                sending = basic.FileSender().beginFileTransfer(io.BytesIO(body), request)
-                sending.addCallbacks(lambda _: request.finish(), lambda _: None)  # None: the client left
-
-        self.scrape().addBoth(send)
-
-    def scrape(self) -> defer.Deferred:
-        """The exposition rendered at most MAX_AGE ago, else the one being rendered, else a new one."""
+        request.notifyFinish().addBoth(lambda _: cut.cancel() if cut.active() else None)
         if self.fresh is not None and time.monotonic() - self.fresh[0] <= MAX_AGE:
-            return defer.succeed(self.fresh[1])
-        waiter: defer.Deferred = defer.Deferred()
-        self.waiters.append(waiter)
+            return _send(request, self.fresh[1])
+        self.waiters.append(request)
         if len(self.waiters) == 1:
             taken, state = time.monotonic(), self.state()
             rendered = threads.deferToThreadPool(self.reactor, self.pool, self.exposition, state)
             rendered.addBoth(self._rendered, taken)
-        return waiter
 
     def _rendered(self, body: bytes | failure.Failure, taken: float) -> None:
         if isinstance(body, bytes):
             self.fresh = (taken, body)
+        else:
+            log.err(body, "buildbot_stats: cannot render the Prometheus metrics")
         waiters, self.waiters = self.waiters, []
-        for waiter in waiters:
-            waiter.callback(body)  # a Failure goes to the errbacks
+        for request in waiters:
+            _send(request, body)
 
     def state(self) -> State:
         """What the StatsServices say now (read in the reactor): delivery counters, live state."""
@@ -317,6 +300,20 @@ class _Endpoint(resource.Resource):
                 break
             del self.waiting[key]
             self.observe(BUILDS, (builder, "unknown"), worker, seconds)
+
+
+def _send(request: Any, body: bytes | failure.Failure) -> None:
+    """Send ``body`` (a 500 for a failure) in 16 KiB pieces as the client reads them: a client that
+    does not read holds a piece, not a copy of it."""
+    if request.channel is None:  # the client went away meanwhile
+        return
+    if isinstance(body, failure.Failure):
+        request.setResponseCode(500)
+        body = b""
+    request.setHeader(b"Content-Type", CONTENT_TYPE)
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    sending = basic.FileSender().beginFileTransfer(io.BytesIO(body), request)
+    sending.addCallbacks(lambda _: request.finish(), lambda _: None)  # None: the client left
 
 
 def _labels(names: list[str], values: Iterable[Any]) -> str:
