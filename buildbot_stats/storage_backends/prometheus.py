@@ -126,8 +126,8 @@ class _Endpoint(resource.Resource):
         self.site.noisy = False
         self.site.log = lambda request: None  # type: ignore[method-assign]  # no log line per scrape
         self.factory = _Limited(self.site)
-        self.results: OrderedDict[tuple[str, str], tuple[str, Any]] = OrderedDict()
-        self.waiting: OrderedDict[tuple[str, str], tuple[float, str, float, Any]] = OrderedDict()
+        # (builder, build number) -> (result or None, duration or None, worker, deadline): half a build
+        self.waiting: OrderedDict[tuple[str, str], tuple[Any, Any, Any, float]] = OrderedDict()
         self.fresh: tuple[float, bytes] | None = None  # (when its state was read, the exposition)
         self.waiters: list[Any] = []  # the requests waiting for the render in progress
 
@@ -272,34 +272,28 @@ class _Endpoint(resource.Resource):
         row[-1] += seconds
 
     def count_result(self, builder: str, number: str, result: str, worker: Any) -> None:
-        """Count a build's result, and the duration of that build if it waits for it."""
         self.counts["buildbot_builds"][builder, result] += 1
-        waiting = self.waiting.pop((builder, number), None)
-        if waiting is not None:
-            self.observe(BUILDS, (builder, result), worker or waiting[3], waiting[2])
-            return
-        self.results[builder, number] = (result, worker)
-        while len(self.results) > JOIN_MAX:
-            self.results.popitem(last=False)
+        self.join(builder, number, result, None, worker)
 
-    def count_duration(self, builder: str, number: str, seconds: float, worker: Any, wait: bool) -> None:
-        """Observe a build's duration under its result; it may ``wait`` for the result."""
-        result = self.results.pop((builder, number), None)
-        if result is not None:
-            self.observe(BUILDS, (builder, result[0]), result[1] or worker, seconds)
-        elif wait:
-            self.waiting[builder, number] = (time.monotonic() + JOIN_WAIT, builder, seconds, worker)
+    def join(self, builder: str, number: str, result: Any, seconds: Any, worker: Any) -> None:
+        """Observe a build's duration under its result once both came: the first waits for the other."""
+        other = self.waiting.pop((builder, number), None)
+        if other is None or (other[0] is None) == (result is None):  # nothing, or the same half again
+            self.waiting[builder, number] = (result, seconds, worker, time.monotonic() + JOIN_WAIT)
+        elif result is None:  # the result came first, with the build's worker
+            self.observe(BUILDS, (builder, other[0]), other[2] or worker, seconds)
         else:
-            self.observe(BUILDS, (builder, "unknown"), worker, seconds)
+            self.observe(BUILDS, (builder, result), worker or other[2], other[1])
 
     def expire(self, now: float) -> None:
-        """Observe under "unknown" the durations whose result did not come in time (or too many wait)."""
+        """Drop the halves that waited JOIN_WAIT (or too many wait): a duration counts as "unknown"."""
         while self.waiting:
-            key, (deadline, builder, seconds, worker) = next(iter(self.waiting.items()))
+            (builder, _), (result, seconds, worker, deadline) = next(iter(self.waiting.items()))
             if deadline > now and len(self.waiting) <= JOIN_MAX:
                 break
-            del self.waiting[key]
-            self.observe(BUILDS, (builder, "unknown"), worker, seconds)
+            self.waiting.popitem(last=False)
+            if result is None:
+                self.observe(BUILDS, (builder, "unknown"), worker, seconds)
 
 
 def _send(request: Any, body: bytes | failure.Failure) -> None:
@@ -494,9 +488,10 @@ class PrometheusStorageService(StatsStorageBase):
         if kind == "build-times":
             duration = seconds("duration", self._duration_units)
             queue = seconds("queue-time", self._queue_units)
-            if duration is not None:
-                waits = _ALL in self._results_for or builder in self._results_for
-                endpoint.count_duration(builder, number, duration, worker, waits)
+            if duration is not None and (_ALL in self._results_for or builder in self._results_for):
+                endpoint.join(builder, number, None, duration, worker)  # its result comes too
+            elif duration is not None:
+                endpoint.observe(BUILDS, (builder, "unknown"), worker, duration)
             if queue is not None:
                 endpoint.observe(QUEUE, (builder,), None, queue)
             usable = duration is not None or queue is not None or not {"duration", "queue-time"} & set(fields)
