@@ -153,9 +153,8 @@ class _Endpoint(resource.Resource):
         return b"buildbot_stats: metrics are at /metrics\n"
 
     def answer(self, request: Any) -> None:
-        """With the copy rendered at most MAX_AGE ago, else the one being rendered, else a new one; a
-        client that has not read it all after SEND_TIMEOUT is cut off."""
-        cut = self.reactor.callLater(SEND_TIMEOUT, request.channel.transport.abortConnection)
+        """With the copy rendered at most MAX_AGE ago, else the one being rendered, else a new one."""
+        cut = self.reactor.callLater(SEND_TIMEOUT, request.channel.transport.abortConnection)  # not read
         request.notifyFinish().addBoth(lambda _: cut.cancel() if cut.active() else None)
         if self.fresh is not None and time.monotonic() - self.fresh[0] <= MAX_AGE:
             return _send(request, self.fresh[1])
@@ -297,8 +296,7 @@ class _Endpoint(resource.Resource):
 
 
 def _send(request: Any, body: bytes | failure.Failure) -> None:
-    """Send ``body`` (a 500 for a failure) in 16 KiB pieces as the client reads them: a client that
-    does not read holds a piece, not a copy of it."""
+    """Send ``body`` (a failure: a 500) in pieces as the client reads them, not a copy per client."""
     if request.channel is None:  # the client went away meanwhile
         return
     if isinstance(body, failure.Failure):
