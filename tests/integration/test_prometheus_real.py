@@ -2,7 +2,8 @@
 
 The counts Prometheus stores are checked against the master's own database
 (``state.sqlite``): builds per builder and result, durations per builder, the
-median duration, the delivery counters; then a ``buildbot reconfig`` on the
+median duration, the delivery counters, the opt-in worker label of the build
+and step durations and the step buckets; then a ``buildbot reconfig`` on the
 same port must keep the counts and the listener.  prometheus missing: skipped,
 or a failure with ``CI=true``.
 """
@@ -62,12 +63,13 @@ captures = [
     statistics.CaptureBuildDurationAllBuilders(),
     statistics.CaptureBuildResultsAllBuilders(),
     statistics.CaptureDataAllBuilders('timings'),
+    statistics.CaptureStepDurationAllBuilders(),
 ]
 c['services'].append(
     statistics.StatsService(
         storage_backends=[
             statistics.PrometheusStorageService(
-                port={port}, captures=captures, name='prom', buckets={buckets!r}
+                port={port}, captures=captures, name='prom', buckets={buckets!r}, worker_label=True
             ),
         ],
         name='StatsService',
@@ -164,9 +166,20 @@ def check_against_db(prom: PrometheusServer, builds: list[dict[str, Any]]) -> No
     )
     totals = by_labels(prom.query("buildbot_builds_total"), "builder", "result")
     assert totals == {k: float(n) for k, n in want.items()}
-    counts = by_labels(prom.query("buildbot_build_duration_seconds_count"), "builder", "result")
-    # every duration met its build's result: no "unknown"
-    assert counts == {k: float(n) for k, n in want.items()}
+    # every duration met its build's result (no "unknown") and its worker
+    counts = by_labels(prom.query("buildbot_build_duration_seconds_count"), "builder", "result", "worker")
+    per_worker = Counter((b["builder"], Results[b["results"]], b["worker"]) for b in builds)
+    assert counts == {k: float(n) for k, n in per_worker.items()}
+    # one step "work" per build (besides Buildbot's own), on the build's worker, in the step buckets
+    wait_for(
+        "all steps in Prometheus",
+        lambda: prom.query_value('sum(buildbot_step_duration_seconds_count{step="work"})') == len(builds),
+    )
+    query = 'buildbot_step_duration_seconds_count{step="work"}'
+    steps = by_labels(prom.query(query), "builder", "step", "worker")
+    per_step = Counter((b["builder"], "work", b["worker"]) for b in builds)
+    assert steps == {k: float(n) for k, n in per_step.items()}
+    assert prom.query('buildbot_step_duration_seconds_bucket{le="0.1"}')
 
     for name in BUILDERS:
         durations = [b["complete_at"] - b["started_at"] for b in builds if b["builder"] == name]
@@ -200,7 +213,8 @@ def test_prometheus_scrapes_what_the_master_built(
     check_against_db(prom, builds)
 
     # the endpoint itself, parsed with prometheus_client's parser
-    points = 3 * len(builds)  # duration, result and one posted value per build
+    # duration, result and one posted value per build, and each step's duration
+    points = 3 * len(builds) + m._query("SELECT COUNT(*) AS n FROM steps")[0]["n"]
     s = wait_for(
         "delivery counters",
         lambda: (

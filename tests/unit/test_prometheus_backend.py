@@ -12,14 +12,19 @@ from buildbot.config.errors import capture_config_errors
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactor
-from twisted.web.test.requesthelper import DummyRequest
 
 from buildbot_stats import capture, statistics
+from buildbot_stats.capture.live import BuilderLive, LiveSnapshot
 from buildbot_stats.errors import BackendConfigurationError
 from buildbot_stats.point import Point
 from buildbot_stats.storage_backends import prometheus
 from buildbot_stats.storage_backends.base import StatsStorageBase, start_backends, stop_backends
-from buildbot_stats.storage_backends.prometheus import DEFAULT_BUCKETS, PrometheusStorageService
+from buildbot_stats.storage_backends.prometheus import (
+    DEFAULT_BUCKETS,
+    DEFAULT_MAX_STAT_SERIES,
+    DEFAULT_STEP_BUCKETS,
+    PrometheusStorageService,
+)
 
 from ..fakes import StatsTestCase
 
@@ -100,7 +105,8 @@ def result(builder: str, number: int, code: int) -> Point:
 
 def samples(backend: PrometheusStorageService) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """sample name + sorted labels -> value, from the text the endpoint serves."""
-    text = backend._get_endpoint().exposition().decode()
+    endpoint = backend._get_endpoint()
+    text = endpoint.exposition(endpoint.state()).decode()
     found = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -114,12 +120,11 @@ def value(backend_: PrometheusStorageService, name_: str, /, **labels: str) -> f
     return samples(backend_).get((name_, tuple(sorted(labels.items()))))
 
 
-def served(backend: PrometheusStorageService, path: bytes = b"metrics") -> tuple[int, bytes, bytes]:
-    """Render ``path`` through the endpoint's twisted.web resource tree."""
-    site = backend._get_endpoint().site
-    request = DummyRequest([path])
-    body = site.getResourceFor(request).render(request)
-    return request.responseCode or 200, request.responseHeaders.getRawHeaders(b"content-type")[0], body
+def families(backend: PrometheusStorageService) -> dict[str, Any]:
+    """name -> metric family, from the text the endpoint serves."""
+    endpoint = backend._get_endpoint()
+    text = endpoint.exposition(endpoint.state()).decode()
+    return {f.name: f for f in text_string_to_metric_families(text)}
 
 
 # -- metrics from points -------------------------------------------------------
@@ -198,7 +203,9 @@ def test_the_join_tables_are_bounded(monkeypatch: Any) -> None:
     assert len(endpoint.waiting) == 3
     assert value(b, "buildbot_build_duration_seconds_count", builder="b1", result="unknown") == 2
     b.thd_postStatsValues([result("b2", n, 0) for n in range(1, 6)])
-    assert len(endpoint.results) == 3
+    # results wait for their durations in the same table: the oldest halves go, a duration as unknown
+    assert sorted(endpoint.waiting) == [("b2", "3"), ("b2", "4"), ("b2", "5")]
+    assert value(b, "buildbot_build_duration_seconds_count", builder="b1", result="unknown") == 5
 
 
 def test_report_in_minutes_is_converted_to_seconds() -> None:
@@ -380,6 +387,16 @@ def test_default_and_custom_buckets() -> None:
         ({"buckets": [1, math.nan]}, "buckets must be"),
         ({"buckets": "1,2"}, "buckets must be"),
         ({"buckets": [True, 2]}, "buckets must be"),
+        ({"step_buckets": []}, "step_buckets must be a non-empty list of increasing numbers of seconds"),
+        ({"step_buckets": [2, 1]}, "step_buckets must be"),
+        ({"step_buckets": [1, math.inf, 2]}, "step_buckets must be"),
+        ({"worker_label": "yes"}, "worker_label must be True or False, not 'yes'"),
+        ({"worker_label": None}, "worker_label must be True or False"),
+        ({"max_stat_series": 0}, "max_stat_series must be an integer >= 1, not 0"),
+        ({"max_stat_series": "10"}, "max_stat_series must be an integer >= 1"),
+        ({"max_stat_series": True}, "max_stat_series must be an integer >= 1"),
+        ({"max_connections": -1}, "max_connections must be an integer >= 1, not -1"),
+        ({"max_connections": 2.5}, "max_connections must be an integer >= 1"),
     ],
 )
 def test_bad_arguments_are_config_errors(kwargs: dict[str, Any], message: str) -> None:
@@ -435,7 +452,7 @@ def test_reconfig_with_a_new_object_on_the_same_port_keeps_counts_and_listener()
     assert [p[:1] + p[3:] for p in reactor.tcpServers] == [(9101, "127.0.0.1")]
     assert not reactor.ports[0].stopped
     new.thd_postStatsValues([result("b1", 2, 0), duration("b1", 2, 6.0)])
-    assert new.registry is old.registry
+    assert new._get_endpoint() is old._get_endpoint()
     assert value(new, "buildbot_builds_total", builder="b1", result="success") == 2
     assert value(new, "buildbot_build_duration_seconds_count", builder="b1", result="success") == 2
 
@@ -469,6 +486,24 @@ def test_bucket_change_on_reconfig_restarts_histograms_only() -> None:
     new.thd_postStatsValues([result("b1", 2, 0), duration("b1", 2, 5.0)])
     assert (
         value(new, "buildbot_build_duration_seconds_bucket", builder="b1", result="success", le="10.0") == 1
+    )
+    # the worker label changes the histograms' labels: they restart too
+    labelled = PrometheusStorageService(
+        port=9101, captures=ALL_CAPTURES, buckets=[10, 100], worker_label=True
+    )
+    start_backends(service, [labelled], [new])
+    assert value(new, "buildbot_builds_total", builder="b1", result="success") == 2
+    assert not [k for k in samples(labelled) if k[0].startswith("buildbot_build_duration")]
+    labelled.thd_postStatsValues([result("b1", 3, 0), duration("b1", 3, 5.0)])
+    assert (
+        value(
+            labelled,
+            "buildbot_build_duration_seconds_count",
+            builder="b1",
+            result="success",
+            worker="unknown",
+        )
+        == 1
     )
 
 
@@ -511,17 +546,6 @@ def test_delivery_counters_are_read_at_scrape_time() -> None:
     assert value(b, "buildbot_stats_points_total", backend="influx", state="spooled") is None
     counters["influx"]["written"] = 5
     assert value(b, "buildbot_stats_points_total", backend="influx", state="written") == 5
-
-
-def test_the_resource_serves_text_exposition() -> None:
-    b = PrometheusStorageService(port=0, captures=[])
-    b.thd_postStatsValues([result("b1", 1, 0)])
-    code, content_type, body = served(b)
-    assert code == 200
-    assert content_type == b"text/plain; version=0.0.4; charset=utf-8"
-    assert b'buildbot_builds_total{builder="b1",result="success"} 1.0' in body
-    code, _, body = served(b, b"")
-    assert b"/metrics" in body
 
 
 # -- the hooks, called by a real StatsService on Buildbot's fake master ----------
@@ -573,3 +597,162 @@ class StatsServiceHookTests(StatsTestCase):
         calls: list[tuple[str, str]] = []
         yield self.stats.reconfigService([BrokenHooks("x", calls)], spool_path=None)
         self.assertEqual(list(self.stats.queues), ["x"])
+
+
+# -- issue 22: the buildbot_stat cap ------------------------------------------------
+
+
+def test_buildbot_stat_keeps_at_most_max_stat_series_label_sets(monkeypatch: Any) -> None:
+    logged: list[str] = []
+    monkeypatch.setattr(prometheus.log, "msg", lambda message, **kw: logged.append(message))
+    b = PrometheusStorageService(port=0, captures=[], max_stat_series=3)
+    b.thd_postStatsValues([Point("b1-timings", {f"t{i}": float(i) for i in range(5)}, tags())])
+    b.thd_postStatsValues([Point("b1-timings", {"t0": 10.0, "t9": 9.0}, tags())])
+    stat = {dict(k[1])["field"]: v for k, v in samples(b).items() if k[0] == "buildbot_stat"}
+    assert stat == {"t0": 10.0, "t1": 1.0, "t2": 2.0}  # the kept ones still change
+    assert value(b, "buildbot_stat_dropped_total") == 3
+    (line,) = [m for m in logged if "max_stat_series" in m]  # once, naming the first one left out
+    assert "'b1-timings' field 't3'" in line and "3 label sets" in line
+
+
+def test_a_step_posting_200000_field_names_keeps_the_default_cap() -> None:
+    b = PrometheusStorageService(port=0, captures=[])
+    b.thd_postStatsValues([Point("b1-tests", {f"test_{i:06}": 1.5 for i in range(200_000)}, tags())])
+    found = families(b)
+    assert len(found["buildbot_stat"].samples) == DEFAULT_MAX_STAT_SERIES == 10_000
+    assert found["buildbot_stat_dropped"].samples[0].value == 190_000
+    endpoint = b._get_endpoint()
+    assert len(endpoint.exposition(endpoint.state())) < 1_000_000  # main served 12.5 MB
+
+
+def test_a_lower_cap_on_reconfig_keeps_the_first_label_sets() -> None:
+    service = FakeService()
+    old = PrometheusStorageService(port=9101, captures=[])
+    start_backends(service, [old])
+    old.thd_postStatsValues([Point("b1-timings", {f"t{i}": float(i) for i in range(5)}, tags())])
+    new = PrometheusStorageService(port=9101, captures=[], max_stat_series=2)
+    start_backends(service, [new], [old])
+    stat = {dict(k[1])["field"] for k in samples(new) if k[0] == "buildbot_stat"}
+    assert stat == {"t0", "t1"}
+
+
+# -- issue 21: step buckets, the worker label, live state ----------------------------
+
+
+def test_step_durations_have_their_own_buckets() -> None:
+    assert DEFAULT_STEP_BUCKETS[0] < 1 and DEFAULT_STEP_BUCKETS[-1] >= 3600
+    assert DEFAULT_STEP_BUCKETS != DEFAULT_BUCKETS
+    step = Point("b1-step-times", {"duration": 0.3}, tags(step_name="compile"))
+    b = PrometheusStorageService(port=0, captures=[])
+    b.thd_postStatsValues([step, duration("b1", 1, 0.3)])
+    les = sorted(
+        {dict(k[1])["le"] for k in samples(b) if k[0] == "buildbot_step_duration_seconds_bucket"}, key=float
+    )
+    assert les == [str(float(x)) for x in DEFAULT_STEP_BUCKETS] + ["+Inf"]
+    assert value(b, "buildbot_step_duration_seconds_bucket", builder="b1", step="compile", le="0.1") == 0
+    assert value(b, "buildbot_step_duration_seconds_bucket", builder="b1", step="compile", le="0.5") == 1
+    assert value(b, "buildbot_build_duration_seconds_bucket", builder="b1", result="unknown", le="1.0") == 1
+
+    prometheus._ENDPOINTS.clear()
+    c = PrometheusStorageService(port=0, captures=[], step_buckets=[1, 10, math.inf])
+    c.thd_postStatsValues([step, duration("b1", 1, 0.3)])
+    les = {dict(k[1])["le"] for k in samples(c) if k[0] == "buildbot_step_duration_seconds_bucket"}
+    assert les == {"1.0", "10.0", "+Inf"}
+    les = {dict(k[1])["le"] for k in samples(c) if k[0] == "buildbot_build_duration_seconds_bucket"}
+    assert les == {str(float(x)) for x in DEFAULT_BUCKETS} | {"+Inf"}
+
+
+def test_the_worker_label_is_off_by_default_and_opt_in(monkeypatch: Any) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(prometheus.time, "monotonic", lambda: now[0])
+    points = [
+        duration("b1", 1, 12.0),  # a duration has no worker tag without extra_tags ...
+        Point("b1-build-results", {"results": 0}, tags(worker="w1")),  # ... its result has
+        Point("b1-build-times", {"duration": 3.0}, tags(number=2, worker="w3")),  # no result comes
+        Point("b1-step-times", {"duration": 2.0}, tags(step_name="compile", worker="w2")),
+        Point("b1-step-times", {"duration": 2.0}, tags(step_name="compile")),
+        Point("b1-build-times", {"queue-time": 3.0}, tags(worker="w1")),
+    ]
+    off = PrometheusStorageService(port=0, captures=ALL_CAPTURES)
+    off.thd_postStatsValues(points)
+    now[0] += prometheus.JOIN_WAIT + 1
+    assert not [k for k in samples(off) if "worker" in dict(k[1])]
+    assert value(off, "buildbot_build_duration_seconds_count", builder="b1", result="success") == 1
+
+    prometheus._ENDPOINTS.clear()
+    on = PrometheusStorageService(port=0, captures=ALL_CAPTURES, worker_label=True)
+    on.thd_postStatsValues(points)
+    now[0] += prometheus.JOIN_WAIT + 1
+    assert (
+        value(on, "buildbot_build_duration_seconds_count", builder="b1", result="success", worker="w1") == 1
+    )
+    assert (
+        value(on, "buildbot_build_duration_seconds_count", builder="b1", result="unknown", worker="w3") == 1
+    )
+    assert value(on, "buildbot_step_duration_seconds_count", builder="b1", step="compile", worker="w2") == 1
+    assert (
+        value(on, "buildbot_step_duration_seconds_count", builder="b1", step="compile", worker="unknown") == 1
+    )
+    assert value(on, "buildbot_build_queue_seconds_count", builder="b1") == 1  # never per worker
+    assert value(on, "buildbot_builds_total", builder="b1", result="success") == 1
+
+
+class LiveService(FakeService):
+    """A StatsService whose live state is a hand-built snapshot (None: live state is off)."""
+
+    def __init__(self, snapshot: LiveSnapshot | None) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+
+    def live_snapshot(self) -> LiveSnapshot | None:
+        return self.snapshot
+
+
+def test_live_state_is_read_at_each_scrape_with_exactly_these_metrics() -> None:
+    assert PrometheusStorageService.wants_live_state is True
+    service = LiveService(
+        LiveSnapshot(
+            workers_connected=3,
+            workers_busy=2,
+            builders={"b1": BuilderLive(2, 30.5, 1, 12.25), 'odd "b"': BuilderLive()},
+            worker_builds_running={"w1": 1, "w2": 2},
+            worker_builds_total={("w1", "success"): 4, ("w1", "failure"): 1, ("w2", "success"): 2},
+        )
+    )
+    b = PrometheusStorageService(port=0, captures=[])
+    b.startBackend(service)
+    found = families(b)
+    per_builder = {"b1": (2, 30.5, 1, 12.25), 'odd "b"': (0, 0.0, 0, 0.0)}
+    expected = {
+        "buildbot_workers_connected": ("gauge", {(): 3}),
+        "buildbot_workers_busy": ("gauge", {(): 2}),
+        "buildbot_worker_builds_running": ("gauge", {(("worker", "w1"),): 1, (("worker", "w2"),): 2}),
+        "buildbot_worker_builds": (
+            "counter",
+            {
+                (("result", "success"), ("worker", "w1")): 4,
+                (("result", "failure"), ("worker", "w1")): 1,
+                (("result", "success"), ("worker", "w2")): 2,
+            },
+        ),
+    }
+    for i, name in enumerate(
+        [
+            "buildbot_build_requests_pending",
+            "buildbot_build_request_oldest_pending_seconds",
+            "buildbot_builds_running",
+            "buildbot_build_longest_running_seconds",
+        ]
+    ):
+        expected[name] = ("gauge", {(("builder", k),): v[i] for k, v in per_builder.items()})
+    for name, (kind, want) in expected.items():
+        assert found[name].type == kind, name
+        assert {tuple(sorted(s.labels.items())): s.value for s in found[name].samples} == want, name
+    assert [s.name for s in found["buildbot_worker_builds"].samples][0] == "buildbot_worker_builds_total"
+
+    service.snapshot = LiveSnapshot()  # nothing connected, nothing waits: zeros, no builders
+    found = families(b)
+    assert found["buildbot_workers_connected"].samples[0].value == 0
+    assert found["buildbot_build_requests_pending"].samples == []
+    service.snapshot = None  # live state off: no live metrics at all
+    assert not set(expected) & set(families(b))
