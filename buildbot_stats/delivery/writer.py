@@ -1,9 +1,8 @@
-"""The spool writer: what captures record becomes points, encoded once and spooled (group commit).
+"""The spool writer: what captures record becomes points, encoded once per backend and spooled.
 
-The reactor only appends records to a flat list; the spool thread makes them
-points, encodes each backend's points once and writes them in one transaction
-(:func:`thd_spool_records`).  Then ``store()`` and ``yieldMetricsValue`` fire:
-their point is in the spool.  What happens next, per backend, is :mod:`.queue`.
+The reactor only appends records to a flat list; the spool thread makes them points, encodes
+and writes them in one transaction (group commit).  Then ``store()`` and ``yieldMetricsValue``
+fire: their point is in the spool.  What happens next, per backend, is :mod:`.queue`.
 """
 
 from __future__ import annotations
@@ -102,16 +101,10 @@ def _point(series: Any, post_data: Any, context: Any, t: Any) -> Point:
 
 
 class _SegmentMaker:
-    """The segments of one backend in one spool write: its points encoded a chunk at a time.
-
-    Each chunk is a segment: a write of encoded points joins the segments it takes.
-    """
+    """The segments of one backend in one spool write: its points encoded a chunk (a segment) at a time."""
 
     def __init__(self, route: Route, result: SpoolResult, segments: list[NewSegment]) -> None:
-        self.key = route.spool_key
-        self.route = route
-        self.result = result
-        self.segments = segments
+        self.key, self.route, self.result, self.segments = route.spool_key, route, result, segments
         self.points: list[Point] = []  # made, not encoded yet
         self.chunk = min(ENCODE_CHUNK, route.batch_size) if route.encoder is not None else route.batch_size
         self.failed = 0  # points dropped because they could not be encoded
@@ -122,35 +115,28 @@ class _SegmentMaker:
         self.result.captured[self.key] += len(points)
         try:
             self._add(*encode_segment(self.key, points, self.route.encoder))
-        except Exception as e:
-            self._encode_apart(points, e)
+        except Exception as e:  # drop only the points that fail on their own (a value whose str() raises)
+            plain = Point(points[0].series, {"_": 0}, {}, points[0].time_ns)
+            if self._error(plain) is not None:  # unless the encoder fails for any point: blame none
+                return self._dropped([(p, e) for p in points], "")
+            failures = [(p, error) for p in points if (error := self._error(p)) is not None]
+            good = [p for p in points if self._error(p) is None]
+            try:
+                if good:
+                    self._add(*encode_segment(self.key, good, self.route.encoder))
+            except Exception as together:  # each encodes alone but not together: drop them all
+                failures += [(p, together) for p in good]
+            point = failures[0][0] if failures else None
+            self._dropped(
+                failures, f"series {_shown(point.series)}{self._failing_part(point)}: " if point else ""
+            )
 
-    def _encode_apart(self, points: list[Point], error: Exception) -> None:
-        """Drop only the points that fail on their own (a value whose str() raises, say).
-
-        Unless the encoder fails even for a plain point: then the whole chunk, blaming no value.
-        """
-        broken = self._encode_error(Point(points[0].series, {"_": 0}, {}, points[0].time_ns)) is not None
-        failures = [(p, error) for p in points] if broken else []
-        good = []
-        for point in () if broken else points:
-            alone = self._encode_error(point)
-            if alone is None:
-                good.append(point)
-            else:
-                failures.append((point, alone))
-        try:
-            if good:
-                self._add(*encode_segment(self.key, good, self.route.encoder))
-        except Exception as together:  # each encodes alone but not together: drop them all
-            failures += [(p, together) for p in good]
+    def _dropped(self, failures: list[tuple[Point, Exception]], where: str) -> None:
         if failures and self.failure is None:
-            point, first = failures[0]
-            where = "" if broken else f"series {_shown(point.series)}{self._failing_part(point)}: "
-            self.failure = where + _failure_text(first)
+            self.failure = where + _failure_text(failures[0][1])
         self.failed += len(failures)
 
-    def _encode_error(self, point: Point) -> Exception | None:
+    def _error(self, point: Point) -> Exception | None:
         try:
             encode_segment("", [point], self.route.encoder)
         except Exception as e:
@@ -165,8 +151,7 @@ class _SegmentMaker:
         parts += [
             ("tag", k, Point(point.series, {"_": 0}, {k: v}, point.time_ns)) for k, v in point.tags.items()
         ]
-        failing = (f", {kind} {_shown(key)}" for kind, key, alone in parts if self._encode_error(alone))
-        return next(failing, "")
+        return next((f", {kind} {_shown(key)}" for kind, key, alone in parts if self._error(alone)), "")
 
     def _add(self, segment: NewSegment | None, report: Any) -> None:
         if report is not None:  # (a WriteReport; a backend's own may leave either part out)
@@ -201,14 +186,11 @@ def thd_spool_records(
     makers: dict[str, _SegmentMaker] = {}
     items = iter(records)
     for keys, series, post_data, context, t in zip(items, items, items, items, items):
-        if type(series) is str and type(post_data) is dict and type(context) is dict and type(t) is int:
-            point = Point(series, post_data, context, t if t >= 10**12 else to_ns(t))  # the usual record
-        else:
-            try:
-                point = _point(series, post_data, context, t)
-            except Exception as e:
-                result.unstored[_shown(series), _failure_text(e)] += 1
-                continue
+        try:
+            point = _point(series, post_data, context, t)
+        except Exception as e:
+            result.unstored[_shown(series), _failure_text(e)] += 1
+            continue
         for key in keys:
             maker = makers.get(key)
             if maker is None:
