@@ -75,18 +75,19 @@ class DeliveryReport:
         self.spool = state
         self.counters.spooled += state.spooled
         self.counters.dropped += state.dropped + state.quarantined
+        bound = f"{self.policy.max_spool_points} points" + (
+            f" or {self.policy.max_spool_bytes} bytes" if self.policy.max_spool_bytes else ""
+        )
         if state.dropped and not self.dropped_in_burst:
-            bytes_bound = f" or {self.policy.max_spool_bytes} bytes" if self.policy.max_spool_bytes else ""
-            log.msg(
-                f"buildbot_stats: spool of backend {self.key!r} is full ({self.policy.max_spool_points} "
-                f"points{bytes_bound}): dropping the oldest points until the backend accepts writes again"
-            )
+            until = "dropping the oldest points until the backend accepts writes again"
+            log.msg(f"buildbot_stats: spool of backend {self.key!r} is full ({bound}): {until}")
         self.dropped_in_burst += state.dropped
         if state.quarantined:
-            log.msg(
-                f"buildbot_stats: {points_phrase(state.quarantined)} of backend {self.key!r} could not be "
-                "read from the spool; their segments were moved to the table buildbot_stats_unreadable"
+            moved = "their segments were moved to the table buildbot_stats_unreadable"
+            unread = (
+                f"{points_phrase(state.quarantined)} of backend {self.key!r} could not be read from the spool"
             )
+            log.msg(f"buildbot_stats: {unread}; {moved}")
 
     def current(self) -> Counters:
         return replace(self.counters, pending=self.spool.pending)
@@ -156,12 +157,10 @@ class DeliveryReport:
             )
 
     def stopped(self, durable: bool) -> None:
+        fate = "stay in the spool and are sent after the next start"
+        if not durable:
+            fate = "are lost: there is no spool file (spool_path=None or unusable)"
         if self.spool.pending:
-            fate = (
-                "stay in the spool and are sent after the next start"
-                if durable
-                else "are lost: there is no spool file (spool_path=None or unusable)"
-            )
             log.msg(f"buildbot_stats: {points_phrase(self.spool.pending)} of backend {self.key!r} {fate}")
         self.problem_log.flush()
 
@@ -236,24 +235,15 @@ class DeliveryQueue:
     a refused one: there backends render secrets, so that a password fixed is used without a restart.
     """
 
-    def __init__(
-        self,
-        key: str,
-        backend: Any,
-        spool: SpoolThread,
-        reactor: Any,
-        policy: DeliveryPolicy,
-        spool_key: str,
-        master: Any,
-    ) -> None:
-        self.key, self.spool_key = key, spool_key
-        self.backend, self.master, self.policy = backend, master, policy
+    def __init__(self, key: str, backend: Any, policy: DeliveryPolicy, queues: QueueSet) -> None:
+        self.key, self.spool_key = key, f"{queues.service_name}/{key}"
+        self.backend, self.master, self.policy = backend, queues.master, policy
         self.state = State.IDLE
-        self.report = DeliveryReport(key, policy, reactor)
+        self.report = DeliveryReport(key, policy, queues.reactor)
         self.counters = self.report.counters
-        #: set by the queue set: true while the spool writer holds delivery back (see SpoolWriter)
-        self.hold: Callable[[], bool] | None = None
-        self._spool, self._reactor = spool, reactor
+        #: true while the spool writer holds delivery back (see SpoolWriter)
+        self.hold: Callable[[], bool] = queues.writer.holding
+        self._spool, self._reactor = queues.spool, queues.reactor
         self._batch: Batch | None = None  # taken from the spool, not all accepted yet
         self._release: list[int] = []  # segments all accepted: released with the next spool call
         self._next: defer.Deferred | None = None  # the next batch, read while one is posted
@@ -313,8 +303,8 @@ class DeliveryQueue:
 
     def _held(self) -> bool:
         """Whether the spool writer holds delivery back (less than a batch waits; it calls :meth:`send`)."""
-        held = self.hold is not None and not self._stopping and self.hold()  # stopping: send all it can
-        return held and self.report.spool.untaken < self.policy.batch_size
+        # (stopping: it sends all it can)
+        return not self._stopping and self.hold() and self.report.spool.untaken < self.policy.batch_size
 
     def _read(self, max_points: int, rewind: bool = False) -> defer.Deferred:
         """One spool call: release the segments accepted, rewind if asked, take up to ``max_points``."""
@@ -516,13 +506,11 @@ class QueueSet:
             warn_deprecated_attributes(backend)
             queue = old.pop(key, None)
             if queue is None:
-                spool_key = f"{self.service_name}/{key}"
-                queue = DeliveryQueue(key, backend, self.spool, self.reactor, policy, spool_key, self.master)
+                queue = DeliveryQueue(key, backend, policy, self)
                 new_queues.append(queue)
             else:
                 queue.use(backend, policy)
             self.queues[key] = queue
-            queue.hold = self.writer.holding
             encode = backend.thd_encode if provides(backend, IEncodedWrites) else None
             bounds = (policy.max_spool_points, policy.max_spool_bytes)
             routes[key] = Route(queue.spool_key, encode, policy.batch_size, bounds)
