@@ -101,7 +101,8 @@ class _SegmentMaker:
         self.key, self.route, self.result, self.segments = route.spool_key, route, result, segments
         self.points: list[Point] = []  # made, not encoded yet
         self.chunk = min(ENCODE_CHUNK, route.batch_size) if route.encoder is not None else route.batch_size
-        self.failed, self.failure = 0, None  # points not encoded; the first one's failure, for the log
+        self.failed = 0  # points dropped because they could not be encoded
+        self.failure: str | None = None  # the first of them, for the log line
 
     def encode(self) -> None:
         points, self.points = self.points, []
