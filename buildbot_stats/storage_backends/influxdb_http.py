@@ -94,9 +94,8 @@ class _InfluxHTTPStorage(InfluxBackend):
         if precision is None:
             raise ValueError(f"cannot write points encoded as {encoding!r}")
         lines = [line.decode("utf-8") for line in split_lines(data, encoding)]
-        series = [
-            Point(re.split(r"(?<!\\)[ ,]", line, maxsplit=1)[0], {}, {}, 0) for line in lines
-        ]  # for logs
+        # each line's series (its measurement), for the log line of a point the server refuses
+        series = [Point(re.split(r"(?<!\\)[ ,]", line, maxsplit=1)[0], {}, {}, 0) for line in lines]
         return self._post_lines(lines, series, list(range(len(lines))), WriteReport(), precision)
 
     def _post_lines(
