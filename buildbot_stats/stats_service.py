@@ -17,7 +17,7 @@ from buildbot_stats.capture.base import YIELD_DATA
 from buildbot_stats.capture.consumers import CaptureConsumers
 from buildbot_stats.capture.lookups import BuildLookups
 from buildbot_stats.config_checks import check_service_config
-from buildbot_stats.delivery.queues import QueueSet
+from buildbot_stats.delivery.queue import QueueSet
 from buildbot_stats.delivery.spool import ForeignSpoolFileError
 from buildbot_stats.delivery.spool_thread import open_spool
 from buildbot_stats.options import DEFAULT_SPOOL_PATH, ServiceOptions

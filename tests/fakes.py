@@ -11,7 +11,7 @@ from buildbot.test.reactor import TestReactorMixin
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from buildbot_stats.delivery.queues import backend_keys
+from buildbot_stats.delivery.queue import backend_keys
 from buildbot_stats.stats_service import StatsService
 from buildbot_stats.testing import RecordingStorage
 

@@ -433,7 +433,7 @@ class Backfill:
 
     def backends(self, svc: Any) -> list[tuple[str, str]]:
         """(key, target) of each backend of ``svc``."""
-        from buildbot_stats.delivery.queues import backend_keys
+        from buildbot_stats.delivery.queue import backend_keys
 
         backends = svc.registeredStorageServices
         return list(zip(backend_keys(backends), map(backend_target, backends)))

@@ -2,5 +2,5 @@
 
 ``writer`` turns captured records into encoded points and spools them;
 ``spool`` keeps them on disk until written; ``queue`` writes each backend's
-points in batches and retries; ``queues`` holds one queue per backend.
+points in batches and retries, one queue per backend (a ``QueueSet``).
 """

@@ -1,16 +1,15 @@
-"""Getting one backend's spooled points to it: batches, one write in flight, retries.
+"""Getting each backend's spooled points to it: one queue per backend, one write in flight, retries.
 
-Pending points stay in the spool: a queue takes a batch in one spool call (the next one
-while a batch is posted), posts it in one thread call and releases it once the backend
-accepted it.  So delivery holds two batches per backend in memory, whatever the backlog;
-one write at a time, as Telegraf does, keeps the points in the order they were spooled in.
+Pending points stay in the spool: a queue takes a batch in one spool call (the next one while
+a batch is posted), posts it in one thread call and releases it once accepted, so delivery
+holds two batches per backend in memory whatever the backlog, and sends in spool order.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -21,7 +20,7 @@ from twisted.python.failure import Failure
 from buildbot_stats.burst_log import BurstLog
 from buildbot_stats.delivery.spool import COLUMNS, SpoolState, SQLiteSpool, TakenSegment
 from buildbot_stats.delivery.spool_thread import SpoolThread
-from buildbot_stats.delivery.writer import SpoolResult, points_phrase
+from buildbot_stats.delivery.writer import Route, SpoolResult, SpoolWriter, points_phrase
 from buildbot_stats.errors import PartialDeliveryError, RefusedWriteError, SplitBatchError
 from buildbot_stats.lineprotocol import split_lines
 from buildbot_stats.options import DeliveryPolicy
@@ -32,9 +31,11 @@ from buildbot_stats.storage_backends.base import (
     WriteReport,
     post_points,
     provides,
+    warn_deprecated_attributes,
 )
 
-__all__ = ["Batch", "Counters", "DeliveryReport", "DeliveryQueue", "State", "TRANSITIONS"]
+__all__ = ["Batch", "Counters", "DeliveryQueue", "DeliveryReport", "QueueSet", "State", "TRANSITIONS"]
+__all__ += ["backend_keys", "backend_name"]
 
 
 @dataclass
@@ -57,15 +58,11 @@ class Counters:
 
 
 class DeliveryReport:
-    """One backend's counters, the spool's last word on its points, and the log lines about them.
-
-    A failure, a full spool and a rejected value are each said once (per burst),
-    not once per write: a backend down for a day is a few lines.
-    """
+    """One backend's counters, the spool's last word on its points, and the log lines about them:
+    a failure, a full spool and a rejected value are each said once per burst, not per write."""
 
     def __init__(self, key: str, policy: DeliveryPolicy, reactor: Any) -> None:
-        self.key = key
-        self.policy = policy
+        self.key, self.policy = key, policy
         self.counters = Counters()
         self.spool = SpoolState()  # as of the last spool call: pending and untaken points
         self.dropped_in_burst = 0  # by the spool's bounds, since the backend last accepted a write
@@ -78,26 +75,25 @@ class DeliveryReport:
         self.spool = state
         self.counters.spooled += state.spooled
         self.counters.dropped += state.dropped + state.quarantined
+        bound = f"{self.policy.max_spool_points} points" + (
+            f" or {self.policy.max_spool_bytes} bytes" if self.policy.max_spool_bytes else ""
+        )
         if state.dropped and not self.dropped_in_burst:
-            max_bytes = self.policy.max_spool_bytes
-            bound = f"{self.policy.max_spool_points} points" + (f" or {max_bytes} bytes" if max_bytes else "")
-            log.msg(
-                f"buildbot_stats: spool of backend {self.key!r} is full ({bound}): dropping the "
-                "oldest points until the backend accepts writes again"
-            )
+            until = "dropping the oldest points until the backend accepts writes again"
+            log.msg(f"buildbot_stats: spool of backend {self.key!r} is full ({bound}): {until}")
         self.dropped_in_burst += state.dropped
         if state.quarantined:
-            log.msg(
-                f"buildbot_stats: {points_phrase(state.quarantined)} of backend {self.key!r} could not be "
-                "read from the spool; their segments were moved to the table buildbot_stats_unreadable"
+            moved = "their segments were moved to the table buildbot_stats_unreadable"
+            unread = (
+                f"{points_phrase(state.quarantined)} of backend {self.key!r} could not be read from the spool"
             )
+            log.msg(f"buildbot_stats: {unread}; {moved}")
 
     def current(self) -> Counters:
-        """The counters, with ``pending`` as of now."""
         return replace(self.counters, pending=self.spool.pending)
 
     def spooled(self, result: SpoolResult, key: str) -> SpoolState | None:
-        """What a spool write did to the points of the spool key ``key``; its state, if it wrote them."""
+        """Count what a spool write did to the points of spool key ``key``; its state, if it wrote any."""
         self.counters.captured += result.captured.get(key, 0)
         self.counters.dropped += result.dropped.get(key, 0)
         if key in result.problems:
@@ -142,9 +138,8 @@ class DeliveryReport:
             if not self.restored:
                 log.msg(f"buildbot_stats: the points found in the spool reached backend {self.key!r}")
         if self.failure is not None:
-            counters = self.current().as_dict()
             again = f"accepts writes again; {points_phrase(self.spool.pending)} still pending"
-            log.msg(f"buildbot_stats: backend {self.key!r} {again}; counters {counters}")
+            log.msg(f"buildbot_stats: backend {self.key!r} {again}; counters {self.current().as_dict()}")
             self.failure = None
         if self.dropped_in_burst:
             dropped = f"{points_phrase(self.dropped_in_burst)} of backend {self.key!r}"
@@ -162,12 +157,10 @@ class DeliveryReport:
             )
 
     def stopped(self, durable: bool) -> None:
+        fate = "stay in the spool and are sent after the next start"
+        if not durable:
+            fate = "are lost: there is no spool file (spool_path=None or unusable)"
         if self.spool.pending:
-            fate = (
-                "stay in the spool and are sent after the next start"
-                if durable
-                else "are lost: there is no spool file (spool_path=None or unusable)"
-            )
             log.msg(f"buildbot_stats: {points_phrase(self.spool.pending)} of backend {self.key!r} {fate}")
         self.problem_log.flush()
 
@@ -182,7 +175,6 @@ class Batch:
     points: list[Point] | None  # the points, for a backend that takes points (COLUMNS)
     data: bytes | None  # else the bytes its thd_encode made, one point per line
     offset: int = 0  # the points before it left for good (accepted or dropped)
-    lines: list[bytes] | None = None  # ``data`` split into points, once a write sends a part
 
     @classmethod
     def of(cls, segments: list[TakenSegment]) -> Batch:
@@ -191,8 +183,7 @@ class Batch:
         if encodings[0] == COLUMNS:
             points = [p for payload in payloads for p in payload]
             return cls(list(ids), COLUMNS, len(points), points, None)
-        data = payloads[0] if len(payloads) == 1 else b"\n".join(payloads)
-        return cls(list(ids), encodings[0], sum(counts), None, data)
+        return cls(list(ids), encodings[0], sum(counts), None, b"\n".join(payloads))
 
 
 class _NotForThisBackendError(Exception):
@@ -200,17 +191,18 @@ class _NotForThisBackendError(Exception):
 
 
 def thd_post_batch(backend: Any, batch: Batch, offset: int, limit: int) -> WriteReport | None:
-    """Post ``limit`` points of ``batch`` from ``offset``: points, or the bytes encoded once.  In a thread."""
+    """Post ``limit`` points of ``batch`` from ``offset``: points, or the bytes encoded once.  In a thread.
+
+    Encoded points go to any backend that can post them: a v1 InfluxDB backend's line protocol
+    to the v2 backend that replaced it under its name, say.
+    """
     if batch.points is not None:
         return post_points(backend, batch.points[offset : offset + limit])
-    if not provides(backend, IEncodedWrites):
+    if not provides(backend, IEncodedWrites, "thd_post_encoded"):
         raise _NotForThisBackendError(f"it cannot take points encoded as {batch.encoding!r}")
-    if offset == 0 and limit >= batch.n:
-        data = batch.data
-    else:
-        if batch.lines is None:
-            batch.lines = split_lines(batch.data or b"", batch.encoding)
-        data = b"\n".join(batch.lines[offset : offset + limit])
+    data = batch.data or b""
+    if offset or limit < batch.n:
+        data = b"\n".join(split_lines(data, batch.encoding)[offset : offset + limit])
     return backend.thd_post_encoded(data, batch.encoding)  # type: ignore[no-any-return]
 
 
@@ -243,27 +235,15 @@ class DeliveryQueue:
     a refused one: there backends render secrets, so that a password fixed is used without a restart.
     """
 
-    def __init__(
-        self,
-        key: str,
-        backend: Any,
-        spool: SpoolThread,
-        reactor: Any,
-        policy: DeliveryPolicy,
-        spool_key: str,
-        master: Any,
-    ) -> None:
-        self.key, self.spool_key = key, spool_key
-        self.backend = backend
-        self.master = master
+    def __init__(self, key: str, backend: Any, policy: DeliveryPolicy, queues: QueueSet) -> None:
+        self.key, self.spool_key = key, f"{queues.service_name}/{key}"
+        self.backend, self.master, self.policy = backend, queues.master, policy
         self.state = State.IDLE
-        self.policy = policy
-        self.report = DeliveryReport(key, policy, reactor)
+        self.report = DeliveryReport(key, policy, queues.reactor)
         self.counters = self.report.counters
-        #: set by the queue set: true while the spool writer holds delivery back (see SpoolWriter)
-        self.hold: Callable[[], bool] | None = None
-        self._spool = spool
-        self._reactor = reactor
+        #: true while the spool writer holds delivery back (see SpoolWriter)
+        self.hold: Callable[[], bool] = queues.writer.holding
+        self._spool, self._reactor = queues.spool, queues.reactor
         self._batch: Batch | None = None  # taken from the spool, not all accepted yet
         self._release: list[int] = []  # segments all accepted: released with the next spool call
         self._next: defer.Deferred | None = None  # the next batch, read while one is posted
@@ -288,13 +268,6 @@ class DeliveryQueue:
         self.policy = self.report.policy = policy
         self.send()
 
-    def spooled(self, result: SpoolResult, send: bool = True) -> None:
-        """A spool write is done: count it, and send now if ``send`` (else at :meth:`send`), or if a
-        whole batch waits (a burst is sent while it is still being spooled)."""
-        state = self.report.spooled(result, self.spool_key)
-        if state is not None and (send or state.untaken >= self.policy.batch_size):
-            self.send()
-
     @defer.inlineCallbacks
     def start(self) -> Any:
         """Start with the oldest segment in the spool (points found at start-up go first)."""
@@ -310,34 +283,28 @@ class DeliveryQueue:
             self._to(State.PREPARING)  # on failure the points wait, and it is tried again later
             d = defer.maybeDeferred(self.backend.prepare, self.master)
             d.addBoth(self._prepared_or_not, self.backend)
-            d.addErrback(log.err, "buildbot_stats: internal error in delivery")
-            return
-        batch = self._batch
-        if batch is not None:
+        elif (batch := self._batch) is not None:
             if self._next is None and self.report.spool.untaken > 0 and not self._held():
                 self._next = self._read(self.policy.batch_size)  # (before the post: it may end at once)
             self._to(State.WRITING)
             limit = min(self._batch_limit, batch.n - batch.offset)
             d = threads.deferToThread(thd_post_batch, self.backend, batch, batch.offset, limit)
             d.addCallbacks(self._written, self._write_failed, callbackArgs=(limit,), errbackArgs=(limit,))
-            d.addErrback(log.err, "buildbot_stats: internal error in delivery")
-        elif self._next is not None:
+        elif self._next is not None or self._release or (self.report.spool.untaken > 0 and not self._held()):
             self._to(State.READING)
-            d, self._next = self._next, None
-            d.addCallbacks(self._batch_read, self._read_failed, callbackArgs=(self.policy.batch_size,))
-        elif self._release or (self.report.spool.untaken > 0 and not self._held()):
-            self._to(State.READING)
-            asked = 0 if self._held() else self.policy.batch_size
-            d = self._read(asked)
+            asked = 0 if self._next is None and self._held() else self.policy.batch_size
+            d = self._next if self._next is not None else self._read(asked)
+            self._next = None
             d.addCallbacks(self._batch_read, self._read_failed, callbackArgs=(asked,))
-            d.addErrback(log.err, "buildbot_stats: internal error in delivery")
         else:
             self._fire_drained()
+            return
+        d.addErrback(log.err, "buildbot_stats: internal error in delivery")
 
     def _held(self) -> bool:
         """Whether the spool writer holds delivery back (less than a batch waits; it calls :meth:`send`)."""
-        held = self.hold is not None and not self._stopping and self.hold()  # stopping: send all it can
-        return held and self.report.spool.untaken < self.policy.batch_size
+        # (stopping: it sends all it can)
+        return not self._stopping and self.hold() and self.report.spool.untaken < self.policy.batch_size
 
     def _read(self, max_points: int, rewind: bool = False) -> defer.Deferred:
         """One spool call: release the segments accepted, rewind if asked, take up to ``max_points``."""
@@ -395,11 +362,10 @@ class DeliveryQueue:
     def _written(self, report: WriteReport | None, sent: int) -> None:
         self.report.accepted(report, sent)
         self._advance(sent)
-        if self.state is State.STOPPED:
-            return
-        self._attempt = 0
-        self._batch_limit = self.policy.batch_size
-        self._idle()
+        if self.state is not State.STOPPED:
+            self._attempt = 0
+            self._batch_limit = self.policy.batch_size
+            self._idle()
 
     def _write_failed(self, failure: Failure, sent: int) -> None:
         batch, error = self._batch, failure.value
@@ -411,17 +377,22 @@ class DeliveryQueue:
         if self.state is State.STOPPED:
             self.counters.retried += sent  # (they stay in the spool)
             return
-        if isinstance(error, (SplitBatchError, _NotForThisBackendError)):
-            if isinstance(error, SplitBatchError) and sent > 1:
-                self._batch_limit = max(1, sent // 2)  # then the halves, and so on
-            else:  # one point refused alone is the bad one; points of another kind of backend
-                series = None
-                if isinstance(error, SplitBatchError) and batch is not None:
-                    series = batch.points[batch.offset].series if batch.points is not None else "?"
-                self.report.dropped(sent, error, series)
-                self._advance(sent)
-            self._idle()
+        if isinstance(error, SplitBatchError) and sent > 1:
+            self._batch_limit = max(1, sent // 2)  # then the halves, and so on
+        elif isinstance(error, (SplitBatchError, _NotForThisBackendError)):
+            # one point refused alone is the bad one; points of another kind of backend
+            series = None
+            if isinstance(error, SplitBatchError) and batch is not None:
+                series = batch.points[batch.offset].series if batch.points is not None else "?"
+            self.report.dropped(sent, error, series)
+            self._advance(sent)
+        else:
+            self._retry_later(error, sent)
             return
+        self._idle()
+
+    def _retry_later(self, error: Any, sent: int) -> None:
+        batch = self._batch
         self._attempt += 1
         self.counters.retried += sent
         if batch is not None and batch.offset == 0:
@@ -485,3 +456,157 @@ class DeliveryQueue:
             self._drained = None
         self._to(State.STOPPED)
         self.report.stopped(self._spool.durable)
+
+
+def backend_name(backend: Any) -> str:
+    return getattr(backend, "name", None) or type(backend).__name__
+
+
+def backend_keys(backends: Sequence[Any]) -> list[str]:
+    """A stable key per backend (its name), made unique by a ``#n`` suffix."""
+    keys: list[str] = []
+    for backend in backends:
+        key, n = backend_name(backend), 1
+        while key in keys:
+            n += 1
+            key = f"{backend_name(backend)}#{n}"
+        keys.append(key)
+    return keys
+
+
+class QueueSet:
+    """The queues of one StatsService, one per backend, kept across reconfigs by backend key (its
+    name): a backend that keeps its key keeps its pending points; a removed key's points stay
+    spooled until a backend of that name comes back.  Routes records to the queues."""
+
+    def __init__(self, service_name: str, spool: SpoolThread, reactor: Any, master: Any = None) -> None:
+        self.service_name, self.spool, self.reactor = service_name, spool, reactor
+        self.master = master  # handed to backends' prepare(master), e.g. to render secrets
+        self.queues: dict[str, DeliveryQueue] = {}
+        self.writer = SpoolWriter(spool, self._spooled, self._send, orphan_prefix=f"{service_name}/")
+        self._retired = Counters()  # counters of queues removed by a reconfig
+        self._orphans_logged: set[str] = set()
+        #: values that could not become points (a custom capture's bad time, say): one line per burst
+        self._unstored_log = BurstLog(reactor)
+        #: id(backend) -> queue key, for this config and the previous one (a capture busy when the
+        #: master reconfigured may still store, holding the old backend objects)
+        self._key_by_backend: dict[int, str] = {}
+        self._previous_key_by_backend: dict[int, str] = {}
+        #: id(capture) -> (its parent_svcs, their number, their queue keys)
+        self._capture_keys: dict[int, tuple[list[Any], int, tuple[str, ...]]] = {}
+
+    @defer.inlineCallbacks
+    def configure(self, backends: Sequence[Any], policy: DeliveryPolicy) -> Any:
+        """Make the queues match ``backends``, keeping pending points of backends that stay."""
+        old, self.queues = self.queues, {}
+        routes: dict[str, Route] = {}
+        key_by_backend: dict[int, str] = {}
+        new_queues = []
+        for key, backend in zip(backend_keys(backends), backends):
+            warn_deprecated_attributes(backend)
+            queue = old.pop(key, None)
+            if queue is None:
+                queue = DeliveryQueue(key, backend, policy, self)
+                new_queues.append(queue)
+            else:
+                queue.use(backend, policy)
+            self.queues[key] = queue
+            encode = backend.thd_encode if provides(backend, IEncodedWrites) else None
+            bounds = (policy.max_spool_points, policy.max_spool_bytes)
+            routes[key] = Route(queue.spool_key, encode, policy.batch_size, bounds)
+            key_by_backend[id(backend)] = key
+        self.writer.routes = routes  # spool writes from now on
+        self._previous_key_by_backend, self._key_by_backend = self._key_by_backend, key_by_backend
+        self._capture_keys = {}
+        for queue in old.values():
+            yield queue.stop()
+            self._retired.add(queue.counters)
+        for queue in new_queues:
+            try:
+                yield queue.start()
+            except Exception as e:  # statistics must never keep the master from starting
+                log.msg(f"buildbot_stats: cannot read the spool for backend {queue.key!r}: {e}")
+        try:
+            counts = yield self.spool.call(SQLiteSpool.thd_pending_counts)
+        except Exception:
+            return
+        for spool_key, n in sorted(counts.items()):
+            self._log_orphan(
+                spool_key, f"the spool holds {n} point(s) of backend {{}}, which is not configured"
+            )
+
+    def route_keys(self, capture: Any) -> tuple[str, ...]:
+        """The queue keys of the backends ``capture`` belongs to (what its records name), worked out
+        once per capture and config (again if its ``parent_svcs`` changed)."""
+        svcs = capture.parent_svcs
+        hit = self._capture_keys.get(id(capture))
+        if hit is not None and hit[0] is svcs and hit[1] == len(svcs):
+            return hit[2]
+        current, previous = self._key_by_backend, self._previous_key_by_backend
+        # an old backend object: the queue of its key ("Name#2"), else of its name
+        keys = tuple(current.get(id(b)) or previous.get(id(b)) or backend_name(b) for b in svcs)
+        self._capture_keys[id(capture)] = (svcs, len(svcs), keys)
+        return keys
+
+    def _spooled(self, result: SpoolResult) -> None:
+        """A spool write is done: say what went wrong, and tell each queue what it did."""
+        for message in result.errors:
+            log.msg(f"buildbot_stats: {message}")
+        for (series, why), n in result.unstored.items():
+            for _ in range(n):
+                self._unstored_log.failed((series, why), f"a value of series {series} was not stored: {why}")
+        for spool_key in set(result.states) | set(result.captured) | set(result.dropped):
+            queue = self.queues.get(spool_key.removeprefix(f"{self.service_name}/"))
+            if queue is not None:  # sent when the writer says so (see SpoolWriter), or a whole batch waits
+                state = queue.report.spooled(result, spool_key)
+                if state is not None and state.untaken >= queue.policy.batch_size:
+                    queue.send()
+                continue
+            captured = result.captured.get(spool_key, 0)
+            self._retired.captured += captured
+            self._retired.dropped += result.dropped.get(spool_key, 0)
+            if captured:
+                on_the_way = (
+                    f"its points that were on their way to the spool ({points_phrase(captured)} so far)"
+                )
+                self._log_orphan(
+                    spool_key, f"backend {{}} is no longer configured: {on_the_way} are kept there"
+                )
+
+    def _log_orphan(self, spool_key: str, what: str) -> None:
+        """Say ``what`` (``{}``: the backend key) once, for a spool key of this service's not configured."""
+        mine = f"{self.service_name}/"
+        key = spool_key[len(mine) :]
+        if spool_key.startswith(mine) and key not in self.queues and key not in self._orphans_logged:
+            self._orphans_logged.add(key)
+            then = "; they are sent if a backend of that name is configured again"
+            log.msg(f"buildbot_stats: {what.format(repr(key))}{then}")
+
+    def _send(self) -> None:
+        """The spool writer is done for now: every queue sends what it has."""
+        for queue in list(self.queues.values()):
+            queue.send()
+
+    def totals(self) -> dict[str, int]:
+        """Counters summed over all backends, removed ones included."""
+        total = Counters()
+        total.add(self._retired)
+        for queue in self.queues.values():
+            total.add(queue.report.current())
+        return total.as_dict()
+
+    def per_backend(self) -> dict[str, dict[str, int]]:
+        return {key: queue.report.current().as_dict() for key, queue in self.queues.items()}
+
+    def wait_spooled(self) -> defer.Deferred:
+        """Fires once everything recorded so far is spooled."""
+        return self.writer.waiter()
+
+    @defer.inlineCallbacks
+    def stop(self) -> Any:
+        """Spool what was recorded, then stop every queue (each within its ``flush_timeout``)."""
+        yield self.writer.waiter()
+        self._unstored_log.flush()
+        for queue in self.queues.values():
+            yield queue.stop()
+        self.queues = {}

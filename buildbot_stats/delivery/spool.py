@@ -241,6 +241,8 @@ class SQLiteSpool:
     def _enforce_bounds(self, key: str, max_points: int, max_bytes: int | None) -> int:
         """Drop the oldest segments not taken (the last one cut) until the queue is within its bounds."""
         q = self._queues[key]
+        if q.points <= max_points and (max_bytes is None or q.bytes <= max_bytes):
+            return 0  # (the usual case: no query)
         dropped, doomed = 0, []
         for table, sid, n, size, encoding in self._segments(key, "id, n, length(data), encoding", q.cursor):
             over_points = q.points - max_points

@@ -1,9 +1,8 @@
-"""The spool writer: what captures record becomes points, encoded once and spooled (group commit).
+"""The spool writer: what captures record becomes points, encoded once per backend and spooled.
 
-The reactor only appends records to a flat list; the spool thread makes them
-points, encodes each backend's points once and writes them in one transaction
-(:func:`thd_spool_records`).  Then ``store()`` and ``yieldMetricsValue`` fire:
-their point is in the spool.  What happens next, per backend, is :mod:`.queue`.
+The reactor only appends records to a flat list; the spool thread makes them points, encodes
+and writes them in one transaction (group commit).  Then ``store()`` and ``yieldMetricsValue``
+fire: their point is in the spool.  What happens next, per backend, is :mod:`.queue`.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.internet import defer
 from twisted.python import log
@@ -28,13 +27,11 @@ __all__ += ["points_phrase", "thd_spool_records"]
 #: what ``store()`` records, in the reactor: (backend keys, series, post_data, context, time)
 Record = tuple[Sequence[Any], Any, Any, Any, Any]
 
-#: At most this many records go to the spool thread in one write (about 10 ms of
-#: its time): the deliveries' reads and releases run between the writes of a burst.
+#: records per spool write (about 10 ms of its thread): deliveries read and release between a burst's writes
 MAX_RECORDS_PER_WRITE = 4096
 
-#: Points are made and encoded this many at a time, then dropped: a Point that
-#: lives through a whole spool write reaches Python's oldest GC generation and
-#: makes the collector walk the master's whole heap far more often.
+#: points made and encoded at a time, then dropped: a Point living through a whole spool write would
+#: reach Python's oldest GC generation, and make the collector walk the master's heap far more often
 ENCODE_CHUNK = 256
 
 #: segment size for the points of a backend removed while they waited (see thd_spool_records)
@@ -73,20 +70,16 @@ class SpoolResult:
     unstored: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
-def _shown(value: Any) -> str:
-    """``repr(value)`` for a log line, even when the value's own repr raises."""
+def _shown(value: Any, text: Callable[[Any], str] = repr, fallback: str = "<{} that cannot be shown>") -> str:
+    """``text(value)`` for a log line, even when the value's own repr (or str) raises."""
     try:
-        return repr(value)
+        return text(value)
     except Exception:
-        return f"<{type(value).__name__} that cannot be shown>"
+        return fallback.format(type(value).__name__)
 
 
 def _failure_text(e: BaseException) -> str:
-    """``"TypeName: message"``, even when the exception's message cannot be made."""
-    try:
-        return f"{type(e).__name__}: {e}"
-    except Exception:
-        return type(e).__name__
+    return _shown(e, lambda e: f"{type(e).__name__}: {e}", "{}")
 
 
 def _point(series: Any, post_data: Any, context: Any, t: Any) -> Point:
@@ -102,16 +95,10 @@ def _point(series: Any, post_data: Any, context: Any, t: Any) -> Point:
 
 
 class _SegmentMaker:
-    """The segments of one backend in one spool write: its points encoded a chunk at a time.
-
-    Each chunk is a segment: a write of encoded points joins the segments it takes.
-    """
+    """The segments of one backend in one spool write: its points encoded a chunk (a segment) at a time."""
 
     def __init__(self, route: Route, result: SpoolResult, segments: list[NewSegment]) -> None:
-        self.key = route.spool_key
-        self.route = route
-        self.result = result
-        self.segments = segments
+        self.key, self.route, self.result, self.segments = route.spool_key, route, result, segments
         self.points: list[Point] = []  # made, not encoded yet
         self.chunk = min(ENCODE_CHUNK, route.batch_size) if route.encoder is not None else route.batch_size
         self.failed = 0  # points dropped because they could not be encoded
@@ -122,35 +109,28 @@ class _SegmentMaker:
         self.result.captured[self.key] += len(points)
         try:
             self._add(*encode_segment(self.key, points, self.route.encoder))
-        except Exception as e:
-            self._encode_apart(points, e)
+        except Exception as e:  # drop only the points that fail on their own (a value whose str() raises)
+            plain = Point(points[0].series, {"_": 0}, {}, points[0].time_ns)
+            if self._error(plain) is not None:  # unless the encoder fails for any point: blame none
+                return self._dropped([(p, e) for p in points], "")
+            failures = [(p, error) for p in points if (error := self._error(p)) is not None]
+            good = [p for p in points if self._error(p) is None]
+            try:
+                if good:
+                    self._add(*encode_segment(self.key, good, self.route.encoder))
+            except Exception as together:  # each encodes alone but not together: drop them all
+                failures += [(p, together) for p in good]
+            point = failures[0][0] if failures else None
+            self._dropped(
+                failures, f"series {_shown(point.series)}{self._failing_part(point)}: " if point else ""
+            )
 
-    def _encode_apart(self, points: list[Point], error: Exception) -> None:
-        """Drop only the points that fail on their own (a value whose str() raises, say).
-
-        Unless the encoder fails even for a plain point: then the whole chunk, blaming no value.
-        """
-        broken = self._encode_error(Point(points[0].series, {"_": 0}, {}, points[0].time_ns)) is not None
-        failures = [(p, error) for p in points] if broken else []
-        good = []
-        for point in () if broken else points:
-            alone = self._encode_error(point)
-            if alone is None:
-                good.append(point)
-            else:
-                failures.append((point, alone))
-        try:
-            if good:
-                self._add(*encode_segment(self.key, good, self.route.encoder))
-        except Exception as together:  # each encodes alone but not together: drop them all
-            failures += [(p, together) for p in good]
+    def _dropped(self, failures: list[tuple[Point, Exception]], where: str) -> None:
         if failures and self.failure is None:
-            point, first = failures[0]
-            where = "" if broken else f"series {_shown(point.series)}{self._failing_part(point)}: "
-            self.failure = where + _failure_text(first)
+            self.failure = where + _failure_text(failures[0][1])
         self.failed += len(failures)
 
-    def _encode_error(self, point: Point) -> Exception | None:
+    def _error(self, point: Point) -> Exception | None:
         try:
             encode_segment("", [point], self.route.encoder)
         except Exception as e:
@@ -165,8 +145,7 @@ class _SegmentMaker:
         parts += [
             ("tag", k, Point(point.series, {"_": 0}, {k: v}, point.time_ns)) for k, v in point.tags.items()
         ]
-        failing = (f", {kind} {_shown(key)}" for kind, key, alone in parts if self._encode_error(alone))
-        return next(failing, "")
+        return next((f", {kind} {_shown(key)}" for kind, key, alone in parts if self._error(alone)), "")
 
     def _add(self, segment: NewSegment | None, report: Any) -> None:
         if report is not None:  # (a WriteReport; a backend's own may leave either part out)
@@ -181,34 +160,26 @@ class _SegmentMaker:
         if self.points:
             self.encode()
         if self.failed:
-            self.result.errors.append(
-                f"dropped {points_phrase(self.failed)} of backend {self.key!r} that could not be "
-                f"encoded ({self.failure})"
-            )
+            dropped = f"dropped {points_phrase(self.failed)} of backend {self.key!r}"
+            self.result.errors.append(f"{dropped} that could not be encoded ({self.failure})")
             self.result.dropped[self.key] += self.failed
 
 
 def thd_spool_records(
     spool: Any, records: list[Any], routes: dict[str, Route], orphan_prefix: str | None = None
 ) -> SpoolResult:
-    """Make points of ``records``, encode them once per backend, write them in one transaction.
-
-    Points for a backend that a reconfig removed while they waited are spooled under
-    ``orphan_prefix + key`` (as columns): sent if a backend of that name comes back.
-    """
+    """Make points of ``records``, encode them once per backend, write them in one transaction; points
+    of a backend removed while they waited go under ``orphan_prefix + key``, as columns."""
     result = SpoolResult()
     segments: list[NewSegment] = []
     makers: dict[str, _SegmentMaker] = {}
     items = iter(records)
     for keys, series, post_data, context, t in zip(items, items, items, items, items):
-        if type(series) is str and type(post_data) is dict and type(context) is dict and type(t) is int:
-            point = Point(series, post_data, context, t if t >= 10**12 else to_ns(t))  # the usual record
-        else:
-            try:
-                point = _point(series, post_data, context, t)
-            except Exception as e:
-                result.unstored[_shown(series), _failure_text(e)] += 1
-                continue
+        try:
+            point = _point(series, post_data, context, t)
+        except Exception as e:
+            result.unstored[_shown(series), _failure_text(e)] += 1
+            continue
         for key in keys:
             maker = makers.get(key)
             if maker is None:
@@ -241,8 +212,7 @@ def thd_spool_records(
     return result
 
 
-@dataclass
-class _Write:
+class _Write(NamedTuple):
     """Records for one spool write (flat: five items each) and the Deferred of their callers."""
 
     records: list[Any]
@@ -250,12 +220,11 @@ class _Write:
 
 
 class SpoolWriter:
-    """Group commit of the spool: everything recorded while a spool write runs is the next write.
+    """Group commit: everything recorded while a spool write runs is the next write.
 
     ``deliver`` gets each write's result at once (counters); the queues are told to send
     (``start_delivery``) once no write follows right away, or every :data:`DELIVERY_HOLD_S`
-    seconds of a stream: a build awaiting its values one by one then does not have each of
-    them read back and posted on its own, in threads competing with it for the GIL.
+    of a stream: values awaited one by one are then not read back and posted each on its own.
     """
 
     def __init__(
@@ -265,17 +234,12 @@ class SpoolWriter:
         start_delivery: Callable[[], None] | None = None,
         orphan_prefix: str | None = None,
     ) -> None:
-        self.spool = spool
-        self._deliver = deliver
-        self._start_delivery = start_delivery
-        #: spool-key prefix of the points of backends no longer configured (see thd_spool_records)
-        self._orphan_prefix = orphan_prefix
+        self.spool, self._deliver, self._start_delivery = spool, deliver, start_delivery
+        self._orphan_prefix = orphan_prefix  # (see thd_spool_records)
         self.routes: dict[str, Route] = {}  # by queue key (what a record names its backends by)
         self.clock: Callable[[], float] = time.monotonic
         self._held_since: float | None = None  # delivery held back since (``clock()``)
-        #: recorded, not written yet, oldest first; flat record lists leave no object per
-        #: point for the garbage collector to move to its oldest generation
-        self._waiting: deque[_Write] = deque()
+        self._waiting: deque[_Write] = deque()  # recorded, not written yet, oldest first
         self._writing: _Write | None = None
         self._looping = False  # in _write's loop: a write that finishes at once does not recurse
         self.recorded = 0  # incremented by every record (a caller can tell whether its call recorded any)
@@ -285,16 +249,13 @@ class SpoolWriter:
         if not waiting or len(waiting[-1].records) >= MAX_RECORDS_PER_WRITE * 5:
             waiting.append(_Write([], defer.Deferred()))
         write = waiting[-1]
-        write.records += record
+        write.records.extend(record)
         self.recorded += 1
         return write
 
     def add(self, record: Record) -> defer.Deferred:
-        """Record one capture result; the Deferred fires once it is spooled.
-
-        The Deferred is shared by the records of one spool write: it fires with
-        None, and callbacks added to it must return their argument.
-        """
+        """Record one capture result; the Deferred fires (with None) once it is spooled.  It is shared
+        by the records of one spool write: callbacks added to it must return their argument."""
         done = self._append(record).done
         self._write()
         return done
@@ -312,13 +273,8 @@ class SpoolWriter:
         last = self._waiting[-1] if self._waiting else self._writing
         if last is None:
             d.callback(None)
-            return d
-
-        def fire(result: Any) -> Any:
-            d.callback(None)
-            return result
-
-        last.done.addBoth(fire)
+        else:
+            last.done.chainDeferred(d)  # (``done`` fires with None, and so goes on with None)
         return d
 
     def _write(self) -> None:
@@ -359,11 +315,9 @@ class SpoolWriter:
         if self._start_delivery is None:
             return
         if self._writing is not None:
-            now = self.clock()
             if self._held_since is None:
-                self._held_since = now
-                return
-            if now - self._held_since < DELIVERY_HOLD_S:
+                self._held_since = self.clock()
+            if self.clock() - self._held_since < DELIVERY_HOLD_S:
                 return
         self._held_since = None
         try:

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from buildbot_stats.arguments import reject_unknown
 from buildbot_stats.errors import RefusedWriteError, SplitBatchError
-from buildbot_stats.lineprotocol import encode_lines
+from buildbot_stats.lineprotocol import encode_lines, encoding_precision, split_lines
 from buildbot_stats.point import Point, PointProblem
 from buildbot_stats.storage_backends.base import WriteReport
 from buildbot_stats.storage_backends.influx_common import (
@@ -36,7 +36,7 @@ class _InfluxHTTPStorage(InfluxBackend):
 
     secret_attribute = "token"
     write_path: ClassVar[str]
-    _params: Callable[[], dict[str, str]]
+    _params: Callable[[str], dict[str, str]]
     #: (status, answer, message, lines, points, origins, report) of a 400 or 422 -> the lines to
     #: leave out (none: the others were written), None if the server named none
     _rejected: Callable[..., set[int] | None]
@@ -86,9 +86,24 @@ class _InfluxHTTPStorage(InfluxBackend):
         points = self._adjust(points, problems)
         lines, origins, encode_problems = encode_lines(points, _PRECISIONS[self.precision])
         report = WriteReport(problems=problems + encode_problems, rejected_points=len(points) - len(lines))
+        return self._post_lines(lines, points, origins, report, self.precision)
+
+    def thd_post_encoded(self, data: bytes, encoding: str) -> WriteReport:
+        """Write the line protocol a v1 backend of this name left in the spool (a reconfig replaced it)."""
+        precision = {unit: name for name, unit in _PRECISIONS.items()}.get(encoding_precision(encoding) or "")
+        if precision is None:
+            raise ValueError(f"cannot write points encoded as {encoding!r}")
+        lines = [line.decode("utf-8") for line in split_lines(data, encoding)]
+        # each line's series (its measurement), for the log line of a point the server refuses
+        series = [Point(re.split(r"(?<!\\)[ ,]", line, maxsplit=1)[0], {}, {}, 0) for line in lines]
+        return self._post_lines(lines, series, list(range(len(lines))), WriteReport(), precision)
+
+    def _post_lines(
+        self, lines: list[str], points: list[Point], origins: list[int], report: WriteReport, precision: str
+    ) -> WriteReport:
         # each pass either succeeds or leaves out at least one line: bounded
         while lines:
-            drop = self._post(lines, points, origins, report)
+            drop = self._post(lines, points, origins, report, precision)
             if not drop:
                 break
             report.rejected_points += len(drop)
@@ -97,12 +112,12 @@ class _InfluxHTTPStorage(InfluxBackend):
         return report
 
     def _post(
-        self, lines: list[str], points: list[Point], origins: list[int], report: WriteReport
+        self, lines: list[str], points: list[Point], origins: list[int], report: WriteReport, precision: str
     ) -> set[int]:
         """POST ``lines``; the indexes of lines to leave out and send the rest again (none: done)."""
         headers = {"Authorization": f"Token {self._token}", "Content-Type": "text/plain; charset=utf-8"}
         body = "\n".join(lines).encode("utf-8")
-        status, got, content = self._exchange(self._write_url, body, headers, params=self._params())
+        status, got, content = self._exchange(self._write_url, body, headers, params=self._params(precision))
         if 200 <= status < 300:
             return set()
         answer, message = read_answer(content)
@@ -174,8 +189,8 @@ class InfluxDB2StorageService(_InfluxHTTPStorage):
     def _describe(self) -> str:
         return f"org={self.org!r} bucket={self.bucket!r}"
 
-    def _params(self) -> dict[str, str]:
-        return {"org": self.org, "bucket": self.bucket, "precision": self.precision}
+    def _params(self, precision: str) -> dict[str, str]:
+        return {"org": self.org, "bucket": self.bucket, "precision": precision}
 
     def _rejected(self, status, answer, message, lines, points, origins, report):
         if status == 422:  # some points rejected (type conflict, retention...), the others written
@@ -224,9 +239,9 @@ class InfluxDB3StorageService(_InfluxHTTPStorage):
     def _describe(self) -> str:
         return f"database={self.database!r}"
 
-    def _params(self) -> dict[str, str]:
+    def _params(self, precision: str) -> dict[str, str]:
         units = {"ns": "nanosecond", "us": "microsecond", "ms": "millisecond", "s": "second"}
-        return {"db": self.database, "precision": units[self.precision], "accept_partial": "true"}
+        return {"db": self.database, "precision": units[precision], "accept_partial": "true"}
 
     def _adjust(self, points: list[Point], problems: list[PointProblem]) -> list[Point]:
         adjusted = []

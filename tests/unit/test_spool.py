@@ -396,3 +396,46 @@ def test_msgpack_columns_keep_what_the_pickled_ones_kept():
     )
     nan = load_points(dump_points([Point("s", {"v": float("nan")}, {}, 1)]))[0].fields["v"]
     assert nan != nan
+
+
+class ReplacedByAnotherKindTests(SpoolCase):
+    """A backend replaced by another of the same name keeps the points pending for the old one."""
+
+    @defer.inlineCallbacks
+    def test_line_protocol_left_by_influxdb_v1_is_written_by_the_v2_backend_that_replaced_it(self):
+        from buildbot_stats.storage_backends.influxdb_client import InfluxStorageService
+        from buildbot_stats.storage_backends.influxdb_http import InfluxDB2StorageService
+        from tests.support.influx_v2v3_endpoint import Endpoint, EndpointServer
+        from tests.support.ports import free_port
+
+        captures = [capture.CaptureData("m", "builder1")]
+        v1 = InfluxStorageService("127.0.0.1", free_port(), "u", "p", "db", captures, name="influx")
+        v1.time_precision = "ms"  # the spooled lines carry millisecond timestamps
+        yield self.replace_service(v1, spool_path=self.path, flush_timeout=0, max_retry_delay=5)
+        stamps = iter(range(1_700_000_000_000_000_000, 1_800_000_000_000_000_000, 1_000_000))  # 1 ms apart
+        self.stats.clock.now_ns = lambda: next(stamps)
+        self.post(3)
+        self.assertEqual(self.stats.counters["pending"], 3)
+        yield self.stats.disownServiceParent()  # nothing listens: the three stay in the spool file
+        self.assertEqual(
+            self.rows("SELECT DISTINCT encoding FROM buildbot_stats_segments"), [("influx-lp/ms",)]
+        )
+
+        endpoint = Endpoint("v2")
+        server = EndpointServer(endpoint)
+        self.addCleanup(server.close)
+        v2 = InfluxDB2StorageService(server.url, "org", "bucket", "test-token", captures, name="influx")
+        yield self.replace_service(v2, spool_path=self.path)
+        self.stats.clock.now_ns = lambda: next(stamps)
+        self.post(2, start=3)  # the v2 backend's own points, spooled as points
+        yield self.stats.wait_spooled()
+        for _ in range(10):
+            if len(endpoint.stored()) == 5:
+                break
+            self.reactor.advance(1)
+        stored = endpoint.stored("builder1-m")
+        self.assertEqual(sorted(p.fields["i"] for p in stored), [0, 1, 2, 3, 4])
+        precisions = [r.params["precision"] for r in endpoint.requests]  # v1's lines first, as spooled
+        self.assertEqual((precisions[0], set(precisions[1:])), ("ms", {"ns"}))
+        self.assertEqual([p.time_ns - stored[0].time_ns for p in stored], [i * 1_000_000 for i in range(5)])
+        self.assertEqual((self.stats.counters["written"], self.stats.counters["dropped"]), (5, 0))
