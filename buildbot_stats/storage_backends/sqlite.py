@@ -21,7 +21,12 @@ from buildbot_stats.config_paths import loading_basedir, resolve
 from buildbot_stats.errors import RefusedWriteError
 from buildbot_stats.point import Clock, Point, PointProblem, to_json_value
 from buildbot_stats.sqlite_wal import connect_wal, foreign_sqlite_problem
-from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
+from buildbot_stats.storage_backends.base import (
+    DEFAULT_LIVE_INTERVAL,
+    StatsStorageBase,
+    WriteReport,
+    live_interval_checked,
+)
 
 __all__ = ["SQLiteStorageService"]
 
@@ -94,9 +99,11 @@ class SQLiteStorageService(StatsStorageBase):
         name: str | None = None,
         *,
         busy_timeout: float = 10.0,
+        live_interval: float = DEFAULT_LIVE_INTERVAL,
         **unknown: Any,
     ) -> None:
         reject_unknown(self, unknown)
+        self.live_interval = live_interval_checked(self, live_interval)
         self._inited = False
         self.name = name or "SQLiteStorageService"
         self.captures = captures
