@@ -21,6 +21,7 @@ from twisted.trial import unittest
 from buildbot_stats.capture.live import LIVE_SERIES, BuilderLive, LiveSnapshot, live_points
 from buildbot_stats.stats_service import StatsService
 from buildbot_stats.testing import RecordingStorage
+from tests.support.live_probe import data_api_figures, snapshot_figures
 
 OWN = fakedb.FakeDBConnector.MASTER_ID
 OTHER = OWN + 1
@@ -82,43 +83,9 @@ class LiveTestCase(TestReactorMixin, unittest.TestCase):
         return self.stats.live_snapshot()
 
     @defer.inlineCallbacks
-    def data_api_figures(self):
-        """What the data API says now, in the snapshot's terms (ages aside)."""
-        get = self.master.data.get
-        requests = yield get(("buildrequests",))
-        builds = yield get(("builds",))
-        workers = yield get(("workers",))
-        connected = {w["name"] for w in workers if any(c["masterid"] == OWN for c in w["connected_to"])}
-        names = {w["workerid"]: w["name"] for w in workers}
-        running = [b for b in builds if not b["complete"] and b["masterid"] == OWN]
-        per_worker = {name: sum(1 for b in running if names[b["workerid"]] == name) for name in connected}
-        pending = {
-            name: sum(1 for r in requests if r["builderid"] == bid and not r["claimed"] and not r["complete"])
-            for bid, name in self.BUILDERS.items()
-        }
-        return {
-            "workers_connected": len(connected),
-            "workers_busy": sum(1 for n in per_worker.values() if n),
-            "worker_builds_running": per_worker,
-            "requests_pending": pending,
-            "builds_running": {
-                name: sum(1 for b in running if b["builderid"] == bid) for bid, name in self.BUILDERS.items()
-            },
-        }
-
-    def figures(self, snap):
-        return {
-            "workers_connected": snap.workers_connected,
-            "workers_busy": snap.workers_busy,
-            "worker_builds_running": dict(snap.worker_builds_running),
-            "requests_pending": {name: b.requests_pending for name, b in snap.builders.items()},
-            "builds_running": {name: b.builds_running for name, b in snap.builders.items()},
-        }
-
-    @defer.inlineCallbacks
     def assert_matches_data_api(self):
-        expected = yield self.data_api_figures()
-        self.assertEqual(self.figures(self.snap()), expected)
+        expected = yield data_api_figures(self.master)
+        self.assertEqual(snapshot_figures(self.snap()), expected)
         return expected
 
     @defer.inlineCallbacks
