@@ -83,8 +83,7 @@ class IBackendLifecycle(Interface):
         """The backend left the configuration, or the service stopped."""
 
 
-#: seconds between two points of series ``buildbot-live`` of our time-series backends (docs/live.rst)
-DEFAULT_LIVE_INTERVAL = 60.0
+DEFAULT_LIVE_INTERVAL = 60.0  # seconds between two buildbot-live points of a backend (docs/live.rst)
 
 
 def live_interval_checked(backend: Any, seconds: Any) -> float:

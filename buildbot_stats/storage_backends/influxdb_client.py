@@ -19,12 +19,8 @@ from buildbot_stats.lineprotocol import (
     split_lines,
 )
 from buildbot_stats.point import Point
-from buildbot_stats.storage_backends.base import (
-    DEFAULT_LIVE_INTERVAL,
-    IEncodedWrites,
-    WriteReport,
-    live_interval_checked,
-)
+from buildbot_stats.storage_backends import base
+from buildbot_stats.storage_backends.base import IEncodedWrites, WriteReport
 from buildbot_stats.storage_backends.influx_common import (
     InfluxBackend,
     check_name,
@@ -65,12 +61,12 @@ class InfluxStorageService(InfluxBackend):
         verify_ssl: bool = True,
         ca_bundle: str | None = None,
         gzip: bool = False,
-        live_interval: float = DEFAULT_LIVE_INTERVAL,
+        live_interval: float = base.DEFAULT_LIVE_INTERVAL,
         **unknown: Any,
     ) -> None:
         reject_unknown(self, unknown)
         self.name = name or "InfluxStorageService"
-        self.live_interval = live_interval_checked(self, live_interval)
+        self.live_interval = base.live_interval_checked(self, live_interval)
         self.captures = captures
         self.url, self.user, self.db = url, user, db
         #: as configured: a string, None or a renderable (a secret); never logged

@@ -23,12 +23,8 @@ from buildbot_stats.config_paths import loading_basedir, resolve
 from buildbot_stats.errors import RefusedWriteError
 from buildbot_stats.point import Clock, Point, PointProblem, to_json_value
 from buildbot_stats.sqlite_wal import connect_wal, foreign_sqlite_problem
-from buildbot_stats.storage_backends.base import (
-    DEFAULT_LIVE_INTERVAL,
-    StatsStorageBase,
-    WriteReport,
-    live_interval_checked,
-)
+from buildbot_stats.storage_backends import base
+from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
 
 __all__ = ["SQLiteStorageService"]
 
@@ -107,12 +103,12 @@ class SQLiteStorageService(StatsStorageBase):
         name: str | None = None,
         *,
         busy_timeout: float = 10.0,
-        live_interval: float = DEFAULT_LIVE_INTERVAL,
+        live_interval: float = base.DEFAULT_LIVE_INTERVAL,
         retention: Mapping[str, str | float] = DEFAULT_RETENTION,
         **unknown: Any,
     ) -> None:
         reject_unknown(self, unknown)
-        self.live_interval = live_interval_checked(self, live_interval)
+        self.live_interval = base.live_interval_checked(self, live_interval)
         self._inited = False
         self.name = name or "SQLiteStorageService"
         #: (series pattern, seconds): a point older than any pattern its series matches is pruned
