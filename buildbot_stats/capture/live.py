@@ -98,6 +98,7 @@ class LiveState:
             if type(seconds := getattr(backend, "live_interval", 0)) in (int, float) and seconds > 0:
                 intervals.setdefault(float(seconds), []).append(backend)
         wanted = intervals or any(getattr(b, "wants_live_state", False) is True for b in backends)
+        wanted = wanted and service.master.masterid is not None  # not backfill's replay master
         if keeper is not None and (not wanted or keeper.master is not service.master):
             keeper = yield keeper.stop()  # fires with None
         if not wanted:
@@ -148,8 +149,7 @@ class LiveState:
             self._failed(Failure(), f"event {key[0]} {key[-1]}")
 
     def _apply(self, s: _State, key: tuple, msg: Any) -> None:
-        own = self.master.masterid
-        kind, event = key[0], key[-1]
+        own, kind, event = self.master.masterid, key[0], key[-1]
         if kind == "buildrequests":
             if event in ("new", "unclaimed") and not msg["claimed"] and not msg["complete"]:
                 s.pending[int(key[1])] = (msg["builderid"], to_ns(msg["submitted_at"]) / 1e9)  # WAMP: numbers

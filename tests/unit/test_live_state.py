@@ -293,6 +293,14 @@ class ServiceTests(LiveTestCase):
         self.assertEqual(len(self.master.mq.qrefs), 0)
 
     @defer.inlineCallbacks
+    def test_a_master_not_running_gets_no_live_state(self):
+        # buildbot_stats backfill configures the services on a BuildMaster it never starts
+        self.master.masterid = None
+        yield self.start()
+        self.assertIsNone(self.snap())
+        self.assertEqual(len(self.master.mq.qrefs), 0)
+
+    @defer.inlineCallbacks
     def test_scraped_backend_gets_live_state_but_no_series(self):
         backend = ScrapedStorage()
         yield self.start(backend)
