@@ -98,7 +98,7 @@ class LiveState:
             if type(seconds := getattr(backend, "live_interval", 0)) in (int, float) and seconds > 0:
                 intervals.setdefault(float(seconds), []).append(backend)
         wanted = intervals or any(getattr(b, "wants_live_state", False) is True for b in backends)
-        wanted = wanted and service.master.masterid is not None  # not backfill's replay master
+        wanted = wanted and getattr(service.master, "masterid", None) is not None  # not backfill's master
         if keeper is not None and (not wanted or keeper.master is not service.master):
             keeper = yield keeper.stop()  # fires with None
         if not wanted:
