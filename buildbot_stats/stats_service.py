@@ -15,9 +15,10 @@ from twisted.python import log
 
 from buildbot_stats.capture.base import YIELD_DATA
 from buildbot_stats.capture.consumers import CaptureConsumers
+from buildbot_stats.capture.live import LiveSnapshot, LiveState
 from buildbot_stats.capture.lookups import BuildLookups
 from buildbot_stats.config_checks import check_service_config
-from buildbot_stats.delivery.queue import QueueSet
+from buildbot_stats.delivery.queue import Counters, QueueSet
 from buildbot_stats.delivery.spool import ForeignSpoolFileError
 from buildbot_stats.delivery.spool_thread import open_spool
 from buildbot_stats.options import DEFAULT_SPOOL_PATH, ServiceOptions
@@ -54,6 +55,7 @@ class StatsService(service.BuildbotService):
         self._capture_consumers: CaptureConsumers | None = None
         #: fires once the values of the yieldMetricsValues call producing in turns are all produced
         self._producing: defer.Deferred | None = None
+        self._live: LiveState | None = None  # kept only while a backend asks for live state
 
     def checkConfig(self, storage_backends: Sequence[Any] = (), **options: Any) -> None:  # type: ignore[override]
         # every master.cfg mistake is one config.error line (see config_checks.py)
@@ -88,6 +90,7 @@ class StatsService(service.BuildbotService):
             yield self._queues.configure(self.registeredStorageServices, opts.policy())
             yield self.removeConsumers()
             yield self.registerConsumers()
+            self._live = yield LiveState.configure(self, self._live)
         except Exception:
             if first:
                 # a failed start: stopService may never be called, and the spool's
@@ -120,9 +123,7 @@ class StatsService(service.BuildbotService):
 
     def wait_spooled(self) -> defer.Deferred:
         """Fires once every value stored so far is in the spool."""
-        if self._queues is None:
-            return defer.succeed(None)
-        return self._queues.wait_spooled()
+        return self._queues.wait_spooled() if self._queues is not None else defer.succeed(None)
 
     @property
     def queues(self) -> dict[str, Any]:
@@ -137,13 +138,15 @@ class StatsService(service.BuildbotService):
     @property
     def counters(self) -> dict[str, int]:
         """Counters summed over all backends: captured, spooled, written, retried, dropped, pending."""
-        if self._queues is None:
-            return {k: 0 for k in ("captured", "spooled", "written", "retried", "dropped", "pending")}
-        return self._queues.totals()
+        return self._queues.totals() if self._queues is not None else Counters().as_dict()
 
     def backend_counters(self) -> dict[str, dict[str, int]]:
         """The counters of each backend, by backend key."""
         return self._queues.per_backend() if self._queues is not None else {}
+
+    def live_snapshot(self) -> LiveSnapshot | None:
+        """Workers, pending requests and running builds now; None unless a backend asks (docs/live.rst)."""
+        return self._live.snapshot() if self._live is not None else None
 
     # -- MQ consumers ------------------------------------------------------
 
@@ -174,10 +177,9 @@ class StatsService(service.BuildbotService):
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         named = getattr(self.master, "namedServices", None)
-        if self._aliased_in_master and isinstance(named, dict):
-            if named.get(self.name) is self:
-                del named[self.name]
-            self._aliased_in_master = False
+        if self._aliased_in_master and isinstance(named, dict) and named.get(self.name) is self:
+            del named[self.name]
+        self._aliased_in_master = False
         yield super().stopService()
         yield self._shut_down()
 
@@ -185,6 +187,7 @@ class StatsService(service.BuildbotService):
     def _shut_down(self) -> Any:
         """Every way out of the service: no consumer, no queue, the spool and its thread closed."""
         try:
+            self._live = yield self._live and self._live.stop()  # (fires with None)
             yield self.removeConsumers()
         finally:
             if self._capture_consumers is not None:

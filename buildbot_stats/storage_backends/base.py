@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from buildbot import config
 from twisted.internet import defer
 from twisted.python import log
 from zope.interface import Attribute, Interface, implementer
@@ -80,6 +81,17 @@ class IBackendLifecycle(Interface):
 
     def stopBackend():  # type: ignore[misc]  # noqa: N802
         """The backend left the configuration, or the service stopped."""
+
+
+DEFAULT_LIVE_INTERVAL = 60.0  # seconds between two buildbot-live points of a backend (docs/live.rst)
+
+
+def live_interval_checked(backend: Any, seconds: Any) -> float:
+    """A backend's ``live_interval``: 0 (off) or 1 s to a day; else a ``config.error`` and 0."""
+    if type(seconds) in (int, float) and (seconds == 0 or 1 <= seconds <= 86400):
+        return float(seconds)
+    config.error(f"{type(backend).__name__}: live_interval must be 0 (off) or 1 to 86400 s, not {seconds!r}")
+    return 0.0
 
 
 def provides(backend: Any, interface: Any, *names: str) -> bool:

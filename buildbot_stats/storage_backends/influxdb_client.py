@@ -19,6 +19,7 @@ from buildbot_stats.lineprotocol import (
     split_lines,
 )
 from buildbot_stats.point import Point
+from buildbot_stats.storage_backends import base
 from buildbot_stats.storage_backends.base import IEncodedWrites, WriteReport
 from buildbot_stats.storage_backends.influx_common import (
     MOST_SHOWN,
@@ -61,10 +62,12 @@ class InfluxStorageService(InfluxBackend):
         verify_ssl: bool = True,
         ca_bundle: str | None = None,
         gzip: bool = False,
+        live_interval: float = base.DEFAULT_LIVE_INTERVAL,
         **unknown: Any,
     ) -> None:
         reject_unknown(self, unknown)
         self.name = name or "InfluxStorageService"
+        self.live_interval = base.live_interval_checked(self, live_interval)
         self.captures = captures
         self.url, self.user, self.db = url, user, db
         #: as configured: a string, None or a renderable (a secret); never logged

@@ -11,7 +11,7 @@ from buildbot_stats.arguments import reject_unknown
 from buildbot_stats.errors import RefusedWriteError, SplitBatchError
 from buildbot_stats.lineprotocol import encode_lines, encoding_precision, split_lines
 from buildbot_stats.point import Point, PointProblem
-from buildbot_stats.storage_backends.base import WriteReport
+from buildbot_stats.storage_backends.base import DEFAULT_LIVE_INTERVAL, WriteReport, live_interval_checked
 from buildbot_stats.storage_backends.influx_common import (
     MOST_SHOWN,
     InfluxBackend,
@@ -179,9 +179,11 @@ class InfluxDB2StorageService(_InfluxHTTPStorage):
         verify_ssl: bool = True,
         ca_bundle: str | None = None,
         gzip: bool = True,
+        live_interval: float = DEFAULT_LIVE_INTERVAL,
         **unknown: Any,
     ) -> None:
         reject_unknown(self, unknown)
+        self.live_interval = live_interval_checked(self, live_interval)
         self.org, self.bucket = org, bucket
         names = {"org": org, "bucket": bucket}
         self._setup(url, token, captures, name, names, precision, timeout, verify_ssl, ca_bundle, gzip)
@@ -227,9 +229,11 @@ class InfluxDB3StorageService(_InfluxHTTPStorage):
         verify_ssl: bool = True,
         ca_bundle: str | None = None,
         gzip: bool = True,
+        live_interval: float = DEFAULT_LIVE_INTERVAL,
         **unknown: Any,
     ) -> None:
         reject_unknown(self, unknown)
+        self.live_interval = live_interval_checked(self, live_interval)
         self.database = database
         #: series -> tag keys seen: InfluxDB 3 keeps the tags of a table, a field may not take their name
         self._tag_keys: dict[str, set[str]] = {}

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from buildbot import config
@@ -21,11 +23,18 @@ from buildbot_stats.config_paths import loading_basedir, resolve
 from buildbot_stats.errors import RefusedWriteError
 from buildbot_stats.point import Clock, Point, PointProblem, to_json_value
 from buildbot_stats.sqlite_wal import connect_wal, foreign_sqlite_problem
+from buildbot_stats.storage_backends import base
 from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
 
 __all__ = ["SQLiteStorageService"]
 
 FORMAT = "buildbot_stats"
+#: series pattern -> age: older points are pruned (docs/live.rst: live points serve weeks, not years)
+DEFAULT_RETENTION = {"buildbot-live": "30d"}
+#: each write (in the writing thread) prunes at most this many old points per pattern
+PRUNE_ROWS = 10_000
+_PRUNE = "DELETE FROM points WHERE id IN (SELECT id FROM points WHERE series GLOB ? AND time_ns < ? LIMIT ?)"
+_AGE, _UNITS = re.compile(r"(\d+(?:\.\d+)?)([smhdw])"), {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 SCHEMA_VERSION = 1
 
 _SCHEMA = (
@@ -94,11 +103,16 @@ class SQLiteStorageService(StatsStorageBase):
         name: str | None = None,
         *,
         busy_timeout: float = 10.0,
+        live_interval: float = base.DEFAULT_LIVE_INTERVAL,
+        retention: Mapping[str, str | float] = DEFAULT_RETENTION,
         **unknown: Any,
     ) -> None:
         reject_unknown(self, unknown)
+        self.live_interval = base.live_interval_checked(self, live_interval)
         self._inited = False
         self.name = name or "SQLiteStorageService"
+        #: (series pattern, seconds): a point older than any pattern its series matches is pruned
+        self.retention = _ages(self.name, retention)
         self.captures = captures
         self.path = ""
         self.busy_timeout = busy_timeout
@@ -175,6 +189,8 @@ class SQLiteStorageService(StatsStorageBase):
                 with db:
                     db.execute("BEGIN IMMEDIATE")
                     db.executemany(_UPSERT, rows)
+                    for pattern, seconds in self.retention:  # an index seek when there is nothing to do
+                        db.execute(_PRUNE, (pattern, time.time_ns() - int(seconds * 1e9), PRUNE_ROWS))
         return report
 
     def thd_postStatsValue(
@@ -191,6 +207,20 @@ class SQLiteStorageService(StatsStorageBase):
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+
+def _ages(owner: str, retention: Any) -> list[tuple[str, float]]:
+    """``{series pattern: age}`` (``"30d"``, ``"12h"``, ``"90m"``, ``"2w"``, seconds): (pattern, seconds)."""
+    ages: list[tuple[str, float]] = []
+    for pattern, age in retention.items() if isinstance(retention, Mapping) else [(None, None)]:
+        match = _AGE.fullmatch(age) if isinstance(age, str) else None
+        seconds: Any = float(match[1]) * _UNITS[match[2]] if match else age
+        if isinstance(pattern, str) and pattern and type(seconds) in (int, float) and 0 < seconds < 1e10:
+            ages.append((pattern, float(seconds)))
+        else:
+            message = "retention must map series patterns (as in GLOB) to ages such as '30d' or seconds"
+            config.error(f"{owner}: {message}, not {retention!r}")
+    return ages
 
 
 def foreign_store_problem(path: str) -> str | None:

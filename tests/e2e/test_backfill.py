@@ -143,8 +143,8 @@ c['services'].append(
 )
 """
 
-# series of the values posted with yieldMetricsValue: not in the database, not backfilled
-NOT_BACKFILLED = {"b1-timings", "b2-timings"}
+# series of the values posted with yieldMetricsValue, and live state's: not in the database, not backfilled
+NOT_BACKFILLED = {"b1-timings", "b2-timings", "buildbot-live"}
 
 
 # --------------------------------------------------------------------------

@@ -315,7 +315,7 @@ def influx_points(server: InfluxServer, db: str) -> dict[tuple[Any, ...], dict[s
     """(measurement, time, builder, build number, other tags) -> fields, for every row in ``db``."""
     found = {}
     for measurement in server.measurements(db):
-        for row in server.points(measurement, db):
+        for row in server.points(measurement, db) if measurement != "buildbot-live" else ():
             key = (
                 measurement,
                 row.pop("time"),
