@@ -1,9 +1,9 @@
 """Where points wait until their backend accepted them: the spool *is* the backlog.
 
-A segment leaves the file only once its backend accepted (or dropped) all its
-points: after a crash, what is still there is sent again (at least once).
-Bounds drop the oldest segments not taken; while the file cannot be written
-(disk full, read-only), new segments wait in the in-memory table ``mem``.
+A segment leaves the spool only once its backend accepted (or dropped) all its points:
+after a crash, what the file still holds is sent again (at least once).  Bounds drop the
+oldest segments not taken.  While the file cannot be written (disk full, read-only) or
+opened, new segments wait in a table in memory, and move to the file once it can take them.
 The ``thd_*`` methods block: they run on the spool's own thread (:mod:`.spool_thread`).
 """
 
@@ -21,6 +21,7 @@ from buildbot_stats.delivery.spool_file import (
     TABLE,
     WHERE,
     ForeignSpoolFileError,
+    create_tables,
     dump_points,
     foreign_file_problem,
     is_storage_error,
@@ -33,8 +34,12 @@ from buildbot_stats.delivery.spool_file import (
 from buildbot_stats.lineprotocol import split_lines
 from buildbot_stats.point import Point
 
-__all__ = ["ForeignSpoolFileError", "NewSegment", "SQLiteSpool", "SpoolState", "TakenSegment"]
-__all__ += ["encode_segment"]
+__all__ = ["COLUMNS", "ForeignSpoolFileError", "NewSegment", "SQLiteSpool", "SpoolState", "TakenSegment"]
+__all__ += ["encode_segment", "foreign_file_problem"]
+
+#: a row's point count, never more than one point per byte of its data (a crafted count is checked when read)
+_N = "MAX(0, MIN(n, length(data)))"
+_INSERT = f"INSERT OR REPLACE INTO {TABLE} VALUES (?,?,?,?,?,?,?)"
 
 
 @dataclass
@@ -74,8 +79,7 @@ def encode_segment(
 ) -> tuple[NewSegment | None, Any]:
     """One segment for ``points``, by the backend's ``thd_encode`` if it has one, else as columns.
 
-    Returns the segment (None when no point is left) and the backend's report
-    on the points it converted or left out (None for columns).
+    Returns the segment (None when no point is left) and the backend's report (None for columns).
     """
     times = [p.time_ns for p in points]
     first, last = (min(times), max(times)) if times else (None, None)
@@ -104,6 +108,17 @@ def _drop_first(encoding: str, data: bytes, count: int) -> bytes:
     return b"\n".join(split_lines(bytes(data), encoding)[count:])
 
 
+def _check_count(n: int, payload: Any) -> None:
+    """A row's point count must be its payload's: a crafted one would skew ``pending`` and the batches."""
+    if isinstance(payload, list):
+        held = len(payload) == n
+    else:  # one point per line (a line protocol string value may hold newlines: then at most)
+        lines = payload.count(b"\n") + 1
+        held = 0 < n <= lines and (n == lines or b'"' in payload)
+    if not held:
+        raise ValueError(f"the row counts {n} point(s), which its data does not hold")
+
+
 @dataclass
 class _Queue:
     """The spool's book-keeping for one queue key."""
@@ -120,56 +135,100 @@ class SQLiteSpool:
 
     def __init__(self, path: str | None) -> None:
         self.path = path
-        self.durable = path is not None
-        self.notice: str | None = None  # what open found, for the log, if anything
-        self.degraded: str | None = None  # why the file cannot be written now, if so
-        self._db: sqlite3.Connection | None = None
+        self.notices: list[str] = []  # what the spool found, for the log (SpoolThread says them)
+        self.degraded: str | None = None  # why new segments are kept in memory, if they are
+        self.open_due = False  # True: the next write tries to open the file (SpoolThread's retries)
+        self._file: sqlite3.Connection | None = None
+        self._mem = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        create_tables(self._mem)
         self._lock: str | None = None
-        self._mem_rows = 0  # segments in the in-memory table
+        self._inode = 0  # of the file opened
+        self._refiled: dict[str, int] = {}  # points copied from a deleted file: not counted as spooled again
         self._queues: defaultdict[str, _Queue] = defaultdict(_Queue)
         self._next_id = 1
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r})"
 
+    @property
+    def durable(self) -> bool:
+        return self._file is not None
+
     def thd_open(self) -> None:
-        if self.path is not None:
-            problem = foreign_file_problem(self.path)
-            if problem is not None:
-                raise ForeignSpoolFileError(self.path, problem)
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            self._lock = lock(self.path)  # one process per file (SpoolLockedError)
+        """Open the file; one that cannot be opened (full disk, another process's) is tried again later."""
+        if self.path is None:
+            return
         try:
-            self._db, self.notice = open_spool_file(self.path)
+            self._open_file()
+        except ForeignSpoolFileError:
+            raise  # somebody else's file: a configuration error
+        except Exception as e:
+            self.degraded = f"it cannot be opened: {type(e).__name__}: {e}"
+            self.notices.append(
+                f"cannot open the spool {self.path} ({type(e).__name__}: {e}); new points are kept "
+                "in memory, and move to the file once it can be opened (tried again, at most a minute apart)"
+            )
+        self._count_file()
+
+    def _open_file(self) -> None:
+        path = str(self.path)
+        problem = foreign_file_problem(path)
+        if problem is not None:
+            raise ForeignSpoolFileError(path, problem)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._lock = lock(path)  # one process per file (SpoolLockedError)
+        try:
+            self._file, notice = open_spool_file(path)
+            self._inode = os.stat(path).st_ino
         except BaseException:
-            self.thd_close()
+            self._close_file()
             raise
-        self._next_id = (self._db.execute(f"SELECT MAX(id) FROM main.{TABLE}").fetchone()[0] or 0) + 1
-        sql = f"SELECT queue_key, SUM(n), SUM(length(data)) FROM main.{TABLE} GROUP BY queue_key"
-        self._queues.update((key, _Queue(n, size)) for key, n, size in self._db.execute(sql))
+        if notice:
+            self.notices.append(notice)
 
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise RuntimeError(f"spool {self.path} is not open")
-        return self._db
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._lock is not None:
+            unlock(self._lock)
+            self._lock = None
 
-    def _tables(self) -> tuple[str, ...]:
-        return ("main", "mem") if self._mem_rows else ("main",)
+    def _count_file(self) -> dict[str, int]:
+        """Count the file's segments from the id ``_next_id`` on (all, at start): key -> 0, for the states."""
+        if self._file is None:
+            return {}
+        found = {}
+        sql = f"SELECT queue_key, SUM({_N}), SUM(length(data)), MAX(id) FROM {TABLE} WHERE id >= ? GROUP BY 1"
+        for key, n, size, top in self._file.execute(sql, (self._next_id,)).fetchall():
+            q = self._queues[key]
+            q.points, q.bytes, found[key] = q.points + n, q.bytes + size, 0
+            self._next_id = max(self._next_id, top + 1)
+        return found
+
+    def _vanished(self) -> bool:
+        """Whether the file was deleted or replaced since it was opened (SQLite would write on into it)."""
+        try:
+            return os.stat(str(self.path)).st_ino != self._inode
+        except FileNotFoundError:
+            return True
+
+    def _dbs(self) -> list[sqlite3.Connection]:
+        return [self._mem] if self._file is None else [self._file, self._mem]
 
     def _state(self, queue_key: str, **changes: int) -> SpoolState:
         q = self._queues[queue_key]
         return SpoolState(pending=q.points, untaken=q.points - sum(n for n, _ in q.taken.values()), **changes)
 
     def _segments(self, queue_key: str, columns: str, after: int) -> Iterator[tuple[Any, ...]]:
-        """``(table, *columns)`` of the segments of a queue after the id ``after``, oldest first."""
-        for table in self._tables():  # while the file is not writable, the newest are in memory
-            sql = f"SELECT {columns} FROM {table}.{TABLE} WHERE queue_key = ? AND id > ? ORDER BY id"
-            for row in self._conn().execute(sql, (queue_key, after)):
-                yield (table, *row)
+        """``(connection, *columns)`` of the segments of a queue after the id ``after``, oldest first."""
+        for db in self._dbs():  # the file's are older than those in memory
+            sql = f"SELECT {columns} FROM {TABLE} WHERE queue_key = ? AND id > ? ORDER BY id"
+            for row in db.execute(sql, (queue_key, after)):
+                yield (db, *row)
 
-    def _try(self, *statements: tuple[str, list[tuple[Any, ...]]]) -> str | None:
+    def _try(self, db: sqlite3.Connection, *statements: tuple[str, Iterable[Any]]) -> str | None:
         """Run statements in one transaction; the error if the disk refuses them (full, read-only)."""
-        db = self._conn()
         try:
             with db:
                 db.execute("BEGIN")
@@ -189,60 +248,82 @@ class SQLiteSpool:
             q.points, q.bytes = q.points - n, q.bytes - size
             q.unreleased.add(sid)
         params = [(queue_key, sid) for sid in sorted(q.unreleased)]
-        failed = [self._try((f"DELETE FROM {table}.{TABLE} {WHERE}", params)) for table in self._tables()]
-        if self._mem_rows:
-            self._mem_rows = self._conn().execute(f"SELECT COUNT(*) FROM mem.{TABLE}").fetchone()[0]
-        if not any(failed):  # (else they are skipped when reading, and deleted with the next ones)
+        # (if the disk refuses, they are skipped when reading, and deleted with the next ones)
+        if not any([self._try(db, (f"DELETE FROM {TABLE} {WHERE}", params)) for db in self._dbs()]):
             q.unreleased = set()
 
     def thd_write(
         self, segments: list[NewSegment], bounds: dict[str, tuple[int, int | None]]
     ) -> dict[str, SpoolState]:
         """Append ``segments`` in one transaction, then apply each queue's ``(max points, max bytes)``."""
-        keys = {seg.queue_key for seg in segments}
         rows = [
             (seg.queue_key, self._next_id + i, seg.n, seg.first_ns, seg.last_ns, seg.encoding, seg.data)
             for i, seg in enumerate(segments)
         ]
         self._next_id += len(rows)
+        if self._file is not None and self._vanished():  # one stat per commit
+            self._refiled = dict(self._file.execute(f"SELECT queue_key, SUM({_N}) FROM {TABLE} GROUP BY 1"))
+            self._mem.executemany(_INSERT, self._file.execute(f"SELECT * FROM {TABLE}"))
+            self._close_file()  # (before a new file of that name exists: closing deletes "<path>-wal")
+            self.degraded, self.open_due = "it was deleted while the master ran", True
+            self.notices.append(
+                f"the spool {self.path} was deleted or replaced while the master ran: its "
+                f"{sum(self._refiled.values())} pending point(s) are kept, in a new file"
+            )
         spooled = self._resume() if self.degraded else {}
-        if self.degraded is None:
-            self.degraded = self._try((f"INSERT OR REPLACE INTO main.{TABLE} VALUES (?,?,?,?,?,?,?)", rows))
-        if self.degraded is not None:
-            self._conn().executemany(f"INSERT OR REPLACE INTO mem.{TABLE} VALUES (?,?,?,?,?,?,?)", rows)
-            self._mem_rows += len(rows)
+        if self._file is not None and self.degraded is None:
+            self.degraded = self._try(self._file, (_INSERT, rows))
+        durable = self._file is not None and self.degraded is None
+        if not durable:
+            self._mem.executemany(_INSERT, rows)
         for seg in segments:
             q = self._queues[seg.queue_key]
             q.points += seg.n
             q.bytes += len(seg.data)
-            if self.degraded is None and self.durable:
+            if durable:
                 spooled[seg.queue_key] = spooled.get(seg.queue_key, 0) + seg.n
         states = {}
-        for key in keys | set(spooled):
-            if self.degraded is None and self._queues[key].unreleased:
+        for key in {seg.queue_key for seg in segments} | set(spooled):
+            if durable and self._queues[key].unreleased:
                 self._release(key, ())
             dropped = self._enforce_bounds(key, *bounds[key]) if key in bounds else 0
             states[key] = self._state(key, spooled=spooled.get(key, 0), dropped=dropped)
         return states
 
     def _resume(self) -> dict[str, int]:
-        """Move the segments kept in memory into the file if it can be written again: points per key."""
-        sql = f"SELECT queue_key, SUM(n) FROM mem.{TABLE} GROUP BY queue_key"
-        moved = dict(self._conn().execute(sql).fetchall())
-        if self._try(
-            (f"INSERT OR REPLACE INTO main.{TABLE} SELECT * FROM mem.{TABLE}", [()]),
-            (f"DELETE FROM mem.{TABLE}", [()]),
-        ):
+        """Move the segments kept in memory into the file if it takes them now: points per key.
+
+        A file opened only now (``open_due``) keeps its segments, after those in memory.
+        """
+        opening = self._file is None
+        if opening:
+            if not self.open_due:
+                return {}
+            self.open_due = False
+            try:
+                self._open_file()
+            except Exception:
+                return {}
+        assert self._file is not None
+        statements: list[tuple[str, Iterable[Any]]] = [(_INSERT, self._mem.execute(f"SELECT * FROM {TABLE}"))]
+        if opening:  # past the ids in memory (and its own: no key and id is ever two rows on the way)
+            top = self._file.execute(f"SELECT MAX(id) FROM {TABLE}").fetchone()[0] or 0
+            statements.insert(0, (f"UPDATE {TABLE} SET id = id + ?", [(top + self._next_id,)]))
+        moved = dict(self._mem.execute(f"SELECT queue_key, SUM({_N}) FROM {TABLE} GROUP BY 1"))
+        if self._try(self._file, *statements):
+            if opening:
+                self._close_file()
             return {}
-        self._mem_rows = 0
-        self.degraded = None
-        return moved
+        self._mem.execute(f"DELETE FROM {TABLE}")
+        self.degraded, refiled, self._refiled = None, self._refiled, {}
+        moved = {key: max(0, n - refiled.get(key, 0)) for key, n in moved.items()}
+        return {**self._count_file(), **moved}
 
     def _enforce_bounds(self, key: str, max_points: int, max_bytes: int | None) -> int:
         """Drop the oldest segments not taken (the last one cut) until the queue is within its bounds."""
         q = self._queues[key]
         dropped, doomed = 0, []
-        for table, sid, n, size, encoding in self._segments(key, "id, n, length(data), encoding", q.cursor):
+        for db, sid, n, size, encoding in self._segments(key, f"id, {_N}, length(data), encoding", q.cursor):
             over_points = q.points - max_points
             over_bytes = q.bytes - max_bytes if max_bytes is not None else 0
             if over_points <= 0 and over_bytes <= 0:
@@ -254,9 +335,9 @@ class SQLiteSpool:
                 q.points, q.bytes, dropped = q.points - n, q.bytes - size, dropped + n
                 continue
             cut = max(over_points, 1)  # cut the oldest points off this segment
-            sql = f"SELECT data FROM {table}.{TABLE} {WHERE}"
-            rest = _drop_first(encoding, self._conn().execute(sql, (key, sid)).fetchone()[0], cut)
-            self._try((f"UPDATE {table}.{TABLE} SET n = ?, data = ? {WHERE}", [(n - cut, rest, key, sid)]))
+            data = db.execute(f"SELECT data FROM {TABLE} {WHERE}", (key, sid)).fetchone()[0]
+            rest = _drop_first(encoding, data, cut)
+            self._try(db, (f"UPDATE {TABLE} SET n = ?, data = ? {WHERE}", [(n - cut, rest, key, sid)]))
             q.points, q.bytes, dropped = q.points - cut, q.bytes - size + len(rest), dropped + cut
             break
         if doomed:
@@ -279,39 +360,35 @@ class SQLiteSpool:
             q.taken.clear()
             q.cursor = -1
         taken: list[TakenSegment] = []
-        bad: list[tuple[str, int, int, str, bytes, Exception]] = []
+        bad: list[tuple[Any, ...]] = []
         count = 0
-        segments = self._segments(queue_key, "id, n, encoding, data", q.cursor) if max_points > 0 else ()
-        for table, sid, n, encoding, data in segments:
+        segments = self._segments(queue_key, f"id, {_N}, encoding, data", q.cursor) if max_points > 0 else ()
+        for db, sid, n, encoding, data in segments:
             if sid not in q.unreleased:  # (one dropped whose delete is still to be retried is skipped)
                 if taken and (count + n > max_points or encoding != taken[0].encoding):
                     break
                 try:
                     payload = load_points(data) if encoding == COLUMNS else bytes(data)
+                    _check_count(n, payload)
                 except Exception as e:
-                    bad.append((table, sid, n, encoding, data, e))
+                    bad.append((db, sid, n, encoding, data, e))
                 else:
                     taken.append(TakenSegment(sid, n, encoding, payload))
                     q.taken[sid] = (n, len(data))
                     count += n
             q.cursor = sid
-        if bad:
-            with self._conn() as db:
+        for db, sid, n, encoding, data, error in bad:
+            with db:
                 db.execute("BEGIN")
-                for table, sid, n, encoding, data, error in bad:
-                    quarantine(db, table, queue_key, sid, encoding, data, error)
-                    q.points, q.bytes = q.points - n, q.bytes - len(data)
-                    self._mem_rows -= table == "mem"
-        return taken, self._state(queue_key, quarantined=sum(n for _, _, n, *_ in bad))
+                quarantine(db, queue_key, sid, encoding, data, error)
+            q.points, q.bytes = q.points - n, q.bytes - len(data)
+        return taken, self._state(queue_key, quarantined=sum(row[2] for row in bad))
 
     def thd_pending_counts(self) -> dict[str, int]:
         """Queue key -> pending points, for every queue in the spool."""
         return {key: q.points for key, q in self._queues.items() if q.points}
 
     def thd_close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-        if self._lock is not None:
-            unlock(self._lock)
-            self._lock = None
+        if self._file is not None and self._vanished():
+            self.thd_write([], {})  # what the deleted file held goes to a new one
+        self._close_file()

@@ -1,10 +1,9 @@
 """The spool's file: telling ours apart, locking it, opening it (migrating older schemas), its codec.
 
-Schema 5: one row per segment (see ``_TABLE_SQL``), whose ``data`` is the
-points as :data:`COLUMNS` (msgpack: plain values only, so a spool never runs
-code) or the bytes a backend encoded once.  Schemas 2 to 4 pickled the points
-(``columns-1``): :func:`migrate` converts them, with an unpickler that refuses
-every class and function, within :data:`LEGACY_MAX_BYTES` and :data:`LEGACY_MAX_OBJECTS`.
+Schema 5: one row per segment (see ``_TABLE_SQL``), whose ``data`` is the points as
+:data:`COLUMNS` (msgpack: plain values only, so a spool never runs code) or the bytes
+a backend encoded once.  Schemas 2 to 4 pickled the points (``columns-1``): :func:`migrate`
+converts them with an unpickler that refuses every class, within the ``LEGACY_MAX_*`` bounds.
 """
 
 from __future__ import annotations
@@ -27,9 +26,6 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: no lock
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["APPLICATION_ID", "COLUMNS", "ForeignSpoolFileError", "SpoolLockedError", "dump_points"]
-__all__ += ["WHERE", "foreign_file_problem", "load_points", "lock", "open_spool_file", "quarantine", "unlock"]
-
 SCHEMA_VERSION = 5
 #: ``PRAGMA application_id`` of a spool ("bbst"), in the file's header: ours even when damaged
 APPLICATION_ID = 0x62627374
@@ -37,7 +33,7 @@ TABLE = "buildbot_stats_segments"
 WHERE = "WHERE queue_key = ? AND id = ?"  # one segment
 QUARANTINE = "buildbot_stats_unreadable"
 _TABLE_SQL = (
-    "CREATE TABLE IF NOT EXISTS {db}.buildbot_stats_segments (queue_key TEXT NOT NULL, id INTEGER NOT NULL, "
+    f"CREATE TABLE IF NOT EXISTS {TABLE} (queue_key TEXT NOT NULL, id INTEGER NOT NULL, "
     "n INTEGER NOT NULL, first_ns INTEGER, last_ns INTEGER, encoding TEXT NOT NULL, data BLOB NOT NULL, "
     "PRIMARY KEY (queue_key, id))"
 )
@@ -56,7 +52,7 @@ _STEPS: dict[int, list[tuple[str, str]]] = {
     2: [(t, f"ALTER TABLE {t} RENAME COLUMN backend TO queue_key") for t in (TABLE, QUARANTINE)],
     3: [  # a row per write (queue_key, id, last_id, ids, points) becomes a row per segment (pickled points)
         (TABLE, f"ALTER TABLE {TABLE} RENAME TO v3"),
-        ("v3", _TABLE_SQL.format(db="main")),
+        ("v3", _TABLE_SQL),
         ("v3", f"INSERT INTO {TABLE} SELECT queue_key, id, 0, NULL, NULL, 'columns-1', points FROM v3"),
         ("v3", "DROP TABLE v3"),
         # the rows set aside have other columns: kept as they are
@@ -104,10 +100,21 @@ def _flat(values: Any) -> bool:
 
 
 def load_points(data: bytes) -> list[Point]:
-    """The points of :func:`dump_points`, reduced to plain values as ``to_plain`` does."""
+    """The points of :func:`dump_points`, reduced to plain values as ``to_plain`` does.
+
+    Bounded by the payload's length: msgpack shares no object, so a payload of n bytes
+    holds at most n objects, and no header may announce a longer string or container.
+    """
+    size = len(data)
     # arrays as tuples: a tuple can be a dict key (made a str by to_plain, as pickle's were)
     series, fields, tags, times = msgpack.unpackb(
-        data, ext_hook=_ext, strict_map_key=False, unicode_errors="surrogatepass", use_list=False
+        data,
+        **dict.fromkeys(("max_str_len", "max_bin_len", "max_array_len", "max_ext_len"), size),
+        max_map_len=size // 2,
+        ext_hook=_ext,
+        strict_map_key=False,
+        unicode_errors="surrogatepass",
+        use_list=False,
     )
     fields = fields if all(map(_flat, fields)) else [v if _flat(v) else to_plain(v) for v in fields]
     tags = tags if all(map(_flat, tags)) else [v if _flat(v) else to_plain(v) for v in tags]
@@ -124,46 +131,37 @@ def load_pickled_points(data: bytes) -> list[Point]:
     if len(data) > LEGACY_MAX_BYTES:
         raise ValueError(f"a pickled segment of {len(data):,} bytes (more than {LEGACY_MAX_BYTES:,})")
     form, series, fields, tags, times = _PlainUnpickler(io.BytesIO(data)).load()
-    typed = all(type(s) is str for s in series) and all(type(t) is int for t in times)
-    if form != LEGACY_COLUMNS or not typed:
+    if (
+        form != LEGACY_COLUMNS
+        or not all(type(s) is str for s in series)
+        or not all(type(t) is int for t in times)
+    ):
         raise ValueError("not a spool segment of the format columns-1")
-    left, plain = LEGACY_MAX_OBJECTS, []
-    for value in (*fields, *tags):
-        if _flat(value):  # the usual point: no container inside
-            left -= 1 + 2 * len(value)
-            plain.append(value)
-            continue
-        todo = [value]
-        while todo and left >= 0:  # a pickle may use an object many times over, or hold itself
-            item = todo.pop()
-            left -= 1
-            if isinstance(item, dict):
-                todo.extend(item.items())
-            elif isinstance(item, (list, tuple, set, frozenset)):
-                todo.extend(item)
+    left, todo = LEGACY_MAX_OBJECTS, [*fields, *tags]
+    while todo:  # a pickle may use an object many times over, or hold itself
+        item, left = todo.pop(), left - 1
         if left < 0:
             raise ValueError(f"a pickled segment of more than {LEGACY_MAX_OBJECTS:,} objects")
-        plain.append(to_plain(value))
+        if isinstance(item, dict):
+            todo += item.items()
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            todo += item
+    plain = [v if _flat(v) else to_plain(v) for v in (*fields, *tags)]
     return list(map(Point, series, plain[: len(fields)], plain[len(fields) :], times))
 
 
 # -- the file --------------------------------------------------------------
 
 
-def _has(db: sqlite3.Connection, table: str) -> bool:
-    sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
-    return db.execute(sql, (table,)).fetchone() is not None
-
-
 def migrate(db: sqlite3.Connection, version: int) -> str:
     """Bring a spool of schema 2, 3 or 4 to 5 in the caller's transaction; says what it did, for the log."""
     db.execute("DROP VIEW IF EXISTS buildbot_stats_spool")  # 2 and 3: one row per point, for inspection
+    tables = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
     for step in range(version, SCHEMA_VERSION):
         for table, sql in _STEPS[step]:
-            if _has(db, table):
+            if db.execute(tables, (table,)).fetchone():
                 db.execute(sql)
-    db.execute(_TABLE_SQL.format(db="main"))
-    db.execute(_QUARANTINE_SQL)
+    create_tables(db)
     converted = unreadable = 0
     legacy = f"SELECT queue_key, id, data FROM {TABLE} WHERE encoding = ?"
     for key, sid, data in db.execute(legacy, (LEGACY_COLUMNS,)).fetchall():
@@ -171,25 +169,31 @@ def migrate(db: sqlite3.Connection, version: int) -> str:
             points = load_pickled_points(data)
             packed = dump_points(points)
         except Exception as e:
-            quarantine(db, "main", key, sid, LEGACY_COLUMNS, data, e)
+            quarantine(db, key, sid, LEGACY_COLUMNS, data, e)
             unreadable += 1
             continue
         times = [p.time_ns for p in points]
-        first, last = min(times, default=None), max(times, default=None)
         sql = f"UPDATE {TABLE} SET n = ?, first_ns = ?, last_ns = ?, encoding = ?, data = ? {WHERE}"
-        db.execute(sql, (len(points), first, last, COLUMNS, packed, key, sid))
+        db.execute(
+            sql, (len(points), min(times, default=None), max(times, default=None), COLUMNS, packed, key, sid)
+        )
         converted += 1
     bad = f", {unreadable} unreadable moved to the table {QUARANTINE}" if unreadable else ""
     return f"was migrated from schema {version} to {SCHEMA_VERSION} ({converted} segment(s) converted{bad})"
 
 
+def create_tables(db: sqlite3.Connection) -> None:
+    db.execute(_TABLE_SQL)
+    db.execute(_QUARANTINE_SQL)
+
+
 def quarantine(
-    db: sqlite3.Connection, table: str, key: str, sid: int, encoding: str, data: bytes, error: Exception
+    db: sqlite3.Connection, key: str, sid: int, encoding: str, data: bytes, error: Exception
 ) -> None:
     """Move an unreadable segment to the table ``buildbot_stats_unreadable`` (in a transaction)."""
     row = (key, sid, encoding, data, f"{type(error).__name__}: {error}")
     db.execute(f"INSERT INTO {QUARANTINE} VALUES (?,?,?,?,?)", row)
-    db.execute(f"DELETE FROM {table}.{TABLE} {WHERE}", (key, sid))
+    db.execute(f"DELETE FROM {TABLE} {WHERE}", (key, sid))
 
 
 class ForeignSpoolFileError(Exception):
@@ -202,12 +206,10 @@ class ForeignSpoolFileError(Exception):
 
 
 def foreign_file_problem(path: str) -> str | None:
-    """Why the file at ``path`` must not be used as a spool, or None if it may be.
+    """Why the file at ``path`` must not be used as a spool (Buildbot's ``state.sqlite``, say), or None.
 
-    Ours: no file yet, an empty one, one whose header carries the spool's
-    ``application_id`` (even damaged), an empty database, or one holding the
-    spool's table (written before the mark).  Anything else (Buildbot's
-    ``state.sqlite``, ``master.cfg``) is somebody else's and never touched.
+    Ours: no file, an empty one, one marked with the spool's ``application_id`` (even
+    damaged), an empty database, or one holding the spool's table (written before the mark).
     """
     return foreign_sqlite_problem(path, lambda tables: TABLE in tables, APPLICATION_ID)
 
@@ -234,16 +236,18 @@ def lock(path: str) -> str:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError as e:
                 holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
                 os.close(fd)
+                if not isinstance(e, BlockingIOError):
+                    raise  # (a full disk, say)
                 pid = f" (pid {holder})" if holder.isdigit() else ""
                 raise SpoolLockedError(
                     f"{path} is in use by another process{pid}: each master needs a spool file of its own "
                     "(spool_path is relative to the master's basedir)"
                 ) from None
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
         _locks[lock_path] = (fd, users + 1)
     return lock_path
 
@@ -269,22 +273,17 @@ def is_storage_error(e: BaseException) -> bool:
     return isinstance(e, sqlite3.OperationalError) and any(w in str(e).lower() for w in words)
 
 
-def open_spool_file(path: str | None) -> tuple[sqlite3.Connection, str | None]:
-    """Connect to the spool at ``path`` (None: in memory): ``(connection, what it found, for the log)``.
+def open_spool_file(path: str) -> tuple[sqlite3.Connection, str | None]:
+    """Connect to the spool at ``path``: ``(connection, what it found, for the log)``.
 
-    Never keeps the master from starting: a file damaged past its header, or of
-    a schema this version cannot read, is set aside and a new one started.  A
-    storage error (disk full, read-only) is raised.
+    A file damaged past its header, or of a schema this version cannot read, is set
+    aside and a new one started.  A storage error (disk full, read-only) is raised.
     """
-    empty = path is not None and os.path.isfile(path) and os.path.getsize(path) == 0
+    empty = os.path.isfile(path) and os.path.getsize(path) == 0
     try:
         db, notice = _connect(path)
     except sqlite3.DatabaseError as e:
-        if (
-            path is None
-            or is_storage_error(e)
-            or (isinstance(e, sqlite3.OperationalError) and not os.path.isfile(path))
-        ):
+        if is_storage_error(e) or (isinstance(e, sqlite3.OperationalError) and not os.path.isfile(path)):
             raise
         if isinstance(e, _SchemaVersionError):
             tag, later = f"schema-{e.version}", " for a later upgrade"
@@ -295,8 +294,9 @@ def open_spool_file(path: str | None) -> tuple[sqlite3.Connection, str | None]:
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(path + suffix):
                 os.replace(path + suffix, aside + suffix)
-        notice = f"the spool {path} {why}; it was moved to {aside}{later} and a new one started"
-        return _connect(path)[0], notice
+        return _connect(path)[
+            0
+        ], f"the spool {path} {why}; it was moved to {aside}{later} and a new one started"
     if empty:
         notice = (
             f"the spool {path} was an empty file (0 bytes): it held no points "
@@ -305,12 +305,8 @@ def open_spool_file(path: str | None) -> tuple[sqlite3.Connection, str | None]:
     return db, notice
 
 
-def _connect(path: str | None) -> tuple[sqlite3.Connection, str | None]:
-    if path is None:
-        db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-    else:
-        db = connect_wal(path, timeout=30)
-    notice = None
+def _connect(path: str) -> tuple[sqlite3.Connection, str | None]:
+    db, notice = connect_wal(path, timeout=30), None
     try:
         with db:
             db.execute("BEGIN IMMEDIATE")
@@ -320,19 +316,15 @@ def _connect(path: str | None) -> tuple[sqlite3.Connection, str | None]:
                     raise _SchemaVersionError(version)
                 if version != SCHEMA_VERSION:
                     notice = f"the spool {path} {migrate(db, version)}"
-            db.execute(_TABLE_SQL.format(db="main"))
-            db.execute(_QUARANTINE_SQL)
+            create_tables(db)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             marked = db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-        if not marked and path is not None:
+        if not marked:
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the mark into the file's own header
         check = db.execute("PRAGMA quick_check(1)").fetchone()[0]  # damaged past its header?
         if check != "ok":
             raise sqlite3.DatabaseError(f"database disk image is malformed: {check}")
-        # the segments kept in memory while the file cannot be written
-        db.execute("ATTACH DATABASE ':memory:' AS mem")
-        db.execute(_TABLE_SQL.format(db="mem"))
     except BaseException:
         db.close()
         raise

@@ -1,7 +1,7 @@
-"""The reactor's side of the spool: the one thread that runs its blocking calls in order, and opening it.
+"""The reactor's side of the spool: the one thread that runs its blocking calls in order, and its log.
 
-:func:`open_spool` falls back to memory, with one log line, when the file cannot be used
-(statistics never keep a master from starting), unless the path names somebody else's file.
+While the spool keeps new points in memory (its file full, or not opened), it is tried again
+on the reactor's clock, 1 s after the first call that finds it so and then at most a minute apart.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from typing import Any
 from twisted.internet import defer, threads
 from twisted.python import log, threadpool
 
-from buildbot_stats.delivery.spool import ForeignSpoolFileError, SQLiteSpool
+from buildbot_stats.delivery.spool import SQLiteSpool
 
 __all__ = ["SpoolThread", "open_spool", "spool_file"]
+
+RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0
 
 
 class SpoolThread:
@@ -23,7 +25,12 @@ class SpoolThread:
 
     def __init__(self, spool: SQLiteSpool, reactor: Any) -> None:
         self.spool = spool
-        self.path, self.durable = spool.path, spool.durable
+        self.path = spool.path
+        #: a spool write of nothing, run for a retry: the spool writer sets its own (then the
+        #: queues hear what the retry did)
+        self.retry: Callable[[], Any] = lambda: self.call(SQLiteSpool.thd_write, [], {})
+        self._retry_call: Any = None
+        self._retry_delay = RETRY_FIRST_S
         self._reactor = reactor
         self._pool: threadpool.ThreadPool | None = threadpool.ThreadPool(
             minthreads=1, maxthreads=1, name="buildbot_stats-spool"
@@ -39,11 +46,32 @@ class SpoolThread:
     def running(self) -> bool:
         return self._pool is not None
 
+    @property
+    def durable(self) -> bool:
+        return self.spool.durable
+
     def call(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
         """Run ``f(spool, *args)`` on the spool's thread: a ``thd_*`` method of its class, say."""
         if self._pool is None:
             return defer.fail(RuntimeError(f"the thread of {self.spool!r} was stopped"))
-        return threads.deferToThreadPool(self._reactor, self._pool, f, self.spool, *args)
+        d = threads.deferToThreadPool(self._reactor, self._pool, f, self.spool, *args)
+        return d.addBoth(self._after)
+
+    def _after(self, result: Any) -> Any:
+        """After each call: say what the spool found, and retry it later if it keeps points in memory."""
+        while self.spool.notices:
+            log.msg(f"buildbot_stats: {self.spool.notices.pop(0)}")
+        if self.spool.degraded is None:
+            self._retry_delay = RETRY_FIRST_S
+        elif self._retry_call is None and self._pool is not None and not self._closing:
+            self._retry_call = self._reactor.callLater(self._retry_delay, self._retry)
+            self._retry_delay = min(2 * self._retry_delay, RETRY_MAX_S)
+        return result
+
+    def _retry(self) -> None:
+        self._retry_call = None
+        self.spool.open_due = True
+        self.retry()
 
     def idle(self) -> defer.Deferred:
         """Fires once every call made so far has run."""
@@ -63,6 +91,8 @@ class SpoolThread:
     def _stop_thread(self) -> None:
         """Stop the thread (waiting for the call it runs); later calls fail instead of hanging."""
         pool, self._pool = self._pool, None
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
         if pool is not None:
             pool.stop()
 
@@ -76,27 +106,17 @@ def spool_file(spool_path: str | None, basedir: str | None) -> str | None:
 
 @defer.inlineCallbacks
 def open_spool(spool_path: str | None, basedir: str | None, reactor: Any) -> Any:
-    """Open the spool for ``spool_path``: a :class:`SpoolThread` (for a memory spool too: off the reactor)."""
+    """Open the spool for ``spool_path``: a :class:`SpoolThread` (for a memory spool too: off the reactor).
+
+    A file that cannot be opened now is tried again; one that is not a spool is refused.
+    """
     path = spool_file(spool_path, basedir)
-    if path is not None:
-        spool = SpoolThread(SQLiteSpool(path), reactor)
-        try:
-            yield spool.call(SQLiteSpool.thd_open)
-        except ForeignSpoolFileError:
-            yield spool.close()
-            raise  # somebody else's file: a configuration error, not a reason to fall back
-        except Exception as e:
-            yield spool.close()
-            log.msg(
-                f"buildbot_stats: cannot open the spool {path} ({type(e).__name__}: {e}); "
-                "pending points are kept in memory only"
-            )
-        else:
-            if spool.spool.notice:
-                log.msg(f"buildbot_stats: {spool.spool.notice}")
-            return spool
-    elif spool_path is not None:
+    if path is None and spool_path is not None:
         log.msg("buildbot_stats: no master basedir; pending points are kept in memory only")
-    spool = SpoolThread(SQLiteSpool(None), reactor)
-    yield spool.call(SQLiteSpool.thd_open)
+    spool = SpoolThread(SQLiteSpool(path), reactor)
+    try:
+        yield spool.call(SQLiteSpool.thd_open)
+    except BaseException:
+        yield spool.close()
+        raise
     return spool

@@ -173,14 +173,14 @@ class FullDisk(SQLiteSpool):
     full = False
     fail_deletes = 0
 
-    def _try(self, *statements):
+    def _try(self, db, *statements):
         sql = statements[0][0]
-        if FullDisk.full and "INTO main." in sql:
+        if FullDisk.full and db is self._file and sql.startswith("INSERT"):
             return "OperationalError: database or disk is full"
         if sql.startswith("DELETE") and FullDisk.fail_deletes:
             FullDisk.fail_deletes -= 1
             return "OperationalError: database or disk is full"
-        return super()._try(*statements)
+        return super()._try(db, *statements)
 
 
 class FullDiskTests(SpoolCase):

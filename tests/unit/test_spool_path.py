@@ -230,7 +230,7 @@ class StartTests(StatsTestCase):
 
         class FailingStats(StatsService):
             def registerConsumers(self):
-                opened.append(self.spool)
+                opened.append((self.spool, self.spool.durable))
                 raise RuntimeError("cannot consume")
 
         stats = FailingStats(
@@ -238,8 +238,8 @@ class StartTests(StatsTestCase):
         )
         error = yield self.start_failing(stats)
         self.assertIsInstance(error, RuntimeError)
-        self.assertTrue(opened[0].durable)
-        self.assertFalse(opened[0].running)
+        self.assertTrue(opened[0][1])  # a spool file, open then
+        self.assertFalse(opened[0][0].running)
         self.assertIsNone(stats.spool)
 
     def spool(self):
