@@ -1,7 +1,7 @@
 """The reactor's side of the spool: the one thread that runs its blocking calls in order, and its log.
 
-While the spool keeps new points in memory (its file full, or not opened), it is tried again
-on the reactor's clock, 1 s after the first call that finds it so and then at most a minute apart.
+A spool that keeps new points in memory (its file full, or not open) is tried again on the
+reactor's clock: a second after the call that found it so, then twice as long each time, up to a minute.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from twisted.python import log, threadpool
 
 from buildbot_stats.delivery.spool import SQLiteSpool
 
-__all__ = ["SpoolThread", "open_spool", "spool_file"]
-
 RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0
 
 
@@ -24,21 +22,17 @@ class SpoolThread:
     """A spool and the one thread that runs its ``thd_*`` methods, in the order they are called."""
 
     def __init__(self, spool: SQLiteSpool, reactor: Any) -> None:
-        self.spool = spool
-        self.path = spool.path
-        #: a spool write of nothing, run for a retry: the spool writer sets its own (then the
-        #: queues hear what the retry did)
+        self.spool, self.path = spool, spool.path
+        #: what a retry runs: a spool write of nothing (the spool writer sets its own, to hear the result)
         self.retry: Callable[[], Any] = lambda: self.call(SQLiteSpool.thd_write, [], {})
         self._retry_call: Any = None
         self._retry_delay = RETRY_FIRST_S
         self._reactor = reactor
-        self._pool: threadpool.ThreadPool | None = threadpool.ThreadPool(
-            minthreads=1, maxthreads=1, name="buildbot_stats-spool"
-        )
-        self._pool.start()
+        pool = threadpool.ThreadPool(minthreads=1, maxthreads=1, name="buildbot_stats-spool")
+        self._pool: threadpool.ThreadPool | None = pool
+        pool.start()
         # not a daemon thread: left running, it would keep the process alive after its reactor
-        # stopped (a failed start, a stop that never reached the service, a close() whose call
-        # the stopping reactor never answered): so the trigger stays until the reactor stops
+        # stopped (a failed start, say): so the trigger stays until the reactor stops
         self._closing = False
         reactor.addSystemEventTrigger("during", "shutdown", self._stop_thread)
 
@@ -53,12 +47,11 @@ class SpoolThread:
     def call(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
         """Run ``f(spool, *args)`` on the spool's thread: a ``thd_*`` method of its class, say."""
         if self._pool is None:
-            return defer.fail(RuntimeError(f"the thread of {self.spool!r} was stopped"))
-        d = threads.deferToThreadPool(self._reactor, self._pool, f, self.spool, *args)
-        return d.addBoth(self._after)
+            return defer.fail(RuntimeError(f"the thread of the spool {self.path} was stopped"))
+        return threads.deferToThreadPool(self._reactor, self._pool, f, self.spool, *args).addBoth(self._after)
 
     def _after(self, result: Any) -> Any:
-        """After each call: say what the spool found, and retry it later if it keeps points in memory."""
+        """Say what the spool found; try it again later while it keeps new points in memory."""
         while self.spool.notices:
             log.msg(f"buildbot_stats: {self.spool.notices.pop(0)}")
         if self.spool.degraded is None:
@@ -69,8 +62,7 @@ class SpoolThread:
         return result
 
     def _retry(self) -> None:
-        self._retry_call = None
-        self.spool.open_due = True
+        self._retry_call, self.spool.open_due = None, True
         self.retry()
 
     def idle(self) -> defer.Deferred:
@@ -106,10 +98,7 @@ def spool_file(spool_path: str | None, basedir: str | None) -> str | None:
 
 @defer.inlineCallbacks
 def open_spool(spool_path: str | None, basedir: str | None, reactor: Any) -> Any:
-    """Open the spool for ``spool_path``: a :class:`SpoolThread` (for a memory spool too: off the reactor).
-
-    A file that cannot be opened now is tried again; one that is not a spool is refused.
-    """
+    """Open the spool for ``spool_path`` (a file that is not a spool is refused): a :class:`SpoolThread`."""
     path = spool_file(spool_path, basedir)
     if path is None and spool_path is not None:
         log.msg("buildbot_stats: no master basedir; pending points are kept in memory only")

@@ -370,7 +370,7 @@ class ByteBoundTests(SpoolCase):
 
 def test_msgpack_columns_keep_what_the_pickled_ones_kept():
     """Values msgpack has no type for come back as ``to_plain`` makes them, as they did from pickle."""
-    from buildbot_stats.delivery.spool_file import dump_points, load_points
+    from buildbot_stats.delivery.spool import dump_points, load_points
 
     fields = {
         "ints": [2**64 - 1, -(2**63), 2**64, -(2**200)],  # beyond 64 bits: the ext type

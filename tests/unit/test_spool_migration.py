@@ -15,9 +15,8 @@ import pytest
 from twisted.internet import defer
 
 from buildbot_stats.cli.spool_info import read_spool_info
-from buildbot_stats.delivery import spool_file
-from buildbot_stats.delivery.spool import SQLiteSpool
-from buildbot_stats.delivery.spool_file import COLUMNS
+from buildbot_stats.delivery import spool as spool_file
+from buildbot_stats.delivery.spool import COLUMNS, SQLiteSpool
 from buildbot_stats.point import Point
 from tests.unit.test_spool import SpoolCase
 

@@ -20,8 +20,12 @@ from buildbot.config.errors import capture_config_errors
 from buildbot.config.master import loadConfigDict
 from twisted.internet import defer
 
-from buildbot_stats.delivery.spool import ForeignSpoolFileError, SQLiteSpool, foreign_file_problem
-from buildbot_stats.delivery.spool_file import APPLICATION_ID
+from buildbot_stats.delivery.spool import (
+    APPLICATION_ID,
+    ForeignSpoolFileError,
+    SQLiteSpool,
+    foreign_file_problem,
+)
 from buildbot_stats.stats_service import StatsService
 from buildbot_stats.testing import RecordingStorage
 from tests.fakes import StatsTestCase

@@ -16,7 +16,7 @@ import tracemalloc
 
 from twisted.internet import defer
 
-from buildbot_stats.delivery import spool_file
+from buildbot_stats.delivery import spool as spool_file
 from buildbot_stats.delivery.spool import SQLiteSpool, encode_segment
 from buildbot_stats.point import Point
 from tests.unit.test_spool import SpoolCase
