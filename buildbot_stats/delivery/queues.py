@@ -15,8 +15,7 @@ from twisted.python import log
 
 from buildbot_stats.burst_log import BurstLog
 from buildbot_stats.delivery.queue import Counters, DeliveryQueue
-from buildbot_stats.delivery.spool import SQLiteSpool
-from buildbot_stats.delivery.spool_thread import SpoolThread
+from buildbot_stats.delivery.spool import SpoolThread, SQLiteSpool
 from buildbot_stats.delivery.writer import Route, SpoolResult, SpoolWriter, points_phrase
 from buildbot_stats.options import DeliveryPolicy
 from buildbot_stats.storage_backends.base import IEncodedWrites, provides, warn_deprecated_attributes

@@ -5,7 +5,7 @@ its points: after a crash, what the file holds is sent again (at least once).  I
 the points as :data:`COLUMNS` (msgpack: plain values only, so a spool never runs code) or the
 bytes a backend encoded once.  Bounds drop the oldest segments not taken.  While the file cannot
 be written (disk full) or opened, new segments wait in a table in memory, then move to it.
-The ``thd_*`` methods block: they run on the spool's own thread (:mod:`.spool_thread`).
+The ``thd_*`` methods block: they run on the spool's own thread (:class:`SpoolThread`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import msgpack
+from twisted.internet import defer, threads
+from twisted.python import log, threadpool
 
 from buildbot_stats.lineprotocol import split_lines
 from buildbot_stats.point import Point, is_flat_plain, to_plain
@@ -54,6 +56,7 @@ LEGACY_COLUMNS = "columns-1"  # pickled, schemas 2 to 4: read by migrate() only,
 LEGACY_MAX_BYTES = 64 * 2**20
 LEGACY_MAX_OBJECTS = 16 * 2**20  # values and containers; a shared one counts at each use
 _BIG_INT = 1  # msgpack ext type: an int beyond 64 bits
+RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0  # a file the spool cannot use is tried again after 1 s, 2 s, ... 60 s
 Bounds = tuple[int, "int | None"]  # a queue's (max points, max bytes or None)
 
 #: schema n -> the statements that make it schema n + 1, each run if the table it names first exists
@@ -251,11 +254,7 @@ def _quarantine(db: sqlite3.Connection, key: str, sid: int, encoding: str, data:
 
 
 class ForeignSpoolFileError(Exception):
-    """The spool's path names a file that is not a spool of ours; it is left untouched."""
-
-    def __init__(self, path: str, problem: str) -> None:
-        super().__init__(f"{path} is not a buildbot_stats spool: it {problem}; it is left untouched")
-        self.path, self.problem = path, problem
+    """The spool's path names a file that is not a spool of ours (it is left untouched)."""
 
 
 def foreign_file_problem(path: str) -> str | None:
@@ -425,7 +424,9 @@ class SQLiteSpool:
         path = str(self.path)
         problem = foreign_file_problem(path)
         if problem is not None:
-            raise ForeignSpoolFileError(path, problem)
+            raise ForeignSpoolFileError(
+                f"{path} is not a buildbot_stats spool: it {problem}; it is left untouched"
+            )
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._lock = lock(path)  # one process per file (SpoolLockedError)
         try:
@@ -631,3 +632,99 @@ class SQLiteSpool:
         if self._file is not None and self._vanished():
             self.thd_write([], {})  # what the deleted file held goes to a new one
         self._close_file()
+
+
+# -- the reactor's side ----------------------------------------------------
+
+
+class SpoolThread:
+    """A spool and the one thread that runs its ``thd_*`` methods, in the order they are called."""
+
+    def __init__(self, spool: SQLiteSpool, reactor: Any) -> None:
+        self.spool, self.path = spool, spool.path
+        #: what a retry runs: a spool write of nothing (the spool writer sets its own, to hear the result)
+        self.retry: Callable[[], Any] = lambda: self.call(SQLiteSpool.thd_write, [], {})
+        self._retry_call: Any = None
+        self._retry_delay = RETRY_FIRST_S
+        self._reactor = reactor
+        pool = threadpool.ThreadPool(minthreads=1, maxthreads=1, name="buildbot_stats-spool")
+        self._pool: threadpool.ThreadPool | None = pool
+        pool.start()
+        # not a daemon thread: left running, it would keep the process alive after its reactor
+        # stopped (a failed start, say): so the trigger stays until the reactor stops
+        self._closing = False
+        reactor.addSystemEventTrigger("during", "shutdown", self._stop_thread)
+
+    @property
+    def running(self) -> bool:
+        return self._pool is not None
+
+    @property
+    def durable(self) -> bool:
+        return self.spool.durable
+
+    def call(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """Run ``f(spool, *args)`` on the spool's thread: a ``thd_*`` method of its class, say."""
+        if self._pool is None:
+            return defer.fail(RuntimeError(f"the thread of the spool {self.path} was stopped"))
+        return threads.deferToThreadPool(self._reactor, self._pool, f, self.spool, *args).addBoth(self._after)
+
+    def _after(self, result: Any) -> Any:
+        """Say what the spool found; try it again later while it keeps new points in memory."""
+        while self.spool.notices:
+            log.msg(f"buildbot_stats: {self.spool.notices.pop(0)}")
+        if self.spool.degraded is None:
+            self._retry_delay = RETRY_FIRST_S
+        elif self._retry_call is None and self._pool is not None and not self._closing:
+            self._retry_call = self._reactor.callLater(self._retry_delay, self._retry)
+            self._retry_delay = min(2 * self._retry_delay, RETRY_MAX_S)
+        return result
+
+    def _retry(self) -> None:
+        self._retry_call, self.spool.open_due = None, True
+        self.retry()
+
+    def idle(self) -> defer.Deferred:
+        """Fires once every call made so far has run."""
+        return self.call(lambda spool: None)
+
+    @defer.inlineCallbacks
+    def close(self) -> Any:
+        """Close the spool, then stop its thread (also when closing fails)."""
+        if self._closing or self._pool is None:  # (closed once)
+            return
+        self._closing = True
+        try:
+            yield self.call(SQLiteSpool.thd_close)
+        finally:
+            self._stop_thread()
+
+    def _stop_thread(self) -> None:
+        """Stop the thread (waiting for the call it runs); later calls fail instead of hanging."""
+        pool, self._pool = self._pool, None
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        if pool is not None:
+            pool.stop()
+
+
+def spool_file(spool_path: str | None, basedir: str | None) -> str | None:
+    """The spool's file for ``spool_path`` (relative to the master's basedir), or None for memory."""
+    if spool_path is None or (basedir is None and not os.path.isabs(spool_path)):
+        return None
+    return os.path.join(basedir or "", os.path.expanduser(spool_path))
+
+
+@defer.inlineCallbacks
+def open_spool(spool_path: str | None, basedir: str | None, reactor: Any) -> Any:
+    """Open the spool for ``spool_path`` (a file that is not a spool is refused): a :class:`SpoolThread`."""
+    path = spool_file(spool_path, basedir)
+    if path is None and spool_path is not None:
+        log.msg("buildbot_stats: no master basedir; pending points are kept in memory only")
+    spool = SpoolThread(SQLiteSpool(path), reactor)
+    try:
+        yield spool.call(SQLiteSpool.thd_open)
+    except BaseException:
+        yield spool.close()
+        raise
+    return spool

@@ -18,8 +18,7 @@ from twisted.internet import defer
 from twisted.python import log
 from twisted.python.failure import Failure
 
-from buildbot_stats.delivery.spool import NewSegment, SpoolState, encode_segment
-from buildbot_stats.delivery.spool_thread import SpoolThread
+from buildbot_stats.delivery.spool import NewSegment, SpoolState, SpoolThread, encode_segment
 from buildbot_stats.point import Point, PointProblem, to_ns
 
 __all__ = ["ENCODE_CHUNK", "MAX_RECORDS_PER_WRITE", "Record", "Route", "SpoolResult", "SpoolWriter"]

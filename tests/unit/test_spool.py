@@ -12,7 +12,7 @@ from twisted.internet import defer
 
 from buildbot_stats import capture
 from buildbot_stats.cli import main as cli_main
-from buildbot_stats.delivery import spool_thread
+from buildbot_stats.delivery import spool as spool_module
 from buildbot_stats.delivery.spool import SQLiteSpool
 from buildbot_stats.errors import SplitBatchError
 from buildbot_stats.point import Point
@@ -187,7 +187,7 @@ class FullDiskTests(SpoolCase):
     @defer.inlineCallbacks
     def setUp(self):
         yield super().setUp()
-        self.patch(spool_thread, "SQLiteSpool", FullDisk)
+        self.patch(spool_module, "SQLiteSpool", FullDisk)
         FullDisk.full = False
         FullDisk.fail_deletes = 0
 

@@ -20,8 +20,7 @@ from typing import Any
 import pytest
 from twisted.python import log
 
-from buildbot_stats.delivery.spool import SpoolLockedError, SQLiteSpool, encode_segment, lock
-from buildbot_stats.delivery.spool_thread import open_spool
+from buildbot_stats.delivery.spool import SpoolLockedError, SQLiteSpool, encode_segment, lock, open_spool
 from buildbot_stats.point import Point
 
 _HOLDER = """
