@@ -5,7 +5,7 @@ its points: after a crash, what the file holds is sent again (at least once).  I
 the points as :data:`COLUMNS` (msgpack: plain values only, so a spool never runs code) or the
 bytes a backend encoded once.  Bounds drop the oldest segments not taken.  While the file cannot
 be written (disk full) or opened, new segments wait in a table in memory, then move to it.
-The ``thd_*`` methods block: they run on the spool's own thread (:class:`SpoolThread`).
+The ``thd_*`` methods block: they run on the spool's own thread, :class:`SpoolThread`.
 """
 
 from __future__ import annotations
@@ -121,9 +121,6 @@ def encode_segment(
     return (NewSegment(queue_key, n, first, last, encoding, bytes(data)) if n > 0 and data else None), report
 
 
-# -- the codec -------------------------------------------------------------
-
-
 def _big_int(value: Any) -> Any:
     if not isinstance(value, int):
         raise TypeError(f"{type(value).__name__} is not a plain value")
@@ -206,9 +203,6 @@ def load_pickled_points(data: bytes) -> list[Point]:
         if isinstance(item, (dict, list, tuple, set, frozenset)):
             todo += item.items() if isinstance(item, dict) else item
     return list(map(Point, series, _plain(fields), _plain(tags), times))
-
-
-# -- the file --------------------------------------------------------------
 
 
 def migrate(db: sqlite3.Connection, version: int) -> str:
@@ -368,9 +362,6 @@ def _connect(path: str) -> tuple[sqlite3.Connection, str | None]:
         db.close()
         raise
     return db, notice
-
-
-# -- the spool -------------------------------------------------------------
 
 
 @dataclass
@@ -537,8 +528,7 @@ class SQLiteSpool:
         return states
 
     def _resume(self) -> dict[str, int]:
-        """Move the segments kept in memory into the file if it takes them now: points per key.
-        A file opened only now (``open_due``) keeps its own segments, after those."""
+        """Move the segments kept in memory into the file (opened now if ``open_due``): points per key."""
         opening = self._file is None
         if opening:
             if not self.open_due:
@@ -590,10 +580,8 @@ class SQLiteSpool:
     def thd_take(
         self, queue_key: str, max_points: int, release: Iterable[int] = (), rewind: bool = False
     ) -> tuple[list[TakenSegment], SpoolState]:
-        """Release the segments ``release`` (their points all left the queue), go back to the oldest if
-        ``rewind`` (a failed write gave its batch back), then take the oldest segments not taken, of one
-        encoding, up to ``max_points`` (one at least, unless 0): one spool call per batch.
-        A segment that cannot be read is moved to the table ``buildbot_stats_unreadable``."""
+        """Release ``release`` (all their points left), go back to the oldest if ``rewind``, then take the
+        oldest segments not taken, of one encoding, up to ``max_points`` (one at least, unless 0)."""
         q = self._queues[queue_key]
         if release:
             self._release(queue_key, release)
@@ -634,9 +622,6 @@ class SQLiteSpool:
         self._close_file()
 
 
-# -- the reactor's side ----------------------------------------------------
-
-
 class SpoolThread:
     """A spool and the one thread that runs its ``thd_*`` methods, in the order they are called."""
 
@@ -650,8 +635,7 @@ class SpoolThread:
         pool = threadpool.ThreadPool(minthreads=1, maxthreads=1, name="buildbot_stats-spool")
         self._pool: threadpool.ThreadPool | None = pool
         pool.start()
-        # not a daemon thread: left running, it would keep the process alive after its reactor
-        # stopped (a failed start, say): so the trigger stays until the reactor stops
+        # not a daemon thread (it would keep a process whose start failed alive): stopped with the reactor
         self._closing = False
         reactor.addSystemEventTrigger("during", "shutdown", self._stop_thread)
 
@@ -688,24 +672,21 @@ class SpoolThread:
         """Fires once every call made so far has run."""
         return self.call(lambda spool: None)
 
-    @defer.inlineCallbacks
-    def close(self) -> Any:
+    def close(self) -> defer.Deferred:
         """Close the spool, then stop its thread (also when closing fails)."""
         if self._closing or self._pool is None:  # (closed once)
-            return
+            return defer.succeed(None)
         self._closing = True
-        try:
-            yield self.call(SQLiteSpool.thd_close)
-        finally:
-            self._stop_thread()
+        return self.call(SQLiteSpool.thd_close).addBoth(self._stop_thread)
 
-    def _stop_thread(self) -> None:
+    def _stop_thread(self, result: Any = None) -> Any:
         """Stop the thread (waiting for the call it runs); later calls fail instead of hanging."""
         pool, self._pool = self._pool, None
         if self._retry_call is not None and self._retry_call.active():
             self._retry_call.cancel()
         if pool is not None:
             pool.stop()
+        return result
 
 
 def spool_file(spool_path: str | None, basedir: str | None) -> str | None:
