@@ -540,7 +540,7 @@ class SQLiteSpool:
                 return {}
         assert self._file is not None
         statements: list[tuple[str, Iterable[Any]]] = [(_INSERT, self._mem.execute(f"SELECT * FROM {TABLE}"))]
-        if opening:  # its ids after ours (and after its own: no key and id is ever two rows on the way)
+        if opening and self._next_id > 1:  # its ids after ours, and its own (no key and id is two rows)
             top = self._file.execute(f"SELECT MAX(id) FROM {TABLE}").fetchone()[0] or 0
             statements.insert(0, (f"UPDATE {TABLE} SET id = id + ?", [(top + self._next_id,)]))
         moved = dict(self._mem.execute(f"SELECT queue_key, SUM({_N}) FROM {TABLE} GROUP BY 1"))
