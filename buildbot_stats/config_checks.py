@@ -14,8 +14,7 @@ from buildbot import config
 from buildbot_stats.capture.base import Capture, _AllBuilders, _OneBuilder
 from buildbot_stats.config_paths import loading_basedir, resolve
 from buildbot_stats.delivery.queue import backend_name
-from buildbot_stats.delivery.spool import foreign_file_problem
-from buildbot_stats.delivery.spool_thread import spool_file
+from buildbot_stats.delivery.spool import foreign_file_problem, spool_file
 from buildbot_stats.errors import StorageBackendTypeError
 from buildbot_stats.options import DEFAULT_SPOOL_PATH, ServiceOptions
 from buildbot_stats.storage_backends.base import is_storage_backend

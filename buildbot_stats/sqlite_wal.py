@@ -8,16 +8,12 @@ import stat
 import time
 import urllib.parse
 from collections.abc import Callable
-
-__all__ = ["SQLITE_MAGIC", "connect_wal", "foreign_sqlite_problem"]
+from contextlib import closing
 
 
 def connect_wal(path: str, timeout: float) -> sqlite3.Connection:
-    """Connect in autocommit mode with WAL journaling and ``synchronous=NORMAL``.
-
-    The switch to WAL is retried for ``timeout`` seconds: when two openers race
-    for it SQLite refuses at once ("database is locked"), not after the busy timeout.
-    """
+    """Connect in autocommit mode with WAL journaling and ``synchronous=NORMAL``; the switch to WAL is
+    retried for ``timeout`` seconds (two openers racing for it are refused at once, "database is locked")."""
     db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
     try:
         deadline = time.monotonic() + timeout
@@ -37,18 +33,11 @@ def connect_wal(path: str, timeout: float) -> sqlite3.Connection:
     return db
 
 
-SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
 def foreign_sqlite_problem(
     path: str, ours: Callable[[set[str]], bool], application_id: int | None = None
 ) -> str | None:
-    """Why the file at ``path`` is somebody else's and must not be written, or None if it may be.
-
-    None for no file, an empty file or database, one whose tables are ``ours``,
-    and one whose header carries ``application_id`` (even damaged).  Reads at
-    most the header and, read-only, the table names.
-    """
+    """Why the file at ``path`` is somebody else's and must not be written, or None: no file, an empty file
+    or database, one whose tables are ``ours``, one whose header carries ``application_id`` (even damaged)."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             return "is not a regular file"
@@ -60,16 +49,12 @@ def foreign_sqlite_problem(
         return f"cannot be read ({e.strerror})"
     if not header or (application_id is not None and header[68:72] == application_id.to_bytes(4, "big")):
         return None
-    if not header.startswith(SQLITE_MAGIC):
+    if not header.startswith(b"SQLite format 3\x00"):
         return "is not an SQLite file"
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"  # (reads the table names only)
     try:
-        db = sqlite3.connect(
-            "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro", uri=True, timeout=5
-        )
-        try:
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        finally:
-            db.close()
+        with closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.Error as e:
         unmarked = " and has no spool mark" if application_id is not None else ""
         return f"is an SQLite file that cannot be read ({e}){unmarked}"

@@ -19,8 +19,7 @@ from buildbot_stats.capture.live import LiveSnapshot, LiveState
 from buildbot_stats.capture.lookups import BuildLookups
 from buildbot_stats.config_checks import check_service_config
 from buildbot_stats.delivery.queue import Counters, QueueSet
-from buildbot_stats.delivery.spool import ForeignSpoolFileError
-from buildbot_stats.delivery.spool_thread import open_spool
+from buildbot_stats.delivery.spool import ForeignSpoolFileError, open_spool
 from buildbot_stats.options import DEFAULT_SPOOL_PATH, ServiceOptions
 from buildbot_stats.point import Clock
 from buildbot_stats.storage_backends.base import start_backends, stop_backends
@@ -132,7 +131,7 @@ class StatsService(service.BuildbotService):
 
     @property
     def spool(self) -> Any:
-        """The spool (a :class:`~buildbot_stats.delivery.spool_thread.SpoolThread`), None when stopped."""
+        """The spool (a :class:`~buildbot_stats.delivery.spool.SpoolThread`), None when stopped."""
         return self._queues.spool if self._queues is not None else None
 
     @property

@@ -18,8 +18,7 @@ from twisted.python import log
 from twisted.python.failure import Failure
 
 from buildbot_stats.burst_log import BurstLog
-from buildbot_stats.delivery.spool import COLUMNS, SpoolState, SQLiteSpool, TakenSegment
-from buildbot_stats.delivery.spool_thread import SpoolThread
+from buildbot_stats.delivery.spool import COLUMNS, SpoolState, SpoolThread, SQLiteSpool, TakenSegment
 from buildbot_stats.delivery.writer import Route, SpoolResult, SpoolWriter, points_phrase
 from buildbot_stats.errors import PartialDeliveryError, RefusedWriteError, SplitBatchError
 from buildbot_stats.lineprotocol import split_lines

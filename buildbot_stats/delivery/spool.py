@@ -1,40 +1,76 @@
 """Where points wait until their backend accepted them: the spool *is* the backlog.
 
-A segment leaves the file only once its backend accepted (or dropped) all its
-points: after a crash, what is still there is sent again (at least once).
-Bounds drop the oldest segments not taken; while the file cannot be written
-(disk full, read-only), new segments wait in the in-memory table ``mem``.
-The ``thd_*`` methods block: they run on the spool's own thread (:mod:`.spool_thread`).
+A segment (a row: ``_TABLE_SQL``) leaves the spool once its backend accepted (or dropped) all
+its points: after a crash, what the file holds is sent again (at least once).  Its ``data`` is
+the points as :data:`COLUMNS` (msgpack: plain values only, so a spool never runs code) or the
+bytes a backend encoded once.  Bounds drop the oldest segments not taken.  While the file cannot
+be written (disk full) or opened, new segments wait in a table in memory, then move to it.
+The ``thd_*`` methods block: they run on the spool's own thread, :class:`SpoolThread`.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import sqlite3
+import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from buildbot_stats.delivery.spool_file import (
-    COLUMNS,
-    TABLE,
-    WHERE,
-    ForeignSpoolFileError,
-    dump_points,
-    foreign_file_problem,
-    is_storage_error,
-    load_points,
-    lock,
-    open_spool_file,
-    quarantine,
-    unlock,
-)
-from buildbot_stats.lineprotocol import split_lines
-from buildbot_stats.point import Point
+import msgpack
+from twisted.internet import defer, threads
+from twisted.python import log, threadpool
 
-__all__ = ["ForeignSpoolFileError", "NewSegment", "SQLiteSpool", "SpoolState", "TakenSegment"]
-__all__ += ["encode_segment"]
+from buildbot_stats.lineprotocol import split_lines
+from buildbot_stats.point import Point, is_flat_plain, to_plain
+from buildbot_stats.sqlite_wal import connect_wal, foreign_sqlite_problem
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no lock
+    fcntl = None  # type: ignore[assignment]
+
+SCHEMA_VERSION = 5
+#: ``PRAGMA application_id`` of a spool ("bbst"), in the file's header: ours even when damaged
+APPLICATION_ID = 0x62627374
+TABLE, QUARANTINE = "buildbot_stats_segments", "buildbot_stats_unreadable"
+WHERE = "WHERE queue_key = ? AND id = ?"  # one segment
+_TABLE_SQL = (
+    f"CREATE TABLE IF NOT EXISTS {TABLE} (queue_key TEXT NOT NULL, id INTEGER NOT NULL, n INTEGER NOT NULL, "
+    "first_ns INTEGER, last_ns INTEGER, encoding TEXT NOT NULL, data BLOB NOT NULL, "
+    "PRIMARY KEY (queue_key, id))"
+)
+_QUARANTINE_SQL = (
+    f"CREATE TABLE IF NOT EXISTS {QUARANTINE} (queue_key TEXT NOT NULL, id INTEGER NOT NULL, "
+    "encoding TEXT NOT NULL, data BLOB NOT NULL, error TEXT NOT NULL)"
+)
+_INSERT = f"INSERT OR REPLACE INTO {TABLE} VALUES (?,?,?,?,?,?,?)"
+#: a row's point count, never above one per byte of its data (the exact count is checked when read)
+_N = "MAX(0, MIN(n, length(data)))"
+COLUMNS = "msgpack-columns-1"
+LEGACY_COLUMNS = "columns-1"  # pickled, schemas 2 to 4: read by migrate() only, within these bounds
+LEGACY_MAX_BYTES = 64 * 2**20
+LEGACY_MAX_OBJECTS = 16 * 2**20  # values and containers; a shared one counts at each use
+_BIG_INT = 1  # msgpack ext type: an int beyond 64 bits
+RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0  # a file the spool cannot use is tried again after 1 s, 2 s, ... 60 s
+Bounds = tuple[int, "int | None"]  # a queue's (max points, max bytes or None)
+
+#: schema n -> the statements that make it schema n + 1, each run if the table it names first exists
+_STEPS: dict[int, list[tuple[str, str]]] = {
+    2: [(t, f"ALTER TABLE {t} RENAME COLUMN backend TO queue_key") for t in (TABLE, QUARANTINE)],
+    3: [  # a row per write (queue_key, id, last_id, ids, points) becomes a row per segment (pickled points)
+        (TABLE, f"ALTER TABLE {TABLE} RENAME TO v3"),
+        ("v3", _TABLE_SQL),
+        ("v3", f"INSERT INTO {TABLE} SELECT queue_key, id, 0, NULL, NULL, 'columns-1', points FROM v3"),
+        ("v3", "DROP TABLE v3"),
+        (QUARANTINE, f"ALTER TABLE {QUARANTINE} RENAME TO {QUARANTINE}_v3"),  # other columns: kept as is
+    ],
+    4: [],  # the same table: migrate() packs its pickled points again
+}
 
 
 @dataclass
@@ -72,29 +108,72 @@ class SpoolState:
 def encode_segment(
     queue_key: str, points: list[Point], encoder: Callable[[list[Point]], Any] | None
 ) -> tuple[NewSegment | None, Any]:
-    """One segment for ``points``, by the backend's ``thd_encode`` if it has one, else as columns.
-
-    Returns the segment (None when no point is left) and the backend's report
-    on the points it converted or left out (None for columns).
-    """
+    """A segment (None if no point is left) by the backend's ``thd_encode``, and its report; or columns."""
     times = [p.time_ns for p in points]
     first, last = (min(times), max(times)) if times else (None, None)
     if encoder is None:
         return NewSegment(queue_key, len(points), first, last, COLUMNS, dump_points(points)), None
     encoding, data, report = encoder(points)
-    # a backend's own thd_encode that breaks its contract fails here, for its points only
-    if not isinstance(encoding, str) or not isinstance(data, (bytes, bytearray)):
-        raise TypeError(
-            f"thd_encode must return (encoding str, data bytes, report), not "
-            f"({type(encoding).__name__}, {type(data).__name__}, ...)"
-        )
-    rejected = getattr(report, "rejected_points", 0) if report is not None else 0
-    if not isinstance(rejected, int) or not isinstance(getattr(report, "problems", []), list):
-        raise TypeError("thd_encode must return a WriteReport (or None) as its report")
-    n = len(points) - rejected
-    if n <= 0 or not data:
-        return None, report
-    return NewSegment(queue_key, n, first, last, encoding, bytes(data)), report
+    n = len(points) - getattr(report, "rejected_points", 0)  # (a report None: 0)
+    ok = type(encoding) is str and isinstance(data, (bytes, bytearray)) and type(n) is int
+    if not ok or not isinstance(getattr(report, "problems", []), list):  # a backend's own, broken
+        raise TypeError("thd_encode must return (encoding str, data bytes, a WriteReport or None)")
+    return (NewSegment(queue_key, n, first, last, encoding, bytes(data)) if n > 0 and data else None), report
+
+
+def _big_int(value: Any) -> Any:
+    if not isinstance(value, int):
+        raise TypeError(f"{type(value).__name__} is not a plain value")
+    return msgpack.ExtType(_BIG_INT, value.to_bytes((value.bit_length() + 8) // 8, "big", signed=True))
+
+
+def _pack(columns: list[Any]) -> bytes:
+    try:
+        return msgpack.packb(columns, default=_big_int)
+    except UnicodeEncodeError:  # a lone surrogate (from os.fsdecode, say): kept as it is
+        return msgpack.packb(columns, default=_big_int, unicode_errors="surrogatepass")
+
+
+def _ext(code: int, data: bytes) -> Any:
+    if code != _BIG_INT:
+        raise ValueError(f"unknown msgpack ext type {code} in a spool segment")
+    return int.from_bytes(data, "big", signed=True)
+
+
+def dump_points(points: list[Point]) -> bytes:
+    """The points as :data:`COLUMNS`: one list per attribute, packed in one call."""
+    series, times = [p.series for p in points], [p.time_ns for p in points]
+    fields, tags = [p.fields for p in points], [p.tags for p in points]
+    try:
+        return _pack([series, fields, tags, times])
+    except (TypeError, ValueError):  # a value msgpack cannot hold (a set, a datetime): plain values
+        plain = [list(map(str, series)), list(map(to_plain, fields)), list(map(to_plain, tags))]
+        return _pack([*plain, list(map(int, times))])
+
+
+def _plain(values: Any) -> list[Any]:
+    flat = [is_flat_plain(v, nan=True) for v in values]
+    return list(values) if all(flat) else [v if f else to_plain(v) for v, f in zip(values, flat)]
+
+
+def load_points(data: bytes) -> list[Point]:
+    """The points of :func:`dump_points`, as plain values.  Bounded by the data: msgpack shares no
+    object (n bytes hold at most n), and ``unpackb`` refuses a header announcing more than n."""
+    # arrays as tuples: a tuple can be a dict key (made a str by to_plain, as pickle's were)
+    options = {"ext_hook": _ext, "strict_map_key": False, "unicode_errors": "surrogatepass"}
+    series, fields, tags, times = msgpack.unpackb(data, use_list=False, **options)
+    return list(map(Point, series, _plain(fields), _plain(tags), times))
+
+
+def _check_count(n: int, payload: Any) -> None:
+    """A row's point count must be its payload's: a crafted one would skew ``pending`` and the batches."""
+    if isinstance(payload, list):
+        held = len(payload) == n
+    else:  # one point per line (a line protocol string value may hold newlines: then at most)
+        lines = payload.count(b"\n") + 1
+        held = 0 < n <= lines and (n == lines or b'"' in payload)
+    if not held:
+        raise ValueError(f"the row counts {n} point(s), which its data does not hold")
 
 
 def _drop_first(encoding: str, data: bytes, count: int) -> bytes:
@@ -102,6 +181,187 @@ def _drop_first(encoding: str, data: bytes, count: int) -> bytes:
     if encoding == COLUMNS:
         return dump_points(load_points(data)[count:])
     return b"\n".join(split_lines(bytes(data), encoding)[count:])
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"the spool holds plain values only, not {module}.{name}")
+
+
+def load_pickled_points(data: bytes) -> list[Point]:
+    """The points of a ``columns-1`` segment of schema 2 to 4, within the bounds (for :func:`migrate`)."""
+    if len(data) > LEGACY_MAX_BYTES:
+        raise ValueError(f"a pickled segment of {len(data):,} bytes (more than {LEGACY_MAX_BYTES:,})")
+    form, series, fields, tags, times = _PlainUnpickler(io.BytesIO(data)).load()
+    if form != LEGACY_COLUMNS or {type(s) for s in series} - {str} or {type(t) for t in times} - {int}:
+        raise ValueError("not a spool segment of the format columns-1")
+    left, todo = LEGACY_MAX_OBJECTS, [*fields, *tags]
+    while todo:  # a pickle may use an object many times over, or hold itself
+        item, left = todo.pop(), left - 1
+        if left < 0:
+            raise ValueError(f"a pickled segment of more than {LEGACY_MAX_OBJECTS:,} objects")
+        if isinstance(item, (dict, list, tuple, set, frozenset)):
+            todo += item.items() if isinstance(item, dict) else item
+    return list(map(Point, series, _plain(fields), _plain(tags), times))
+
+
+def migrate(db: sqlite3.Connection, version: int) -> str:
+    """Bring a spool of schema 2, 3 or 4 to 5 in the caller's transaction; says what it did, for the log."""
+    db.execute("DROP VIEW IF EXISTS buildbot_stats_spool")  # 2 and 3: one row per point, for inspection
+    exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+    for step in range(version, SCHEMA_VERSION):
+        for table, sql in _STEPS[step]:
+            if db.execute(exists, (table,)).fetchone():
+                db.execute(sql)
+    _create_tables(db)
+    converted = unreadable = 0
+    legacy = f"SELECT queue_key, id, data FROM {TABLE} WHERE encoding = ?"
+    for key, sid, data in db.execute(legacy, (LEGACY_COLUMNS,)).fetchall():
+        try:
+            points = load_pickled_points(data)
+            times, packed = [p.time_ns for p in points], dump_points(points)
+        except Exception as e:
+            unreadable += _quarantine(db, key, sid, LEGACY_COLUMNS, data, e)
+            continue
+        row = (len(points), min(times, default=None), max(times, default=None), COLUMNS, packed, key, sid)
+        db.execute(
+            f"UPDATE {TABLE} SET n = ?, first_ns = ?, last_ns = ?, encoding = ?, data = ? {WHERE}", row
+        )
+        converted += 1
+    bad = f", {unreadable} unreadable moved to the table {QUARANTINE}" if unreadable else ""
+    return f"was migrated from schema {version} to {SCHEMA_VERSION} ({converted} segment(s) converted{bad})"
+
+
+def _create_tables(db: sqlite3.Connection) -> sqlite3.Connection:
+    db.execute(_TABLE_SQL)
+    db.execute(_QUARANTINE_SQL)
+    return db
+
+
+def _quarantine(db: sqlite3.Connection, key: str, sid: int, encoding: str, data: bytes, e: Exception) -> int:
+    """Move an unreadable segment to the table ``buildbot_stats_unreadable`` (in a transaction)."""
+    db.execute(
+        f"INSERT INTO {QUARANTINE} VALUES (?,?,?,?,?)", (key, sid, encoding, data, f"{type(e).__name__}: {e}")
+    )
+    db.execute(f"DELETE FROM {TABLE} {WHERE}", (key, sid))
+    return 1
+
+
+class ForeignSpoolFileError(Exception):
+    """The spool's path names a file that is not a spool of ours (it is left untouched)."""
+
+
+def foreign_file_problem(path: str) -> str | None:
+    """Why ``path`` is not a spool (Buildbot's ``state.sqlite``, say), or None: no file, an empty one,
+    one marked with the spool's ``application_id`` (even damaged), or one with the spool's table."""
+    return foreign_sqlite_problem(path, lambda tables: TABLE in tables, APPLICATION_ID)
+
+
+class SpoolLockedError(RuntimeError):
+    """Another process has the spool file open."""
+
+
+#: lock file -> (descriptor, users): services of one master may share a spool file (their keys differ)
+_locks: dict[str, tuple[int, int]] = {}
+_locks_guard = threading.Lock()
+
+
+def lock(path: str) -> str:
+    """Lock ``<path>.lock`` (``flock``: the kernel releases it when the process dies): two masters on one
+    file would send, and delete, each other's points.  The lock file stays (else two could lock two files)."""
+    lock_path = os.path.realpath(path) + ".lock"
+    with _locks_guard:
+        fd, users = _locks.get(lock_path, (-1, 0))
+        if users == 0 and fcntl is not None:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError as e:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                os.close(fd)
+                if not isinstance(e, BlockingIOError):
+                    raise  # (a full disk, say)
+                pid = f" (pid {holder})" if holder.isdigit() else ""
+                raise SpoolLockedError(
+                    f"{path} is in use by another process{pid}: each master needs a spool file of its own "
+                    "(spool_path is relative to the master's basedir)"
+                ) from None
+        _locks[lock_path] = (fd, users + 1)
+    return lock_path
+
+
+def unlock(lock_path: str) -> None:
+    with _locks_guard:
+        fd, users = _locks.pop(lock_path)
+        if users > 1:
+            _locks[lock_path] = (fd, users - 1)
+        elif fd >= 0:
+            os.close(fd)  # closing the last descriptor releases the flock
+
+
+class _SchemaVersionError(sqlite3.DatabaseError):
+    """The spool's schema version (its argument) is not one this version can read."""
+
+
+def is_storage_error(e: BaseException) -> bool:
+    """An error of the file's storage (disk full, read-only, I/O), not of the data."""
+    words = ("full", "readonly", "read-only", "disk i/o", "unable to open", "locked")
+    return isinstance(e, sqlite3.OperationalError) and any(w in str(e).lower() for w in words)
+
+
+def open_spool_file(path: str) -> tuple[sqlite3.Connection, str | None]:
+    """Connect to the spool at ``path``: ``(connection, what it found, for the log)``.  A file damaged
+    past its header, or of a schema this version cannot read, is set aside and a new one started."""
+    empty = os.path.isfile(path) and os.path.getsize(path) == 0
+    try:
+        db, notice = _connect(path)
+    except sqlite3.DatabaseError as e:
+        if is_storage_error(e) or (isinstance(e, sqlite3.OperationalError) and not os.path.isfile(path)):
+            raise
+        if isinstance(e, _SchemaVersionError):
+            tag, later = f"schema-{e.args[0]}", " for a later upgrade"
+            why = f"has schema version {e.args[0]}, which this version of buildbot_stats cannot read"
+        else:
+            tag, later, why = "unreadable", "", f"could not be read ({' '.join(str(e).split())})"
+        aside = f"{path}.{tag}-{int(time.time())}"  # (a file recognisably ours, or not a database at all)
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.replace(path + suffix, aside + suffix)
+        notice = f"the spool {path} {why}; it was moved to {aside}{later} and a new one started"
+        return _connect(path)[0], notice
+    if empty:
+        notice = (
+            f"the spool {path} was an empty file (0 bytes): it held no points "
+            "(a master killed before its first spool write, or a truncated copy); a new one started"
+        )
+    return db, notice
+
+
+def _connect(path: str) -> tuple[sqlite3.Connection, str | None]:
+    db, notice = connect_wal(path, timeout=30), None
+    try:
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
+                if version not in (*_STEPS, SCHEMA_VERSION):
+                    raise _SchemaVersionError(version)
+                if version != SCHEMA_VERSION:
+                    notice = f"the spool {path} {migrate(db, version)}"
+            _create_tables(db).execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            marked = db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        if not marked:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the mark into the file's own header
+        check = db.execute("PRAGMA quick_check(1)").fetchone()[0]  # damaged past its header?
+        if check != "ok":
+            raise sqlite3.DatabaseError(f"database disk image is malformed: {check}")
+    except BaseException:
+        db.close()
+        raise
+    return db, notice
 
 
 @dataclass
@@ -120,56 +380,95 @@ class SQLiteSpool:
 
     def __init__(self, path: str | None) -> None:
         self.path = path
-        self.durable = path is not None
-        self.notice: str | None = None  # what open found, for the log, if anything
-        self.degraded: str | None = None  # why the file cannot be written now, if so
-        self._db: sqlite3.Connection | None = None
+        self.notices: list[str] = []  # what the spool found, for the log (SpoolThread says them)
+        self.degraded: str | None = None  # why new segments are kept in memory, if they are
+        self.open_due = False  # True: the next write tries to open the file (SpoolThread's retries)
+        self._file: sqlite3.Connection | None = None
+        self._mem = _create_tables(sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False))
         self._lock: str | None = None
-        self._mem_rows = 0  # segments in the in-memory table
+        self._inode = 0  # of the file opened
+        self._refiled: dict[str, int] = {}  # points copied from a deleted file: not counted as spooled again
         self._queues: defaultdict[str, _Queue] = defaultdict(_Queue)
         self._next_id = 1
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.path!r})"
+    @property
+    def durable(self) -> bool:
+        return self._file is not None
 
     def thd_open(self) -> None:
-        if self.path is not None:
-            problem = foreign_file_problem(self.path)
-            if problem is not None:
-                raise ForeignSpoolFileError(self.path, problem)
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            self._lock = lock(self.path)  # one process per file (SpoolLockedError)
+        """Open the file; one that cannot be opened (full disk, another process's) is tried again later."""
+        if self.path is None:
+            return
         try:
-            self._db, self.notice = open_spool_file(self.path)
+            self._open_file()
+        except ForeignSpoolFileError:
+            raise  # somebody else's file: a configuration error
+        except Exception as e:
+            self.degraded = why = f"{type(e).__name__}: {e}"
+            self.notices.append(
+                f"cannot open the spool {self.path} ({why}); new points are kept in memory, and move to the "
+                "file once it can be opened (tried again, at most a minute apart)"
+            )
+        self._count_file()
+
+    def _open_file(self) -> None:
+        path = str(self.path)
+        problem = foreign_file_problem(path)
+        if problem is not None:
+            raise ForeignSpoolFileError(
+                f"{path} is not a buildbot_stats spool: it {problem}; it is left untouched"
+            )
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._lock = lock(path)  # one process per file (SpoolLockedError)
+        try:
+            self._file, notice = open_spool_file(path)
+            self._inode = os.stat(path).st_ino
         except BaseException:
-            self.thd_close()
+            self._close_file()
             raise
-        self._next_id = (self._db.execute(f"SELECT MAX(id) FROM main.{TABLE}").fetchone()[0] or 0) + 1
-        sql = f"SELECT queue_key, SUM(n), SUM(length(data)) FROM main.{TABLE} GROUP BY queue_key"
-        self._queues.update((key, _Queue(n, size)) for key, n, size in self._db.execute(sql))
+        self.notices += [notice] if notice else []
 
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise RuntimeError(f"spool {self.path} is not open")
-        return self._db
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._lock is not None:
+            unlock(self._lock)
+            self._lock = None
 
-    def _tables(self) -> tuple[str, ...]:
-        return ("main", "mem") if self._mem_rows else ("main",)
+    def _count_file(self) -> dict[str, int]:
+        """Count the file's segments from the id ``_next_id`` on (all, at start): key -> 0, for the states."""
+        found: dict[str, int] = {}
+        sql = f"SELECT queue_key, SUM({_N}), SUM(length(data)), MAX(id) FROM {TABLE} WHERE id >= ? GROUP BY 1"
+        for key, n, size, top in self._file.execute(sql, (self._next_id,)).fetchall() if self._file else ():
+            q = self._queues[key]
+            q.points, q.bytes, found[key] = q.points + n, q.bytes + size, 0
+            self._next_id = max(self._next_id, top + 1)
+        return found
+
+    def _vanished(self) -> bool:
+        """Whether the file was deleted or replaced since it was opened (SQLite would write on into it)."""
+        try:
+            return os.stat(str(self.path)).st_ino != self._inode
+        except FileNotFoundError:
+            return True
+
+    def _dbs(self) -> list[sqlite3.Connection]:
+        return [self._mem] if self._file is None else [self._file, self._mem]
 
     def _state(self, queue_key: str, **changes: int) -> SpoolState:
         q = self._queues[queue_key]
         return SpoolState(pending=q.points, untaken=q.points - sum(n for n, _ in q.taken.values()), **changes)
 
     def _segments(self, queue_key: str, columns: str, after: int) -> Iterator[tuple[Any, ...]]:
-        """``(table, *columns)`` of the segments of a queue after the id ``after``, oldest first."""
-        for table in self._tables():  # while the file is not writable, the newest are in memory
-            sql = f"SELECT {columns} FROM {table}.{TABLE} WHERE queue_key = ? AND id > ? ORDER BY id"
-            for row in self._conn().execute(sql, (queue_key, after)):
-                yield (table, *row)
+        """``(connection, *columns)`` of the segments of a queue after the id ``after``, oldest first."""
+        for db in self._dbs():  # the file's are older than those in memory
+            sql = f"SELECT {columns} FROM {TABLE} WHERE queue_key = ? AND id > ? ORDER BY id"
+            for row in db.execute(sql, (queue_key, after)):
+                yield (db, *row)
 
-    def _try(self, *statements: tuple[str, list[tuple[Any, ...]]]) -> str | None:
+    def _try(self, db: sqlite3.Connection, *statements: tuple[str, Iterable[Any]]) -> str | None:
         """Run statements in one transaction; the error if the disk refuses them (full, read-only)."""
-        db = self._conn()
         try:
             with db:
                 db.execute("BEGIN")
@@ -189,54 +488,69 @@ class SQLiteSpool:
             q.points, q.bytes = q.points - n, q.bytes - size
             q.unreleased.add(sid)
         params = [(queue_key, sid) for sid in sorted(q.unreleased)]
-        failed = [self._try((f"DELETE FROM {table}.{TABLE} {WHERE}", params)) for table in self._tables()]
-        if self._mem_rows:
-            self._mem_rows = self._conn().execute(f"SELECT COUNT(*) FROM mem.{TABLE}").fetchone()[0]
-        if not any(failed):  # (else they are skipped when reading, and deleted with the next ones)
+        # (if the disk refuses, they are skipped when reading, and deleted with the next ones)
+        if not any([self._try(db, (f"DELETE FROM {TABLE} {WHERE}", params)) for db in self._dbs()]):
             q.unreleased = set()
 
-    def thd_write(
-        self, segments: list[NewSegment], bounds: dict[str, tuple[int, int | None]]
-    ) -> dict[str, SpoolState]:
+    def thd_write(self, segments: list[NewSegment], bounds: dict[str, Bounds]) -> dict[str, SpoolState]:
         """Append ``segments`` in one transaction, then apply each queue's ``(max points, max bytes)``."""
-        keys = {seg.queue_key for seg in segments}
+        ids = range(self._next_id, self._next_id + len(segments))
         rows = [
-            (seg.queue_key, self._next_id + i, seg.n, seg.first_ns, seg.last_ns, seg.encoding, seg.data)
-            for i, seg in enumerate(segments)
+            (s.queue_key, i, s.n, s.first_ns, s.last_ns, s.encoding, s.data) for i, s in zip(ids, segments)
         ]
         self._next_id += len(rows)
+        if self._file is not None and self._vanished():  # one stat per commit
+            self._refiled = dict(self._file.execute(f"SELECT queue_key, SUM({_N}) FROM {TABLE} GROUP BY 1"))
+            self._mem.executemany(_INSERT, self._file.execute(f"SELECT * FROM {TABLE}"))
+            self._close_file()  # (before a new file of that name exists: closing deletes "<path>-wal")
+            self.degraded, self.open_due = "it was deleted while the master ran", True
+            self.notices.append(
+                f"the spool {self.path} was deleted or replaced while the master ran: its "
+                f"{sum(self._refiled.values())} pending point(s) are kept, in a new file"
+            )
         spooled = self._resume() if self.degraded else {}
-        if self.degraded is None:
-            self.degraded = self._try((f"INSERT OR REPLACE INTO main.{TABLE} VALUES (?,?,?,?,?,?,?)", rows))
-        if self.degraded is not None:
-            self._conn().executemany(f"INSERT OR REPLACE INTO mem.{TABLE} VALUES (?,?,?,?,?,?,?)", rows)
-            self._mem_rows += len(rows)
+        if self._file is not None and self.degraded is None:
+            self.degraded = self._try(self._file, (_INSERT, rows))
+        durable = self._file is not None and self.degraded is None
+        if not durable:
+            self._mem.executemany(_INSERT, rows)
         for seg in segments:
             q = self._queues[seg.queue_key]
-            q.points += seg.n
-            q.bytes += len(seg.data)
-            if self.degraded is None and self.durable:
+            q.points, q.bytes = q.points + seg.n, q.bytes + len(seg.data)
+            if durable:
                 spooled[seg.queue_key] = spooled.get(seg.queue_key, 0) + seg.n
         states = {}
-        for key in keys | set(spooled):
-            if self.degraded is None and self._queues[key].unreleased:
+        for key in {seg.queue_key for seg in segments} | set(spooled):
+            if durable and self._queues[key].unreleased:
                 self._release(key, ())
             dropped = self._enforce_bounds(key, *bounds[key]) if key in bounds else 0
             states[key] = self._state(key, spooled=spooled.get(key, 0), dropped=dropped)
         return states
 
     def _resume(self) -> dict[str, int]:
-        """Move the segments kept in memory into the file if it can be written again: points per key."""
-        sql = f"SELECT queue_key, SUM(n) FROM mem.{TABLE} GROUP BY queue_key"
-        moved = dict(self._conn().execute(sql).fetchall())
-        if self._try(
-            (f"INSERT OR REPLACE INTO main.{TABLE} SELECT * FROM mem.{TABLE}", [()]),
-            (f"DELETE FROM mem.{TABLE}", [()]),
-        ):
+        """Move the segments kept in memory into the file (opened now if ``open_due``): points per key."""
+        opening = self._file is None
+        if opening:
+            if not self.open_due:
+                return {}
+            self.open_due = False
+            try:
+                self._open_file()
+            except Exception:
+                return {}
+        assert self._file is not None
+        statements: list[tuple[str, Iterable[Any]]] = [(_INSERT, self._mem.execute(f"SELECT * FROM {TABLE}"))]
+        if opening and self._next_id > 1:  # its ids after ours, and its own (no key and id is two rows)
+            top = self._file.execute(f"SELECT MAX(id) FROM {TABLE}").fetchone()[0] or 0
+            statements.insert(0, (f"UPDATE {TABLE} SET id = id + ?", [(top + self._next_id,)]))
+        moved = dict(self._mem.execute(f"SELECT queue_key, SUM({_N}) FROM {TABLE} GROUP BY 1"))
+        if self._try(self._file, *statements):
+            if opening:
+                self._close_file()
             return {}
-        self._mem_rows = 0
-        self.degraded = None
-        return moved
+        self._mem.execute(f"DELETE FROM {TABLE}")
+        self.degraded, refiled, self._refiled = None, self._refiled, {}
+        return {**self._count_file(), **{key: max(0, n - refiled.get(key, 0)) for key, n in moved.items()}}
 
     def _enforce_bounds(self, key: str, max_points: int, max_bytes: int | None) -> int:
         """Drop the oldest segments not taken (the last one cut) until the queue is within its bounds."""
@@ -244,7 +558,7 @@ class SQLiteSpool:
         if q.points <= max_points and (max_bytes is None or q.bytes <= max_bytes):
             return 0  # (the usual case: no query)
         dropped, doomed = 0, []
-        for table, sid, n, size, encoding in self._segments(key, "id, n, length(data), encoding", q.cursor):
+        for db, sid, n, size, encoding in self._segments(key, f"id, {_N}, length(data), encoding", q.cursor):
             over_points = q.points - max_points
             over_bytes = q.bytes - max_bytes if max_bytes is not None else 0
             if over_points <= 0 and over_bytes <= 0:
@@ -256,9 +570,9 @@ class SQLiteSpool:
                 q.points, q.bytes, dropped = q.points - n, q.bytes - size, dropped + n
                 continue
             cut = max(over_points, 1)  # cut the oldest points off this segment
-            sql = f"SELECT data FROM {table}.{TABLE} {WHERE}"
-            rest = _drop_first(encoding, self._conn().execute(sql, (key, sid)).fetchone()[0], cut)
-            self._try((f"UPDATE {table}.{TABLE} SET n = ?, data = ? {WHERE}", [(n - cut, rest, key, sid)]))
+            (data,) = db.execute(f"SELECT data FROM {TABLE} {WHERE}", (key, sid)).fetchone()
+            rest = _drop_first(encoding, data, cut)
+            self._try(db, (f"UPDATE {TABLE} SET n = ?, data = ? {WHERE}", [(n - cut, rest, key, sid)]))
             q.points, q.bytes, dropped = q.points - cut, q.bytes - size + len(rest), dropped + cut
             break
         if doomed:
@@ -268,52 +582,132 @@ class SQLiteSpool:
     def thd_take(
         self, queue_key: str, max_points: int, release: Iterable[int] = (), rewind: bool = False
     ) -> tuple[list[TakenSegment], SpoolState]:
-        """Release the segments ``release`` (their points all left the queue), go back to the oldest if
-        ``rewind`` (a failed write gave its batch back), then take the oldest segments not taken, of one
-        encoding, up to ``max_points`` (one at least, unless 0): one spool call per batch.
-
-        A segment that cannot be read is moved to the table ``buildbot_stats_unreadable``.
-        """
+        """Release ``release`` (all their points left), go back to the oldest if ``rewind``, then take the
+        oldest segments not taken, of one encoding, up to ``max_points`` (one at least, unless 0)."""
         q = self._queues[queue_key]
         if release:
             self._release(queue_key, release)
         if rewind:
-            q.taken.clear()
-            q.cursor = -1
+            q.taken, q.cursor = {}, -1
         taken: list[TakenSegment] = []
-        bad: list[tuple[str, int, int, str, bytes, Exception]] = []
+        bad: list[tuple[Any, ...]] = []
         count = 0
-        segments = self._segments(queue_key, "id, n, encoding, data", q.cursor) if max_points > 0 else ()
-        for table, sid, n, encoding, data in segments:
+        segments = self._segments(queue_key, f"id, {_N}, encoding, data", q.cursor) if max_points else ()
+        for db, sid, n, encoding, data in segments:
             if sid not in q.unreleased:  # (one dropped whose delete is still to be retried is skipped)
                 if taken and (count + n > max_points or encoding != taken[0].encoding):
                     break
                 try:
                     payload = load_points(data) if encoding == COLUMNS else bytes(data)
+                    _check_count(n, payload)
                 except Exception as e:
-                    bad.append((table, sid, n, encoding, data, e))
+                    bad.append((db, sid, n, encoding, data, e))
                 else:
                     taken.append(TakenSegment(sid, n, encoding, payload))
                     q.taken[sid] = (n, len(data))
                     count += n
             q.cursor = sid
-        if bad:
-            with self._conn() as db:
+        for db, sid, n, encoding, data, error in bad:
+            with db:
                 db.execute("BEGIN")
-                for table, sid, n, encoding, data, error in bad:
-                    quarantine(db, table, queue_key, sid, encoding, data, error)
-                    q.points, q.bytes = q.points - n, q.bytes - len(data)
-                    self._mem_rows -= table == "mem"
-        return taken, self._state(queue_key, quarantined=sum(n for _, _, n, *_ in bad))
+                _quarantine(db, queue_key, sid, encoding, data, error)
+            q.points, q.bytes = q.points - n, q.bytes - len(data)
+        return taken, self._state(queue_key, quarantined=sum(row[2] for row in bad))
 
     def thd_pending_counts(self) -> dict[str, int]:
         """Queue key -> pending points, for every queue in the spool."""
         return {key: q.points for key, q in self._queues.items() if q.points}
 
     def thd_close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-        if self._lock is not None:
-            unlock(self._lock)
-            self._lock = None
+        if self._file is not None and self._vanished():
+            self.thd_write([], {})  # what the deleted file held goes to a new one
+        self._close_file()
+
+
+class SpoolThread:
+    """A spool and the one thread that runs its ``thd_*`` methods, in the order they are called."""
+
+    def __init__(self, spool: SQLiteSpool, reactor: Any) -> None:
+        self.spool, self.path = spool, spool.path
+        #: what a retry runs: a spool write of nothing (the spool writer sets its own, to hear the result)
+        self.retry: Callable[[], Any] = lambda: self.call(SQLiteSpool.thd_write, [], {})
+        self._retry_call: Any = None
+        self._retry_delay = RETRY_FIRST_S
+        self._reactor = reactor
+        pool = threadpool.ThreadPool(minthreads=1, maxthreads=1, name="buildbot_stats-spool")
+        self._pool: threadpool.ThreadPool | None = pool
+        pool.start()
+        # not a daemon thread (it would keep a process whose start failed alive): stopped with the reactor
+        self._closing = False
+        reactor.addSystemEventTrigger("during", "shutdown", self._stop_thread)
+
+    @property
+    def running(self) -> bool:
+        return self._pool is not None
+
+    @property
+    def durable(self) -> bool:
+        return self.spool.durable
+
+    def call(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """Run ``f(spool, *args)`` on the spool's thread: a ``thd_*`` method of its class, say."""
+        if self._pool is None:
+            return defer.fail(RuntimeError(f"the thread of the spool {self.path} was stopped"))
+        return threads.deferToThreadPool(self._reactor, self._pool, f, self.spool, *args).addBoth(self._after)
+
+    def _after(self, result: Any) -> Any:
+        """Say what the spool found; try it again later while it keeps new points in memory."""
+        while self.spool.notices:
+            log.msg(f"buildbot_stats: {self.spool.notices.pop(0)}")
+        if self.spool.degraded is None:
+            self._retry_delay = RETRY_FIRST_S
+        elif self._retry_call is None and self._pool is not None and not self._closing:
+            self._retry_call = self._reactor.callLater(self._retry_delay, self._retry)
+            self._retry_delay = min(2 * self._retry_delay, RETRY_MAX_S)
+        return result
+
+    def _retry(self) -> None:
+        self._retry_call, self.spool.open_due = None, True
+        self.retry()
+
+    def idle(self) -> defer.Deferred:
+        """Fires once every call made so far has run."""
+        return self.call(lambda spool: None)
+
+    def close(self) -> defer.Deferred:
+        """Close the spool, then stop its thread (also when closing fails)."""
+        if self._closing or self._pool is None:  # (closed once)
+            return defer.succeed(None)
+        self._closing = True
+        return self.call(SQLiteSpool.thd_close).addBoth(self._stop_thread)
+
+    def _stop_thread(self, result: Any = None) -> Any:
+        """Stop the thread (waiting for the call it runs); later calls fail instead of hanging."""
+        pool, self._pool = self._pool, None
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        if pool is not None:
+            pool.stop()
+        return result
+
+
+def spool_file(spool_path: str | None, basedir: str | None) -> str | None:
+    """The spool's file for ``spool_path`` (relative to the master's basedir), or None for memory."""
+    if spool_path is None or (basedir is None and not os.path.isabs(spool_path)):
+        return None
+    return os.path.join(basedir or "", os.path.expanduser(spool_path))
+
+
+@defer.inlineCallbacks
+def open_spool(spool_path: str | None, basedir: str | None, reactor: Any) -> Any:
+    """Open the spool for ``spool_path`` (a file that is not a spool is refused): a :class:`SpoolThread`."""
+    path = spool_file(spool_path, basedir)
+    if path is None and spool_path is not None:
+        log.msg("buildbot_stats: no master basedir; pending points are kept in memory only")
+    spool = SpoolThread(SQLiteSpool(path), reactor)
+    try:
+        yield spool.call(SQLiteSpool.thd_open)
+    except BaseException:
+        yield spool.close()
+        raise
+    return spool

@@ -17,8 +17,7 @@ from twisted.internet import defer
 from twisted.python import log
 from twisted.python.failure import Failure
 
-from buildbot_stats.delivery.spool import NewSegment, SpoolState, encode_segment
-from buildbot_stats.delivery.spool_thread import SpoolThread
+from buildbot_stats.delivery.spool import NewSegment, SpoolState, SpoolThread, encode_segment
 from buildbot_stats.point import Point, PointProblem, to_ns
 
 __all__ = ["ENCODE_CHUNK", "MAX_RECORDS_PER_WRITE", "Record", "Route", "SpoolResult", "SpoolWriter"]
@@ -243,6 +242,13 @@ class SpoolWriter:
         self._writing: _Write | None = None
         self._looping = False  # in _write's loop: a write that finishes at once does not recurse
         self.recorded = 0  # incremented by every record (a caller can tell whether its call recorded any)
+        spool.retry = self.retry
+
+    def retry(self) -> None:
+        """A spool write (of nothing if nothing waits): the spool tries its file again (see SpoolThread)."""
+        if not self._waiting:
+            self._waiting.append(_Write([], defer.Deferred()))
+        self._write()
 
     def _append(self, record: Record) -> _Write:
         waiting = self._waiting

@@ -1,4 +1,5 @@
-"""A spool on a real full disk (a small tmpfs): points kept in memory within the bound, then resumed.
+"""A spool on a real full disk (a small tmpfs): points kept in memory within the bound, then resumed;
+a spool that cannot even be opened at start (first start or restart) is opened once space returns.
 
 Needs root (to mount a tmpfs); skipped otherwise, with the reason.
 """
@@ -95,5 +96,62 @@ class DiskFullTests(StatsTestCase, LoggingMixin):
             backend._failures.clear()
         self.reactor.advance(100)
         self.assertEqual([p.fields["i"] for p in backend.points], list(range(56, 206)))
+        self.assertEqual(self.stats.counters["pending"], 0)
+        yield self.stats.disownServiceParent()
+
+    @defer.inlineCallbacks
+    def start(self, backend, **kwargs):
+        if self.stats.parent is not None:
+            yield self.stats.disownServiceParent()
+        self.stats = StatsService(
+            storage_backends=[backend],
+            name="StatsService",
+            spool_path=os.path.join(self.mnt, "spool.sqlite"),
+            max_retry_delay=100,
+            flush_timeout=0,
+            **kwargs,
+        )
+        yield self.stats.setServiceParent(self.master)
+
+    @defer.inlineCallbacks
+    def test_first_start_on_a_full_disk_opens_the_spool_once_space_returns(self):
+        backend = RecordingStorage(captures=[capture.CaptureData("m", "builder1")], name="influx")
+        backend.fail_next(100_000)
+        filler = _fill(self.mnt)
+        yield self.start(backend)
+        self.assertLogged("cannot open the spool .*spool.sqlite \\(OSError: \\[Errno 28\\] No space left")
+        self.assertFalse(self.stats.spool.durable)
+        self.post(5)  # no exception into the MQ: kept in memory
+        self.assertEqual(self.stats.counters["pending"], 5)
+        os.remove(filler)
+        self.reactor.advance(1)
+        self.assertLogged("can be written again; the points kept in memory moved to it")
+        self.assertTrue(self.stats.spool.durable)
+        self.assertEqual(self.stats.counters["spooled"], 5)
+        yield self.stats.disownServiceParent()
+        up = RecordingStorage(captures=[capture.CaptureData("m", "builder1")], name="influx")
+        yield self.start(up)
+        self.assertEqual([p.fields["i"] for p in up.points], list(range(5)))
+        yield self.stats.disownServiceParent()
+
+    @defer.inlineCallbacks
+    def test_restart_on_a_full_disk_delivers_what_the_spool_held_once_space_returns(self):
+        backend = RecordingStorage(captures=[capture.CaptureData("m", "builder1")], name="influx")
+        backend.fail_next(100_000)
+        yield self.start(backend)
+        self.post(3)
+        yield self.stats.disownServiceParent()
+        filler = _fill(self.mnt)
+        yield self.start(backend)
+        self.assertLogged("cannot open the spool .*spool.sqlite \\(OperationalError: disk I/O error\\)")
+        self.post(2, start=3)
+        os.remove(filler)
+        self.reactor.advance(1)
+        self.assertTrue(self.stats.spool.durable)
+        self.assertEqual(self.stats.counters["pending"], 5)
+        with backend._lock:
+            backend._failures.clear()
+        self.reactor.advance(100)
+        self.assertEqual(sorted(p.fields["i"] for p in backend.points), list(range(5)))
         self.assertEqual(self.stats.counters["pending"], 0)
         yield self.stats.disownServiceParent()

@@ -459,8 +459,7 @@ class SegmentTests(DataTestCase):
     def test_spool_refuses_pickled_objects(self):
         import pickle
 
-        from buildbot_stats.delivery.spool import load_points
-        from buildbot_stats.delivery.spool_file import load_pickled_points
+        from buildbot_stats.delivery.spool import load_pickled_points, load_points
 
         data = pickle.dumps(("columns-1", ["s"], [{"x": os.getcwd}], [{}], [1]))
         with self.assertRaises(pickle.UnpicklingError):  # (read only to migrate a spool of schema 2 to 4)

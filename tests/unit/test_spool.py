@@ -12,7 +12,7 @@ from twisted.internet import defer
 
 from buildbot_stats import capture
 from buildbot_stats.cli import main as cli_main
-from buildbot_stats.delivery import spool_thread
+from buildbot_stats.delivery import spool as spool_module
 from buildbot_stats.delivery.spool import SQLiteSpool
 from buildbot_stats.errors import SplitBatchError
 from buildbot_stats.point import Point
@@ -173,21 +173,21 @@ class FullDisk(SQLiteSpool):
     full = False
     fail_deletes = 0
 
-    def _try(self, *statements):
+    def _try(self, db, *statements):
         sql = statements[0][0]
-        if FullDisk.full and "INTO main." in sql:
+        if FullDisk.full and db is self._file and sql.startswith("INSERT"):
             return "OperationalError: database or disk is full"
         if sql.startswith("DELETE") and FullDisk.fail_deletes:
             FullDisk.fail_deletes -= 1
             return "OperationalError: database or disk is full"
-        return super()._try(*statements)
+        return super()._try(db, *statements)
 
 
 class FullDiskTests(SpoolCase):
     @defer.inlineCallbacks
     def setUp(self):
         yield super().setUp()
-        self.patch(spool_thread, "SQLiteSpool", FullDisk)
+        self.patch(spool_module, "SQLiteSpool", FullDisk)
         FullDisk.full = False
         FullDisk.fail_deletes = 0
 
@@ -370,7 +370,7 @@ class ByteBoundTests(SpoolCase):
 
 def test_msgpack_columns_keep_what_the_pickled_ones_kept():
     """Values msgpack has no type for come back as ``to_plain`` makes them, as they did from pickle."""
-    from buildbot_stats.delivery.spool_file import dump_points, load_points
+    from buildbot_stats.delivery.spool import dump_points, load_points
 
     fields = {
         "ints": [2**64 - 1, -(2**63), 2**64, -(2**200)],  # beyond 64 bits: the ext type

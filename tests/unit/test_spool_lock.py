@@ -20,9 +20,7 @@ from typing import Any
 import pytest
 from twisted.python import log
 
-from buildbot_stats.delivery.spool import SQLiteSpool, encode_segment
-from buildbot_stats.delivery.spool_file import SpoolLockedError
-from buildbot_stats.delivery.spool_thread import open_spool
+from buildbot_stats.delivery.spool import SpoolLockedError, SQLiteSpool, encode_segment, lock, open_spool
 from buildbot_stats.point import Point
 
 _HOLDER = """
@@ -61,21 +59,30 @@ def holder(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
         proc.wait(timeout=30)
 
 
-def test_second_process_is_refused_in_one_line(holder: tuple[subprocess.Popen[str], Path]) -> None:
+def test_second_process_is_refused_in_one_line_and_gets_the_file_once_it_is_free(
+    holder: tuple[subprocess.Popen[str], Path],
+) -> None:
     proc, path = holder
     with pytest.raises(SpoolLockedError) as info:
-        SQLiteSpool(str(path)).thd_open()
+        lock(str(path))
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(f"{path} is in use by another process (pid {proc.pid})")
-    # the holder's points are untouched
-    assert proc.stdin is not None
-    proc.stdin.close()
-    assert proc.wait(timeout=30) == 0
     spool = SQLiteSpool(str(path))
-    spool.thd_open()
+    spool.thd_open()  # in memory meanwhile: statistics never keep a master from starting
     try:
-        assert spool.thd_pending_counts() == {"svc/b": 1}
+        assert not spool.durable and spool.degraded is not None and message in spool.degraded
+        segment, _ = encode_segment("svc/b", [Point("s", {"v": 2}, {}, 10**18)], None)
+        spool.thd_write([segment], {})
+        # the holder's points are untouched; once it is gone, the file is ours, with both points
+        assert proc.stdin is not None
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+        spool.open_due = True  # (as SpoolThread's retry does)
+        spool.thd_write([], {})
+        assert spool.durable and spool.degraded is None
+        assert spool.thd_pending_counts() == {"svc/b": 2}
+        assert [s.payload[0].fields["v"] for s in spool.thd_take("svc/b", 10)[0]] == [2, 1]
     finally:
         spool.thd_close()
 
@@ -113,9 +120,20 @@ class _QueueReactor:
 
     def __init__(self) -> None:
         self.calls: queue.Queue[Any] = queue.Queue()
+        self.later: list[Any] = []
 
     def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
         self.calls.put((f, args, kwargs))
+
+    def callLater(self, delay: float, f: Any, *args: Any) -> Any:
+        self.later.append((delay, f, args))
+        return self
+
+    def active(self) -> bool:  # (the delayed call of callLater)
+        return True
+
+    def cancel(self) -> None:
+        self.later.clear()
 
     def addSystemEventTrigger(self, *args: Any, **kwargs: Any) -> object:
         return object()  # the spool's thread is stopped by the test (open_spool closes it)
@@ -151,6 +169,7 @@ def test_master_keeps_points_in_memory_and_says_so_once(holder: tuple[subprocess
         result[0].raiseException()
     spool = result[0]
     assert spool.durable is False
+    assert [delay for delay, _, _ in reactor.later] == [1.0]  # tried again in a second
     done: list[Any] = []
     spool.close().addBoth(done.append)  # the memory spool's thread
     reactor.run_until(done)
@@ -158,5 +177,7 @@ def test_master_keeps_points_in_memory_and_says_so_once(holder: tuple[subprocess
     assert ours == [
         f"buildbot_stats: cannot open the spool {path} (SpoolLockedError: {path} is in use by another "
         f"process (pid {proc.pid}): each master needs a spool file of its own (spool_path is relative "
-        "to the master's basedir)); pending points are kept in memory only"
+        "to the master's basedir)); new points are kept in memory, and move to the file once it can be "
+        "opened (tried again, at most a minute apart)"
     ]
+    assert [delay for delay, _, _ in reactor.later] == []  # cancelled with the spool's thread

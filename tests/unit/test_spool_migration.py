@@ -15,9 +15,8 @@ import pytest
 from twisted.internet import defer
 
 from buildbot_stats.cli.spool_info import read_spool_info
-from buildbot_stats.delivery import spool_file
-from buildbot_stats.delivery.spool import SQLiteSpool
-from buildbot_stats.delivery.spool_file import COLUMNS
+from buildbot_stats.delivery import spool as spool_file
+from buildbot_stats.delivery.spool import COLUMNS, SQLiteSpool
 from buildbot_stats.point import Point
 from tests.unit.test_spool import SpoolCase
 
@@ -99,7 +98,7 @@ def test_migrated_file_holds_msgpack_columns_with_their_times(tmp_path: Path, sc
     spool = SQLiteSpool(path)
     spool.thd_open()
     try:
-        assert spool.notice is not None and f"migrated from schema {schema} to 5" in spool.notice
+        assert f"migrated from schema {schema} to 5" in " ".join(spool.notices)
         taken, state = spool.thd_take("StatsService/influx", 100)
         assert (state.pending, state.quarantined) == (6, 0)
         assert [(s.n, s.encoding) for s in taken] == [(3, COLUMNS), (3, COLUMNS)]
@@ -166,7 +165,7 @@ def test_pickled_segment_beyond_the_bounds_is_set_aside_unread(tmp_path, monkeyp
     spool = SQLiteSpool(path)
     spool.thd_open()
     try:
-        assert "migrated from schema 4 to 5 (1 segment(s) converted, 1 unreadable moved" in spool.notice
+        assert "migrated from schema 4 to 5 (1 segment(s) converted, 1 unreadable moved" in spool.notices[0]
         taken, state = spool.thd_take("StatsService/influx", 100)
         assert [s.id for s in taken] == [1] and state.pending == 3
     finally:

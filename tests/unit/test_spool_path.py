@@ -20,8 +20,12 @@ from buildbot.config.errors import capture_config_errors
 from buildbot.config.master import loadConfigDict
 from twisted.internet import defer
 
-from buildbot_stats.delivery.spool import ForeignSpoolFileError, SQLiteSpool, foreign_file_problem
-from buildbot_stats.delivery.spool_file import APPLICATION_ID
+from buildbot_stats.delivery.spool import (
+    APPLICATION_ID,
+    ForeignSpoolFileError,
+    SQLiteSpool,
+    foreign_file_problem,
+)
 from buildbot_stats.stats_service import StatsService
 from buildbot_stats.testing import RecordingStorage
 from tests.fakes import StatsTestCase
@@ -230,7 +234,7 @@ class StartTests(StatsTestCase):
 
         class FailingStats(StatsService):
             def registerConsumers(self):
-                opened.append(self.spool)
+                opened.append((self.spool, self.spool.durable))
                 raise RuntimeError("cannot consume")
 
         stats = FailingStats(
@@ -238,8 +242,8 @@ class StartTests(StatsTestCase):
         )
         error = yield self.start_failing(stats)
         self.assertIsInstance(error, RuntimeError)
-        self.assertTrue(opened[0].durable)
-        self.assertFalse(opened[0].running)
+        self.assertTrue(opened[0][1])  # a spool file, open then
+        self.assertFalse(opened[0][0].running)
         self.assertIsNone(stats.spool)
 
     def spool(self):
