@@ -29,7 +29,9 @@ import urllib.request
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Any, Callable, Generic, NamedTuple, TypeVar, cast
 
+from twisted.internet import threads
 from twisted.python import log
+from twisted.python.threadable import isInIOThread
 
 from buildbot_stats.capture.live import LiveSnapshot
 from buildbot_stats.stats_service import StatsService
@@ -128,8 +130,15 @@ def master_store(master: Any) -> str | None:
 def master_live(master: Any) -> LiveSnapshot | None:
     """The live state of the master's first StatsService that keeps it (None: no live state)."""
     for service in _stats_services(master):
-        snapshot = getattr(service, "live_snapshot", None)  # a stored copy: safe from this thread
-        live = snapshot() if callable(snapshot) else None
+        snapshot = getattr(service, "live_snapshot", None)
+        if not callable(snapshot):
+            continue
+        # taken on the reactor, which changes the live state (this runs in the WSGI thread pool)
+        reactor = getattr(master, "reactor", None)
+        if reactor is not None and reactor.running and not isInIOThread():
+            live = threads.blockingCallFromThread(reactor, snapshot)
+        else:
+            live = snapshot()
         if live is not None:
             return cast(LiveSnapshot, live)
     return None

@@ -68,6 +68,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from buildbot_stats.capture.live import LIVE_SERIES
 from buildbot_stats.point import Point, to_ns
 from buildbot_stats.storage_backends.sqlite import _SCHEMA, _UPSERT, _merge_fields, _point_row
 from buildbot_stats.ui.formatting import MAX_NS, MIN_NS, format_time
@@ -365,7 +366,8 @@ def _classify(store: StatsStore) -> tuple[int, dict[str, int], dict[str, str]]:
     kinds: dict[str, str] = {}
     rows = []
     for series in counts:
-        kind, prefix = "data", series
+        # the live state's series is shown from the service's snapshot ("Now"), not as values
+        kind, prefix = ("live", series) if series == LIVE_SERIES else ("data", series)
         for suffix, name in _KINDS:
             if series.endswith(suffix):
                 kind, prefix = name, series[: -len(suffix)]

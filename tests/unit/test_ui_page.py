@@ -264,3 +264,18 @@ def test_standalone_page_takes_window_and_builder_and_links_into_the_ui(recent_s
     checked = [a["id"] for a, _ in page.all("input") if "checked" in a]
     assert checked == ["bbs-w-7d", "bbs-b-1"]  # builders sorted: <script> 0, linux 1
     assert "../../../#/builders/3/builds/4" in {a["href"] for a, _ in page.all("a")}
+
+
+def test_the_live_series_is_not_listed_as_a_data_series(tmp_path):
+    """``buildbot-live`` points (issue 21) are the "Now" figures, not values a step posted."""
+    points = [
+        *build_points("linux", 1, 1, 10.0),
+        Point("buildbot-live", {"workers_connected": 2, "workers_busy": 1}, {}, NOW - HOUR_NS),
+        Point("buildbot-live", {"requests_pending": 3}, {"builder_name": "linux"}, NOW - HOUR_NS),
+        Point("coverage", {"percent": 81.5}, {"builder_name": "linux"}, NOW - HOUR_NS),
+    ]
+    path = write_store(tmp_path / "live.sqlite", points)
+    with open_store(path) as store:
+        whole = summarize(store)
+    assert [s.series for s in whole.series] == ["coverage"]
+    assert [b.builder for b in whole.builders] == ["linux"]
