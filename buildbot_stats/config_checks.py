@@ -63,7 +63,7 @@ def _check_captures(name: str, captures: Any) -> None:
         return
     for cap in captures:
         kind = type(cap).__name__
-        builder = getattr(cap, "_builder_name", None)
+        builder = getattr(cap, "builder_name", None)
         named = isinstance(builder, str) and builder.strip()
         if isinstance(cap, type):
             config.error(f"{where}: {cap.__name__} is a class; write {cap.__name__}(...) to make a capture")
