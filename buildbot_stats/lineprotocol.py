@@ -20,7 +20,6 @@ __all__ = [
     "encode_lines",
     "encode_points",
     "PRECISIONS",
-    "LINE_PROTOCOL_ENCODINGS",
     "encoding_precision",
     "line_protocol_encoding",
     "split_lines",
@@ -191,11 +190,8 @@ class _Encoder:
                 if value - value == 0.0:  # finite
                     parts.append(f"{key}={value!r}")
                     continue
-            elif kind is str:
+            elif kind is str or kind is bool:
                 parts.append(f"{key}={self.field_value(series, key, value)}")
-                continue
-            elif kind is bool:
-                parts.append(f"{key}=true" if value else f"{key}=false")
                 continue
             del problems[start:]
             return self.line_general(point, divisor)
@@ -260,72 +256,37 @@ def encode_body(points: list[Point], precision: str = "n") -> tuple[bytes, list[
     return text.encode("utf-8"), problems, skipped
 
 
-#: encodings (``thd_encode``) whose data is this module's line protocol
-LINE_PROTOCOL_ENCODINGS = ("influx-lp/",)
+#: the name (``thd_encode``) of this module's line protocol, then its timestamp precision
+_ENCODING = "influx-lp/"
 
 
 def line_protocol_encoding(precision: str) -> str:
     """The name of this module's line protocol with ``precision`` timestamps, as spooled."""
-    return f"{LINE_PROTOCOL_ENCODINGS[0]}{precision}"
+    return _ENCODING + precision
 
 
 def encoding_precision(encoding: str) -> str | None:
-    """The timestamp precision of :func:`line_protocol_encoding`'s ``encoding``; None if not one."""
-    prefix = LINE_PROTOCOL_ENCODINGS[0]
-    precision = encoding[len(prefix) :] if encoding.startswith(prefix) else None
+    """The timestamp precision of a :func:`line_protocol_encoding`; None for another encoding."""
+    precision = encoding[len(_ENCODING) :] if encoding.startswith(_ENCODING) else None
     return precision if precision in PRECISIONS else None
 
 
-def split_lines(data: bytes, encoding: str = LINE_PROTOCOL_ENCODINGS[0]) -> list[bytes]:
+def split_lines(data: bytes, encoding: str = _ENCODING) -> list[bytes]:
     """The points of encoded data, one per line; in our line protocol a newline
     inside a string field value does not end a point."""
-    pieces = data.split(b"\n")
-    if not encoding.startswith(LINE_PROTOCOL_ENCODINGS) or b'"' not in data:
-        return pieces
-    lines: list[bytes] = []
-    pending: bytes | None = None  # a point cut at a newline inside one of its strings
-    for piece in pieces:
-        text = piece if pending is None else pending + b"\n" + piece
-        if _ends_inside_a_string(text):
-            pending = text
-        else:
-            lines.append(text)
-            pending = None
-    if pending is not None:
-        lines.append(pending)
-    return lines
-
-
-def _unescaped(line: bytes, char: bytes, start: int) -> int:
-    """Index of the first ``char`` from ``start`` not escaped by a backslash, or -1."""
-    i = line.find(char, start)
-    while i > 0:
-        k = i
-        while k > start and line[k - 1] == 0x5C:  # backslashes before it
-            k -= 1
-        if (i - k) % 2 == 0:
-            return i
-        i = line.find(char, i + 1)
-    return i
-
-
-def _ends_inside_a_string(line: bytes) -> bool:
-    """Whether ``line`` (a start of a point) stops inside a string field value."""
-    i = _unescaped(line, b" ", 0)  # the end of the series and tags
-    if i < 0:
-        return False
+    if not encoding.startswith(_ENCODING) or b'"' not in data:
+        return data.split(b"\n")
+    lines, start = [], 0
     while True:
-        equals = _unescaped(line, b"=", i + 1)  # a field key ends (keys escape "=")
-        if equals < 0:
-            return False
-        i = equals + 1
-        if line[i : i + 1] == b'"':
-            i = _unescaped(line, b'"', i + 1)  # the string's end (values escape '"')
-            if i < 0:
-                return True
-            i += 1
-        else:
-            ends = [j for j in (line.find(b",", i), line.find(b" ", i)) if j >= 0]
-            i = min(ends) if ends else len(line)
-        if line[i : i + 1] != b",":
-            return False  # the timestamp follows, or the line ends
+        end = data.find(b"\n", _POINT.match(data, start).end())  # type: ignore[union-attr]
+        if end < 0:
+            lines.append(data[start:])
+            return lines
+        lines.append(data[start:end])
+        start = end + 1
+
+
+# a field: its key (which escapes "=") and its value, a string (which escapes '"') or a plain one
+_FIELD = rb'(?:[^=\n\\]|\\.)*=(?:"(?:[^"\\]|\\.)*"|[^,\n ]*)'
+# a point up to its timestamp: series and tags (up to an unescaped space), then the fields
+_POINT = re.compile(rb"(?:[^ \n\\]|\\.)*(?: %s(?:,%s)*)?" % (_FIELD, _FIELD))
