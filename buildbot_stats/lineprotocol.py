@@ -41,10 +41,10 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 class _Encoder:
     def __init__(self) -> None:
         self.problems: list[PointProblem] = []
-        # shape (series, tag keys and values, field keys) -> (escaped prefix, its
-        # problems), or False for the general path.  Per batch on purpose: kept
-        # longer, it pinned the memory of a burst of values (600 MB measured).
-        self._shapes: dict[Any, Any] = {}
+        # escaped prefixes and field keys (see line()); per batch on purpose: kept
+        # longer, such a cache pinned the memory of a burst of values (600 MB measured)
+        self._prefixes: dict[Any, Any] = {}
+        self._keys: dict[Any, Any] = {}
 
     def _problem(self, series: str, field: str, reason: str, rejected: bool) -> None:
         self.problems.append(PointProblem(series, field, reason, rejected))
@@ -107,8 +107,11 @@ class _Encoder:
             text = raw[:MAX_STRING_BYTES].decode("utf-8", errors="ignore")
         return '"' + text.translate(_STRING_ESCAPES) + '"'
 
-    def prefix(self, series: str, tags: dict[Any, Any]) -> str:
-        """The escaped measurement and tags of a line."""
+    def prefix(self, series: str, tags: dict[Any, Any]) -> str | None:
+        """The escaped measurement and tags of a line; None for an empty series name."""
+        if not series:
+            self._problem(series, "*", "empty series name", True)
+            return None
         measurement = self.name(series, "*", series, _MEASUREMENT_ESCAPES)
         if measurement.startswith("#"):
             self._problem(series, "*", "a series name cannot start with '#'; stored with '_'", False)
@@ -130,100 +133,52 @@ class _Encoder:
             parts.append(f"{key}={self.name(series, str(tag_key), text, _KEY_ESCAPES)}")
         return ",".join(parts)
 
-    def _shape(self, shape_key: Any, series: Any, tags: dict[Any, Any], fields: dict[Any, Any]) -> Any:
-        """The cached prefix (with its problems) of a fast-path shape, or False for the general path.
-
-        Fast: a non-empty series and field keys that are exact ``str`` needing
-        no escaping or conversion (``1``, ``1.0`` and ``True`` are equal keys
-        but differ as text).
-        """
+    def _escaped(self, cache: dict[Any, str], cache_key: Any, make: Any, *args: Any) -> Any:
+        """``make(*args)``, kept in ``cache`` under ``cache_key`` (None: not kept) if it had no problem."""
         start = len(self.problems)
-        fast = bool(series) and all(type(k) is str and k and self.key(series, k) == k for k in fields)
-        shape = (
-            (self.prefix(series, tags), self.problems[start:])
-            if fast and len(self.problems) == start
-            else False
-        )
-        del self.problems[start:]
-        self._shapes[shape_key] = shape
-        return shape
+        value = make(*args)
+        if cache_key is not None and len(self.problems) == start:
+            cache[cache_key] = value
+        return value
 
     def line(self, point: Point, divisor: int) -> str | None:
         """One line, or None when the point has no field left.
 
-        The usual point (str names and tags, int, float, bool and str fields)
-        takes a fast path: one lookup of its shape gives the escaped prefix;
-        any other point takes :meth:`line_general` (the same rules).
+        Most points of a batch share their series, tags and field keys: names of exact ``str``
+        (a str subclass may be written otherwise) that need no conversion are escaped once.
         """
-        series, tags, fields = point.series, point.tags, point.fields
-        # a str subclass equals its plain value but may be written otherwise: exact str only
-        if type(series) is not str:
-            return self.line_general(point, divisor)
+        series, tags = str(point.series), point.tags
+        shape: tuple | None = (series, *tags.items())
+        if type(point.series) is not str:
+            shape = None
         for k, v in tags.items():
             if type(k) is not str or type(v) is not str:
-                return self.line_general(point, divisor)
-        shape_key = (series, len(tags), *tags, *tags.values(), *fields)
-        try:
-            shape = self._shapes.get(shape_key)
-        except Exception:  # a field key whose hash or == fails (tags are str by now)
-            return self.line_general(point, divisor)
-        if shape is None:
-            shape = self._shape(shape_key, series, tags, fields)
-        if shape is False:
-            return self.line_general(point, divisor)
-        prefix, prefix_problems = shape
-        problems = self.problems
-        start = len(problems)
-        if prefix_problems:
-            problems.extend(prefix_problems)
-        parts = []
-        for key, value in fields.items():
-            if type(key) is not str:  # equal to a plain key of the shape (see above)
-                del problems[start:]
-                return self.line_general(point, divisor)
-            kind = type(value)
-            if kind is int:
-                if INT64_MIN <= value <= INT64_MAX:
-                    parts.append(f"{key}={value}i")
-                    continue
-            elif kind is float:
-                if value - value == 0.0:  # finite
-                    parts.append(f"{key}={value!r}")
-                    continue
-            elif kind is str or kind is bool:
-                parts.append(f"{key}={self.field_value(series, key, value)}")
-                continue
-            del problems[start:]
-            return self.line_general(point, divisor)
-        if not parts:
+                shape = None
+                break
+        prefix = self._prefixes.get(shape) or self._escaped(self._prefixes, shape, self.prefix, series, tags)
+        if prefix is None:
             return None
-        return f"{prefix} {','.join(parts)} {point.time_ns // divisor}"
-
-    def line_general(self, point: Point, divisor: int) -> str | None:
-        series = str(point.series)
-        if not series:
-            self._problem(series, "*", "empty series name", True)
-            return None
-        prefix = self.prefix(series, point.tags)
         fields = []
-        keys: list[str] = []
-        changed = False  # a key was escaped or converted: it may now equal another one
+        keys = set()
         for field_key, value in point.fields.items():
-            if not str(field_key):
+            name = field_key if type(field_key) is str else str(field_key)
+            if not name:
                 self._problem(series, "", "empty field name", True)
                 continue
-            encoded = self.field_value(series, str(field_key), value)
-            if encoded is not None:
-                key = self.key(series, field_key)
-                if changed or key != field_key:
-                    changed = True
-                    if key in keys:
-                        self._problem(
-                            series, str(field_key), "same name as another field after conversion", True
-                        )
-                        continue
-                keys.append(key)
-                fields.append(f"{key}={encoded}")
+            kind = type(value)
+            if kind is int and INT64_MIN <= value <= INT64_MAX:
+                encoded: str | None = f"{value}i"
+            elif kind is float and value - value == 0.0:  # finite
+                encoded = repr(value)
+            elif (encoded := self.field_value(series, name, value)) is None:
+                continue
+            plain = field_key if type(field_key) is str else None
+            key = self._keys.get(plain) or self._escaped(self._keys, plain, self.key, series, field_key)
+            if key in keys:
+                self._problem(series, name, "same name as another field after conversion", True)
+                continue
+            keys.add(key)
+            fields.append(f"{key}={encoded}")
         if not fields:
             return None
         return f"{prefix} {','.join(fields)} {point.time_ns // divisor}"
