@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 from buildbot import config
-from twisted.internet import defer, threads
+from twisted.internet import defer
 
 from buildbot_stats.arguments import reject_unknown
 from buildbot_stats.errors import CaptureCallbackError
@@ -45,16 +45,8 @@ class Capture(abc.ABC):
 
     @property
     def _lookups(self) -> Any:
-        """The service's cached lookups (own ones without a StatsService)."""
-        service = self._stats_service
-        if service is not None and service.lookups is not None:
-            return service.lookups
-        own = self.__dict__.get("_own_lookups")
-        if own is None or own.master is not self.master:
-            from buildbot_stats.capture.lookups import BuildLookups
-
-            own = self.__dict__["_own_lookups"] = BuildLookups(self.master)
-        return own
+        """The service's cached lookups of builders, builds, workers."""
+        return self._stats_service.lookups
 
     def _build_context(self, build: dict[str, Any], builder_name: str, worker: bool | None = None) -> Any:
         """A Deferred of the build's tags; with the worker's name if ``worker`` (None: per ``extra_tags``)."""
@@ -72,15 +64,7 @@ class Capture(abc.ABC):
     def _store(self, post_data: Any, series_name: str, context: Any, time: Any = None) -> defer.Deferred:
         """Hand one point (``time``: datetime, epoch seconds or ns; default now) to every backend
         of this capture; the Deferred fires once it is spooled."""
-        service = self._stats_service
-        if service is not None:
-            return service.store(self, post_data, series_name, context, time)
-        # used without a StatsService (as buildbot.statistics allowed): post directly
-        posts = [
-            threads.deferToThread(svc.thd_postStatsValue, post_data, series_name, context)
-            for svc in self.parent_svcs
-        ]
-        return defer.gatherResults(posts, consumeErrors=True)
+        return self._stats_service.store(self, post_data, series_name, context, time)  # type: ignore[no-any-return]
 
 
 def _with_worker(name: Any, context: dict[str, str]) -> dict[str, str]:
@@ -97,7 +81,7 @@ class _BuilderCapture(Capture):
         """Whether builds of this builder (its data API dict) are captured."""
 
     def _builder_info(self, builderid: Any) -> defer.Deferred:
-        return self._lookups.builder(builderid).addCallback(self._known_builder, builderid)
+        return self._lookups.builders.get(builderid).addCallback(self._known_builder, builderid)
 
     def _known_builder(self, info: Any, builderid: Any) -> Any:
         if info is None:

@@ -274,10 +274,9 @@ class CaptureDataBase(_BuilderCapture):
                 f"(series {series}). Exception generated: {type(e).__name__} with message {e!s}"
             ) from e
         context = yield self._build_context(build_data, builder_info["name"])
-        # stamped now: with Buildbot's simple MQ, the time of the yieldMetricsValue call
-        stored = self._store(post_data, series, context)
-        if self._stats_service is None:
-            yield stored  # with a service, the point is queued: it is kept until written
+        # stamped now: with Buildbot's simple MQ, the time of the yieldMetricsValue call; not
+        # waited for: the point is queued, kept until written (yieldMetricsValue waits for that)
+        self._store(post_data, series, context)
 
 
 class CaptureData(_OneBuilder, CaptureDataBase):

@@ -47,7 +47,7 @@ class _StepCapture(_OneBuilder, _BuilderCapture):
     def _step_point(self, step: dict[str, Any], what: str) -> Any:
         """``(build, builder name, tags, where)`` of the step, None if not captured here."""
         lookups = self._lookups
-        build = yield lookups.find_build(step["buildid"])
+        build = yield lookups.builds.get(step["buildid"])
         what = f"{what} {step.get('name')!r} (id {step.get('stepid')!r})"
         if build is None:
             raise CaptureCallbackError(
@@ -156,7 +156,7 @@ class CaptureBuildQueueTime(_OneBuilder, CaptureBuildTimes):
 
     @defer.inlineCallbacks
     def _retValParams(self, msg: dict[str, Any]) -> Any:
-        request = yield self._lookups.buildrequest(msg.get("buildrequestid"))
+        request = yield self._lookups.buildrequests.get(msg.get("buildrequestid"))
         if request is None or request.get("submitted_at") is None:
             raise CaptureCallbackError(
                 f"No build request {msg.get('buildrequestid')!r} to take the queue time from."
@@ -200,16 +200,16 @@ class CaptureTestResults(_StepCapture):
         # at once, in message order, before any lookup yields.
         if routingKey and routingKey[0] == "test_result_sets":
             return self._set_completed(msg)
-        self._lookups.remember_finished_step(msg)
+        self._lookups.finished_steps.put(msg["stepid"], msg)
         sets = self._pending.pop(msg.get("stepid"), None)
         return self._emit(sets, msg) if sets else None
 
     def _set_completed(self, result_set: dict[str, Any]) -> Any:
-        known = self._lookups.known_builder(result_set.get("builderid"))
+        known = self._lookups.builders.known(result_set.get("builderid"))
         if known is not None and not self._builder_name_matches(known):
             return None
         stepid = result_set.get("stepid")
-        step = self._lookups.finished_step(stepid)
+        step = self._lookups.finished_steps.known(stepid)
         if step is not None:
             return self._emit([result_set], step)
         self._pending.setdefault(stepid, []).append(result_set)
