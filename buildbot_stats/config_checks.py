@@ -32,7 +32,7 @@ def check_service_config(storage_backends: Any, options: dict[str, Any]) -> None
             f"not {type(storage_backends).__name__}"
         )
         return
-    names: dict[str, Any] = {}
+    names: set[str] = set()
     for i, backend in enumerate(storage_backends):
         if not is_storage_backend(backend):
             raise StorageBackendTypeError(
@@ -49,7 +49,7 @@ def check_service_config(storage_backends: Any, options: dict[str, Any]) -> None
             config.error(
                 f"StatsService: two storage backends are named {name!r}; give each a name of its own"
             )
-        names.setdefault(name, backend)
+        names.add(name)
         _check_captures(name, getattr(backend, "captures", None))
     for message in ServiceOptions.problems(options):
         config.error(f"StatsService: {message}")
