@@ -83,24 +83,18 @@ class CaptureStepDuration(_StepCapture):
         **unknown: Any,
     ) -> None:
         self._builder_name = builder_name
-        self._step_name = step_name
-        self._pattern: re.Pattern[str] | None = None
+        self._pattern: re.Pattern[str] | None = None  # None: every step
         if step_name is not None and not isinstance(step_name, str):
             config.error(f"{type(self).__name__}: step_name must be a string or None, not {step_name!r}")
-            self._step_name = None
-        elif regex and step_name is not None:
+        elif step_name is not None:
             try:
-                self._pattern = re.compile(step_name)
+                self._pattern = re.compile(step_name if regex else re.escape(step_name) + r"\Z")
             except re.error as e:
                 config.error(f"{type(self).__name__}: invalid regular expression {step_name!r}: {e}")
         super().__init__(STEP_FINISHED, duration_callback(self, report_in, callback), **unknown)
 
     def _step_name_matches(self, name: Any) -> bool:
-        if self._step_name is None:
-            return True
-        if self._pattern is not None:
-            return isinstance(name, str) and self._pattern.match(name) is not None
-        return name == self._step_name
+        return self._pattern is None or (isinstance(name, str) and self._pattern.match(name) is not None)
 
     @defer.inlineCallbacks
     def consume(self, routingKey: tuple, msg: dict[str, Any]) -> Any:
