@@ -31,7 +31,7 @@ def check_service_config(storage_backends: Any, options: dict[str, Any]) -> None
             f"not {type(storage_backends).__name__}"
         )
         return
-    names: dict[str, Any] = {}
+    names: set[str] = set()
     for i, backend in enumerate(storage_backends):
         if not is_storage_backend(backend):
             raise StorageBackendTypeError(
@@ -48,7 +48,7 @@ def check_service_config(storage_backends: Any, options: dict[str, Any]) -> None
             config.error(
                 f"StatsService: two storage backends are named {name!r}; give each a name of its own"
             )
-        names.setdefault(name, backend)
+        names.add(name)
         _check_captures(name, getattr(backend, "captures", None))
     for message in ServiceOptions.problems(options):
         config.error(f"StatsService: {message}")
@@ -62,7 +62,7 @@ def _check_captures(name: str, captures: Any) -> None:
         return
     for cap in captures:
         kind = type(cap).__name__
-        builder = getattr(cap, "_builder_name", None)
+        builder = getattr(cap, "builder_name", None)
         named = isinstance(builder, str) and builder.strip()
         if isinstance(cap, type):
             config.error(f"{where}: {cap.__name__} is a class; write {cap.__name__}(...) to make a capture")

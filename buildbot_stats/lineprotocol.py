@@ -20,7 +20,6 @@ __all__ = [
     "encode_lines",
     "encode_points",
     "PRECISIONS",
-    "LINE_PROTOCOL_ENCODINGS",
     "encoding_precision",
     "line_protocol_encoding",
     "split_lines",
@@ -42,10 +41,10 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 class _Encoder:
     def __init__(self) -> None:
         self.problems: list[PointProblem] = []
-        # shape (series, tag keys and values, field keys) -> (escaped prefix, its
-        # problems), or False for the general path.  Per batch on purpose: kept
-        # longer, it pinned the memory of a burst of values (600 MB measured).
-        self._shapes: dict[Any, Any] = {}
+        # escaped prefixes and field keys (see line()); per batch on purpose: kept
+        # longer, such a cache pinned the memory of a burst of values (600 MB measured)
+        self._prefixes: dict[Any, Any] = {}
+        self._keys: dict[Any, Any] = {}
 
     def _problem(self, series: str, field: str, reason: str, rejected: bool) -> None:
         self.problems.append(PointProblem(series, field, reason, rejected))
@@ -108,8 +107,11 @@ class _Encoder:
             text = raw[:MAX_STRING_BYTES].decode("utf-8", errors="ignore")
         return '"' + text.translate(_STRING_ESCAPES) + '"'
 
-    def prefix(self, series: str, tags: dict[Any, Any]) -> str:
-        """The escaped measurement and tags of a line."""
+    def prefix(self, series: str, tags: dict[Any, Any]) -> str | None:
+        """The escaped measurement and tags of a line; None for an empty series name."""
+        if not series:
+            self._problem(series, "*", "empty series name", True)
+            return None
         measurement = self.name(series, "*", series, _MEASUREMENT_ESCAPES)
         if measurement.startswith("#"):
             self._problem(series, "*", "a series name cannot start with '#'; stored with '_'", False)
@@ -131,103 +133,52 @@ class _Encoder:
             parts.append(f"{key}={self.name(series, str(tag_key), text, _KEY_ESCAPES)}")
         return ",".join(parts)
 
-    def _shape(self, shape_key: Any, series: Any, tags: dict[Any, Any], fields: dict[Any, Any]) -> Any:
-        """The cached prefix (with its problems) of a fast-path shape, or False for the general path.
-
-        Fast: a non-empty series and field keys that are exact ``str`` needing
-        no escaping or conversion (``1``, ``1.0`` and ``True`` are equal keys
-        but differ as text).
-        """
+    def _escaped(self, cache: dict[Any, str], cache_key: Any, make: Any, *args: Any) -> Any:
+        """``make(*args)``, kept in ``cache`` under ``cache_key`` (None: not kept) if it had no problem."""
         start = len(self.problems)
-        fast = bool(series) and all(type(k) is str and k and self.key(series, k) == k for k in fields)
-        shape = (
-            (self.prefix(series, tags), self.problems[start:])
-            if fast and len(self.problems) == start
-            else False
-        )
-        del self.problems[start:]
-        self._shapes[shape_key] = shape
-        return shape
+        value = make(*args)
+        if cache_key is not None and len(self.problems) == start:
+            cache[cache_key] = value
+        return value
 
     def line(self, point: Point, divisor: int) -> str | None:
         """One line, or None when the point has no field left.
 
-        The usual point (str names and tags, int, float, bool and str fields)
-        takes a fast path: one lookup of its shape gives the escaped prefix;
-        any other point takes :meth:`line_general` (the same rules).
+        Most points of a batch share their series, tags and field keys: names of exact ``str``
+        (a str subclass may be written otherwise) that need no conversion are escaped once.
         """
-        series, tags, fields = point.series, point.tags, point.fields
-        # a str subclass equals its plain value but may be written otherwise: exact str only
-        if type(series) is not str:
-            return self.line_general(point, divisor)
+        series, tags = str(point.series), point.tags
+        shape: tuple | None = (series, *tags.items())
+        if type(point.series) is not str:
+            shape = None
         for k, v in tags.items():
             if type(k) is not str or type(v) is not str:
-                return self.line_general(point, divisor)
-        shape_key = (series, len(tags), *tags, *tags.values(), *fields)
-        try:
-            shape = self._shapes.get(shape_key)
-        except Exception:  # a field key whose hash or == fails (tags are str by now)
-            return self.line_general(point, divisor)
-        if shape is None:
-            shape = self._shape(shape_key, series, tags, fields)
-        if shape is False:
-            return self.line_general(point, divisor)
-        prefix, prefix_problems = shape
-        problems = self.problems
-        start = len(problems)
-        if prefix_problems:
-            problems.extend(prefix_problems)
-        parts = []
-        for key, value in fields.items():
-            if type(key) is not str:  # equal to a plain key of the shape (see above)
-                del problems[start:]
-                return self.line_general(point, divisor)
-            kind = type(value)
-            if kind is int:
-                if INT64_MIN <= value <= INT64_MAX:
-                    parts.append(f"{key}={value}i")
-                    continue
-            elif kind is float:
-                if value - value == 0.0:  # finite
-                    parts.append(f"{key}={value!r}")
-                    continue
-            elif kind is str:
-                parts.append(f"{key}={self.field_value(series, key, value)}")
-                continue
-            elif kind is bool:
-                parts.append(f"{key}=true" if value else f"{key}=false")
-                continue
-            del problems[start:]
-            return self.line_general(point, divisor)
-        if not parts:
+                shape = None
+                break
+        prefix = self._prefixes.get(shape) or self._escaped(self._prefixes, shape, self.prefix, series, tags)
+        if prefix is None:
             return None
-        return f"{prefix} {','.join(parts)} {point.time_ns // divisor}"
-
-    def line_general(self, point: Point, divisor: int) -> str | None:
-        series = str(point.series)
-        if not series:
-            self._problem(series, "*", "empty series name", True)
-            return None
-        prefix = self.prefix(series, point.tags)
         fields = []
-        keys: list[str] = []
-        changed = False  # a key was escaped or converted: it may now equal another one
+        keys = set()
         for field_key, value in point.fields.items():
-            if not str(field_key):
+            name = field_key if type(field_key) is str else str(field_key)
+            if not name:
                 self._problem(series, "", "empty field name", True)
                 continue
-            encoded = self.field_value(series, str(field_key), value)
-            if encoded is not None:
-                key = self.key(series, field_key)
-                if changed or key != field_key:
-                    changed = True
-                    if key in keys:
-                        self._problem(
-                            series, str(field_key), "same name as another field after conversion", True
-                        )
-                        continue
-                keys.append(key)
-                fields.append(f"{key}={encoded}")
+            kind = type(value)
+            if kind is int and INT64_MIN <= value <= INT64_MAX:
+                encoded: str | None = f"{value}i"
+            elif kind is float and value - value == 0.0:  # finite
+                encoded = repr(value)
+            elif (encoded := self.field_value(series, name, value)) is None:
+                continue
+            plain = field_key if type(field_key) is str else None
+            key = self._keys.get(plain) or self._escaped(self._keys, plain, self.key, series, field_key)
+            if key in keys:
+                self._problem(series, name, "same name as another field after conversion", True)
+                continue
+            keys.add(key)
+            fields.append(f"{key}={encoded}")
         if not fields:
             return None
         return f"{prefix} {','.join(fields)} {point.time_ns // divisor}"
@@ -260,72 +211,37 @@ def encode_body(points: list[Point], precision: str = "n") -> tuple[bytes, list[
     return text.encode("utf-8"), problems, skipped
 
 
-#: encodings (``thd_encode``) whose data is this module's line protocol
-LINE_PROTOCOL_ENCODINGS = ("influx-lp/",)
+#: the name (``thd_encode``) of this module's line protocol, then its timestamp precision
+_ENCODING = "influx-lp/"
 
 
 def line_protocol_encoding(precision: str) -> str:
     """The name of this module's line protocol with ``precision`` timestamps, as spooled."""
-    return f"{LINE_PROTOCOL_ENCODINGS[0]}{precision}"
+    return _ENCODING + precision
 
 
 def encoding_precision(encoding: str) -> str | None:
-    """The timestamp precision of :func:`line_protocol_encoding`'s ``encoding``; None if not one."""
-    prefix = LINE_PROTOCOL_ENCODINGS[0]
-    precision = encoding[len(prefix) :] if encoding.startswith(prefix) else None
+    """The timestamp precision of a :func:`line_protocol_encoding`; None for another encoding."""
+    precision = encoding[len(_ENCODING) :] if encoding.startswith(_ENCODING) else None
     return precision if precision in PRECISIONS else None
 
 
-def split_lines(data: bytes, encoding: str = LINE_PROTOCOL_ENCODINGS[0]) -> list[bytes]:
+def split_lines(data: bytes, encoding: str = _ENCODING) -> list[bytes]:
     """The points of encoded data, one per line; in our line protocol a newline
     inside a string field value does not end a point."""
-    pieces = data.split(b"\n")
-    if not encoding.startswith(LINE_PROTOCOL_ENCODINGS) or b'"' not in data:
-        return pieces
-    lines: list[bytes] = []
-    pending: bytes | None = None  # a point cut at a newline inside one of its strings
-    for piece in pieces:
-        text = piece if pending is None else pending + b"\n" + piece
-        if _ends_inside_a_string(text):
-            pending = text
-        else:
-            lines.append(text)
-            pending = None
-    if pending is not None:
-        lines.append(pending)
-    return lines
-
-
-def _unescaped(line: bytes, char: bytes, start: int) -> int:
-    """Index of the first ``char`` from ``start`` not escaped by a backslash, or -1."""
-    i = line.find(char, start)
-    while i > 0:
-        k = i
-        while k > start and line[k - 1] == 0x5C:  # backslashes before it
-            k -= 1
-        if (i - k) % 2 == 0:
-            return i
-        i = line.find(char, i + 1)
-    return i
-
-
-def _ends_inside_a_string(line: bytes) -> bool:
-    """Whether ``line`` (a start of a point) stops inside a string field value."""
-    i = _unescaped(line, b" ", 0)  # the end of the series and tags
-    if i < 0:
-        return False
+    if not encoding.startswith(_ENCODING) or b'"' not in data:
+        return data.split(b"\n")
+    lines, start = [], 0
     while True:
-        equals = _unescaped(line, b"=", i + 1)  # a field key ends (keys escape "=")
-        if equals < 0:
-            return False
-        i = equals + 1
-        if line[i : i + 1] == b'"':
-            i = _unescaped(line, b'"', i + 1)  # the string's end (values escape '"')
-            if i < 0:
-                return True
-            i += 1
-        else:
-            ends = [j for j in (line.find(b",", i), line.find(b" ", i)) if j >= 0]
-            i = min(ends) if ends else len(line)
-        if line[i : i + 1] != b",":
-            return False  # the timestamp follows, or the line ends
+        end = data.find(b"\n", _POINT.match(data, start).end())  # type: ignore[union-attr]
+        if end < 0:
+            lines.append(data[start:])
+            return lines
+        lines.append(data[start:end])
+        start = end + 1
+
+
+# a field: its key (which escapes "=") and its value, a string (which escapes '"') or a plain one
+_FIELD = rb'(?:[^=\n\\]|\\.)*=(?:"(?:[^"\\]|\\.)*"|[^,\n ]*)'
+# a point up to its timestamp: series and tags (up to an unescaped space), then the fields
+_POINT = re.compile(rb"(?:[^ \n\\]|\\.)*(?: %s(?:,%s)*)?" % (_FIELD, _FIELD))

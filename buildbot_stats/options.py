@@ -86,24 +86,16 @@ class ServiceOptions:
         if isinstance(tags, str) or not isinstance(tags, (list, tuple)):
             found.append(f"extra_tags must be a list of tag names from {list(EXTRA_TAGS)}, not {tags!r}")
         else:
-            found += [
-                f"extra_tags: unknown tag {t!r} (known: {', '.join(EXTRA_TAGS)})"
-                for t in tags
-                if t not in EXTRA_TAGS
-            ]
+            unknown = [t for t in tags if t not in EXTRA_TAGS]
+            found += [f"extra_tags: unknown tag {t!r} (known: {', '.join(EXTRA_TAGS)})" for t in unknown]
         return found
 
     def policy(self) -> DeliveryPolicy:
-        """The queue-side view of these options."""
-        max_delay = max(MIN_RETRY_DELAY_CAP, float(self.max_retry_delay))
-        return DeliveryPolicy(
-            batch_size=self.batch_size,
-            max_spool_points=self.max_spool_points,
-            max_spool_bytes=self.max_spool_bytes,
-            min_retry_delay=min(_POLICY.min_retry_delay, max_delay),
-            max_retry_delay=max_delay,
-            flush_timeout=float(self.flush_timeout),
-        )
+        """The queue-side view of these options (retry delays floored, even without checkconfig)."""
+        kept = {f.name: getattr(self, f.name) for f in fields(DeliveryPolicy) if hasattr(self, f.name)}
+        kept["max_retry_delay"] = max(MIN_RETRY_DELAY_CAP, float(self.max_retry_delay))
+        kept["min_retry_delay"] = min(_POLICY.min_retry_delay, kept["max_retry_delay"])
+        return DeliveryPolicy(**kept)
 
 
 def _is_int(value: Any, least: int) -> bool:

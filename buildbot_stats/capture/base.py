@@ -5,24 +5,25 @@ from __future__ import annotations
 import abc
 import datetime
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Optional
 
 from buildbot import config
-from twisted.internet import defer, threads
+from twisted.internet import defer
 
 from buildbot_stats.arguments import reject_unknown
 from buildbot_stats.errors import CaptureCallbackError
 
 BUILD_FINISHED = ("builders", None, "builds", None, "finished")
 YIELD_DATA = ("stats-yieldMetricsValue", "stats-yield-data")
+#: a capture's callback argument (None: the capture's default)
+Callback = Optional[Callable[..., Any]]
 
 
 class Capture(abc.ABC):
     """Base class of all captures; subclasses implement :meth:`consume`.
 
-    ``routingKey``, ``parent_svcs``, ``master``, ``_defaultContext`` and
-    ``_retValParams`` are the names of ``buildbot.statistics``'s captures,
-    kept (camelCase included) so that custom captures written for it work.
+    ``routingKey``, ``parent_svcs``, ``master``, ``_defaultContext`` and ``_retValParams`` are
+    buildbot.statistics's names, kept (camelCase included) so that its custom captures work.
     """
 
     def __init__(self, routingKey: tuple, callback: Callable[..., Any], **unknown: Any) -> None:
@@ -44,27 +45,14 @@ class Capture(abc.ABC):
 
     @property
     def _lookups(self) -> Any:
-        """The service's cached lookups (own ones without a StatsService)."""
-        service = self._stats_service
-        if service is not None and service.lookups is not None:
-            return service.lookups
-        own = self.__dict__.get("_own_lookups")
-        if own is None or own.master is not self.master:
-            from buildbot_stats.capture.lookups import BuildLookups
+        """The service's cached lookups of builders, builds, workers."""
+        return self._stats_service.lookups
 
-            own = self.__dict__["_own_lookups"] = BuildLookups(self.master)
-        return own
-
-    def _extra_tags(self) -> tuple[str, ...]:
-        return tuple(getattr(self._stats_service, "extra_tags", ()) or ())
-
-    def _build_context(
-        self, build: dict[str, Any], builder_name: str, worker: bool | None = None
-    ) -> defer.Deferred:
-        """Build number, builder name and, if ``worker`` (default: per ``extra_tags``), the worker."""
+    def _build_context(self, build: dict[str, Any], builder_name: str, worker: bool | None = None) -> Any:
+        """A Deferred of the build's tags; with the worker's name if ``worker`` (None: per ``extra_tags``)."""
         context = self._defaultContext(build, builder_name)
         if worker is None:
-            worker = "worker" in self._extra_tags()
+            worker = "worker" in (getattr(self._stats_service, "extra_tags", ()) or ())
         if not worker:
             return defer.succeed(context)
         return self._lookups.worker_name(build.get("workerid")).addCallback(_with_worker, context)
@@ -73,25 +61,27 @@ class Capture(abc.ABC):
     def consume(self, routingKey: tuple, msg: dict[str, Any]) -> Any:
         """Called by the MQ layer with each message matching ``routingKey``."""
 
-    def _store(
-        self, post_data: Any, series_name: str, context: dict[str, Any] | None, time: Any = None
-    ) -> defer.Deferred:
+    def _store(self, post_data: Any, series_name: str, context: Any, time: Any = None) -> defer.Deferred:
         """Hand one point (``time``: datetime, epoch seconds or ns; default now) to every backend
         of this capture; the Deferred fires once it is spooled."""
-        service = self._stats_service
-        if service is None:
-            # Used without a StatsService (as buildbot.statistics did): post directly.
-            return defer.gatherResults(
-                [
-                    threads.deferToThread(svc.thd_postStatsValue, post_data, series_name, context)
-                    for svc in self.parent_svcs
-                ],
-                consumeErrors=True,
-            )
-        return service.store(self, post_data, series_name, context, time)
+        return self._stats_service.store(self, post_data, series_name, context, time)  # type: ignore[no-any-return]
+
+
+def _with_worker(name: Any, context: dict[str, str]) -> dict[str, str]:
+    if name is not None:  # no (known) worker, no tag: InfluxDB drops empty tags anyway
+        context["worker"] = str(name)
+    return context
+
+
+class _BuilderCapture(Capture):
+    """A capture of builds: a subclass says which builders (:meth:`_builder_name_matches`)."""
+
+    @abc.abstractmethod
+    def _builder_name_matches(self, builder_info: dict[str, Any]) -> bool:
+        """Whether builds of this builder (its data API dict) are captured."""
 
     def _builder_info(self, builderid: Any) -> defer.Deferred:
-        return self._lookups.builder(builderid).addCallback(self._known_builder, builderid)
+        return self._lookups.builders.get(builderid).addCallback(self._known_builder, builderid)
 
     def _known_builder(self, info: Any, builderid: Any) -> Any:
         if info is None:
@@ -99,21 +89,23 @@ class Capture(abc.ABC):
         return info
 
 
-def _with_worker(name: Any, context: dict[str, str]) -> dict[str, str]:
-    # a build without a (known) worker gets no tag: InfluxDB drops empty tags anyway
-    if name is not None:
-        context["worker"] = str(name)
-    return context
-
-
 class _OneBuilder:
+    """A capture of the builder named ``builder_name``."""
+
     _builder_name: str | None
+
+    @property
+    def builder_name(self) -> str | None:
+        """The builder captured; None for the ``AllBuilders`` captures, which take every builder."""
+        return self._builder_name
 
     def _builder_name_matches(self, builder_info: dict[str, Any]) -> bool:
         return self._builder_name == builder_info["name"]
 
 
 class _AllBuilders:
+    builder_name = None
+
     def _builder_name_matches(self, builder_info: dict[str, Any]) -> bool:
         return True
 
@@ -121,19 +113,16 @@ class _AllBuilders:
 REPORT_IN_DIVISORS = {"seconds": 1, "minutes": 60, "hours": 3600}
 
 
-def duration_callback(
-    capture: Capture, report_in: Any, callback: Callable[..., Any] | None
-) -> Callable[..., Any]:
+def duration_callback(capture: Capture, report_in: Any, callback: Callback) -> Callable[..., Any]:
     """``callback``, or ``end - start`` in ``report_in`` units (0 if the clock went backwards).
 
-    The one home of the ``report_in`` rule (buildbot.statistics's message): anything
-    but a unit name is a config error, then seconds.  ``capture.report_in`` tells backends.
+    The one home of buildbot.statistics's ``report_in`` rule and message; ``capture.report_in``
+    tells the backends the unit.
     """
     capture.report_in = report_in  # type: ignore[attr-defined]
-    if isinstance(report_in, str) and report_in in REPORT_IN_DIVISORS:
-        divisor = REPORT_IN_DIVISORS[report_in]
-    else:
-        divisor = 1
+    known = isinstance(report_in, str) and report_in in REPORT_IN_DIVISORS
+    divisor = REPORT_IN_DIVISORS[report_in] if known else 1
+    if not known:
         config.error(
             f"Error during initialization of class {type(capture).__name__}. "
             "`report_in` parameter must be one of 'seconds', 'minutes' or 'hours', "

@@ -5,10 +5,7 @@ Build captures stamp points with the build's own time, so that a point sent agai
 
 from __future__ import annotations
 
-import abc
-import datetime
 import re
-from collections.abc import Callable
 from typing import Any
 
 from buildbot import config
@@ -17,8 +14,9 @@ from twisted.internet import defer
 from buildbot_stats.capture.base import (
     BUILD_FINISHED,
     YIELD_DATA,
-    Capture,
+    Callback,
     _AllBuilders,
+    _BuilderCapture,
     _OneBuilder,
     duration_callback,
 )
@@ -44,15 +42,11 @@ __all__ = [
 ]
 
 
-class CapturePropertyBase(Capture):
+class CapturePropertyBase(_BuilderCapture):
     """Captures build properties (by name, or by regular expression)."""
 
     def __init__(
-        self,
-        property_name: str,
-        callback: Callable[..., Any] | None = None,
-        regex: bool = False,
-        **unknown: Any,
+        self, property_name: str, callback: Callback = None, regex: bool = False, **unknown: Any
     ) -> None:
         self._property_name = property_name
         self._regex = regex
@@ -72,10 +66,7 @@ class CapturePropertyBase(Capture):
             return
         builder_name = builder_info["name"]
         properties = (yield self.master.data.get(("builds", msg["buildid"], "properties"))) or {}
-        if self._regex:
-            names = [pn for pn in properties if self._pattern.match(pn)]
-        else:
-            names = [self._property_name]
+        names = [p for p in properties if self._pattern.match(p)] if self._regex else [self._property_name]
         context = yield self._build_context(msg, builder_name)
         failures = []
         for pn in names:
@@ -87,26 +78,17 @@ class CapturePropertyBase(Capture):
             except Exception as e:
                 failures.append(f"callback failed for property {pn!r}: {type(e).__name__}: {e}")
                 continue
-            yield self._store(
-                {"name": pn, "value": value}, f"{builder_name}-{pn}", context, msg.get("complete_at")
-            )
+            point = {"name": pn, "value": value}
+            yield self._store(point, f"{builder_name}-{pn}", context, msg.get("complete_at"))
         if failures:
             raise CaptureCallbackError(
                 f"{type(self).__name__} failed for build number {msg['number']} on builder "
                 f"{builder_name}: {'; '.join(failures)}"
             )
 
-    @abc.abstractmethod
-    def _builder_name_matches(self, builder_info: dict[str, Any]) -> bool:
-        pass
-
 
 def _property_value(props: dict[str, Any], property_name: str) -> Any:
     return props[property_name][0]  # a property is (value, source)
-
-
-def _isoformat(time: datetime.datetime) -> str:
-    return time.isoformat()
 
 
 def _identity(value: Any) -> Any:
@@ -120,7 +102,7 @@ class CaptureProperty(_OneBuilder, CapturePropertyBase):
         self,
         builder_name: str,
         property_name: str,
-        callback: Callable[..., Any] | None = None,
+        callback: Callback = None,
         regex: bool = False,
         **unknown: Any,
     ) -> None:
@@ -132,18 +114,19 @@ class CapturePropertyAllBuilders(_AllBuilders, CapturePropertyBase):
     """Captures a build property on every builder."""
 
 
-class CaptureBuildTimes(Capture):
-    """Base of the build start/end/duration captures (series ``<builder>-build-times``)."""
+class CaptureBuildTimes(_BuilderCapture):
+    """Base of the captures of a build's times and result (series ``<builder>-build-times``).
+
+    The callback gets what :meth:`_retValParams` gives (it may return a Deferred): by default
+    the times of the build message named by ``_time_keys``, as datetimes.
+    """
 
     _series_suffix = "build-times"
-    #: the times of the build message that the callback gets, as datetimes
     _time_keys: tuple[str, ...] = ()
     #: whether the worker tag is always there (else only with ``extra_tags``)
     _worker_tag: bool | None = None
 
-    def __init__(
-        self, builder_name: str | None, callback: Callable[..., Any], time_type: str, **unknown: Any
-    ) -> None:
+    def __init__(self, builder_name: str | None, callback: Any, time_type: str, **unknown: Any) -> None:
         self._builder_name: str | None = builder_name
         self._time_type = time_type
         super().__init__(BUILD_FINISHED, callback, **unknown)
@@ -151,7 +134,7 @@ class CaptureBuildTimes(Capture):
     def _post_data(self, ret_val: Any) -> dict[str, Any]:
         return {self._time_type: ret_val}
 
-    def _retValParams(self, msg: dict[str, Any]) -> list[Any]:
+    def _retValParams(self, msg: dict[str, Any]) -> Any:
         return [as_datetime(msg[key]) for key in self._time_keys]
 
     @defer.inlineCallbacks
@@ -159,27 +142,21 @@ class CaptureBuildTimes(Capture):
         builder_info = yield self._builder_info(msg["builderid"])
         if not self._builder_name_matches(builder_info):
             return
+        name = builder_info["name"]
         try:
-            ret_val = self._callback(*self._retValParams(msg))
+            ret_val = self._callback(*(yield self._retValParams(msg)))
+        except CaptureCallbackError as e:  # what the message lacks
+            raise CaptureCallbackError(f"{self._err_msg(msg, name)} {e}") from None
         except Exception as e:
             raise CaptureCallbackError(
-                f"{self._err_msg(msg, builder_info['name'])} "
-                f"Exception raised: {type(e).__name__} with message: {e!s}"
+                f"{self._err_msg(msg, name)} Exception raised: {type(e).__name__} with message: {e!s}"
             ) from e
-        context = yield self._build_context(msg, builder_info["name"], self._worker_tag)
-        yield self._store(
-            self._post_data(ret_val),
-            f"{builder_info['name']}-{self._series_suffix}",
-            context,
-            msg.get("complete_at"),
-        )
+        context = yield self._build_context(msg, name, self._worker_tag)
+        post_data = self._post_data(ret_val)
+        yield self._store(post_data, f"{name}-{self._series_suffix}", context, msg.get("complete_at"))
 
     def _err_msg(self, build_data: dict[str, Any], builder_name: str) -> str:
         return f"{type(self).__name__} failed on build {build_data['number']} on builder {builder_name}."
-
-    @abc.abstractmethod
-    def _builder_name_matches(self, builder_info: dict[str, Any]) -> bool:
-        pass
 
 
 class CaptureBuildStartTime(_OneBuilder, CaptureBuildTimes):
@@ -187,16 +164,18 @@ class CaptureBuildStartTime(_OneBuilder, CaptureBuildTimes):
 
     _time_keys = ("started_at",)
 
-    def __init__(
-        self, builder_name: str | None, callback: Callable[..., Any] | None = None, **unknown: Any
-    ) -> None:
+    def __init__(self, builder_name: str | None, callback: Callback = None, **unknown: Any) -> None:
         super().__init__(builder_name, callback or _isoformat, "start-time", **unknown)
+
+
+def _isoformat(time: Any) -> str:
+    return time.isoformat()  # type: ignore[no-any-return]
 
 
 class CaptureBuildStartTimeAllBuilders(_AllBuilders, CaptureBuildStartTime):
     """Captures the build start time on every builder."""
 
-    def __init__(self, callback: Callable[..., Any] | None = None, **unknown: Any) -> None:
+    def __init__(self, callback: Callback = None, **unknown: Any) -> None:
         super().__init__(None, callback, **unknown)
 
 
@@ -205,16 +184,14 @@ class CaptureBuildEndTime(_OneBuilder, CaptureBuildTimes):
 
     _time_keys = ("complete_at",)
 
-    def __init__(
-        self, builder_name: str | None, callback: Callable[..., Any] | None = None, **unknown: Any
-    ) -> None:
+    def __init__(self, builder_name: str | None, callback: Callback = None, **unknown: Any) -> None:
         super().__init__(builder_name, callback or _isoformat, "end-time", **unknown)
 
 
 class CaptureBuildEndTimeAllBuilders(_AllBuilders, CaptureBuildEndTime):
     """Captures the build end time on every builder."""
 
-    def __init__(self, callback: Callable[..., Any] | None = None, **unknown: Any) -> None:
+    def __init__(self, callback: Callback = None, **unknown: Any) -> None:
         super().__init__(None, callback, **unknown)
 
 
@@ -224,40 +201,29 @@ class CaptureBuildDuration(_OneBuilder, CaptureBuildTimes):
     _time_keys = ("started_at", "complete_at")
 
     def __init__(
-        self,
-        builder_name: str | None,
-        report_in: str = "seconds",
-        callback: Callable[..., Any] | None = None,
-        **unknown: Any,
+        self, builder_name: str | None, report_in: str = "seconds", callback: Callback = None, **unknown: Any
     ) -> None:
-        callback = duration_callback(self, report_in, callback)
-        super().__init__(builder_name, callback, "duration", **unknown)
+        super().__init__(builder_name, duration_callback(self, report_in, callback), "duration", **unknown)
 
 
 class CaptureBuildDurationAllBuilders(_AllBuilders, CaptureBuildDuration):
     """Captures the build duration on every builder."""
 
-    def __init__(
-        self, report_in: str = "seconds", callback: Callable[..., Any] | None = None, **unknown: Any
-    ) -> None:
+    def __init__(self, report_in: str = "seconds", callback: Callback = None, **unknown: Any) -> None:
         super().__init__(None, report_in, callback, **unknown)
 
 
 class CaptureBuildResults(_OneBuilder, CaptureBuildTimes):
-    """Captures the build result into series ``<builder>-build-results``.
+    """Captures the build result into series ``<builder>-build-results`` (not in buildbot.statistics).
 
-    Not in buildbot.statistics.  Fields: ``results`` (Buildbot's result code,
-    0 is success) and ``result`` (its name, e.g. ``"failure"``); a callback
-    receives the code and returns the value stored as ``results``.  Tagged
-    with the ``worker`` that ran the build, besides builder and build number.
+    Fields ``results`` (Buildbot's code, 0 is success; a callback gets it and returns what is
+    stored) and ``result`` (its name, e.g. ``"failure"``); always tagged with the ``worker``.
     """
 
     _series_suffix = "build-results"
     _worker_tag = True
 
-    def __init__(
-        self, builder_name: str | None, callback: Callable[..., Any] | None = None, **unknown: Any
-    ) -> None:
+    def __init__(self, builder_name: str | None, callback: Callback = None, **unknown: Any) -> None:
         super().__init__(builder_name, callback or _identity, "results", **unknown)
 
     def _retValParams(self, msg: dict[str, Any]) -> list[Any]:
@@ -275,14 +241,14 @@ class CaptureBuildResults(_OneBuilder, CaptureBuildTimes):
 class CaptureBuildResultsAllBuilders(_AllBuilders, CaptureBuildResults):
     """Captures the build result on every builder."""
 
-    def __init__(self, callback: Callable[..., Any] | None = None, **unknown: Any) -> None:
+    def __init__(self, callback: Callback = None, **unknown: Any) -> None:
         super().__init__(None, callback, **unknown)
 
 
-class CaptureDataBase(Capture):
+class CaptureDataBase(_BuilderCapture):
     """Captures values posted with ``yieldMetricsValue`` under ``data_name``."""
 
-    def __init__(self, data_name: str, callback: Callable[..., Any] | None = None, **unknown: Any) -> None:
+    def __init__(self, data_name: str, callback: Callback = None, **unknown: Any) -> None:
         if not isinstance(data_name, str):
             config.error(f"{type(self).__name__}: data_name must be a string, not {data_name!r}")
         self._data_name = data_name
@@ -299,31 +265,24 @@ class CaptureDataBase(Capture):
     def _consume_data(self, builder_info: Any, build_data: dict[str, Any], msg: dict[str, Any]) -> Any:
         if not self._builder_name_matches(builder_info):
             return
+        series = f"{builder_info['name']}-{self._data_name}"
         try:
             post_data = self._callback(msg["post_data"])
         except Exception as e:
             raise CaptureCallbackError(
-                f"CaptureData failed for build {build_data['number']} of builder "
-                f"{builder_info['name']} (series {builder_info['name']}-{self._data_name}). "
-                f"Exception generated: {type(e).__name__} with message {e!s}"
+                f"CaptureData failed for build {build_data['number']} of builder {builder_info['name']} "
+                f"(series {series}). Exception generated: {type(e).__name__} with message {e!s}"
             ) from e
         context = yield self._build_context(build_data, builder_info["name"])
-        # stamped now: with Buildbot's simple MQ, the time of the yieldMetricsValue call
-        stored = self._store(post_data, f"{builder_info['name']}-{self._data_name}", context)
-        if self._stats_service is None:
-            yield stored  # with a service, the point is queued: it is kept until written
-
-    @abc.abstractmethod
-    def _builder_name_matches(self, builder_info: dict[str, Any]) -> bool:
-        pass
+        # stamped now: with Buildbot's simple MQ, the time of the yieldMetricsValue call; not
+        # waited for: the point is queued, kept until written (yieldMetricsValue waits for that)
+        self._store(post_data, series, context)
 
 
 class CaptureData(_OneBuilder, CaptureDataBase):
     """Captures ``yieldMetricsValue`` data of one builder into ``<builder>-<data_name>``."""
 
-    def __init__(
-        self, data_name: str, builder_name: str, callback: Callable[..., Any] | None = None, **unknown: Any
-    ) -> None:
+    def __init__(self, data_name: str, builder_name: str, callback: Callback = None, **unknown: Any) -> None:
         self._builder_name = builder_name
         super().__init__(data_name, callback, **unknown)
 

@@ -6,7 +6,6 @@ captures, each build's start message is kept: ``yieldMetricsValue`` then needs n
 
 from __future__ import annotations
 
-from types import CoroutineType
 from typing import Any
 
 from twisted.internet import defer
@@ -61,7 +60,7 @@ class CaptureConsumers:
         return consumers
 
     def _build_started(self, routingKey: tuple, msg: dict[str, Any]) -> None:
-        """Remember a build of this master as it starts (see :meth:`BuildLookups.remember_build`)."""
+        """Keep a build of this master as it starts: ``yieldMetricsValue`` then needs no query."""
         lookups = self.service.lookups
         if lookups is None or not isinstance(msg, dict) or "buildid" not in msg:
             return
@@ -70,33 +69,17 @@ class CaptureConsumers:
             if msg.get("masterid") != getattr(self.service.master, "masterid", None):
                 return
             msg = with_datetimes(msg)
-        lookups.remember_build(msg)
+        lookups.builds.put(msg["buildid"], dict(msg))
 
     def _consumer(self, cap: Any) -> Any:
-        # Called for every message: thousands per build for CaptureData.  A capture
-        # that is done at once returns None here, so that Buildbot's MQ neither adds
-        # an errback to a Deferred nor tracks it.
         call = cap.consume
         failed = self.failed
 
         def consume(routingKey: tuple, msg: dict[str, Any]) -> defer.Deferred | None:
-            try:
-                d = call(routingKey, msg)
-            except Exception:
-                failed(Failure(), cap)
-                return None
-            if d is None:
-                return None
-            if not isinstance(d, defer.Deferred):
-                if isinstance(d, Failure):
-                    failed(d, cap)
-                    return None
-                if type(d) is not CoroutineType:
-                    return None  # a plain value, as maybeDeferred took it
-                d = defer.Deferred.fromCoroutine(d)
+            d = defer.maybeDeferred(call, routingKey, msg)  # a value, Failure or coroutine too
             d.addErrback(failed, cap)
             if d.called and not d.paused:
-                return None  # done (a failure was logged just now)
+                return None  # done (a failure was logged just now): Buildbot's MQ need not track it
             if self.waits is not None:
                 self.waits.append(d)  # still working: yieldMetricsValue waits for it too
             return d
@@ -119,18 +102,12 @@ class CaptureConsumers:
 
     def failed(self, failure: Failure, cap: Any) -> None:
         """One log line per burst of the same failure of a capture."""
+        message = failure.getErrorMessage()
         if failure.check(CaptureCallbackError):
-            message = failure.getErrorMessage()
             cause = failure.value.__cause__  # type: ignore[union-attr]
             kind = type(cause).__name__ if cause is not None else ""
-        else:
-            # a bug in a (custom) capture or callback: say where, in one line
-            where = ""
-            if failure.frames:
-                name, filename, lineno = failure.frames[-1][:3]
-                where = f" (in {name}, {filename}:{lineno})"
+        else:  # a bug in a (custom) capture or callback: say where, in one line
             kind = failure.type.__name__  # type: ignore[union-attr]
-            message = (
-                f"{type(cap).__name__} could not handle a message: {kind}: {failure.getErrorMessage()}{where}"
-            )
+            where = " (in {}, {}:{})".format(*failure.frames[-1][:3]) if failure.frames else ""
+            message = f"{type(cap).__name__} could not handle a message: {kind}: {message}{where}"
         self.log.failed((id(cap), failure.type, kind), message)

@@ -30,21 +30,22 @@ class _Memo:
         self._waiters: dict[Any, list[defer.Deferred]] = {}
 
     def known(self, key: Any) -> dict[str, Any] | None:
+        """The value if cached, else None (no query)."""
         return self.values.get(key)
 
     def get(self, key: Any) -> defer.Deferred:
+        """The value (None for an unknown or missing id); one query however many ask meanwhile."""
         value = self.values.get(key)
-        if value is not None or key is None:  # no query for a missing id
+        if value is not None or key is None:
             return defer.succeed(value)
         d: defer.Deferred = defer.Deferred()
-        waiters = self._waiters.get(key)
-        if waiters is not None:
-            waiters.append(d)
+        if key in self._waiters:
+            self._waiters[key].append(d)
             return d
         self._waiters[key] = [d]
 
         def done(result: Any) -> None:
-            if not isinstance(result, Failure) and result is not None:
+            if result is not None and not isinstance(result, Failure):
                 self.put(key, result)
             for waiter in self._waiters.pop(key, []):
                 if isinstance(result, Failure):
@@ -63,62 +64,33 @@ class _Memo:
 
 
 class BuildLookups:
-    """The builders and recent builds of one master, looked up once each."""
+    """The builders and recent builds of one master, looked up once each.
+
+    Builds are cached as first seen: only what never changes during a build (number,
+    builder, worker, build request, master, start time) may be read from them.  A build's
+    ``new`` message is what a lookup would give, so it is put here as it starts.
+    """
 
     def __init__(self, master: Any, build_cache_size: int = BUILD_CACHE_SIZE) -> None:
         self.master = master
-        self._builders = _Memo(master, "builders", None)
-        # cached as first seen: only what never changes during a build (number,
-        # builder, worker, build request, master, start time) may be read from it
-        self._builds = _Memo(master, "builds", build_cache_size)
-        self._workers = _Memo(master, "workers", None)
-        self._buildrequests = _Memo(master, "buildrequests", build_cache_size)
-        self._finished_steps: OrderedDict[Any, dict[str, Any]] = OrderedDict()
-
-    def known_builder(self, builderid: Any) -> dict[str, Any] | None:
-        """The builder's data if already looked up, else None (no Deferred)."""
-        return self._builders.known(builderid)
-
-    def builder(self, builderid: Any) -> defer.Deferred:
-        """The builder's data (None for an unknown id); one query however many ask meanwhile."""
-        return self._builders.get(builderid)
+        self.builders = _Memo(master, "builders", None)
+        self.builds = _Memo(master, "builds", build_cache_size)
+        self.workers = _Memo(master, "workers", None)
+        self.buildrequests = _Memo(master, "buildrequests", build_cache_size)
+        #: the finished messages of recent steps (never queried)
+        self.finished_steps = _Memo(master, "steps", STEP_CACHE_SIZE)
 
     def known_build(self, buildid: Any) -> dict[str, Any] | None:
-        """The build's data if cached, else None (no Deferred)."""
-        return self._builds.known(buildid)
-
-    def find_build(self, buildid: Any) -> defer.Deferred:
-        """The build's data, None for an unknown id."""
-        return self._builds.get(buildid)
+        return self.builds.known(buildid)
 
     @defer.inlineCallbacks
     def build(self, buildid: Any) -> Any:
         """The build's data; :class:`CaptureCallbackError` for an unknown id."""
-        build = yield self.find_build(buildid)
+        build = yield self.builds.get(buildid)
         if build is None:
             raise CaptureCallbackError(f"yieldMetricsValue: no build with id {buildid!r}")
         return build
 
-    def remember_build(self, build: dict[str, Any]) -> None:
-        """Keep the data of a build that starts (its ``new`` message is what a lookup would give)."""
-        self._builds.put(build["buildid"], dict(build))
-
     def worker_name(self, workerid: Any) -> defer.Deferred:
         """The worker's name (None if ``workerid`` is None or unknown)."""
-        return self._workers.get(workerid).addCallback(lambda w: w["name"] if w else None)
-
-    def buildrequest(self, buildrequestid: Any) -> defer.Deferred:
-        """The build request's data (None for an unknown or missing id)."""
-        return self._buildrequests.get(buildrequestid)
-
-    def remember_finished_step(self, step: dict[str, Any]) -> None:
-        """Keep a step's finished message (bounded) for :meth:`finished_step`."""
-        steps = self._finished_steps
-        steps[step["stepid"]] = step
-        steps.move_to_end(step["stepid"])
-        if len(steps) > STEP_CACHE_SIZE:
-            steps.popitem(last=False)
-
-    def finished_step(self, stepid: Any) -> dict[str, Any] | None:
-        """The finished message of a recently finished step, None if not seen."""
-        return self._finished_steps.get(stepid)
+        return self.workers.get(workerid).addCallback(lambda w: w["name"] if w else None)

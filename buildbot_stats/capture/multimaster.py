@@ -40,27 +40,21 @@ class MasterFilter:
         if own is None or not isinstance(msg, dict):
             return False
         if "masterid" in msg:
-            owner = msg["masterid"]
-            return owner is not None and owner != own
-        build_data = msg.get("build_data")
-        if isinstance(build_data, dict):  # stats-yield-data
-            owner = build_data.get("masterid")
-            return owner is not None and owner != own
-        owner = msg.get("claimed_by_masterid")
-        if owner is not None:
-            return owner != own
+            return _owned_elsewhere(msg, own)
+        if isinstance(msg.get("build_data"), dict):  # stats-yield-data
+            return _owned_elsewhere(msg["build_data"], own)
+        if msg.get("claimed_by_masterid") is not None:
+            return bool(msg["claimed_by_masterid"] != own)
         buildid = msg.get("buildid")
         if buildid is None or self.lookups is None:
             return False
-        build = self.lookups.known_build(buildid)
+        build = self.lookups.builds.known(buildid)
         if build is not None:
-            owner = build.get("masterid")
-            return owner is not None and owner != own
+            return _owned_elsewhere(build, own)
         # one query per build, however many of its messages arrive meanwhile (lookups coalesce);
         # a failed lookup lets the capture see the message and report its own error
-        d = self.lookups.find_build(buildid)
-        d.addCallbacks(lambda build: _owned_elsewhere(build, own), lambda _: False)
-        return d
+        d = self.lookups.builds.get(buildid)
+        return d.addCallbacks(lambda build: _owned_elsewhere(build, own), lambda _: False)
 
 
 def _owned_elsewhere(build: Any, own: Any) -> bool:
@@ -69,11 +63,8 @@ def _owned_elsewhere(build: Any, own: Any) -> bool:
 
 
 def with_datetimes(msg: Any) -> Any:
-    """``msg`` with epoch-number times (WAMP) as UTC datetimes, as the simple MQ gives them.
-
-    Returns ``msg`` itself when there is nothing to convert (always, on the
-    simple MQ), else a shallow copy.
-    """
+    """``msg`` with epoch-number times (WAMP) as UTC datetimes, as the simple MQ gives them:
+    ``msg`` itself when there is nothing to convert (always, on the simple MQ), else a copy."""
     if not isinstance(msg, dict):
         return msg
     converted = None

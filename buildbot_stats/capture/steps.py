@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
 
 from buildbot import config
@@ -15,8 +14,9 @@ from twisted.internet import defer
 from twisted.python import log
 
 from buildbot_stats.capture.base import (
-    Capture,
+    Callback,
     _AllBuilders,
+    _BuilderCapture,
     _OneBuilder,
     _with_worker,
     duration_callback,
@@ -40,22 +40,36 @@ TEST_RESULT_SET_COMPLETED = ("test_result_sets", None, "completed")
 MAX_PENDING_STEPS = 1000
 
 
-class _BuildOfStep(Capture):
-    """Shared by the step and test-result captures: a build's builder and worker, cached."""
+class _StepCapture(_OneBuilder, _BuilderCapture):
+    """A capture of one builder's steps; each point is stamped with its step's ``complete_at``."""
 
     @defer.inlineCallbacks
-    def _build_of(self, buildid: Any, what: str) -> Any:
-        """``(build, builder_info, worker_name)``; CaptureCallbackError for an unknown build."""
+    def _step_point(self, step: dict[str, Any], what: str) -> Any:
+        """``(build, builder name, tags, where)`` of the step, None if not captured here."""
         lookups = self._lookups
-        build = yield lookups.find_build(buildid)
+        build = yield lookups.builds.get(step["buildid"])
+        what = f"{what} {step.get('name')!r} (id {step.get('stepid')!r})"
         if build is None:
-            raise CaptureCallbackError(f"{type(self).__name__}: {what} of unknown build id {buildid!r}")
+            raise CaptureCallbackError(
+                f"{type(self).__name__}: {what} of unknown build id {step['buildid']!r}"
+            )
         builder_info = yield self._builder_info(build["builderid"])
-        worker = yield lookups.worker_name(build.get("workerid"))
-        return build, builder_info, worker
+        if not self._builder_name_matches(builder_info):
+            return None
+        name = builder_info["name"]
+        tags = _with_worker(
+            (yield lookups.worker_name(build.get("workerid"))), self._defaultContext(build, name)
+        )
+        tags["step_name"] = str(step["name"])
+        return (
+            build,
+            name,
+            tags,
+            f"{type(self).__name__} failed for {what} of build {build['number']} on builder {name}",
+        )
 
 
-class CaptureStepDuration(_OneBuilder, _BuildOfStep):
+class CaptureStepDuration(_StepCapture):
     """Captures every finished step (or those named ``step_name``, a ``re.match`` pattern
     with ``regex=True``) into ``<builder>-step-times``, stamped with its ``complete_at``."""
 
@@ -65,41 +79,31 @@ class CaptureStepDuration(_OneBuilder, _BuildOfStep):
         step_name: str | None = None,
         regex: bool = False,
         report_in: str = "seconds",
-        callback: Callable[..., Any] | None = None,
+        callback: Callback = None,
         **unknown: Any,
     ) -> None:
         self._builder_name = builder_name
-        self._step_name = step_name
-        self._pattern: re.Pattern[str] | None = None
+        self._pattern: re.Pattern[str] | None = None  # None: every step
         if step_name is not None and not isinstance(step_name, str):
             config.error(f"{type(self).__name__}: step_name must be a string or None, not {step_name!r}")
-            step_name = self._step_name = None
-        if regex and step_name is not None:
+        elif step_name is not None:
             try:
-                self._pattern = re.compile(step_name)
+                self._pattern = re.compile(step_name if regex else re.escape(step_name) + r"\Z")
             except re.error as e:
                 config.error(f"{type(self).__name__}: invalid regular expression {step_name!r}: {e}")
         super().__init__(STEP_FINISHED, duration_callback(self, report_in, callback), **unknown)
 
     def _step_name_matches(self, name: Any) -> bool:
-        if self._step_name is None:
-            return True
-        if self._pattern is not None:
-            return isinstance(name, str) and self._pattern.match(name) is not None
-        return name == self._step_name
+        return self._pattern is None or (isinstance(name, str) and self._pattern.match(name) is not None)
 
     @defer.inlineCallbacks
     def consume(self, routingKey: tuple, msg: dict[str, Any]) -> Any:
         if not self._step_name_matches(msg.get("name")):
             return
-        what = f"step {msg.get('name')!r} (id {msg.get('stepid')!r})"
-        build, builder_info, worker = yield self._build_of(msg["buildid"], what)
-        if not self._builder_name_matches(builder_info):
+        found = yield self._step_point(msg, "step")
+        if found is None:
             return
-        builder_name = builder_info["name"]
-        where = (
-            f"{type(self).__name__} failed for {what} of build {build['number']} on builder {builder_name}"
-        )
+        build, builder_name, tags, where = found
         complete_at = msg.get("complete_at")
         if complete_at is None:
             raise CaptureCallbackError(f"{where}: the step has no complete_at")
@@ -113,11 +117,8 @@ class CaptureStepDuration(_OneBuilder, _BuildOfStep):
             fields["result"] = msg["results"]
         if not fields:
             raise CaptureCallbackError(f"{where}: the step has neither start time nor result")
-        tags = self._defaultContext(build, builder_name)
-        tags["step_name"] = str(msg["name"])
         tags["step_number"] = str(msg["number"])
         tags["hidden"] = "true" if msg.get("hidden") else "false"
-        _with_worker(worker, tags)
         yield self._store(fields, f"{builder_name}-step-times", tags, complete_at)
 
 
@@ -129,7 +130,7 @@ class CaptureStepDurationAllBuilders(_AllBuilders, CaptureStepDuration):
         step_name: str | None = None,
         regex: bool = False,
         report_in: str = "seconds",
-        callback: Callable[..., Any] | None = None,
+        callback: Callback = None,
         **unknown: Any,
     ) -> None:
         super().__init__(None, step_name, regex, report_in, callback, **unknown)
@@ -143,44 +144,24 @@ class CaptureBuildQueueTime(_OneBuilder, CaptureBuildTimes):
     """
 
     def __init__(
-        self,
-        builder_name: str | None,
-        report_in: str = "seconds",
-        callback: Callable[..., Any] | None = None,
-        **unknown: Any,
+        self, builder_name: str | None, report_in: str = "seconds", callback: Callback = None, **unknown: Any
     ) -> None:
         super().__init__(builder_name, duration_callback(self, report_in, callback), "queue-time", **unknown)
 
     @defer.inlineCallbacks
-    def consume(self, routingKey: tuple, msg: dict[str, Any]) -> Any:
-        builder_info = yield self._builder_info(msg["builderid"])
-        if not self._builder_name_matches(builder_info):
-            return
-        builder_name = builder_info["name"]
-        request = yield self._lookups.buildrequest(msg.get("buildrequestid"))
+    def _retValParams(self, msg: dict[str, Any]) -> Any:
+        request = yield self._lookups.buildrequests.get(msg.get("buildrequestid"))
         if request is None or request.get("submitted_at") is None:
             raise CaptureCallbackError(
-                f"{self._err_msg(msg, builder_name)} No build request {msg.get('buildrequestid')!r} "
-                "to take the queue time from."
+                f"No build request {msg.get('buildrequestid')!r} to take the queue time from."
             )
-        try:
-            ret_val = self._callback(as_datetime(request["submitted_at"]), as_datetime(msg["started_at"]))
-        except Exception as e:
-            raise CaptureCallbackError(
-                f"{self._err_msg(msg, builder_name)} Exception raised: {type(e).__name__} with message: {e!s}"
-            ) from e
-        context = yield self._build_context(msg, builder_name)
-        yield self._store(
-            {"queue-time": ret_val}, f"{builder_name}-build-times", context, msg.get("complete_at")
-        )
+        return [as_datetime(request["submitted_at"]), as_datetime(msg["started_at"])]
 
 
 class CaptureBuildQueueTimeAllBuilders(_AllBuilders, CaptureBuildQueueTime):
     """Captures the queue time of builds on every builder."""
 
-    def __init__(
-        self, report_in: str = "seconds", callback: Callable[..., Any] | None = None, **unknown: Any
-    ) -> None:
+    def __init__(self, report_in: str = "seconds", callback: Callback = None, **unknown: Any) -> None:
         super().__init__(None, report_in, callback, **unknown)
 
 
@@ -192,14 +173,16 @@ def _test_counts(result_set: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-class CaptureTestResults(_OneBuilder, _BuildOfStep):
+#: the tags of a test result set (left out when empty)
+_SET_TAGS = ("description", "category", "value_unit")
+
+
+class CaptureTestResults(_StepCapture):
     """Captures each completed test result set into ``<builder>-test-results``, stamped with
     the ``complete_at`` of its step: a step completes its sets just before it finishes, so a
     set waits (in memory, bounded) for its step's finished message."""
 
-    def __init__(
-        self, builder_name: str | None, callback: Callable[..., Any] | None = None, **unknown: Any
-    ) -> None:
+    def __init__(self, builder_name: str | None, callback: Callback = None, **unknown: Any) -> None:
         self._builder_name = builder_name
         super().__init__(TEST_RESULT_SET_COMPLETED, callback or _test_counts, **unknown)
         #: the two messages this capture needs (StatsService subscribes to each)
@@ -211,14 +194,16 @@ class CaptureTestResults(_OneBuilder, _BuildOfStep):
         # at once, in message order, before any lookup yields.
         if routingKey and routingKey[0] == "test_result_sets":
             return self._set_completed(msg)
-        return self._step_finished(msg)
+        self._lookups.finished_steps.put(msg["stepid"], msg)
+        sets = self._pending.pop(msg.get("stepid"), None)
+        return self._emit(sets, msg) if sets else None
 
     def _set_completed(self, result_set: dict[str, Any]) -> Any:
-        known = self._lookups.known_builder(result_set.get("builderid"))
+        known = self._lookups.builders.known(result_set.get("builderid"))
         if known is not None and not self._builder_name_matches(known):
             return None
         stepid = result_set.get("stepid")
-        step = self._lookups.finished_step(stepid)
+        step = self._lookups.finished_steps.known(stepid)
         if step is not None:
             return self._emit([result_set], step)
         self._pending.setdefault(stepid, []).append(result_set)
@@ -231,20 +216,12 @@ class CaptureTestResults(_OneBuilder, _BuildOfStep):
             )
         return None
 
-    def _step_finished(self, step: dict[str, Any]) -> Any:
-        self._lookups.remember_finished_step(step)
-        sets = self._pending.pop(step.get("stepid"), None)
-        if not sets:
-            return None
-        return self._emit(sets, step)
-
     @defer.inlineCallbacks
     def _emit(self, sets: list[dict[str, Any]], step: dict[str, Any]) -> Any:
-        what = f"test results of step {step.get('name')!r} (id {step.get('stepid')!r})"
-        build, builder_info, worker = yield self._build_of(step["buildid"], what)
-        if not self._builder_name_matches(builder_info):
+        found = yield self._step_point(step, "test results of step")
+        if found is None:
             return
-        builder_name = builder_info["name"]
+        build, builder_name, step_tags, _ = found
         complete_at = step.get("complete_at")
         failures = []
         for result_set in sets:
@@ -259,12 +236,8 @@ class CaptureTestResults(_OneBuilder, _BuildOfStep):
                 continue
             if not fields:
                 continue
-            tags = self._defaultContext(build, builder_name)
-            tags["step_name"] = str(step["name"])
-            for key in ("description", "category", "value_unit"):
-                if result_set.get(key) not in (None, ""):
-                    tags[key] = str(result_set[key])
-            _with_worker(worker, tags)
+            tags = dict(step_tags)
+            tags.update((k, str(result_set[k])) for k in _SET_TAGS if result_set.get(k) not in (None, ""))
             yield self._store(fields, f"{builder_name}-test-results", tags, complete_at)
         if failures:
             raise CaptureCallbackError(
@@ -276,5 +249,5 @@ class CaptureTestResults(_OneBuilder, _BuildOfStep):
 class CaptureTestResultsAllBuilders(_AllBuilders, CaptureTestResults):
     """Captures completed test result sets on every builder."""
 
-    def __init__(self, callback: Callable[..., Any] | None = None, **unknown: Any) -> None:
+    def __init__(self, callback: Callback = None, **unknown: Any) -> None:
         super().__init__(None, callback, **unknown)

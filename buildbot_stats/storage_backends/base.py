@@ -36,9 +36,7 @@ __all__ = [
 
 class IStatsStorage(Interface):
     """A place where statistics are stored; ``thd_*`` methods run in a thread, never in the reactor.
-
-    The optional hooks are the interfaces below, declared with ``@implementer``.
-    """
+    The optional hooks are the interfaces below, declared with ``@implementer``."""
 
     name = Attribute("A name, unique among the service's backends; it keys the spool.")
     captures = Attribute("The Capture objects whose points go to this backend.")
@@ -76,8 +74,7 @@ class IBackendLifecycle(Interface):
     may return a Deferred, and a failure is logged without stopping the master."""
 
     def startBackend(service):  # noqa: N802, N805
-        """Configured into ``service`` (at every reconfig, before the backends it replaces
-        stop, before its points are delivered); idempotent."""
+        """Configured into ``service`` (every reconfig, before its points); idempotent."""
 
     def stopBackend():  # type: ignore[misc]  # noqa: N802
         """The backend left the configuration, or the service stopped."""
@@ -108,15 +105,13 @@ _warned_classes: weakref.WeakSet[type] = weakref.WeakSet()
 def warn_deprecated_attributes(backend: Any) -> None:
     """A backend class that sets ``concurrent_writes`` gets one warning: it is ignored now."""
     cls = type(backend)
-    if not hasattr(cls, "concurrent_writes") or cls in _warned_classes:
-        return
-    _warned_classes.add(cls)
-    message = (
-        f"{cls.__name__}.concurrent_writes is deprecated and ignored: buildbot_stats writes "
-        "one batch at a time to each backend"
-    )
-    warnings.warn(message, DeprecationWarning, stacklevel=2)
-    log.msg(f"buildbot_stats: {message}")
+    if hasattr(cls, "concurrent_writes") and cls not in _warned_classes:
+        _warned_classes.add(cls)
+        message = (
+            f"{cls.__name__}.concurrent_writes is deprecated and ignored: one write at a time per backend"
+        )
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        log.msg(f"buildbot_stats: {message}")
 
 
 @dataclass
@@ -143,11 +138,10 @@ class StatsStorageBase(abc.ABC):
 
     def thd_postStatsValues(self, points: list[Point]) -> WriteReport | None:
         """Store a batch of points, by default one by one.  Runs in a thread."""
-        _post_one_by_one(self, points)
-        return None
+        return _post_one_by_one(self, points)
 
 
-def _post_one_by_one(backend: Any, points: list[Point]) -> None:
+def _post_one_by_one(backend: Any, points: list[Point]) -> WriteReport | None:
     for done, point in enumerate(points):
         try:
             backend.thd_postStatsValue(point.fields, point.series, point.tags)
@@ -155,6 +149,7 @@ def _post_one_by_one(backend: Any, points: list[Point]) -> None:
             if done:
                 raise PartialDeliveryError(done, e) from e
             raise
+    return None
 
 
 if _BuildbotStatsStorageBase is not None:  # isinstance() holds for it, as code written for it expects
@@ -170,32 +165,27 @@ def post_points(backend: Any, points: list[Point]) -> WriteReport | None:
     """Write ``points`` to ``backend`` by its batch method if it has one.  Runs in a thread."""
     if provides(backend, IBatchWrites):
         return backend.thd_postStatsValues(points)  # type: ignore[no-any-return]
-    _post_one_by_one(backend, points)
-    return None
+    return _post_one_by_one(backend, points)
 
 
-@defer.inlineCallbacks
-def start_backends(service: Any, backends: Sequence[Any], previous: Sequence[Any] = ()) -> Any:
+def start_backends(service: Any, backends: Sequence[Any], previous: Sequence[Any] = ()) -> defer.Deferred:
     """``startBackend(service)`` of ``backends``, then ``stopBackend()`` of the ``previous``
     ones not among them (so a replacement takes over a port); failures are logged."""
-    for backend in backends:
-        if provides(backend, IBackendLifecycle, "startBackend"):
-            yield _call_hook(backend, backend.startBackend, service)
     kept = {id(b) for b in backends}
-    yield stop_backends([b for b in previous if id(b) not in kept])
+    stopped = [(b, "stopBackend", ()) for b in previous if id(b) not in kept]
+    return _call_hooks([(b, "startBackend", (service,)) for b in backends] + stopped)
 
 
-@defer.inlineCallbacks
-def stop_backends(backends: Sequence[Any]) -> Any:
+def stop_backends(backends: Sequence[Any]) -> defer.Deferred:
     """Call the optional ``stopBackend()`` of each backend; failures are logged."""
-    for backend in backends:
-        if provides(backend, IBackendLifecycle, "stopBackend"):
-            yield _call_hook(backend, backend.stopBackend)
+    return _call_hooks([(b, "stopBackend", ()) for b in backends])
 
 
 @defer.inlineCallbacks
-def _call_hook(backend: Any, hook: Any, *args: Any) -> Any:
-    try:
-        yield defer.maybeDeferred(hook, *args)
-    except Exception as e:
-        log.msg(f"buildbot_stats: {hook.__name__} of backend {backend!r} failed: {type(e).__name__}: {e}")
+def _call_hooks(calls: list[tuple[Any, str, tuple]]) -> Any:
+    for backend, hook, args in calls:
+        if provides(backend, IBackendLifecycle, hook):
+            try:
+                yield defer.maybeDeferred(getattr(backend, hook), *args)
+            except Exception as e:
+                log.msg(f"buildbot_stats: {hook} of backend {backend!r} failed: {type(e).__name__}: {e}")
