@@ -545,7 +545,7 @@ def _units_of(captures: Any, class_name: str) -> dict[Any, float]:
     units: dict[Any, float] = {}
     for cap in captures if isinstance(captures, (list, tuple)) else ():
         if any(c.__name__ == class_name for c in type(cap).__mro__):
-            name, report_in = getattr(cap, "_builder_name", None), getattr(cap, "report_in", "seconds")
+            name, report_in = getattr(cap, "builder_name", None), getattr(cap, "report_in", "seconds")
             # a wrong report_in is the capture's config error; never raise here too
             units[_ALL if name is None else str(name)] = REPORT_IN_DIVISORS.get(str(report_in), 1)
     return units
