@@ -196,14 +196,16 @@ def check_url(owner: str, url: Any) -> tuple[list[str], SplitResult | None]:
         return [f"{owner}: url {safe!r} names no host"], None
     if port == 0:
         return [f"{owner}: url {safe!r} has port 0"], None
-    if parts.query:
-        return [f"{owner}: url {safe!r} must have no query (give secrets as arguments)"], None
+    if parts.query or parts.fragment:
+        return [f"{owner}: url {safe!r} must have no query or fragment (give secrets as arguments)"], None
     return [], parts
 
 
 def shown(url: str) -> str:
     """``url`` as it may be shown: without the ``user:password@`` and the query (``?token=``) it may carry."""
-    return re.split(r"[?#]", re.sub(r"//[^/@]*@", "//", url), maxsplit=1)[0]
+    head, sep, rest = url.partition("//") if "//" in url else ("", "", url)
+    host, slash, path = rest.partition("/")
+    return re.split(r"[?#]", head + sep + host.rpartition("@")[2] + slash + path, maxsplit=1)[0]
 
 
 def header_value(value: str) -> str | None:

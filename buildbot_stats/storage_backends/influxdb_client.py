@@ -29,6 +29,7 @@ from buildbot_stats.storage_backends.influx_common import (
     check_secret,
     check_url,
     read_answer,
+    shown,
     where,
 )
 
@@ -84,7 +85,8 @@ class InfluxStorageService(InfluxBackend):
             if parts is not None:
                 host, ssl, path = parts.hostname or "", parts.scheme == "https", parts.path.rstrip("/")
         elif not isinstance(url, str) or not url.strip() or any(c in url for c in " /@?#"):
-            problems.append(f"{owner}: url must be a host name or an http(s):// URL, not {url!r}")
+            safe = shown(url) if isinstance(url, str) else url  # no "user:password@", no query
+            problems.append(f"{owner}: url must be a host name or an http(s):// URL, not {safe!r}")
         if isinstance(port, str) and port.isdigit():
             port = int(port)  # buildbot.statistics accepted "8086" (its client called int())
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:

@@ -90,7 +90,16 @@ def test_repr_never_shows_the_token_nor_url_credentials():
 
 
 @pytest.mark.parametrize("cls", [InfluxDB2StorageService, InfluxDB3StorageService, InfluxStorageService])
-@pytest.mark.parametrize("url", ["http://127.0.0.1:8086/?token=s3cr3t", "http://h:99999/x?p=s3cr3t&u=bob"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8086/?token=s3cr3t",
+        "http://h:99999/x?p=s3cr3t&u=bob",
+        "http://h:8181#token=s3cr3t",
+        "bob:s3cr3t@influx.example",  # the 1.x backend's host form (a URL for the others)
+        "influx.example/?p=s3cr3t",
+    ],
+)
 def test_the_query_of_a_url_is_never_shown(cls, url):
     kwargs = (
         {**V1, "url": url}
@@ -102,7 +111,7 @@ def test_the_query_of_a_url_is_never_shown(cls, url):
     assert "s3cr3t" not in errors[0] and "?" not in errors[0] and "bob" not in errors[0]
     if "8086" in url:  # a query in a good URL: where the token was meant to go
         assert errors[0].endswith(
-            "url 'http://127.0.0.1:8086/' must have no query (give secrets as arguments)"
+            "url 'http://127.0.0.1:8086/' must have no query or fragment (give secrets as arguments)"
         )
 
 
