@@ -195,11 +195,14 @@ def load_pickled_points(data: bytes) -> list[Point]:
     form, series, fields, tags, times = _PlainUnpickler(io.BytesIO(data)).load()
     if form != LEGACY_COLUMNS or {type(s) for s in series} - {str} or {type(t) for t in times} - {int}:
         raise ValueError("not a spool segment of the format columns-1")
-    left, todo = LEGACY_MAX_OBJECTS, [*fields, *tags]
-    while todo:  # a pickle may use an object many times over, or hold itself
+    # a pickle may use an object many times over, or hold itself: a few bytes must not expand
+    # into millions of objects (64 per byte is far more than an old spool's shared tags reach)
+    limit = min(LEGACY_MAX_OBJECTS, 64 * len(data))
+    left, todo = limit, [*fields, *tags]
+    while todo:
         item, left = todo.pop(), left - 1
         if left < 0:
-            raise ValueError(f"a pickled segment of more than {LEGACY_MAX_OBJECTS:,} objects")
+            raise ValueError(f"a pickled segment of more than {limit:,} objects")
         if isinstance(item, (dict, list, tuple, set, frozenset)):
             todo += item.items() if isinstance(item, dict) else item
     return list(map(Point, series, _plain(fields), _plain(tags), times))
