@@ -5,8 +5,9 @@ lengths) with a PrometheusStorageService; a real Prometheus scrapes it every
 second.  Then every PromQL query of every panel runs against that Prometheus as
 Grafana runs it: a range query over the time the builds ran, with the template
 variables substituted as Grafana's Prometheus data source substitutes them
-(``$builder`` from ``label_values(buildbot_builds_total, builder)`` with "All"
-chosen: multi-value, regex-escaped, ``(a|b)``; ``$window`` its default;
+(``$builder`` from ``label_values(buildbot_builds_running, builder)``, both with
+"All" chosen, its ``allValue`` ``.*``, and with every builder chosen: multi-value,
+regex-escaped, ``(a|b)``; ``$window`` its default;
 ``$__rate_interval`` from the step and the scrape interval).  Each must return
 at least one series with a finite value.
 
@@ -122,6 +123,12 @@ def variable_values(prom: PrometheusServer, dashboard: dict[str, Any]) -> dict[s
     return values
 
 
+def all_chosen(values: dict[str, str], dashboard: dict[str, Any]) -> dict[str, str]:
+    """The same with "All" chosen where a variable has an ``allValue`` (Grafana then uses that)."""
+    alls = {v["name"]: v["allValue"] for v in dashboard["templating"]["list"] if v.get("allValue")}
+    return {**values, **alls}
+
+
 def range_query(prom: PrometheusServer, expr: str, start: float, end: float, step_s: int) -> list[Any]:
     data = prom.api("query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step=f"{step_s}s")
     assert data["resultType"] == "matrix", data
@@ -146,6 +153,14 @@ def scraped(make_master: MakeMaster, tmp_path: Path) -> Iterator[tuple[Prometheu
         m.start()
         prom.start()
         prom.wait_for_target_up()
+        # a fresh master, no build finished yet: $builder lists every builder already (live panels)
+        wait_until(
+            "every builder in the $builder variable before any build",
+            lambda: (
+                sorted(prom.api("label/builder/values", **{"match[]": "buildbot_builds_running"}))
+                == sorted(BUILDERS)
+            ),
+        )
         began = time.time()
         m.sendchange(CHANGES)
         m.wait_for_builds(CHANGES * len(BUILDERS))
@@ -166,15 +181,17 @@ def test_every_dashboard_query_returns_data(scraped: tuple[PrometheusServer, flo
     dashboard = load_dashboard(datasource="prometheus")
     values = variable_values(prom, dashboard)
     assert values["builder"] == "(docs\\\\.site|linux-x86_64)"
+    assert all_chosen(values, dashboard)["builder"] == ".*"
     scrape_s = int(SCRAPE_INTERVAL.rstrip("s"))
     start, end = began - 5, time.time()
     targets = panel_targets(dashboard)
     assert len(targets) >= 15
     empty = []
     for title, ref, expr in targets:
-        result = range_query(prom, substitute(expr, values, STEP_SECONDS, scrape_s), start, end, STEP_SECONDS)
-        if not finite_values(result):
-            empty.append(f"{title} {ref}: {expr}")
+        for chosen in (values, all_chosen(values, dashboard)):
+            query = substitute(expr, chosen, STEP_SECONDS, scrape_s)
+            if not finite_values(range_query(prom, query, start, end, STEP_SECONDS)):
+                empty.append(f"{title} {ref}: {query}")
     assert empty == [], "queries without data:\n" + "\n".join(empty)
 
 
