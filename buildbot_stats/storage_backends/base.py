@@ -83,11 +83,12 @@ class IBackendLifecycle(Interface):
 DEFAULT_LIVE_INTERVAL = 60.0  # seconds between two buildbot-live points of a backend (docs/live.rst)
 
 
-def live_interval_checked(backend: Any, seconds: Any) -> float:
+def live_interval_checked(backend: Any, name: str | None, seconds: Any) -> float:
     """A backend's ``live_interval``: 0 (off) or 1 s to a day; else a ``config.error`` and 0."""
     if type(seconds) in (int, float) and (seconds == 0 or 1 <= seconds <= 86400):
         return float(seconds)
-    config.error(f"{type(backend).__name__}: live_interval must be 0 (off) or 1 to 86400 s, not {seconds!r}")
+    owner = f"{type(backend).__name__} {name or type(backend).__name__!r}"
+    config.error(f"{owner}: live_interval must be 0 (off) or 1 to 86400 s, not {seconds!r}")
     return 0.0
 
 

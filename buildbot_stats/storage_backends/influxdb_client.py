@@ -68,7 +68,7 @@ class InfluxStorageService(InfluxBackend):
     ) -> None:
         reject_unknown(self, unknown)
         self.name = name or "InfluxStorageService"
-        self.live_interval = base.live_interval_checked(self, live_interval)
+        self.live_interval = base.live_interval_checked(self, name, live_interval)
         self.captures = captures
         self.url, self.user, self.db = url, user, db
         #: as configured: a string, None or a renderable (a secret); never logged

@@ -183,7 +183,7 @@ class InfluxDB2StorageService(_InfluxHTTPStorage):
         **unknown: Any,
     ) -> None:
         reject_unknown(self, unknown)
-        self.live_interval = live_interval_checked(self, live_interval)
+        self.live_interval = live_interval_checked(self, name, live_interval)
         self.org, self.bucket = org, bucket
         names = {"org": org, "bucket": bucket}
         self._setup(url, token, captures, name, names, precision, timeout, verify_ssl, ca_bundle, gzip)
@@ -233,7 +233,7 @@ class InfluxDB3StorageService(_InfluxHTTPStorage):
         **unknown: Any,
     ) -> None:
         reject_unknown(self, unknown)
-        self.live_interval = live_interval_checked(self, live_interval)
+        self.live_interval = live_interval_checked(self, name, live_interval)
         self.database = database
         #: series -> tag keys seen: InfluxDB 3 keeps the tags of a table, a field may not take their name
         self._tag_keys: dict[str, set[str]] = {}

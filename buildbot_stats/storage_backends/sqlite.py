@@ -108,7 +108,7 @@ class SQLiteStorageService(StatsStorageBase):
         **unknown: Any,
     ) -> None:
         reject_unknown(self, unknown)
-        self.live_interval = base.live_interval_checked(self, live_interval)
+        self.live_interval = base.live_interval_checked(self, name, live_interval)
         self._inited = False
         self.name = name or "SQLiteStorageService"
         #: (series pattern, seconds): a point older than any pattern its series matches is pruned

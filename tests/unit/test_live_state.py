@@ -20,6 +20,7 @@ from twisted.trial import unittest
 
 from buildbot_stats.capture.live import LIVE_SERIES, BuilderLive, LiveSnapshot, live_points
 from buildbot_stats.stats_service import StatsService
+from buildbot_stats.storage_backends.sqlite import SQLiteStorageService
 from buildbot_stats.testing import RecordingStorage
 from tests.support.live_probe import data_api_figures, snapshot_figures
 
@@ -389,3 +390,11 @@ class LiveIntervalOptionTests(unittest.TestCase):
                 with capture_config_errors() as errors:
                     make()
                 self.assertTrue(any("live_interval" in e for e in errors.errors), (bad, errors.errors))
+        # with two backends of a kind, the error names the one that is wrong
+        with capture_config_errors() as errors:
+            SQLiteStorageService("a.sqlite", [], name="fine")
+            SQLiteStorageService("b.sqlite", [], name="nightly", live_interval=-1)
+        self.assertEqual(
+            errors.errors,
+            ["SQLiteStorageService 'nightly': live_interval must be 0 (off) or 1 to 86400 s, not -1"],
+        )
