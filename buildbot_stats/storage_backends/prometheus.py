@@ -122,7 +122,7 @@ class _Endpoint(resource.Resource):
         self.port: Any = None
         self.reactor: Any = None
         self.pool = ThreadPool(0, 1, "buildbot_stats Prometheus")
-        self.site = server.Site(self, timeout=300)  # an idle keep-alive connection frees its slot
+        self.site = server.Site(self, timeout=30)  # a silent or idle connection frees its slot soon
         self.site.noisy = False
         self.site.log = lambda request: None  # type: ignore[method-assign]  # no log line per scrape
         self.factory = _Limited(self.site)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sqlite3
+import tempfile
 import threading
 from pathlib import Path
 
@@ -205,7 +207,9 @@ class StartTests(StatsTestCase):
 
     @defer.inlineCallbacks
     def test_start_refuses_a_foreign_file_and_leaves_it(self):
-        directory = Path(self.mktemp())
+        top = tempfile.mkdtemp(prefix="bbstats-spool-path-")
+        self.addCleanup(shutil.rmtree, top, True)
+        directory = Path(top) / "master"
         directory.mkdir()
         path = buildbot_db(directory / "state.sqlite")
         before = digest(path)
@@ -247,7 +251,9 @@ class StartTests(StatsTestCase):
         self.assertIsNone(stats.spool)
 
     def spool(self):
-        directory = Path(self.mktemp())
+        top = tempfile.mkdtemp(prefix="bbstats-spool-path-")
+        self.addCleanup(shutil.rmtree, top, True)
+        directory = Path(top) / "master"
         directory.mkdir()
         return str(directory / "spool.sqlite")
 
