@@ -24,8 +24,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 from twisted.internet import defer
-from twisted.python import log, threadpool
-from twisted.python.failure import Failure
+from twisted.python import failure, log, threadpool
 
 from buildbot_stats.lineprotocol import split_lines
 from buildbot_stats.point import Point, is_flat_plain, to_plain
@@ -159,8 +158,7 @@ def _plain(values: Any) -> list[Any]:
 
 
 def load_points(data: bytes) -> list[Point]:
-    """The points of :func:`dump_points`, as plain values.  Bounded by the data: msgpack shares no
-    object (n bytes hold at most n), and ``unpackb`` refuses a header announcing more than n."""
+    """The points of :func:`dump_points`, as plain values; bounded by the data (msgpack shares no object)."""
     # arrays as tuples: a tuple can be a dict key (made a str by to_plain, as pickle's were)
     options = {"ext_hook": _ext, "strict_map_key": False, "unicode_errors": "surrogatepass"}
     series, fields, tags, times = msgpack.unpackb(data, use_list=False, **options)
@@ -254,8 +252,7 @@ class ForeignSpoolFileError(Exception):
 
 
 def foreign_file_problem(path: str) -> str | None:
-    """Why ``path`` is not a spool (Buildbot's ``state.sqlite``, say), or None: no file, an empty one,
-    one marked with the spool's ``application_id`` (even damaged), or one with the spool's table."""
+    """Why ``path`` is not a spool (Buildbot's ``state.sqlite``, say), or None (ours, empty or absent)."""
     return foreign_sqlite_problem(path, lambda tables: TABLE in tables, APPLICATION_ID)
 
 
@@ -314,8 +311,7 @@ def is_storage_error(e: BaseException) -> bool:
 
 
 def open_spool_file(path: str) -> tuple[sqlite3.Connection, str | None]:
-    """Connect to the spool at ``path``: ``(connection, what it found, for the log)``.  A file damaged
-    past its header, or of a schema this version cannot read, is set aside and a new one started."""
+    """``(connection, notice for the log)``; a file damaged past its header or unreadable is set aside."""
     empty = os.path.isfile(path) and os.path.getsize(path) == 0
     try:
         db, notice = _connect(path)
@@ -635,8 +631,9 @@ class SpoolThread:
         self.retry: Callable[[], Any] = lambda: self.call(SQLiteSpool.thd_write, [], {})
         self._retry_call: Any = None
         self._retry_delay = RETRY_FIRST_S
-        self._reactor, self._closing = reactor, False
-        # a queue and a thread of its own: half the hand-off of a Twisted pool, a third of an awaited value's
+        self._reactor = reactor
+        self._closing = False
+        # a queue and a thread of its own: a lighter hand-off than a Twisted pool (two per awaited value)
         self._calls: queue.SimpleQueue | None = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, args=(self._calls,), name="buildbot_stats-spool")
         # Buildbot's test reactor runs thread calls at once (its ThreadPool stand-in): so does the spool then
@@ -665,12 +662,11 @@ class SpoolThread:
         return d.addBoth(self._after)
 
     def _run(self, calls: queue.SimpleQueue) -> None:
-        while (item := calls.get()) is not None:
-            d, f, args = item
+        for d, f, args in iter(calls.get, None):
             try:
                 result = f(self.spool, *args)
             except BaseException:
-                result = Failure()
+                result = failure.Failure()
             self._reactor.callFromThread(d.callback, result)  # (a Failure: its errbacks)
 
     def _after(self, result: Any) -> Any:
