@@ -4,12 +4,14 @@
 Run from the repository root (needs ``influxd`` and ``buildbot-worker``)::
 
     python -m benchmarks.bench_delivery [--builds 20] [--values 500] [--points 200000]
-                                        [--warmup 1] [--quick] [--json FILE] [--keep] [--only masters]
+                                        [--warmup 1] [--quick] [--json FILE] [--keep]
+                                        [--only masters|ours] [--serial]
 
 One run starts ONE private ``influxd`` on 127.0.0.1 and measures, in order:
 
 1. Three real Buildbot masters (2 LocalWorkers, 2 builders; one change makes
-   one build on each, and the two run at the same time), each running
+   one build on each, and the two run at the same time; with ``--serial``
+   one worker runs one build at a time), each running
    ``--warmup`` unmeasured changes and then ``--builds`` builds of a step that
    awaits ``self.yieldMetricsValue(...)`` ``--values`` times and times that
    loop with ``time.perf_counter`` (also the time Python's garbage collector
@@ -177,11 +179,13 @@ def run_master(
     db: str,
     warmup: int = 1,
     batch: bool = False,
+    serial: bool = False,
 ) -> dict[str, Any]:
     """One master: ``warmup`` changes (not measured), then ``builds`` builds of ``values`` values.
 
     ``batch``: the step posts its values in one ``yieldMetricsValues`` call
-    instead of awaiting ``yieldMetricsValue`` once per value.
+    instead of awaiting ``yieldMetricsValue`` once per value.  ``serial``: one worker
+    that runs one build at a time (no build's step waits for the other's).
     """
     influx.create_database(db)
     header = _STEP_SRC.format(
@@ -190,6 +194,7 @@ def run_master(
     cfg = make_master_cfg(
         {name: "[PostValues()]" for name in BUILDERS},
         pb_port=free_port(),
+        workers={"local-worker-1": {"max_builds": 1}} if serial else 2,
         header=header,
         services=_SERVICES_SRC.format(port=influx.port, db=db),
     )
@@ -771,16 +776,18 @@ def report(results: dict[str, Any]) -> str:
 
 def report_masters(results: dict[str, Any]) -> str:
     """The real masters' part of :func:`report` alone (``--only masters``)."""
-    ours, base, old, batch = results["ours"], results["ours_zero"], results["old"], results["ours_batch"]
+    ours, base, old, batch = results["ours"], results["ours_zero"], results.get("old"), results["ours_batch"]
     values = ours["values_per_build"]
 
     def per_value(run: dict[str, Any], key: str = "step_seconds_mean") -> float:
         return (run[key] - base[key]) / values * 1e6
 
-    ov_ours, ov_batch, ov_old = per_value(ours), per_value(batch), per_value(old)
+    runs = [r for r in (ours, batch, base, old) if r is not None]
+    ov_ours, ov_batch = per_value(ours), per_value(batch)
+    ov_old = per_value(old) if old is not None else float("nan")
     goals = {  # the awaited loop is reported, not held to the goal (see report())
         "overhead_batch": ov_batch <= OVERHEAD_GOAL_US,
-        "complete": all(r["stored_points"] == r["expected_points"] for r in (ours, batch, base, old)),
+        "complete": all(r["stored_points"] == r["expected_points"] for r in runs),
     }
     results["goals_met"] = goals
     results["figures"] = {
@@ -790,13 +797,16 @@ def report_masters(results: dict[str, Any]) -> str:
         "overhead_per_value_median_us": per_value(ours, "step_seconds_median"),
         "overhead_per_value_batch_median_us": per_value(batch, "step_seconds_median"),
     }
-    out = [f"real masters only: {ours['builds']} builds per master, {values} values per build"]
+    serial = ", one build at a time" if results["environment"].get("serial") else ""
+    out = [f"real masters only: {ours['builds']} builds per master{serial}, {values} values per build"]
     for run, name in (
         (ours, "buildbot_stats, awaited loop"),
         (batch, "buildbot_stats, yieldMetricsValues"),
         (base, "buildbot_stats, 0 values"),
         (old, "buildbot.statistics"),
     ):
+        if run is None:
+            continue
         gc_ms = sum(run["step_gc_seconds"]) / max(1, len(run["step_gc_seconds"])) * 1e3
         out.append(
             f"  {name:<36} step ms mean {run['step_seconds_mean'] * 1e3:9.2f}  median "
@@ -808,6 +818,8 @@ def report_masters(results: dict[str, Any]) -> str:
         ("yieldMetricsValues", ov_batch, _mark(goals["overhead_batch"])),
         ("buildbot.statistics", ov_old, ""),
     ):
+        if old is None and name == "buildbot.statistics":
+            continue
         out.append(f"  overhead per value, {name:<20} {value:9.1f} µs  {mark}")
     return "\n".join(out)
 
@@ -861,9 +873,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument(
         "--only",
-        choices=("masters",),
-        help="run only this part: 'masters' (the build-time overhead per value, no pipeline or drain)",
+        choices=("masters", "ours"),
+        help="run only this part: 'masters' (the build-time overhead per value, no pipeline or drain), "
+        "'ours' (the same without buildbot.statistics)",
     )
+    parser.add_argument("--serial", action="store_true", help="masters run one build at a time")
     parser.add_argument("--pipeline-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.pipeline_child:
@@ -891,20 +905,34 @@ def main(argv: list[str] | None = None) -> int:
                 "influxdb": _influx_version(),
                 "builds": builds,
                 "values": values,
+                "serial": args.serial,
             }
         }
         print(f"influxd on {influx.url}; work dir {workdir}", flush=True)
         print("real masters:", flush=True)
-        warm = max(0, args.warmup)
-        results["ours"] = run_master(workdir, "ours-values", True, values, builds, influx, "bench_ours", warm)
+        warm, serial = max(0, args.warmup), args.serial
+        results["ours"] = run_master(
+            workdir, "ours-values", True, values, builds, influx, "bench_ours", warm, serial=serial
+        )
         results["ours_batch"] = run_master(
-            workdir, "ours-batch", True, values, builds, influx, "bench_batch", warm, batch=True
+            workdir, "ours-batch", True, values, builds, influx, "bench_batch", warm, True, serial
         )
-        results["ours_zero"] = run_master(workdir, "ours-zero", True, 0, builds, influx, "bench_zero", warm)
-        results["old"] = run_master(
-            workdir, "buildbot-statistics", False, values, builds, influx, "bench_old", warm
+        results["ours_zero"] = run_master(
+            workdir, "ours-zero", True, 0, builds, influx, "bench_zero", warm, serial=serial
         )
-        if args.only == "masters":
+        if args.only != "ours":
+            results["old"] = run_master(
+                workdir,
+                "buildbot-statistics",
+                False,
+                values,
+                builds,
+                influx,
+                "bench_old",
+                warm,
+                serial=serial,
+            )
+        if args.only in ("masters", "ours"):
             results["total_seconds"] = time.monotonic() - t_start
             return _show(results, report_masters(results), args.json)
         print(f"pipeline and raw ingest, {points:,} points ...", flush=True)

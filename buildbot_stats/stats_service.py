@@ -97,8 +97,6 @@ class StatsService(service.BuildbotService):
                 yield self._shut_down()
             raise
 
-    # -- points ------------------------------------------------------------
-
     def store(
         self, capture: Any, post_data: Any, series_name: str, context: Any, time: Any = None
     ) -> defer.Deferred:
@@ -110,15 +108,8 @@ class StatsService(service.BuildbotService):
         queues = self._queues
         if queues is None:
             return defer.fail(RuntimeError(f"StatsService {self.name!r} is not running"))
-        return queues.writer.add(
-            (
-                queues.route_keys(capture),
-                series_name,
-                post_data,
-                context,
-                self.clock.now_ns() if time is None else time,
-            )
-        )
+        stamp = self.clock.now_ns() if time is None else time
+        return queues.writer.add((queues.route_keys(capture), series_name, post_data, context, stamp))
 
     def wait_spooled(self) -> defer.Deferred:
         """Fires once every value stored so far is in the spool."""
@@ -147,8 +138,6 @@ class StatsService(service.BuildbotService):
         """Workers, pending requests and running builds now; None unless a backend asks (docs/live.rst)."""
         return self._live.snapshot() if self._live is not None else None
 
-    # -- MQ consumers ------------------------------------------------------
-
     @defer.inlineCallbacks
     def registerConsumers(self) -> Any:
         self.consumers = []
@@ -161,8 +150,6 @@ class StatsService(service.BuildbotService):
         consumers, self.consumers = self.consumers, []
         for consumer in consumers:
             yield consumer.stopConsuming()
-
-    # -- life cycle --------------------------------------------------------
 
     @defer.inlineCallbacks
     def startService(self) -> Any:
@@ -199,8 +186,6 @@ class StatsService(service.BuildbotService):
             finally:
                 if queues is not None:
                     yield queues.spool.close()
-
-    # -- data from build steps ---------------------------------------------
 
     def yieldMetricsValue(self, data_name: str, post_data: Any, buildid: int) -> defer.Deferred:
         """Post ``post_data`` for build ``buildid`` as ``data_name``; fires once its points are spooled."""
@@ -255,8 +240,7 @@ class StatsService(service.BuildbotService):
         yield defer.gatherResults(kept, consumeErrors=True)
 
     def _produce_chunk(self, data_name: str, values: Sequence[Any], build_data: Any) -> defer.Deferred:
-        """One ``stats-yield-data`` message (buildbot.statistics's) per value; fires once what the
-        captures stored of them is spooled, consumers still waiting (a first lookup) included."""
+        """One ``stats-yield-data`` message per value; fires once their points (lookups too) are spooled."""
         queues, consumers = self._queues, self._capture_consumers
         waits: list[defer.Deferred] = []
         if consumers is not None:
@@ -273,10 +257,6 @@ class StatsService(service.BuildbotService):
                 consumers.waits = None
         if queues is not None and queues.writer.recorded != before:
             waits.append(queues.writer.waiter())
-        if not waits:
-            return defer.succeed(None)
-        if len(waits) == 1:
-            return waits[0]
-        d = defer.gatherResults(waits, consumeErrors=True)
-        d.addCallback(lambda _: None)
-        return d
+        if len(waits) <= 1:
+            return waits[0] if waits else defer.succeed(None)
+        return defer.gatherResults(waits, consumeErrors=True).addCallback(lambda _: None)

@@ -261,10 +261,10 @@ class CaptureDataBase(_BuilderCapture):
         build_data = msg["build_data"]
         return self._builder_info(build_data["builderid"]).addCallback(self._consume_data, build_data, msg)
 
-    @defer.inlineCallbacks
     def _consume_data(self, builder_info: Any, build_data: dict[str, Any], msg: dict[str, Any]) -> Any:
+        # (callbacks, not a generator: run once per posted value)
         if not self._builder_name_matches(builder_info):
-            return
+            return None
         series = f"{builder_info['name']}-{self._data_name}"
         try:
             post_data = self._callback(msg["post_data"])
@@ -273,7 +273,11 @@ class CaptureDataBase(_BuilderCapture):
                 f"CaptureData failed for build {build_data['number']} of builder {builder_info['name']} "
                 f"(series {series}). Exception generated: {type(e).__name__} with message {e!s}"
             ) from e
-        context = yield self._build_context(build_data, builder_info["name"])
+        return self._build_context(build_data, builder_info["name"]).addCallback(
+            self._stored, post_data, series
+        )
+
+    def _stored(self, context: dict[str, Any], post_data: Any, series: str) -> None:
         # stamped now: with Buildbot's simple MQ, the time of the yieldMetricsValue call; not
         # waited for: the point is queued, kept until written (yieldMetricsValue waits for that)
         self._store(post_data, series, context)

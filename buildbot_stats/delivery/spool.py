@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import queue
 import sqlite3
 import threading
 import time
@@ -22,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import msgpack
-from twisted.internet import defer, threads
-from twisted.python import log, threadpool
+from twisted.internet import defer
+from twisted.python import failure, log, threadpool
 
 from buildbot_stats.lineprotocol import split_lines
 from buildbot_stats.point import Point, is_flat_plain, to_plain
@@ -157,8 +158,7 @@ def _plain(values: Any) -> list[Any]:
 
 
 def load_points(data: bytes) -> list[Point]:
-    """The points of :func:`dump_points`, as plain values.  Bounded by the data: msgpack shares no
-    object (n bytes hold at most n), and ``unpackb`` refuses a header announcing more than n."""
+    """The points of :func:`dump_points`, as plain values; bounded by the data (msgpack shares no object)."""
     # arrays as tuples: a tuple can be a dict key (made a str by to_plain, as pickle's were)
     options = {"ext_hook": _ext, "strict_map_key": False, "unicode_errors": "surrogatepass"}
     series, fields, tags, times = msgpack.unpackb(data, use_list=False, **options)
@@ -255,8 +255,7 @@ class ForeignSpoolFileError(Exception):
 
 
 def foreign_file_problem(path: str) -> str | None:
-    """Why ``path`` is not a spool (Buildbot's ``state.sqlite``, say), or None: no file, an empty one,
-    one marked with the spool's ``application_id`` (even damaged), or one with the spool's table."""
+    """Why ``path`` is not a spool (Buildbot's ``state.sqlite``, say), or None (ours, empty or absent)."""
     return foreign_sqlite_problem(path, lambda tables: TABLE in tables, APPLICATION_ID)
 
 
@@ -315,8 +314,7 @@ def is_storage_error(e: BaseException) -> bool:
 
 
 def open_spool_file(path: str) -> tuple[sqlite3.Connection, str | None]:
-    """Connect to the spool at ``path``: ``(connection, what it found, for the log)``.  A file damaged
-    past its header, or of a schema this version cannot read, is set aside and a new one started."""
+    """``(connection, notice for the log)``; a file damaged past its header or unreadable is set aside."""
     empty = os.path.isfile(path) and os.path.getsize(path) == 0
     try:
         db, notice = _connect(path)
@@ -637,16 +635,20 @@ class SpoolThread:
         self._retry_call: Any = None
         self._retry_delay = RETRY_FIRST_S
         self._reactor = reactor
-        pool = threadpool.ThreadPool(minthreads=1, maxthreads=1, name="buildbot_stats-spool")
-        self._pool: threadpool.ThreadPool | None = pool
-        pool.start()
-        # not a daemon thread (it would keep a process whose start failed alive): stopped with the reactor
         self._closing = False
+        # a queue and a thread of its own: a lighter hand-off than a Twisted pool (two per awaited value)
+        self._calls: queue.SimpleQueue | None = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, args=(self._calls,), name="buildbot_stats-spool")
+        # Buildbot's test reactor runs thread calls at once (its ThreadPool stand-in): so does the spool then
+        self._inline = threadpool.ThreadPool.__module__ != threadpool.__name__
+        if not self._inline:
+            self._thread.start()
+        # not a daemon thread (it would keep a process whose start failed alive): stopped with the reactor
         reactor.addSystemEventTrigger("during", "shutdown", self._stop_thread)
 
     @property
     def running(self) -> bool:
-        return self._pool is not None
+        return self._calls is not None
 
     @property
     def durable(self) -> bool:
@@ -654,9 +656,21 @@ class SpoolThread:
 
     def call(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
         """Run ``f(spool, *args)`` on the spool's thread: a ``thd_*`` method of its class, say."""
-        if self._pool is None:
+        if self._calls is None:
             return defer.fail(RuntimeError(f"the thread of the spool {self.path} was stopped"))
-        return threads.deferToThreadPool(self._reactor, self._pool, f, self.spool, *args).addBoth(self._after)
+        if self._inline:
+            return defer.maybeDeferred(f, self.spool, *args).addBoth(self._after)
+        d: defer.Deferred = defer.Deferred()
+        self._calls.put((d, f, args))
+        return d.addBoth(self._after)
+
+    def _run(self, calls: queue.SimpleQueue) -> None:
+        for d, f, args in iter(calls.get, None):
+            try:
+                result = f(self.spool, *args)
+            except BaseException:
+                result = failure.Failure()
+            self._reactor.callFromThread(d.callback, result)  # (a Failure: its errbacks)
 
     def _after(self, result: Any) -> Any:
         """Say what the spool found; try it again later while it keeps new points in memory."""
@@ -664,7 +678,7 @@ class SpoolThread:
             log.msg(f"buildbot_stats: {self.spool.notices.pop(0)}")
         if self.spool.degraded is None:
             self._retry_delay = RETRY_FIRST_S
-        elif self._retry_call is None and self._pool is not None and not self._closing:
+        elif self._retry_call is None and self._calls is not None and not self._closing:
             self._retry_call = self._reactor.callLater(self._retry_delay, self._retry)
             self._retry_delay = min(2 * self._retry_delay, RETRY_MAX_S)
         return result
@@ -679,18 +693,19 @@ class SpoolThread:
 
     def close(self) -> defer.Deferred:
         """Close the spool, then stop its thread (also when closing fails)."""
-        if self._closing or self._pool is None:  # (closed once)
+        if self._closing or self._calls is None:  # (closed once)
             return defer.succeed(None)
         self._closing = True
         return self.call(SQLiteSpool.thd_close).addBoth(self._stop_thread)
 
     def _stop_thread(self, result: Any = None) -> Any:
         """Stop the thread (waiting for the call it runs); later calls fail instead of hanging."""
-        pool, self._pool = self._pool, None
+        calls, self._calls = self._calls, None
         if self._retry_call is not None and self._retry_call.active():
             self._retry_call.cancel()
-        if pool is not None:
-            pool.stop()
+        if calls is not None and not self._inline:
+            calls.put(None)
+            self._thread.join()
         return result
 
 
