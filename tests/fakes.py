@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime
+import re
 from typing import Any
 
 from buildbot.test import fakedb
 from buildbot.test.fake import fakemaster
 from buildbot.test.reactor import TestReactorMixin
+from buildbot.test.util.logging import LoggingMixin
 from twisted.internet import defer
+from twisted.python import log
 from twisted.trial import unittest
 
 from buildbot_stats.delivery.queue import backend_keys
@@ -107,3 +110,15 @@ class StatsTestCase(TestReactorMixin, unittest.TestCase):
         key = ("builders", str(msg["builderid"]), "builds", str(msg["number"]), "finished")
         self.master.mq.callConsumer(key, msg)
         return msg
+
+
+class LoggedStatsTestCase(StatsTestCase, LoggingMixin):
+    """A StatsTestCase that looks at the service's counters and, after ``setUpLogging()``, its log."""
+
+    def assertCounters(self, **expected: int) -> None:
+        counters = self.stats.counters
+        self.assertEqual({k: counters[k] for k in expected}, expected, counters)
+
+    def log_lines(self, pattern: str) -> list[str]:
+        lines = [log.textFromEventDict(e) or "" for e in self._logEvents]
+        return [line for line in lines if re.search(pattern, line)]

@@ -27,7 +27,7 @@ from buildbot_stats import capture
 from buildbot_stats.stats_service import StatsService
 from buildbot_stats.storage_backends import influx_common
 from buildbot_stats.storage_backends.influxdb_client import InfluxStorageService
-from tests.integration.test_influxdb_real import HOST, TAGS, InfluxServiceTestCase, log_lines, select
+from tests.integration.test_influxdb_real import HOST, TAGS, InfluxServiceTestCase, select
 from tests.support.tls import self_signed_certificate
 
 # what an admin pastes from a token generator: long, with - _ = + / characters
@@ -71,7 +71,7 @@ class AuthTests(InfluxServiceTestCase):
         self.post([{"i": i} for i in range(4)])
         self.reactor.advance(2)
         self.assertCounters(written=0, dropped=0, pending=4)
-        (line,) = log_lines(self, "refused user")
+        (line,) = self.log_lines("refused user")
         self.assertIn("InfluxDB refused user 'admin' on database 'stats' (HTTP 401)", line)
 
         provider.reconfigService(secretdict={"influxdb-password": TOKEN_PASSWORD})
@@ -81,7 +81,7 @@ class AuthTests(InfluxServiceTestCase):
             select(self.server, "stats", "builder1-m"),
             [{"time": t, **TAGS, "i": i} for i, t in enumerate(self.clock.stamps(4))],
         )
-        text = "\n".join(log_lines(self, "")) + repr(backend) + repr(self.stats.queues)
+        text = "\n".join(self.log_lines("")) + repr(backend) + repr(self.stats.queues)
         self.assertNotIn(WRONG_PASSWORD, text)
         self.assertNotIn(TOKEN_PASSWORD, text)
 
@@ -119,7 +119,7 @@ class TLSTests(InfluxServiceTestCase):
         yield self.stats.wait_spooled()
         self.reactor.advance(2)
         self.assertCounters(written=0, dropped=0, pending=3, spooled=3)
-        (line,) = log_lines(self, "TLS certificate")
+        (line,) = self.log_lines("TLS certificate")
         self.assertIn(
             f"(RefusedWriteError: TLS certificate of https://{HOST}:{self.server.port} not verified "
             "(self-signed certificate); for a private CA give ca_bundle='/path/to/ca.pem'); "
@@ -146,7 +146,7 @@ class TLSTests(InfluxServiceTestCase):
         self.assertEqual(
             select(self.server, "stats", "builder1-m"), [{"time": self.clock.stamps(1)[0], **TAGS, "i": 1}]
         )
-        self.assertEqual(log_lines(self, "TLS|WARNING"), [])
+        self.assertEqual(self.log_lines("TLS|WARNING"), [])
 
     @defer.inlineCallbacks
     def test_verify_ssl_false_writes_and_warns_once(self):
@@ -155,5 +155,5 @@ class TLSTests(InfluxServiceTestCase):
         yield self.stats.reconfigService([self.tls_backend(verify_ssl=False)], spool_path=None)
         self.post([{"i": 1}])
         self.assertEqual(len(select(self.server, "stats", "builder1-m")), 1)
-        (line,) = log_lines(self, "does not verify")
+        (line,) = self.log_lines("does not verify")
         self.assertIn(f"does not verify the TLS certificate of https://{HOST}:{self.server.port}", line)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,14 +23,12 @@ import requests
 from buildbot.process.properties import Interpolate, Secret
 from buildbot.secrets.manager import SecretManager
 from buildbot.test.fake.secrets import FakeSecretStorage
-from buildbot.test.util.logging import LoggingMixin
 from twisted.internet import defer
-from twisted.python import log
 
 from buildbot_stats import capture
 from buildbot_stats.point import Point, to_ns
 from buildbot_stats.storage_backends.influxdb_http import InfluxDB2StorageService, InfluxDB3StorageService
-from tests.fakes import COMPLETE, STARTED, YIELD_KEY, StatsTestCase
+from tests.fakes import COMPLETE, STARTED, YIELD_KEY, LoggedStatsTestCase
 from tests.support.influx_v2v3_endpoint import Endpoint, EndpointServer, StoredPoint, parse_line
 from tests.support.tls import self_signed_certificate
 
@@ -39,7 +36,7 @@ BASE_NS = 1_790_000_000_000_000_000
 TAGS = {"build_number": "1", "builder_name": "builder1"}
 
 
-class EndpointTestCase(StatsTestCase, LoggingMixin):
+class EndpointTestCase(LoggedStatsTestCase):
     api = "v2"
 
     @defer.inlineCallbacks
@@ -84,14 +81,6 @@ class EndpointTestCase(StatsTestCase, LoggingMixin):
 
     def data(self, values: list[dict[str, Any]], first: int = 1) -> list[tuple[dict, dict, int]]:
         return [(TAGS, v, BASE_NS + first + i) for i, v in enumerate(values)]
-
-    def assertCounters(self, **expected: int) -> None:
-        counters = self.stats.counters
-        self.assertEqual({k: counters[k] for k in expected}, expected, counters)
-
-    def log_lines(self, pattern: str) -> list[str]:
-        lines = [log.textFromEventDict(e) or "" for e in self._logEvents]
-        return [line for line in lines if re.search(pattern, line)]
 
 
 class InfluxDB2Tests(EndpointTestCase):

@@ -16,14 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from buildbot.test.util.logging import LoggingMixin
 from twisted.internet import defer
-from twisted.python import log
 
 from buildbot_stats import capture
 from buildbot_stats.storage_backends.influxdb_client import InfluxStorageService
 from buildbot_stats.storage_backends.influxdb_http import InfluxDB2StorageService, InfluxDB3StorageService
-from tests.fakes import YIELD_KEY, StatsTestCase
+from tests.fakes import YIELD_KEY, LoggedStatsTestCase
 from tests.support.misbehaving_http import Answer, MisbehavingServer, SeenRequest
 from tests.support.tls import self_signed_certificate
 
@@ -39,7 +37,7 @@ def peak_rss_kib(reset: bool = False) -> int:
         return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1))  # type: ignore[union-attr]
 
 
-class MisbehavingServerTestCase(StatsTestCase, LoggingMixin):
+class MisbehavingServerTestCase(LoggedStatsTestCase):
     api = "v1"
     write_path = "/write"
 
@@ -75,14 +73,6 @@ class MisbehavingServerTestCase(StatsTestCase, LoggingMixin):
     def post(self, value: dict[str, Any]) -> None:
         message = {"data_name": "m", "post_data": value, "build_data": self.build_data}
         self.master.mq.callConsumer(YIELD_KEY, message)
-
-    def assertCounters(self, **expected: int) -> None:
-        counters = self.stats.counters
-        self.assertEqual({k: counters[k] for k in expected}, expected, counters)
-
-    def log_lines(self, pattern: str) -> list[str]:
-        lines = [log.textFromEventDict(e) or "" for e in self._logEvents]
-        return [line for line in lines if re.search(pattern, line)]
 
     def writes(self) -> list[SeenRequest]:
         return [r for r in self.server.requests if r.method == "POST"]

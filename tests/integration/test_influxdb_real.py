@@ -31,16 +31,14 @@ import uuid
 from typing import Any
 
 from buildbot.test import fakedb
-from buildbot.test.util.logging import LoggingMixin
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
-from twisted.python import log
 
 from buildbot_stats import capture
 from buildbot_stats.point import Point, to_ns
 from buildbot_stats.storage_backends.influxdb_client import InfluxStorageService
-from tests.fakes import COMPLETE, STARTED, YIELD_KEY, StatsTestCase, put_points
+from tests.fakes import COMPLETE, STARTED, YIELD_KEY, LoggedStatsTestCase, put_points
 from tests.support.faultproxy import FaultProxy
 from tests.support.influxd import (
     InfluxServer,
@@ -75,12 +73,7 @@ def select(server: InfluxServer, db: str, series: str) -> list[dict[str, Any]]:
     return server.points(series, db)
 
 
-def log_lines(testcase: LoggingMixin, pattern: str) -> list[str]:
-    lines = [log.textFromEventDict(e) or "" for e in testcase._logEvents]
-    return [line for line in lines if re.search(pattern, line)]
-
-
-class InfluxServiceTestCase(StatsTestCase, LoggingMixin):
+class InfluxServiceTestCase(LoggedStatsTestCase):
     """The fake master's StatsService with one InfluxStorageService named ``influx``."""
 
     @defer.inlineCallbacks
@@ -127,10 +120,6 @@ class InfluxServiceTestCase(StatsTestCase, LoggingMixin):
 
     def data_point(self, n: int, fields: dict[str, Any]) -> Point:
         return Point("builder1-m", fields, dict(TAGS), BASE_NS + n * TICK_NS)
-
-    def assertCounters(self, **expected: int) -> None:
-        counters = self.stats.counters
-        self.assertEqual({k: counters[k] for k in expected}, expected, counters)
 
 
 class ServiceToInfluxTests(InfluxServiceTestCase):
@@ -298,7 +287,7 @@ class OutageTests(InfluxServiceTestCase):
         server.stop()
         self.post([{"i": i} for i in range(120)])
         self.assertCounters(written=0, pending=50, dropped=70)
-        self.assertEqual(len(log_lines(self, "is full")), 1)  # once per burst, not per point
+        self.assertEqual(len(self.log_lines("is full")), 1)  # once per burst, not per point
         server.start()
         for _ in range(10):
             if not self.stats.counters["pending"]:
@@ -357,7 +346,7 @@ class TypeConflictTests(InfluxServiceTestCase):
         self.assertEqual(rows, expected)
         self.assertEqual(server.field_keys("builder1-m", db), {"k": "integer", "v": "float"})
         self.assertCounters(written=n, dropped=1, pending=0, retried=0)
-        lines = log_lines(self, "rejected field")
+        lines = self.log_lines("rejected field")
         self.assertEqual(len(lines), 1, lines)
         self.assertRegex(
             lines[0],
@@ -389,7 +378,7 @@ class TypeConflictTests(InfluxServiceTestCase):
         )
         self.assertEqual(select(server, db, "other"), [{"time": BASE_NS, "x": 1}])
         self.assertCounters(written=n, dropped=1, pending=0)
-        lines = log_lines(self, "rejected field")
+        lines = self.log_lines("rejected field")
         self.assertEqual(len(lines), 1, lines)
         self.assertIn("series 'builder1-m'", lines[0])
         self.assertIn("field type conflict", lines[0])
@@ -428,7 +417,7 @@ class DatabaseErrorTests(InfluxServiceTestCase):
         self.post([{"i": 5}])
         self.reactor.advance(2)
         self.assertCounters(written=0, dropped=0, pending=6)
-        lines = log_lines(self, "database not found")
+        lines = self.log_lines("database not found")
         self.assertEqual(len(lines), 1, lines)
         self.assertIn(f"database not found: \"{db}\" (database '{db}')", lines[0])
         self.assertIn("retried every 2s until fixed", lines[0])
@@ -453,10 +442,10 @@ class DatabaseErrorTests(InfluxServiceTestCase):
         self.post([{"i": i} for i in range(4)])
         self.reactor.advance(2)
         self.assertCounters(written=0, dropped=0, pending=4)
-        lines = log_lines(self, "refused user")
+        lines = self.log_lines("refused user")
         self.assertEqual(len(lines), 1, lines)
         self.assertIn("InfluxDB refused user 'admin' on database 'stats' (HTTP 401)", lines[0])
-        self.assertNotIn("wrong-pw-42", "\n".join(log_lines(self, "")))
+        self.assertNotIn("wrong-pw-42", "\n".join(self.log_lines("")))
 
         # the admin fixes the password in master.cfg and reconfigures: no restart, no loss
         right = InfluxStorageService(HOST, server.port, "admin", "right-pw", db, [cap], name="influx")

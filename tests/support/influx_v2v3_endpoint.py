@@ -29,12 +29,13 @@ from __future__ import annotations
 import gzip
 import json
 import re
-import ssl
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.support.http_server import ServedInThread
 
 _V2_PRECISION = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 _V3_PRECISION = {
@@ -452,30 +453,12 @@ class _Server(ThreadingHTTPServer):
     endpoint: Endpoint
 
 
-class EndpointServer:
+class EndpointServer(ServedInThread):
     """The endpoint served by a thread on ``127.0.0.1:<free port>``; ``close()`` stops it."""
 
     def __init__(self, endpoint: Endpoint, tls: tuple[Any, Any] | None = None) -> None:
         """``tls`` = (certificate PEM, private key PEM) serves HTTPS."""
         self.endpoint = endpoint
-        self.tls = tls is not None
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        if tls is not None:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(str(tls[0]), str(tls[1]))
-            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-        self._server.endpoint = endpoint
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"{'https' if self.tls else 'http'}://{host}:{port}"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(10)
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.endpoint = endpoint
+        super().__init__(server, tls)

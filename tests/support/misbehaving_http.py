@@ -12,13 +12,14 @@ how many body bytes it sent before the client went away::
 from __future__ import annotations
 
 import socketserver
-import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.support.http_server import ServedInThread
 
 __all__ = ["Answer", "MisbehavingServer", "SeenRequest"]
 
@@ -107,7 +108,7 @@ class _Server(ThreadingHTTPServer):
         self.server_name, self.server_port = self.server_address[:2]
 
 
-class MisbehavingServer:
+class MisbehavingServer(ServedInThread):
     """Serves on ``host`` (loopback; 127.0.0.2 is "another host") at a free port until ``close()``."""
 
     def __init__(self, host: str = "127.0.0.1", tls: tuple[Any, Any] | None = None) -> None:
@@ -116,26 +117,9 @@ class MisbehavingServer:
         self.requests: list[SeenRequest] = []
         self.closing = threading.Event()
         self._lock = threading.Lock()
-        self._server = _Server((host, 0), _Handler)
-        self._server.owner = self
-        self.scheme = "https" if tls else "http"
-        if tls is not None:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(str(tls[0]), str(tls[1]))
-            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"{self.scheme}://{host}:{port}"
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
+        server = _Server((host, 0), _Handler)
+        server.owner = self
+        super().__init__(server, tls)
 
     def _record(self, seen: SeenRequest) -> None:
         with self._lock:
@@ -143,6 +127,4 @@ class MisbehavingServer:
 
     def close(self) -> None:
         self.closing.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(10)
+        super().close()
