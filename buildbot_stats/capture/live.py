@@ -54,7 +54,8 @@ class LiveSnapshot:
 
 def result_name(code: Any) -> str:
     """``success``, ``failure``... (buildbot.process.results), ``unknown`` for anything else."""
-    return Results[code].lower() if type(code) is int and 0 <= code < len(Results) else "unknown"
+    known = isinstance(code, int) and not isinstance(code, bool) and 0 <= code < len(Results)
+    return Results[code] if known else "unknown"
 
 
 def live_points(snapshot: LiveSnapshot) -> list[tuple[dict[str, Any], dict[str, str]]]:

@@ -16,7 +16,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Optional
 
 from buildbot import config
-from buildbot.process.results import Results
 from twisted.internet import defer, threads
 from twisted.internet.error import CannotListenError
 from twisted.protocols import basic, policies
@@ -27,7 +26,7 @@ from zope.interface import implementer
 
 from buildbot_stats.arguments import reject_unknown
 from buildbot_stats.capture.base import REPORT_IN_DIVISORS
-from buildbot_stats.capture.live import LiveSnapshot
+from buildbot_stats.capture.live import LiveSnapshot, result_name
 from buildbot_stats.errors import BackendConfigurationError
 from buildbot_stats.point import Point, PointProblem
 from buildbot_stats.storage_backends.base import IBackendLifecycle, StatsStorageBase, WriteReport
@@ -556,4 +555,4 @@ def _result_name(fields: dict[str, Any]) -> str:
     name, code = fields.get("result"), fields.get("results", -1)
     if isinstance(name, str) and name:
         return name
-    return Results[code] if _integer(code, 0, len(Results) - 1) else "unknown"
+    return result_name(code)
