@@ -255,16 +255,25 @@ class CaptureDataBase(_BuilderCapture):
         super().__init__(YIELD_DATA, callback or _identity, **unknown)
 
     def consume(self, routingKey: tuple, msg: dict[str, Any]) -> defer.Deferred:
-        """Store the value of a ``stats-yield-data`` message; the Deferred fires once that is done."""
+        """Store the value of a ``stats-yield-data`` message; the Deferred fires once that is done.
+
+        Run once per posted value: with the builder (and worker) known, no Deferred chain.
+        """
         if msg["data_name"] != self._data_name:
             return defer.succeed(None)
         build_data = msg["build_data"]
-        return self._builder_info(build_data["builderid"]).addCallback(self._consume_data, build_data, msg)
+        builder_info = self._lookups.builders.known(build_data["builderid"])
+        if builder_info is None:  # a builder's first value: one query
+            d = self._builder_info(build_data["builderid"])
+            return d.addCallback(self._consume_data, build_data, msg)
+        try:
+            return self._consume_data(builder_info, build_data, msg)
+        except Exception:
+            return defer.fail()
 
     def _consume_data(self, builder_info: Any, build_data: dict[str, Any], msg: dict[str, Any]) -> Any:
-        # (callbacks, not a generator: run once per posted value)
         if not self._builder_name_matches(builder_info):
-            return None
+            return defer.succeed(None)
         series = f"{builder_info['name']}-{self._data_name}"
         try:
             post_data = self._callback(msg["post_data"])
@@ -273,13 +282,15 @@ class CaptureDataBase(_BuilderCapture):
                 f"CaptureData failed for build {build_data['number']} of builder {builder_info['name']} "
                 f"(series {series}). Exception generated: {type(e).__name__} with message {e!s}"
             ) from e
-        return self._build_context(build_data, builder_info["name"]).addCallback(
-            self._stored, post_data, series
-        )
-
-    def _stored(self, context: dict[str, Any], post_data: Any, series: str) -> None:
         # stamped now: with Buildbot's simple MQ, the time of the yieldMetricsValue call; not
         # waited for: the point is queued, kept until written (yieldMetricsValue waits for that)
+        if "worker" not in (getattr(self._stats_service, "extra_tags", ()) or ()):  # the usual case
+            self._store(post_data, series, self._defaultContext(build_data, builder_info["name"]))
+            return defer.succeed(None)
+        d = self._build_context(build_data, builder_info["name"], worker=True)
+        return d.addCallback(self._stored, post_data, series)
+
+    def _stored(self, context: dict[str, Any], post_data: Any, series: str) -> None:
         self._store(post_data, series, context)
 
 

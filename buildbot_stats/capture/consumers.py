@@ -6,6 +6,7 @@ captures, each build's start message is kept: ``yieldMetricsValue`` then needs n
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from twisted.internet import defer
@@ -76,8 +77,19 @@ class CaptureConsumers:
         failed = self.failed
 
         def consume(routingKey: tuple, msg: dict[str, Any]) -> defer.Deferred | None:
-            d = defer.maybeDeferred(call, routingKey, msg)  # a value, Failure or coroutine too
-            d.addErrback(failed, cap)
+            # (run once per posted value: no maybeDeferred, whose Deferred is seldom needed)
+            try:
+                result = call(routingKey, msg)
+            except Exception:
+                failed(Failure(), cap)
+                return None
+            if isinstance(result, Failure):
+                return failed(result, cap)
+            if not isinstance(result, defer.Deferred):
+                if not inspect.iscoroutine(result):
+                    return None  # a plain value (a custom capture's)
+                result = defer.ensureDeferred(result)
+            d = result.addErrback(failed, cap)
             if d.called and not d.paused:
                 return None  # done (a failure was logged just now): Buildbot's MQ need not track it
             if self.waits is not None:
