@@ -1,6 +1,4 @@
-"""Prometheus backend: points counted per ``(interface, port)``, each scrape rendered in the endpoint's
-own thread from a copy of the counts; docs/prometheus.rst says which metrics and what bounds the cost.
-"""
+"""Prometheus backend: counts per ``(interface, port)``, served at /metrics (docs/prometheus.rst)."""
 
 from __future__ import annotations
 
@@ -269,10 +267,6 @@ class _Endpoint(resource.Resource):
         row[bisect.bisect_left(self.bounds[name], seconds)] += 1
         row[-1] += seconds
 
-    def count_result(self, builder: str, number: str, result: str, worker: Any) -> None:
-        self.counts["buildbot_builds"][builder, result] += 1
-        self.join(builder, number, result, None, worker)
-
     def join(self, builder: str, number: str, result: Any, seconds: Any, worker: Any) -> None:
         """Observe a build's duration under its result once both came: the first waits for the other."""
         other = self.waiting.pop((builder, number), None)
@@ -413,10 +407,7 @@ class PrometheusStorageService(StatsStorageBase):
         endpoint.owners[id(self)] = service
         if endpoint.configure(self):
             log.msg(f"buildbot_stats: {self.name}: histogram buckets or labels changed; histograms restart")
-        reactor = getattr(getattr(service, "master", None), "reactor", None)
-        if reactor is None:
-            from twisted.internet import reactor
-        endpoint.listen(reactor)
+        endpoint.listen(service.master.reactor)
 
     def stopBackend(self) -> defer.Deferred:
         """Detach; the last backend of a port stops its listener and forgets its counts."""
@@ -492,8 +483,11 @@ class PrometheusStorageService(StatsStorageBase):
             if queue is not None:
                 endpoint.observe(QUEUE, (builder,), None, queue)
             usable = duration is not None or queue is not None or not {"duration", "queue-time"} & set(fields)
-        elif kind == "build-results":
-            endpoint.count_result(builder, number, _result_name(fields), worker)
+        elif kind == "build-results":  # the ``result`` name, else the name of the ``results`` code
+            name = fields.get("result")
+            result = name if isinstance(name, str) and name else result_name(fields.get("results", -1))
+            endpoint.counts["buildbot_builds"][builder, result] += 1
+            endpoint.join(builder, number, result, None, worker)
         elif kind == "step-times":
             step, value = tags.get("step_name"), seconds("duration", self._step_units)
             if usable := value is not None:
@@ -548,11 +542,3 @@ def _units_of(captures: Any, class_name: str) -> dict[Any, float]:
             # a wrong report_in is the capture's config error; never raise here too
             units[_ALL if name is None else str(name)] = REPORT_IN_DIVISORS.get(str(report_in), 1)
     return units
-
-
-def _result_name(fields: dict[str, Any]) -> str:
-    """The result label: the ``result`` name, else the name of the ``results`` code, else unknown."""
-    name, code = fields.get("result"), fields.get("results", -1)
-    if isinstance(name, str) and name:
-        return name
-    return result_name(code)
