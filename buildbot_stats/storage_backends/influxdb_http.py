@@ -101,36 +101,31 @@ class _InfluxHTTPStorage(InfluxBackend):
     def _post_lines(
         self, lines: list[str], points: list[Point], origins: list[int], report: WriteReport, precision: str
     ) -> WriteReport:
-        # each pass either succeeds or leaves out at least one line: bounded
+        """POST ``lines``; while the server names bad lines (none written), send the others again: each
+        pass leaves out at least one line, so it is bounded."""
+        headers = {"Authorization": f"Token {self._token}", "Content-Type": "text/plain; charset=utf-8"}
+        params = self._params(precision)
         while lines:
-            drop = self._post(lines, points, origins, report, precision)
-            if not drop:
+            body = "\n".join(lines).encode("utf-8")
+            status, got, content = self._exchange(self._write_url, body, headers, params=params)
+            if 200 <= status < 300:
+                break
+            answer, message = read_answer(content)
+            if status not in (400, 422):
+                self._fail(status, message, "the token", got)
+            message = message or f"HTTP {status}"
+            drop = self._rejected(status, answer, message, lines, points, origins, report)
+            if drop is None:  # no line named: find the bad one by halving
+                if len(lines) > 1:
+                    raise SplitBatchError(message[:MOST_SHOWN])
+                self._blame(0, points, origins, report, message)
+                drop = {0}
+            if not drop:  # a partial write: the others were stored
                 break
             report.rejected_points += len(drop)
             keep = [i for i in range(len(lines)) if i not in drop]
             lines, origins = [lines[i] for i in keep], [origins[i] for i in keep]
         return report
-
-    def _post(
-        self, lines: list[str], points: list[Point], origins: list[int], report: WriteReport, precision: str
-    ) -> set[int]:
-        """POST ``lines``; the indexes of lines to leave out and send the rest again (none: done)."""
-        headers = {"Authorization": f"Token {self._token}", "Content-Type": "text/plain; charset=utf-8"}
-        body = "\n".join(lines).encode("utf-8")
-        status, got, content = self._exchange(self._write_url, body, headers, params=self._params(precision))
-        if 200 <= status < 300:
-            return set()
-        answer, message = read_answer(content)
-        if status not in (400, 422):
-            self._fail(status, message, "the token", got)
-        message = message or f"HTTP {status}"
-        bad = self._rejected(status, answer, message, lines, points, origins, report)
-        if bad is None:  # no line named: find the bad one by halving
-            if len(lines) > 1:
-                raise SplitBatchError(message[:MOST_SHOWN])
-            self._blame(0, points, origins, report, message)
-            return {0}
-        return bad
 
     def _blame(
         self, index: int, points: list[Point], origins: list[int], report: WriteReport, reason: str
