@@ -140,28 +140,19 @@ class SQLiteStorageService(StatsStorageBase):
     def _connect(self) -> sqlite3.Connection:
         if self._db is not None:
             return self._db
+        db = None
         try:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             db = connect_wal(self.path, self.busy_timeout)
-        except (OSError, sqlite3.OperationalError) as e:
-            raise RefusedWriteError(f"{self.name}: cannot open {self.path}: {e}") from None
-        except sqlite3.DatabaseError as e:  # e.g. "file is not a database"
-            raise RefusedWriteError(f"{self.name}: {self.path} is not usable: {e}") from None
-        try:
             db.create_function("bbs_merge_fields", 2, _merge_fields, deterministic=True)
             with db:
                 db.execute("BEGIN IMMEDIATE")
                 tables, meta = tables_and_meta(db)
+                version = meta.get("schema_version")
                 if tables and meta.get("format") != FORMAT:
-                    raise RefusedWriteError(
-                        f"{self.name}: {self.path} is an SQLite database but not a buildbot_stats store; "
-                        "refusing to write into it"
-                    )
-                if tables and meta.get("schema_version") != str(SCHEMA_VERSION):
-                    raise RefusedWriteError(
-                        f"{self.name}: {self.path} has schema version {meta.get('schema_version')!r}; "
-                        f"this version of buildbot_stats writes {SCHEMA_VERSION}"
-                    )
+                    raise RefusedWriteError(f"{self.name}: {self.path} is not a buildbot_stats store")
+                if tables and version != str(SCHEMA_VERSION):  # a newer buildbot_stats wrote it
+                    raise RefusedWriteError(f"{self.name}: {self.path} has schema version {version!r}")
                 for statement in _SCHEMA:
                     db.execute(statement)
                 db.executemany(
@@ -169,8 +160,9 @@ class SQLiteStorageService(StatsStorageBase):
                     [("format", FORMAT), ("schema_version", str(SCHEMA_VERSION))],
                 )
         except BaseException as e:
-            db.close()
-            if isinstance(e, sqlite3.DatabaseError):
+            if db is not None:
+                db.close()
+            if isinstance(e, (OSError, sqlite3.Error)):  # e.g. "file is not a database"
                 raise RefusedWriteError(f"{self.name}: {self.path} is not usable: {e}") from None
             raise
         self._db = db
