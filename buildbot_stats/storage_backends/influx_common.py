@@ -56,6 +56,7 @@ class InfluxBackend(StatsStorageBase):
     product: ClassVar[str] = "InfluxDB"
     #: the attribute holding the password or token as configured (maybe a secret; never logged)
     secret_attribute: ClassVar[str]
+    secret_required: ClassVar[bool] = True
     _inited = False
     _secret_pending = False
     _where = "?"
@@ -63,9 +64,19 @@ class InfluxBackend(StatsStorageBase):
     def _owner(self) -> str:
         return f"{type(self).__name__} {self.name!r}"
 
-    def _check(self, problems: list[str], timeout: Any, verify_ssl: Any, ca_bundle: Any, gzip: Any) -> bool:
-        """Add the shared checks to ``problems``; report each as a ``config.error``; True if none."""
+    def _check(self, problems: list[str], names: dict, timeout, verify_ssl, ca_bundle, gzip) -> bool:
+        """Add the shared checks (``names``: of the database, bucket or organisation) to ``problems``;
+        report each as a ``config.error``; True if none."""
         owner = self._owner()
+        for what, value in names.items():
+            if not isinstance(value, str) or not value:
+                problems.append(f"{owner}: {what} must be a non-empty name, not {value!r}")
+        secret = getattr(self, self.secret_attribute)  # a string or a renderable such as util.Secret
+        if not (isinstance(secret, str) and secret or IRenderable.providedBy(secret)):
+            if self.secret_required or secret not in (None, ""):
+                kind = "an empty string" if secret == "" else f"of type {type(secret).__name__}"
+                secret_is = f"{self.secret_attribute} must be a string or a secret (util.Secret('name'))"
+                problems.append(f"{owner}: {secret_is}, not {kind}")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             problems.append(f"{owner}: timeout must be a number of seconds > 0, not {timeout!r}")
         for what, value in (("verify_ssl", verify_ssl), ("gzip", gzip)):
@@ -212,23 +223,6 @@ def header_value(value: str) -> str | None:
     """A token without surrounding whitespace (a file's newline); None if empty or not printable ASCII."""
     value = value.strip()
     return value if re.fullmatch(r"[ -~]+", value) else None
-
-
-def check_name(owner: str, what: str, value: Any) -> list[str]:
-    """A database, bucket or organisation name: a non-empty string."""
-    if not isinstance(value, str) or not value:
-        return [f"{owner}: {what} must be a non-empty name, not {value!r}"]
-    return []
-
-
-def check_secret(owner: str, what: str, value: Any, required: bool) -> list[str]:
-    """A password or token: a string or a renderable such as ``util.Secret`` (never shown)."""
-    if (value is None and not required) or (isinstance(value, str) and (value or not required)):
-        return []
-    if IRenderable.providedBy(value):
-        return []
-    kind = "an empty string" if value == "" else f"of type {type(value).__name__}"
-    return [f"{owner}: {what} must be a string or a secret (util.Secret('name')), not {kind}"]
 
 
 def where(scheme: str, host: str, port: int | None) -> str:

@@ -25,8 +25,6 @@ from buildbot_stats.storage_backends.influx_common import (
     MOST_SHOWN,
     InfluxBackend,
     Session,
-    check_name,
-    check_secret,
     check_url,
     read_answer,
     shown,
@@ -46,6 +44,7 @@ class InfluxStorageService(InfluxBackend):
     """Stores statistics in an InfluxDB 1.x database (see docs/backends.rst for the arguments)."""
 
     secret_attribute = "password"
+    secret_required = False
 
     def __init__(
         self,
@@ -93,8 +92,6 @@ class InfluxStorageService(InfluxBackend):
             problems.append(f"{owner}: port must be an integer from 1 to 65535, not {port!r}")
         if user is not None and not isinstance(user, str):
             problems.append(f"{owner}: user must be a string or None, not a {type(user).__name__}")
-        problems += check_secret(owner, "password", password, required=False)
-        problems += check_name(owner, "db", db)
         if time_precision not in PRECISIONS:
             problems.append(
                 f"{owner}: time_precision must be one of {sorted(PRECISIONS)}, not {time_precision!r}"
@@ -103,7 +100,7 @@ class InfluxStorageService(InfluxBackend):
             problems.append(
                 f"{owner}: retention_policy must be a non-empty name or None, not {retention_policy!r}"
             )
-        if not self._check(problems, timeout, verify_ssl, ca_bundle, gzip):
+        if not self._check(problems, {"db": db}, timeout, verify_ssl, ca_bundle, gzip):
             return
         self._where = where("https" if ssl else "http", host, port)
         self.port, self.time_precision, self.retention_policy = port, time_precision, retention_policy

@@ -16,8 +16,6 @@ from buildbot_stats.storage_backends.influx_common import (
     MOST_SHOWN,
     InfluxBackend,
     blamed,
-    check_name,
-    check_secret,
     check_url,
     header_value,
     read_answer,
@@ -50,14 +48,11 @@ class _InfluxHTTPStorage(InfluxBackend):
         self._secret_pending = self._token is None
         owner = self._owner()
         problems, parts = check_url(owner, url)
-        for what, value in names.items():
-            problems += check_name(owner, what, value)
-        problems += check_secret(owner, "token", token, required=True)
         if token and isinstance(token, str) and self._token is None:
             problems.append(f"{owner}: token {_UNSENDABLE}")
         if precision not in _PRECISIONS:
             problems.append(f"{owner}: precision must be one of {sorted(_PRECISIONS)}, not {precision!r}")
-        if not self._check(problems, timeout, verify_ssl, ca_bundle, gzip) or parts is None:
+        if not self._check(problems, names, timeout, verify_ssl, ca_bundle, gzip) or parts is None:
             return
         self._where = where(parts.scheme, parts.hostname or "", parts.port)
         self._write_url = url.rstrip("/") + self.write_path

@@ -484,8 +484,8 @@ class PrometheusStorageService(StatsStorageBase):
                 endpoint.observe(QUEUE, (builder,), None, queue)
             usable = duration is not None or queue is not None or not {"duration", "queue-time"} & set(fields)
         elif kind == "build-results":  # the ``result`` name, else the name of the ``results`` code
-            name = fields.get("result")
-            result = name if isinstance(name, str) and name else result_name(fields.get("results", -1))
+            given = fields.get("result")
+            result = given if isinstance(given, str) and given else result_name(fields.get("results", -1))
             endpoint.counts["buildbot_builds"][builder, result] += 1
             endpoint.join(builder, number, result, None, worker)
         elif kind == "step-times":
