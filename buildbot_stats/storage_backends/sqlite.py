@@ -109,29 +109,24 @@ class SQLiteStorageService(StatsStorageBase):
     ) -> None:
         reject_unknown(self, unknown)
         self.live_interval = base.live_interval_checked(self, name, live_interval)
-        self._inited = False
         self.name = name or "SQLiteStorageService"
         #: (series pattern, seconds): a point older than any pattern its series matches is pruned
         self.retention = _ages(self.name, retention)
         self.captures = captures
-        self.path = ""
         self.busy_timeout = busy_timeout
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._clock = Clock()
-        if isinstance(path, os.PathLike):
-            path = os.fspath(path)
-        if not isinstance(path, str) or not path:
+        self.path = os.fspath(path) if isinstance(path, os.PathLike) else path
+        self._inited = isinstance(self.path, str) and self.path != ""
+        if not self._inited:
             config.error(f"{self.name}: path must be a non-empty string, not {path!r}")
             return
-        self.path = path
-        self._inited = True
-        full = resolve(path, loading_basedir())
-        problem = foreign_store_problem(full) if full is not None else None
-        if problem is not None:
+        full = resolve(path, loading_basedir())  # somebody else's file is never written
+        problem = full and foreign_sqlite_problem(full, lambda tables: {"meta", "points"} <= tables)
+        if problem:
             config.error(
-                f"{self.name}: {full} is not a buildbot_stats store: it {problem}; it is left "
-                "untouched (choose another path)"
+                f"{self.name}: {full} is not a buildbot_stats store: it {problem}; choose another path"
             )
 
     def __repr__(self) -> str:
@@ -213,8 +208,3 @@ def _ages(owner: str, retention: Any) -> list[tuple[str, float]]:
             message = "retention must map series patterns (as in GLOB) to ages such as '30d' or seconds"
             config.error(f"{owner}: {message}, not {retention!r}")
     return ages
-
-
-def foreign_store_problem(path: str) -> str | None:
-    """Why the file at ``path`` must not be written as a store (somebody else's), or None if it may be."""
-    return foreign_sqlite_problem(path, lambda tables: "meta" in tables and "points" in tables)
