@@ -13,6 +13,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar, NoReturn
 from urllib.parse import SplitResult, urlsplit
 
@@ -57,6 +58,9 @@ class InfluxBackend(StatsStorageBase):
     #: the attribute holding the password or token as configured (maybe a secret; never logged)
     secret_attribute: ClassVar[str]
     secret_required: ClassVar[bool] = True
+    #: each backend's: where it writes within the server ("db='stats' user='bob'"), the rendered secret's use
+    _describe: Callable[[], str]
+    _use_secret: Callable[[str], None]
     _inited = False
     _secret_pending = False
     _where = "?"
@@ -95,9 +99,6 @@ class InfluxBackend(StatsStorageBase):
         self._session = Session()
         return not problems
 
-    def _describe(self) -> str:
-        raise NotImplementedError
-
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} {self._where} {self._describe()}>"
 
@@ -122,9 +123,6 @@ class InfluxBackend(StatsStorageBase):
         if not isinstance(rendered, str):
             raise TypeError(f"a secret rendered to a {type(rendered).__name__}, not a string")
         self._use_secret(rendered)
-
-    def _use_secret(self, value: str) -> None:
-        raise NotImplementedError
 
     def _exchange(self, url: str, body: bytes, headers: dict, **kwargs: Any) -> tuple[int, Any, bytes]:
         """POST ``body``: the answer's status, headers and first 64 KiB, or a write error. No redirect is

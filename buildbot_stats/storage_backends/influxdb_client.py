@@ -137,9 +137,6 @@ class InfluxStorageService(InfluxBackend):
         if not self._inited:
             log.err(f"Service {self.name} not initialized")
             return
-        if self._secret_pending:
-            log.msg(f"buildbot_stats: {self._owner()}: password secret not rendered yet")
-            return
         data: dict[str, Any] = {"measurement": series_name, "fields": post_data}
         if context:
             data["tags"] = context

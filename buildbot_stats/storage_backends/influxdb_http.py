@@ -110,11 +110,8 @@ class _InfluxHTTPStorage(InfluxBackend):
                 self._fail(status, message, "the token", got)
             message = message or f"HTTP {status}"
             drop = self._rejected(status, answer, message, lines, points, origins, report)
-            if drop is None:  # no line named: find the bad one by halving
-                if len(lines) > 1:
-                    raise SplitBatchError(message[:MOST_SHOWN])
-                self._blame(0, points, origins, report, message)
-                drop = {0}
+            if drop is None:  # no line named: the queue halves the batch down to the bad point
+                raise SplitBatchError(message[:MOST_SHOWN])
             if not drop:  # a partial write: the others were stored
                 break
             report.rejected_points += len(drop)
