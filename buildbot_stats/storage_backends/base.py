@@ -15,7 +15,7 @@ from twisted.python import log
 from zope.interface import Attribute, Interface, implementer
 
 from buildbot_stats.errors import PartialDeliveryError
-from buildbot_stats.point import Point, PointProblem
+from buildbot_stats.point import Clock, Point, PointProblem
 
 try:  # a backend written for Buildbot's own statistics module works unchanged
     from buildbot.statistics.storage_backends.base import StatsStorageBase as _BuildbotStatsStorageBase
@@ -134,6 +134,20 @@ class StatsStorageBase(abc.ABC):
     def thd_postStatsValues(self, points: list[Point]) -> WriteReport | None:
         """Store a batch of points, by default one by one.  Runs in a thread."""
         return _post_one_by_one(self, points)
+
+
+class BatchBackend(StatsStorageBase):
+    """A backend that stores batches: one point is a batch of one, stamped now, its problems logged."""
+
+    def thd_postStatsValue(
+        self, post_data: dict[str, Any], series_name: str, context: dict[str, Any] | None = None
+    ) -> None:
+        point = Point(series_name, post_data, dict(context or {}), _CLOCK.now_ns())
+        for p in self.thd_postStatsValues([point]).problems:  # type: ignore[union-attr]
+            log.msg(f"{self.name}: {p.series} {p.field}: {p.reason}")
+
+
+_CLOCK = Clock()  # two points of one series posted in the same nanosecond keep apart
 
 
 def _post_one_by_one(backend: Any, points: list[Point]) -> WriteReport | None:

@@ -30,7 +30,7 @@ from zope.interface import implementer
 
 from buildbot_stats.errors import BatchTooLargeError, RefusedWriteError, TransientWriteError
 from buildbot_stats.point import PointProblem
-from buildbot_stats.storage_backends.base import IPreparedWrites, StatsStorageBase, WriteReport
+from buildbot_stats.storage_backends.base import BatchBackend, IPreparedWrites, WriteReport
 
 __all__: list[str] = []
 
@@ -51,7 +51,7 @@ _IN_FLIGHT: dict[int, Any] = {}
 
 
 @implementer(IPreparedWrites)
-class InfluxBackend(StatsStorageBase):
+class InfluxBackend(BatchBackend):
     """The InfluxDB backends' argument checks, ``prepare``, repr and HTTP error handling."""
 
     product: ClassVar[str] = "InfluxDB"

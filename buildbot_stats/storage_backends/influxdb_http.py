@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -64,12 +63,6 @@ class _InfluxHTTPStorage(InfluxBackend):
         self._secret_pending = self._token is None
         if self._secret_pending:
             raise RefusedWriteError(f"{self._owner()}: the token secret {_UNSENDABLE}")
-
-    def thd_postStatsValue(
-        self, post_data: dict[str, Any], series_name: str, context: dict[str, Any] | None = None
-    ) -> None:
-        """Write one point now, stamped with the current time (the documented per-point API)."""
-        self.thd_postStatsValues([Point(series_name, dict(post_data), dict(context or {}), time.time_ns())])
 
     def _adjust(self, points: list[Point], problems: list[PointProblem]) -> list[Point]:
         """Change points the server would refuse as a whole (InfluxDB 3: tag and field names)."""

@@ -27,7 +27,7 @@ from buildbot_stats.capture.base import REPORT_IN_DIVISORS
 from buildbot_stats.capture.live import LiveSnapshot, result_name
 from buildbot_stats.errors import BackendConfigurationError
 from buildbot_stats.point import Point, PointProblem
-from buildbot_stats.storage_backends.base import IBackendLifecycle, StatsStorageBase, WriteReport
+from buildbot_stats.storage_backends.base import BatchBackend, IBackendLifecycle, WriteReport
 
 __all__ = ["DEFAULT_BUCKETS", "DEFAULT_STEP_BUCKETS", "PrometheusStorageService"]
 
@@ -326,7 +326,7 @@ def _live_samples(live: LiveSnapshot) -> dict[str, Samples]:
 
 
 @implementer(IBackendLifecycle)
-class PrometheusStorageService(StatsStorageBase):
+class PrometheusStorageService(BatchBackend):
     """Serves the captured statistics as Prometheus metrics; ``port`` 0 takes any free port (see ``url``)."""
 
     #: the StatsService keeps live state (workers, queue, running builds) for a backend that asks
@@ -438,13 +438,6 @@ class PrometheusStorageService(StatsStorageBase):
                     report.rejected_points += 1
             endpoint.expire(time.monotonic())
         return report
-
-    def thd_postStatsValue(
-        self, post_data: dict[str, Any], series_name: str, context: dict[str, Any] | None = None
-    ) -> None:
-        """Count one point."""
-        for p in self.thd_postStatsValues([Point(series_name, post_data, context or {})]).problems:
-            log.msg(f"{self.name}: {p.series} {p.field}: {p.reason}")
 
     def _count(self, endpoint: _Endpoint, point: Point, report: WriteReport) -> None:
         """Count ``point`` into the metrics of ``endpoint``; its unusable values into ``report``."""

@@ -16,15 +16,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from buildbot import config
-from twisted.python import log
 
 from buildbot_stats.arguments import reject_unknown
 from buildbot_stats.config_paths import loading_basedir, resolve
 from buildbot_stats.errors import RefusedWriteError
-from buildbot_stats.point import Clock, Point, PointProblem, to_json_value
+from buildbot_stats.point import Point, PointProblem, to_json_value
 from buildbot_stats.sqlite_wal import connect_wal, foreign_sqlite_problem
 from buildbot_stats.storage_backends import base
-from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
+from buildbot_stats.storage_backends.base import BatchBackend, WriteReport
 
 __all__ = ["SQLiteStorageService"]
 
@@ -89,7 +88,7 @@ def tables_and_meta(db: sqlite3.Connection) -> tuple[set[str], dict[str, str]]:
     return tables, meta
 
 
-class SQLiteStorageService(StatsStorageBase):
+class SQLiteStorageService(BatchBackend):
     """Stores statistics in an SQLite file, created (with its directory) on the first write.
 
     ``path`` is relative to the master's basedir.  The connection is opened in
@@ -116,7 +115,6 @@ class SQLiteStorageService(StatsStorageBase):
         self.busy_timeout = busy_timeout
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
-        self._clock = Clock()
         self.path = os.fspath(path) if isinstance(path, os.PathLike) else path
         self._inited = isinstance(self.path, str) and self.path != ""
         if not self._inited:
@@ -179,14 +177,6 @@ class SQLiteStorageService(StatsStorageBase):
                     for pattern, seconds in self.retention:  # an index seek when there is nothing to do
                         db.execute(_PRUNE, (pattern, time.time_ns() - int(seconds * 1e9), PRUNE_ROWS))
         return report
-
-    def thd_postStatsValue(
-        self, post_data: dict[str, Any], series_name: str, context: dict[str, Any] | None = None
-    ) -> None:
-        """Store one point stamped with the current time."""
-        point = Point(series_name, post_data, context or {}, self._clock.now_ns())
-        for p in self.thd_postStatsValues([point]).problems:
-            log.msg(f"{self.name}: {p.series} {p.field}: {p.reason}")
 
     def close(self) -> None:
         """Close the connection (a later write opens it again)."""
