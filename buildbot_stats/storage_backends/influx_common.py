@@ -1,7 +1,5 @@
-"""What the InfluxDB backends (1.x, 2.x, 3.x) share: argument checks, secrets, TLS, the HTTP exchange.
-
-A secret is rendered in the reactor by ``prepare(master)``: the writing thread sees the plain value.
-"""
+"""What the InfluxDB backends (1.x, 2.x, 3.x) share: argument checks, TLS, the HTTP exchange and secrets,
+rendered in the reactor by ``prepare(master)`` so that the writing thread sees the plain value."""
 
 from __future__ import annotations
 
@@ -69,8 +67,7 @@ class InfluxBackend(BatchBackend):
         return f"{type(self).__name__} {self.name!r}"
 
     def _check(self, problems: list[str], names: dict, timeout, verify_ssl, ca_bundle, gzip) -> bool:
-        """Add the shared checks (``names``: of the database, bucket or organisation) to ``problems``;
-        report each as a ``config.error``; True if none."""
+        """Shared checks (``names``: database, bucket, org) into ``problems``, config.error; True if none."""
         owner = self._owner()
         for what, value in names.items():
             if not isinstance(value, str) or not value:

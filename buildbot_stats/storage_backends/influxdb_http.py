@@ -187,11 +187,8 @@ class InfluxDB2StorageService(_InfluxHTTPStorage):
 
 
 class InfluxDB3StorageService(_InfluxHTTPStorage):
-    """Stores statistics in an InfluxDB 3 database (``POST /api/v3/write_lp``, token auth).
-
-    InfluxDB 3 refuses a line whose tag and field share a name: such a field is
-    stored as ``<name>_field`` (converted, logged).
-    """
+    """Stores statistics in an InfluxDB 3 database (``POST /api/v3/write_lp``, token auth); a field named
+    like a tag of its series, which InfluxDB 3 refuses, is stored as ``<name>_field`` (converted, logged)."""
 
     product = "InfluxDB 3"
     write_path = "/api/v3/write_lp"

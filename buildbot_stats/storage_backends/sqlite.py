@@ -1,8 +1,5 @@
-"""Embedded SQLite storage, the zero-setup default backend: the file of docs/cli.rst ("The store").
-
-A point sent again with the same series, tags and time is merged into its row,
-the way InfluxDB merges the fields of one point.  :mod:`buildbot_stats.ui.store` reads it.
-"""
+"""Embedded SQLite storage, the zero-setup default backend (docs/cli.rst, "The store"; ui/store.py reads it):
+a point sent again with the same series, tags and time is merged into its row, as InfluxDB merges fields."""
 
 from __future__ import annotations
 
@@ -89,11 +86,8 @@ def tables_and_meta(db: sqlite3.Connection) -> tuple[set[str], dict[str, str]]:
 
 
 class SQLiteStorageService(BatchBackend):
-    """Stores statistics in an SQLite file, created (with its directory) on the first write.
-
-    ``path`` is relative to the master's basedir.  The connection is opened in
-    the writing thread and shared, under a lock, by the threads that write later.
-    """
+    """Stores statistics in an SQLite file (``path`` relative to the master's basedir) made with its directory
+    on the first write; the connection is opened in the writing thread and shared under a lock."""
 
     def __init__(
         self,
