@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import re
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -129,14 +131,9 @@ def _line_of(number: Any, original: Any, lines: list[str]) -> int | None:
     exact = [i for i, line in enumerate(lines) if line == original]
     if len(exact) == 1:
         return exact[0]
-    if isinstance(number, bool) or not isinstance(number, int):
-        return None
-    last = 0  # the physical line where lines[index] ends
-    for index, line in enumerate(lines):
-        last += line.count("\n") + 1
-        if 0 < number <= last:
-            return index
-    return None
+    ends = list(itertools.accumulate(line.count("\n") + 1 for line in lines))  # where each line ends
+    index = bisect.bisect_left(ends, number) if type(number) is int and number > 0 else len(lines)
+    return index if index < len(lines) else None
 
 
 class InfluxDB2StorageService(_InfluxHTTPStorage):
