@@ -30,8 +30,6 @@ from buildbot_stats.errors import BatchTooLargeError, RefusedWriteError, Transie
 from buildbot_stats.point import PointProblem
 from buildbot_stats.storage_backends.base import BatchBackend, IPreparedWrites, WriteReport
 
-__all__: list[str] = []
-
 #: backends (by where they write) already warned about ``verify_ssl=False``
 _WARNED_UNVERIFIED: set[str] = set()
 
