@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from buildbot import config
+from influxdb import InfluxDBClient  # a requirement (buildbot.statistics had it optional)
 from twisted.python import log
 from zope.interface import implementer
 
@@ -30,11 +30,6 @@ from buildbot_stats.storage_backends.influx_common import (
     shown,
     where,
 )
-
-try:
-    from influxdb import InfluxDBClient
-except ImportError:  # pragma: no cover - influxdb is a dependency
-    InfluxDBClient = None
 
 __all__ = ["InfluxStorageService"]
 
@@ -72,9 +67,6 @@ class InfluxStorageService(InfluxBackend):
         self.url, self.user, self.db = url, user, db
         #: as configured: a string, None or a renderable (a secret); never logged
         self.password = password
-        if InfluxDBClient is None:
-            config.error("Python client for InfluxDB not installed.")
-            return
         owner = self._owner()
         problems: list[str] = []
         host, ssl, path = url, False, ""
