@@ -39,9 +39,8 @@ DEFAULT_STEP_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 3
 DEFAULT_MAX_STAT_SERIES = 10_000
 #: Connections served at once; one more is closed at once.
 DEFAULT_MAX_CONNECTIONS = 10
-#: Seconds a build duration waits for the result of the same build.
+#: Seconds a build's duration (or result) waits for the other half, and how many builds may wait at once.
 JOIN_WAIT = 60.0
-#: Builds whose duration (or result) may wait for the other half at once.
 JOIN_MAX = 10_000
 #: Seconds a rendered exposition may be served again.
 MAX_AGE = 1.0
