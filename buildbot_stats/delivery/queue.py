@@ -18,12 +18,12 @@ from twisted.python import log
 from twisted.python.failure import Failure
 
 from buildbot_stats.burst_log import BurstLog
-from buildbot_stats.delivery.spool import COLUMNS, SpoolState, SpoolThread, SQLiteSpool, TakenSegment
+from buildbot_stats.delivery.spool import COLUMNS, QUARANTINE, Batch, SpoolState, SpoolThread, SQLiteSpool
 from buildbot_stats.delivery.writer import Route, SpoolResult, SpoolWriter, points_phrase
 from buildbot_stats.errors import PartialDeliveryError, RefusedWriteError, SplitBatchError
 from buildbot_stats.lineprotocol import split_lines
 from buildbot_stats.options import DeliveryPolicy
-from buildbot_stats.point import Point, PointProblem
+from buildbot_stats.point import PointProblem
 from buildbot_stats.storage_backends.base import (
     IEncodedWrites,
     IPreparedWrites,
@@ -74,19 +74,18 @@ class DeliveryReport:
         self.spool = state
         self.counters.spooled += state.spooled
         self.counters.dropped += state.dropped + state.quarantined
-        bound = f"{self.policy.max_spool_points} points" + (
-            f" or {self.policy.max_spool_bytes} bytes" if self.policy.max_spool_bytes else ""
-        )
         if state.dropped and not self.dropped_in_burst:
+            bytes_ = self.policy.max_spool_bytes
+            bound = f"{self.policy.max_spool_points} points" + (f" or {bytes_} bytes" if bytes_ else "")
             until = "dropping the oldest points until the backend accepts writes again"
             log.msg(f"buildbot_stats: spool of backend {self.key!r} is full ({bound}): {until}")
         self.dropped_in_burst += state.dropped
         if state.quarantined:
-            moved = "their segments were moved to the table buildbot_stats_unreadable"
-            unread = (
-                f"{points_phrase(state.quarantined)} of backend {self.key!r} could not be read from the spool"
-            )
-            log.msg(f"buildbot_stats: {unread}; {moved}")
+            moved = f"their segments were moved to the table {QUARANTINE}"
+            self._log(state.quarantined, f"could not be read from the spool; {moved}")
+
+    def _log(self, n: int, what: str) -> None:
+        log.msg(f"buildbot_stats: {points_phrase(n)} of backend {self.key!r} {what}")
 
     def current(self) -> Counters:
         return replace(self.counters, pending=self.spool.pending)
@@ -123,7 +122,7 @@ class DeliveryReport:
         if series is not None:
             self.problems([PointProblem(series, "*", f"refused by the backend: {error}")])
         else:
-            log.msg(f"buildbot_stats: {points_phrase(sent)} of backend {self.key!r} were dropped: {error}")
+            self._log(sent, f"were dropped: {error}")
 
     def accepted(self, report: WriteReport | None, sent: int) -> None:
         """The backend took ``sent`` points (less those its report says it rejected)."""
@@ -141,8 +140,7 @@ class DeliveryReport:
             log.msg(f"buildbot_stats: backend {self.key!r} {again}; counters {self.current().as_dict()}")
             self.failure = None
         if self.dropped_in_burst:
-            dropped = f"{points_phrase(self.dropped_in_burst)} of backend {self.key!r}"
-            log.msg(f"buildbot_stats: {dropped} were dropped: spool full")
+            self._log(self.dropped_in_burst, "were dropped: spool full")
             self.dropped_in_burst = 0
 
     def problems(self, problems: list[PointProblem]) -> None:
@@ -160,29 +158,8 @@ class DeliveryReport:
         if not durable:
             fate = "are lost: there is no spool file (spool_path=None or unusable)"
         if self.spool.pending:
-            log.msg(f"buildbot_stats: {points_phrase(self.spool.pending)} of backend {self.key!r} {fate}")
+            self._log(self.spool.pending, fate)
         self.problem_log.flush()
-
-
-@dataclass
-class Batch:
-    """Segments taken from the spool for one write, kept (with their encoding) until accepted."""
-
-    ids: list[int]
-    encoding: str
-    n: int
-    points: list[Point] | None  # the points, for a backend that takes points (COLUMNS)
-    data: bytes | None  # else the bytes its thd_encode made, one point per line
-    offset: int = 0  # the points before it left for good (accepted or dropped)
-
-    @classmethod
-    def of(cls, segments: list[TakenSegment]) -> Batch:
-        """One batch of the segments the spool gave (all of one encoding, as they were spooled)."""
-        ids, counts, encodings, payloads = zip(*segments)
-        if encodings[0] == COLUMNS:
-            points = [p for payload in payloads for p in payload]
-            return cls(list(ids), COLUMNS, len(points), points, None)
-        return cls(list(ids), encodings[0], sum(counts), None, b"\n".join(payloads))
 
 
 class _NotForThisBackendError(Exception):
@@ -195,11 +172,11 @@ def thd_post_batch(backend: Any, batch: Batch, offset: int, limit: int) -> Write
     Encoded points go to any backend that can post them: a v1 InfluxDB backend's line protocol
     to the v2 backend that replaced it under its name, say.
     """
-    if batch.points is not None:
-        return post_points(backend, batch.points[offset : offset + limit])
+    if batch.encoding == COLUMNS:
+        return post_points(backend, batch.payload[offset : offset + limit])
     if not provides(backend, IEncodedWrites, "thd_post_encoded"):
         raise _NotForThisBackendError(f"it cannot take points encoded as {batch.encoding!r}")
-    data = batch.data or b""
+    data = batch.payload
     if offset or limit < batch.n:
         data = b"\n".join(split_lines(data, batch.encoding)[offset : offset + limit])
     return backend.thd_post_encoded(data, batch.encoding)  # type: ignore[no-any-return]
@@ -310,7 +287,7 @@ class DeliveryQueue:
         release, self._release = self._release, []
         d = self._spool.call(SQLiteSpool.thd_take, self.spool_key, max_points, release, rewind)
 
-        def done(result: tuple[list[TakenSegment], SpoolState]) -> list[TakenSegment]:
+        def done(result: tuple[Batch | None, SpoolState]) -> Batch | None:
             self.report.update(result[1])
             return result[0]
 
@@ -320,12 +297,11 @@ class DeliveryQueue:
 
         return d.addCallbacks(done, failed)
 
-    def _batch_read(self, segments: list[TakenSegment], asked: int) -> None:
+    def _batch_read(self, batch: Batch | None, asked: int) -> None:
         if self.state is State.STOPPED:
             return
-        if segments:
-            self._batch = Batch.of(segments)
-        elif asked:
+        self._batch = batch  # (None in READING)
+        if batch is None and asked:
             self.report.spool.untaken = 0  # nothing to take after all: do not ask again
         self._idle()
 
@@ -382,7 +358,7 @@ class DeliveryQueue:
             # one point refused alone is the bad one; points of another kind of backend
             series = None
             if isinstance(error, SplitBatchError) and batch is not None:
-                series = batch.points[batch.offset].series if batch.points is not None else "?"
+                series = batch.payload[batch.offset].series if batch.encoding == COLUMNS else "?"
             self.report.dropped(sent, error, series)
             self._advance(sent)
         else:
@@ -454,7 +430,7 @@ class DeliveryQueue:
                     log.msg(f"buildbot_stats: backend {self.key!r} {late}")
             self._drained = None
         self._to(State.STOPPED)
-        self.report.stopped(self._spool.durable)
+        self.report.stopped(self._spool.spool.durable)
 
 
 def backend_name(backend: Any) -> str:

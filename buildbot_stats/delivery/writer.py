@@ -1,9 +1,6 @@
-"""The spool writer: what captures record becomes points, encoded once per backend and spooled.
-
-The reactor only appends records to a flat list; the spool thread makes them points, encodes
-and writes them in one transaction (group commit).  Then ``store()`` and ``yieldMetricsValue``
-fire: their point is in the spool.  What happens next, per backend, is :mod:`.queue`.
-"""
+"""The spool writer: the reactor appends records to a flat list; the spool thread makes them points,
+encodes them once per backend and writes them in one transaction (group commit), then ``store()``
+fires: its point is in the spool.  What happens next, per backend, is :mod:`.queue`."""
 
 from __future__ import annotations
 
@@ -147,11 +144,10 @@ class _SegmentMaker:
         return next((f", {kind} {_shown(key)}" for kind, key, alone in parts if self._error(alone)), "")
 
     def _add(self, segment: NewSegment | None, report: Any) -> None:
-        if report is not None:  # (a WriteReport; a backend's own may leave either part out)
-            if getattr(report, "problems", None):
-                self.result.problems.setdefault(self.key, []).extend(report.problems)
-            if getattr(report, "rejected_points", 0):
-                self.result.dropped[self.key] += report.rejected_points
+        if getattr(report, "problems", None):  # (a WriteReport or None; a backend's own may lack a part)
+            self.result.problems.setdefault(self.key, []).extend(report.problems)
+        if getattr(report, "rejected_points", 0):
+            self.result.dropped[self.key] += report.rejected_points
         if segment is not None:
             self.segments.append(segment)
 
@@ -165,7 +161,7 @@ class _SegmentMaker:
 
 
 def thd_spool_records(
-    spool: Any, records: list[Any], routes: dict[str, Route], orphan_prefix: str | None = None
+    spool: Any, records: list[Any], routes: dict[str, Route], orphan_prefix: str = ""
 ) -> SpoolResult:
     """Make points of ``records``, encode them once per backend, write them in one transaction; points
     of a backend removed while they waited go under ``orphan_prefix + key``, as columns."""
@@ -182,11 +178,7 @@ def thd_spool_records(
         for key in keys:
             maker = makers.get(key)
             if maker is None:
-                route = routes.get(key)
-                if route is None:
-                    if orphan_prefix is None:
-                        continue
-                    route = Route(f"{orphan_prefix}{key}", None, ORPHAN_SEGMENT_POINTS)
+                route = routes.get(key) or Route(f"{orphan_prefix}{key}", None, ORPHAN_SEGMENT_POINTS)
                 maker = makers[key] = _SegmentMaker(route, result, segments)
             maker.points.append(point)
             if len(maker.points) >= maker.chunk:
@@ -230,8 +222,8 @@ class SpoolWriter:
         self,
         spool: SpoolThread,
         deliver: Callable[[SpoolResult], None],
-        start_delivery: Callable[[], None] | None = None,
-        orphan_prefix: str | None = None,
+        start_delivery: Callable[[], None] = lambda: None,
+        orphan_prefix: str = "",
     ) -> None:
         self.spool, self._deliver, self._start_delivery = spool, deliver, start_delivery
         self._orphan_prefix = orphan_prefix  # (see thd_spool_records)
@@ -245,9 +237,8 @@ class SpoolWriter:
         spool.retry = self.retry
 
     def retry(self) -> None:
-        """A spool write (of nothing if nothing waits): the spool tries its file again (see SpoolThread)."""
-        if not self._waiting:
-            self._waiting.append(_Write([], defer.Deferred()))
+        """A spool write (of nothing, or of what waits): the spool tries its file again (see SpoolThread)."""
+        self._waiting.append(_Write([], defer.Deferred()))  # (what is recorded next joins it)
         self._write()
 
     def _append(self, record: Record) -> _Write:
@@ -318,8 +309,6 @@ class SpoolWriter:
 
     def _maybe_start_delivery(self) -> None:
         """Let the queues send, unless the next spool write already runs (for a while at most)."""
-        if self._start_delivery is None:
-            return
         if self._writing is not None:
             if self._held_since is None:
                 self._held_since = self.clock()
