@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -217,8 +217,7 @@ class DeliveryQueue:
         self.state = State.IDLE
         self.report = DeliveryReport(key, policy, queues.reactor)
         self.counters = self.report.counters
-        #: true while the spool writer holds delivery back (see SpoolWriter)
-        self.hold: Callable[[], bool] = queues.writer.holding
+        self._holding = queues.writer.holding  # true while the spool writer holds delivery back
         self._spool, self._reactor = queues.spool, queues.reactor
         self._batch: Batch | None = None  # taken from the spool, not all accepted yet
         self._release: list[int] = []  # segments all accepted: released with the next spool call
@@ -280,7 +279,7 @@ class DeliveryQueue:
     def _held(self) -> bool:
         """Whether the spool writer holds delivery back (less than a batch waits; it calls :meth:`send`)."""
         # (stopping: it sends all it can)
-        return not self._stopping and self.hold() and self.report.spool.untaken < self.policy.batch_size
+        return not self._stopping and self._holding() and self.report.spool.untaken < self.policy.batch_size
 
     def _read(self, max_points: int, rewind: bool = False) -> defer.Deferred:
         """One spool call: release the segments accepted, rewind if asked, take up to ``max_points``."""
@@ -317,8 +316,7 @@ class DeliveryQueue:
         if backend is self.backend and isinstance(result, Failure):
             again = f"; tried again every {self.policy.max_retry_delay:.0f}s"
             self.report.failed(result.value, f"backend {self.key!r} is not ready", again)
-            self._failed(self.policy.max_retry_delay)
-            return
+            return self._failed(self.policy.max_retry_delay)
         if backend is self.backend:
             self._prepared = backend
         self._idle()  # prepared, or replaced meanwhile (then the new one is prepared)
@@ -475,7 +473,6 @@ class QueueSet:
         """Make the queues match ``backends``, keeping pending points of backends that stay."""
         old, self.queues = self.queues, {}
         routes: dict[str, Route] = {}
-        key_by_backend: dict[int, str] = {}
         new_queues = []
         for key, backend in zip(backend_keys(backends), backends):
             warn_deprecated_attributes(backend)
@@ -489,9 +486,9 @@ class QueueSet:
             encode = backend.thd_encode if provides(backend, IEncodedWrites) else None
             bounds = (policy.max_spool_points, policy.max_spool_bytes)
             routes[key] = Route(queue.spool_key, encode, policy.batch_size, bounds)
-            key_by_backend[id(backend)] = key
         self.writer.routes = routes  # spool writes from now on
-        self._previous_key_by_backend, self._key_by_backend = self._key_by_backend, key_by_backend
+        self._previous_key_by_backend = self._key_by_backend
+        self._key_by_backend = {id(queue.backend): key for key, queue in self.queues.items()}
         self._capture_keys = {}
         for queue in old.values():
             yield queue.stop()
@@ -505,10 +502,8 @@ class QueueSet:
             counts = yield self.spool.call(SQLiteSpool.thd_pending_counts)
         except Exception:
             return
-        for spool_key, n in sorted(counts.items()):
-            self._log_orphan(
-                spool_key, f"the spool holds {n} point(s) of backend {{}}, which is not configured"
-            )
+        for key, n in sorted(counts.items()):
+            self._log_orphan(key, f"the spool holds {n} point(s) of backend {{}}, which is not configured")
 
     def route_keys(self, capture: Any) -> tuple[str, ...]:
         """The queue keys of the backends ``capture`` belongs to (what its records name), worked out
@@ -541,12 +536,8 @@ class QueueSet:
             self._retired.captured += captured
             self._retired.dropped += result.dropped.get(spool_key, 0)
             if captured:
-                on_the_way = (
-                    f"its points that were on their way to the spool ({points_phrase(captured)} so far)"
-                )
-                self._log_orphan(
-                    spool_key, f"backend {{}} is no longer configured: {on_the_way} are kept there"
-                )
+                way = f"its points that were on their way to the spool ({points_phrase(captured)} so far)"
+                self._log_orphan(spool_key, "backend {} is no longer configured: " + way + " are kept there")
 
     def _log_orphan(self, spool_key: str, what: str) -> None:
         """Say ``what`` (``{}``: the backend key) once, for a spool key of this service's not configured."""
@@ -564,8 +555,7 @@ class QueueSet:
 
     def totals(self) -> dict[str, int]:
         """Counters summed over all backends, removed ones included."""
-        total = Counters()
-        total.add(self._retired)
+        total = replace(self._retired)
         for queue in self.queues.values():
             total.add(queue.report.current())
         return total.as_dict()

@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 from twisted.internet import defer
@@ -71,9 +71,8 @@ _STEPS: dict[int, list[tuple[str, str]]] = {
 }
 
 
-@dataclass
-class NewSegment:
-    """Points of one queue to spool, already encoded (in the spool thread)."""
+class NewSegment(NamedTuple):
+    """Points of one queue to spool, already encoded (in the spool thread): a row, but for its id."""
 
     queue_key: str
     n: int
@@ -491,10 +490,7 @@ class SQLiteSpool:
 
     def thd_write(self, segments: list[NewSegment], bounds: dict[str, Bounds]) -> dict[str, SpoolState]:
         """Append ``segments`` in one transaction, then apply each queue's ``(max points, max bytes)``."""
-        ids = range(self._next_id, self._next_id + len(segments))
-        rows = [
-            (s.queue_key, i, s.n, s.first_ns, s.last_ns, s.encoding, s.data) for i, s in zip(ids, segments)
-        ]
+        rows = [(s.queue_key, i, *s[1:]) for i, s in enumerate(segments, self._next_id)]
         self._next_id += len(rows)
         if self._file is not None and self._vanished():  # one stat per commit
             self._refiled = dict(self._file.execute(f"SELECT queue_key, SUM({_N}) FROM {TABLE} GROUP BY 1"))
