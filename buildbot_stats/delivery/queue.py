@@ -1,9 +1,6 @@
-"""Getting each backend's spooled points to it: one queue per backend, one write in flight, retries.
-
-Pending points stay in the spool: a queue takes a batch in one spool call (the next one while
-a batch is posted), posts it in one thread call and releases it once accepted, so delivery
-holds two batches per backend in memory whatever the backlog, and sends in spool order.
-"""
+"""Each backend's spooled points to it: one queue per backend, one write in flight, retries.  A queue
+takes a batch in one spool call (the next while one is posted) and releases it once accepted: two
+batches per backend in memory whatever the backlog, sent in spool order."""
 
 from __future__ import annotations
 
@@ -32,9 +29,6 @@ from buildbot_stats.storage_backends.base import (
     provides,
     warn_deprecated_attributes,
 )
-
-__all__ = ["Batch", "Counters", "DeliveryQueue", "DeliveryReport", "QueueSet", "State", "TRANSITIONS"]
-__all__ += ["backend_keys", "backend_name"]
 
 
 @dataclass
@@ -167,11 +161,8 @@ class _NotForThisBackendError(Exception):
 
 
 def thd_post_batch(backend: Any, batch: Batch, offset: int, limit: int) -> WriteReport | None:
-    """Post ``limit`` points of ``batch`` from ``offset``: points, or the bytes encoded once.  In a thread.
-
-    Encoded points go to any backend that can post them: a v1 InfluxDB backend's line protocol
-    to the v2 backend that replaced it under its name, say.
-    """
+    """Post ``limit`` points of ``batch`` from ``offset``, in a thread: points, or the bytes encoded once,
+    to any backend that can post them (a v1 InfluxDB backend's line protocol to the v2 one replacing it)."""
     if batch.encoding == COLUMNS:
         return post_points(backend, batch.payload[offset : offset + limit])
     if not provides(backend, IEncodedWrites, "thd_post_encoded"):
@@ -205,11 +196,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 
 
 class DeliveryQueue:
-    """Writes the spooled points of one backend to it, in order, at least once, retrying with backoff.
-
-    A backend's ``prepare(master)`` (:class:`IPreparedWrites`) runs before its first write and after
-    a refused one: there backends render secrets, so that a password fixed is used without a restart.
-    """
+    """Writes one backend's spooled points to it, in order, at least once, retrying with backoff.  Its
+    ``prepare(master)`` runs before the first write and after a refused one: secrets fixed are used."""
 
     def __init__(self, key: str, backend: Any, policy: DeliveryPolicy, queues: QueueSet) -> None:
         self.key, self.spool_key = key, f"{queues.service_name}/{key}"
@@ -448,9 +436,8 @@ def backend_keys(backends: Sequence[Any]) -> list[str]:
 
 
 class QueueSet:
-    """The queues of one StatsService, one per backend, kept across reconfigs by backend key (its
-    name): a backend that keeps its key keeps its pending points; a removed key's points stay
-    spooled until a backend of that name comes back.  Routes records to the queues."""
+    """The queues of one StatsService by backend key (its name), kept across reconfigs with their points;
+    a removed key's points stay spooled until a backend of that name comes back."""
 
     def __init__(self, service_name: str, spool: SpoolThread, reactor: Any, master: Any = None) -> None:
         self.service_name, self.spool, self.reactor = service_name, spool, reactor

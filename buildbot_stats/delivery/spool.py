@@ -1,9 +1,7 @@
-"""Where points wait until their backend accepted them: the spool *is* the backlog (at least once).
-
-A segment (a row: ``_TABLE_SQL``) holds points as msgpack :data:`COLUMNS` (plain values: a spool never
-runs code) or a backend's encoded bytes.  Bounds drop the oldest segments not taken.  While the file
-cannot be written or opened, new segments wait in memory.  ``thd_*`` methods run on :class:`SpoolThread`.
-"""
+"""Where points wait until their backend accepted them (at least once): the spool *is* the backlog.  A
+segment (a row: ``_TABLE_SQL``) holds msgpack :data:`COLUMNS` (plain values: a spool never runs code)
+or a backend's encoded bytes.  Bounds drop the oldest segments not taken; while the file cannot be
+written or opened, new ones wait in memory.  ``thd_*`` methods run on :class:`SpoolThread`."""
 
 from __future__ import annotations
 

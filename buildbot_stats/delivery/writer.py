@@ -17,9 +17,6 @@ from twisted.python.failure import Failure
 from buildbot_stats.delivery.spool import NewSegment, SpoolState, SpoolThread, encode_segment
 from buildbot_stats.point import Point, PointProblem, to_ns
 
-__all__ = ["ENCODE_CHUNK", "MAX_RECORDS_PER_WRITE", "Record", "Route", "SpoolResult", "SpoolWriter"]
-__all__ += ["points_phrase", "thd_spool_records"]
-
 #: what ``store()`` records, in the reactor: (backend keys, series, post_data, context, time)
 Record = tuple[Sequence[Any], Any, Any, Any, Any]
 
@@ -211,12 +208,9 @@ class _Write(NamedTuple):
 
 
 class SpoolWriter:
-    """Group commit: everything recorded while a spool write runs is the next write.
-
-    ``deliver`` gets each write's result at once (counters); the queues are told to send
-    (``start_delivery``) once no write follows right away, or every :data:`DELIVERY_HOLD_S`
-    of a stream: values awaited one by one are then not read back and posted each on its own.
-    """
+    """Group commit: what is recorded while a spool write runs is the next write.  ``deliver`` gets each
+    result (counters); ``start_delivery`` runs once no write follows, or every :data:`DELIVERY_HOLD_S` of
+    a stream: values awaited one by one are then not read back and posted each on its own."""
 
     def __init__(
         self,
