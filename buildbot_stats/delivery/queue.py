@@ -274,15 +274,14 @@ class DeliveryQueue:
         release, self._release = self._release, []
         d = self._spool.call(SQLiteSpool.thd_take, self.spool_key, max_points, release, rewind)
 
-        def done(result: tuple[Batch | None, SpoolState]) -> Batch | None:
+        def done(result: tuple[Batch | None, SpoolState] | Failure) -> Batch | None | Failure:
+            if isinstance(result, Failure):
+                self._release += release  # released with the next call
+                return result
             self.report.update(result[1])
             return result[0]
 
-        def failed(failure: Failure) -> Failure:
-            self._release += release  # released with the next call
-            return failure
-
-        return d.addCallbacks(done, failed)
+        return d.addBoth(done)
 
     def _batch_read(self, batch: Batch | None, asked: int) -> None:
         if self.state is State.STOPPED:

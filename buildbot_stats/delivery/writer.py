@@ -103,25 +103,21 @@ class _SegmentMaker:
         try:
             self._add(*encode_segment(self.key, points, self.route.encoder))
         except Exception as e:  # drop only the points that fail on their own (a value whose str() raises)
+            failures, where = [(p, e) for p in points], ""
             plain = Point(points[0].series, {"_": 0}, {}, points[0].time_ns)
-            if self._error(plain) is not None:  # unless the encoder fails for any point: blame none
-                return self._dropped([(p, e) for p in points], "")
-            failures = [(p, error) for p in points if (error := self._error(p)) is not None]
-            good = [p for p in points if self._error(p) is None]
-            try:
-                if good:
-                    self._add(*encode_segment(self.key, good, self.route.encoder))
-            except Exception as together:  # each encodes alone but not together: drop them all
-                failures += [(p, together) for p in good]
-            point = failures[0][0] if failures else None
-            self._dropped(
-                failures, f"series {_shown(point.series)}{self._failing_part(point)}: " if point else ""
-            )
-
-    def _dropped(self, failures: list[tuple[Point, Exception]], where: str) -> None:
-        if failures and self.failure is None:
-            self.failure = where + _failure_text(failures[0][1])
-        self.failed += len(failures)
+            if self._error(plain) is None:  # else the encoder fails for any point: blame none
+                failures = [(p, error) for p in points if (error := self._error(p)) is not None]
+                good = [p for p in points if self._error(p) is None]
+                try:
+                    if good:
+                        self._add(*encode_segment(self.key, good, self.route.encoder))
+                except Exception as together:  # each encodes alone but not together: drop them all
+                    failures += [(p, together) for p in good]
+                if failures:
+                    where = f"series {_shown(failures[0][0].series)}{self._failing_part(failures[0][0])}: "
+            if failures and self.failure is None:
+                self.failure = where + _failure_text(failures[0][1])
+            self.failed += len(failures)
 
     def _error(self, point: Point) -> Exception | None:
         try:
