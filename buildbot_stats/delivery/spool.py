@@ -239,9 +239,8 @@ def _create_tables(db: sqlite3.Connection) -> sqlite3.Connection:
 
 def _quarantine(db: sqlite3.Connection, key: str, sid: int, encoding: str, data: bytes, e: Exception) -> int:
     """Move an unreadable segment to the table ``buildbot_stats_unreadable`` (in a transaction)."""
-    db.execute(
-        f"INSERT INTO {QUARANTINE} VALUES (?,?,?,?,?)", (key, sid, encoding, data, f"{type(e).__name__}: {e}")
-    )
+    error = f"{type(e).__name__}: {e}"
+    db.execute(f"INSERT INTO {QUARANTINE} VALUES (?,?,?,?,?)", (key, sid, encoding, data, error))
     db.execute(f"DELETE FROM {TABLE} {WHERE}", (key, sid))
     return 1
 
