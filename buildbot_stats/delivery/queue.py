@@ -265,8 +265,7 @@ class DeliveryQueue:
         d.addErrback(log.err, "buildbot_stats: internal error in delivery")
 
     def _held(self) -> bool:
-        """Whether the spool writer holds delivery back (less than a batch waits; it calls :meth:`send`)."""
-        # (stopping: it sends all it can)
+        """Whether the writer holds delivery back (less than a batch waits, not stopping): it calls send."""
         return not self._stopping and self._holding() and self.report.spool.untaken < self.policy.batch_size
 
     def _read(self, max_points: int, rewind: bool = False) -> defer.Deferred:
@@ -356,8 +355,7 @@ class DeliveryQueue:
         self._attempt += 1
         self.counters.retried += sent
         if batch is not None and batch.offset == 0:
-            # give the batch back while the backend fails, so that the bounds can drop its points
-            # (not one written in part: it would be read, and written, whole again)
+            # give it back so that the bounds can drop its points (not one written in part: read whole again)
             self._batch = None
             if self._next is not None:  # taken before the rewind: read again after it
                 self._next.addErrback(lambda _: None)
@@ -447,8 +445,7 @@ class QueueSet:
         self._orphans_logged: set[str] = set()
         #: values that could not become points (a custom capture's bad time, say): one line per burst
         self._unstored_log = BurstLog(reactor)
-        #: id(backend) -> queue key, for this config and the previous one (a capture busy when the
-        #: master reconfigured may still store, holding the old backend objects)
+        #: id(backend) -> queue key, now and in the previous config (a capture busy in a reconfig stores on)
         self._key_by_backend: dict[int, str] = {}
         self._previous_key_by_backend: dict[int, str] = {}
         #: id(capture) -> (its parent_svcs, their number, their queue keys)

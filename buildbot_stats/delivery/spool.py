@@ -327,8 +327,9 @@ def open_spool_file(path: str) -> tuple[sqlite3.Connection, str | None]:
                 os.replace(path + suffix, aside + suffix)
         notice = f"the spool {path} {why}; it was moved to {aside}{later} and a new one started"
         return _connect(path)[0], notice
-    if empty:  # (a master killed before its first spool write, or a truncated copy)
-        notice = f"the spool {path} was an empty file (0 bytes): it held no points; a new one started"
+    if empty:
+        why = "(a master killed before its first spool write, or a truncated copy)"
+        notice = f"the spool {path} was an empty file (0 bytes): it held no points {why}; a new one started"
     return db, notice
 
 

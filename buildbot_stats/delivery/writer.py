@@ -265,8 +265,7 @@ class SpoolWriter:
         return d
 
     def _write(self) -> None:
-        # Writes follow each other in this loop when one finishes at once (Buildbot's
-        # test reactor runs thread calls at once): a burst must not nest one call per write.
+        # a loop: a write that finishes at once (Buildbot's test reactor) must not nest the next call
         if self._looping:
             return
         self._looping = True
@@ -286,8 +285,7 @@ class SpoolWriter:
                 self._deliver(result)
             except Exception:
                 log.err(None, "buildbot_stats: internal error after a spool write")
-        # Callers resume while this write still counts as running, so that what
-        # they all post next is one write, not one write for the first of them.
+        # callers resume while this write still counts as running: what they all post next is one write
         write.done.callback(None)
         self._writing = None
         self._write()
