@@ -1,6 +1,2 @@
-"""Delivery: from the service's queue to a backend's write, through the spool.
-
-``writer`` turns captured records into encoded points and spools them;
-``spool`` keeps them on disk until written; ``queue`` writes each backend's
-points in batches and retries, one queue per backend (a ``QueueSet``).
-"""
+"""Delivery, from the service to a backend's write: ``writer`` makes records encoded points and spools
+them, ``spool`` keeps them on disk until written, ``queue`` writes each backend's batches and retries."""

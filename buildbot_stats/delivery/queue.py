@@ -1,15 +1,12 @@
-"""Getting each backend's spooled points to it: one queue per backend, one write in flight, retries.
-
-Pending points stay in the spool: a queue takes a batch in one spool call (the next one while
-a batch is posted), posts it in one thread call and releases it once accepted, so delivery
-holds two batches per backend in memory whatever the backlog, and sends in spool order.
-"""
+"""Each backend's spooled points to it: one queue per backend, one write in flight, retries.  A queue
+takes a batch in one spool call (the next while one is posted) and releases it once accepted: two
+batches per backend in memory whatever the backlog, sent in spool order."""
 
 from __future__ import annotations
 
 import enum
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -18,12 +15,12 @@ from twisted.python import log
 from twisted.python.failure import Failure
 
 from buildbot_stats.burst_log import BurstLog
-from buildbot_stats.delivery.spool import COLUMNS, SpoolState, SpoolThread, SQLiteSpool, TakenSegment
+from buildbot_stats.delivery.spool import COLUMNS, QUARANTINE, Batch, SpoolState, SpoolThread, SQLiteSpool
 from buildbot_stats.delivery.writer import Route, SpoolResult, SpoolWriter, points_phrase
 from buildbot_stats.errors import PartialDeliveryError, RefusedWriteError, SplitBatchError
 from buildbot_stats.lineprotocol import split_lines
 from buildbot_stats.options import DeliveryPolicy
-from buildbot_stats.point import Point, PointProblem
+from buildbot_stats.point import PointProblem
 from buildbot_stats.storage_backends.base import (
     IEncodedWrites,
     IPreparedWrites,
@@ -32,9 +29,6 @@ from buildbot_stats.storage_backends.base import (
     provides,
     warn_deprecated_attributes,
 )
-
-__all__ = ["Batch", "Counters", "DeliveryQueue", "DeliveryReport", "QueueSet", "State", "TRANSITIONS"]
-__all__ += ["backend_keys", "backend_name"]
 
 
 @dataclass
@@ -74,19 +68,18 @@ class DeliveryReport:
         self.spool = state
         self.counters.spooled += state.spooled
         self.counters.dropped += state.dropped + state.quarantined
-        bound = f"{self.policy.max_spool_points} points" + (
-            f" or {self.policy.max_spool_bytes} bytes" if self.policy.max_spool_bytes else ""
-        )
         if state.dropped and not self.dropped_in_burst:
+            bytes_ = self.policy.max_spool_bytes
+            bound = f"{self.policy.max_spool_points} points" + (f" or {bytes_} bytes" if bytes_ else "")
             until = "dropping the oldest points until the backend accepts writes again"
             log.msg(f"buildbot_stats: spool of backend {self.key!r} is full ({bound}): {until}")
         self.dropped_in_burst += state.dropped
         if state.quarantined:
-            moved = "their segments were moved to the table buildbot_stats_unreadable"
-            unread = (
-                f"{points_phrase(state.quarantined)} of backend {self.key!r} could not be read from the spool"
-            )
-            log.msg(f"buildbot_stats: {unread}; {moved}")
+            moved = f"their segments were moved to the table {QUARANTINE}"
+            self._log(state.quarantined, f"could not be read from the spool; {moved}")
+
+    def _log(self, n: int, what: str) -> None:
+        log.msg(f"buildbot_stats: {points_phrase(n)} of backend {self.key!r} {what}")
 
     def current(self) -> Counters:
         return replace(self.counters, pending=self.spool.pending)
@@ -123,7 +116,7 @@ class DeliveryReport:
         if series is not None:
             self.problems([PointProblem(series, "*", f"refused by the backend: {error}")])
         else:
-            log.msg(f"buildbot_stats: {points_phrase(sent)} of backend {self.key!r} were dropped: {error}")
+            self._log(sent, f"were dropped: {error}")
 
     def accepted(self, report: WriteReport | None, sent: int) -> None:
         """The backend took ``sent`` points (less those its report says it rejected)."""
@@ -141,8 +134,7 @@ class DeliveryReport:
             log.msg(f"buildbot_stats: backend {self.key!r} {again}; counters {self.current().as_dict()}")
             self.failure = None
         if self.dropped_in_burst:
-            dropped = f"{points_phrase(self.dropped_in_burst)} of backend {self.key!r}"
-            log.msg(f"buildbot_stats: {dropped} were dropped: spool full")
+            self._log(self.dropped_in_burst, "were dropped: spool full")
             self.dropped_in_burst = 0
 
     def problems(self, problems: list[PointProblem]) -> None:
@@ -160,29 +152,8 @@ class DeliveryReport:
         if not durable:
             fate = "are lost: there is no spool file (spool_path=None or unusable)"
         if self.spool.pending:
-            log.msg(f"buildbot_stats: {points_phrase(self.spool.pending)} of backend {self.key!r} {fate}")
+            self._log(self.spool.pending, fate)
         self.problem_log.flush()
-
-
-@dataclass
-class Batch:
-    """Segments taken from the spool for one write, kept (with their encoding) until accepted."""
-
-    ids: list[int]
-    encoding: str
-    n: int
-    points: list[Point] | None  # the points, for a backend that takes points (COLUMNS)
-    data: bytes | None  # else the bytes its thd_encode made, one point per line
-    offset: int = 0  # the points before it left for good (accepted or dropped)
-
-    @classmethod
-    def of(cls, segments: list[TakenSegment]) -> Batch:
-        """One batch of the segments the spool gave (all of one encoding, as they were spooled)."""
-        ids, counts, encodings, payloads = zip(*segments)
-        if encodings[0] == COLUMNS:
-            points = [p for payload in payloads for p in payload]
-            return cls(list(ids), COLUMNS, len(points), points, None)
-        return cls(list(ids), encodings[0], sum(counts), None, b"\n".join(payloads))
 
 
 class _NotForThisBackendError(Exception):
@@ -190,16 +161,13 @@ class _NotForThisBackendError(Exception):
 
 
 def thd_post_batch(backend: Any, batch: Batch, offset: int, limit: int) -> WriteReport | None:
-    """Post ``limit`` points of ``batch`` from ``offset``: points, or the bytes encoded once.  In a thread.
-
-    Encoded points go to any backend that can post them: a v1 InfluxDB backend's line protocol
-    to the v2 backend that replaced it under its name, say.
-    """
-    if batch.points is not None:
-        return post_points(backend, batch.points[offset : offset + limit])
+    """Post ``limit`` points of ``batch`` from ``offset``, in a thread: points, or the bytes encoded once,
+    to any backend that can post them (a v1 InfluxDB backend's line protocol to the v2 one replacing it)."""
+    if batch.encoding == COLUMNS:
+        return post_points(backend, batch.payload[offset : offset + limit])
     if not provides(backend, IEncodedWrites, "thd_post_encoded"):
         raise _NotForThisBackendError(f"it cannot take points encoded as {batch.encoding!r}")
-    data = batch.data or b""
+    data = batch.payload
     if offset or limit < batch.n:
         data = b"\n".join(split_lines(data, batch.encoding)[offset : offset + limit])
     return backend.thd_post_encoded(data, batch.encoding)  # type: ignore[no-any-return]
@@ -228,11 +196,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 
 
 class DeliveryQueue:
-    """Writes the spooled points of one backend to it, in order, at least once, retrying with backoff.
-
-    A backend's ``prepare(master)`` (:class:`IPreparedWrites`) runs before its first write and after
-    a refused one: there backends render secrets, so that a password fixed is used without a restart.
-    """
+    """Writes one backend's spooled points to it, in order, at least once, retrying with backoff.  Its
+    ``prepare(master)`` runs before the first write and after a refused one: secrets fixed are used."""
 
     def __init__(self, key: str, backend: Any, policy: DeliveryPolicy, queues: QueueSet) -> None:
         self.key, self.spool_key = key, f"{queues.service_name}/{key}"
@@ -240,8 +205,7 @@ class DeliveryQueue:
         self.state = State.IDLE
         self.report = DeliveryReport(key, policy, queues.reactor)
         self.counters = self.report.counters
-        #: true while the spool writer holds delivery back (see SpoolWriter)
-        self.hold: Callable[[], bool] = queues.writer.holding
+        self._holding = queues.writer.holding  # true while the spool writer holds delivery back
         self._spool, self._reactor = queues.spool, queues.reactor
         self._batch: Batch | None = None  # taken from the spool, not all accepted yet
         self._release: list[int] = []  # segments all accepted: released with the next spool call
@@ -301,31 +265,28 @@ class DeliveryQueue:
         d.addErrback(log.err, "buildbot_stats: internal error in delivery")
 
     def _held(self) -> bool:
-        """Whether the spool writer holds delivery back (less than a batch waits; it calls :meth:`send`)."""
-        # (stopping: it sends all it can)
-        return not self._stopping and self.hold() and self.report.spool.untaken < self.policy.batch_size
+        """Whether the writer holds delivery back (less than a batch waits, not stopping): it calls send."""
+        return not self._stopping and self._holding() and self.report.spool.untaken < self.policy.batch_size
 
     def _read(self, max_points: int, rewind: bool = False) -> defer.Deferred:
         """One spool call: release the segments accepted, rewind if asked, take up to ``max_points``."""
         release, self._release = self._release, []
         d = self._spool.call(SQLiteSpool.thd_take, self.spool_key, max_points, release, rewind)
 
-        def done(result: tuple[list[TakenSegment], SpoolState]) -> list[TakenSegment]:
+        def done(result: tuple[Batch | None, SpoolState] | Failure) -> Batch | None | Failure:
+            if isinstance(result, Failure):
+                self._release += release  # released with the next call
+                return result
             self.report.update(result[1])
             return result[0]
 
-        def failed(failure: Failure) -> Failure:
-            self._release += release  # released with the next call
-            return failure
+        return d.addBoth(done)
 
-        return d.addCallbacks(done, failed)
-
-    def _batch_read(self, segments: list[TakenSegment], asked: int) -> None:
+    def _batch_read(self, batch: Batch | None, asked: int) -> None:
         if self.state is State.STOPPED:
             return
-        if segments:
-            self._batch = Batch.of(segments)
-        elif asked:
+        self._batch = batch  # (None in READING)
+        if batch is None and asked:
             self.report.spool.untaken = 0  # nothing to take after all: do not ask again
         self._idle()
 
@@ -341,8 +302,7 @@ class DeliveryQueue:
         if backend is self.backend and isinstance(result, Failure):
             again = f"; tried again every {self.policy.max_retry_delay:.0f}s"
             self.report.failed(result.value, f"backend {self.key!r} is not ready", again)
-            self._failed(self.policy.max_retry_delay)
-            return
+            return self._failed(self.policy.max_retry_delay)
         if backend is self.backend:
             self._prepared = backend
         self._idle()  # prepared, or replaced meanwhile (then the new one is prepared)
@@ -382,7 +342,7 @@ class DeliveryQueue:
             # one point refused alone is the bad one; points of another kind of backend
             series = None
             if isinstance(error, SplitBatchError) and batch is not None:
-                series = batch.points[batch.offset].series if batch.points is not None else "?"
+                series = batch.payload[batch.offset].series if batch.encoding == COLUMNS else "?"
             self.report.dropped(sent, error, series)
             self._advance(sent)
         else:
@@ -395,8 +355,7 @@ class DeliveryQueue:
         self._attempt += 1
         self.counters.retried += sent
         if batch is not None and batch.offset == 0:
-            # give the batch back while the backend fails, so that the bounds can drop its points
-            # (not one written in part: it would be read, and written, whole again)
+            # give it back so that the bounds can drop its points (not one written in part: read whole again)
             self._batch = None
             if self._next is not None:  # taken before the rewind: read again after it
                 self._next.addErrback(lambda _: None)
@@ -454,7 +413,7 @@ class DeliveryQueue:
                     log.msg(f"buildbot_stats: backend {self.key!r} {late}")
             self._drained = None
         self._to(State.STOPPED)
-        self.report.stopped(self._spool.durable)
+        self.report.stopped(self._spool.spool.durable)
 
 
 def backend_name(backend: Any) -> str:
@@ -474,9 +433,8 @@ def backend_keys(backends: Sequence[Any]) -> list[str]:
 
 
 class QueueSet:
-    """The queues of one StatsService, one per backend, kept across reconfigs by backend key (its
-    name): a backend that keeps its key keeps its pending points; a removed key's points stay
-    spooled until a backend of that name comes back.  Routes records to the queues."""
+    """The queues of one StatsService by backend key (its name), kept across reconfigs with their points;
+    a removed key's points stay spooled until a backend of that name comes back."""
 
     def __init__(self, service_name: str, spool: SpoolThread, reactor: Any, master: Any = None) -> None:
         self.service_name, self.spool, self.reactor = service_name, spool, reactor
@@ -487,8 +445,7 @@ class QueueSet:
         self._orphans_logged: set[str] = set()
         #: values that could not become points (a custom capture's bad time, say): one line per burst
         self._unstored_log = BurstLog(reactor)
-        #: id(backend) -> queue key, for this config and the previous one (a capture busy when the
-        #: master reconfigured may still store, holding the old backend objects)
+        #: id(backend) -> queue key, now and in the previous config (a capture busy in a reconfig stores on)
         self._key_by_backend: dict[int, str] = {}
         self._previous_key_by_backend: dict[int, str] = {}
         #: id(capture) -> (its parent_svcs, their number, their queue keys)
@@ -499,7 +456,6 @@ class QueueSet:
         """Make the queues match ``backends``, keeping pending points of backends that stay."""
         old, self.queues = self.queues, {}
         routes: dict[str, Route] = {}
-        key_by_backend: dict[int, str] = {}
         new_queues = []
         for key, backend in zip(backend_keys(backends), backends):
             warn_deprecated_attributes(backend)
@@ -513,9 +469,9 @@ class QueueSet:
             encode = backend.thd_encode if provides(backend, IEncodedWrites) else None
             bounds = (policy.max_spool_points, policy.max_spool_bytes)
             routes[key] = Route(queue.spool_key, encode, policy.batch_size, bounds)
-            key_by_backend[id(backend)] = key
         self.writer.routes = routes  # spool writes from now on
-        self._previous_key_by_backend, self._key_by_backend = self._key_by_backend, key_by_backend
+        self._previous_key_by_backend = self._key_by_backend
+        self._key_by_backend = {id(queue.backend): key for key, queue in self.queues.items()}
         self._capture_keys = {}
         for queue in old.values():
             yield queue.stop()
@@ -529,10 +485,8 @@ class QueueSet:
             counts = yield self.spool.call(SQLiteSpool.thd_pending_counts)
         except Exception:
             return
-        for spool_key, n in sorted(counts.items()):
-            self._log_orphan(
-                spool_key, f"the spool holds {n} point(s) of backend {{}}, which is not configured"
-            )
+        for key, n in sorted(counts.items()):
+            self._log_orphan(key, f"the spool holds {n} point(s) of backend {{}}, which is not configured")
 
     def route_keys(self, capture: Any) -> tuple[str, ...]:
         """The queue keys of the backends ``capture`` belongs to (what its records name), worked out
@@ -565,12 +519,8 @@ class QueueSet:
             self._retired.captured += captured
             self._retired.dropped += result.dropped.get(spool_key, 0)
             if captured:
-                on_the_way = (
-                    f"its points that were on their way to the spool ({points_phrase(captured)} so far)"
-                )
-                self._log_orphan(
-                    spool_key, f"backend {{}} is no longer configured: {on_the_way} are kept there"
-                )
+                way = f"its points that were on their way to the spool ({points_phrase(captured)} so far)"
+                self._log_orphan(spool_key, "backend {} is no longer configured: " + way + " are kept there")
 
     def _log_orphan(self, spool_key: str, what: str) -> None:
         """Say ``what`` (``{}``: the backend key) once, for a spool key of this service's not configured."""
@@ -588,8 +538,7 @@ class QueueSet:
 
     def totals(self) -> dict[str, int]:
         """Counters summed over all backends, removed ones included."""
-        total = Counters()
-        total.add(self._retired)
+        total = replace(self._retired)
         for queue in self.queues.values():
             total.add(queue.report.current())
         return total.as_dict()

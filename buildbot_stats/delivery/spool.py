@@ -1,12 +1,7 @@
-"""Where points wait until their backend accepted them: the spool *is* the backlog.
-
-A segment (a row: ``_TABLE_SQL``) leaves the spool once its backend accepted (or dropped) all
-its points: after a crash, what the file holds is sent again (at least once).  Its ``data`` is
-the points as :data:`COLUMNS` (msgpack: plain values only, so a spool never runs code) or the
-bytes a backend encoded once.  Bounds drop the oldest segments not taken.  While the file cannot
-be written (disk full) or opened, new segments wait in a table in memory, then move to it.
-The ``thd_*`` methods block: they run on the spool's own thread, :class:`SpoolThread`.
-"""
+"""Where points wait until their backend accepted them (at least once): the spool *is* the backlog.  A
+segment (a row: ``_TABLE_SQL``) holds msgpack :data:`COLUMNS` (plain values: a spool never runs code)
+or a backend's encoded bytes.  Bounds drop the oldest segments not taken; while the file cannot be
+written or opened, new ones wait in memory.  ``thd_*`` methods run on :class:`SpoolThread`."""
 
 from __future__ import annotations
 
@@ -74,9 +69,8 @@ _STEPS: dict[int, list[tuple[str, str]]] = {
 }
 
 
-@dataclass
-class NewSegment:
-    """Points of one queue to spool, already encoded (in the spool thread)."""
+class NewSegment(NamedTuple):
+    """Points of one queue to spool, already encoded (in the spool thread): a row, but for its id."""
 
     queue_key: str
     n: int
@@ -86,13 +80,15 @@ class NewSegment:
     data: bytes
 
 
-class TakenSegment(NamedTuple):
-    """A segment taken for a write: its points (a list for :data:`COLUMNS`) or the encoded bytes."""
+@dataclass
+class Batch:
+    """Segments taken for one write, of one encoding, kept until all their points left the queue."""
 
-    id: int
-    n: int
+    ids: list[int]
     encoding: str
-    payload: Any
+    n: int
+    payload: Any  # the points (a list) for :data:`COLUMNS`, else the encoded bytes, one point per line
+    offset: int = 0  # the points before it left for good (accepted or dropped)
 
 
 @dataclass
@@ -243,9 +239,8 @@ def _create_tables(db: sqlite3.Connection) -> sqlite3.Connection:
 
 def _quarantine(db: sqlite3.Connection, key: str, sid: int, encoding: str, data: bytes, e: Exception) -> int:
     """Move an unreadable segment to the table ``buildbot_stats_unreadable`` (in a transaction)."""
-    db.execute(
-        f"INSERT INTO {QUARANTINE} VALUES (?,?,?,?,?)", (key, sid, encoding, data, f"{type(e).__name__}: {e}")
-    )
+    error = f"{type(e).__name__}: {e}"
+    db.execute(f"INSERT INTO {QUARANTINE} VALUES (?,?,?,?,?)", (key, sid, encoding, data, error))
     db.execute(f"DELETE FROM {TABLE} {WHERE}", (key, sid))
     return 1
 
@@ -333,10 +328,8 @@ def open_spool_file(path: str) -> tuple[sqlite3.Connection, str | None]:
         notice = f"the spool {path} {why}; it was moved to {aside}{later} and a new one started"
         return _connect(path)[0], notice
     if empty:
-        notice = (
-            f"the spool {path} was an empty file (0 bytes): it held no points "
-            "(a master killed before its first spool write, or a truncated copy); a new one started"
-        )
+        why = "(a master killed before its first spool write, or a truncated copy)"
+        notice = f"the spool {path} was an empty file (0 bytes): it held no points {why}; a new one started"
     return db, notice
 
 
@@ -495,10 +488,7 @@ class SQLiteSpool:
 
     def thd_write(self, segments: list[NewSegment], bounds: dict[str, Bounds]) -> dict[str, SpoolState]:
         """Append ``segments`` in one transaction, then apply each queue's ``(max points, max bytes)``."""
-        ids = range(self._next_id, self._next_id + len(segments))
-        rows = [
-            (s.queue_key, i, s.n, s.first_ns, s.last_ns, s.encoding, s.data) for i, s in zip(ids, segments)
-        ]
+        rows = [(s.queue_key, i, *s[1:]) for i, s in enumerate(segments, self._next_id)]
         self._next_id += len(rows)
         if self._file is not None and self._vanished():  # one stat per commit
             self._refiled = dict(self._file.execute(f"SELECT queue_key, SUM({_N}) FROM {TABLE} GROUP BY 1"))
@@ -582,7 +572,7 @@ class SQLiteSpool:
 
     def thd_take(
         self, queue_key: str, max_points: int, release: Iterable[int] = (), rewind: bool = False
-    ) -> tuple[list[TakenSegment], SpoolState]:
+    ) -> tuple[Batch | None, SpoolState]:
         """Release ``release`` (all their points left), go back to the oldest if ``rewind``, then take the
         oldest segments not taken, of one encoding, up to ``max_points`` (one at least, unless 0)."""
         q = self._queues[queue_key]
@@ -590,13 +580,13 @@ class SQLiteSpool:
             self._release(queue_key, release)
         if rewind:
             q.taken, q.cursor = {}, -1
-        taken: list[TakenSegment] = []
+        batch: Batch | None = None
+        got: list[Any] = []  # the payload of each segment taken
         bad: list[tuple[Any, ...]] = []
-        count = 0
         segments = self._segments(queue_key, f"id, {_N}, encoding, data", q.cursor) if max_points else ()
         for db, sid, n, encoding, data in segments:
             if sid not in q.unreleased:  # (one dropped whose delete is still to be retried is skipped)
-                if taken and (count + n > max_points or encoding != taken[0].encoding):
+                if batch and (batch.n + n > max_points or encoding != batch.encoding):
                     break
                 try:
                     payload = load_points(data) if encoding == COLUMNS else bytes(data)
@@ -604,16 +594,20 @@ class SQLiteSpool:
                 except Exception as e:
                     bad.append((db, sid, n, encoding, data, e))
                 else:
-                    taken.append(TakenSegment(sid, n, encoding, payload))
+                    batch = batch or Batch([], encoding, 0, None)
+                    batch.ids.append(sid)
+                    batch.n += n
+                    got.append(payload)
                     q.taken[sid] = (n, len(data))
-                    count += n
             q.cursor = sid
+        if batch is not None:
+            batch.payload = [p for ps in got for p in ps] if batch.encoding == COLUMNS else b"\n".join(got)
         for db, sid, n, encoding, data, error in bad:
             with db:
                 db.execute("BEGIN")
                 _quarantine(db, queue_key, sid, encoding, data, error)
             q.points, q.bytes = q.points - n, q.bytes - len(data)
-        return taken, self._state(queue_key, quarantined=sum(row[2] for row in bad))
+        return batch, self._state(queue_key, quarantined=sum(row[2] for row in bad))
 
     def thd_pending_counts(self) -> dict[str, int]:
         """Queue key -> pending points, for every queue in the spool."""
@@ -649,10 +643,6 @@ class SpoolThread:
     @property
     def running(self) -> bool:
         return self._calls is not None
-
-    @property
-    def durable(self) -> bool:
-        return self.spool.durable
 
     def call(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
         """Run ``f(spool, *args)`` on the spool's thread: a ``thd_*`` method of its class, say."""

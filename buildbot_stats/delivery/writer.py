@@ -1,9 +1,6 @@
-"""The spool writer: what captures record becomes points, encoded once per backend and spooled.
-
-The reactor only appends records to a flat list; the spool thread makes them points, encodes
-and writes them in one transaction (group commit).  Then ``store()`` and ``yieldMetricsValue``
-fire: their point is in the spool.  What happens next, per backend, is :mod:`.queue`.
-"""
+"""The spool writer: the reactor appends records to a flat list; the spool thread makes them points,
+encodes them once per backend and writes them in one transaction (group commit), then ``store()``
+fires: its point is in the spool.  What happens next, per backend, is :mod:`.queue`."""
 
 from __future__ import annotations
 
@@ -19,9 +16,6 @@ from twisted.python.failure import Failure
 
 from buildbot_stats.delivery.spool import NewSegment, SpoolState, SpoolThread, encode_segment
 from buildbot_stats.point import Point, PointProblem, to_ns
-
-__all__ = ["ENCODE_CHUNK", "MAX_RECORDS_PER_WRITE", "Record", "Route", "SpoolResult", "SpoolWriter"]
-__all__ += ["points_phrase", "thd_spool_records"]
 
 #: what ``store()`` records, in the reactor: (backend keys, series, post_data, context, time)
 Record = tuple[Sequence[Any], Any, Any, Any, Any]
@@ -109,25 +103,21 @@ class _SegmentMaker:
         try:
             self._add(*encode_segment(self.key, points, self.route.encoder))
         except Exception as e:  # drop only the points that fail on their own (a value whose str() raises)
+            failures, where = [(p, e) for p in points], ""
             plain = Point(points[0].series, {"_": 0}, {}, points[0].time_ns)
-            if self._error(plain) is not None:  # unless the encoder fails for any point: blame none
-                return self._dropped([(p, e) for p in points], "")
-            failures = [(p, error) for p in points if (error := self._error(p)) is not None]
-            good = [p for p in points if self._error(p) is None]
-            try:
-                if good:
-                    self._add(*encode_segment(self.key, good, self.route.encoder))
-            except Exception as together:  # each encodes alone but not together: drop them all
-                failures += [(p, together) for p in good]
-            point = failures[0][0] if failures else None
-            self._dropped(
-                failures, f"series {_shown(point.series)}{self._failing_part(point)}: " if point else ""
-            )
-
-    def _dropped(self, failures: list[tuple[Point, Exception]], where: str) -> None:
-        if failures and self.failure is None:
-            self.failure = where + _failure_text(failures[0][1])
-        self.failed += len(failures)
+            if self._error(plain) is None:  # else the encoder fails for any point: blame none
+                failures = [(p, error) for p in points if (error := self._error(p)) is not None]
+                good = [p for p in points if self._error(p) is None]
+                try:
+                    if good:
+                        self._add(*encode_segment(self.key, good, self.route.encoder))
+                except Exception as together:  # each encodes alone but not together: drop them all
+                    failures += [(p, together) for p in good]
+                if failures:
+                    where = f"series {_shown(failures[0][0].series)}{self._failing_part(failures[0][0])}: "
+            if failures and self.failure is None:
+                self.failure = where + _failure_text(failures[0][1])
+            self.failed += len(failures)
 
     def _error(self, point: Point) -> Exception | None:
         try:
@@ -147,11 +137,10 @@ class _SegmentMaker:
         return next((f", {kind} {_shown(key)}" for kind, key, alone in parts if self._error(alone)), "")
 
     def _add(self, segment: NewSegment | None, report: Any) -> None:
-        if report is not None:  # (a WriteReport; a backend's own may leave either part out)
-            if getattr(report, "problems", None):
-                self.result.problems.setdefault(self.key, []).extend(report.problems)
-            if getattr(report, "rejected_points", 0):
-                self.result.dropped[self.key] += report.rejected_points
+        if getattr(report, "problems", None):  # (a WriteReport or None; a backend's own may lack a part)
+            self.result.problems.setdefault(self.key, []).extend(report.problems)
+        if getattr(report, "rejected_points", 0):
+            self.result.dropped[self.key] += report.rejected_points
         if segment is not None:
             self.segments.append(segment)
 
@@ -165,7 +154,7 @@ class _SegmentMaker:
 
 
 def thd_spool_records(
-    spool: Any, records: list[Any], routes: dict[str, Route], orphan_prefix: str | None = None
+    spool: Any, records: list[Any], routes: dict[str, Route], orphan_prefix: str = ""
 ) -> SpoolResult:
     """Make points of ``records``, encode them once per backend, write them in one transaction; points
     of a backend removed while they waited go under ``orphan_prefix + key``, as columns."""
@@ -182,11 +171,7 @@ def thd_spool_records(
         for key in keys:
             maker = makers.get(key)
             if maker is None:
-                route = routes.get(key)
-                if route is None:
-                    if orphan_prefix is None:
-                        continue
-                    route = Route(f"{orphan_prefix}{key}", None, ORPHAN_SEGMENT_POINTS)
+                route = routes.get(key) or Route(f"{orphan_prefix}{key}", None, ORPHAN_SEGMENT_POINTS)
                 maker = makers[key] = _SegmentMaker(route, result, segments)
             maker.points.append(point)
             if len(maker.points) >= maker.chunk:
@@ -219,19 +204,16 @@ class _Write(NamedTuple):
 
 
 class SpoolWriter:
-    """Group commit: everything recorded while a spool write runs is the next write.
-
-    ``deliver`` gets each write's result at once (counters); the queues are told to send
-    (``start_delivery``) once no write follows right away, or every :data:`DELIVERY_HOLD_S`
-    of a stream: values awaited one by one are then not read back and posted each on its own.
-    """
+    """Group commit: what is recorded while a spool write runs is the next write.  ``deliver`` gets each
+    result (counters); ``start_delivery`` runs once no write follows, or every :data:`DELIVERY_HOLD_S` of
+    a stream: values awaited one by one are then not read back and posted each on its own."""
 
     def __init__(
         self,
         spool: SpoolThread,
         deliver: Callable[[SpoolResult], None],
-        start_delivery: Callable[[], None] | None = None,
-        orphan_prefix: str | None = None,
+        start_delivery: Callable[[], None] = lambda: None,
+        orphan_prefix: str = "",
     ) -> None:
         self.spool, self._deliver, self._start_delivery = spool, deliver, start_delivery
         self._orphan_prefix = orphan_prefix  # (see thd_spool_records)
@@ -245,9 +227,8 @@ class SpoolWriter:
         spool.retry = self.retry
 
     def retry(self) -> None:
-        """A spool write (of nothing if nothing waits): the spool tries its file again (see SpoolThread)."""
-        if not self._waiting:
-            self._waiting.append(_Write([], defer.Deferred()))
+        """A spool write (of nothing, or of what waits): the spool tries its file again (see SpoolThread)."""
+        self._waiting.append(_Write([], defer.Deferred()))  # (what is recorded next joins it)
         self._write()
 
     def _append(self, record: Record) -> _Write:
@@ -284,8 +265,7 @@ class SpoolWriter:
         return d
 
     def _write(self) -> None:
-        # Writes follow each other in this loop when one finishes at once (Buildbot's
-        # test reactor runs thread calls at once): a burst must not nest one call per write.
+        # a loop: a write that finishes at once (Buildbot's test reactor) must not nest the next call
         if self._looping:
             return
         self._looping = True
@@ -305,8 +285,7 @@ class SpoolWriter:
                 self._deliver(result)
             except Exception:
                 log.err(None, "buildbot_stats: internal error after a spool write")
-        # Callers resume while this write still counts as running, so that what
-        # they all post next is one write, not one write for the first of them.
+        # callers resume while this write still counts as running: what they all post next is one write
         write.done.callback(None)
         self._writing = None
         self._write()
@@ -318,8 +297,6 @@ class SpoolWriter:
 
     def _maybe_start_delivery(self) -> None:
         """Let the queues send, unless the next spool write already runs (for a while at most)."""
-        if self._start_delivery is None:
-            return
         if self._writing is not None:
             if self._held_since is None:
                 self._held_since = self.clock()

@@ -15,7 +15,7 @@ from twisted.python import log
 from zope.interface import Attribute, Interface, implementer
 
 from buildbot_stats.errors import PartialDeliveryError
-from buildbot_stats.point import Point, PointProblem
+from buildbot_stats.point import Clock, Point, PointProblem
 
 try:  # a backend written for Buildbot's own statistics module works unchanged
     from buildbot.statistics.storage_backends.base import StatsStorageBase as _BuildbotStatsStorageBase
@@ -35,8 +35,7 @@ __all__ = [
 
 
 class IStatsStorage(Interface):
-    """A place where statistics are stored; ``thd_*`` methods run in a thread, never in the reactor.
-    The optional hooks are the interfaces below, declared with ``@implementer``."""
+    """Where statistics are stored; ``thd_*`` methods run in a thread. Optional hooks: interfaces below."""
 
     name = Attribute("A name, unique among the service's backends; it keys the spool.")
     captures = Attribute("The Capture objects whose points go to this backend.")
@@ -70,8 +69,7 @@ class IPreparedWrites(Interface):
 
 
 class IBackendLifecycle(Interface):
-    """A backend that owns a resource (a listening socket); its hooks run in the reactor,
-    may return a Deferred, and a failure is logged without stopping the master."""
+    """A backend owning a resource (a socket): hooks run in the reactor; a failure is logged, not raised."""
 
     def startBackend(service):  # noqa: N802, N805
         """Configured into ``service`` (every reconfig, before its points); idempotent."""
@@ -93,8 +91,7 @@ def live_interval_checked(backend: Any, name: str | None, seconds: Any) -> float
 
 
 def provides(backend: Any, interface: Any, *names: str) -> bool:
-    """Whether ``backend`` declares ``interface`` or, written before the interfaces, has
-    its methods ``names`` (default: all of them)."""
+    """Whether ``backend`` declares ``interface`` or (older) has its methods ``names`` (default: all)."""
     if interface.providedBy(backend):
         return True
     return all(callable(getattr(backend, name, None)) for name in names or interface.names())
@@ -108,9 +105,7 @@ def warn_deprecated_attributes(backend: Any) -> None:
     cls = type(backend)
     if hasattr(cls, "concurrent_writes") and cls not in _warned_classes:
         _warned_classes.add(cls)
-        message = (
-            f"{cls.__name__}.concurrent_writes is deprecated and ignored: one write at a time per backend"
-        )
+        message = f"{cls.__name__}.concurrent_writes is deprecated and ignored: one write at a time"
         warnings.warn(message, DeprecationWarning, stacklevel=2)
         log.msg(f"buildbot_stats: {message}")
 
@@ -125,8 +120,7 @@ class WriteReport:
 
 @implementer(IStatsStorage, IBatchWrites)
 class StatsStorageBase(abc.ABC):
-    """Base class for storage backends: implement :meth:`thd_postStatsValue`, and
-    :meth:`thd_postStatsValues` if the backend stores many points in one request."""
+    """A backend's base: implement :meth:`thd_postStatsValue`, and :meth:`thd_postStatsValues` for batches."""
 
     name: str | None = None
     captures: Sequence[Any] = ()
@@ -140,6 +134,20 @@ class StatsStorageBase(abc.ABC):
     def thd_postStatsValues(self, points: list[Point]) -> WriteReport | None:
         """Store a batch of points, by default one by one.  Runs in a thread."""
         return _post_one_by_one(self, points)
+
+
+class BatchBackend(StatsStorageBase):
+    """A backend that stores batches: one point is a batch of one, stamped now, its problems logged."""
+
+    def thd_postStatsValue(
+        self, post_data: dict[str, Any], series_name: str, context: dict[str, Any] | None = None
+    ) -> None:
+        point = Point(series_name, post_data, dict(context or {}), _CLOCK.now_ns())
+        for p in self.thd_postStatsValues([point]).problems:  # type: ignore[union-attr]
+            log.msg(f"{self.name}: {p.series} {p.field}: {p.reason}")
+
+
+_CLOCK = Clock()  # two points of one series posted in the same nanosecond keep apart
 
 
 def _post_one_by_one(backend: Any, points: list[Point]) -> WriteReport | None:

@@ -1,7 +1,5 @@
-"""What the InfluxDB backends (1.x, 2.x, 3.x) share: argument checks, secrets, TLS, the HTTP exchange.
-
-A secret is rendered in the reactor by ``prepare(master)``: the writing thread sees the plain value.
-"""
+"""What the InfluxDB backends (1.x, 2.x, 3.x) share: argument checks, TLS, the HTTP exchange and secrets,
+rendered in the reactor by ``prepare(master)`` so that the writing thread sees the plain value."""
 
 from __future__ import annotations
 
@@ -13,6 +11,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar, NoReturn
 from urllib.parse import SplitResult, urlsplit
 
@@ -29,9 +28,7 @@ from zope.interface import implementer
 
 from buildbot_stats.errors import BatchTooLargeError, RefusedWriteError, TransientWriteError
 from buildbot_stats.point import PointProblem
-from buildbot_stats.storage_backends.base import IPreparedWrites, StatsStorageBase, WriteReport
-
-__all__: list[str] = []
+from buildbot_stats.storage_backends.base import BatchBackend, IPreparedWrites, WriteReport
 
 #: backends (by where they write) already warned about ``verify_ssl=False``
 _WARNED_UNVERIFIED: set[str] = set()
@@ -50,12 +47,16 @@ _IN_FLIGHT: dict[int, Any] = {}
 
 
 @implementer(IPreparedWrites)
-class InfluxBackend(StatsStorageBase):
+class InfluxBackend(BatchBackend):
     """The InfluxDB backends' argument checks, ``prepare``, repr and HTTP error handling."""
 
     product: ClassVar[str] = "InfluxDB"
     #: the attribute holding the password or token as configured (maybe a secret; never logged)
     secret_attribute: ClassVar[str]
+    secret_required: ClassVar[bool] = True
+    #: each backend's: where it writes within the server ("db='stats' user='bob'"), the rendered secret's use
+    _describe: Callable[[], str]
+    _use_secret: Callable[[str], None]
     _inited = False
     _secret_pending = False
     _where = "?"
@@ -63,9 +64,18 @@ class InfluxBackend(StatsStorageBase):
     def _owner(self) -> str:
         return f"{type(self).__name__} {self.name!r}"
 
-    def _check(self, problems: list[str], timeout: Any, verify_ssl: Any, ca_bundle: Any, gzip: Any) -> bool:
-        """Add the shared checks to ``problems``; report each as a ``config.error``; True if none."""
+    def _check(self, problems: list[str], names: dict, timeout, verify_ssl, ca_bundle, gzip) -> bool:
+        """Shared checks (``names``: database, bucket, org) into ``problems``, config.error; True if none."""
         owner = self._owner()
+        for what, value in names.items():
+            if not isinstance(value, str) or not value:
+                problems.append(f"{owner}: {what} must be a non-empty name, not {value!r}")
+        secret = getattr(self, self.secret_attribute)  # a string or a renderable such as util.Secret
+        if not (isinstance(secret, str) and secret or IRenderable.providedBy(secret)):
+            if self.secret_required or secret not in (None, ""):
+                kind = "an empty string" if secret == "" else f"of type {type(secret).__name__}"
+                secret_is = f"{self.secret_attribute} must be a string or a secret (util.Secret('name'))"
+                problems.append(f"{owner}: {secret_is}, not {kind}")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             problems.append(f"{owner}: timeout must be a number of seconds > 0, not {timeout!r}")
         for what, value in (("verify_ssl", verify_ssl), ("gzip", gzip)):
@@ -83,9 +93,6 @@ class InfluxBackend(StatsStorageBase):
         self._verify = (os.fspath(ca_bundle) if ca_bundle is not None else True) if verify_ssl else False
         self._session = Session()
         return not problems
-
-    def _describe(self) -> str:
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} {self._where} {self._describe()}>"
@@ -111,9 +118,6 @@ class InfluxBackend(StatsStorageBase):
         if not isinstance(rendered, str):
             raise TypeError(f"a secret rendered to a {type(rendered).__name__}, not a string")
         self._use_secret(rendered)
-
-    def _use_secret(self, value: str) -> None:
-        raise NotImplementedError
 
     def _exchange(self, url: str, body: bytes, headers: dict, **kwargs: Any) -> tuple[int, Any, bytes]:
         """POST ``body``: the answer's status, headers and first 64 KiB, or a write error. No redirect is
@@ -212,23 +216,6 @@ def header_value(value: str) -> str | None:
     """A token without surrounding whitespace (a file's newline); None if empty or not printable ASCII."""
     value = value.strip()
     return value if re.fullmatch(r"[ -~]+", value) else None
-
-
-def check_name(owner: str, what: str, value: Any) -> list[str]:
-    """A database, bucket or organisation name: a non-empty string."""
-    if not isinstance(value, str) or not value:
-        return [f"{owner}: {what} must be a non-empty name, not {value!r}"]
-    return []
-
-
-def check_secret(owner: str, what: str, value: Any, required: bool) -> list[str]:
-    """A password or token: a string or a renderable such as ``util.Secret`` (never shown)."""
-    if (value is None and not required) or (isinstance(value, str) and (value or not required)):
-        return []
-    if IRenderable.providedBy(value):
-        return []
-    kind = "an empty string" if value == "" else f"of type {type(value).__name__}"
-    return [f"{owner}: {what} must be a string or a secret (util.Secret('name')), not {kind}"]
 
 
 def where(scheme: str, host: str, port: int | None) -> str:

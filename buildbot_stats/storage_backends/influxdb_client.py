@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from buildbot import config
+from influxdb import InfluxDBClient  # a requirement (buildbot.statistics had it optional)
 from twisted.python import log
 from zope.interface import implementer
 
@@ -25,18 +25,11 @@ from buildbot_stats.storage_backends.influx_common import (
     MOST_SHOWN,
     InfluxBackend,
     Session,
-    check_name,
-    check_secret,
     check_url,
     read_answer,
     shown,
     where,
 )
-
-try:
-    from influxdb import InfluxDBClient
-except ImportError:  # pragma: no cover - influxdb is a dependency
-    InfluxDBClient = None
 
 __all__ = ["InfluxStorageService"]
 
@@ -46,6 +39,7 @@ class InfluxStorageService(InfluxBackend):
     """Stores statistics in an InfluxDB 1.x database (see docs/backends.rst for the arguments)."""
 
     secret_attribute = "password"
+    secret_required = False
 
     def __init__(
         self,
@@ -73,9 +67,6 @@ class InfluxStorageService(InfluxBackend):
         self.url, self.user, self.db = url, user, db
         #: as configured: a string, None or a renderable (a secret); never logged
         self.password = password
-        if InfluxDBClient is None:
-            config.error("Python client for InfluxDB not installed.")
-            return
         owner = self._owner()
         problems: list[str] = []
         host, ssl, path = url, False, ""
@@ -93,8 +84,6 @@ class InfluxStorageService(InfluxBackend):
             problems.append(f"{owner}: port must be an integer from 1 to 65535, not {port!r}")
         if user is not None and not isinstance(user, str):
             problems.append(f"{owner}: user must be a string or None, not a {type(user).__name__}")
-        problems += check_secret(owner, "password", password, required=False)
-        problems += check_name(owner, "db", db)
         if time_precision not in PRECISIONS:
             problems.append(
                 f"{owner}: time_precision must be one of {sorted(PRECISIONS)}, not {time_precision!r}"
@@ -103,7 +92,7 @@ class InfluxStorageService(InfluxBackend):
             problems.append(
                 f"{owner}: retention_policy must be a non-empty name or None, not {retention_policy!r}"
             )
-        if not self._check(problems, timeout, verify_ssl, ca_bundle, gzip):
+        if not self._check(problems, {"db": db}, timeout, verify_ssl, ca_bundle, gzip):
             return
         self._where = where("https" if ssl else "http", host, port)
         self.port, self.time_precision, self.retention_policy = port, time_precision, retention_policy
@@ -139,9 +128,6 @@ class InfluxStorageService(InfluxBackend):
         """Write one point now (the documented per-point API; the service uses batches)."""
         if not self._inited:
             log.err(f"Service {self.name} not initialized")
-            return
-        if self._secret_pending:
-            log.msg(f"buildbot_stats: {self._owner()}: password secret not rendered yet")
             return
         data: dict[str, Any] = {"measurement": series_name, "fields": post_data}
         if context:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import re
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -16,8 +17,6 @@ from buildbot_stats.storage_backends.influx_common import (
     MOST_SHOWN,
     InfluxBackend,
     blamed,
-    check_name,
-    check_secret,
     check_url,
     header_value,
     read_answer,
@@ -50,14 +49,11 @@ class _InfluxHTTPStorage(InfluxBackend):
         self._secret_pending = self._token is None
         owner = self._owner()
         problems, parts = check_url(owner, url)
-        for what, value in names.items():
-            problems += check_name(owner, what, value)
-        problems += check_secret(owner, "token", token, required=True)
         if token and isinstance(token, str) and self._token is None:
             problems.append(f"{owner}: token {_UNSENDABLE}")
         if precision not in _PRECISIONS:
             problems.append(f"{owner}: precision must be one of {sorted(_PRECISIONS)}, not {precision!r}")
-        if not self._check(problems, timeout, verify_ssl, ca_bundle, gzip) or parts is None:
+        if not self._check(problems, names, timeout, verify_ssl, ca_bundle, gzip) or parts is None:
             return
         self._where = where(parts.scheme, parts.hostname or "", parts.port)
         self._write_url = url.rstrip("/") + self.write_path
@@ -69,12 +65,6 @@ class _InfluxHTTPStorage(InfluxBackend):
         self._secret_pending = self._token is None
         if self._secret_pending:
             raise RefusedWriteError(f"{self._owner()}: the token secret {_UNSENDABLE}")
-
-    def thd_postStatsValue(
-        self, post_data: dict[str, Any], series_name: str, context: dict[str, Any] | None = None
-    ) -> None:
-        """Write one point now, stamped with the current time (the documented per-point API)."""
-        self.thd_postStatsValues([Point(series_name, dict(post_data), dict(context or {}), time.time_ns())])
 
     def _adjust(self, points: list[Point], problems: list[PointProblem]) -> list[Point]:
         """Change points the server would refuse as a whole (InfluxDB 3: tag and field names)."""
@@ -101,36 +91,28 @@ class _InfluxHTTPStorage(InfluxBackend):
     def _post_lines(
         self, lines: list[str], points: list[Point], origins: list[int], report: WriteReport, precision: str
     ) -> WriteReport:
-        # each pass either succeeds or leaves out at least one line: bounded
+        """POST ``lines``; while the server names bad lines (none written), send the others again: each
+        pass leaves out at least one line, so it is bounded."""
+        headers = {"Authorization": f"Token {self._token}", "Content-Type": "text/plain; charset=utf-8"}
+        params = self._params(precision)
         while lines:
-            drop = self._post(lines, points, origins, report, precision)
-            if not drop:
+            body = "\n".join(lines).encode("utf-8")
+            status, got, content = self._exchange(self._write_url, body, headers, params=params)
+            if 200 <= status < 300:
+                break
+            answer, message = read_answer(content)
+            if status not in (400, 422):
+                self._fail(status, message, "the token", got)
+            message = message or f"HTTP {status}"
+            drop = self._rejected(status, answer, message, lines, points, origins, report)
+            if drop is None:  # no line named: the queue halves the batch down to the bad point
+                raise SplitBatchError(message[:MOST_SHOWN])
+            if not drop:  # a partial write: the others were stored
                 break
             report.rejected_points += len(drop)
             keep = [i for i in range(len(lines)) if i not in drop]
             lines, origins = [lines[i] for i in keep], [origins[i] for i in keep]
         return report
-
-    def _post(
-        self, lines: list[str], points: list[Point], origins: list[int], report: WriteReport, precision: str
-    ) -> set[int]:
-        """POST ``lines``; the indexes of lines to leave out and send the rest again (none: done)."""
-        headers = {"Authorization": f"Token {self._token}", "Content-Type": "text/plain; charset=utf-8"}
-        body = "\n".join(lines).encode("utf-8")
-        status, got, content = self._exchange(self._write_url, body, headers, params=self._params(precision))
-        if 200 <= status < 300:
-            return set()
-        answer, message = read_answer(content)
-        if status not in (400, 422):
-            self._fail(status, message, "the token", got)
-        message = message or f"HTTP {status}"
-        bad = self._rejected(status, answer, message, lines, points, origins, report)
-        if bad is None:  # no line named: find the bad one by halving
-            if len(lines) > 1:
-                raise SplitBatchError(message[:MOST_SHOWN])
-            self._blame(0, points, origins, report, message)
-            return {0}
-        return bad
 
     def _blame(
         self, index: int, points: list[Point], origins: list[int], report: WriteReport, reason: str
@@ -149,14 +131,9 @@ def _line_of(number: Any, original: Any, lines: list[str]) -> int | None:
     exact = [i for i, line in enumerate(lines) if line == original]
     if len(exact) == 1:
         return exact[0]
-    if isinstance(number, bool) or not isinstance(number, int):
-        return None
-    last = 0  # the physical line where lines[index] ends
-    for index, line in enumerate(lines):
-        last += line.count("\n") + 1
-        if 0 < number <= last:
-            return index
-    return None
+    ends = list(itertools.accumulate(line.count("\n") + 1 for line in lines))  # where each line ends
+    index = bisect.bisect_left(ends, number) if type(number) is int and number > 0 else len(lines)
+    return index if index < len(lines) else None
 
 
 class InfluxDB2StorageService(_InfluxHTTPStorage):
@@ -207,11 +184,8 @@ class InfluxDB2StorageService(_InfluxHTTPStorage):
 
 
 class InfluxDB3StorageService(_InfluxHTTPStorage):
-    """Stores statistics in an InfluxDB 3 database (``POST /api/v3/write_lp``, token auth).
-
-    InfluxDB 3 refuses a line whose tag and field share a name: such a field is
-    stored as ``<name>_field`` (converted, logged).
-    """
+    """Stores statistics in an InfluxDB 3 database (``POST /api/v3/write_lp``, token auth); a field named
+    like a tag of its series, which InfluxDB 3 refuses, is stored as ``<name>_field`` (converted, logged)."""
 
     product = "InfluxDB 3"
     write_path = "/api/v3/write_lp"

@@ -1,6 +1,4 @@
-"""Prometheus backend: points counted per ``(interface, port)``, each scrape rendered in the endpoint's
-own thread from a copy of the counts; docs/prometheus.rst says which metrics and what bounds the cost.
-"""
+"""Prometheus backend: counts per ``(interface, port)``, served at /metrics (docs/prometheus.rst)."""
 
 from __future__ import annotations
 
@@ -29,7 +27,7 @@ from buildbot_stats.capture.base import REPORT_IN_DIVISORS
 from buildbot_stats.capture.live import LiveSnapshot, result_name
 from buildbot_stats.errors import BackendConfigurationError
 from buildbot_stats.point import Point, PointProblem
-from buildbot_stats.storage_backends.base import IBackendLifecycle, StatsStorageBase, WriteReport
+from buildbot_stats.storage_backends.base import BatchBackend, IBackendLifecycle, WriteReport
 
 __all__ = ["DEFAULT_BUCKETS", "DEFAULT_STEP_BUCKETS", "PrometheusStorageService"]
 
@@ -41,9 +39,8 @@ DEFAULT_STEP_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 3
 DEFAULT_MAX_STAT_SERIES = 10_000
 #: Connections served at once; one more is closed at once.
 DEFAULT_MAX_CONNECTIONS = 10
-#: Seconds a build duration waits for the result of the same build.
+#: Seconds a build's duration (or result) waits for the other half, and how many builds may wait at once.
 JOIN_WAIT = 60.0
-#: Builds whose duration (or result) may wait for the other half at once.
 JOIN_MAX = 10_000
 #: Seconds a rendered exposition may be served again.
 MAX_AGE = 1.0
@@ -269,10 +266,6 @@ class _Endpoint(resource.Resource):
         row[bisect.bisect_left(self.bounds[name], seconds)] += 1
         row[-1] += seconds
 
-    def count_result(self, builder: str, number: str, result: str, worker: Any) -> None:
-        self.counts["buildbot_builds"][builder, result] += 1
-        self.join(builder, number, result, None, worker)
-
     def join(self, builder: str, number: str, result: Any, seconds: Any, worker: Any) -> None:
         """Observe a build's duration under its result once both came: the first waits for the other."""
         other = self.waiting.pop((builder, number), None)
@@ -332,7 +325,7 @@ def _live_samples(live: LiveSnapshot) -> dict[str, Samples]:
 
 
 @implementer(IBackendLifecycle)
-class PrometheusStorageService(StatsStorageBase):
+class PrometheusStorageService(BatchBackend):
     """Serves the captured statistics as Prometheus metrics; ``port`` 0 takes any free port (see ``url``)."""
 
     #: the StatsService keeps live state (workers, queue, running builds) for a backend that asks
@@ -413,10 +406,7 @@ class PrometheusStorageService(StatsStorageBase):
         endpoint.owners[id(self)] = service
         if endpoint.configure(self):
             log.msg(f"buildbot_stats: {self.name}: histogram buckets or labels changed; histograms restart")
-        reactor = getattr(getattr(service, "master", None), "reactor", None)
-        if reactor is None:
-            from twisted.internet import reactor
-        endpoint.listen(reactor)
+        endpoint.listen(service.master.reactor)
 
     def stopBackend(self) -> defer.Deferred:
         """Detach; the last backend of a port stops its listener and forgets its counts."""
@@ -447,13 +437,6 @@ class PrometheusStorageService(StatsStorageBase):
                     report.rejected_points += 1
             endpoint.expire(time.monotonic())
         return report
-
-    def thd_postStatsValue(
-        self, post_data: dict[str, Any], series_name: str, context: dict[str, Any] | None = None
-    ) -> None:
-        """Count one point."""
-        for p in self.thd_postStatsValues([Point(series_name, post_data, context or {})]).problems:
-            log.msg(f"{self.name}: {p.series} {p.field}: {p.reason}")
 
     def _count(self, endpoint: _Endpoint, point: Point, report: WriteReport) -> None:
         """Count ``point`` into the metrics of ``endpoint``; its unusable values into ``report``."""
@@ -492,8 +475,11 @@ class PrometheusStorageService(StatsStorageBase):
             if queue is not None:
                 endpoint.observe(QUEUE, (builder,), None, queue)
             usable = duration is not None or queue is not None or not {"duration", "queue-time"} & set(fields)
-        elif kind == "build-results":
-            endpoint.count_result(builder, number, _result_name(fields), worker)
+        elif kind == "build-results":  # the ``result`` name, else the name of the ``results`` code
+            given = fields.get("result")
+            result = given if isinstance(given, str) and given else result_name(fields.get("results", -1))
+            endpoint.counts["buildbot_builds"][builder, result] += 1
+            endpoint.join(builder, number, result, None, worker)
         elif kind == "step-times":
             step, value = tags.get("step_name"), seconds("duration", self._step_units)
             if usable := value is not None:
@@ -548,11 +534,3 @@ def _units_of(captures: Any, class_name: str) -> dict[Any, float]:
             # a wrong report_in is the capture's config error; never raise here too
             units[_ALL if name is None else str(name)] = REPORT_IN_DIVISORS.get(str(report_in), 1)
     return units
-
-
-def _result_name(fields: dict[str, Any]) -> str:
-    """The result label: the ``result`` name, else the name of the ``results`` code, else unknown."""
-    name, code = fields.get("result"), fields.get("results", -1)
-    if isinstance(name, str) and name:
-        return name
-    return result_name(code)

@@ -1,8 +1,5 @@
-"""Embedded SQLite storage, the zero-setup default backend: the file of docs/cli.rst ("The store").
-
-A point sent again with the same series, tags and time is merged into its row,
-the way InfluxDB merges the fields of one point.  :mod:`buildbot_stats.ui.store` reads it.
-"""
+"""Embedded SQLite storage, the zero-setup default backend (docs/cli.rst, "The store"; ui/store.py reads it):
+a point sent again with the same series, tags and time is merged into its row, as InfluxDB merges fields."""
 
 from __future__ import annotations
 
@@ -16,15 +13,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from buildbot import config
-from twisted.python import log
 
 from buildbot_stats.arguments import reject_unknown
 from buildbot_stats.config_paths import loading_basedir, resolve
 from buildbot_stats.errors import RefusedWriteError
-from buildbot_stats.point import Clock, Point, PointProblem, to_json_value
+from buildbot_stats.point import Point, PointProblem, to_json_value
 from buildbot_stats.sqlite_wal import connect_wal, foreign_sqlite_problem
 from buildbot_stats.storage_backends import base
-from buildbot_stats.storage_backends.base import StatsStorageBase, WriteReport
+from buildbot_stats.storage_backends.base import BatchBackend, WriteReport
 
 __all__ = ["SQLiteStorageService"]
 
@@ -89,12 +85,9 @@ def tables_and_meta(db: sqlite3.Connection) -> tuple[set[str], dict[str, str]]:
     return tables, meta
 
 
-class SQLiteStorageService(StatsStorageBase):
-    """Stores statistics in an SQLite file, created (with its directory) on the first write.
-
-    ``path`` is relative to the master's basedir.  The connection is opened in
-    the writing thread and shared, under a lock, by the threads that write later.
-    """
+class SQLiteStorageService(BatchBackend):
+    """Stores statistics in an SQLite file (``path`` relative to the master's basedir) made with its directory
+    on the first write; the connection is opened in the writing thread and shared under a lock."""
 
     def __init__(
         self,
@@ -109,29 +102,23 @@ class SQLiteStorageService(StatsStorageBase):
     ) -> None:
         reject_unknown(self, unknown)
         self.live_interval = base.live_interval_checked(self, name, live_interval)
-        self._inited = False
         self.name = name or "SQLiteStorageService"
         #: (series pattern, seconds): a point older than any pattern its series matches is pruned
         self.retention = _ages(self.name, retention)
         self.captures = captures
-        self.path = ""
         self.busy_timeout = busy_timeout
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
-        self._clock = Clock()
-        if isinstance(path, os.PathLike):
-            path = os.fspath(path)
-        if not isinstance(path, str) or not path:
+        self.path = os.fspath(path) if isinstance(path, os.PathLike) else path
+        self._inited = isinstance(self.path, str) and self.path != ""
+        if not self._inited:
             config.error(f"{self.name}: path must be a non-empty string, not {path!r}")
             return
-        self.path = path
-        self._inited = True
-        full = resolve(path, loading_basedir())
-        problem = foreign_store_problem(full) if full is not None else None
-        if problem is not None:
+        full = resolve(path, loading_basedir())  # somebody else's file is never written
+        problem = full and foreign_sqlite_problem(full, lambda tables: {"meta", "points"} <= tables)
+        if problem:
             config.error(
-                f"{self.name}: {full} is not a buildbot_stats store: it {problem}; it is left "
-                "untouched (choose another path)"
+                f"{self.name}: {full} is not a buildbot_stats store: it {problem}; choose another path"
             )
 
     def __repr__(self) -> str:
@@ -140,28 +127,19 @@ class SQLiteStorageService(StatsStorageBase):
     def _connect(self) -> sqlite3.Connection:
         if self._db is not None:
             return self._db
+        db = None
         try:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             db = connect_wal(self.path, self.busy_timeout)
-        except (OSError, sqlite3.OperationalError) as e:
-            raise RefusedWriteError(f"{self.name}: cannot open {self.path}: {e}") from None
-        except sqlite3.DatabaseError as e:  # e.g. "file is not a database"
-            raise RefusedWriteError(f"{self.name}: {self.path} is not usable: {e}") from None
-        try:
             db.create_function("bbs_merge_fields", 2, _merge_fields, deterministic=True)
             with db:
                 db.execute("BEGIN IMMEDIATE")
                 tables, meta = tables_and_meta(db)
+                version = meta.get("schema_version")
                 if tables and meta.get("format") != FORMAT:
-                    raise RefusedWriteError(
-                        f"{self.name}: {self.path} is an SQLite database but not a buildbot_stats store; "
-                        "refusing to write into it"
-                    )
-                if tables and meta.get("schema_version") != str(SCHEMA_VERSION):
-                    raise RefusedWriteError(
-                        f"{self.name}: {self.path} has schema version {meta.get('schema_version')!r}; "
-                        f"this version of buildbot_stats writes {SCHEMA_VERSION}"
-                    )
+                    raise RefusedWriteError(f"{self.name}: {self.path} is not a buildbot_stats store")
+                if tables and version != str(SCHEMA_VERSION):  # a newer buildbot_stats wrote it
+                    raise RefusedWriteError(f"{self.name}: {self.path} has schema version {version!r}")
                 for statement in _SCHEMA:
                     db.execute(statement)
                 db.executemany(
@@ -169,8 +147,9 @@ class SQLiteStorageService(StatsStorageBase):
                     [("format", FORMAT), ("schema_version", str(SCHEMA_VERSION))],
                 )
         except BaseException as e:
-            db.close()
-            if isinstance(e, sqlite3.DatabaseError):
+            if db is not None:
+                db.close()
+            if isinstance(e, (OSError, sqlite3.Error)):  # e.g. "file is not a database"
                 raise RefusedWriteError(f"{self.name}: {self.path} is not usable: {e}") from None
             raise
         self._db = db
@@ -193,14 +172,6 @@ class SQLiteStorageService(StatsStorageBase):
                         db.execute(_PRUNE, (pattern, time.time_ns() - int(seconds * 1e9), PRUNE_ROWS))
         return report
 
-    def thd_postStatsValue(
-        self, post_data: dict[str, Any], series_name: str, context: dict[str, Any] | None = None
-    ) -> None:
-        """Store one point stamped with the current time."""
-        point = Point(series_name, post_data, context or {}, self._clock.now_ns())
-        for p in self.thd_postStatsValues([point]).problems:
-            log.msg(f"{self.name}: {p.series} {p.field}: {p.reason}")
-
     def close(self) -> None:
         """Close the connection (a later write opens it again)."""
         with self._lock:
@@ -221,8 +192,3 @@ def _ages(owner: str, retention: Any) -> list[tuple[str, float]]:
             message = "retention must map series patterns (as in GLOB) to ages such as '30d' or seconds"
             config.error(f"{owner}: {message}, not {retention!r}")
     return ages
-
-
-def foreign_store_problem(path: str) -> str | None:
-    """Why the file at ``path`` must not be written as a store (somebody else's), or None if it may be."""
-    return foreign_sqlite_problem(path, lambda tables: "meta" in tables and "points" in tables)

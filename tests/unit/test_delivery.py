@@ -522,7 +522,7 @@ class SpoolRobustnessTests(DataTestCase):
         up = self.recorder()
         yield self.replace_service(up, spool_path=path)
         self.assertLogged("could not be read .*; it was moved to .*unreadable-")
-        self.assertTrue(self.stats.spool.durable)
+        self.assertTrue(self.stats.spool.spool.durable)
         self.post(2)
         self.assertEqual(self.values(up), [0, 1])
         aside = [f for f in os.listdir(os.path.dirname(path)) if ".unreadable-" in f]

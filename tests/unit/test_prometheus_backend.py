@@ -314,7 +314,7 @@ def test_counting_never_raises_once_started(monkeypatch: Any) -> None:
     def broken(*args: Any) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(b._get_endpoint(), "count_result", broken)
+    monkeypatch.setattr(b._get_endpoint(), "join", broken)
     report = b.thd_postStatsValues([result("b1", 1, 0), result("b1", 2, 0)])  # raises nothing
     assert [p.reason for p in report.problems] == ["RuntimeError: boom"] * 2
 

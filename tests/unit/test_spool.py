@@ -133,7 +133,7 @@ class DamagedSpoolTests(SpoolCase):
         up = self.recorder()
         yield self.replace_service(up, spool_path=self.path)
         self.assertLogged("could not be read .*; it was moved to .*spool.sqlite.unreadable-")
-        self.assertTrue(self.stats.spool.durable)
+        self.assertTrue(self.stats.spool.spool.durable)
         self.post(2, start=1000)
         self.assertEqual(self.values(up), [1000, 1001])
         aside = [f for f in os.listdir(self.dir) if ".unreadable-" in f and not f.endswith(("-wal", "-shm"))]

@@ -82,7 +82,7 @@ def test_second_process_is_refused_in_one_line_and_gets_the_file_once_it_is_free
         spool.thd_write([], {})
         assert spool.durable and spool.degraded is None
         assert spool.thd_pending_counts() == {"svc/b": 2}
-        assert [s.payload[0].fields["v"] for s in spool.thd_take("svc/b", 10)[0]] == [2, 1]
+        assert [p.fields["v"] for p in spool.thd_take("svc/b", 10)[0].payload] == [2, 1]
     finally:
         spool.thd_close()
 
@@ -168,7 +168,7 @@ def test_master_keeps_points_in_memory_and_says_so_once(holder: tuple[subprocess
     if isinstance(result[0], Failure):
         result[0].raiseException()
     spool = result[0]
-    assert spool.durable is False
+    assert spool.spool.durable is False
     assert [delay for delay, _, _ in reactor.later] == [1.0]  # tried again in a second
     done: list[Any] = []
     spool.close().addBoth(done.append)  # the memory spool's thread

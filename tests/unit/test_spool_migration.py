@@ -99,12 +99,12 @@ def test_migrated_file_holds_msgpack_columns_with_their_times(tmp_path: Path, sc
     spool.thd_open()
     try:
         assert f"migrated from schema {schema} to 5" in " ".join(spool.notices)
-        taken, state = spool.thd_take("StatsService/influx", 100)
+        batch, state = spool.thd_take("StatsService/influx", 100)
         assert (state.pending, state.quarantined) == (6, 0)
-        assert [(s.n, s.encoding) for s in taken] == [(3, COLUMNS), (3, COLUMNS)]
-        assert repr([p for s in taken for p in s.payload]) == repr(EXPECTED)
+        assert (len(batch.ids), batch.n, batch.encoding) == (2, 6, COLUMNS)
+        assert repr(batch.payload) == repr(EXPECTED)
         if schema == 4:  # a backend's own encoding is kept byte for byte
-            [lines], _ = spool.thd_take("StatsService/lp", 100)
+            lines, _ = spool.thd_take("StatsService/lp", 100)
             assert (lines.encoding, lines.payload) == ("influx-lp/ns", b"m i=0i %d\nm i=1i %d" % (T0, T0 + 1))
     finally:
         spool.thd_close()
@@ -169,8 +169,8 @@ def test_pickled_segment_beyond_the_bounds_is_set_aside_unread(tmp_path, monkeyp
     spool.thd_open()
     try:
         assert "migrated from schema 4 to 5 (1 segment(s) converted, 1 unreadable moved" in spool.notices[0]
-        taken, state = spool.thd_take("StatsService/influx", 100)
-        assert [s.id for s in taken] == [1] and state.pending == 3
+        batch, state = spool.thd_take("StatsService/influx", 100)
+        assert batch.ids == [1] and state.pending == 3
     finally:
         spool.thd_close()
     assert not marker.exists()

@@ -238,7 +238,7 @@ class StartTests(StatsTestCase):
 
         class FailingStats(StatsService):
             def registerConsumers(self):
-                opened.append((self.spool, self.spool.durable))
+                opened.append((self.spool, self.spool.spool.durable))
                 raise RuntimeError("cannot consume")
 
         stats = FailingStats(

@@ -8,7 +8,7 @@ spooled as columns, a segment per batch.
 
 from __future__ import annotations
 
-from buildbot_stats.delivery.spool import COLUMNS, SQLiteSpool
+from buildbot_stats.delivery.spool import COLUMNS, SQLiteSpool, load_points
 from buildbot_stats.delivery.writer import ENCODE_CHUNK, Route, thd_spool_records
 from buildbot_stats.point import Point
 from buildbot_stats.storage_backends.influxdb_client import InfluxStorageService
@@ -24,8 +24,10 @@ def flat(keys, n, start=0):
 
 
 def spooled(spool, key):
-    taken, _ = spool.thd_take(key, 10**9)
-    return taken
+    """The segments of ``key``, oldest first: (id, n, encoding, points or bytes)."""
+    sql = "SELECT id, n, encoding, data FROM buildbot_stats_segments WHERE queue_key = ? ORDER BY id"
+    rows = spool._mem.execute(sql, (key,)).fetchall()
+    return [(i, n, enc, load_points(data) if enc == COLUMNS else bytes(data)) for i, n, enc, data in rows]
 
 
 def influx_route(batch_size):
@@ -43,9 +45,8 @@ def test_chunks_of_one_backend_are_segments_taken_together_up_to_its_batch_size(
     segments = spooled(spool, "svc/influx")
     assert [s[1] for s in segments] == [ENCODE_CHUNK, ENCODE_CHUNK, 10]
     # two chunks fit in a batch; a chunk is never split, so the third is the next batch
-    assert [s.n for s in spool.thd_take("svc/influx", 2 * ENCODE_CHUNK + 5, rewind=True)[0]] == [
-        ENCODE_CHUNK
-    ] * 2
+    batch = spool.thd_take("svc/influx", 2 * ENCODE_CHUNK + 5)[0]
+    assert (len(batch.ids), batch.n) == (2, 2 * ENCODE_CHUNK)
     lines = b"\n".join(s[3] for s in segments).split(b"\n")
     assert lines == [f"b-m,builder=b i={i}i {BASE + i}".encode() for i in range(n)]
 

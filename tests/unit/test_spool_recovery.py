@@ -54,7 +54,7 @@ class UnopenableAtStartTests(SpoolCase):
         self.assertLogged(
             "cannot open the spool .*spool.sqlite \\(OperationalError: disk I/O error\\); new points"
         )
-        self.assertFalse(self.stats.spool.durable)
+        self.assertFalse(self.stats.spool.spool.durable)
         self.post(2, start=10)  # kept in memory meanwhile
         self.assertEqual(self.stats.counters["pending"], 2)
         for _ in range(183):  # a second at a time
@@ -67,7 +67,7 @@ class UnopenableAtStartTests(SpoolCase):
         self.assertLogged(
             "the spool .*spool.sqlite can be written again; the points kept in memory moved to it"
         )
-        self.assertTrue(self.stats.spool.durable)
+        self.assertTrue(self.stats.spool.spool.durable)
         self.assertEqual(self.stats.counters["pending"], 5)  # its own 3 and the 2 kept in memory
         self.assertEqual(self.rows("SELECT SUM(n) FROM buildbot_stats_segments"), [(5,)])
         self.assertEqual(self.stats.counters["spooled"], 2)  # (the 3 were spooled by the previous run)
@@ -188,8 +188,8 @@ def test_crafted_rows_are_set_aside_without_expanding_and_the_pending_figure_sta
         seconds = time.monotonic() - started
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        assert [(s.id, s.n) for s in taken] == [(1, 3)]
-        assert [(s.id, s.n) for s in lp_taken] == [(15, 2)]
+        assert (taken.ids, taken.n) == ([1], 3)
+        assert (lp_taken.ids, lp_taken.n) == ([15], 2)
         assert (state.pending, lp_state.pending) == (3, 2)  # the rest set aside, not counted
         assert seconds < 1 and peak < 20 * 2**20, (seconds, peak)
     finally:
