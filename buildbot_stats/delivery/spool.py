@@ -21,7 +21,6 @@ import msgpack
 from twisted.internet import defer
 from twisted.python import failure, log, threadpool
 
-from buildbot_stats.lineprotocol import split_lines
 from buildbot_stats.point import Point, is_flat_plain, to_plain
 from buildbot_stats.sqlite_wal import connect_wal, foreign_sqlite_problem
 
@@ -170,13 +169,6 @@ def _check_count(n: int, payload: Any) -> None:
         held = 0 < n <= lines and (n == lines or b'"' in payload)
     if not held:
         raise ValueError(f"the row counts {n} point(s), which its data does not hold")
-
-
-def _drop_first(encoding: str, data: bytes, count: int) -> bytes:
-    """``data`` without its first ``count`` points."""
-    if encoding == COLUMNS:
-        return dump_points(load_points(data)[count:])
-    return b"\n".join(split_lines(bytes(data), encoding)[count:])
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -544,28 +536,21 @@ class SQLiteSpool:
         return {**self._count_file(), **{key: max(0, n - refiled.get(key, 0)) for key, n in moved.items()}}
 
     def _enforce_bounds(self, key: str, max_points: int, max_bytes: int | None) -> int:
-        """Drop the oldest segments not taken (the last one cut) until the queue is within its bounds."""
+        """Drop the oldest segments not taken until the queue is within its bounds (whole segments: at
+        most one segment's points more than the bounds ask)."""
         q = self._queues[key]
         if q.points <= max_points and (max_bytes is None or q.bytes <= max_bytes):
             return 0  # (the usual case: no query)
         dropped, doomed = 0, []
-        for db, sid, n, size, encoding in self._segments(key, f"id, {_N}, length(data), encoding", q.cursor):
+        for _, sid, n, size in self._segments(key, f"id, {_N}, length(data)", q.cursor):
             over_points = q.points - max_points
             over_bytes = q.bytes - max_bytes if max_bytes is not None else 0
             if over_points <= 0 and over_bytes <= 0:
                 break
             if sid in q.unreleased:
                 continue  # dropped already; its delete failed and is retried
-            if over_points >= n or over_bytes >= size or n == 1:
-                doomed.append(sid)
-                q.points, q.bytes, dropped = q.points - n, q.bytes - size, dropped + n
-                continue
-            cut = max(over_points, 1)  # cut the oldest points off this segment
-            (data,) = db.execute(f"SELECT data FROM {TABLE} {WHERE}", (key, sid)).fetchone()
-            rest = _drop_first(encoding, data, cut)
-            self._try(db, (f"UPDATE {TABLE} SET n = ?, data = ? {WHERE}", [(n - cut, rest, key, sid)]))
-            q.points, q.bytes, dropped = q.points - cut, q.bytes - size + len(rest), dropped + cut
-            break
+            doomed.append(sid)
+            q.points, q.bytes, dropped = q.points - n, q.bytes - size, dropped + n
         if doomed:
             self._release(key, doomed)
         return dropped
