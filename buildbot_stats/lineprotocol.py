@@ -1,9 +1,5 @@
-"""Points to InfluxDB line protocol, with one documented rule for every awkward value.
-
-The rules (how each kind of value is stored, converted and logged, or
-rejected) are in docs/values.rst.  A point with no field left is rejected as
-a whole; the other points of the batch are always written.
-"""
+"""Points to InfluxDB line protocol, with one rule (docs/values.rst) for every awkward value: stored,
+converted and logged, or rejected; a point with no field left is rejected alone, never its batch."""
 
 from __future__ import annotations
 
@@ -18,7 +14,6 @@ __all__ = [
     "MAX_STRING_BYTES",
     "encode_body",
     "encode_lines",
-    "encode_points",
     "PRECISIONS",
     "encoding_precision",
     "line_protocol_encoding",
@@ -61,11 +56,9 @@ class _Encoder:
         if "\n" in value or "\r" in value or "\t" in value:
             self._problem(series, field, "newline or tab in a name replaced by a space", False)
             value = value.translate(_NAME_SPACES)
-        if "\\" in value:
-            fixed = _ESCAPING_BACKSLASH.sub("/", value)
-            if fixed != value:
-                self._problem(series, field, "backslash before an escaped character replaced by '/'", False)
-                value = fixed
+        value, fixed = _ESCAPING_BACKSLASH.subn("/", value) if "\\" in value else (value, 0)
+        if fixed:
+            self._problem(series, field, "backslash before an escaped character replaced by '/'", False)
         return value.translate(table)
 
     def key(self, series: str, key: Any) -> str:
@@ -119,10 +112,7 @@ class _Encoder:
         parts = [measurement]
         tag_keys: set[str] = set()
         for tag_key in sorted(tags, key=str):
-            tag_value = tags[tag_key]
-            if tag_value is None:
-                continue
-            text = str(to_plain(tag_value))
+            text = "" if tags[tag_key] is None else str(to_plain(tags[tag_key]))
             if not text or not str(tag_key):
                 continue
             key = self.key(series, tag_key)
@@ -142,11 +132,8 @@ class _Encoder:
         return value
 
     def line(self, point: Point, divisor: int) -> str | None:
-        """One line, or None when the point has no field left.
-
-        Most points of a batch share their series, tags and field keys: names of exact ``str``
-        (a str subclass may be written otherwise) that need no conversion are escaped once.
-        """
+        """One line, or None when the point has no field left.  Most points of a batch share series,
+        tags and field keys: names of exact ``str`` (a subclass may convert) are escaped once if they can."""
         series, tags = str(point.series), point.tags
         shape: tuple | None = (series, *tags.items())
         if type(point.series) is not str:
@@ -199,16 +186,10 @@ def encode_lines(
     return lines, origins, encoder.problems
 
 
-def encode_points(points: list[Point], precision: str = "n") -> tuple[str, list[PointProblem], int]:
-    """Return (line protocol body, problems, number of points left out)."""
-    lines, _, problems = encode_lines(points, precision)
-    return "\n".join(lines), problems, len(points) - len(lines)
-
-
 def encode_body(points: list[Point], precision: str = "n") -> tuple[bytes, list[PointProblem], int]:
     """Return (line protocol body as UTF-8, problems, number of points left out): what a backend posts."""
-    text, problems, skipped = encode_points(points, precision)
-    return text.encode("utf-8"), problems, skipped
+    lines, _, problems = encode_lines(points, precision)
+    return "\n".join(lines).encode("utf-8"), problems, len(points) - len(lines)
 
 
 #: the name (``thd_encode``) of this module's line protocol, then its timestamp precision
