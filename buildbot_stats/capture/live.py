@@ -158,11 +158,8 @@ class LiveState:
                 s.pending.pop(int(key[1]), None)
         elif kind == "builds" and msg.get("masterid", own) == own:
             if event == "new":
-                s.running[msg["buildid"]] = (
-                    msg["builderid"],
-                    msg["workerid"],
-                    to_ns(msg["started_at"]) / 1e9,
-                )
+                started = to_ns(msg["started_at"]) / 1e9
+                s.running[msg["buildid"]] = (msg["builderid"], msg["workerid"], started)
             else:
                 s.running.pop(msg["buildid"], None)
                 if s is self.state:  # counted once, not again by a replay
