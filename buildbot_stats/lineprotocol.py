@@ -92,8 +92,7 @@ class _Encoder:
             text = json.dumps(to_plain(value), sort_keys=True, ensure_ascii=False, default=str)
         else:
             text = to_plain(value)
-        if not text.isascii():
-            text = self.text(series, key, text)
+        text = self.text(series, key, text)
         raw = text.encode("utf-8")
         if len(raw) > MAX_STRING_BYTES:
             self._problem(series, key, f"string of {len(raw)} bytes cut to {MAX_STRING_BYTES}", False)

@@ -77,11 +77,8 @@ class ServiceOptions:
         # and a flush_timeout of NaN or inf keeps a stopping master from exiting
         for name, least in (("max_retry_delay", MIN_RETRY_DELAY_CAP), ("flush_timeout", 0)):
             seconds = getattr(opts, name)
-            if (
-                isinstance(seconds, bool)
-                or not isinstance(seconds, (int, float))
-                or not least <= seconds < math.inf
-            ):
+            number = isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
+            if not number or not least <= seconds < math.inf:
                 found.append(f"{name} must be a number of seconds >= {least}, not {seconds!r}")
         if isinstance(tags, str) or not isinstance(tags, (list, tuple)):
             found.append(f"extra_tags must be a list of tag names from {list(EXTRA_TAGS)}, not {tags!r}")

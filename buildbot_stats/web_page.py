@@ -14,11 +14,8 @@ __all__ = ["StatsDashboard"]
 
 class StatsPageApp:
     """The WSGI app Buildbot mounts; it loads :class:`buildbot_stats.ui.app.StatsPage` on the first request.
-
-    buildbot-wsgi-dashboards sets :attr:`buildbot_api` (its plugin, whose
-    ``master`` the page reads the StatsService's store from).  Buildbot sends
-    ``c['www']`` to browsers: this object shows there as its class name only.
-    """
+    buildbot-wsgi-dashboards sets :attr:`buildbot_api` (its plugin: the page finds the store from its
+    ``master``).  Buildbot sends ``c['www']`` to browsers: this object shows there as its class name only."""
 
     def __init__(self, name: str, store: str | None) -> None:
         self.name = name
@@ -31,12 +28,11 @@ class StatsPageApp:
         return f"<StatsPageApp {self.name!r}>"
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        if self._page is None:
-            with self._lock:
-                if self._page is None:
-                    from buildbot_stats.ui.app import StatsPage  # the page's code, on first use
+        with self._lock:
+            if self._page is None:
+                from buildbot_stats.ui.app import StatsPage  # the page's code, on first use
 
-                    self._page = StatsPage(self.store, lambda: getattr(self.buildbot_api, "master", None))
+                self._page = StatsPage(self.store, lambda: getattr(self.buildbot_api, "master", None))
         return self._page(environ, start_response)
 
 

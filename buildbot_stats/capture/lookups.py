@@ -39,22 +39,19 @@ class _Memo:
         if value is not None or key is None:
             return defer.succeed(value)
         d: defer.Deferred = defer.Deferred()
-        if key in self._waiters:
-            self._waiters[key].append(d)
-            return d
-        self._waiters[key] = [d]
-
-        def done(result: Any) -> None:
-            if result is not None and not isinstance(result, Failure):
-                self.put(key, result)
-            for waiter in self._waiters.pop(key, []):
-                if isinstance(result, Failure):
-                    waiter.errback(result)
-                else:
-                    waiter.callback(result)
-
-        defer.maybeDeferred(self.master.data.get, (self.path, key)).addBoth(done)
+        self._waiters.setdefault(key, []).append(d)
+        if len(self._waiters[key]) == 1:  # the first to ask: the query
+            defer.maybeDeferred(self.master.data.get, (self.path, key)).addBoth(self._answered, key)
         return d
+
+    def _answered(self, result: Any, key: Any) -> None:
+        if result is not None and not isinstance(result, Failure):
+            self.put(key, result)
+        for waiter in self._waiters.pop(key):
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
 
     def put(self, key: Any, value: dict[str, Any]) -> None:
         self.values[key] = value

@@ -31,11 +31,8 @@ class MasterFilter:
         return mq.get("type", "simple") != "simple"
 
     def foreign(self, msg: Any) -> bool | defer.Deferred:
-        """True (or a Deferred firing True) if another master captures ``msg``.
-
-        No query for build, build request and ``stats-yield-data`` messages;
-        one cached build lookup per build for steps and test result sets.
-        """
+        """True (or a Deferred firing True) if another master captures ``msg``: no query for build, build
+        request and ``stats-yield-data`` messages; steps and test result sets: one cached lookup per build."""
         own = getattr(self.master, "masterid", None)
         if own is None or not isinstance(msg, dict):
             return False
@@ -67,11 +64,5 @@ def with_datetimes(msg: Any) -> Any:
     ``msg`` itself when there is nothing to convert (always, on the simple MQ), else a copy."""
     if not isinstance(msg, dict):
         return msg
-    converted = None
-    for key in TIME_KEYS:
-        value = msg.get(key)
-        if type(value) is int or type(value) is float:
-            if converted is None:
-                converted = dict(msg)
-            converted[key] = as_datetime(value)
-    return msg if converted is None else converted
+    numbers = {k: as_datetime(v) for k in TIME_KEYS if type(v := msg.get(k)) is int or type(v) is float}
+    return {**msg, **numbers} if numbers else msg
