@@ -1,7 +1,5 @@
-"""The checks of a StatsService's master.cfg arguments: each mistake is one ``config.error`` line.
-
-Run by ``StatsService.checkConfig`` (so ``buildbot checkconfig`` shows them) and at every reconfig.
-"""
+"""The checks of a StatsService's master.cfg arguments, each mistake one ``config.error`` line: run by
+``StatsService.checkConfig`` (so ``buildbot checkconfig`` shows them) and at every reconfig."""
 
 from __future__ import annotations
 

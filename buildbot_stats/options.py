@@ -1,7 +1,5 @@
-"""The delivery options of the StatsService: the one home of their defaults.
-
-:class:`ServiceOptions` is what master.cfg passes; :class:`DeliveryPolicy` the part a queue reads.
-"""
+"""The delivery options of the StatsService, the one home of their defaults: :class:`ServiceOptions`
+is what master.cfg passes, :class:`DeliveryPolicy` the part a queue reads."""
 
 from __future__ import annotations
 

@@ -23,9 +23,8 @@ __all__ = [
 
 @dataclass
 class Point:
-    """One statistic: ``fields`` (a capture's ``post_data``) of ``series`` at ``time_ns``
-    (nanoseconds since the epoch), described by ``tags`` (its ``context``); as given, each
-    backend applies its own storage rules."""
+    """One statistic: ``fields`` (a capture's ``post_data``) of ``series`` at ``time_ns`` (ns since the
+    epoch), described by ``tags`` (its ``context``); as given, each backend applies its own rules."""
 
     series: str
     fields: dict[str, Any]
@@ -82,11 +81,8 @@ class Clock:
 
     def now_ns(self) -> int:
         with self._lock:
-            now = time.time_ns()
-            if now <= self._last:
-                now = self._last + 1
-            self._last = now
-            return now
+            self._last = max(time.time_ns(), self._last + 1)
+            return self._last
 
 
 def to_plain(value: Any) -> Any:

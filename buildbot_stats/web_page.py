@@ -43,12 +43,9 @@ def StatsDashboard(  # noqa: N802  (reads like the other objects of master.cfg)
     store: str | None = None,
     icon: str = "FaChartBar",
 ) -> dict[str, Any]:
-    """The dict ``c['www']['plugins']['wsgi_dashboards']`` takes for the Statistics page.
-
-    It reads the store of this master's ``SQLiteStorageService``; ``store``
-    (a path, relative to the master's basedir) reads another.  The page is at
-    ``#/<name>`` in the UI, under the menu entry ``caption``.
-    """
+    """The dict ``c['www']['plugins']['wsgi_dashboards']`` takes for the Statistics page, at ``#/<name>``
+    under the menu entry ``caption``: it reads the store of this master's ``SQLiteStorageService``, or
+    ``store`` (a path, relative to the master's basedir)."""
     if not isinstance(name, str) or not name or "/" in name or name.strip() != name:
         config.error(f"StatsDashboard: name must be a non-empty string without '/' or spaces, not {name!r}")
     if not isinstance(caption, str) or not caption:

@@ -1,8 +1,6 @@
-"""Live state: workers, pending build requests and running builds now, as a :class:`LiveSnapshot`.
-
-:class:`LiveState` keeps them from Buildbot's MQ events (constant work each), recounted from the data
-API at start, reconfig and every ``RECOUNT_PERIOD`` s: a dead master's requests are unclaimed silently.
-"""
+"""Live state: workers, pending build requests and running builds now, as a :class:`LiveSnapshot`, kept
+from Buildbot's MQ events (constant work each) and recounted from the data API at start, reconfig and
+every ``RECOUNT_PERIOD`` s: a dead master's requests are unclaimed silently."""
 
 from __future__ import annotations
 

@@ -18,9 +18,7 @@ STEP_CACHE_SIZE = 1024
 
 class _Memo:
     """A bounded LRU cache of one data API path; lookups of a key whose query runs wait for it.
-
-    ``None`` answers (unknown ids) are not cached: the object may appear later.
-    """
+    ``None`` answers (unknown ids) are not cached: the object may appear later."""
 
     def __init__(self, master: Any, path: str, size: int | None) -> None:
         self.master = master
@@ -61,12 +59,9 @@ class _Memo:
 
 
 class BuildLookups:
-    """The builders and recent builds of one master, looked up once each.
-
-    Builds are cached as first seen: only what never changes during a build (number,
-    builder, worker, build request, master, start time) may be read from them.  A build's
-    ``new`` message is what a lookup would give, so it is put here as it starts.
-    """
+    """The builders and recent builds of one master, looked up once each.  Builds are cached as first
+    seen: only what never changes during a build (number, builder, worker, build request, master,
+    start time) may be read from them; a build's ``new`` message is put here as it starts."""
 
     def __init__(self, master: Any, build_cache_size: int = BUILD_CACHE_SIZE) -> None:
         self.master = master

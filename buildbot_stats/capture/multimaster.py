@@ -1,7 +1,5 @@
-"""Which master of a cluster captures a message: the one that ran the build (docs/multimaster.rst).
-
-Under the WAMP MQ every master receives every master's messages; a message naming no master is local.
-"""
+"""Which master of a cluster captures a message: the one that ran the build (docs/multimaster.rst); under
+the WAMP MQ every master receives every master's messages, and a message naming no master is local."""
 
 from __future__ import annotations
 
