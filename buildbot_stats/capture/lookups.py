@@ -46,10 +46,7 @@ class _Memo:
         if result is not None and not isinstance(result, Failure):
             self.put(key, result)
         for waiter in self._waiters.pop(key):
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
+            waiter.callback(result)  # a Failure goes down the waiter's errbacks
 
     def put(self, key: Any, value: dict[str, Any]) -> None:
         self.values[key] = value
