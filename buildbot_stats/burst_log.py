@@ -34,10 +34,6 @@ class BurstLog:
         self._emit = emit
         self._bursts: dict[Hashable, _Burst] = {}
 
-    def __bool__(self) -> bool:
-        """True while a burst is open."""
-        return bool(self._bursts)
-
     def failed(self, key: Hashable, message: str) -> None:
         """Log ``message`` if it starts a burst of ``key``, else count it."""
         burst = self._bursts.get(key)

@@ -3,6 +3,7 @@ build captures stamp points with the build's own time, so that a point sent agai
 
 from __future__ import annotations
 
+import datetime
 import re
 from typing import Any
 
@@ -161,11 +162,7 @@ class CaptureBuildStartTime(_OneBuilder, CaptureBuildTimes):
     _time_keys = ("started_at",)
 
     def __init__(self, builder_name: str | None, callback: Callback = None, **unknown: Any) -> None:
-        super().__init__(builder_name, callback or _isoformat, "start-time", **unknown)
-
-
-def _isoformat(time: Any) -> str:
-    return time.isoformat()  # type: ignore[no-any-return]
+        super().__init__(builder_name, callback or datetime.datetime.isoformat, "start-time", **unknown)
 
 
 class CaptureBuildStartTimeAllBuilders(_AllBuilders, CaptureBuildStartTime):
@@ -181,7 +178,7 @@ class CaptureBuildEndTime(_OneBuilder, CaptureBuildTimes):
     _time_keys = ("complete_at",)
 
     def __init__(self, builder_name: str | None, callback: Callback = None, **unknown: Any) -> None:
-        super().__init__(builder_name, callback or _isoformat, "end-time", **unknown)
+        super().__init__(builder_name, callback or datetime.datetime.isoformat, "end-time", **unknown)
 
 
 class CaptureBuildEndTimeAllBuilders(_AllBuilders, CaptureBuildEndTime):
