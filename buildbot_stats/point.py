@@ -43,6 +43,7 @@ class PointProblem:
 
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_FLAT_KINDS = frozenset({str, int, bool, float, type(None)})
 
 
 def as_datetime(value: Any) -> Any:
@@ -119,11 +120,8 @@ def is_flat_plain(values: Any, nan: bool = False) -> bool:
         return False
     for key, value in values.items():
         kind = type(value)
-        if type(key) is not str:
+        if type(key) is not str or kind not in _FLAT_KINDS:
             return False
-        if kind is float:
-            if not nan and not math.isfinite(value):
-                return False
-        elif kind is not str and kind is not int and kind is not bool and value is not None:
+        if kind is float and not nan and not math.isfinite(value):
             return False
     return True

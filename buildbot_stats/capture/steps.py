@@ -16,7 +16,6 @@ from buildbot_stats.capture.base import (
     _AllBuilders,
     _BuilderCapture,
     _OneBuilder,
-    _with_worker,
     duration_callback,
 )
 from buildbot_stats.capture.builds import CaptureBuildTimes
@@ -46,8 +45,7 @@ class _StepCapture(_OneBuilder, _BuilderCapture):
     @defer.inlineCallbacks
     def _step_point(self, step: dict[str, Any], what: str) -> Any:
         """``(build, builder name, tags, where)`` of the step, None if not captured here."""
-        lookups = self._lookups
-        build = yield lookups.builds.get(step["buildid"])
+        build = yield self._lookups.builds.get(step["buildid"])
         what = f"{what} {step.get('name')!r} (id {step.get('stepid')!r})"
         if build is None:
             raise CaptureCallbackError(
@@ -57,16 +55,10 @@ class _StepCapture(_OneBuilder, _BuilderCapture):
         if not self._builder_name_matches(builder_info):
             return None
         name = builder_info["name"]
-        tags = _with_worker(
-            (yield lookups.worker_name(build.get("workerid"))), self._defaultContext(build, name)
-        )
+        tags = yield self._build_context(build, name, worker=True)
         tags["step_name"] = str(step["name"])
-        return (
-            build,
-            name,
-            tags,
-            f"{type(self).__name__} failed for {what} of build {build['number']} on builder {name}",
-        )
+        where = f"{type(self).__name__} failed for {what} of build {build['number']} on builder {name}"
+        return build, name, tags, where
 
 
 class CaptureStepDuration(_StepCapture):
