@@ -10,8 +10,6 @@ from typing import Any
 
 from buildbot import config
 
-__all__ = ["reject_unknown", "unknown_argument"]
-
 
 def unknown_argument(name: str, known: list[str]) -> str:
     """The message for an unknown keyword argument, with the closest known one."""

@@ -9,8 +9,6 @@ from typing import Any
 
 from twisted.python import log
 
-__all__ = ["BurstLog"]
-
 DEFAULT_WINDOW = 60.0
 
 

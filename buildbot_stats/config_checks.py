@@ -18,8 +18,6 @@ from buildbot_stats.options import DEFAULT_SPOOL_PATH, ServiceOptions
 from buildbot_stats.storage_backends.base import is_storage_backend
 from buildbot_stats.storage_backends.sqlite import SQLiteStorageService
 
-__all__ = ["check_service_config"]
-
 
 def check_service_config(storage_backends: Any, options: dict[str, Any]) -> None:
     """Report every mistake in a StatsService's arguments through ``config.error``, one line each."""

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["loading_basedir", "resolve"]
-
 
 def loading_basedir() -> str | None:
     """The basedir of the master.cfg being loaded, from Buildbot's ``loadConfigDict`` on the call stack

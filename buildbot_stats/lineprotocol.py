@@ -10,16 +10,6 @@ from typing import Any
 
 from buildbot_stats.point import Point, PointProblem, to_plain
 
-__all__ = [
-    "MAX_STRING_BYTES",
-    "encode_body",
-    "encode_lines",
-    "PRECISIONS",
-    "encoding_precision",
-    "line_protocol_encoding",
-    "split_lines",
-]
-
 MAX_STRING_BYTES = 64 * 1024 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 PRECISIONS = {"n": 1, "u": 1_000, "ms": 1_000_000, "s": 1_000_000_000}

@@ -10,8 +10,6 @@ from typing import Any
 
 from buildbot_stats.arguments import unknown_argument
 
-__all__ = ["DEFAULT_SPOOL_PATH", "EXTRA_TAGS", "DeliveryPolicy", "ServiceOptions"]
-
 DEFAULT_SPOOL_PATH = "stats-spool.sqlite"
 #: The shortest ``max_retry_delay``: retrying faster only spins a core while a backend is down.
 MIN_RETRY_DELAY_CAP = 0.1

@@ -9,17 +9,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = [
-    "Point",
-    "PointProblem",
-    "Clock",
-    "as_datetime",
-    "to_ns",
-    "to_plain",
-    "to_json_value",
-    "is_flat_plain",
-]
-
 
 @dataclass
 class Point:

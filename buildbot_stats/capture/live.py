@@ -18,8 +18,6 @@ from twisted.python.failure import Failure
 from buildbot_stats.burst_log import BurstLog
 from buildbot_stats.point import to_ns
 
-__all__ = ["LIVE_SERIES", "RECOUNT_PERIOD", "BuilderLive", "LiveSnapshot", "LiveState", "live_points"]
-
 LIVE_SERIES = "buildbot-live"
 RECOUNT_PERIOD = 60.0
 _EVENTS = [("workers", None, None), ("buildrequests", None, None), ("builds", None, "new")]

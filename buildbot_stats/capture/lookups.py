@@ -10,8 +10,6 @@ from twisted.python.failure import Failure
 
 from buildbot_stats.errors import CaptureCallbackError
 
-__all__ = ["BuildLookups"]
-
 BUILD_CACHE_SIZE = 256
 STEP_CACHE_SIZE = 1024
 

@@ -9,8 +9,6 @@ from twisted.internet import defer
 
 from buildbot_stats.point import as_datetime
 
-__all__ = ["MasterFilter", "TIME_KEYS", "with_datetimes"]
-
 #: keys of Buildbot's data messages that hold times (datetimes on the simple MQ)
 TIME_KEYS = ("started_at", "complete_at", "submitted_at", "claimed_at", "last_active")
 
