@@ -135,8 +135,6 @@ class LiveState:
     def _failed(self, failure: Any, what: str) -> None:
         self._log.failed((what, failure.type), f"live state: {what} failed: {failure.getErrorMessage()}")
 
-    # -- events: constant work each --------------------------------------------
-
     def event(self, key: tuple, msg: Any) -> None:
         if self._journal is not None:
             self._journal.append((key, msg))
@@ -169,8 +167,6 @@ class LiveState:
             s.builders.pop(msg["builderid"], None)
             if event == "started":
                 s.builders[msg["builderid"]] = msg["name"]
-
-    # -- recount: the data API ---------------------------------------------------
 
     @defer.inlineCallbacks
     def recount(self) -> Any:
