@@ -98,19 +98,17 @@ class _Encoder:
         if measurement.startswith("#"):
             self._problem(series, "*", "a series name cannot start with '#'; stored with '_'", False)
             measurement = "_" + measurement[1:]
-        parts = [measurement]
-        tag_keys: set[str] = set()
+        escaped: dict[str, str] = {}  # tag key -> value
         for tag_key in sorted(tags, key=str):
             text = "" if tags[tag_key] is None else str(to_plain(tags[tag_key]))
             if not text or not str(tag_key):
                 continue
             key = self.key(series, tag_key)
-            if key in tag_keys:
+            if key in escaped:
                 self._problem(series, str(tag_key), "same name as another tag after conversion", True)
                 continue
-            tag_keys.add(key)
-            parts.append(f"{key}={self.name(series, str(tag_key), text, _KEY_ESCAPES)}")
-        return ",".join(parts)
+            escaped[key] = self.name(series, str(tag_key), text, _KEY_ESCAPES)
+        return ",".join([measurement, *(f"{key}={value}" for key, value in escaped.items())])
 
     def _escaped(self, cache: dict[Any, str], cache_key: Any, make: Any, *args: Any) -> Any:
         """``make(*args)``, kept in ``cache`` under ``cache_key`` (None: not kept) if it had no problem."""
