@@ -287,12 +287,12 @@ def bench_items(n: int, values: int) -> list[tuple[str, dict[str, Any], dict[str
 
 def raw_bodies(n: int, values: int) -> list[bytes]:
     """The same points as pre-built line protocol, in batches of RAW_BATCH."""
-    from buildbot_stats.lineprotocol import encode_points
+    from buildbot_stats.lineprotocol import encode_body
     from buildbot_stats.point import Point
 
     base = time.time_ns()
     points = [Point(s, f, t, base + k) for k, (s, f, t) in enumerate(bench_items(n, values))]
-    return [encode_points(points[i : i + RAW_BATCH])[0].encode("utf-8") for i in range(0, n, RAW_BATCH)]
+    return [encode_body(points[i : i + RAW_BATCH])[0] for i in range(0, n, RAW_BATCH)]
 
 
 def _post_bodies(influx: InfluxServer, db: str, bodies: list[bytes], errors: list[str]) -> None:

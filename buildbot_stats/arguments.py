@@ -1,8 +1,6 @@
 """A misspelt keyword of a capture or backend in master.cfg: a ``config.error`` line naming the closest.
-
-Public classes take ``**unknown`` and hand it to :func:`reject_unknown`, so that ``buildbot
-checkconfig`` lists every misspelt keyword instead of stopping at the first with a traceback.
-"""
+Public classes hand their ``**unknown`` to :func:`reject_unknown`, so that ``buildbot checkconfig``
+lists every misspelt keyword instead of stopping at the first with a traceback."""
 
 from __future__ import annotations
 
@@ -11,8 +9,6 @@ import inspect
 from typing import Any
 
 from buildbot import config
-
-__all__ = ["reject_unknown", "unknown_argument"]
 
 
 def unknown_argument(name: str, known: list[str]) -> str:

@@ -9,8 +9,6 @@ from typing import Any
 
 from twisted.python import log
 
-__all__ = ["BurstLog"]
-
 DEFAULT_WINDOW = 60.0
 
 
@@ -33,10 +31,6 @@ class BurstLog:
         self.window = window
         self._emit = emit
         self._bursts: dict[Hashable, _Burst] = {}
-
-    def __bool__(self) -> bool:
-        """True while a burst is open."""
-        return bool(self._bursts)
 
     def failed(self, key: Hashable, message: str) -> None:
         """Log ``message`` if it starts a burst of ``key``, else count it."""

@@ -1,7 +1,5 @@
-"""The checks of a StatsService's master.cfg arguments: each mistake is one ``config.error`` line.
-
-Run by ``StatsService.checkConfig`` (so ``buildbot checkconfig`` shows them) and at every reconfig.
-"""
+"""The checks of a StatsService's master.cfg arguments, each mistake one ``config.error`` line: run by
+``StatsService.checkConfig`` (so ``buildbot checkconfig`` shows them) and at every reconfig."""
 
 from __future__ import annotations
 
@@ -19,8 +17,6 @@ from buildbot_stats.errors import StorageBackendTypeError
 from buildbot_stats.options import DEFAULT_SPOOL_PATH, ServiceOptions
 from buildbot_stats.storage_backends.base import is_storage_backend
 from buildbot_stats.storage_backends.sqlite import SQLiteStorageService
-
-__all__ = ["check_service_config"]
 
 
 def check_service_config(storage_backends: Any, options: dict[str, Any]) -> None:

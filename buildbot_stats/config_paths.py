@@ -6,20 +6,14 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["loading_basedir", "resolve"]
-
 
 def loading_basedir() -> str | None:
-    """The basedir of the master.cfg being loaded, from Buildbot's ``loadConfigDict`` on the call stack.
-
-    The end-to-end checkconfig tests notice a Buildbot that renames it.
-    """
+    """The basedir of the master.cfg being loaded, from Buildbot's ``loadConfigDict`` on the call stack
+    (the end-to-end checkconfig tests notice a Buildbot that renames it)."""
     frame = sys._getframe(1)
     while frame is not None:
-        if (
-            frame.f_code.co_name == "loadConfigDict"
-            and frame.f_globals.get("__name__") == "buildbot.config.master"
-        ):
+        where = (frame.f_globals.get("__name__"), frame.f_code.co_name)
+        if where == ("buildbot.config.master", "loadConfigDict"):
             basedir = frame.f_locals.get("basedir")
             return os.path.expanduser(basedir) if isinstance(basedir, str) else None
         frame = frame.f_back  # type: ignore[assignment]

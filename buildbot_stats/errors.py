@@ -25,9 +25,6 @@ class StorageBackendTypeError(ConfigErrors, TypeError):
     def __init__(self, message: str) -> None:
         super().__init__([message])
 
-    def __str__(self) -> str:
-        return "; ".join(self.errors)
-
 
 class TransientWriteError(Exception):
     """The write failed but may succeed later; the queue waits at least ``retry_after`` seconds."""

@@ -1,9 +1,5 @@
-"""Points to InfluxDB line protocol, with one documented rule for every awkward value.
-
-The rules (how each kind of value is stored, converted and logged, or
-rejected) are in docs/values.rst.  A point with no field left is rejected as
-a whole; the other points of the batch are always written.
-"""
+"""Points to InfluxDB line protocol, with one rule (docs/values.rst) for every awkward value: stored,
+converted and logged, or rejected; a point with no field left is rejected alone, never its batch."""
 
 from __future__ import annotations
 
@@ -13,17 +9,6 @@ import re
 from typing import Any
 
 from buildbot_stats.point import Point, PointProblem, to_plain
-
-__all__ = [
-    "MAX_STRING_BYTES",
-    "encode_body",
-    "encode_lines",
-    "encode_points",
-    "PRECISIONS",
-    "encoding_precision",
-    "line_protocol_encoding",
-    "split_lines",
-]
 
 MAX_STRING_BYTES = 64 * 1024 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -61,11 +46,9 @@ class _Encoder:
         if "\n" in value or "\r" in value or "\t" in value:
             self._problem(series, field, "newline or tab in a name replaced by a space", False)
             value = value.translate(_NAME_SPACES)
-        if "\\" in value:
-            fixed = _ESCAPING_BACKSLASH.sub("/", value)
-            if fixed != value:
-                self._problem(series, field, "backslash before an escaped character replaced by '/'", False)
-                value = fixed
+        value, fixed = _ESCAPING_BACKSLASH.subn("/", value) if "\\" in value else (value, 0)
+        if fixed:
+            self._problem(series, field, "backslash before an escaped character replaced by '/'", False)
         return value.translate(table)
 
     def key(self, series: str, key: Any) -> str:
@@ -99,8 +82,7 @@ class _Encoder:
             text = json.dumps(to_plain(value), sort_keys=True, ensure_ascii=False, default=str)
         else:
             text = to_plain(value)
-        if not text.isascii():
-            text = self.text(series, key, text)
+        text = self.text(series, key, text)
         raw = text.encode("utf-8")
         if len(raw) > MAX_STRING_BYTES:
             self._problem(series, key, f"string of {len(raw)} bytes cut to {MAX_STRING_BYTES}", False)
@@ -116,22 +98,17 @@ class _Encoder:
         if measurement.startswith("#"):
             self._problem(series, "*", "a series name cannot start with '#'; stored with '_'", False)
             measurement = "_" + measurement[1:]
-        parts = [measurement]
-        tag_keys: set[str] = set()
+        escaped: dict[str, str] = {}  # tag key -> value
         for tag_key in sorted(tags, key=str):
-            tag_value = tags[tag_key]
-            if tag_value is None:
-                continue
-            text = str(to_plain(tag_value))
+            text = "" if tags[tag_key] is None else str(to_plain(tags[tag_key]))
             if not text or not str(tag_key):
                 continue
             key = self.key(series, tag_key)
-            if key in tag_keys:
+            if key in escaped:
                 self._problem(series, str(tag_key), "same name as another tag after conversion", True)
                 continue
-            tag_keys.add(key)
-            parts.append(f"{key}={self.name(series, str(tag_key), text, _KEY_ESCAPES)}")
-        return ",".join(parts)
+            escaped[key] = self.name(series, str(tag_key), text, _KEY_ESCAPES)
+        return ",".join([measurement, *(f"{key}={value}" for key, value in escaped.items())])
 
     def _escaped(self, cache: dict[Any, str], cache_key: Any, make: Any, *args: Any) -> Any:
         """``make(*args)``, kept in ``cache`` under ``cache_key`` (None: not kept) if it had no problem."""
@@ -142,11 +119,8 @@ class _Encoder:
         return value
 
     def line(self, point: Point, divisor: int) -> str | None:
-        """One line, or None when the point has no field left.
-
-        Most points of a batch share their series, tags and field keys: names of exact ``str``
-        (a str subclass may be written otherwise) that need no conversion are escaped once.
-        """
+        """One line, or None when the point has no field left.  Most points of a batch share series,
+        tags and field keys: names of exact ``str`` (a subclass may convert) are escaped once if they can."""
         series, tags = str(point.series), point.tags
         shape: tuple | None = (series, *tags.items())
         if type(point.series) is not str:
@@ -199,16 +173,10 @@ def encode_lines(
     return lines, origins, encoder.problems
 
 
-def encode_points(points: list[Point], precision: str = "n") -> tuple[str, list[PointProblem], int]:
-    """Return (line protocol body, problems, number of points left out)."""
-    lines, _, problems = encode_lines(points, precision)
-    return "\n".join(lines), problems, len(points) - len(lines)
-
-
 def encode_body(points: list[Point], precision: str = "n") -> tuple[bytes, list[PointProblem], int]:
     """Return (line protocol body as UTF-8, problems, number of points left out): what a backend posts."""
-    text, problems, skipped = encode_points(points, precision)
-    return text.encode("utf-8"), problems, skipped
+    lines, _, problems = encode_lines(points, precision)
+    return "\n".join(lines).encode("utf-8"), problems, len(points) - len(lines)
 
 
 #: the name (``thd_encode``) of this module's line protocol, then its timestamp precision

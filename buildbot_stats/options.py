@@ -1,7 +1,5 @@
-"""The delivery options of the StatsService: the one home of their defaults.
-
-:class:`ServiceOptions` is what master.cfg passes; :class:`DeliveryPolicy` the part a queue reads.
-"""
+"""The delivery options of the StatsService, the one home of their defaults: :class:`ServiceOptions`
+is what master.cfg passes, :class:`DeliveryPolicy` the part a queue reads."""
 
 from __future__ import annotations
 
@@ -11,8 +9,6 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from buildbot_stats.arguments import unknown_argument
-
-__all__ = ["DEFAULT_SPOOL_PATH", "EXTRA_TAGS", "DeliveryPolicy", "ServiceOptions"]
 
 DEFAULT_SPOOL_PATH = "stats-spool.sqlite"
 #: The shortest ``max_retry_delay``: retrying faster only spins a core while a backend is down.
@@ -77,11 +73,8 @@ class ServiceOptions:
         # and a flush_timeout of NaN or inf keeps a stopping master from exiting
         for name, least in (("max_retry_delay", MIN_RETRY_DELAY_CAP), ("flush_timeout", 0)):
             seconds = getattr(opts, name)
-            if (
-                isinstance(seconds, bool)
-                or not isinstance(seconds, (int, float))
-                or not least <= seconds < math.inf
-            ):
+            number = isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
+            if not number or not least <= seconds < math.inf:
                 found.append(f"{name} must be a number of seconds >= {least}, not {seconds!r}")
         if isinstance(tags, str) or not isinstance(tags, (list, tuple)):
             found.append(f"extra_tags must be a list of tag names from {list(EXTRA_TAGS)}, not {tags!r}")

@@ -9,23 +9,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = [
-    "Point",
-    "PointProblem",
-    "Clock",
-    "as_datetime",
-    "to_ns",
-    "to_plain",
-    "to_json_value",
-    "is_flat_plain",
-]
-
 
 @dataclass
 class Point:
-    """One statistic: ``fields`` (a capture's ``post_data``) of ``series`` at ``time_ns``
-    (nanoseconds since the epoch), described by ``tags`` (its ``context``); as given, each
-    backend applies its own storage rules."""
+    """One statistic: ``fields`` (a capture's ``post_data``) of ``series`` at ``time_ns`` (ns since the
+    epoch), described by ``tags`` (its ``context``); as given, each backend applies its own rules."""
 
     series: str
     fields: dict[str, Any]
@@ -44,6 +32,7 @@ class PointProblem:
 
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_FLAT_KINDS = frozenset({str, int, bool, float, type(None)})
 
 
 def as_datetime(value: Any) -> Any:
@@ -82,11 +71,8 @@ class Clock:
 
     def now_ns(self) -> int:
         with self._lock:
-            now = time.time_ns()
-            if now <= self._last:
-                now = self._last + 1
-            self._last = now
-            return now
+            self._last = max(time.time_ns(), self._last + 1)
+            return self._last
 
 
 def to_plain(value: Any) -> Any:
@@ -123,11 +109,8 @@ def is_flat_plain(values: Any, nan: bool = False) -> bool:
         return False
     for key, value in values.items():
         kind = type(value)
-        if type(key) is not str:
+        if type(key) is not str or kind not in _FLAT_KINDS:
             return False
-        if kind is float:
-            if not nan and not math.isfinite(value):
-                return False
-        elif kind is not str and kind is not int and kind is not bool and value is not None:
+        if kind is float and not nan and not math.isfinite(value):
             return False
     return True

@@ -1,11 +1,6 @@
-"""Test doubles for users' own tests (and ours): :class:`RecordingStorage` keeps what it was
-given in memory, and can be told to fail, so that a master.cfg's captures can be checked
-with Buildbot's fake master::
-
-    backend = RecordingStorage(captures=[statistics.CaptureBuildDuration("b")])
-    ...
-    assert backend.stored_data == [({"duration": 1.5}, "b-build-times", {...})]
-"""
+"""Test doubles for users' own tests (and ours): :class:`RecordingStorage` keeps what it was given
+in memory, and can be told to fail, so that a master.cfg's captures can be checked with Buildbot's
+fake master (an example in docs/testing.rst)."""
 
 from __future__ import annotations
 

@@ -14,11 +14,8 @@ __all__ = ["StatsDashboard"]
 
 class StatsPageApp:
     """The WSGI app Buildbot mounts; it loads :class:`buildbot_stats.ui.app.StatsPage` on the first request.
-
-    buildbot-wsgi-dashboards sets :attr:`buildbot_api` (its plugin, whose
-    ``master`` the page reads the StatsService's store from).  Buildbot sends
-    ``c['www']`` to browsers: this object shows there as its class name only.
-    """
+    buildbot-wsgi-dashboards sets :attr:`buildbot_api` (its plugin: the page finds the store from its
+    ``master``).  Buildbot sends ``c['www']`` to browsers: this object shows there as its class name only."""
 
     def __init__(self, name: str, store: str | None) -> None:
         self.name = name
@@ -31,12 +28,11 @@ class StatsPageApp:
         return f"<StatsPageApp {self.name!r}>"
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        if self._page is None:
-            with self._lock:
-                if self._page is None:
-                    from buildbot_stats.ui.app import StatsPage  # the page's code, on first use
+        with self._lock:
+            if self._page is None:
+                from buildbot_stats.ui.app import StatsPage  # the page's code, on first use
 
-                    self._page = StatsPage(self.store, lambda: getattr(self.buildbot_api, "master", None))
+                self._page = StatsPage(self.store, lambda: getattr(self.buildbot_api, "master", None))
         return self._page(environ, start_response)
 
 
@@ -47,12 +43,9 @@ def StatsDashboard(  # noqa: N802  (reads like the other objects of master.cfg)
     store: str | None = None,
     icon: str = "FaChartBar",
 ) -> dict[str, Any]:
-    """The dict ``c['www']['plugins']['wsgi_dashboards']`` takes for the Statistics page.
-
-    It reads the store of this master's ``SQLiteStorageService``; ``store``
-    (a path, relative to the master's basedir) reads another.  The page is at
-    ``#/<name>`` in the UI, under the menu entry ``caption``.
-    """
+    """The dict ``c['www']['plugins']['wsgi_dashboards']`` takes for the Statistics page, at ``#/<name>``
+    under the menu entry ``caption``: it reads the store of this master's ``SQLiteStorageService``, or
+    ``store`` (a path, relative to the master's basedir)."""
     if not isinstance(name, str) or not name or "/" in name or name.strip() != name:
         config.error(f"StatsDashboard: name must be a non-empty string without '/' or spaces, not {name!r}")
     if not isinstance(caption, str) or not caption:

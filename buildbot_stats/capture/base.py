@@ -20,11 +20,9 @@ Callback = Optional[Callable[..., Any]]
 
 
 class Capture(abc.ABC):
-    """Base class of all captures; subclasses implement :meth:`consume`.
-
-    ``routingKey``, ``parent_svcs``, ``master``, ``_defaultContext`` and ``_retValParams`` are
-    buildbot.statistics's names, kept (camelCase included) so that its custom captures work.
-    """
+    """Base class of all captures; subclasses implement :meth:`consume`.  ``routingKey``, ``parent_svcs``,
+    ``master``, ``_defaultContext`` and ``_retValParams`` are buildbot.statistics's names, kept (camelCase
+    included) so that its custom captures work."""
 
     def __init__(self, routingKey: tuple, callback: Callable[..., Any], **unknown: Any) -> None:
         reject_unknown(self, unknown)
@@ -114,11 +112,8 @@ REPORT_IN_DIVISORS = {"seconds": 1, "minutes": 60, "hours": 3600}
 
 
 def duration_callback(capture: Capture, report_in: Any, callback: Callback) -> Callable[..., Any]:
-    """``callback``, or ``end - start`` in ``report_in`` units (0 if the clock went backwards).
-
-    The one home of buildbot.statistics's ``report_in`` rule and message; ``capture.report_in``
-    tells the backends the unit.
-    """
+    """``callback``, or ``end - start`` in ``report_in`` units (0 if the clock went backwards): the one home
+    of buildbot.statistics's ``report_in`` rule and message; ``capture.report_in`` tells backends the unit."""
     capture.report_in = report_in  # type: ignore[attr-defined]
     known = isinstance(report_in, str) and report_in in REPORT_IN_DIVISORS
     divisor = REPORT_IN_DIVISORS[report_in] if known else 1

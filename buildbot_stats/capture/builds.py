@@ -1,14 +1,14 @@
-"""Captures of buildbot.statistics (same series, fields, tags): properties, build times, results, data.
-
-Build captures stamp points with the build's own time, so that a point sent again overwrites itself.
-"""
+"""Captures of buildbot.statistics (same series, fields, tags): properties, build times, results, data;
+build captures stamp points with the build's own time, so that a point sent again overwrites itself."""
 
 from __future__ import annotations
 
+import datetime
 import re
 from typing import Any
 
 from buildbot import config
+from buildbot.process.results import Results
 from twisted.internet import defer
 
 from buildbot_stats.capture.base import (
@@ -115,11 +115,8 @@ class CapturePropertyAllBuilders(_AllBuilders, CapturePropertyBase):
 
 
 class CaptureBuildTimes(_BuilderCapture):
-    """Base of the captures of a build's times and result (series ``<builder>-build-times``).
-
-    The callback gets what :meth:`_retValParams` gives (it may return a Deferred): by default
-    the times of the build message named by ``_time_keys``, as datetimes.
-    """
+    """Base of the captures of a build's times and result (series ``<builder>-build-times``): the callback
+    gets what :meth:`_retValParams` gives (maybe a Deferred), by default the ``_time_keys`` as datetimes."""
 
     _series_suffix = "build-times"
     _time_keys: tuple[str, ...] = ()
@@ -165,11 +162,7 @@ class CaptureBuildStartTime(_OneBuilder, CaptureBuildTimes):
     _time_keys = ("started_at",)
 
     def __init__(self, builder_name: str | None, callback: Callback = None, **unknown: Any) -> None:
-        super().__init__(builder_name, callback or _isoformat, "start-time", **unknown)
-
-
-def _isoformat(time: Any) -> str:
-    return time.isoformat()  # type: ignore[no-any-return]
+        super().__init__(builder_name, callback or datetime.datetime.isoformat, "start-time", **unknown)
 
 
 class CaptureBuildStartTimeAllBuilders(_AllBuilders, CaptureBuildStartTime):
@@ -185,7 +178,7 @@ class CaptureBuildEndTime(_OneBuilder, CaptureBuildTimes):
     _time_keys = ("complete_at",)
 
     def __init__(self, builder_name: str | None, callback: Callback = None, **unknown: Any) -> None:
-        super().__init__(builder_name, callback or _isoformat, "end-time", **unknown)
+        super().__init__(builder_name, callback or datetime.datetime.isoformat, "end-time", **unknown)
 
 
 class CaptureBuildEndTimeAllBuilders(_AllBuilders, CaptureBuildEndTime):
@@ -214,11 +207,9 @@ class CaptureBuildDurationAllBuilders(_AllBuilders, CaptureBuildDuration):
 
 
 class CaptureBuildResults(_OneBuilder, CaptureBuildTimes):
-    """Captures the build result into series ``<builder>-build-results`` (not in buildbot.statistics).
-
-    Fields ``results`` (Buildbot's code, 0 is success; a callback gets it and returns what is
-    stored) and ``result`` (its name, e.g. ``"failure"``); always tagged with the ``worker``.
-    """
+    """Captures the build result into series ``<builder>-build-results`` (not in buildbot.statistics):
+    fields ``results`` (Buildbot's code, 0 is success, or what a callback makes of it) and ``result``
+    (its name, e.g. ``"failure"``); always tagged with the ``worker``."""
 
     _series_suffix = "build-results"
     _worker_tag = True
@@ -232,8 +223,6 @@ class CaptureBuildResults(_OneBuilder, CaptureBuildTimes):
         return [msg["results"]]
 
     def _post_data(self, ret_val: Any) -> dict[str, Any]:
-        from buildbot.process.results import Results
-
         name = Results[ret_val] if isinstance(ret_val, int) and 0 <= ret_val < len(Results) else str(ret_val)
         return {"results": ret_val, "result": name}
 

@@ -1,8 +1,6 @@
-"""Live state: workers, pending build requests and running builds now, as a :class:`LiveSnapshot`.
-
-:class:`LiveState` keeps them from Buildbot's MQ events (constant work each), recounted from the data
-API at start, reconfig and every ``RECOUNT_PERIOD`` s: a dead master's requests are unclaimed silently.
-"""
+"""Live state: workers, pending build requests and running builds now, as a :class:`LiveSnapshot`, kept
+from Buildbot's MQ events (constant work each) and recounted from the data API at start, reconfig and
+every ``RECOUNT_PERIOD`` s: a dead master's requests are unclaimed silently."""
 
 from __future__ import annotations
 
@@ -19,8 +17,6 @@ from twisted.python.failure import Failure
 
 from buildbot_stats.burst_log import BurstLog
 from buildbot_stats.point import to_ns
-
-__all__ = ["LIVE_SERIES", "RECOUNT_PERIOD", "BuilderLive", "LiveSnapshot", "LiveState", "live_points"]
 
 LIVE_SERIES = "buildbot-live"
 RECOUNT_PERIOD = 60.0
@@ -139,8 +135,6 @@ class LiveState:
     def _failed(self, failure: Any, what: str) -> None:
         self._log.failed((what, failure.type), f"live state: {what} failed: {failure.getErrorMessage()}")
 
-    # -- events: constant work each --------------------------------------------
-
     def event(self, key: tuple, msg: Any) -> None:
         if self._journal is not None:
             self._journal.append((key, msg))
@@ -158,11 +152,8 @@ class LiveState:
                 s.pending.pop(int(key[1]), None)
         elif kind == "builds" and msg.get("masterid", own) == own:
             if event == "new":
-                s.running[msg["buildid"]] = (
-                    msg["builderid"],
-                    msg["workerid"],
-                    to_ns(msg["started_at"]) / 1e9,
-                )
+                started = to_ns(msg["started_at"]) / 1e9
+                s.running[msg["buildid"]] = (msg["builderid"], msg["workerid"], started)
             else:
                 s.running.pop(msg["buildid"], None)
                 if s is self.state:  # counted once, not again by a replay
@@ -176,8 +167,6 @@ class LiveState:
             s.builders.pop(msg["builderid"], None)
             if event == "started":
                 s.builders[msg["builderid"]] = msg["name"]
-
-    # -- recount: the data API ---------------------------------------------------
 
     @defer.inlineCallbacks
     def recount(self) -> Any:

@@ -10,17 +10,13 @@ from twisted.python.failure import Failure
 
 from buildbot_stats.errors import CaptureCallbackError
 
-__all__ = ["BuildLookups"]
-
 BUILD_CACHE_SIZE = 256
 STEP_CACHE_SIZE = 1024
 
 
 class _Memo:
     """A bounded LRU cache of one data API path; lookups of a key whose query runs wait for it.
-
-    ``None`` answers (unknown ids) are not cached: the object may appear later.
-    """
+    ``None`` answers (unknown ids) are not cached: the object may appear later."""
 
     def __init__(self, master: Any, path: str, size: int | None) -> None:
         self.master = master
@@ -39,22 +35,16 @@ class _Memo:
         if value is not None or key is None:
             return defer.succeed(value)
         d: defer.Deferred = defer.Deferred()
-        if key in self._waiters:
-            self._waiters[key].append(d)
-            return d
-        self._waiters[key] = [d]
-
-        def done(result: Any) -> None:
-            if result is not None and not isinstance(result, Failure):
-                self.put(key, result)
-            for waiter in self._waiters.pop(key, []):
-                if isinstance(result, Failure):
-                    waiter.errback(result)
-                else:
-                    waiter.callback(result)
-
-        defer.maybeDeferred(self.master.data.get, (self.path, key)).addBoth(done)
+        self._waiters.setdefault(key, []).append(d)
+        if len(self._waiters[key]) == 1:  # the first to ask: the query
+            defer.maybeDeferred(self.master.data.get, (self.path, key)).addBoth(self._answered, key)
         return d
+
+    def _answered(self, result: Any, key: Any) -> None:
+        if result is not None and not isinstance(result, Failure):
+            self.put(key, result)
+        for waiter in self._waiters.pop(key):
+            waiter.callback(result)  # a Failure goes down the waiter's errbacks
 
     def put(self, key: Any, value: dict[str, Any]) -> None:
         self.values[key] = value
@@ -64,12 +54,9 @@ class _Memo:
 
 
 class BuildLookups:
-    """The builders and recent builds of one master, looked up once each.
-
-    Builds are cached as first seen: only what never changes during a build (number,
-    builder, worker, build request, master, start time) may be read from them.  A build's
-    ``new`` message is what a lookup would give, so it is put here as it starts.
-    """
+    """The builders and recent builds of one master, looked up once each.  Builds are cached as first
+    seen: only what never changes during a build (number, builder, worker, build request, master,
+    start time) may be read from them; a build's ``new`` message is put here as it starts."""
 
     def __init__(self, master: Any, build_cache_size: int = BUILD_CACHE_SIZE) -> None:
         self.master = master

@@ -1,7 +1,5 @@
-"""Which master of a cluster captures a message: the one that ran the build (docs/multimaster.rst).
-
-Under the WAMP MQ every master receives every master's messages; a message naming no master is local.
-"""
+"""Which master of a cluster captures a message: the one that ran the build (docs/multimaster.rst); under
+the WAMP MQ every master receives every master's messages, and a message naming no master is local."""
 
 from __future__ import annotations
 
@@ -10,8 +8,6 @@ from typing import Any
 from twisted.internet import defer
 
 from buildbot_stats.point import as_datetime
-
-__all__ = ["MasterFilter", "TIME_KEYS", "with_datetimes"]
 
 #: keys of Buildbot's data messages that hold times (datetimes on the simple MQ)
 TIME_KEYS = ("started_at", "complete_at", "submitted_at", "claimed_at", "last_active")
@@ -31,11 +27,8 @@ class MasterFilter:
         return mq.get("type", "simple") != "simple"
 
     def foreign(self, msg: Any) -> bool | defer.Deferred:
-        """True (or a Deferred firing True) if another master captures ``msg``.
-
-        No query for build, build request and ``stats-yield-data`` messages;
-        one cached build lookup per build for steps and test result sets.
-        """
+        """True (or a Deferred firing True) if another master captures ``msg``: no query for build, build
+        request and ``stats-yield-data`` messages; steps and test result sets: one cached lookup per build."""
         own = getattr(self.master, "masterid", None)
         if own is None or not isinstance(msg, dict):
             return False
@@ -67,11 +60,5 @@ def with_datetimes(msg: Any) -> Any:
     ``msg`` itself when there is nothing to convert (always, on the simple MQ), else a copy."""
     if not isinstance(msg, dict):
         return msg
-    converted = None
-    for key in TIME_KEYS:
-        value = msg.get(key)
-        if type(value) is int or type(value) is float:
-            if converted is None:
-                converted = dict(msg)
-            converted[key] = as_datetime(value)
-    return msg if converted is None else converted
+    numbers = {k: as_datetime(v) for k in TIME_KEYS if type(v := msg.get(k)) is int or type(v) is float}
+    return {**msg, **numbers} if numbers else msg

@@ -1,7 +1,5 @@
-"""Captures of steps, queue times and test result sets (not in buildbot.statistics; docs/captures.rst).
-
-Every point carries a time from the master's database, so replaying the database gives the same point.
-"""
+"""Captures of steps, queue times and test result sets (not in buildbot.statistics; docs/captures.rst):
+every point carries a time from the master's database, so replaying the database gives the same point."""
 
 from __future__ import annotations
 
@@ -18,7 +16,6 @@ from buildbot_stats.capture.base import (
     _AllBuilders,
     _BuilderCapture,
     _OneBuilder,
-    _with_worker,
     duration_callback,
 )
 from buildbot_stats.capture.builds import CaptureBuildTimes
@@ -38,6 +35,8 @@ STEP_FINISHED = ("builds", None, "steps", None, "finished")
 TEST_RESULT_SET_COMPLETED = ("test_result_sets", None, "completed")
 #: test result sets waiting for their step to finish, at most (oldest dropped beyond)
 MAX_PENDING_STEPS = 1000
+#: the tags of a test result set (left out when empty)
+_SET_TAGS = ("description", "category", "value_unit")
 
 
 class _StepCapture(_OneBuilder, _BuilderCapture):
@@ -46,8 +45,7 @@ class _StepCapture(_OneBuilder, _BuilderCapture):
     @defer.inlineCallbacks
     def _step_point(self, step: dict[str, Any], what: str) -> Any:
         """``(build, builder name, tags, where)`` of the step, None if not captured here."""
-        lookups = self._lookups
-        build = yield lookups.builds.get(step["buildid"])
+        build = yield self._lookups.builds.get(step["buildid"])
         what = f"{what} {step.get('name')!r} (id {step.get('stepid')!r})"
         if build is None:
             raise CaptureCallbackError(
@@ -57,16 +55,10 @@ class _StepCapture(_OneBuilder, _BuilderCapture):
         if not self._builder_name_matches(builder_info):
             return None
         name = builder_info["name"]
-        tags = _with_worker(
-            (yield lookups.worker_name(build.get("workerid"))), self._defaultContext(build, name)
-        )
+        tags = yield self._build_context(build, name, worker=True)
         tags["step_name"] = str(step["name"])
-        return (
-            build,
-            name,
-            tags,
-            f"{type(self).__name__} failed for {what} of build {build['number']} on builder {name}",
-        )
+        where = f"{type(self).__name__} failed for {what} of build {build['number']} on builder {name}"
+        return build, name, tags, where
 
 
 class CaptureStepDuration(_StepCapture):
@@ -93,12 +85,10 @@ class CaptureStepDuration(_StepCapture):
                 config.error(f"{type(self).__name__}: invalid regular expression {step_name!r}: {e}")
         super().__init__(STEP_FINISHED, duration_callback(self, report_in, callback), **unknown)
 
-    def _step_name_matches(self, name: Any) -> bool:
-        return self._pattern is None or (isinstance(name, str) and self._pattern.match(name) is not None)
-
     @defer.inlineCallbacks
     def consume(self, routingKey: tuple, msg: dict[str, Any]) -> Any:
-        if not self._step_name_matches(msg.get("name")):
+        name = msg.get("name")
+        if self._pattern is not None and not (isinstance(name, str) and self._pattern.match(name)):
             return
         found = yield self._step_point(msg, "step")
         if found is None:
@@ -137,11 +127,8 @@ class CaptureStepDurationAllBuilders(_AllBuilders, CaptureStepDuration):
 
 
 class CaptureBuildQueueTime(_OneBuilder, CaptureBuildTimes):
-    """Captures how long a build waited for a worker as field ``queue-time`` of ``<builder>-build-times``.
-
-    Tags and time are those of the other build-time captures: the field lands
-    in the same point as ``duration``, ``start-time`` and ``end-time``.
-    """
+    """Captures how long a build waited for a worker as field ``queue-time`` of ``<builder>-build-times``,
+    in the same point (tags, time) as the ``duration``, ``start-time`` and ``end-time`` captures."""
 
     def __init__(
         self, builder_name: str | None, report_in: str = "seconds", callback: Callback = None, **unknown: Any
@@ -171,10 +158,6 @@ def _test_counts(result_set: dict[str, Any]) -> dict[str, Any]:
     if fields:
         fields["tests_total"] = sum(fields.values())
     return fields
-
-
-#: the tags of a test result set (left out when empty)
-_SET_TAGS = ("description", "category", "value_unit")
 
 
 class CaptureTestResults(_StepCapture):

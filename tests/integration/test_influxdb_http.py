@@ -392,10 +392,10 @@ class InfluxDB3Tests(EndpointTestCase):
 
 
 def test_endpoint_parser_reads_what_the_encoder_writes():
-    from buildbot_stats.lineprotocol import encode_points
+    from buildbot_stats.lineprotocol import encode_body
 
     point = Point("a b,c", {"s": 'q "x" \\ y', "f": 1.25, "i": -3, "b": False}, {"t k": "v=1"}, 7)
-    body, _, _ = encode_points([point])
-    assert parse_line(body, 1) == StoredPoint(
+    body, _, _ = encode_body([point])
+    assert parse_line(body.decode(), 1) == StoredPoint(
         "a b,c", {"t k": "v=1"}, {"s": 'q "x" \\ y', "f": 1.25, "i": -3, "b": False}, 7
     )

@@ -31,7 +31,7 @@ def test_first_failure_at_once_repeats_in_one_line_after_the_window() -> None:
         "buildbot_stats: 19999 more failure(s) like this in 10 s: value 0 failed (last: value 19999 failed)"
     ]
     clock.advance(10)  # a quiet window: the burst is over, no timer left
-    assert len(lines) == 2 and not burst and clock.getDelayedCalls() == []
+    assert len(lines) == 2 and not burst._bursts and clock.getDelayedCalls() == []
 
 
 def test_a_long_burst_gets_one_line_per_window_and_a_quiet_window_ends_it() -> None:
@@ -43,7 +43,7 @@ def test_a_long_burst_gets_one_line_per_window_and_a_quiet_window_ends_it() -> N
         clock.advance(5)
     assert len(lines) == 4 and all("1 more failure(s) like this" in line for line in lines[1:])
     clock.advance(10)  # a window without failure ends the burst
-    assert len(lines) == 4 and not burst
+    assert len(lines) == 4 and not burst._bursts
     burst.failed("cap", "c")  # a new burst: logged at once
     assert lines[-1] == "buildbot_stats: c"
 
@@ -74,7 +74,7 @@ def test_flush_sums_up_and_cancels_the_timers() -> None:
         "buildbot_stats: z",
         "buildbot_stats: 1 more failure(s) like this in 0 s: x (last: y)",
     ]
-    assert clock.getDelayedCalls() == [] and not burst
+    assert clock.getDelayedCalls() == [] and not burst._bursts
 
 
 class CaptureFailureLogTests(StatsTestCase, LoggingMixin):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
-from buildbot_stats.lineprotocol import encode_lines, encode_points
+from buildbot_stats.lineprotocol import encode_body, encode_lines
 from buildbot_stats.point import Point
 
 
 class LineProtocolTests(unittest.TestCase):
     def encode(self, *points, precision="n"):
-        return encode_points(list(points), precision)
+        body, problems, skipped = encode_body(list(points), precision)
+        return body.decode("utf-8"), problems, skipped
 
     def test_types(self):
         body, problems, skipped = self.encode(

@@ -112,5 +112,5 @@ def test_the_usual_points() -> None:
         b'b1-bench,build_number=7,builder_name=b1 i=1i,value=0.5,ok=true,s="x" 1000000000000',
     ]
     assert (problems, skipped) == ([], 0)
-    text, _, _ = lineprotocol.encode_points(batch, "ms")
-    assert text.encode() == body
+    lines, _, _ = lineprotocol.encode_lines(batch, "ms")
+    assert "\n".join(lines).encode() == body
