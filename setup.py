@@ -46,7 +46,7 @@ BUILDBOT_UTIL = {
     "buildbot_stats.storage_backends.sqlite": ["SQLiteStorageService"],
     "buildbot_stats.capture": _CAPTURES,
     "buildbot_stats.steps": ["StatsStepMixin"],
-    "buildbot_stats.web_page": ["StatsDashboard"],
+    "buildbot_stats.ui.dashboard": ["StatsDashboard"],
 }
 
 setup(

@@ -4,7 +4,7 @@ The names are those of the modules' own ``__all__`` lists, so a capture or a
 backend added to its module is here without a second list to keep in step.
 """
 
-from buildbot_stats import capture, errors, stats_service, steps, web_page
+from buildbot_stats import capture, errors, stats_service, steps
 from buildbot_stats.capture import *  # noqa: F403
 from buildbot_stats.errors import *  # noqa: F403
 from buildbot_stats.stats_service import *  # noqa: F403
@@ -15,7 +15,8 @@ from buildbot_stats.storage_backends.influxdb_client import *  # noqa: F403
 from buildbot_stats.storage_backends.influxdb_http import *  # noqa: F403
 from buildbot_stats.storage_backends.prometheus import *  # noqa: F403
 from buildbot_stats.storage_backends.sqlite import *  # noqa: F403
-from buildbot_stats.web_page import *  # noqa: F403
+from buildbot_stats.ui import dashboard
+from buildbot_stats.ui.dashboard import *  # noqa: F403
 
 _MODULES = (
     capture,
@@ -27,7 +28,7 @@ _MODULES = (
     influxdb_http,
     prometheus,
     sqlite,
-    web_page,
+    dashboard,
 )
 
 __all__ = sorted({name for module in _MODULES for name in module.__all__})

@@ -339,7 +339,7 @@ def _inside_ui(environ: Mapping[str, Any]) -> bool:
 
 
 class StatsPage:
-    """The WSGI app (see :class:`buildbot_stats.web_page.StatsPageApp`, which loads it)."""
+    """The WSGI app (see :class:`buildbot_stats.ui.dashboard.StatsPageApp`, which loads it)."""
 
     def __init__(
         self,

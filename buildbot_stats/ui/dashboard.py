@@ -1,5 +1,5 @@
 """The Statistics page in Buildbot's web UI (docs/ui.rst): all a master.cfg loads of it; the
-page's code (:mod:`buildbot_stats.ui`) is imported when the page is first served."""
+page's code (:mod:`buildbot_stats.ui.app`) is imported when the page is first served."""
 
 from __future__ import annotations
 
