@@ -113,7 +113,7 @@ class StatsService(service.BuildbotService):
 
     def wait_spooled(self) -> defer.Deferred:
         """Fires once every value stored so far is in the spool."""
-        return self._queues.wait_spooled() if self._queues is not None else defer.succeed(None)
+        return self._queues.writer.waiter() if self._queues is not None else defer.succeed(None)
 
     @property
     def queues(self) -> dict[str, Any]:

@@ -546,10 +546,6 @@ class QueueSet:
     def per_backend(self) -> dict[str, dict[str, int]]:
         return {key: queue.report.current().as_dict() for key, queue in self.queues.items()}
 
-    def wait_spooled(self) -> defer.Deferred:
-        """Fires once everything recorded so far is spooled."""
-        return self.writer.waiter()
-
     @defer.inlineCallbacks
     def stop(self) -> Any:
         """Spool what was recorded, then stop every queue (each within its ``flush_timeout``)."""

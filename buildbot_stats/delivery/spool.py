@@ -662,10 +662,6 @@ class SpoolThread:
         self._retry_call, self.spool.open_due = None, True
         self.retry()
 
-    def idle(self) -> defer.Deferred:
-        """Fires once every call made so far has run."""
-        return self.call(lambda spool: None)
-
     def close(self) -> defer.Deferred:
         """Close the spool, then stop its thread (also when closing fails)."""
         if self._closing or self._calls is None:  # (closed once)

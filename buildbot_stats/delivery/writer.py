@@ -248,7 +248,7 @@ class SpoolWriter:
         return done
 
     def add_many(self, records: list[Record]) -> defer.Deferred:
-        """Record several results; fires once all are spooled."""
+        """Record several results (one spool write, if none runs); fires once all are spooled."""
         for record in records:
             self._append(record)
         self._write()

@@ -392,11 +392,11 @@ class SegmentTests(DataTestCase):
         self.reactor.advance(10)
         threads_.run_next()  # points 0-2 accepted
         self.assertEqual(self.values(backend), [0, 1, 2])
-        yield self.stats.spool.idle()  # the spool thread is idle
+        yield self.stats.spool.call(lambda spool: None)  # the spool thread is idle
         self.assertEqual(self.spool_rows(path), 1)
         threads_.run_all()
         self.assertEqual(self.values(backend), list(range(8)))
-        yield self.stats.spool.idle()
+        yield self.stats.spool.call(lambda spool: None)
         self.assertEqual(self.spool_rows(path), 0)
         yield self.stats.disownServiceParent()
         again = RecordingStorage(captures=[capture.CaptureData("m", "builder1")], name="influx")

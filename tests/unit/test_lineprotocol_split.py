@@ -11,7 +11,6 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from buildbot_stats.delivery.spool import _drop_first
 from buildbot_stats.lineprotocol import encode_lines, split_lines
 from buildbot_stats.point import Point
 from tests.unit.test_lineprotocol_fastpath import points
@@ -49,7 +48,7 @@ def test_a_string_with_newlines_stays_one_point() -> None:
     data = "\n".join(lines).encode("utf-8")
     assert data.count(b"\n") == 3
     assert split_lines(data) == [line.encode("utf-8") for line in lines]
-    # a spooled segment without its first point: exactly the second one is left
-    assert _drop_first("influx-lp/n", data, 1) == lines[1].encode("utf-8")
+    # a batch posted from its second point on (after a split): exactly the second one is left
+    assert b"\n".join(split_lines(data, "influx-lp/n")[1:]) == lines[1].encode("utf-8")
     # other encodings are one point per line, as their backends promise
     assert split_lines(b'a="b\nc', "my-format") == [b'a="b', b"c"]

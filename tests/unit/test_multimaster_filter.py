@@ -116,7 +116,7 @@ class BuildMessageTests(ClusterTestCase):
             capture.CapturePropertyAllBuilders("p"),
         )
         self.wamp_finished(1, 1, OWN)
-        yield self.stats.spool.idle()
+        yield self.stats.spool.call(lambda spool: None)
         stamp = to_ns(COMPLETE)
         got = sorted((p.series, tuple(sorted(p.fields.items())), p.time_ns) for p in backend.points)
         self.assertEqual(
@@ -165,7 +165,7 @@ class YieldDataTests(ClusterTestCase):
         for build in (other, own, other):
             msg = {"data_name": "timings", "post_data": {"b": build["buildid"]}, "build_data": build}
             self.master.mq.callConsumer(YIELD_KEY, msg)
-        yield self.stats.spool.idle()
+        yield self.stats.spool.call(lambda spool: None)
         self.assertEqual([p.fields for p in backend.points], [{"b": 1}])
         self.assertEqual(self.queries, [("builders", 1)])  # the name of our build's builder only
 
@@ -180,7 +180,7 @@ class YieldDataTests(ClusterTestCase):
         # the message as it comes back through crossbar: stamped when this master consumes it
         self.stats.clock.now_ns = lambda: 1_790_000_000_000_000_007
         self.master.mq.callConsumer(YIELD_KEY, message)
-        yield self.stats.spool.idle()
+        yield self.stats.spool.call(lambda spool: None)
         self.assertEqual(
             [(p.series, p.fields, p.time_ns) for p in backend.points],
             [("builder1-timings", {"s": 1.5}, 1_790_000_000_000_000_007)],
@@ -208,7 +208,7 @@ class BuildOfMessageTests(ClusterTestCase):
         yield self.use(rec)
         for buildid in (1, 2, 1, 2, 2):
             self.master.mq.callConsumer(key, make_msg(buildid))
-        yield self.stats.spool.idle()
+        yield self.stats.spool.call(lambda spool: None)
         self.assertEqual([m["buildid"] for m in rec.seen], [1, 1])
         self.assertEqual(sorted(self.queries), [("builds", 1), ("builds", 2)])
 
@@ -280,7 +280,7 @@ class SimpleMQTests(StatsTestCase):
         msg = self.finished_msg()
         msg["masterid"] = OTHER
         self.master.mq.callConsumer(("builders", "1", "builds", "1", "finished"), msg)
-        yield self.stats.spool.idle()
+        yield self.stats.spool.call(lambda spool: None)
         self.assertEqual([p.fields for p in backend.points], [{"duration": 90.0}])
 
 
