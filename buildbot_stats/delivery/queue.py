@@ -59,7 +59,6 @@ class DeliveryReport:
         self.counters = Counters()
         self.spool = SpoolState()  # as of the last spool call: pending and untaken points
         self.dropped_in_burst = 0  # by the spool's bounds, since the backend last accepted a write
-        self.restored = 0  # points found in the spool at start, not yet delivered
         self.failure: str | None = None  # the failure last logged, until a write succeeds
         self.problem_log = BurstLog(reactor)
 
@@ -98,7 +97,6 @@ class DeliveryReport:
     def found(self, state: SpoolState) -> None:
         """The spool's counts at start: say how many points a previous run left."""
         self.update(state)
-        self.restored = state.pending
         if state.pending:
             found = f"{points_phrase(state.pending)} found in the spool"
             log.msg(f"buildbot_stats: {found} to send to backend {self.key!r}")
@@ -125,10 +123,6 @@ class DeliveryReport:
         self.counters.dropped += rejected
         if report and report.problems:
             self.problems(report.problems)
-        if self.restored:
-            self.restored = max(0, self.restored - sent)
-            if not self.restored:
-                log.msg(f"buildbot_stats: the points found in the spool reached backend {self.key!r}")
         if self.failure is not None:
             again = f"accepts writes again; {points_phrase(self.spool.pending)} still pending"
             log.msg(f"buildbot_stats: backend {self.key!r} {again}; counters {self.current().as_dict()}")

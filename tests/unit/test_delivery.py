@@ -713,8 +713,6 @@ class DeliveryHoldTests(DataTestCase):
         self.patch(self.master.mq, "produce", self.master.mq.callConsumer)  # calls consumers at once
         self.writer = self.stats._queues.writer
         self.spool = HeldSpoolCalls(self, self.writer)
-        self.now = 0.0
-        self.writer.clock = lambda: self.now
         self.acknowledged = []
 
     def awaited_loop(self, n, i=0):
@@ -754,22 +752,23 @@ class DeliveryHoldTests(DataTestCase):
             (self.spool.run_next if self.spool.calls else self.threads.run_next)()
         self.assertEqual(self.values(backend), list(range(12)))
 
-    def test_a_long_stream_of_writes_is_sent_every_hold_period(self):
+    @defer.inlineCallbacks
+    def test_a_stream_that_never_pauses_is_sent_a_full_batch_at_a_time(self):
+        backend = yield self.use(capture.CaptureData("m", "builder1"), batch_size=4)
         self.awaited_loop(10)
         for _ in range(3):
             self.spool.run_next()
-            self.now += 0.04
-        self.assertEqual(self.threads.calls, [])
-        self.spool.run_next()  # 0.12 s after the hold began, and the next write runs
+        self.assertEqual(self.threads.calls, [])  # held: less than a batch spooled, the next write runs
+        self.spool.run_next()  # a whole batch waits: sent now, while the stream goes on
         self.assertEqual(len(self.spool.calls), 1)
         self.assertEqual(len(self.threads.calls), 1)
         self.threads.run_all()
-        self.assertEqual(self.values(self.backend), list(range(4)))
+        self.assertEqual(self.values(backend), list(range(4)))
         for _ in range(6):
             self.spool.run_next()
         self.threads.run_all()
-        self.assertEqual(self.values(self.backend), list(range(10)))
-        self.assertEqual(self.backend.batches, [4, 6])
+        self.assertEqual(self.values(backend), list(range(10)))
+        self.assertEqual(backend.batches, [4, 4, 2])
 
     @defer.inlineCallbacks
     def test_stopping_during_a_stream_of_writes_sends_what_is_spooled(self):
