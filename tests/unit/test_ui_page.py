@@ -13,10 +13,10 @@ from buildbot.config.errors import ConfigErrors, capture_config_errors
 
 from buildbot_stats import statistics
 from buildbot_stats.point import Point
+from buildbot_stats.ui.dashboard import StatsPageApp
 from buildbot_stats.ui.figures import summarize, summarize_windows
 from buildbot_stats.ui.page import WINDOWS, prepare, render_message, render_page, window_starts
 from buildbot_stats.ui.store import open_store
-from buildbot_stats.ui.dashboard import StatsPageApp
 from tests.summary_data import make_full_points, write_store
 
 HOUR_NS = 3600 * 10**9
