@@ -538,19 +538,16 @@ class SQLiteSpool:
     def _enforce_bounds(self, key: str, max_points: int, max_bytes: int | None) -> int:
         """Drop the oldest segments not taken until the queue is within its bounds (whole segments: at
         most one segment's points more than the bounds ask)."""
-        q = self._queues[key]
-        if q.points <= max_points and (max_bytes is None or q.bytes <= max_bytes):
-            return 0  # (the usual case: no query)
-        dropped, doomed = 0, []
-        for _, sid, n, size in self._segments(key, f"id, {_N}, length(data)", q.cursor):
-            over_points = q.points - max_points
-            over_bytes = q.bytes - max_bytes if max_bytes is not None else 0
-            if over_points <= 0 and over_bytes <= 0:
-                break
-            if sid in q.unreleased:
-                continue  # dropped already; its delete failed and is retried
-            doomed.append(sid)
-            q.points, q.bytes, dropped = q.points - n, q.bytes - size, dropped + n
+        q, dropped, doomed = self._queues[key], 0, []
+        segments = self._segments(key, f"id, {_N}, length(data)", q.cursor)
+        # (within its bounds, the usual case, a queue needs no query)
+        while q.points > max_points or (max_bytes is not None and q.bytes > max_bytes):
+            _, sid, n, size = next(segments, (None, None, 0, 0))
+            if sid is None:
+                break  # (only segments taken for a write are left)
+            if sid not in q.unreleased:  # (else dropped already; its delete failed and is retried)
+                doomed.append(sid)
+                q.points, q.bytes, dropped = q.points - n, q.bytes - size, dropped + n
         if doomed:
             self._release(key, doomed)
         return dropped
