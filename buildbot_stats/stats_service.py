@@ -20,6 +20,7 @@ from buildbot_stats.capture.lookups import BuildLookups
 from buildbot_stats.config_checks import check_service_config
 from buildbot_stats.delivery.queue import Counters, QueueSet
 from buildbot_stats.delivery.spool import ForeignSpoolFileError, open_spool
+from buildbot_stats.errors import CaptureCallbackError
 from buildbot_stats.options import DEFAULT_SPOOL_PATH, ServiceOptions
 from buildbot_stats.point import Clock
 from buildbot_stats.storage_backends.base import start_backends, stop_backends
@@ -140,7 +141,6 @@ class StatsService(service.BuildbotService):
 
     @defer.inlineCallbacks
     def registerConsumers(self) -> Any:
-        self.consumers = []
         if self._capture_consumers is None or self._capture_consumers.service.master is not self.master:
             self._capture_consumers = CaptureConsumers(self)
         self.consumers = yield self._capture_consumers.start(self.registeredStorageServices)
@@ -197,7 +197,7 @@ class StatsService(service.BuildbotService):
         """Post many values: one build lookup, ``YIELD_CHUNK`` messages per reactor turn, one Deferred."""
         if not isinstance(post_data_list, (list, tuple)):
             post_data_list = list(post_data_list)  # e.g. a generator: counted and cut in chunks
-        build_data = self.lookups.known_build(buildid) if self.lookups is not None else None
+        build_data = self.lookups.builds.known(buildid) if self.lookups is not None else None
         if build_data is None:
             return self._yield_after_lookup(data_name, post_data_list, buildid)
         # the usual case, a build posting many values: no generator, no lookup
@@ -210,7 +210,9 @@ class StatsService(service.BuildbotService):
     def _yield_after_lookup(self, data_name: str, values: Sequence[Any], buildid: int) -> Any:
         if self.lookups is None:
             raise RuntimeError(f"StatsService {self.name!r} is not configured")
-        build_data = yield self.lookups.build(buildid)
+        build_data = yield self.lookups.builds.get(buildid)
+        if build_data is None:
+            raise CaptureCallbackError(f"yieldMetricsValue: no build with id {buildid!r}")
         yield self._produce_kept(data_name, values, build_data)
 
     def _produce_kept(self, data_name: str, values: Sequence[Any], build_data: Any) -> defer.Deferred:
