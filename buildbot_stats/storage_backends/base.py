@@ -165,11 +165,6 @@ if _BuildbotStatsStorageBase is not None:  # isinstance() holds for it, as code 
     StatsStorageBase.register(_BuildbotStatsStorageBase)
 
 
-def is_storage_backend(obj: Any) -> bool:
-    """True for a provider of :class:`IStatsStorage` or a Buildbot statistics backend."""
-    return IStatsStorage.providedBy(obj) or isinstance(obj, StatsStorageBase)
-
-
 def post_points(backend: Any, points: list[Point]) -> WriteReport | None:
     """Write ``points`` to ``backend`` by its batch method if it has one.  Runs in a thread."""
     if provides(backend, IBatchWrites):
