@@ -15,7 +15,7 @@ from buildbot_stats.delivery.queue import backend_name
 from buildbot_stats.delivery.spool import foreign_file_problem, spool_file
 from buildbot_stats.errors import StorageBackendTypeError
 from buildbot_stats.options import DEFAULT_SPOOL_PATH, ServiceOptions
-from buildbot_stats.storage_backends.base import is_storage_backend
+from buildbot_stats.storage_backends.base import IStatsStorage, StatsStorageBase
 from buildbot_stats.storage_backends.sqlite import SQLiteStorageService
 
 
@@ -29,7 +29,7 @@ def check_service_config(storage_backends: Any, options: dict[str, Any]) -> None
         return
     names: set[str] = set()
     for i, backend in enumerate(storage_backends):
-        if not is_storage_backend(backend):
+        if not (IStatsStorage.providedBy(backend) or isinstance(backend, StatsStorageBase)):
             raise StorageBackendTypeError(
                 f"StatsService: invalid storage backend {type(backend).__name__!r}: a storage "
                 "backend must subclass StatsStorageBase or provide IStatsStorage"

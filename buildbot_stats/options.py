@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from buildbot_stats.arguments import unknown_argument
+from buildbot_stats.point import is_int
 
 DEFAULT_SPOOL_PATH = "stats-spool.sqlite"
 #: The shortest ``max_retry_delay``: retrying faster only spins a core while a backend is down.
@@ -65,9 +66,9 @@ class ServiceOptions:
         if path is not None and (not isinstance(path, str) or not path.strip()):
             found.append(f"spool_path must be a file path or None, not {path!r}")
         for name in ("batch_size", "max_spool_points"):
-            if not _is_int(getattr(opts, name), 1):
+            if not is_int(getattr(opts, name), 1):
                 found.append(f"{name} must be an integer >= 1, not {getattr(opts, name)!r}")
-        if size is not None and not _is_int(size, 1):
+        if size is not None and not is_int(size, 1):
             found.append(f"max_spool_bytes must be an integer >= 1 or None, not {size!r}")
         # NaN stops retries with a traceback, inf never retries, 0 spins a core,
         # and a flush_timeout of NaN or inf keeps a stopping master from exiting
@@ -89,7 +90,3 @@ class ServiceOptions:
         kept["max_retry_delay"] = max(MIN_RETRY_DELAY_CAP, float(self.max_retry_delay))
         kept["min_retry_delay"] = min(_POLICY.min_retry_delay, kept["max_retry_delay"])
         return DeliveryPolicy(**kept)
-
-
-def _is_int(value: Any, least: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least

@@ -45,6 +45,11 @@ def as_datetime(value: Any) -> Any:
     raise TypeError(f"cannot use {type(value).__name__} {value!r} as a time")
 
 
+def is_int(value: Any, low: int, high: float = math.inf) -> bool:
+    """An int (a bool is none) from ``low`` to ``high``: the check of every integer option and count."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
 def to_ns(value: Any) -> int:
     """Convert a timestamp (datetime, epoch seconds, or ns int) to integer nanoseconds."""
     if isinstance(value, datetime.datetime):

@@ -20,6 +20,7 @@ from buildbot_stats.capture.lookups import BuildLookups
 from buildbot_stats.config_checks import check_service_config
 from buildbot_stats.delivery.queue import Counters, QueueSet
 from buildbot_stats.delivery.spool import ForeignSpoolFileError, open_spool
+from buildbot_stats.errors import CaptureCallbackError
 from buildbot_stats.options import DEFAULT_SPOOL_PATH, ServiceOptions
 from buildbot_stats.point import Clock
 from buildbot_stats.storage_backends.base import start_backends, stop_backends
@@ -140,7 +141,6 @@ class StatsService(service.BuildbotService):
 
     @defer.inlineCallbacks
     def registerConsumers(self) -> Any:
-        self.consumers = []
         if self._capture_consumers is None or self._capture_consumers.service.master is not self.master:
             self._capture_consumers = CaptureConsumers(self)
         self.consumers = yield self._capture_consumers.start(self.registeredStorageServices)
@@ -197,34 +197,26 @@ class StatsService(service.BuildbotService):
         """Post many values: one build lookup, ``YIELD_CHUNK`` messages per reactor turn, one Deferred."""
         if not isinstance(post_data_list, (list, tuple)):
             post_data_list = list(post_data_list)  # e.g. a generator: counted and cut in chunks
-        build_data = self.lookups.known_build(buildid) if self.lookups is not None else None
-        if build_data is None:
-            return self._yield_after_lookup(data_name, post_data_list, buildid)
-        # the usual case, a build posting many values: no generator, no lookup
-        try:
-            return self._produce_kept(data_name, post_data_list, build_data)
+        build_data = self.lookups.builds.known(buildid) if self.lookups is not None else None
+        if build_data is None or self._producing is not None or len(post_data_list) > YIELD_CHUNK:
+            return self._produce_in_turns(data_name, post_data_list, buildid, build_data)
+        try:  # the usual case, a known build posting a few values: no generator
+            return self._produce_chunk(data_name, post_data_list, build_data)
         except Exception:
             return defer.fail()
 
     @defer.inlineCallbacks
-    def _yield_after_lookup(self, data_name: str, values: Sequence[Any], buildid: int) -> Any:
-        if self.lookups is None:
-            raise RuntimeError(f"StatsService {self.name!r} is not configured")
-        build_data = yield self.lookups.build(buildid)
-        yield self._produce_kept(data_name, values, build_data)
-
-    def _produce_kept(self, data_name: str, values: Sequence[Any], build_data: Any) -> defer.Deferred:
-        if self._producing is None and len(values) <= YIELD_CHUNK:
-            return self._produce_chunk(data_name, values, build_data)
+    def _produce_in_turns(self, data_name: str, values: Sequence[Any], buildid: int, build_data: Any) -> Any:
+        """Look the build up if need be, then produce ``values`` a chunk per reactor turn, after the
+        call producing before it (in order)."""
+        if build_data is None:
+            if self.lookups is None:
+                raise RuntimeError(f"StatsService {self.name!r} is not configured")
+            build_data = yield self.lookups.builds.get(buildid)
+            if build_data is None:
+                raise CaptureCallbackError(f"yieldMetricsValue: no build with id {buildid!r}")
         produced: defer.Deferred = defer.Deferred()
         previous, self._producing = self._producing, produced
-        return self._produce_in_turns(data_name, values, build_data, previous, produced)
-
-    @defer.inlineCallbacks
-    def _produce_in_turns(
-        self, data_name: str, values: Sequence[Any], build_data: Any, previous: Any, produced: Any
-    ) -> Any:
-        """Produce ``values`` a chunk per reactor turn, after the call producing before it (in order)."""
         kept = []
         try:
             if previous is not None:

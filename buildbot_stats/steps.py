@@ -19,18 +19,12 @@ def get_stats_service(master: Any, name: str | None = None) -> Any:
     """
     from buildbot_stats.stats_service import StatsService
 
-    found = []
     for parent in (getattr(master, "service_manager", None), master):
-        services = getattr(parent, "namedServices", None) or {}
-        for svc_name, svc in services.items():
+        for svc_name, svc in (getattr(parent, "namedServices", None) or {}).items():
             if isinstance(svc, StatsService) and (name is None or svc_name == name):
-                found.append(svc)
-        if found:
-            break
-    if not found:
-        what = f"named {name!r}" if name else "configured"
-        raise LookupError(f"no buildbot_stats StatsService {what} on this master")
-    return found[0]
+                return svc
+    what = f"named {name!r}" if name else "configured"
+    raise LookupError(f"no buildbot_stats StatsService {what} on this master")
 
 
 class StatsStepMixin:

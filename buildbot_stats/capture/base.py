@@ -53,7 +53,7 @@ class Capture(abc.ABC):
             worker = "worker" in (getattr(self._stats_service, "extra_tags", ()) or ())
         if not worker:
             return defer.succeed(context)
-        return self._lookups.worker_name(build.get("workerid")).addCallback(_with_worker, context)
+        return self._lookups.workers.get(build.get("workerid")).addCallback(_with_worker, context)
 
     @abc.abstractmethod
     def consume(self, routingKey: tuple, msg: dict[str, Any]) -> Any:
@@ -65,9 +65,9 @@ class Capture(abc.ABC):
         return self._stats_service.store(self, post_data, series_name, context, time)  # type: ignore[no-any-return]
 
 
-def _with_worker(name: Any, context: dict[str, str]) -> dict[str, str]:
-    if name is not None:  # no (known) worker, no tag: InfluxDB drops empty tags anyway
-        context["worker"] = str(name)
+def _with_worker(worker: Any, context: dict[str, str]) -> dict[str, str]:
+    if worker is not None:  # no (known) worker, no tag: InfluxDB drops empty tags anyway
+        context["worker"] = str(worker["name"])
     return context
 
 
@@ -78,10 +78,9 @@ class _BuilderCapture(Capture):
     def _builder_name_matches(self, builder_info: dict[str, Any]) -> bool:
         """Whether builds of this builder (its data API dict) are captured."""
 
-    def _builder_info(self, builderid: Any) -> defer.Deferred:
-        return self._lookups.builders.get(builderid).addCallback(self._known_builder, builderid)
-
-    def _known_builder(self, info: Any, builderid: Any) -> Any:
+    @defer.inlineCallbacks
+    def _builder_info(self, builderid: Any) -> Any:
+        info = yield self._lookups.builders.get(builderid)
         if info is None:
             raise CaptureCallbackError(f"{type(self).__name__}: unknown builder id {builderid!r}")
         return info

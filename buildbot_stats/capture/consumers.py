@@ -40,16 +40,11 @@ class CaptureConsumers:
         service = self.service
         master = service.master
         self._filter = MasterFilter(master, service.lookups) if MasterFilter.needed(master) else None
-        captures: dict[int, Any] = {}
-        owners: dict[int, list[Any]] = {}
-        for backend in backends:
-            for cap in backend.captures:
-                captures.setdefault(id(cap), cap)
-                owners.setdefault(id(cap), []).append(backend)
+        captures = {id(cap): cap for backend in backends for cap in backend.captures}
         consumers = []
         posted_values = False
-        for key, cap in captures.items():
-            cap.parent_svcs = owners[key]
+        for cap in captures.values():
+            cap.parent_svcs = [b for b in backends if any(c is cap for c in b.captures)]
             cap.master = master
             cap._stats_service = service
             # a capture may listen to several kinds of message (``routingKeys``)

@@ -16,7 +16,7 @@ from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
 from buildbot_stats.burst_log import BurstLog
-from buildbot_stats.point import to_ns
+from buildbot_stats.point import is_int, to_ns
 
 LIVE_SERIES = "buildbot-live"
 RECOUNT_PERIOD = 60.0
@@ -50,8 +50,7 @@ class LiveSnapshot:
 
 def result_name(code: Any) -> str:
     """``success``, ``failure``... (buildbot.process.results), ``unknown`` for anything else."""
-    known = isinstance(code, int) and not isinstance(code, bool) and 0 <= code < len(Results)
-    return Results[code] if known else "unknown"
+    return Results[code] if is_int(code, 0, len(Results) - 1) else "unknown"
 
 
 def live_points(snapshot: LiveSnapshot) -> list[tuple[dict[str, Any], dict[str, str]]]:

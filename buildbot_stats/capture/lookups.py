@@ -8,8 +8,6 @@ from typing import Any
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from buildbot_stats.errors import CaptureCallbackError
-
 BUILD_CACHE_SIZE = 256
 STEP_CACHE_SIZE = 1024
 
@@ -66,18 +64,3 @@ class BuildLookups:
         self.buildrequests = _Memo(master, "buildrequests", build_cache_size)
         #: the finished messages of recent steps (never queried)
         self.finished_steps = _Memo(master, "steps", STEP_CACHE_SIZE)
-
-    def known_build(self, buildid: Any) -> dict[str, Any] | None:
-        return self.builds.known(buildid)
-
-    @defer.inlineCallbacks
-    def build(self, buildid: Any) -> Any:
-        """The build's data; :class:`CaptureCallbackError` for an unknown id."""
-        build = yield self.builds.get(buildid)
-        if build is None:
-            raise CaptureCallbackError(f"yieldMetricsValue: no build with id {buildid!r}")
-        return build
-
-    def worker_name(self, workerid: Any) -> defer.Deferred:
-        """The worker's name (None if ``workerid`` is None or unknown)."""
-        return self.workers.get(workerid).addCallback(lambda w: w["name"] if w else None)

@@ -133,7 +133,14 @@ class StatsStorageBase(abc.ABC):
 
     def thd_postStatsValues(self, points: list[Point]) -> WriteReport | None:
         """Store a batch of points, by default one by one.  Runs in a thread."""
-        return _post_one_by_one(self, points)
+        for done, point in enumerate(points):
+            try:
+                self.thd_postStatsValue(point.fields, point.series, point.tags)
+            except Exception as e:
+                if done:
+                    raise PartialDeliveryError(done, e) from e
+                raise
+        return None
 
 
 class BatchBackend(StatsStorageBase):
@@ -150,31 +157,15 @@ class BatchBackend(StatsStorageBase):
 _CLOCK = Clock()  # two points of one series posted in the same nanosecond keep apart
 
 
-def _post_one_by_one(backend: Any, points: list[Point]) -> WriteReport | None:
-    for done, point in enumerate(points):
-        try:
-            backend.thd_postStatsValue(point.fields, point.series, point.tags)
-        except Exception as e:
-            if done:
-                raise PartialDeliveryError(done, e) from e
-            raise
-    return None
-
-
 if _BuildbotStatsStorageBase is not None:  # isinstance() holds for it, as code written for it expects
     StatsStorageBase.register(_BuildbotStatsStorageBase)
-
-
-def is_storage_backend(obj: Any) -> bool:
-    """True for a provider of :class:`IStatsStorage` or a Buildbot statistics backend."""
-    return IStatsStorage.providedBy(obj) or isinstance(obj, StatsStorageBase)
 
 
 def post_points(backend: Any, points: list[Point]) -> WriteReport | None:
     """Write ``points`` to ``backend`` by its batch method if it has one.  Runs in a thread."""
     if provides(backend, IBatchWrites):
         return backend.thd_postStatsValues(points)  # type: ignore[no-any-return]
-    return _post_one_by_one(backend, points)
+    return StatsStorageBase.thd_postStatsValues(backend, points)  # the default, for any backend
 
 
 def start_backends(service: Any, backends: Sequence[Any], previous: Sequence[Any] = ()) -> defer.Deferred:

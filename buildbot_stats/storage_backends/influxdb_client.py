@@ -18,7 +18,7 @@ from buildbot_stats.lineprotocol import (
     line_protocol_encoding,
     split_lines,
 )
-from buildbot_stats.point import Point
+from buildbot_stats.point import Point, is_int
 from buildbot_stats.storage_backends import base
 from buildbot_stats.storage_backends.base import IEncodedWrites, WriteReport
 from buildbot_stats.storage_backends.influx_common import (
@@ -80,7 +80,7 @@ class InfluxStorageService(InfluxBackend):
             problems.append(f"{owner}: url must be a host name or an http(s):// URL, not {safe!r}")
         if isinstance(port, str) and port.isdigit():
             port = int(port)  # buildbot.statistics accepted "8086" (its client called int())
-        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        if not is_int(port, 1, 65535):
             problems.append(f"{owner}: port must be an integer from 1 to 65535, not {port!r}")
         if user is not None and not isinstance(user, str):
             problems.append(f"{owner}: user must be a string or None, not a {type(user).__name__}")

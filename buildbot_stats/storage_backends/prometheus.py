@@ -26,7 +26,7 @@ from buildbot_stats.arguments import reject_unknown
 from buildbot_stats.capture.base import REPORT_IN_DIVISORS
 from buildbot_stats.capture.live import LiveSnapshot, result_name
 from buildbot_stats.errors import BackendConfigurationError
-from buildbot_stats.point import Point, PointProblem
+from buildbot_stats.point import Point, PointProblem, is_int
 from buildbot_stats.storage_backends.base import BatchBackend, IBackendLifecycle, WriteReport
 
 __all__ = ["DEFAULT_BUCKETS", "DEFAULT_STEP_BUCKETS", "PrometheusStorageService"]
@@ -362,13 +362,13 @@ class PrometheusStorageService(BatchBackend):
         problems = [
             f"{self.name}: {arg} must be {want}, not {given!r}"
             for arg, given, ok, want in (
-                ("port", port, _integer(port, 0, 65535), "an integer from 1 to 65535 (or 0)"),
+                ("port", port, is_int(port, 0, 65535), "an integer from 1 to 65535 (or 0)"),
                 ("interface", interface, isinstance(interface, str) and _valid_interface(interface), ip),
                 ("buckets", buckets, checked is not None, seconds),
                 ("step_buckets", step_buckets, checked_steps is not None, seconds),
                 ("worker_label", worker_label, isinstance(worker_label, bool), "True or False"),
-                ("max_stat_series", max_stat_series, _integer(max_stat_series, 1), "an integer >= 1"),
-                ("max_connections", max_connections, _integer(max_connections, 1), "an integer >= 1"),
+                ("max_stat_series", max_stat_series, is_int(max_stat_series, 1), "an integer >= 1"),
+                ("max_connections", max_connections, is_int(max_connections, 1), "an integer >= 1"),
             )
             if not ok
         ]
@@ -458,7 +458,7 @@ class PrometheusStorageService(BatchBackend):
 
         def seconds(field: str, units: dict[Any, float]) -> float | None:
             value: Any = fields.get(field)
-            if _integer(value, 0) or isinstance(value, float) and 0 <= value < math.inf:
+            if is_int(value, 0) or isinstance(value, float) and 0 <= value < math.inf:
                 return float(value) * units.get(builder, units.get(_ALL, 1))
             if value is not None:
                 report.problems.append(PointProblem(series, field, "not a finite number >= 0; not exported"))
@@ -487,16 +487,12 @@ class PrometheusStorageService(BatchBackend):
         else:
             for field, outcome in (("tests_passed", "passed"), ("tests_failed", "failed")):
                 count: Any = fields.get(field)
-                if _integer(count, 0):
+                if is_int(count, 0):
                     endpoint.counts["buildbot_tests"][builder, outcome] += count
                 elif count is not None:
                     report.problems.append(PointProblem(series, field, "not an integer >= 0; not exported"))
         if not usable:
             report.rejected_points += 1
-
-
-def _integer(value: Any, low: int, high: float = math.inf) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def _series_kind(series: str, tags: dict[str, Any]) -> tuple[str, str | None]:
@@ -520,7 +516,7 @@ def _checked_buckets(buckets: Any) -> tuple[float, ...] | None:
     values = list(buckets) if isinstance(buckets, Sequence) and not isinstance(buckets, (str, bytes)) else []
     if values and values[-1] == math.inf:
         values.pop()
-    finite = all(_integer(b, -(2**53), 2**53) or isinstance(b, float) and math.isfinite(b) for b in values)
+    finite = all(is_int(b, -(2**53), 2**53) or isinstance(b, float) and math.isfinite(b) for b in values)
     increasing = finite and all(a < b for a, b in zip(values, values[1:]))
     return tuple(float(b) for b in values) if values and increasing else None
 

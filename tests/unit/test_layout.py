@@ -47,7 +47,6 @@ def _lines(paths: list[Path]) -> int:
 NOT_MET_YET = pytest.mark.xfail(strict=True, reason="issue 18's line goal is not met yet")
 
 
-@NOT_MET_YET
 def test_runtime_lines_within_goal() -> None:
     assert _lines(_runtime_files()) <= MAX_RUNTIME_LINES
 

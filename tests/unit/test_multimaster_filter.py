@@ -193,8 +193,8 @@ class YieldDataTests(ClusterTestCase):
         for build in (own, other):  # as they arrive through crossbar: epoch-number times
             wamp = {**build, "started_at": int(build["started_at"].timestamp())}
             self.master.mq.callConsumer(("builds", str(build["buildid"]), "new"), wamp)
-        self.assertEqual(self.stats.lookups.known_build(1), own)
-        self.assertIsNone(self.stats.lookups.known_build(2))
+        self.assertEqual(self.stats.lookups.builds.known(1), own)
+        self.assertIsNone(self.stats.lookups.builds.known(2))
         yield self.stats.yieldMetricsValue("timings", {"s": 1.5}, 1)
         self.assertEqual(self.queries, [])
 

@@ -13,7 +13,7 @@ from buildbot.config.errors import ConfigErrors
 
 from buildbot_stats.errors import RefusedWriteError
 from buildbot_stats.point import Point, PointProblem
-from buildbot_stats.storage_backends.base import WriteReport, is_storage_backend
+from buildbot_stats.storage_backends.base import IStatsStorage, WriteReport
 from buildbot_stats.storage_backends.sqlite import SCHEMA_VERSION, SQLiteStorageService
 from buildbot_stats.ui.store import StoreError, open_store
 
@@ -47,7 +47,7 @@ def raw_rows(path):
 
 
 def test_is_a_storage_backend(backend):
-    assert is_storage_backend(backend)
+    assert IStatsStorage.providedBy(backend)
     assert backend.name == "SQLiteStorageService"
     assert SQLiteStorageService("x.sqlite", [], name="mine").name == "mine"
 

@@ -145,6 +145,16 @@ class ConfigTests(StatsTestCase):
         self.assertEqual(two.stored_data, one.stored_data)
 
     @defer.inlineCallbacks
+    def test_capture_listed_twice_by_one_backend_stores_once(self):
+        cap = capture.CaptureProperty("builder1", "p")
+        backend = RecordingStorage([cap, cap])
+        yield self.stats.reconfigService([backend])
+        self.assertEqual(len(self.master.mq.qrefs), 1)
+        yield self.add_build(properties={"p": 1})
+        self.finish()
+        self.assertEqual(backend.stored_data, [({"name": "p", "value": 1}, "builder1-p", CONTEXT)])
+
+    @defer.inlineCallbacks
     def test_unnamed_backends_of_one_class_get_distinct_queues(self):
         backends = [RecordingStorage(), RecordingStorage()]
         yield self.stats.reconfigService(backends)
