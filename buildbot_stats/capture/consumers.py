@@ -75,7 +75,7 @@ class CaptureConsumers:
             # (run once per posted value: no maybeDeferred, whose Deferred is seldom needed)
             try:
                 result = call(routingKey, msg)
-            except Exception:
+            except BaseException:  # (as maybeDeferred: never into Buildbot's MQ)
                 failed(Failure(), cap)
                 return None
             if isinstance(result, Failure):

@@ -259,8 +259,10 @@ class DeliveryQueue:
         d.addErrback(log.err, "buildbot_stats: internal error in delivery")
 
     def _held(self) -> bool:
-        """Whether the writer holds delivery back (less than a batch waits, not stopping): it calls send."""
-        return not self._stopping and self._holding() and self.report.spool.untaken < self.policy.batch_size
+        """Whether the writer holds delivery back (it calls send): no batch due or dropped, not stopping."""
+        due = min(self.policy.batch_size, self.policy.max_spool_points)  # (all the bounds keep, if less)
+        dropped = self.report.dropped_in_burst
+        return not self._stopping and self._holding() and self.report.spool.untaken < due and not dropped
 
     def _read(self, max_points: int, rewind: bool = False) -> defer.Deferred:
         """One spool call: release the segments accepted, rewind if asked, take up to ``max_points``."""
@@ -504,10 +506,9 @@ class QueueSet:
                 self._unstored_log.failed((series, why), f"a value of series {series} was not stored: {why}")
         for spool_key in set(result.states) | set(result.captured) | set(result.dropped):
             queue = self.queues.get(spool_key.removeprefix(f"{self.service_name}/"))
-            if queue is not None:  # sent when the writer says so (see SpoolWriter), or a whole batch waits
-                state = queue.report.spooled(result, spool_key)
-                if state is not None and state.untaken >= queue.policy.batch_size:
-                    queue.send()
+            if queue is not None:  # (it sends only when no longer held: see _held)
+                queue.report.spooled(result, spool_key)
+                queue.send()
                 continue
             captured = result.captured.get(spool_key, 0)
             self._retired.captured += captured

@@ -150,7 +150,8 @@ class BatchBackend(StatsStorageBase):
         self, post_data: dict[str, Any], series_name: str, context: dict[str, Any] | None = None
     ) -> None:
         point = Point(series_name, post_data, dict(context or {}), _CLOCK.now_ns())
-        for p in self.thd_postStatsValues([point]).problems:  # type: ignore[union-attr]
+        report = self.thd_postStatsValues([point])  # (a subclass's may return None)
+        for p in getattr(report, "problems", None) or ():
             log.msg(f"{self.name}: {p.series} {p.field}: {p.reason}")
 
 

@@ -105,8 +105,11 @@ class _InfluxHTTPStorage(InfluxBackend):
                 self._fail(status, message, "the token", got)
             message = message or f"HTTP {status}"
             drop = self._rejected(status, answer, message, lines, points, origins, report)
-            if drop is None:  # no line named: the queue halves the batch down to the bad point
+            if drop is None and len(lines) > 1:  # no line named: the queue halves the batch down to it
                 raise SplitBatchError(message[:MOST_SHOWN])
+            if drop is None:  # the one line left is the bad one: named in the log with its field
+                self._blame(0, points, origins, report, message)
+                drop = {0}
             if not drop:  # a partial write: the others were stored
                 break
             report.rejected_points += len(drop)

@@ -136,6 +136,17 @@ class InfluxDB2Tests(EndpointTestCase):
         self.assertIn("field type conflict", line)
 
     @defer.inlineCallbacks
+    def test_a_lone_point_refused_by_a_400_naming_no_line_is_logged_with_its_field(self):
+        yield self.use_backend(capture.CaptureData("m", "builder1"))
+        conflict = 'field type conflict: input field "v" on measurement "builder1-m" is type float'
+        self.endpoint.fail_next(400, {"code": "invalid", "message": conflict})
+        self.put_points([Point("builder1-m", {"v": 1.5}, TAGS, BASE_NS)])
+        self.assertEqual(self.stored(), [])
+        self.assertCounters(written=0, dropped=1, pending=0)
+        (line,) = self.log_lines("rejected field")
+        self.assertIn("field 'v' of series 'builder1-m': InfluxDB 2: field type conflict", line)
+
+    @defer.inlineCallbacks
     def test_malformed_line_400_drops_that_line_and_resends_the_rest(self):
         yield self.use_backend(capture.CaptureData("m", "builder1"))
         # the server names line 2 as malformed (nothing written): only that point is lost

@@ -753,6 +753,20 @@ class DeliveryHoldTests(DataTestCase):
         self.assertEqual(self.values(backend), list(range(12)))
 
     @defer.inlineCallbacks
+    def test_a_stream_is_sent_before_the_spool_bounds_would_drop_any_of_it(self):
+        # max_spool_points below batch_size: a "full batch" is all that the bounds keep
+        backend = yield self.use(capture.CaptureData("m", "builder1"), batch_size=10, max_spool_points=3)
+        self.awaited_loop(30)
+        for _ in range(29):  # a stream that never pauses, to a backend that is up
+            self.spool.run_next()
+            self.threads.run_all()
+        self.assertGreater(len(self.values(backend)), 20)  # sent while the stream goes on
+        self.spool.run_next()
+        self.threads.run_all()
+        self.assertEqual(self.values(backend), list(range(30)))
+        self.assertEqual(self.stats.counters["dropped"], 0)
+
+    @defer.inlineCallbacks
     def test_a_stream_that_never_pauses_is_sent_a_full_batch_at_a_time(self):
         backend = yield self.use(capture.CaptureData("m", "builder1"), batch_size=4)
         self.awaited_loop(10)

@@ -1,0 +1,5 @@
+"""Where ``StatsDashboard`` lived until 0.1.0; it is :mod:`buildbot_stats.ui.dashboard`'s now."""
+
+from buildbot_stats.ui.dashboard import StatsDashboard
+
+__all__ = ["StatsDashboard"]
