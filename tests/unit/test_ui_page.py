@@ -280,3 +280,9 @@ def test_the_live_series_is_not_listed_as_a_data_series(tmp_path):
         whole = summarize(store)
     assert [s.series for s in whole.series] == ["coverage"]
     assert [b.builder for b in whole.builders] == ["linux"]
+
+
+def test_the_old_module_of_stats_dashboard_still_gives_it():
+    from buildbot_stats import web_page
+
+    assert web_page.StatsDashboard is statistics.StatsDashboard
