@@ -30,6 +30,9 @@ from buildbot_stats.storage_backends.base import (
     warn_deprecated_attributes,
 )
 
+#: the most points that wait while spool writes follow one another: small posts, often (no GIL-long post)
+HOLD_POINTS = 500
+
 
 @dataclass
 class Counters:
@@ -260,7 +263,7 @@ class DeliveryQueue:
 
     def _held(self) -> bool:
         """Whether the writer holds delivery back (it calls send): no batch due or dropped, not stopping."""
-        due = min(self.policy.batch_size, self.policy.max_spool_points)  # (all the bounds keep, if less)
+        due = min(self.policy.batch_size, self.policy.max_spool_points, HOLD_POINTS)  # (what the bounds keep)
         dropped = self.report.dropped_in_burst
         return not self._stopping and self._holding() and self.report.spool.untaken < due and not dropped
 

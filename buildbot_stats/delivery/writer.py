@@ -202,8 +202,7 @@ class _Write(NamedTuple):
 class SpoolWriter:
     """Group commit: what is recorded while a spool write runs is the next write.  ``deliver`` gets each
     result (counters); ``start_delivery`` runs once no write follows: values awaited one by one are then
-    not read back and posted each on its own (a stream that never pauses is sent a full batch at a time,
-    within about a second: a batch of writes of about 0.2 ms each)."""
+    not read back and posted each on its own (a stream that never pauses: see ``DeliveryQueue._held``)."""
 
     def __init__(
         self,

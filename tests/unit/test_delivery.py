@@ -753,6 +753,21 @@ class DeliveryHoldTests(DataTestCase):
         self.assertEqual(self.values(backend), list(range(12)))
 
     @defer.inlineCallbacks
+    def test_a_stream_is_sent_hold_points_at_a_time_when_a_batch_is_larger(self):
+        from buildbot_stats.delivery import queue as queue_module
+
+        self.patch(queue_module, "HOLD_POINTS", 3)
+        backend = yield self.use(capture.CaptureData("m", "builder1"), batch_size=100)
+        self.awaited_loop(9)
+        for _ in range(8):
+            self.spool.run_next()
+            self.threads.run_all()
+        self.spool.run_next()
+        self.threads.run_all()
+        self.assertEqual(self.values(backend), list(range(9)))
+        self.assertEqual(backend.batches, [3, 3, 3])
+
+    @defer.inlineCallbacks
     def test_a_stream_is_sent_before_the_spool_bounds_would_drop_any_of_it(self):
         # max_spool_points below batch_size: a "full batch" is all that the bounds keep
         backend = yield self.use(capture.CaptureData("m", "builder1"), batch_size=10, max_spool_points=3)
