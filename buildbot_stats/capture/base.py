@@ -46,12 +46,13 @@ class Capture(abc.ABC):
         """The service's cached lookups of builders, builds, workers."""
         return self._stats_service.lookups
 
+    def _extra_worker_tag(self) -> bool:
+        return "worker" in (getattr(self._stats_service, "extra_tags", ()) or ())
+
     def _build_context(self, build: dict[str, Any], builder_name: str, worker: bool | None = None) -> Any:
         """A Deferred of the build's tags; with the worker's name if ``worker`` (None: per ``extra_tags``)."""
         context = self._defaultContext(build, builder_name)
-        if worker is None:
-            worker = "worker" in (getattr(self._stats_service, "extra_tags", ()) or ())
-        if not worker:
+        if not (self._extra_worker_tag() if worker is None else worker):
             return defer.succeed(context)
         return self._lookups.workers.get(build.get("workerid")).addCallback(_with_worker, context)
 

@@ -273,7 +273,7 @@ class CaptureDataBase(_BuilderCapture):
             ) from e
         # stamped now: with Buildbot's simple MQ, the time of the yieldMetricsValue call; not
         # waited for: the point is queued, kept until written (yieldMetricsValue waits for that)
-        if "worker" not in (getattr(self._stats_service, "extra_tags", ()) or ()):  # the usual case
+        if not self._extra_worker_tag():  # the usual case: the tags at once, no Deferred
             self._store(post_data, series, self._defaultContext(build_data, builder_info["name"]))
             return defer.succeed(None)
         d = self._build_context(build_data, builder_info["name"], worker=True)
